@@ -1,0 +1,167 @@
+"""The controller contract (DESIGN §5) and how controllers are found, loaded and configured.
+
+A controller is one Python file with one class:
+
+    class MyController:
+        NAME = "my_controller"
+
+        @staticmethod
+        def schedule(beta: float) -> dict:      # every knob from β ∈ [0, 1], monotone in budget
+            return {"n": 2 + round(62 * beta)}
+
+        def __init__(self, n: int = 64): ...   # knobs are keyword arguments
+
+        def run(self, ep) -> int | None:       # one episode; return an answer class (or None)
+            ...
+
+The episode handle `ep` is autotts.engine.Episode. A fresh instance runs each episode, so results
+never depend on which episodes a worker happened to run before.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import inspect
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from autotts.errors import ConfigError, ControllerError
+from autotts.paths import controllers_dir
+
+
+@dataclass(frozen=True)
+class ControllerSpec:
+    name: str
+    path: str
+    cls: type
+
+    def knob_names(self) -> list[str]:
+        sig = inspect.signature(self.cls.__init__)
+        return [p for p in list(sig.parameters)[1:] if p not in ("args", "kwargs")]
+
+    def defaults(self) -> dict[str, Any]:
+        sig = inspect.signature(self.cls.__init__)
+        out = {}
+        for name, p in list(sig.parameters.items())[1:]:
+            if p.default is not inspect.Parameter.empty:
+                out[name] = p.default
+        return out
+
+    def schedule(self, beta: float) -> dict[str, Any]:
+        if not (isinstance(beta, int | float) and math.isfinite(beta)):
+            raise ConfigError(f"beta must be a finite number, got {beta!r}")
+        knobs = self.cls.schedule(float(beta))
+        if not isinstance(knobs, dict):
+            raise ControllerError(
+                f"{self.path}: {self.cls.__name__}.schedule({beta}) returned "
+                f"{type(knobs).__name__}, expected a dict of knobs"
+            )
+        unknown = set(knobs) - set(self.knob_names())
+        if unknown:
+            raise ControllerError(
+                f"{self.path}: schedule returns knob(s) {sorted(unknown)} that "
+                f"{self.cls.__name__}.__init__ does not take"
+            )
+        return knobs
+
+    def config(self, beta: float | None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Knobs for one run: schedule(β) (or the constructor defaults when β is None), then the
+        user's --set overrides."""
+        base = self.schedule(beta) if beta is not None else self.defaults()
+        overrides = overrides or {}
+        known = set(self.knob_names())
+        for k in overrides:
+            if k not in known:
+                raise ConfigError(
+                    f"controller {self.name!r} has no knob {k!r} (knobs: {', '.join(sorted(known))})"
+                )
+        cfg = {**base, **overrides}
+        missing = [k for k in self.knob_names() if k not in cfg and k not in self.defaults()]
+        if missing:
+            raise ConfigError(
+                f"controller {self.name!r}: knob(s) {missing} have no default; "
+                "give --betas or --set them"
+            )
+        return cfg
+
+    def make(self, config: dict[str, Any]) -> Any:
+        return self.cls(**config)
+
+
+def builtin_names() -> list[str]:
+    d = controllers_dir()
+    return sorted(p.stem for p in d.glob("*.py") if not p.name.startswith("_"))
+
+
+def resolve(name_or_path: str) -> Path:
+    p = Path(name_or_path)
+    if p.suffix == ".py" or "/" in name_or_path or p.exists():
+        if not p.is_file():
+            raise ControllerError(f"{name_or_path}: no such controller file")
+        return p.resolve()
+    f = controllers_dir() / f"{name_or_path}.py"
+    if not f.is_file():
+        raise ControllerError(
+            f"unknown controller {name_or_path!r} (built-ins: {', '.join(builtin_names())}; "
+            "or give a path to a .py file)"
+        )
+    return f
+
+
+def find_controller_class(module: Any, path: str) -> type:
+    classes = [
+        obj
+        for obj in vars(module).values()
+        if isinstance(obj, type)
+        and obj.__module__ == module.__name__
+        and hasattr(obj, "run")
+        and hasattr(obj, "schedule")
+    ]
+    if len(classes) != 1:
+        raise ControllerError(
+            f"{path}: expected exactly one controller class (with NAME, schedule and run), "
+            f"found {len(classes)}"
+        )
+    cls = classes[0]
+    if not isinstance(getattr(cls, "NAME", None), str) or not cls.NAME:
+        raise ControllerError(f"{path}: {cls.__name__}.NAME must be a non-empty string")
+    if not callable(cls.run):
+        raise ControllerError(f"{path}: {cls.__name__}.run must be a method run(self, ep)")
+    if not isinstance(inspect.getattr_static(cls, "schedule"), staticmethod | classmethod):
+        raise ControllerError(f"{path}: {cls.__name__}.schedule must be a @staticmethod")
+    return cls
+
+
+_CACHE: dict[str, ControllerSpec] = {}
+
+
+def load(name_or_path: str) -> ControllerSpec:
+    """Import a controller in this process. Only for trusted code: agent-written candidates go
+    through the sandbox instead."""
+    path = resolve(name_or_path)
+    key = str(path)
+    if key in _CACHE:
+        return _CACHE[key]
+    source = path.read_text()
+    try:
+        ast.parse(source, filename=key)
+    except SyntaxError as e:
+        raise ControllerError(f"{path}:{e.lineno}: syntax error: {e.msg}") from None
+    mod_name = f"autotts_controller_{path.stem}_{abs(hash(key)) & 0xFFFFFF:x}"
+    spec = importlib.util.spec_from_file_location(mod_name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[mod_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:
+        sys.modules.pop(mod_name, None)
+        raise ControllerError(f"{path}: import failed: {type(e).__name__}: {e}") from None
+    cls = find_controller_class(module, key)
+    result = ControllerSpec(name=cls.NAME, path=key, cls=cls)
+    _CACHE[key] = result
+    return result

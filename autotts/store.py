@@ -1,0 +1,532 @@
+"""The replay store (DESIGN §4): Parquet tables plus a manifest, and the AutoTTS JSON layout.
+
+A store is a directory:
+
+    manifest.json       schema version, name, model, benchmark, Δ, answer mode, source, hashes
+    questions.parquet   one row per question (text, gold, gold class)
+    branches.parquet    one row per branch (tokens, final answer/class, probe answers/classes)
+    answers.parquet     one row per answer class (its representative string)
+
+In memory a store is a `Store`: the manifest and three pyarrow tables. Every way in (a store
+directory, a published AutoTTS JSON file) builds a `Store`; every way out (a directory, JSON, dense
+replay arrays) reads one. Replay never sees the gold answers: `Store.replay()` returns gold-free
+arrays and `Store.gold_classes()` the scorer's side separately.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from autotts import __version__
+from autotts.answers import ANSWER_MODES, classify
+from autotts.errors import StoreError
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+TABLE_FILES = ("questions.parquet", "branches.parquet", "answers.parquet")
+
+QUESTIONS_SCHEMA = pa.schema(
+    [
+        ("question_idx", pa.int32()),
+        ("question", pa.string()),
+        ("gold", pa.string()),
+        ("gold_class", pa.int32()),
+        ("num_branches", pa.int32()),
+        # Published files repeat the finals here; null means "equal to the branches' finals".
+        ("final_answers_trace", pa.list_(pa.string())),
+        # Keys of a source question that this schema does not model, as JSON (lossless import).
+        ("extra", pa.string()),
+    ]
+)
+BRANCHES_SCHEMA = pa.schema(
+    [
+        ("question_idx", pa.int32()),
+        ("branch_idx", pa.int32()),
+        ("tokens", pa.int32()),
+        ("final_answer", pa.string()),
+        ("final_class", pa.int32()),
+        ("probe_answers", pa.list_(pa.string())),
+        ("probe_classes", pa.list_(pa.int32())),
+    ]
+)
+ANSWERS_SCHEMA = pa.schema(
+    [
+        ("question_idx", pa.int32()),
+        ("answer_class", pa.int32()),
+        ("answer", pa.string()),
+    ]
+)
+SCHEMAS = dict(zip(TABLE_FILES, (QUESTIONS_SCHEMA, BRANCHES_SCHEMA, ANSWERS_SCHEMA), strict=True))
+INT32_MAX = 2**31 - 1
+
+
+@dataclass(frozen=True)
+class ReplayData:
+    """Dense, gold-free arrays for replay. Branch rows of question q are offsets[q]:offsets[q+1];
+    probes of branch row r are probe_class[probe_offsets[r]:probe_offsets[r+1]]."""
+
+    name: str
+    delta: int
+    branch_offsets: np.ndarray  # int64 [Q+1]
+    tokens: np.ndarray  # int32 [B]
+    final_class: np.ndarray  # int32 [B]
+    probe_offsets: np.ndarray  # int64 [B+1]
+    probe_class: np.ndarray  # int32 [P]
+
+    @property
+    def num_questions(self) -> int:
+        return len(self.branch_offsets) - 1
+
+    def num_branches(self, q: int) -> int:
+        return int(self.branch_offsets[q + 1] - self.branch_offsets[q])
+
+
+@dataclass
+class Store:
+    manifest: dict[str, Any]
+    questions: pa.Table
+    branches: pa.Table
+    answers: pa.Table
+    path: str = ""
+
+    @property
+    def name(self) -> str:
+        return str(self.manifest["name"])
+
+    @property
+    def delta(self) -> int:
+        return int(self.manifest["delta"])
+
+    @property
+    def answer_mode(self) -> str:
+        return str(self.manifest["answer_mode"])
+
+    @property
+    def num_questions(self) -> int:
+        return self.questions.num_rows
+
+    def replay(self) -> ReplayData:
+        """Gold-free dense arrays (int32 classes and tokens, int64 offsets) for the engine."""
+        b = self.branches
+        counts = b.column("question_idx").to_numpy()
+        offsets = np.zeros(self.num_questions + 1, dtype=np.int64)
+        np.cumsum(np.bincount(counts, minlength=self.num_questions), out=offsets[1:])
+        probes = b.column("probe_classes").combine_chunks()
+        p_off = probes.offsets.to_numpy().astype(np.int64)
+        p_off -= p_off[0]
+        return ReplayData(
+            name=self.name,
+            delta=self.delta,
+            branch_offsets=offsets,
+            tokens=b.column("tokens").to_numpy().astype(np.int32, copy=False),
+            final_class=b.column("final_class").to_numpy().astype(np.int32, copy=False),
+            probe_offsets=p_off,
+            probe_class=probes.flatten().to_numpy(zero_copy_only=False).astype(np.int32),
+        )
+
+    def gold_classes(self) -> np.ndarray:
+        """The scorer's side: gold class per question (int32). Never handed to the engine."""
+        return self.questions.column("gold_class").to_numpy().astype(np.int32, copy=False)
+
+
+# --------------------------------------------------------------------------------------------
+# AutoTTS JSON  ->  Store
+
+
+def _fail(path: Path, qi: int | None, field: str | None, msg: str) -> StoreError:
+    return StoreError(path, msg, question=qi, field=field)
+
+
+def _is_int(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _check_str_list(path: Path, qi: int, field: str, value: object) -> list[str]:
+    if not isinstance(value, list):
+        raise _fail(path, qi, field, f"expected a list of strings, got {type(value).__name__}")
+    for k, s in enumerate(value):
+        if not isinstance(s, str):
+            raise _fail(path, qi, f"{field}[{k}]", f"expected a string, got {s!r}")
+    return value
+
+
+def store_name_for(path: Path) -> tuple[str, str]:
+    """(model, benchmark) of a published file: <parent folder>/<file stem>."""
+    return path.parent.name, path.stem
+
+
+def read_autotts_json(path: str | os.PathLike[str], answers: str = "exact") -> Store:
+    """Read a published AutoTTS replay file, validating every field (errors name q and field)."""
+    path = Path(path)
+    if answers not in ANSWER_MODES:
+        raise StoreError(path, f"unknown answer mode {answers!r} (expected exact or math)")
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise StoreError(path, f"cannot read: {e.strerror or e}") from None
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise StoreError(path, f"not valid JSON: {e}") from None
+    model, bench = store_name_for(path)
+    source = {"kind": "autotts-json", "file": path.name, "sha256": hashlib.sha256(raw).hexdigest()}
+    store = from_autotts_records(data, model=model, benchmark=bench, answers=answers,
+                                 origin=path, source=source)
+    store.path = str(path)
+    return store
+
+
+def from_autotts_records(
+    data: Any,
+    *,
+    model: str,
+    benchmark: str,
+    answers: str = "exact",
+    origin: str | os.PathLike[str] = "<records>",
+    source: dict[str, Any] | None = None,
+) -> Store:
+    """Build a store from records in the AutoTTS JSON layout (a list of question objects)."""
+    path = Path(origin)
+    if answers not in ANSWER_MODES:
+        raise StoreError(path, f"unknown answer mode {answers!r} (expected exact or math)")
+    if not isinstance(data, list):
+        raise StoreError(path, f"expected a JSON list of questions, got {type(data).__name__}")
+    if not data:
+        raise StoreError(path, "the file holds no questions")
+
+    known = {"question", "gold_answer", "probe_freq", "final_answers_trace", "each_branch"}
+    delta: int | None = None
+    q_rows: dict[str, list[Any]] = {f.name: [] for f in QUESTIONS_SCHEMA}
+    b_rows: dict[str, list[Any]] = {f.name: [] for f in BRANCHES_SCHEMA}
+    a_rows: dict[str, list[Any]] = {f.name: [] for f in ANSWERS_SCHEMA}
+    for qi, q in enumerate(data):
+        if not isinstance(q, dict):
+            raise _fail(path, qi, None, f"expected an object, got {type(q).__name__}")
+        for key in ("question", "gold_answer", "probe_freq", "each_branch"):
+            if key not in q:
+                raise _fail(path, qi, key, "missing")
+        if not isinstance(q["question"], str):
+            raise _fail(path, qi, "question", f"expected a string, got {q['question']!r:.60}")
+        gold = q["gold_answer"]
+        if not isinstance(gold, str):
+            raise _fail(path, qi, "gold_answer", f"expected a string, got {gold!r}")
+        pf = q["probe_freq"]
+        if not _is_int(pf) or pf <= 0:
+            raise _fail(path, qi, "probe_freq", f"expected a positive integer, got {pf!r}")
+        if delta is None:
+            delta = pf
+        elif pf != delta:
+            raise _fail(path, qi, "probe_freq", f"{pf} differs from {delta} of question 0")
+        branches = q["each_branch"]
+        if not isinstance(branches, list):
+            raise _fail(path, qi, "each_branch", f"expected a list, got {type(branches).__name__}")
+        if not branches:
+            raise _fail(path, qi, "each_branch", "empty: a question needs at least one branch")
+
+        probe_lists: list[list[str]] = []
+        finals: list[str] = []
+        tokens: list[int] = []
+        for bi, br in enumerate(branches):
+            field = f"each_branch[{bi}]"
+            if not isinstance(br, list) or len(br) != 3:
+                raise _fail(
+                    path, qi, field, "expected [probe_answers, branch_tokens, final_answer]"
+                )
+            probes, tok, final = br
+            probe_lists.append(_check_str_list(path, qi, f"{field}[0] (probe_answers)", probes))
+            if not _is_int(tok) or tok < 0 or tok > INT32_MAX:
+                raise _fail(
+                    path, qi, f"{field}[1] (branch_tokens)",
+                    f"expected a non-negative integer, got {tok!r}",
+                )
+            tokens.append(tok)
+            if not isinstance(final, str):
+                raise _fail(
+                    path, qi, f"{field}[2] (final_answer)", f"expected a string, got {final!r}"
+                )
+            finals.append(final)
+
+        trace = q.get("final_answers_trace")
+        if trace is not None:
+            _check_str_list(path, qi, "final_answers_trace", trace)
+            if trace == finals:
+                trace = None  # the usual case: derivable from the branches, not stored twice
+        extra = {k: v for k, v in q.items() if k not in known}
+
+        flat = [a for probes in probe_lists for a in probes]
+        ac = classify(flat + finals, gold, answers)
+        classes = ac.classes
+        n_flat = len(flat)
+        pos = 0
+        for bi, probes in enumerate(probe_lists):
+            b_rows["question_idx"].append(qi)
+            b_rows["branch_idx"].append(bi)
+            b_rows["tokens"].append(tokens[bi])
+            b_rows["final_answer"].append(finals[bi])
+            b_rows["final_class"].append(int(classes[n_flat + bi]))
+            b_rows["probe_answers"].append(probes)
+            b_rows["probe_classes"].append(classes[pos : pos + len(probes)])
+            pos += len(probes)
+        q_rows["question_idx"].append(qi)
+        q_rows["question"].append(q["question"])
+        q_rows["gold"].append(gold)
+        q_rows["gold_class"].append(int(ac.gold_class))
+        q_rows["num_branches"].append(len(branches))
+        q_rows["final_answers_trace"].append(trace)
+        q_rows["extra"].append(json.dumps(extra, ensure_ascii=False) if extra else None)
+        for c, rep in enumerate(ac.representatives):
+            a_rows["question_idx"].append(qi)
+            a_rows["answer_class"].append(c)
+            a_rows["answer"].append(rep)
+
+    b_rows["probe_classes"] = [np.asarray(c, dtype=np.int32) for c in b_rows["probe_classes"]]
+    questions = pa.Table.from_pydict(q_rows, schema=QUESTIONS_SCHEMA)
+    branches_t = pa.Table.from_pydict(b_rows, schema=BRANCHES_SCHEMA)
+    answers_t = pa.Table.from_pydict(a_rows, schema=ANSWERS_SCHEMA)
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "name": f"{model}/{benchmark}",
+        "model": model,
+        "benchmark": benchmark,
+        "delta": delta,
+        "answer_mode": answers,
+        "source": source or {"kind": "records"},
+        "sampling": None,
+        "probe_template": None,
+    }
+    return Store(manifest, questions, branches_t, answers_t)
+
+
+# --------------------------------------------------------------------------------------------
+# Store  ->  AutoTTS JSON
+
+
+def to_autotts_json(store: Store) -> list[dict[str, Any]]:
+    """The published layout, JSON-equal to the file a store was imported from."""
+    qs = store.questions.to_pydict()
+    br = store.branches.select(["question_idx", "tokens", "final_answer", "probe_answers"])
+    bd = br.to_pydict()
+    per_q: list[list[list[Any]]] = [[] for _ in range(store.num_questions)]
+    for qi, tok, fin, probes in zip(
+        bd["question_idx"], bd["tokens"], bd["final_answer"], bd["probe_answers"], strict=True
+    ):
+        per_q[qi].append([probes, tok, fin])
+    out = []
+    for qi in range(store.num_questions):
+        branches = per_q[qi]
+        trace = qs["final_answers_trace"][qi]
+        item: dict[str, Any] = {
+            "question": qs["question"][qi],
+            "final_answers_trace": trace if trace is not None else [b[2] for b in branches],
+            "each_branch": branches,
+            "gold_answer": qs["gold"][qi],
+            "probe_freq": store.delta,
+        }
+        if qs["extra"][qi]:
+            item.update(json.loads(qs["extra"][qi]))
+        out.append(item)
+    return out
+
+
+def export_json(store: Store, out: str | os.PathLike[str]) -> Path:
+    out = Path(out)
+    payload = json.dumps(to_autotts_json(store), ensure_ascii=False, indent=1)
+    atomic_write_bytes(out, payload.encode("utf-8"))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Store directory I/O
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write a file so that readers see either the old content or the new, never a torn file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _content_hash(directory: Path) -> str:
+    h = hashlib.sha256()
+    for name in TABLE_FILES:
+        h.update(name.encode())
+        h.update((directory / name).read_bytes())
+    return "sha256:" + h.hexdigest()
+
+
+def write_store(store: Store, out: str | os.PathLike[str]) -> Path:
+    """Write `store` as a directory, atomically: the tables and manifest go to a temporary sibling
+    directory that is renamed into place, so a crash never leaves a half store that loads."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    try:
+        for name, table in zip(
+            TABLE_FILES, (store.questions, store.branches, store.answers), strict=True
+        ):
+            pq.write_table(table, tmp / name, compression="zstd")
+        manifest = dict(store.manifest)
+        manifest["schema_version"] = SCHEMA_VERSION
+        manifest["created_by"] = f"autotts {__version__}"
+        manifest["num_questions"] = store.num_questions
+        manifest["num_branches"] = store.branches.num_rows
+        manifest["content_hash"] = _content_hash(tmp)
+        # The manifest is written last: a directory without one is never taken for a store.
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+        for f in tmp.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        old = None
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{os.getpid()}"
+            os.replace(out, old)
+        os.replace(tmp, out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    store.manifest = manifest
+    store.path = str(out)
+    return out
+
+
+def _read_table(directory: Path, name: str) -> pa.Table:
+    f = directory / name
+    if not f.is_file():
+        raise StoreError(f, "missing table file")
+    try:
+        table = pq.read_table(f)
+    except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as e:
+        raise StoreError(f, f"not a readable Parquet file ({str(e).splitlines()[0]})") from None
+    expected = SCHEMAS[name]
+    for field in expected:
+        idx = table.schema.get_field_index(field.name)
+        if idx < 0:
+            raise StoreError(f, "missing column", field=field.name)
+        if table.schema.field(idx).type != field.type:
+            raise StoreError(
+                f, f"expected type {field.type}, got {table.schema.field(idx).type}",
+                field=field.name,
+            )
+    return table.select([f.name for f in expected])
+
+
+def _validate_tables(directory: Path, manifest: dict[str, Any], store: Store) -> None:
+    """Cheap whole-column checks so that replay never meets an inconsistent store."""
+    qf, bf = directory / TABLE_FILES[0], directory / TABLE_FILES[1]
+    nq = store.questions.num_rows
+    if nq == 0:
+        raise StoreError(qf, "no questions")
+    qidx = store.questions.column("question_idx").to_numpy()
+    if not np.array_equal(qidx, np.arange(nq)):
+        raise StoreError(qf, "question_idx must be 0..n-1 in order", field="question_idx")
+    b_q = store.branches.column("question_idx").to_numpy()
+    if len(b_q) and (np.any(np.diff(b_q) < 0) or b_q[0] < 0 or b_q[-1] >= nq):
+        raise StoreError(bf, "rows must be grouped by question 0..n-1", field="question_idx")
+    counts = np.bincount(b_q, minlength=nq) if len(b_q) else np.zeros(nq, dtype=np.int64)
+    nb = store.questions.column("num_branches").to_numpy()
+    bad = np.flatnonzero(counts != nb)
+    if len(bad):
+        q = int(bad[0])
+        raise StoreError(
+            bf, f"{counts[q]} branch rows but num_branches={nb[q]}", question=q,
+            field="num_branches",
+        )
+    if np.any(counts == 0):
+        raise StoreError(bf, "question has no branches", question=int(np.argmin(counts)))
+    for col in ("tokens", "final_class", "question_idx", "branch_idx"):
+        if store.branches.column(col).null_count:
+            raise StoreError(bf, "contains nulls", field=col)
+    tokens = store.branches.column("tokens").to_numpy()
+    if np.any(tokens < 0):
+        r = int(np.argmin(tokens))
+        raise StoreError(bf, f"negative token count {tokens[r]}", question=int(b_q[r]),
+                         field="tokens")
+    pa_len = pc.list_value_length(store.branches.column("probe_answers"))
+    pc_len = pc.list_value_length(store.branches.column("probe_classes"))
+    if not pa_len.equals(pc_len):
+        raise StoreError(bf, "probe_answers and probe_classes differ in length",
+                         field="probe_classes")
+
+
+def read_store_dir(path: str | os.PathLike[str]) -> Store:
+    directory = Path(path)
+    mf = directory / MANIFEST
+    if not mf.is_file():
+        raise StoreError(directory, "not a replay store (no manifest.json)")
+    try:
+        manifest = json.loads(mf.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise StoreError(mf, f"unreadable manifest: {e}") from None
+    if not isinstance(manifest, dict):
+        raise StoreError(mf, "manifest must be a JSON object")
+    version = manifest.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise StoreError(
+            mf, f"unsupported schema version {version!r} (this autotts reads {SCHEMA_VERSION})",
+            field="schema_version",
+        )
+    for key in ("name", "delta", "answer_mode"):
+        if key not in manifest:
+            raise StoreError(mf, "missing", field=key)
+    if not _is_int(manifest["delta"]) or manifest["delta"] <= 0:
+        raise StoreError(mf, f"expected a positive integer, got {manifest['delta']!r}",
+                         field="delta")
+    if manifest["answer_mode"] not in ANSWER_MODES:
+        raise StoreError(mf, f"unknown answer mode {manifest['answer_mode']!r}",
+                         field="answer_mode")
+    tables = [_read_table(directory, name) for name in TABLE_FILES]
+    store = Store(manifest, *tables, path=str(directory))
+    _validate_tables(directory, manifest, store)
+    return store
+
+
+def verify_content_hash(store: Store) -> bool:
+    return store.manifest.get("content_hash") == _content_hash(Path(store.path))
+
+
+def open_store(path: str | os.PathLike[str], answers: str = "exact") -> Store:
+    """A store directory, or a published AutoTTS JSON file (read in `answers` mode, exact by
+    default as DESIGN §10 requires)."""
+    p = Path(path)
+    if p.is_dir():
+        return read_store_dir(p)
+    if p.is_file():
+        if p.suffix.lower() == ".json":
+            return read_autotts_json(p, answers=answers)
+        raise StoreError(p, "expected a store directory or an AutoTTS .json file")
+    raise StoreError(p, "no such store or file")
+
+
+def import_files(
+    sources: list[str | os.PathLike[str]], out: str | os.PathLike[str], answers: str = "exact"
+) -> list[Path]:
+    """Import published JSON files into OUT/<model>/<benchmark> stores. All sources are validated
+    before the first store is written, so a bad file leaves nothing behind."""
+    stores = [read_autotts_json(s, answers=answers) for s in sources]
+    names = [s.name for s in stores]
+    dup = {n for n in names if names.count(n) > 1}
+    if dup:
+        raise StoreError(out, f"two sources map to the same store name {sorted(dup)[0]!r}")
+    return [write_store(s, Path(out) / s.name) for s in stores]

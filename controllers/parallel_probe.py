@@ -1,0 +1,77 @@
+"""Parallel-Probe (arXiv 2602.03845): grow many branches in lockstep, probe each after every
+interval, prune branches that keep disagreeing with the leader, stop once the leader is stable.
+
+Open num_chains branches (BRANCH+PROBE). Each step, ADVANCE every unpruned, unfinished branch
+probe_burst times; the leader is the majority of the unpruned branches' latest answers. From step
+warm_up on, with more than one active branch, a branch that disagrees with the leader counts one
+more off-track step (agreeing resets it) and is pruned after prune_patience of them. Return the
+leader once it has stayed the same for T consecutive steps, or when everything is finished or
+pruned, or at max_steps.
+"""
+
+import numpy as np
+
+
+def majority(answers):
+    """Most frequent answer class (>= 0) of an int array; ties go to the one seen first."""
+    answers = answers[answers >= 0]
+    if len(answers) == 0:
+        return -1
+    values, first, counts = np.unique(answers, return_index=True, return_counts=True)
+    best = counts == counts.max()
+    return int(values[best][np.argmin(first[best])])
+
+
+class ParallelProbe:
+    NAME = "parallel_probe"
+
+    @staticmethod
+    def schedule(beta):
+        b = min(max(beta, 0.0), 1.0)
+        return {
+            "num_chains": int(round(4 + 60 * b)),
+            "T": int(round(8 + 32 * b)),
+            "prune_patience": int(round(3 + 4 * b)),
+            "warm_up": int(round(5 + 10 * b)),
+            "probe_burst": 1,
+            "max_steps": int(round(40 + 60 * b)),
+        }
+
+    def __init__(self, num_chains=64, T=40, prune_patience=7, warm_up=15, probe_burst=1,
+                 max_steps=100):
+        self.num_chains = int(num_chains)
+        self.T = int(T)
+        self.prune_patience = int(prune_patience)
+        self.warm_up = int(warm_up)
+        self.probe_burst = int(probe_burst)
+        self.max_steps = int(max_steps)
+
+    def run(self, ep):
+        n = min(self.num_chains, ep.pool_size)
+        ep.branch_many(n, probe=True)
+        off_track = np.zeros(n, dtype=np.int64)
+        leader, stable = -1, 0
+        for step in range(1, self.max_steps + 1):
+            running = ep.running
+            if not running.any():
+                ep.trace("stop", reason="all_done", step=step)
+                break
+            ep.advance_many(running, times=self.probe_burst)
+            latest, alive = ep.latest, ~ep.pruned
+            current = majority(latest[alive])
+            if step >= self.warm_up and alive.sum() > 1:
+                unfinished = alive & ~ep.finished
+                disagree = unfinished & (latest != current)
+                off_track[disagree] += 1
+                off_track[unfinished & ~disagree] = 0
+                drop = disagree & (off_track >= self.prune_patience)
+                if drop.any():
+                    ep.prune_many(drop)
+                    ep.trace("prune", step=step, n=int(drop.sum()))
+                    current = majority(latest[~ep.pruned])
+            stable = stable + 1 if current == leader else 1
+            leader = current
+            if stable >= self.T:
+                ep.trace("stop", reason="stable", step=step)
+                return leader
+        return leader

@@ -1,0 +1,65 @@
+"""Shared fixtures. Reference data comes from ../shared/data (or $AUTOTTS_DATA); under CI a missing
+file fails the test instead of skipping it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from autotts.paths import data_dir, reference_dir
+from autotts.store import Store, from_autotts_records
+
+MODELS = ("Qwen3-0.6B", "Qwen3-1.7B", "Qwen3-4B", "Qwen3-8B")
+BENCHES = ("aime24", "aime25")
+REFERENCE_FILES = [f"{m}/{b}.json" for m in MODELS for b in BENCHES]
+
+
+def require(path: Path) -> Path:
+    if not path.exists():
+        msg = f"reference data missing: {path} (set AUTOTTS_DATA to the shared data folder)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return path
+
+
+def reference_file(name: str) -> Path:
+    return require(data_dir() / "autotts-replay" / name)
+
+
+def reference_csv() -> Path:
+    return require(reference_dir() / "reference_evaluator_outputs.csv")
+
+
+@pytest.fixture(params=REFERENCE_FILES)
+def reference_json(request: pytest.FixtureRequest) -> Path:
+    return reference_file(request.param)
+
+
+def branch(probes: list[str], tokens: int, final: str) -> list[Any]:
+    return [list(probes), int(tokens), final]
+
+
+def make_store(
+    questions: list[tuple[str, list[list[Any]]]],
+    *,
+    delta: int = 10,
+    answers: str = "exact",
+    model: str = "tiny",
+    benchmark: str = "toy",
+) -> Store:
+    """A store from (gold, [[probes, tokens, final], ...]) per question."""
+    records = [
+        {
+            "question": f"q{i}",
+            "gold_answer": gold,
+            "probe_freq": delta,
+            "final_answers_trace": [b[2] for b in branches],
+            "each_branch": branches,
+        }
+        for i, (gold, branches) in enumerate(questions)
+    ]
+    return from_autotts_records(records, model=model, benchmark=benchmark, answers=answers)

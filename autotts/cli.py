@@ -152,8 +152,8 @@ def eval_cmd(
     split: Annotated[str, typer.Option(help="split of --env: search or heldout")] = "search",
     set_: Annotated[list[str] | None, typer.Option("--set", help="override a knob: KEY=VALUE")] = None,
     betas: Annotated[str | None, typer.Option(help=f"β grid (default {DEFAULT_BETAS})")] = None,
-    draws: Annotated[int, typer.Option(help="draws per question")] = 100,
-    protocol: Annotated[str, typer.Option(help="shuffle or subsample")] = "shuffle",
+    draws: Annotated[int | None, typer.Option(help="draws per question [default: 100]")] = None,
+    protocol: Annotated[str | None, typer.Option(help="shuffle or subsample [default: shuffle]")] = None,
     pool: Annotated[int | None, typer.Option(help="branches available per draw")] = None,
     seed: Annotated[int, typer.Option(help="first draw seed")] = 0,
     probe_cost: Annotated[int, typer.Option(help="κ: tokens charged per probe")] = 0,
@@ -170,20 +170,28 @@ def eval_cmd(
     from autotts.evaluate import Protocol, evaluate
 
     overrides = parse_sets(set_ or [])
+    default_betas = parse_betas(DEFAULT_BETAS)
+    stores: list[Any] = list(store or [])
+    if env is not None:
+        # The environment supplies the protocol; explicit options still win.
+        from autotts.envdef import load_env
+
+        e = load_env(env)
+        stores += e.split_paths(split)
+        probe_cost = probe_cost or e.probe_cost
+        pool = pool if pool is not None else e.branch_cap
+        budget = budget if budget is not None else e.budget
+        draws = draws if draws is not None else e.draws
+        protocol = protocol or e.protocol
+        default_betas = e.betas
     if betas is not None:
         beta_list: list[float] | None = parse_betas(betas)
     elif overrides:
         beta_list = None
     else:
-        beta_list = parse_betas(DEFAULT_BETAS)
-    stores: list[Any] = list(store or [])
-    if env is not None:
-        from autotts.envdef import load_env
-
-        e = load_env(env)
-        stores += e.split_paths(split)
-        if probe_cost == 0:
-            probe_cost = e.probe_cost
+        beta_list = default_betas
+    draws = 100 if draws is None else draws
+    protocol = protocol or "shuffle"
     if not stores:
         raise ConfigError("give at least one --store or an --env")
     if executor != "local":
@@ -231,11 +239,12 @@ def eval_cmd(
 def bench_cmd(
     quick: Annotated[bool, typer.Option(help="fewer draws, for a smoke run")] = False,
     workers: Annotated[int, typer.Option(help="worker processes for the reproduction")] = 2,
+    json_out: Annotated[Path | None, typer.Option("--json", help="write the figures as JSON")] = None,
 ) -> None:
     """Throughput figures: store loading, engine steps/s, wall time to reproduce the baselines."""
     from autotts.bench import run_bench
 
-    run_bench(out, quick=quick, workers=workers)
+    run_bench(out, quick=quick, workers=workers, json_out=json_out)
 
 
 # ---- discovery, collection, reports (each command's body lives in its own module) --------------
@@ -289,7 +298,8 @@ def main() -> None:
     try:
         app()
     except AutoTTSError as e:
-        err.print(f"error: {e}", markup=False, highlight=False)
+        # Plain print: rich would wrap a long message over several lines.
+        print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         err.print("interrupted")

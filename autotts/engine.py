@@ -36,7 +36,18 @@ class Question:
     """Gold-free replay data of one question: per branch, what each generation step reveals and
     costs. reveal[b, k] / step_cost[b, k] describe step k+1 (0-based k); last[b] = L_b."""
 
-    __slots__ = ("_cum", "_last", "_reveal", "_step_cost", "_tokens", "delta", "num_branches")
+    __slots__ = (
+        "_cost_flat",
+        "_cum",
+        "_last",
+        "_reveal",
+        "_reveal_flat",
+        "_step_cost",
+        "_tokens",
+        "_width",
+        "delta",
+        "num_branches",
+    )
 
     def __init__(self, data: ReplayData, q: int) -> None:
         r0, r1 = int(data.branch_offsets[q]), int(data.branch_offsets[q + 1])
@@ -63,6 +74,10 @@ class Question:
         self._cum = cum
         self._last = lengths
         self._tokens = tokens
+        # Flat views: one gather per batch of (branch, step) pairs instead of 2-D fancy indexing.
+        self._width = steps
+        self._reveal_flat = reveal.reshape(-1)
+        self._cost_flat = step_cost.reshape(-1)
 
 
 def _as_index(i: Any) -> int:
@@ -112,7 +127,9 @@ class Episode:
         "_probes",
         "_pruned",
         "_q",
+        "_running",
         "_seen",
+        "_seen_flat",
         "_trace",
     )
 
@@ -135,7 +152,9 @@ class Episode:
         self._finished = np.zeros(n, dtype=bool)
         self._pruned = np.zeros(n, dtype=bool)
         self._latest = np.full(n, NO_ANSWER, dtype=np.int32)
-        self._seen = np.zeros((n, question._reveal.shape[1]), dtype=bool)
+        self._running = np.zeros(n, dtype=bool)  # opened, not pruned, not finished
+        self._seen = np.zeros((n, question._width), dtype=bool)
+        self._seen_flat = self._seen.reshape(-1)
         self._opened = 0
         self._gen = 0
         self._probes = 0
@@ -200,8 +219,7 @@ class Episode:
     @property
     def running(self) -> np.ndarray:
         """Opened, not pruned and not finished: the branches that can still be advanced."""
-        k = self._opened
-        return ~(self._finished[:k] | self._pruned[:k])
+        return self._running[: self._opened].copy()
 
     @property
     def latest(self) -> np.ndarray:
@@ -255,6 +273,7 @@ class Episode:
         self._charge(cost, 1 if probe and not done else 0)
         self._opened = i + 1
         self._depth[i] = 1
+        self._running[i] = True
         if done:
             self._reveal_final(i, b, 0)
         elif probe:
@@ -277,6 +296,7 @@ class Episode:
         self._charge(int(q._step_cost[b, 0].sum()), int(k - done.sum()) if probe else 0)
         self._opened = start + k
         self._depth[idx] = 1
+        self._running[idx] = True
         if probe:
             self._seen[idx, 0] = True
             self._latest[idx] = q._reveal[b, 0]
@@ -332,31 +352,39 @@ class Episode:
         latest answer of each given branch afterwards. All-or-nothing: if the whole call does not
         fit the budget, nothing happens and InvalidAction is raised."""
         idx = self._check_running_many(which)
-        times = _as_index(times)
-        if times < 1:
-            raise InvalidAction(f"advance_many needs times >= 1, got {times}")
+        if times != 1:
+            times = _as_index(times)
+            if times < 1:
+                raise InvalidAction(f"advance_many needs times >= 1, got {times}")
         q = self._q
-        b_all, d0 = self._b[idx], self._depth[idx]
+        width = q._width
+        b, d = self._b[idx], self._depth[idx]
         if self._budget is not None:
-            self._charge_burst(b_all, d0, times)
-        cur, b, d = idx, b_all, d0
+            self._charge_burst(b, d, times)
+        self._actions += 1
+        last = q._last[b]
+        cur = idx
         for _ in range(times):
-            fin = d == q._last[b]
+            flat = b * width + d
+            fin = d == last
+            self._gen += int(q._cost_flat[flat].sum())
+            self._seen_flat[cur * width + d] = True
+            self._latest[cur] = q._reveal_flat[flat]
+            d = d + 1
+            self._depth[cur] = d
             n_fin = int(np.count_nonzero(fin))
-            self._gen += int(q._step_cost[b, d].sum())
             self._probes += len(cur) - n_fin
-            self._seen[cur, d] = True
-            self._latest[cur] = q._reveal[b, d]
-            self._depth[cur] = d + 1
             if n_fin:
-                self._finished[cur[fin]] = True
+                done = cur[fin]
+                self._finished[done] = True
+                self._running[done] = False
                 keep = ~fin
-                cur, b, d = cur[keep], b[keep], d[keep]
+                cur, b, d, last = cur[keep], b[keep], d[keep], last[keep]
                 if len(cur) == 0:
                     break
-            d = d + 1
-        self._log("advance_many", -1, n=len(idx), times=times)
-        return self._latest[idx].copy()
+        if self._trace is not None:
+            self._log("advance_many", -1, n=len(idx), times=times)
+        return self._latest[idx]
 
     def read(self, i: int) -> int:
         i = self._check_running(i)
@@ -403,6 +431,7 @@ class Episode:
         if self._pruned[i]:
             raise InvalidAction(f"PRUNE of branch {i}, which is already pruned")
         self._pruned[i] = True
+        self._running[i] = False
         self._actions += 1
         self._log("prune", i)
 
@@ -411,6 +440,7 @@ class Episode:
         if self._pruned[idx].any():
             raise InvalidAction(f"PRUNE of already pruned branch {int(idx[self._pruned[idx]][0])}")
         self._pruned[idx] = True
+        self._running[idx] = False
         self._actions += 1
         self._log("prune_many", -1, n=len(idx))
 
@@ -437,6 +467,7 @@ class Episode:
         self._seen[i, step] = True
         self._latest[i] = self._q._reveal[b, step]
         self._finished[i] = True
+        self._running[i] = False
 
     def _check_opened(self, i: Any) -> int:
         i = _as_index(i)
@@ -472,10 +503,17 @@ class Episode:
         return idx
 
     def _check_running_many(self, which: Any) -> np.ndarray:
-        idx = self._indices(which)
-        bad = self._pruned[idx] | self._finished[idx]
-        if bad.any():
-            j = int(idx[bad][0])
+        if (
+            isinstance(which, np.ndarray)
+            and which.dtype == bool
+            and which.shape == (self._opened,)
+        ):
+            idx = which.nonzero()[0]  # a mask cannot name a branch twice: no uniqueness check
+        else:
+            idx = self._indices(which)
+        ok = self._running[idx]
+        if not ok.all():
+            j = int(idx[~ok][0])
             raise InvalidAction(f"branch {j} is {'pruned' if self._pruned[j] else 'finished'}")
         return idx
 

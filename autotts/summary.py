@@ -49,7 +49,7 @@ def summarize(store: Store) -> dict[str, Any]:
         "answer_mode": store.answer_mode,
         "delta": data.delta,
         "questions": data.num_questions,
-        "branches": int(len(tokens)),
+        "branches": len(tokens),
         "branches_per_question": {
             "min": int(per_q.min()), "mean": float(per_q.mean()), "max": int(per_q.max())
         },

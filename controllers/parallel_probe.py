@@ -17,9 +17,9 @@ def majority(answers):
     answers = answers[answers >= 0]
     if len(answers) == 0:
         return -1
-    values, first, counts = np.unique(answers, return_index=True, return_counts=True)
-    best = counts == counts.max()
-    return int(values[best][np.argmin(first[best])])
+    counts = np.bincount(answers)
+    # The first answer whose count is the maximum is the first-seen among the tied leaders.
+    return int(answers[np.argmax(counts[answers] == counts.max())])
 
 
 class ParallelProbe:

@@ -1,0 +1,196 @@
+"""`autotts bench`: throughput figures, measured on the published replay (never asserted in tests).
+
+Each figure comes with a baseline measured in the same run, so that the ratio, not the absolute
+number of this particular machine, is what a reader compares.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from autotts.errors import ConfigError
+from autotts.paths import data_dir, reference_dir
+
+MODELS = ("Qwen3-0.6B", "Qwen3-1.7B", "Qwen3-4B", "Qwen3-8B")
+BENCHES = ("aime24", "aime25")
+BASELINES = ("sc", "asc", "esc", "parallel_probe")
+
+
+def reference_files() -> list[Path]:
+    files = [data_dir() / "autotts-replay" / m / f"{b}.json" for m in MODELS for b in BENCHES]
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise ConfigError(
+            f"bench needs the published replay: missing {missing[0]} (set AUTOTTS_DATA)"
+        )
+    return files
+
+
+def _timed(fn: Any) -> tuple[float, Any]:
+    t = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - t, result
+
+
+def bench_loading(files: list[Path]) -> dict[str, float]:
+    from autotts.store import import_files, open_store
+
+    with tempfile.TemporaryDirectory() as tmp:
+        dirs = import_files(files, tmp)
+        parquet_s, _ = _timed(lambda: [open_store(d).replay() for d in dirs])
+    json_s, _ = _timed(lambda: [open_store(f).replay() for f in files])
+    return {"parquet_s": parquet_s, "json_s": json_s}
+
+
+def bench_steps(file: Path, seconds: float = 2.0) -> dict[str, float]:
+    """Actions per second through the episode handle (ADVANCE of one branch at a time) and
+    environment steps per second through the Gymnasium env, random valid actions."""
+    from autotts.engine import Episode, Question
+    from autotts.gym_env import WidthDepthEnv
+    from autotts.store import open_store
+
+    store = open_store(file)
+    data = store.replay()
+    questions = [Question(data, q) for q in range(data.num_questions)]
+    rng = np.random.default_rng(0)
+    actions = 0
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        q = questions[int(rng.integers(len(questions)))]
+        ep = Episode(q, rng.permutation(q.num_branches))
+        for _ in range(8):
+            ep.branch(probe=True)
+        actions += 8
+        for i in range(8):
+            while not ep.is_finished(i):
+                ep.advance(i)
+                actions += 1
+    handle_rate = actions / (time.perf_counter() - t0)
+
+    env = WidthDepthEnv(store, branch_cap=8)
+    env.reset(seed=0)
+    steps = 0
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        mask = env.action_masks()
+        mask[0] = steps % 200 == 199  # answer now and then, otherwise keep acting
+        choices = np.flatnonzero(mask)
+        a = 0 if len(choices) == 0 else int(rng.choice(choices))
+        _, _, term, trunc, _ = env.step(a)
+        steps += 1
+        if term or trunc:
+            env.reset()
+    env_rate = steps / (time.perf_counter() - t0)
+    return {"handle_actions_per_s": handle_rate, "env_steps_per_s": env_rate}
+
+
+def reference_cells() -> list[dict[str, str]]:
+    path = reference_dir() / "reference_evaluator_outputs.csv"
+    if not path.is_file():
+        raise ConfigError(f"bench needs {path} (set AUTOTTS_DATA)")
+    with open(path, newline="") as f:
+        return [r for r in csv.DictReader(f) if r["controller"] in BASELINES]
+
+
+def bench_reproduction(draws: int, workers: int) -> dict[str, Any]:
+    """Wall time to evaluate the 32 published baseline cells (4 controllers × 8 stores), and
+    whether each one reproduces the published figure."""
+    from autotts.cli import parse_sets
+    from autotts.evaluate import Protocol, evaluate
+    from autotts.store import open_store
+
+    cells = reference_cells()
+    stores = {}
+    load_s, _ = _timed(
+        lambda: stores.update(
+            {
+                (c["model"], c["benchmark"]): open_store(
+                    data_dir() / "autotts-replay" / c["model"] / f"{c['benchmark']}.json"
+                )
+                for c in cells
+            }
+        )
+    )
+    by_config: dict[tuple[str, str], list[dict[str, str]]] = {}
+    for c in cells:
+        by_config.setdefault((c["controller"], c["config"]), []).append(c)
+    matched = 0
+    per_controller: dict[str, float] = {}
+    t0 = time.perf_counter()
+    for (controller, config), group in by_config.items():
+        t = time.perf_counter()
+        keys = [(c["model"], c["benchmark"]) for c in group]
+        res = evaluate(
+            controller, [stores[k] for k in keys], None, Protocol(draws=draws),
+            overrides=parse_sets(config.split(";")), workers=workers,
+        )
+        per_controller[controller] = time.perf_counter() - t
+        for c, row in zip(group, res.rows, strict=True):
+            ok = f"{row['accuracy']:.2f}" == f"{float(c['accuracy_pct']):.2f}" and abs(
+                row["tokens"] - float(c["tokens_mean"])
+            ) <= 0.5
+            matched += ok
+    wall = time.perf_counter() - t0
+    return {
+        "cells": len(cells),
+        "matched": matched if draws == 100 else None,
+        "wall_s": wall,
+        "load_s": load_s,
+        "per_controller_s": per_controller,
+        "draws": draws,
+        "workers": workers,
+    }
+
+
+def run_bench(console: Console, *, quick: bool = False, workers: int = 2,
+              json_out: Path | None = None) -> dict[str, Any]:
+    files = reference_files()
+    draws = 10 if quick else 100
+    figures: dict[str, Any] = {}
+    console.print("[bold]store loading[/] (8 reference stores into replay arrays)")
+    figures["loading"] = load = bench_loading(files)
+    console.print(
+        f"  Parquet stores: {load['parquet_s'] * 1000:.0f} ms   published JSON: "
+        f"{load['json_s'] * 1000:.0f} ms   (JSON / Parquet = {load['json_s'] / load['parquet_s']:.1f}×)"
+    )
+    console.print("[bold]engine steps[/] (Qwen3-8B/aime24)")
+    figures["steps"] = steps = bench_steps(files[-2], seconds=1.0 if quick else 3.0)
+    console.print(
+        f"  episode handle: {steps['handle_actions_per_s']:,.0f} actions/s   Gymnasium env: "
+        f"{steps['env_steps_per_s']:,.0f} steps/s   (handle / env = "
+        f"{steps['handle_actions_per_s'] / steps['env_steps_per_s']:.1f}×)"
+    )
+    runs = []
+    for w in sorted({1, workers}):
+        console.print(f"[bold]reproduction[/] of the 32 baseline cells, {draws} draws, {w} worker(s)")
+        r = bench_reproduction(draws, w)
+        runs.append(r)
+        parts = ", ".join(f"{k} {v:.1f} s" for k, v in r["per_controller_s"].items())
+        match = "" if r["matched"] is None else f"; {r['matched']}/{r['cells']} cells match"
+        console.print(f"  wall {r['wall_s']:.1f} s ({parts}){match}")
+    figures["reproduction"] = runs
+    if len(runs) == 2:
+        console.print(
+            f"  speed-up from 1 to {workers} workers: {runs[0]['wall_s'] / runs[1]['wall_s']:.2f}×"
+        )
+    t = Table(title="summary")
+    t.add_column("figure")
+    t.add_column("value", justify="right")
+    t.add_row("load 8 stores (Parquet)", f"{load['parquet_s'] * 1000:.0f} ms")
+    t.add_row("handle actions / s", f"{steps['handle_actions_per_s']:,.0f}")
+    t.add_row("env steps / s", f"{steps['env_steps_per_s']:,.0f}")
+    for r in runs:
+        t.add_row(f"32 cells, {r['draws']} draws, {r['workers']} worker(s)", f"{r['wall_s']:.1f} s")
+    console.print(t)
+    if json_out is not None:
+        json_out.write_text(json.dumps(figures, indent=2) + "\n")
+    return figures

@@ -1,0 +1,125 @@
+"""Environment definitions (env/*.toml): the splits, replay rules and evaluation protocol of a
+discovery environment. A user adds a file to define a new one."""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from autotts.errors import ConfigError
+from autotts.paths import data_dir, envs_dir
+
+SPLITS = ("search", "heldout")
+OBJECTIVES = ("auc",)
+
+
+@dataclass(frozen=True)
+class EnvDef:
+    name: str
+    path: str
+    description: str
+    splits: dict[str, list[str]]
+    delta: int | None = None
+    probe_cost: int = 0
+    branch_cap: int | None = None
+    budget: int | None = None
+    betas: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
+    draws: int = 20
+    protocol: str = "shuffle"
+    objective: str = "auc"
+    token_range: tuple[float, float] = (5e4, 1.5e6)
+
+    def split_paths(self, split: str) -> list[str]:
+        if split not in SPLITS:
+            raise ConfigError(f"unknown split {split!r} (expected search or heldout)")
+        return list(self.splits[split])
+
+
+def resolve_env_path(name_or_path: str | Path) -> Path:
+    p = Path(name_or_path)
+    if p.is_file():
+        return p
+    builtin = envs_dir() / f"{name_or_path}.toml"
+    if builtin.is_file():
+        return builtin
+    raise ConfigError(f"{name_or_path}: no such environment file")
+
+
+def _expand(entry: str, base: Path) -> str:
+    if entry.startswith("{data}"):
+        return str(data_dir() / entry[len("{data}") :].lstrip("/"))
+    p = Path(entry).expanduser()
+    return str(p if p.is_absolute() else (base / p).resolve())
+
+
+def _get(table: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
+    value = table[key]
+    if isinstance(value, bool) or not isinstance(value, kind):
+        raise ConfigError(f"{where}: field '{key}' has the wrong type ({value!r})")
+    return value
+
+
+def load_env(name_or_path: str | Path) -> EnvDef:
+    path = resolve_env_path(name_or_path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    where = str(path)
+    splits_t = raw.get("splits")
+    if not isinstance(splits_t, dict):
+        raise ConfigError(f"{where}: missing [splits] table")
+    splits: dict[str, list[str]] = {}
+    for split in SPLITS:
+        entries = splits_t.get(split)
+        if not isinstance(entries, list) or not entries or not all(
+            isinstance(e, str) for e in entries
+        ):
+            raise ConfigError(f"{where}: field 'splits.{split}' must be a non-empty list of paths")
+        splits[split] = [_expand(e, path.parent) for e in entries]
+    overlap = set(splits["search"]) & set(splits["heldout"])
+    if overlap:
+        raise ConfigError(f"{where}: {sorted(overlap)[0]} is in both search and heldout splits")
+    replay = raw.get("replay", {})
+    ev = raw.get("evaluation", {})
+    kwargs: dict[str, Any] = {}
+    for key, kind, table, sect in (
+        ("delta", int, replay, "replay"),
+        ("probe_cost", int, replay, "replay"),
+        ("branch_cap", int, replay, "replay"),
+        ("budget", int, replay, "replay"),
+        ("draws", int, ev, "evaluation"),
+        ("protocol", str, ev, "evaluation"),
+        ("objective", str, ev, "evaluation"),
+    ):
+        if key in table:
+            kwargs[key] = _get(table, key, kind, f"{where} [{sect}]")
+    if "betas" in ev:
+        betas = ev["betas"]
+        if not isinstance(betas, list) or not betas or not all(
+            isinstance(b, int | float) and not isinstance(b, bool) and 0 <= b <= 1 for b in betas
+        ):
+            raise ConfigError(f"{where} [evaluation]: field 'betas' must be numbers in [0, 1]")
+        kwargs["betas"] = [float(b) for b in betas]
+    if "token_range" in ev:
+        tr = ev["token_range"]
+        if (
+            not isinstance(tr, list) or len(tr) != 2
+            or not all(isinstance(x, int | float) and x > 0 for x in tr) or tr[0] >= tr[1]
+        ):
+            raise ConfigError(f"{where} [evaluation]: field 'token_range' must be [low, high] > 0")
+        kwargs["token_range"] = (float(tr[0]), float(tr[1]))
+    if kwargs.get("objective", "auc") not in OBJECTIVES:
+        raise ConfigError(f"{where} [evaluation]: unknown objective {kwargs['objective']!r}")
+    if kwargs.get("draws", 1) < 1 or not math.isfinite(kwargs.get("draws", 1)):
+        raise ConfigError(f"{where} [evaluation]: field 'draws' must be >= 1")
+    return EnvDef(
+        name=str(raw.get("name", path.stem)),
+        path=str(path),
+        description=str(raw.get("description", "")),
+        splits=splits,
+        **kwargs,
+    )

@@ -46,6 +46,7 @@ Design notes (why, not what):
 from __future__ import annotations
 
 import math
+import re
 import threading
 import zlib
 from collections.abc import Sequence
@@ -66,9 +67,8 @@ _VERIFY_TIMEOUT_S = 3
 # 1e-6 (absolute) of each other, so these tolerances only err on the side of calling verify.
 _ABS_TOL = 1e-5
 _REL_TOL = 1e-8
-
-# Filled in from a measurement run (see module docstring); kept as data so it is easy to update.
-_MEASURED = "math mode, Qwen3-0.6B/aime24.json: see report in docstring below"
+# Three or more words: prose, which math-verify parses into products of one-letter symbols.
+_WORD = re.compile(r"(?<![\\A-Za-z])[A-Za-z]{2,}")
 
 
 @dataclass(frozen=True, eq=False)
@@ -133,32 +133,88 @@ def _symbol_value(name: str) -> Any:
     return Float(0.5 + (zlib.crc32(name.lower().encode()) % 1_000_003) / 1_000_003, 30)
 
 
-def _fingerprint(p: Any) -> complex | None:
-    """Value of ``p`` at the fixed point, or None when ``p`` must be compared with everything."""
-    from sympy import Expr, Symbol, UnevaluatedExpr
+# An element's key: (value at the fixed point or None, symbol-name key or None); None = wild.
+_Elem = tuple[complex | None, str | None] | None
+# An object's key: its elements (a scalar is a one-element collection); None = wild.
+_Key = tuple[_Elem, ...] | None
+
+
+def _elem_key(p: Any) -> _Elem:
+    from sympy import E, Atom, Expr, Mul, Symbol, UnevaluatedExpr
     from sympy.matrices.expressions import MatrixExpr
 
-    if not isinstance(p, Expr) or isinstance(p, (Symbol, MatrixExpr)):
+    if not isinstance(p, Expr) or isinstance(p, MatrixExpr):
         return None
+    if isinstance(p, Symbol):
+        # verify compares a Symbol with anything but a relation or set by name only.
+        return (None, p.name.lower())
+    name = None
+    if isinstance(p, Atom):
+        name = str(p).lower()  # verify's last resort for Symbol vs x is str(sym) == str(x)
+    elif isinstance(p, Mul) and all(a == E or isinstance(a, Symbol) for a in p.args):
+        name = "".join(a.name if isinstance(a, Symbol) else "e" for a in p.args).lower()
     try:
         if p.has(UnevaluatedExpr):  # percentages: verify treats 9% == 9
             return None
         subs = {s: _symbol_value(getattr(s, "name", str(s))) for s in p.free_symbols}
         v = complex(p.evalf(20, subs=subs))
     except Exception:
-        return None
+        return (None, name) if name is not None else None
     if not (math.isfinite(v.real) and math.isfinite(v.imag)):
+        return (None, name) if name is not None else None
+    return (v, name)
+
+
+def _key(p: Any) -> _Key:
+    """Prefilter key of a parsed answer, or None when it must be compared with everything."""
+    from sympy import FiniteSet, Interval, Tuple
+
+    if isinstance(p, (FiniteSet, Tuple)):
+        elems: tuple[Any, ...] = tuple(p.args)
+    elif isinstance(p, Interval):
+        elems = (p.start, p.end)
+    else:
+        elems = (p,)
+    if not elems:
         return None
-    return v
+    keys = tuple(_elem_key(e) for e in elems)
+    return None if all(k is None for k in keys) else keys
 
 
-def _parse_and_fingerprint(s: str, timeout: int | None) -> tuple[Any, complex | None]:
-    mv = _mv()
+def _close(u: complex, v: complex) -> bool:
+    return abs(u - v) <= _ABS_TOL + _REL_TOL * max(abs(u), abs(v))
+
+
+def _elem_compatible(a: _Elem, b: _Elem) -> bool:
+    if a is None or b is None:
+        return True
+    if a[1] is not None and a[1] == b[1]:
+        return True
+    return a[0] is not None and b[0] is not None and _close(a[0], b[0])
+
+
+def _compatible(a: _Key, b: _Key) -> bool:
+    """False only when verify cannot accept the pair (see the module docstring)."""
+    if a is None or b is None:
+        return True
+    if len(a) == 1 and len(b) == 1:
+        return _elem_compatible(a[0], b[0])
+    # Sets/tuples/intervals (a scalar acts as a singleton): every verify path that accepts them
+    # pairs each element of one side with an equal element of the other.
+    return all(any(_elem_compatible(x, y) for y in b) for x in a) and all(
+        any(_elem_compatible(x, y) for x in a) for y in b
+    )
+
+
+def _parse_and_key(s: str, timeout: int | None) -> tuple[Any, _Key]:
+    if len(_WORD.findall(s)) >= 3:
+        return None, None
     if s.isascii() and s.isdigit() and len(s) < 1000:
         from sympy import Integer
 
         p: Any = Integer(int(s))
     else:
+        mv = _mv()
         res = mv.parse(
             "\\boxed{" + s + "}",
             extraction_config=[mv.LatexExtractionConfig(boxed_match_priority=0)],
@@ -171,22 +227,22 @@ def _parse_and_fingerprint(s: str, timeout: int | None) -> tuple[Any, complex | 
     if p is None or isinstance(p, str):
         return None, None
     if timeout is None:
-        return p, _fingerprint(p)
+        return p, _key(p)
     from math_verify.errors import TimeoutException
     from math_verify.utils import timeout as with_timeout
 
     try:
-        return p, with_timeout(timeout)(_fingerprint)(p)
+        return p, with_timeout(timeout)(_key)(p)
     except TimeoutException:
         return p, None  # wild: costs more verify calls, never changes the result
 
 
 @lru_cache(maxsize=1 << 16)
-def _parsed(s: str, timeout: int | None) -> tuple[Any, complex | None]:
-    return _parse_and_fingerprint(s, timeout)
+def _parsed(s: str, timeout: int | None) -> tuple[Any, _Key]:
+    return _parse_and_key(s, timeout)
 
 
-def _parse(s: str, timeout: int | None) -> tuple[Any, complex | None]:
+def _parse(s: str, timeout: int | None) -> tuple[Any, _Key]:
     """Parse a boxed answer; ``(None, None)`` when math-verify cannot parse it."""
     from math_verify.errors import TimeoutException
 
@@ -205,32 +261,19 @@ class _MathGrouper:
         self.verify = _mv().verify
         self.reps: list[str] = []
         self.parsed: list[Any] = []  # per class; None = unparsable, only identical strings join
+        self.keys: list[_Key] = []
         self.by_expr: dict[Any, int] = {}
-        self.wild: list[int] = []  # classes whose representative has no fingerprint
-        self.fps: list[tuple[complex, int]] = []
 
-    def _candidates(self, fp: complex | None) -> list[int]:
-        if fp is None:
-            return [c for c, p in enumerate(self.parsed) if p is not None]
-        scale = abs(fp)
-        close = [
-            c
-            for v, c in self.fps
-            if abs(v - fp) <= _ABS_TOL + _REL_TOL * max(scale, abs(v))
-        ]
-        if not self.wild:
-            return close
-        return sorted(close + self.wild)
-
-    def match(self, p: Any, fp: complex | None, as_gold: bool) -> int | None:
+    def match(self, p: Any, key: _Key, as_gold: bool) -> int | None:
         try:
             c = self.by_expr.get(p)
         except TypeError:  # unhashable (mutable matrix)
             c = None
         if c is not None:
             return c
-        for c in self._candidates(fp):
-            rep = self.parsed[c]
+        for c, rep in enumerate(self.parsed):
+            if rep is None or not _compatible(key, self.keys[c]):
+                continue
             gold, target = (p, rep) if as_gold else (rep, p)
             if self.verify(gold, target, timeout_seconds=self.verify_timeout):
                 return c
@@ -239,17 +282,13 @@ class _MathGrouper:
     def add(self, s: str) -> int:
         if s in _NO_ANSWER_STRINGS:
             return NO_ANSWER
-        p, fp = _parse(s, self.parse_timeout)
-        c = None if p is None else self.match(p, fp, as_gold=False)
+        p, key = _parse(s, self.parse_timeout)
+        c = None if p is None else self.match(p, key, as_gold=False)
         if c is None:
             c = len(self.reps)
             self.reps.append(s)
             self.parsed.append(p)
-            if p is not None:
-                if fp is None:
-                    self.wild.append(c)
-                else:
-                    self.fps.append((fp, c))
+            self.keys.append(key)
         if p is not None:
             try:
                 self.by_expr.setdefault(p, c)
@@ -270,9 +309,9 @@ def _classify_math(answers: Sequence[str], gold: str) -> AnswerClasses:
     if g in table and mapping[table[g]] != NO_ANSWER:
         gold_class = int(mapping[table[g]])
     elif g not in _NO_ANSWER_STRINGS:
-        p, fp = _parse(g, grouper.parse_timeout)
+        p, key = _parse(g, grouper.parse_timeout)
         if p is not None:
-            c = grouper.match(p, fp, as_gold=True)
+            c = grouper.match(p, key, as_gold=True)
             if c is not None:
                 gold_class = c
     return AnswerClasses(classes, grouper.reps, gold_class)

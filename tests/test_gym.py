@@ -89,9 +89,9 @@ def test_sync_vector_env(store):
     envs = gym.vector.SyncVectorEnv(
         [lambda: WidthDepthEnv(store, branch_cap=3) for _ in range(3)]
     )
-    obs, infos = envs.reset(seed=[0, 1, 2])
+    obs, _ = envs.reset(seed=[0, 1, 2])
     assert obs["branches"].shape == (3, 3, 6)
     for _ in range(10):
-        obs, rewards, term, trunc, infos = envs.step(np.array([BRANCH, READ_NEW, ANSWER]))
+        obs, rewards, _, _, _ = envs.step(np.array([BRANCH, READ_NEW, ANSWER]))
         assert rewards.shape == (3,)
     envs.close()

@@ -46,6 +46,7 @@ class Question:
         "_tokens",
         "_width",
         "delta",
+        "no_answer_class",
         "num_branches",
     )
 
@@ -69,6 +70,8 @@ class Question:
         np.cumsum(step_cost, axis=1, out=cum[:, 1:])
         self.num_branches = m
         self.delta = delta
+        err = data.err_class
+        self.no_answer_class = int(err[q]) if err is not None else NO_ANSWER
         self._reveal = reveal
         self._step_cost = step_cost
         self._cum = cum
@@ -109,7 +112,7 @@ class Episode:
     Revealed state (copies): num_opened, depths, finished, pruned, running, latest, final_answers,
     history(i); depth(i), is_finished(i), is_pruned(i), latest_answer(i); cost: tokens (generated +
     κ·probes), generated_tokens, num_probes, budget, remaining_budget; public facts: pool_size,
-    delta, probe_cost, max_steps (intervals of the longest branch are not public). trace(kind,
+    delta, probe_cost, no_answer_class (the 'ERR' class, -1 if none). trace(kind,
     **data) records an event when tracing is on and costs nothing otherwise.
     """
 
@@ -174,6 +177,12 @@ class Episode:
     @property
     def probe_cost(self) -> int:
         return self._kappa
+
+    @property
+    def no_answer_class(self) -> int:
+        """The class of the model's "no answer" output ('ERR') in exact stores, else -1. It is an
+        ordinary vote in the published baselines; controllers may choose to ignore it."""
+        return self._q.no_answer_class
 
     @property
     def budget(self) -> int | None:

@@ -84,6 +84,10 @@ class ReplayData:
     final_class: np.ndarray  # int32 [B]
     probe_offsets: np.ndarray  # int64 [B+1]
     probe_class: np.ndarray  # int32 [P]
+    # Per question, the class of the model's own "no answer" output ('ERR' or empty) in exact
+    # stores, -1 if there is none (math stores already map those to -1). Public: it describes the
+    # model's output format, not the gold answer.
+    err_class: np.ndarray | None = None  # int32 [Q]
 
     @property
     def num_questions(self) -> int:
@@ -134,7 +138,17 @@ class Store:
             final_class=b.column("final_class").to_numpy().astype(np.int32, copy=False),
             probe_offsets=p_off,
             probe_class=probes.flatten().to_numpy(zero_copy_only=False).astype(np.int32),
+            err_class=self._err_classes(),
         )
+
+    def _err_classes(self) -> np.ndarray:
+        out = np.full(self.num_questions, -1, dtype=np.int32)
+        a = self.answers
+        text = pc.utf8_trim_whitespace(a.column("answer"))
+        hit = pc.or_(pc.equal(text, "ERR"), pc.equal(text, ""))
+        rows = a.filter(hit)
+        out[rows.column("question_idx").to_numpy()] = rows.column("answer_class").to_numpy()
+        return out
 
     def gold_classes(self) -> np.ndarray:
         """The scorer's side: gold class per question (int32). Never handed to the engine."""

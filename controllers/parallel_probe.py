@@ -5,8 +5,9 @@ Open num_chains branches (BRANCH+PROBE). Each step, ADVANCE every unpruned, unfi
 probe_burst times; the leader is the majority of the unpruned branches' latest answers. From step
 warm_up on, with more than one active branch, a branch that disagrees with the leader counts one
 more off-track step (agreeing resets it) and is pruned after prune_patience of them. Return the
-leader once it has stayed the same for T consecutive steps, or when everything is finished or
-pruned, or at max_steps.
+leader once it has stayed the same for T consecutive steps (T + 1 equal leaders in a row), or when
+everything is finished or pruned, or at max_steps. Steps count from 0, so pruning starts at step
+warm_up; a finished branch keeps voting with its final answer.
 """
 
 import numpy as np
@@ -50,28 +51,31 @@ class ParallelProbe:
         n = min(self.num_chains, ep.pool_size)
         ep.branch_many(n, probe=True)
         off_track = np.zeros(n, dtype=np.int64)
-        leader, stable = -1, 0
-        for step in range(1, self.max_steps + 1):
+        leader, previous, stable = -1, None, 0
+        for step in range(self.max_steps):
             running = ep.running
-            if not running.any():
-                ep.trace("stop", reason="all_done", step=step)
-                break
-            ep.advance_many(running, times=self.probe_burst)
+            if running.any():
+                ep.advance_many(running, times=self.probe_burst)
             latest, alive = ep.latest, ~ep.pruned
-            current = majority(latest[alive])
+            leader = majority(latest[alive])
             if step >= self.warm_up and alive.sum() > 1:
                 unfinished = alive & ~ep.finished
-                disagree = unfinished & (latest != current)
+                disagree = unfinished & (latest != leader)
                 off_track[disagree] += 1
                 off_track[unfinished & ~disagree] = 0
                 drop = disagree & (off_track >= self.prune_patience)
                 if drop.any():
                     ep.prune_many(drop)
                     ep.trace("prune", step=step, n=int(drop.sum()))
-                    current = majority(latest[~ep.pruned])
-            stable = stable + 1 if current == leader else 1
-            leader = current
+                    leader = majority(latest[~ep.pruned])
+            # The count starts at 0 and resets to 0: returning needs T + 1 equal leaders in a row.
+            stable = stable + 1 if leader == previous else 0
+            previous = leader
             if stable >= self.T:
                 ep.trace("stop", reason="stable", step=step)
                 return leader
+            if not ep.running.any():
+                ep.trace("stop", reason="all_done", step=step)
+                return leader
+        ep.trace("stop", reason="max_steps", step=self.max_steps)
         return leader

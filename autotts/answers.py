@@ -45,6 +45,7 @@ Design notes (why, not what):
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 import threading
@@ -133,36 +134,52 @@ def _symbol_value(name: str) -> Any:
     return Float(0.5 + (zlib.crc32(name.lower().encode()) % 1_000_003) / 1_000_003, 30)
 
 
-# An element's key: (value at the fixed point or None, symbol-name key or None); None = wild.
-_Elem = tuple[complex | None, str | None] | None
+# An element's key: (value at the fixed point or None, names verify may match it by); None = wild.
+_Elem = tuple[complex | None, frozenset[str]] | None
 # An object's key: its elements (a scalar is a one-element collection); None = wild.
 _Key = tuple[_Elem, ...] | None
+_INF = "\0inf"
+
+
+def _undef_stand_in(e: Any) -> Any:
+    from sympy import Add, Rational
+
+    # An undefined function application (C(8, 4), Phi_13(i)) is opaque to verify: it can only
+    # equal something containing the same application, so any fixed continuous stand-in works.
+    args = [Rational(k + 1, 1000) * a for k, a in enumerate(e.args)]
+    return _symbol_value("f:" + type(e).__name__) + Add(*args)
 
 
 def _elem_key(p: Any) -> _Elem:
-    from sympy import E, Atom, Expr, Mul, Symbol, UnevaluatedExpr
+    from sympy import E, Expr, Float, Mul, Rational, Symbol, UnevaluatedExpr
+    from sympy.core.function import AppliedUndef
     from sympy.matrices.expressions import MatrixExpr
 
     if not isinstance(p, Expr) or isinstance(p, MatrixExpr):
         return None
     if isinstance(p, Symbol):
-        # verify compares a Symbol with anything but a relation or set by name only.
-        return (None, p.name.lower())
-    name = None
-    if isinstance(p, Atom):
-        name = str(p).lower()  # verify's last resort for Symbol vs x is str(sym) == str(x)
+        # verify compares a Symbol with anything but a relation or a set by name only.
+        return (None, frozenset((p.name.lower(),)))
+    names: set[str] = set()
+    if p.is_Atom and not isinstance(p, Rational | Float):  # pi, E, I, oo, zoo, nan, ...
+        names.add(str(p).lower())  # verify's last resort for Symbol vs x is str(sym) == str(x)
     elif isinstance(p, Mul) and all(a == E or isinstance(a, Symbol) for a in p.args):
-        name = "".join(a.name if isinstance(a, Symbol) else "e" for a in p.args).lower()
+        names.add("".join(a.name if isinstance(a, Symbol) else "e" for a in p.args).lower())
     try:
         if p.has(UnevaluatedExpr):  # percentages: verify treats 9% == 9
             return None
-        subs = {s: _symbol_value(getattr(s, "name", str(s))) for s in p.free_symbols}
-        v = complex(p.evalf(20, subs=subs))
+        q = p
+        if q.has(AppliedUndef):
+            q = q.replace(lambda e: isinstance(e, AppliedUndef), _undef_stand_in)
+        subs = {s: _symbol_value(getattr(s, "name", str(s))) for s in q.free_symbols}
+        v = complex(q.evalf(20, subs=subs))
     except Exception:
-        return (None, name) if name is not None else None
+        return (None, frozenset(names)) if names else None
     if not (math.isfinite(v.real) and math.isfinite(v.imag)):
-        return (None, name) if name is not None else None
-    return (v, name)
+        # Infinite values only meet infinite values (or, by name, a Symbol such as 'oo').
+        names.add(_INF)
+        return (None, frozenset(names))
+    return (v, frozenset(names))
 
 
 def _key(p: Any) -> _Key:
@@ -188,7 +205,7 @@ def _close(u: complex, v: complex) -> bool:
 def _elem_compatible(a: _Elem, b: _Elem) -> bool:
     if a is None or b is None:
         return True
-    if a[1] is not None and a[1] == b[1]:
+    if a[1] and b[1] and not a[1].isdisjoint(b[1]):
         return True
     return a[0] is not None and b[0] is not None and _close(a[0], b[0])
 
@@ -290,10 +307,8 @@ class _MathGrouper:
             self.parsed.append(p)
             self.keys.append(key)
         if p is not None:
-            try:
+            with contextlib.suppress(TypeError):  # unhashable (mutable matrix)
                 self.by_expr.setdefault(p, c)
-            except TypeError:
-                pass
         return c
 
 

@@ -164,6 +164,7 @@ def eval_cmd(
     sandbox: Annotated[bool, typer.Option(help="run the controller in the sandbox")] = False,
     workers: Annotated[int, typer.Option(help="worker processes")] = 1,
     executor: Annotated[str, typer.Option(help="local or ray")] = "local",
+    ray_address: Annotated[str | None, typer.Option(help="Ray cluster address (else a local runtime)")] = None,
     errors: Annotated[str, typer.Option(help="on a failing episode: raise or record")] = "raise",
 ) -> None:
     """Evaluate a controller over stores × β × draws."""
@@ -194,10 +195,8 @@ def eval_cmd(
     protocol = protocol or "shuffle"
     if not stores:
         raise ConfigError("give at least one --store or an --env")
-    if executor != "local":
-        raise ConfigError(f"executor {executor!r} is not available (only 'local' for now)")
-    if sandbox:
-        raise ConfigError("--sandbox is not available yet")
+    if sandbox:  # same call and rows; the controller runs in sandbox processes (DESIGN §7)
+        from autotts.sandbox import evaluate_sandboxed as evaluate
     proto = Protocol(draws=draws, protocol=protocol, pool=pool, seed=seed,
                      probe_cost=probe_cost, budget=budget)
     from rich.progress import Progress
@@ -208,10 +207,15 @@ def eval_cmd(
         def tick(done: int, total: int) -> None:
             prog.update(task, completed=done, total=total)
 
+        kwargs: dict[str, Any] = {}
+        if not sandbox:
+            kwargs = {"executor": executor, "ray_address": ray_address}
+        elif executor != "local":
+            raise ConfigError("--sandbox runs on local processes only (no --executor ray)")
         result = evaluate(
             controller, stores, beta_list, proto, overrides=overrides, workers=workers,
             episodes=episodes is not None, traces=traces is not None, on_error=errors,
-            progress=tick,
+            progress=tick, **kwargs,
         )
     t = Table(title=f"{result.rows[0]['controller']}  ({proto.protocol}, {draws} draws)")
     for col in ("store", "β", "accuracy %", "± se", "tokens", "± se", "errors"):
@@ -231,6 +235,15 @@ def eval_cmd(
 
             lines = "".join(json.dumps(x, default=_json_default) + "\n" for x in items or [])
             atomic_write_bytes(path, lines.encode("utf-8"))
+    if beta_list is not None and len(beta_list) > 1:
+        from autotts.metrics import monotonicity_violations
+
+        bad = monotonicity_violations(result.rows)
+        if bad:
+            for v in bad:
+                err.print(f"[yellow]not monotone:[/] {v.describe()}")
+        else:
+            out.print("cost is monotone in β on every store (within the standard error)")
     if result.errors:
         err.print(f"[yellow]{len(result.errors)} episode(s) failed and were scored as wrong[/]")
 
@@ -261,7 +274,10 @@ def discover_cmd(
     dry_run: Annotated[bool, typer.Option(help="print the first prompt and stop")] = False,
 ) -> None:
     """Let an LLM agent write, test and revise controllers against an environment."""
-    raise ConfigError("discover is not available yet")
+    from autotts.discover.command import discover_command
+
+    discover_command(env=env, run_dir=run_dir, model=model, base_url=base_url, rounds=rounds,
+                     budget_usd=budget_usd, dry_run=dry_run, console=err)
 
 
 @app.command("collect")
@@ -273,25 +289,128 @@ def collect_cmd(
     delta: Annotated[int, typer.Option(help="tokens per interval (Δ)")] = 500,
     backend: Annotated[str, typer.Option(help="vllm or openai")] = "vllm",
     base_url: Annotated[str | None, typer.Option(help="OpenAI-compatible server URL")] = None,
-    shard: Annotated[str | None, typer.Option(help="I/N: this worker's share")] = None,
+    shard: Annotated[str | None, typer.Option(help="I/N: this worker's share (0-based)")] = None,
+    answers: Annotated[str, typer.Option(help="answer classes: math or exact")] = "math",
+    seed: Annotated[int, typer.Option(help="base seed of the branches")] = 0,
+    temperature: Annotated[float, typer.Option(help="branch sampling temperature")] = 0.7,
+    top_p: Annotated[float, typer.Option(help="branch nucleus sampling")] = 1.0,
+    top_k: Annotated[int, typer.Option(help="branch top-k (0: off)")] = 0,
+    probe_suffix: Annotated[str | None, typer.Option(help="text appended for a probe")] = None,
+    probe_max_tokens: Annotated[int, typer.Option(help="tokens per probe")] = 32,
+    max_thinking_tokens: Annotated[int, typer.Option(help="thinking cap per branch")] = 30000,
+    max_answer_tokens: Annotated[int, typer.Option(help="tokens after </think>")] = 2048,
+    think_close: Annotated[str | None, typer.Option(help="text that closes a capped think block")] = None,
+    prompt_template: Annotated[str | None, typer.Option(help="user message; {question} is replaced")] = None,
+    system_prompt: Annotated[str | None, typer.Option(help="system message")] = None,
+    template_kwarg: Annotated[list[str] | None, typer.Option(help="chat template KEY=VALUE (default enable_thinking=true)")] = None,
+    signals: Annotated[str, typer.Option(help="per-interval signals: tokens,logprobs,confidence")] = "",
+    revision: Annotated[str | None, typer.Option(help="model revision (vllm backend)")] = None,
+    engine_arg: Annotated[list[str] | None, typer.Option(help="vllm.LLM KEY=VALUE (e.g. tensor_parallel_size=2); openai: concurrency=N")] = None,
+    sampler: Annotated[str, typer.Option(help="auto, autotts, native or reseed")] = "auto",
+    inflight: Annotated[int | None, typer.Option(help="questions in flight at once")] = None,
+    limit: Annotated[int | None, typer.Option(help="only the first N questions")] = None,
 ) -> None:
-    """Sample branches and probes from a model into a replay store (GPU)."""
-    raise ConfigError("collect is not available yet")
+    """Sample branches and probes from a model into a replay store (GPU). Reruns resume."""
+    from autotts.collect.engines import Sampling
+    from autotts.collect.protocol import DEFAULT_PROBE_SUFFIX, DEFAULT_THINK_CLOSE, ProtocolConfig
+    from autotts.collect.runner import DEFAULT_PROMPT_TEMPLATE, CollectConfig, RichProgress, collect
+    from autotts.collect.writer import parse_shard
+
+    proto = ProtocolConfig(
+        n=n, delta=delta, seed=seed,
+        sampling=Sampling(temperature=temperature, top_p=top_p, top_k=top_k),
+        probe_suffix=DEFAULT_PROBE_SUFFIX if probe_suffix is None else probe_suffix,
+        probe_max_tokens=probe_max_tokens, max_thinking_tokens=max_thinking_tokens,
+        max_answer_tokens=max_answer_tokens,
+        think_close=DEFAULT_THINK_CLOSE if think_close is None else think_close,
+        signals=tuple(s.strip() for s in signals.split(",") if s.strip()),
+    )
+    cfg = CollectConfig(
+        model=model, questions=questions, out=out_dir, protocol=proto, backend=backend,
+        base_url=base_url, shard=parse_shard(shard), answers=answers,
+        prompt_template=prompt_template or DEFAULT_PROMPT_TEMPLATE, system_prompt=system_prompt,
+        template_kwargs={"enable_thinking": True, **parse_sets(template_kwarg or [])},
+        revision=revision, engine_args=parse_sets(engine_arg or []), sampler=sampler,
+        inflight=inflight, limit=limit,
+    )
+    res = collect(cfg, progress=RichProgress(err), log=lambda m: err.print(f"[yellow]{m}[/]"))
+    tok = res.stats.generated + res.stats.probe_generated
+    rate = f", {tok / res.seconds:,.0f} tokens/s" if res.seconds > 0 and tok else ""
+    out.print(f"{res.done_now} question(s) collected now, {res.finished}/{res.total} finished"
+              f" ({tok:,} tokens{rate})")
+    if res.store is not None:
+        out.print(f"wrote {res.store}")
+    else:
+        out.print("the store is written once every shard has finished (or: autotts collect-merge)")
+
+
+@app.command("collect-merge")
+def collect_merge_cmd(
+    workdirs: Annotated[list[Path], typer.Argument(help="work directories (OUT.collect) of the shards")],
+    out_dir: Annotated[Path, typer.Option("--out", help="store directory to write")],
+) -> None:
+    """Join the work directories of sharded `collect` runs into one store."""
+    from autotts.collect.runner import merge
+
+    out.print(f"wrote {merge(list(workdirs), out_dir)}")
 
 
 @app.command("report")
 def report_cmd(
     inputs: Annotated[list[Path], typer.Argument(help="eval --json outputs or discovery run dirs")],
     out_dir: Annotated[Path, typer.Option("--out", help="report directory")],
+    title: Annotated[str | None, typer.Option(help="report title")] = None,
 ) -> None:
     """Plots and tables (PNG, markdown, self-contained HTML) from results."""
-    raise ConfigError("report is not available yet")
+    from autotts.report import report_from_inputs
+
+    readers = []
+    if any(p.is_dir() for p in inputs):  # discovery run directories have their own reader
+        from autotts.discover.runreport import is_run_dir, read_run_dir
+
+        readers.append(lambda p: read_run_dir(p) if is_run_dir(p) else None)
+    rp = report_from_inputs(inputs, out_dir, title, readers=readers)
+    files = [f"{rp.html} (self-contained)", str(rp.markdown), str(rp.png or ""), str(rp.summary)]
+    out.print("wrote " + ", ".join(f for f in files if f))
 
 
 @app.command("demo")
-def demo_cmd() -> None:
+def demo_cmd(
+    out_dir: Annotated[Path, typer.Option("--out", help="report directory")] = Path("autotts-demo"),
+    store: Annotated[Path | None, typer.Option(help="store to use instead of the shipped one")] = None,
+    draws: Annotated[int, typer.Option(help="draws per question")] = 10,
+    workers: Annotated[int | None, typer.Option(help="worker processes (default: up to 2)")] = None,
+) -> None:
     """The first-run experience: evaluate the built-ins on the shipped store and write a report."""
-    raise ConfigError("demo is not available yet")
+    from autotts.demo import print_demo, run_demo
+
+    print_demo(run_demo(out_dir, store=store, draws=draws, workers=workers, console=err), out)
+
+
+@app.command("synth")
+def synth_cmd(
+    out_dir: Annotated[Path, typer.Option("--out", help="store directory to write")],
+    seed: Annotated[int, typer.Option(help="random seed (same seed, same store)")] = 0,
+    questions: Annotated[int, typer.Option(help="number of questions")] = 50,
+    branches: Annotated[int, typer.Option(help="branches per question")] = 64,
+    skill: Annotated[float, typer.Option(help="model skill (logit); 0 gives pass@1 ≈ 50%")] = 0.0,
+    delta: Annotated[int, typer.Option(help="tokens per interval (Δ)")] = 500,
+    model: Annotated[str, typer.Option(help="model name in the manifest")] = "synthetic",
+    benchmark: Annotated[str | None, typer.Option(help="benchmark name (default seed<S>)")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="other generator knob: KEY=VALUE")] = None,
+) -> None:
+    """Generate a synthetic replay store from a seeded model of reasoning branches."""
+    from autotts.synth import SynthParams, calibration_stats, with_overrides, write_synthetic
+
+    params = SynthParams(questions=questions, branches=branches, seed=seed, skill=skill,
+                         delta=delta, model=model, benchmark=benchmark or "")
+    params = with_overrides(params, parse_sets(set_ or []))
+    s = calibration_stats(write_synthetic(params, out_dir))
+    out.print(
+        f"wrote {out_dir} ({s['store']}: {s['questions']} questions × "
+        f"{s['branches_per_question']:.0f} branches; pass@1 {s['pass_at_1']:.1f}%, majority "
+        f"{s['majority_accuracy']:.1f}%, {s['probes_per_branch_mean']:.1f} probes/branch)"
+    )
 
 
 def main() -> None:

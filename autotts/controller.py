@@ -20,11 +20,10 @@ never depend on which episodes a worker happened to run before.
 
 from __future__ import annotations
 
-import ast
-import importlib.util
 import inspect
 import math
 import sys
+import types
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +37,7 @@ class ControllerSpec:
     name: str
     path: str
     cls: type
+    source: str = ""
 
     def knob_names(self) -> list[str]:
         sig = inspect.signature(self.cls.__init__)
@@ -143,25 +143,30 @@ def load(name_or_path: str) -> ControllerSpec:
     """Import a controller in this process. Only for trusted code: agent-written candidates go
     through the sandbox instead."""
     path = resolve(name_or_path)
-    key = str(path)
+    return load_source(path.read_text(), str(path))
+
+
+def load_source(source: str, filename: str) -> ControllerSpec:
+    """Import trusted controller source (workers on other hosts get the source, not a path).
+    `filename` is where tracebacks point; loads are cached by (filename, source)."""
+    key = f"{filename}\0{hash(source)}"
     if key in _CACHE:
         return _CACHE[key]
-    source = path.read_text()
     try:
-        ast.parse(source, filename=key)
+        code = compile(source, filename, "exec", dont_inherit=True)
     except SyntaxError as e:
-        raise ControllerError(f"{path}:{e.lineno}: syntax error: {e.msg}") from None
-    mod_name = f"autotts_controller_{path.stem}_{abs(hash(key)) & 0xFFFFFF:x}"
-    spec = importlib.util.spec_from_file_location(mod_name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[mod_name] = module
+        raise ControllerError(f"{filename}:{e.lineno}: syntax error: {e.msg}") from None
+    stem = Path(filename).stem
+    mod_name = f"autotts_controller_{stem}_{abs(hash(key)) & 0xFFFFFF:x}"
+    module = types.ModuleType(mod_name)
+    module.__file__ = filename
+    sys.modules[mod_name] = module  # dataclasses and pickling look classes up by module
     try:
-        spec.loader.exec_module(module)
+        exec(code, module.__dict__)
     except Exception as e:
         sys.modules.pop(mod_name, None)
-        raise ControllerError(f"{path}: import failed: {type(e).__name__}: {e}") from None
-    cls = find_controller_class(module, key)
-    result = ControllerSpec(name=cls.NAME, path=key, cls=cls)
+        raise ControllerError(f"{filename}: import failed: {type(e).__name__}: {e}") from None
+    cls = find_controller_class(module, filename)
+    result = ControllerSpec(name=cls.NAME, path=filename, cls=cls, source=source)
     _CACHE[key] = result
     return result

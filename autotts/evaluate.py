@@ -8,11 +8,9 @@ the sandbox. `evaluate` scores those answers against the gold classes it alone h
 from __future__ import annotations
 
 import math
-import multiprocessing as mp
 import os
 import traceback
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -158,25 +156,114 @@ def run_block(
     return BlockResult(answers, tokens, probes, opened, errors, traces)
 
 
-# ---- process fan-out -------------------------------------------------------------------------
-
-_WORKER: dict[str, Any] = {}
+# ---- fan-out ----------------------------------------------------------------------------------
 
 
-def _worker_init(store_paths: list[str] | None) -> None:
-    # Under fork the parent's prepared stores are already here; under spawn, load them by path.
-    if store_paths is not None and "questions" not in _WORKER:
-        _WORKER["questions"] = [_Questions(open_store(p).replay()) for p in store_paths]
+@dataclass(frozen=True)
+class Job:
+    """Everything a worker needs besides the store data: one controller, its configurations."""
+
+    controller_path: str
+    controller_source: str
+    configs: tuple[dict[str, Any], ...]
+    proto: Protocol
+    store_names: tuple[str, ...]
+    on_error: str = "raise"
+    trace: bool = False
 
 
-def _worker_run(unit: tuple[Any, ...]) -> tuple[int, int, int, BlockResult]:
-    s, r, lo, hi, spec_path, config, proto, store_name, on_error, trace = unit
-    spec = ctl.load(spec_path)
-    res = run_block(
-        _WORKER["questions"][s], spec, config, proto, lo, hi,
-        store_name=store_name, on_error=on_error, trace=trace,
+# A work unit: (store index, configuration index, first draw, end draw).
+Unit = tuple[int, int, int, int]
+
+
+def make_units(n_stores: int, n_configs: int, draws: int, workers: int) -> list[Unit]:
+    """Split store × configuration × draws into about 4 units per worker (for balance); each
+    unit is a contiguous draw range, so results do not depend on the split."""
+    per_sr = max(1, math.ceil(max(1, workers) * 4 / (n_stores * n_configs)))
+    chunk = max(1, math.ceil(draws / per_sr))
+    return [
+        (s, r, lo, min(draws, lo + chunk))
+        for s in range(n_stores)
+        for r in range(n_configs)
+        for lo in range(0, draws, chunk)
+    ]
+
+
+def run_unit(questions: _Questions, job: Job, unit: Unit) -> BlockResult:
+    s, r, lo, hi = unit
+    spec = ctl.load_source(job.controller_source, job.controller_path)
+    return run_block(
+        questions, spec, job.configs[r], job.proto, lo, hi,
+        store_name=job.store_names[s], on_error=job.on_error, trace=job.trace,
     )
-    return s, r, lo, res
+
+
+def score(
+    stores: Sequence[Store],
+    spec_name: str,
+    runs: Sequence[tuple[float | None, dict[str, Any]]],
+    proto: Protocol,
+    results: dict[tuple[int, int], list[tuple[int, BlockResult]]],
+    *,
+    episodes: bool = False,
+    traces: bool = False,
+) -> Evaluation:
+    """Score what the controller answered against the gold classes (held here, never by the
+    engine) and aggregate over draws. results[(store, run)] = [(first draw, block), ...]."""
+    rows: list[dict[str, Any]] = []
+    ep_rows: list[dict[str, Any]] | None = [] if episodes else None
+    all_traces: list[dict[str, Any]] | None = [] if traces else None
+    all_errors: list[dict[str, Any]] = []
+    for s, st in enumerate(stores):
+        gold = st.gold_classes()
+        for r, (beta, cfg) in enumerate(runs):
+            parts = sorted(results[(s, r)], key=lambda x: x[0])
+            ans = np.concatenate([p.answers for _, p in parts])
+            tok = np.concatenate([p.tokens for _, p in parts])
+            correct = (ans == gold[None, :]) & (ans >= 0)
+            acc, acc_se = _mean_se(correct.mean(axis=1) * 100.0)
+            tmean, tse = _mean_se(tok.mean(axis=1))
+            errs = [e for _, p in parts for e in p.errors]
+            all_errors.extend(errs)
+            rows.append(
+                {
+                    "store": st.name,
+                    "controller": spec_name,
+                    "config": cfg,
+                    "beta": beta,
+                    "accuracy": acc,
+                    "accuracy_se": acc_se,
+                    "tokens": tmean,
+                    "tokens_se": tse,
+                    "draws": proto.draws,
+                    "questions": st.num_questions,
+                    "errors": len(errs),
+                }
+            )
+            if ep_rows is not None:
+                probes = np.concatenate([p.probes for _, p in parts])
+                opened = np.concatenate([p.opened for _, p in parts])
+                for d in range(ans.shape[0]):
+                    for q in range(ans.shape[1]):
+                        ep_rows.append(
+                            {
+                                "store": st.name,
+                                "controller": spec_name,
+                                "beta": beta,
+                                "draw": d,
+                                "question": q,
+                                "answer": int(ans[d, q]),
+                                "correct": bool(correct[d, q]),
+                                "tokens": int(tok[d, q]),
+                                "probes": int(probes[d, q]),
+                                "opened": int(opened[d, q]),
+                            }
+                        )
+            if all_traces is not None:
+                for _, p in parts:
+                    for t in p.traces or []:
+                        all_traces.append({"store": st.name, "beta": beta, "config": cfg, **t})
+    return Evaluation(rows, ep_rows, all_traces, all_errors)
 
 
 @dataclass
@@ -206,6 +293,8 @@ def evaluate(
     *,
     overrides: dict[str, Any] | None = None,
     workers: int = 1,
+    executor: str | Any = "local",
+    ray_address: str | None = None,
     episodes: bool = False,
     traces: bool = False,
     on_error: str = "raise",
@@ -214,8 +303,10 @@ def evaluate(
     """Evaluate one controller over stores × β (× the protocol's draws).
 
     betas=None (or [None]) runs the constructor defaults with `overrides` and reports beta as
-    None. Results are identical for any number of workers: every episode is deterministic and
-    does not depend on which process runs it."""
+    None. Results are identical for any number of workers and either executor ("local" processes
+    or "ray"): every episode is deterministic and does not depend on which process runs it."""
+    from autotts.executors import make_executor
+
     proto = proto or Protocol()
     proto.check()
     if on_error not in ("raise", "record"):
@@ -227,102 +318,20 @@ def evaluate(
     runs: list[tuple[float | None, dict[str, Any]]] = []
     for beta in list(betas) if betas else [None]:
         runs.append((beta, spec.config(beta, overrides)))
-    questions = [_Questions(s.replay()) for s in loaded]
-    golds = [s.gold_classes() for s in loaded]
-
-    n_units_wanted = max(1, workers) * 4
-    per_sr = max(1, math.ceil(n_units_wanted / (len(loaded) * len(runs))))
-    chunk = max(1, math.ceil(proto.draws / per_sr))
-    units = []
-    for s, st in enumerate(loaded):
-        for r, (_, cfg) in enumerate(runs):
-            for lo in range(0, proto.draws, chunk):
-                hi = min(proto.draws, lo + chunk)
-                units.append((s, r, lo, hi, spec.path, cfg, proto, st.name, on_error, traces))
-
+    job = Job(
+        controller_path=spec.path,
+        controller_source=spec.source,
+        configs=tuple(cfg for _, cfg in runs),
+        proto=proto,
+        store_names=tuple(s.name for s in loaded),
+        on_error=on_error,
+        trace=traces,
+    )
+    ex = make_executor(executor, workers=workers, address=ray_address)
+    units = make_units(len(loaded), len(runs), proto.draws, ex.parallelism)
     results: dict[tuple[int, int], list[tuple[int, BlockResult]]] = {}
-    done = 0
-    if workers <= 1 or len(units) == 1:
-        _WORKER["questions"] = questions
-        try:
-            for u in units:
-                s, r, lo, res = _worker_run(u)
-                results.setdefault((s, r), []).append((lo, res))
-                done += 1
-                if progress:
-                    progress(done, len(units))
-        finally:
-            _WORKER.pop("questions", None)
-    else:
-        if "fork" in mp.get_all_start_methods():
-            ctx = mp.get_context("fork")
-            _WORKER["questions"] = questions
-            init_args: tuple[Any, ...] = (None,)
-        else:
-            ctx = mp.get_context("spawn")
-            init_args = ([s.path for s in loaded],)
-        try:
-            with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init,
-                                     initargs=init_args) as pool:
-                for s, r, lo, res in pool.map(_worker_run, units):
-                    results.setdefault((s, r), []).append((lo, res))
-                    done += 1
-                    if progress:
-                        progress(done, len(units))
-        finally:
-            _WORKER.pop("questions", None)
-
-    rows: list[dict[str, Any]] = []
-    ep_rows: list[dict[str, Any]] | None = [] if episodes else None
-    all_traces: list[dict[str, Any]] | None = [] if traces else None
-    all_errors: list[dict[str, Any]] = []
-    for s, st in enumerate(loaded):
-        gold = golds[s]
-        for r, (beta, cfg) in enumerate(runs):
-            parts = sorted(results[(s, r)], key=lambda x: x[0])
-            ans = np.concatenate([p.answers for _, p in parts])
-            tok = np.concatenate([p.tokens for _, p in parts])
-            correct = (ans == gold[None, :]) & (ans >= 0)
-            acc, acc_se = _mean_se(correct.mean(axis=1) * 100.0)
-            tmean, tse = _mean_se(tok.mean(axis=1))
-            errs = [e for _, p in parts for e in p.errors]
-            all_errors.extend(errs)
-            rows.append(
-                {
-                    "store": st.name,
-                    "controller": spec.name,
-                    "config": cfg,
-                    "beta": beta,
-                    "accuracy": acc,
-                    "accuracy_se": acc_se,
-                    "tokens": tmean,
-                    "tokens_se": tse,
-                    "draws": proto.draws,
-                    "questions": st.num_questions,
-                    "errors": len(errs),
-                }
-            )
-            if ep_rows is not None:
-                probes = np.concatenate([p.probes for _, p in parts])
-                opened = np.concatenate([p.opened for _, p in parts])
-                for d in range(ans.shape[0]):
-                    for q in range(ans.shape[1]):
-                        ep_rows.append(
-                            {
-                                "store": st.name,
-                                "controller": spec.name,
-                                "beta": beta,
-                                "draw": d,
-                                "question": q,
-                                "answer": int(ans[d, q]),
-                                "correct": bool(correct[d, q]),
-                                "tokens": int(tok[d, q]),
-                                "probes": int(probes[d, q]),
-                                "opened": int(opened[d, q]),
-                            }
-                        )
-            if all_traces is not None:
-                for _, p in parts:
-                    for t in p.traces or []:
-                        all_traces.append({"store": st.name, "beta": beta, "config": cfg, **t})
-    return Evaluation(rows, ep_rows, all_traces, all_errors)
+    for done, (unit, res) in enumerate(ex.run([s.replay() for s in loaded], job, units), 1):
+        results.setdefault((unit[0], unit[1]), []).append((unit[2], res))
+        if progress:
+            progress(done, len(units))
+    return score(loaded, spec.name, runs, proto, results, episodes=episodes, traces=traces)

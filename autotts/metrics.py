@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -39,7 +40,7 @@ def monotonicity_violations(
     out = []
     for (store, controller), items in groups.items():
         items = sorted(items, key=lambda r: r["beta"])
-        for a, b in zip(items, items[1:], strict=False):
+        for a, b in itertools.pairwise(items):
             allowed = tolerance * math.hypot(a.get("tokens_se", 0.0), b.get("tokens_se", 0.0))
             if b["tokens"] < a["tokens"] - allowed:
                 out.append(

@@ -11,22 +11,34 @@ is the same whatever the number of questions):
   difficulty      d_q ~ Normal(0, difficulty_sd); a branch is right with p_q = sigmoid(skill − d_q)
   answers         a gold answer (an integer 0..999, AIME style); 1 + Poisson(attractors) competing
                   wrong answers with Dirichlet(attractor_alpha) weights; a wrong branch ends on one
-                  of them, or with probability `tail` on a fresh random integer (the long tail)
-  length          thinking tokens H ~ LogNormal(log(length_median) + length_difficulty·d_q
-                  + log(wrong_length_factor)·[wrong], length_sd); probes L = clip(⌊H/Δ⌋,
-                  min_probes, max_probes). A branch that hits max_probes was truncated: its final
-                  is 'ERR' with probability truncated_err (else err_final)
+                  of them, or with probability tail + tail_hard·(1 − p_q) on a long-tail answer:
+                  one of the question's few 'intermediate' numbers (probability tail_reuse) or a
+                  fresh random integer (a model that rarely solves a question scatters more)
+  length          thinking tokens H ~ LogNormal(μ, length_sd) with, for a right branch,
+                  μ = log(length_right) + length_hard·(1 − p_q) + s_q (right answers come fast on
+                  easy questions, slowly on hard ones) and, for a wrong one,
+                  μ = log(length_wrong) + length_wrong_hard·(1 − p_q) + s_q, where
+                  s_q = length_skill·skill + Normal(0, length_question_sd). Probes
+                  L = clip(⌊H/Δ⌋, min_probes, max_probes). A branch that reaches max_probes was
+                  cut off: its final is 'ERR' with probability truncated_err (else err_final)
   total tokens    T = L·Δ + D, D = Gamma(2, answer_scale) − answer_shift: the tokens after the last
                   probe (so, as in the published data, L·Δ > T for a minority of branches), at
                   most max_probes·Δ + overflow_tokens
-  probes          each branch commits to its answer at relative depth τ ~ Beta(commit_a, 1). Before
-                  τ its probes drift: a sticky chain (keep the previous answer with probability
-                  `stickiness`, else draw from the question's pool: gold, a competing answer, or
-                  one of a few 'intermediate' numbers); from τ on the probe is the committed answer
-                  (with probability `blip` a stray pool answer instead). Any probe is 'ERR' with
-                  probability err_probe. The answer-convergence curve (how often the probe equals
-                  the final, by relative depth) rises convexly to ~80% in the last tenth, as in
-                  the reference stores.
+  probes          a branch finds its answer V intervals before its end and spends them checking,
+                  V = min(verify_share·L, verify_max)·Gamma(verify_shape, 1/verify_shape): short
+                  branches commit early (relative to L), long ones late, as in the reference data.
+                  Probes after that show the committed answer (with probability blip +
+                  blip_hard·(1 − p_q) a stray pool answer instead). Before it, probes drift as a
+                  sticky chain: keep the previous answer with probability `stickiness`, else draw
+                  the committed answer with probability emerge·(k/commit)^emerge_power or a pool
+                  answer (gold with probability explore_gold, a competing answer with probability
+                  explore_attractor, else mostly an 'intermediate' number, sometimes a random one).
+                  Any probe is 'ERR' with probability err_probe.
+
+The result matches the reference stores on the figures in docs/synthetic.md (pass@1 and majority
+accuracy by skill, token and probe distributions, 'ERR' shares, the answer-convergence curve), and
+on one behaviour that matters for controllers: the leader among probes never gets ahead of the
+final majority by much, so probing controllers do not look better here than they are on real data.
 
 `generate(SynthParams(...))` builds the store in memory; `write_synthetic` writes it. The same
 parameters and seed always give identical tables.
@@ -34,6 +46,7 @@ parameters and seed always give identical tables.
 
 from __future__ import annotations
 
+import itertools
 import math
 import shlex
 from dataclasses import asdict, dataclass, fields
@@ -67,23 +80,33 @@ class SynthParams:
     attractors: float = 2.0
     attractor_alpha: float = 0.6
     tail: float = 0.3
+    tail_hard: float = 0.35
+    tail_reuse: float = 0.4
     intermediates: int = 6
     # lengths
-    length_median: float = 9000.0
-    length_difficulty: float = 0.05
-    wrong_length_factor: float = 1.7
-    length_sd: float = 0.5
+    length_right: float = 7000.0
+    length_hard: float = 1.0
+    length_wrong: float = 19000.0
+    length_wrong_hard: float = 0.0
+    length_skill: float = 0.09
+    length_question_sd: float = 0.2
+    length_sd: float = 0.45
     min_probes: int = 2
     max_probes: int = 80
     overflow_tokens: int = 1500
     answer_scale: float = 350.0
     answer_shift: float = 250.0
     # probes and errors
-    commit_a: float = 2.8
+    verify_share: float = 0.5
+    verify_max: float = 10.0
+    verify_shape: float = 2.0
+    emerge: float = 0.2
+    emerge_power: float = 3.0
     stickiness: float = 0.6
-    explore_gold: float = 0.05
-    explore_attractor: float = 0.15
-    blip: float = 0.04
+    explore_gold: float = 0.0
+    explore_attractor: float = 0.25
+    blip: float = 0.03
+    blip_hard: float = 0.15
     err_probe: float = 0.06
     err_final: float = 0.004
     truncated_err: float = 0.3
@@ -95,15 +118,16 @@ class SynthParams:
             raise ConfigError(f"--delta must be positive, got {self.delta}")
         if not 1 <= self.min_probes <= self.max_probes:
             raise ConfigError("need 1 <= min_probes <= max_probes")
-        for name in ("tail", "stickiness", "explore_gold", "explore_attractor", "blip",
+        for name in ("tail", "tail_hard", "tail_reuse", "stickiness", "emerge", "verify_share",
+                     "blip_hard", "explore_gold", "explore_attractor", "blip",
                      "err_probe", "err_final", "truncated_err"):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
                 raise ConfigError(f"{name} must be a probability in [0, 1], got {v}")
         if self.explore_gold + self.explore_attractor > 1.0:
             raise ConfigError("explore_gold + explore_attractor must not exceed 1")
-        for name in ("difficulty_sd", "length_sd", "answer_scale", "commit_a",
-                     "attractor_alpha", "length_median", "wrong_length_factor"):
+        for name in ("difficulty_sd", "length_sd", "answer_scale", "verify_shape",
+                     "attractor_alpha", "length_right", "length_wrong"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be positive")
 
@@ -169,8 +193,15 @@ def _question(p: SynthParams, qi: int) -> dict[str, Any]:
         x = int(rng.integers(0, 999))
         return str(x if x < gold_int else x + 1)  # any integer 0..999 but the gold
 
+    tail = min(1.0, p.tail + p.tail_hard * (1.0 - p_right))
+
+    def intermediate() -> str:
+        return inter[min(int(rng.geometric(0.35)) - 1, len(inter) - 1)]
+
     def wrong_answer() -> str:
-        if rng.random() < p.tail:
+        if rng.random() < tail:
+            if inter and rng.random() < p.tail_reuse:
+                return inter[int(rng.integers(len(inter)))]
             return random_wrong()
         return attract[int(rng.choice(n_att, p=att_w))]
 
@@ -181,38 +212,43 @@ def _question(p: SynthParams, qi: int) -> dict[str, Any]:
         if u < p.explore_gold + p.explore_attractor:
             return attract[int(rng.choice(n_att, p=att_w))]
         if inter and rng.random() < 0.75:
-            return inter[min(int(rng.geometric(0.35)) - 1, len(inter) - 1)]
+            return intermediate()
         return random_wrong()
 
-    log_med = math.log(p.length_median) + p.length_difficulty * d + float(rng.normal(0, 0.15))
+    shared = float(rng.normal(0.0, p.length_question_sd))  # this question's own length
+    shared += p.length_skill * p.skill  # stronger models think longer
+    log_right = math.log(p.length_right) + p.length_hard * (1.0 - p_right) + shared
+    log_wrong = math.log(p.length_wrong) + p.length_wrong_hard * (1.0 - p_right) + shared
+    blip = min(1.0, p.blip + p.blip_hard * (1.0 - p_right))  # unsure on questions it rarely solves
     branches = []
     for _ in range(p.branches):
         right = rng.random() < p_right
         final = gold if right else wrong_answer()
-        mu = log_med + (0.0 if right else math.log(p.wrong_length_factor))
-        think = float(rng.lognormal(mu, p.length_sd))
+        think = float(rng.lognormal(log_right if right else log_wrong, p.length_sd))
         n = int(min(max(think // p.delta, p.min_probes), p.max_probes))
         truncated = think / p.delta >= p.max_probes
         committed = final
         if rng.random() < (p.truncated_err if truncated else p.err_final):
-            final = ERR
-            if committed == gold and not truncated:
-                pass  # a formatting failure at the very end: the probes still knew the answer
-            elif truncated:
+            final = ERR  # the probes still show what the branch was converging to
+            if truncated:
                 committed = wrong_answer()
         tail_tokens = float(rng.gamma(2.0, p.answer_scale)) - p.answer_shift
         tokens = max(1, min(round(n * p.delta + tail_tokens),
                             p.max_probes * p.delta + p.overflow_tokens))
 
-        tau = float(rng.beta(p.commit_a, 1.0))
+        # the answer is found `verify` intervals before the end, then checked and written up
+        verify = min(p.verify_share * n, p.verify_max) * float(
+            rng.gamma(p.verify_shape, 1.0 / p.verify_shape))
+        commit = max(0, n - round(verify))  # probes k > commit show the committed answer
         probes: list[str] = []
         current: str | None = None
         for k in range(1, n + 1):
-            if k / n >= tau:
-                ans = committed if rng.random() >= p.blip else explore()
+            if k > commit:
+                ans = committed if rng.random() >= blip else explore()
             else:
                 if current is None or rng.random() >= p.stickiness:
-                    current = explore()
+                    emerging = p.emerge * (k / commit) ** p.emerge_power
+                    current = committed if rng.random() < emerging else explore()
                 ans = current
             probes.append(ERR if rng.random() < p.err_probe else ans)
         branches.append([probes, int(tokens), final])
@@ -297,7 +333,7 @@ def calibration_stats(store: Store) -> dict[str, Any]:
     same = pairs = 0
     for probes in store.branches.column("probe_answers").to_pylist():
         pairs += max(0, len(probes) - 1)
-        same += sum(a == b for a, b in zip(probes, probes[1:], strict=False))
+        same += sum(a == b for a, b in itertools.pairwise(probes))
     ratio = (float(tokens[~right].mean() / tokens[right].mean())
              if right.any() and (~right).any() else float("nan"))
     return {

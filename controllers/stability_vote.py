@@ -7,7 +7,6 @@ final answer by 1 + (number of trailing probes equal to it) / depth. Ties of the
 to the answer seen first. Larger β opens more branches.
 """
 
-import numpy as np
 
 
 class StabilityVote:

@@ -1,0 +1,682 @@
+"""Reports (`autotts report`, `autotts demo`): accuracy–cost plots and tables from result rows.
+
+A result row is what `autotts eval --json` writes (DESIGN §10): {store, controller, config, beta,
+accuracy (percent), accuracy_se, tokens (mean per question), tokens_se, draws, questions}. Any list
+of such rows gives a report directory:
+
+    accuracy_vs_tokens.png   accuracy vs mean tokens per question (log x), one curve per controller,
+                             one panel per store, points labelled with β, the Pareto front marked
+    report.md                the plot and the tables (markdown)
+    report.html              the same, self-contained (the PNG embedded as base64): one file to open
+    summary.json             per (store, controller): AUC, best point, Pareto points; all rows
+
+`build_report` is the one entry point (the discovery loop calls it with its own rows and extra
+tables); `load_rows` reads eval JSON files and result directories. The plot is drawn on a
+matplotlib Figure with the Agg canvas directly, so it never touches pyplot's global state and runs
+headless.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from autotts import __version__
+from autotts.errors import ConfigError
+from autotts.store import atomic_write_bytes
+
+PNG_NAME = "accuracy_vs_tokens.png"
+MD_NAME = "report.md"
+HTML_NAME = "report.html"
+SUMMARY_NAME = "summary.json"
+REQUIRED = ("store", "controller", "accuracy", "tokens")
+
+
+def write_file(path: Path, data: bytes) -> None:
+    """Atomic write, readable by others like any file the user writes (a report is for sharing)."""
+    atomic_write_bytes(path, data)
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
+
+
+# ---- metrics ----------------------------------------------------------------------------------
+
+
+def pareto_front(points: Any) -> np.ndarray:
+    """Mask of the Pareto-optimal points among (tokens, accuracy) pairs: a point is optimal when no
+    other point costs no more and is at least as accurate, and strictly better in one of the two.
+    Identical points are all optimal or all not; points with a NaN are never optimal."""
+    p = np.asarray(points, dtype=float).reshape(-1, 2)
+    if len(p) == 0:
+        return np.zeros(0, dtype=bool)
+    t, a = p[:, 0], p[:, 1]
+    le = t[None, :] <= t[:, None]
+    ge = a[None, :] >= a[:, None]
+    strict = (t[None, :] < t[:, None]) | (a[None, :] > a[:, None])
+    dominated = (le & ge & strict).any(axis=1)
+    return ~dominated & np.isfinite(p).all(axis=1)
+
+
+def auc_log_tokens(
+    tokens: Sequence[float] | np.ndarray,
+    accuracy: Sequence[float] | np.ndarray,
+    lo: float | None = None,
+    hi: float | None = None,
+) -> float:
+    """Area under the accuracy-vs-log10(tokens) curve between `lo` and `hi` tokens (default: the
+    curve's own cheapest and dearest points), divided by the width log10(hi/lo): the curve's mean
+    accuracy over that log-token range, in the units of `accuracy`. The curve is piecewise linear
+    in log tokens through the points sorted by tokens (points at equal tokens are averaged) and
+    flat beyond its ends. With lo == hi it is the curve's value there."""
+    t = np.asarray(tokens, dtype=float).ravel()
+    a = np.asarray(accuracy, dtype=float).ravel()
+    if len(t) != len(a) or len(t) == 0:
+        raise ValueError("auc_log_tokens needs equally long, non-empty tokens and accuracy")
+    if not (np.all(np.isfinite(t)) and np.all(np.isfinite(a))) or np.any(t <= 0):
+        raise ValueError("auc_log_tokens needs finite accuracy and positive, finite tokens")
+    x_all = np.log10(t)
+    x, inv = np.unique(x_all, return_inverse=True)
+    y = np.bincount(inv, weights=a) / np.bincount(inv)
+    x_lo = x[0] if lo is None else math.log10(lo)
+    x_hi = x[-1] if hi is None else math.log10(hi)
+    if x_hi < x_lo:
+        raise ValueError(f"auc_log_tokens: hi ({hi}) is below lo ({lo})")
+    if x_hi == x_lo:
+        return float(np.interp(x_lo, x, y))
+    grid = np.unique(np.concatenate([[x_lo, x_hi], x[(x > x_lo) & (x < x_hi)]]))
+    g = np.interp(grid, x, y)
+    return float(((g[1:] + g[:-1]) / 2 * np.diff(grid)).sum() / (x_hi - x_lo))
+
+
+# ---- reading results --------------------------------------------------------------------------
+
+
+def _check_rows(rows: Any, where: str) -> list[dict[str, Any]]:
+    if not isinstance(rows, list):
+        raise ConfigError(f"{where}: expected a JSON list of result rows")
+    out = []
+    for i, r in enumerate(rows):
+        if not isinstance(r, dict):
+            raise ConfigError(f"{where}: row {i} is not an object")
+        missing = [k for k in REQUIRED if k not in r]
+        if missing:
+            raise ConfigError(f"{where}: row {i} lacks {', '.join(missing)} (not eval --json rows)")
+        for k in ("accuracy", "tokens"):
+            v = r[k]
+            if isinstance(v, bool) or not isinstance(v, int | float):
+                raise ConfigError(f"{where}: row {i}: {k} must be a number, got {v!r}")
+        beta = r.get("beta")
+        if beta is not None and (isinstance(beta, bool) or not isinstance(beta, int | float)):
+            raise ConfigError(f"{where}: row {i}: beta must be a number or null, got {beta!r}")
+        out.append(dict(r))
+    return out
+
+
+def _is_row_list(data: Any) -> bool:
+    return (
+        isinstance(data, list) and bool(data) and isinstance(data[0], dict)
+        and all(k in data[0] for k in REQUIRED)
+    )
+
+
+def _read_json_rows(path: Path) -> list[dict[str, Any]]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read: {e}") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}: not valid JSON: {e}") from None
+    if isinstance(data, dict) and "rows" in data:
+        data = data["rows"]
+    return _check_rows(data, str(path))
+
+
+def _read_jsonl_rows(path: Path) -> list[dict[str, Any]]:
+    rows = []
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read: {e}") from None
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError:
+            if n == len(lines):  # a torn last line of an append-only log: ignore it
+                continue
+            raise ConfigError(f"{path}:{n}: not valid JSON") from None
+        rows.extend(item if isinstance(item, list) else [item])
+    return _check_rows(rows, str(path))
+
+
+def load_rows(inputs: Sequence[str | Path]) -> list[dict[str, Any]]:
+    """Result rows from eval --json files (a JSON list, or an object with "rows"), JSON-lines files,
+    and directories: every results.jsonl and every JSON file holding result rows beneath them
+    (other JSON files, such as a report's own summary.json, are skipped). Each row gets a
+    "source" key naming the file it came from."""
+    rows: list[dict[str, Any]] = []
+    if not inputs:
+        raise ConfigError("report needs at least one input (eval --json output or a run dir)")
+    for inp in inputs:
+        p = Path(inp)
+        if p.is_file():
+            found = _read_jsonl_rows(p) if p.suffix == ".jsonl" else _read_json_rows(p)
+            for r in found:
+                r.setdefault("source", p.name)
+            rows += found
+        elif p.is_dir():
+            found = []
+            for f in sorted(p.rglob("*")):
+                if not f.is_file() or f.name.startswith("."):
+                    continue
+                rel = str(f.relative_to(p))
+                if f.name == "results.jsonl":
+                    part = _read_jsonl_rows(f)
+                elif f.suffix == ".json" and f.name != SUMMARY_NAME:
+                    try:
+                        data = json.loads(f.read_text())
+                    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+                        continue
+                    if isinstance(data, dict) and _is_row_list(data.get("rows")):
+                        data = data["rows"]
+                    if not _is_row_list(data):
+                        continue
+                    part = _check_rows(data, str(f))
+                else:
+                    continue
+                for r in part:
+                    r.setdefault("source", f"{p.name}/{rel}")
+                found += part
+            if not found:
+                raise ConfigError(f"{p}: no result rows found (no results.jsonl or eval JSON)")
+            rows += found
+        else:
+            raise ConfigError(f"{p}: no such file or directory")
+    if not rows:
+        raise ConfigError("no result rows in the inputs")
+    return rows
+
+
+# ---- series and tables ------------------------------------------------------------------------
+
+
+@dataclass
+class Series:
+    store: str
+    label: str
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def tokens(self) -> np.ndarray:
+        return np.array([float(r["tokens"]) for r in self.rows])
+
+    @property
+    def accuracy(self) -> np.ndarray:
+        return np.array([float(r["accuracy"]) for r in self.rows])
+
+
+def _beta_key(r: dict[str, Any]) -> tuple[int, float]:
+    b = r.get("beta")
+    return (1, float(r["tokens"])) if b is None else (0, float(b))
+
+
+def group_series(rows: Sequence[dict[str, Any]]) -> list[Series]:
+    """One series per (store, controller). A controller that appears in several sources with the
+    same β on the same store (two runs of it) gets one series per source."""
+    seen: dict[tuple[str, str, Any], set[str]] = {}
+    for r in rows:
+        seen.setdefault((r["store"], r["controller"], r.get("beta")), set()).add(
+            str(r.get("source", ""))
+        )
+    clash = {(s, c) for (s, c, _), src in seen.items() if len(src) > 1}
+    series: dict[tuple[str, str], Series] = {}
+    for r in rows:
+        label = str(r["controller"])
+        if (r["store"], r["controller"]) in clash:
+            label = f"{label} ({r.get('source', '')})"
+        key = (str(r["store"]), label)
+        series.setdefault(key, Series(str(r["store"]), label)).rows.append(r)
+    for s in series.values():
+        s.rows.sort(key=_beta_key)
+    return list(series.values())
+
+
+def _stores(series: Sequence[Series]) -> list[str]:
+    return list(dict.fromkeys(s.store for s in series))
+
+
+def _auc_range(group: Sequence[Series]) -> tuple[float, float]:
+    """The log-token range the store's AUCs are taken over: where all curves overlap, else the
+    range they span together."""
+    los = [float(s.tokens.min()) for s in group]
+    his = [float(s.tokens.max()) for s in group]
+    lo, hi = max(los), min(his)
+    if lo < hi:
+        return lo, hi
+    return min(los), max(his)
+
+
+def _fmt_beta(b: Any) -> str:
+    return "–" if b is None else f"{float(b):g}"
+
+
+def analyse(rows: Sequence[dict[str, Any]]) -> tuple[list[Series], list[dict[str, Any]]]:
+    """Series, with each row marked `pareto` (optimal across all controllers of its store), and
+    one summary entry per (store, series)."""
+    series = group_series(rows)
+    summary: list[dict[str, Any]] = []
+    for store in _stores(series):
+        group = [s for s in series if s.store == store]
+        pts = [r for s in group for r in s.rows]
+        mask = pareto_front([(r["tokens"], r["accuracy"]) for r in pts])
+        for r, m in zip(pts, mask, strict=True):
+            r["pareto"] = bool(m)
+        lo, hi = _auc_range(group)
+        for s in group:
+            best = max(s.rows, key=lambda r: (r["accuracy"], -r["tokens"]))
+            summary.append(
+                {
+                    "store": store,
+                    "controller": s.label,
+                    "points": len(s.rows),
+                    "best_accuracy": float(best["accuracy"]),
+                    "best_beta": best.get("beta"),
+                    "tokens_at_best": float(best["tokens"]),
+                    "min_tokens": float(s.tokens.min()),
+                    "max_tokens": float(s.tokens.max()),
+                    "auc": auc_log_tokens(s.tokens, s.accuracy, lo, hi),
+                    "auc_range": [lo, hi],
+                    "pareto_points": sum(bool(r["pareto"]) for r in s.rows),
+                }
+            )
+    return series, summary
+
+
+# ---- the plot ---------------------------------------------------------------------------------
+
+
+def make_figure(rows: Sequence[dict[str, Any]], title: str = "") -> tuple[Any, int]:
+    """The accuracy-vs-tokens figure (matplotlib Figure on an Agg canvas) and its number of
+    controller curves. Curve lines carry gid "curve:<store>:<label>", the Pareto front
+    "pareto:<store>"."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+        from matplotlib.lines import Line2D
+        from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+    except ImportError:
+        raise ConfigError(
+            "plots need matplotlib: pip install 'autotts[plots]' (or the dev extra)"
+        ) from None
+    series, _ = analyse([dict(r) for r in rows])
+    stores = _stores(series)
+    ncols = 1 if len(stores) == 1 else 2
+    nrows = math.ceil(len(stores) / ncols)
+    fig = Figure(figsize=(9.0 if ncols == 1 else 14.0, 6.0 * nrows if ncols == 1 else 5.2 * nrows),
+                 dpi=110, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    labels = list(dict.fromkeys(s.label for s in series))
+    palette = [
+        "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
+        "#7f7f7f", "#bcbd22", "#17becf",
+    ]
+    markers = ["o", "s", "^", "D", "v", "P", "X", "<", ">", "h"]
+    style = {lab: (palette[i % 10], markers[(i // 10 + i) % 10]) for i, lab in enumerate(labels)}
+    n_curves = 0
+    labels_todo: list[tuple[Any, float, float, str, str]] = []
+    for ax, store in zip(axes, stores, strict=False):
+        group = [s for s in series if s.store == store]
+        for s in group:
+            color, marker = style[s.label]
+            t, a = s.tokens, s.accuracy
+            t_se = np.array([float(r.get("tokens_se") or 0.0) for r in s.rows])
+            a_se = np.array([float(r.get("accuracy_se") or 0.0) for r in s.rows])
+            if np.any(a_se > 0) or np.any(t_se > 0):
+                ax.errorbar(t, a, yerr=a_se, xerr=t_se, fmt="none", ecolor=color, alpha=0.35,
+                            elinewidth=1, capsize=0, zorder=2)
+            (line,) = ax.plot(t, a, marker=marker, color=color, label=s.label, lw=1.8, ms=6,
+                              zorder=3)
+            line.set_gid(f"curve:{store}:{s.label}")
+            n_curves += 1
+            labels_todo.extend(
+                (ax, float(r["tokens"]), float(r["accuracy"]), f"β={_fmt_beta(r['beta'])}", color)
+                for r in s.rows if r.get("beta") is not None
+            )
+        front = sorted(
+            ((r["tokens"], r["accuracy"]) for s in group for r in s.rows if r.get("pareto")),
+        )
+        if front:
+            ft, fa = zip(*front, strict=True)
+            (pl,) = ax.plot(ft, fa, ls="--", color="black", lw=1.0, alpha=0.7, zorder=4,
+                            drawstyle="steps-post", marker="o", ms=12, mfc="none", mec="black",
+                            mew=1.5)
+            pl.set_gid(f"pareto:{store}")
+        ax.set_xscale("log")
+        all_t = np.concatenate([s.tokens for s in group])
+        narrow = math.log10(all_t.max() / all_t.min()) < 1.2 if all_t.min() > 0 else False
+        subs = (1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 7.0) if narrow else (1.0, 2.0, 5.0)
+        ax.xaxis.set_major_locator(LogLocator(base=10, subs=subs))
+        ax.xaxis.set_major_formatter(FuncFormatter(_fmt_tokens))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel("mean tokens per question (log scale)")
+        ax.set_ylabel("accuracy (%)")
+        ax.set_title(store, fontsize=11)
+        ax.grid(True, which="major", alpha=0.35)
+        ax.grid(True, which="minor", alpha=0.12)
+        handles, _ = ax.get_legend_handles_labels()
+        handles.append(Line2D([], [], ls="--", color="black", marker="o", ms=10, mfc="none",
+                              mec="black", mew=1.5, label="Pareto front"))
+        ax.legend(handles=handles, loc="lower right", fontsize=8, framealpha=0.9,
+                  title="controller (points: β)", title_fontsize=8)
+    for ax in axes[len(stores):]:
+        ax.set_visible(False)
+    if title:
+        fig.suptitle(title, fontsize=13)
+    _place_labels(fig, labels_todo)
+    return fig, n_curves
+
+
+# Offsets (points) and alignments tried, in order, for a β label next to its point.
+_LABEL_SPOTS = [
+    (4, -4, "left", "top"), (4, 4, "left", "bottom"), (-4, 4, "right", "bottom"),
+    (-4, -4, "right", "top"), (0, -7, "center", "top"), (0, 7, "center", "bottom"),
+    (10, -12, "left", "top"), (-10, 12, "right", "bottom"), (10, 12, "left", "bottom"),
+    (-10, -12, "right", "top"),
+]
+
+
+def _place_labels(fig: Any, labels: Sequence[tuple[Any, float, float, str, str]]) -> None:
+    """Put each β label at the first nearby spot that overlaps no marker and no label placed
+    before it (else the least crowded spot), measured in display space after layout."""
+    if not labels:
+        return
+    fig.canvas.draw()  # runs the layout so that display coordinates are final
+    renderer = fig.canvas.get_renderer()
+    placed: dict[Any, list[Any]] = {}
+    markers: dict[Any, np.ndarray] = {}
+    for ax, x, y, *_ in labels:
+        markers.setdefault(ax, []).append(ax.transData.transform((x, y)))  # type: ignore[union-attr]
+    r = 5.0  # marker radius in pixels, about
+
+    def overlap(bb: Any, ax: Any) -> float:
+        total = 0.0
+        for other in placed.get(ax, []):
+            w = min(bb.x1, other.x1) - max(bb.x0, other.x0)
+            h = min(bb.y1, other.y1) - max(bb.y0, other.y0)
+            if w > 0 and h > 0:
+                total += w * h
+        for mx, my in markers[ax]:
+            w = min(bb.x1, mx + r) - max(bb.x0, mx - r)
+            h = min(bb.y1, my + r) - max(bb.y0, my - r)
+            if w > 0 and h > 0:
+                total += w * h
+        return total
+
+    for ax, x, y, text, color in labels:
+        best = None
+        for dx, dy, ha, va in _LABEL_SPOTS:
+            ann = ax.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset points",
+                              ha=ha, va=va, fontsize=7, color=color, zorder=5)
+            bb = ann.get_window_extent(renderer)
+            cost = overlap(bb, ax)
+            if best is None or cost < best[0]:
+                if best is not None:
+                    best[1].remove()
+                best = (cost, ann, bb)
+            else:
+                ann.remove()
+            if cost == 0:
+                break
+        assert best is not None
+        placed.setdefault(ax, []).append(best[2])
+
+
+def _fmt_tokens(x: float, _pos: Any = None) -> str:
+    """Tick labels for token counts: 500, 2k, 50k, 1.5M."""
+    for scale, suffix in ((1e6, "M"), (1e3, "k")):
+        if x >= scale:
+            return f"{x / scale:g}{suffix}"
+    return f"{x:g}"
+
+
+def render_png(fig: Any) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", metadata={"Software": None})
+    return buf.getvalue()
+
+
+# ---- markdown and HTML ------------------------------------------------------------------------
+
+
+def _num(v: Any, fmt: str) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "–"
+    return format(v, fmt)
+
+
+def _results_table(series: Sequence[Series]) -> tuple[list[str], list[list[str]], list[bool]]:
+    head = ["store", "controller", "β", "accuracy %", "± se", "tokens", "± se", "draws",
+            "questions", "Pareto"]
+    body, marks = [], []
+    for s in series:
+        for r in s.rows:
+            body.append([
+                s.store, s.label, _fmt_beta(r.get("beta")), _num(r["accuracy"], ".2f"),
+                _num(r.get("accuracy_se"), ".2f"), _num(r["tokens"], ",.0f"),
+                _num(r.get("tokens_se"), ",.0f"), str(r.get("draws", "–")),
+                str(r.get("questions", "–")), "★" if r.get("pareto") else "",
+            ])
+            marks.append(bool(r.get("pareto")))
+    return head, body, marks
+
+
+def _summary_table(summary: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    head = ["store", "controller", "points", "best accuracy %", "at β", "tokens at best",
+            "AUC (mean acc. over log-tokens)", "AUC range (tokens)", "Pareto points"]
+    body = [
+        [
+            e["store"], e["controller"], str(e["points"]), _num(e["best_accuracy"], ".2f"),
+            _fmt_beta(e["best_beta"]), _num(e["tokens_at_best"], ",.0f"), _num(e["auc"], ".2f"),
+            f"{e['auc_range'][0]:,.0f}–{e['auc_range'][1]:,.0f}", str(e["pareto_points"]),
+        ]
+        for e in summary
+    ]
+    return head, body
+
+
+def _generic_table(items: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    head = list(dict.fromkeys(k for it in items for k in it))
+
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            return _num(v, ".4g")
+        if isinstance(v, dict | list):
+            return json.dumps(v, ensure_ascii=False)
+        return "" if v is None else str(v)
+
+    return head, [[cell(it.get(k)) for k in head] for it in items]
+
+
+def _md_table(head: Sequence[str], body: Sequence[Sequence[str]]) -> str:
+    def esc(x: str) -> str:
+        return x.replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(esc(h) for h in head) + " |",
+             "|" + "|".join("---" for _ in head) + "|"]
+    lines += ["| " + " | ".join(esc(c) for c in row) + " |" for row in body]
+    return "\n".join(lines) + "\n"
+
+
+def _html_table(head: Sequence[str], body: Sequence[Sequence[str]],
+                marks: Sequence[bool] | None = None) -> str:
+    out = ["<table>", "<thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head)
+           + "</tr></thead>", "<tbody>"]
+    for i, row in enumerate(body):
+        cls = ' class="pareto"' if marks and marks[i] else ""
+        out.append(f"<tr{cls}>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>")
+    out.append("</tbody></table>")
+    return "\n".join(out)
+
+
+CSS = """
+body { font-family: -apple-system, Segoe UI, Helvetica, Arial, sans-serif; margin: 2em auto;
+       max-width: 1200px; color: #222; padding: 0 1em; }
+h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 1.6em; }
+table { border-collapse: collapse; font-size: 0.85em; margin: 0.6em 0; }
+th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: right; }
+th { background: #f3f3f3; } td:first-child, td:nth-child(2) { text-align: left; }
+tr.pareto td { background: #fff6d5; font-weight: 600; }
+img { max-width: 100%; border: 1px solid #ddd; }
+.note { color: #666; font-size: 0.85em; }
+"""
+
+
+@dataclass
+class ReportPaths:
+    out_dir: Path
+    png: Path | None
+    markdown: Path
+    html: Path
+    summary: Path
+    curves: int
+    stores: list[str]
+
+
+def build_report(
+    rows: Sequence[dict[str, Any]],
+    out_dir: str | Path,
+    title: str = "autotts report",
+    extra_tables: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
+    *,
+    notes: Sequence[str] = (),
+) -> ReportPaths:
+    """Write the report directory for `rows` (eval --json rows; extra keys are kept) and return
+    where everything is. `extra_tables` maps a heading to a list of row dicts, rendered as further
+    tables (the discovery loop's per-round table, for instance); `notes` are paragraphs printed
+    under the title."""
+    if not rows:
+        raise ConfigError("nothing to report: no result rows")
+    rows = _check_rows([dict(r) for r in rows], "rows")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    series, summary = analyse(rows)
+    stores = _stores(series)
+
+    png_path: Path | None = out / PNG_NAME
+    png_b64 = ""
+    fig, n_curves = None, len(series)
+    try:
+        fig, n_curves = make_figure(rows, title)
+    except ConfigError as e:
+        png_path, notes = None, [*notes, f"Plot skipped: {e}"]
+    if fig is not None and png_path is not None:
+        data = render_png(fig)
+        write_file(png_path, data)
+        png_b64 = base64.b64encode(data).decode("ascii")
+
+    r_head, r_body, r_marks = _results_table(series)
+    s_head, s_body = _summary_table(summary)
+    extra = [(name, *_generic_table(items)) for name, items in (extra_tables or {}).items()]
+    legend = ("★ / highlighted: Pareto-optimal (no other point of the same store is cheaper and at "
+              "least as accurate). AUC: mean accuracy over the log-token range where all of a "
+              "store's curves overlap (curves held flat beyond their ends).")
+
+    md = [f"# {title}\n"]
+    md += [f"{n}\n" for n in notes]
+    if png_path is not None:
+        md.append(f"![accuracy vs tokens]({PNG_NAME})\n")
+    md += ["## Summary\n", _md_table(s_head, s_body), "## Results\n", _md_table(r_head, r_body),
+           legend + "\n"]
+    for name, head, body in extra:
+        md += [f"## {name}\n", _md_table(head, body)]
+    md_path = out / MD_NAME
+    write_file(md_path, "\n".join(md).encode("utf-8"))
+
+    h = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+         f"<title>{html.escape(title)}</title>", f"<style>{CSS}</style></head><body>",
+         f"<h1>{html.escape(title)}</h1>"]
+    h += [f"<p>{html.escape(n)}</p>" for n in notes]
+    if png_b64:
+        h.append(f'<img alt="accuracy vs tokens" src="data:image/png;base64,{png_b64}">')
+    h += ["<h2>Summary</h2>", _html_table(s_head, s_body), "<h2>Results</h2>",
+          _html_table(r_head, r_body, r_marks), f'<p class="note">{html.escape(legend)}</p>']
+    for name, head, body in extra:
+        h += [f"<h2>{html.escape(name)}</h2>", _html_table(head, body)]
+    h.append(f'<p class="note">autotts {html.escape(__version__)}</p></body></html>')
+    html_path = out / HTML_NAME
+    write_file(html_path, ("\n".join(h) + "\n").encode("utf-8"))
+
+    payload = {
+        "title": title,
+        "autotts_version": __version__,
+        "stores": stores,
+        "curves": n_curves,
+        "files": {"png": PNG_NAME if png_path else None, "markdown": MD_NAME, "html": HTML_NAME},
+        "summary": summary,
+        "rows": [r for s in series for r in s.rows],
+        "extra_tables": {k: list(v) for k, v in (extra_tables or {}).items()},
+    }
+    summary_path = out / SUMMARY_NAME
+    text = json.dumps(payload, indent=2, ensure_ascii=False, default=_json_default) + "\n"
+    write_file(summary_path, text.encode("utf-8"))
+    return ReportPaths(out, png_path, md_path, html_path, summary_path, n_curves, stores)
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
+
+
+def report_from_inputs(
+    inputs: Sequence[str | Path],
+    out_dir: str | Path,
+    title: str | None = None,
+    readers: Sequence[Callable[[Path], Any]] = (),
+) -> ReportPaths:
+    """`autotts report`: rows from eval JSON files and result directories, and a report of them.
+
+    `readers` let higher layers claim inputs they understand (the discovery loop's run
+    directories): each is called with the path and returns None, or an object with `rows`,
+    `tables` (heading -> row dicts), `title` and `notes`, whose tables and notes join the report."""
+    rows: list[dict[str, Any]] = []
+    tables: dict[str, list[dict[str, Any]]] = {}
+    notes: list[str] = []
+    titles: list[str] = []
+    for inp in inputs:
+        p = Path(inp)
+        claimed = next((r for r in (reader(p) for reader in readers) if r is not None), None)
+        if claimed is None:
+            rows += load_rows([p])
+            continue
+        rows += [dict(r, source=r.get("source", p.name)) for r in claimed.rows]
+        for name, items in (claimed.tables or {}).items():
+            tables[name if len(inputs) == 1 else f"{name} ({p.name})"] = list(items)
+        notes += list(claimed.notes or [])
+        titles.append(str(claimed.title))
+    if not rows:
+        raise ConfigError("nothing to report: the inputs hold no result rows yet")
+    if title is None:
+        if len(inputs) == 1 and titles:
+            title = titles[0]
+        else:
+            names = ", ".join(Path(p).name for p in inputs)
+            title = f"autotts report: {names}" if len(names) < 80 else "autotts report"
+    return build_report(rows, out_dir, title, tables or None, notes=notes)

@@ -248,6 +248,35 @@ def eval_cmd(
         err.print(f"[yellow]{len(result.errors)} episode(s) failed and were scored as wrong[/]")
 
 
+@app.command("sweep")
+def sweep_cmd(
+    out_dir: Annotated[Path, typer.Option("--out", help="report directory")],
+    env: Annotated[Path | None, typer.Option(help="environment: both splits' stores")] = None,
+    store: Annotated[list[Path] | None, typer.Option(help="store dir or AutoTTS JSON")] = None,
+    controller: Annotated[list[str] | None, typer.Option(help="controllers (default: all built-ins)")] = None,
+    betas: Annotated[str, typer.Option(help="β grid")] = "0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1",
+    draws: Annotated[int, typer.Option(help="draws per question")] = 20,
+    workers: Annotated[int, typer.Option(help="worker processes")] = 2,
+) -> None:
+    """Every built-in controller over the β grid on several stores: one report, Pareto points marked."""
+    from autotts.evaluate import Protocol
+    from autotts.sweep import run_sweep
+
+    stores: list[Any] = list(store or [])
+    if env is not None:
+        from autotts.envdef import load_env
+
+        e = load_env(env)
+        stores += e.split_paths("search") + e.split_paths("heldout")
+    if not stores:
+        raise ConfigError("give at least one --store or an --env")
+    paths, _, seconds = run_sweep(
+        stores, out_dir, controllers=controller, betas=parse_betas(betas),
+        proto=Protocol(draws=draws), workers=workers, console=err,
+    )
+    out.print(f"wrote {paths.markdown} ({seconds:.0f} s)")
+
+
 @app.command("bench")
 def bench_cmd(
     quick: Annotated[bool, typer.Option(help="fewer draws, for a smoke run")] = False,

@@ -391,14 +391,11 @@ def report_cmd(
     title: Annotated[str | None, typer.Option(help="report title")] = None,
 ) -> None:
     """Plots and tables (PNG, markdown, self-contained HTML) from results."""
+    from autotts.discover.runreport import report_with_runs
     from autotts.report import report_from_inputs
 
-    readers = []
-    if any(p.is_dir() for p in inputs):  # discovery run directories have their own reader
-        from autotts.discover.runreport import is_run_dir, read_run_dir
-
-        readers.append(lambda p: read_run_dir(p) if is_run_dir(p) else None)
-    rp = report_from_inputs(inputs, out_dir, title, readers=readers)
+    # Discovery run dirs get their round, held-out and spend tables; eval JSON files the plain report.
+    rp = report_with_runs(inputs, out_dir, title) or report_from_inputs(inputs, out_dir, title)
     files = [f"{rp.html} (self-contained)", str(rp.markdown), str(rp.png or ""), str(rp.summary)]
     out.print("wrote " + ", ".join(f for f in files if f))
 

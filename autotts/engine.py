@@ -392,7 +392,7 @@ class Episode:
                 if len(cur) == 0:
                     break
         if self._trace is not None:
-            self._log("advance_many", -1, n=len(idx), times=times)
+            self._log("advance_many", -1, n=len(idx), times=times, idx=idx.tolist())
         return self._latest[idx]
 
     def read(self, i: int) -> int:
@@ -451,7 +451,7 @@ class Episode:
         self._pruned[idx] = True
         self._running[idx] = False
         self._actions += 1
-        self._log("prune_many", -1, n=len(idx))
+        self._log("prune_many", -1, n=len(idx), idx=idx.tolist())
 
     # ---- internals ----------------------------------------------------------------------------
 

@@ -3,7 +3,6 @@ discovery environment. A user adds a file to define a new one."""
 
 from __future__ import annotations
 
-import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +27,7 @@ class EnvDef:
     budget: int | None = None
     betas: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
     draws: int = 20
+    heldout_draws: int | None = None  # None: the search draws
     protocol: str = "shuffle"
     objective: str = "auc"
     token_range: tuple[float, float] = (5e4, 1.5e6)
@@ -92,6 +92,7 @@ def load_env(name_or_path: str | Path) -> EnvDef:
         ("branch_cap", int, replay, "replay"),
         ("budget", int, replay, "replay"),
         ("draws", int, ev, "evaluation"),
+        ("heldout_draws", int, ev, "evaluation"),
         ("protocol", str, ev, "evaluation"),
         ("objective", str, ev, "evaluation"),
     ):
@@ -114,8 +115,9 @@ def load_env(name_or_path: str | Path) -> EnvDef:
         kwargs["token_range"] = (float(tr[0]), float(tr[1]))
     if kwargs.get("objective", "auc") not in OBJECTIVES:
         raise ConfigError(f"{where} [evaluation]: unknown objective {kwargs['objective']!r}")
-    if kwargs.get("draws", 1) < 1 or not math.isfinite(kwargs.get("draws", 1)):
-        raise ConfigError(f"{where} [evaluation]: field 'draws' must be >= 1")
+    for key in ("draws", "heldout_draws"):
+        if kwargs.get(key, 1) < 1:
+            raise ConfigError(f"{where} [evaluation]: field '{key}' must be >= 1")
     return EnvDef(
         name=str(raw.get("name", path.stem)),
         path=str(path),

@@ -1,0 +1,259 @@
+"""The non-LLM time of a discovery run: `python -m autotts.discover.bench`.
+
+Runs a scripted 5-round discovery on env/aime-qwen3.toml (4 search stores × 11 β × 20 draws)
+against the fake OpenAI server in this process, with realistic proposals: a probe-based controller,
+a syntax error, an invalid action, a non-monotone schedule and an improved adaptive-consistency
+variant. Everything the loop does besides waiting for the model is timed: the seeds' sweeps, the
+sandbox (admission, smoke, sweep, traces), digests, prompts, the held-out step and the report.
+non-LLM time = wall time − time spent in (or backing off from) chat requests.
+
+    python -m autotts.discover.bench [--env FILE] [--rounds 5] [--workers 2] [--mode both]
+
+The seeds' and baselines' curves are cached across runs (autotts.discover.baselines): "cold" is a
+first run on a machine, "warm" every later run on the same environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from autotts.discover.config import DiscoverConfig, load_prices
+from autotts.discover.fakeserver import FakeOpenAI
+from autotts.discover.loop import run_discovery
+from autotts.paths import envs_dir
+
+PROBE_CONSENSUS = '''\
+"""Grow a few branches in lockstep, probing each interval; answer once the probe majority has
+held for `patience` steps."""
+
+import numpy as np
+
+
+def leader(latest):
+    vals = latest[latest >= 0]
+    if len(vals) == 0:
+        return -1
+    counts = np.bincount(vals)
+    return int(vals[np.argmax(counts[vals] == counts.max())])
+
+
+class ProbeConsensus:
+    NAME = "probe_consensus"
+
+    @staticmethod
+    def schedule(beta):
+        b = min(max(beta, 0.0), 1.0)
+        return {"width": int(round(4 + 20 * b)), "patience": int(round(3 + 7 * b)),
+                "max_steps": int(round(10 + 30 * b))}
+
+    def __init__(self, width=12, patience=6, max_steps=25):
+        self.width = int(width)
+        self.patience = int(patience)
+        self.max_steps = int(max_steps)
+
+    def run(self, ep):
+        ep.branch_many(min(self.width, ep.pool_size), probe=True)
+        current, stable = -1, 0
+        for step in range(self.max_steps):
+            running = ep.running
+            if not running.any():
+                ep.trace("stop", reason="all_done", step=step)
+                return leader(ep.latest)
+            ep.advance_many(running)
+            lead = leader(ep.latest)
+            stable = stable + 1 if lead == current else 1
+            current = lead
+            if stable >= self.patience:
+                ep.trace("stop", reason="stable", step=step)
+                return current
+        ep.trace("stop", reason="max_steps")
+        return current
+'''
+
+SYNTAX_ERROR = '''\
+class Truncated:
+    NAME = "truncated"
+
+    @staticmethod
+    def schedule(beta):
+        return {"n": 1 + int(63 * beta)
+
+    def run(self, ep):
+        return ep.read_new()
+'''
+
+INVALID_ACTION = '''\
+class Greedy:
+    NAME = "greedy"
+
+    @staticmethod
+    def schedule(beta):
+        return {"extra": int(round(8 * beta))}
+
+    def __init__(self, extra=4):
+        self.extra = int(extra)
+
+    def run(self, ep):
+        answers = ep.read_new_many(ep.pool_size).tolist()
+        answers += ep.read_new_many(self.extra).tolist()  # past the pool: invalid
+        ep.trace("stop", reason="read_all")
+        return max(set(answers), key=answers.count)
+'''
+
+NON_MONOTONE = '''\
+class HumpSC:
+    NAME = "hump_sc"
+
+    @staticmethod
+    def schedule(beta):
+        b = min(max(beta, 0.0), 1.0)
+        n = 1 + 62 * b if b <= 0.5 else 32 - 40 * (b - 0.5)
+        return {"n": int(round(n))}
+
+    def __init__(self, n=16):
+        self.n = int(n)
+
+    def run(self, ep):
+        answers = [a for a in ep.read_new_many(min(self.n, ep.pool_size)).tolist() if a >= 0]
+        ep.trace("stop", reason="read_n")
+        if not answers:
+            return -1
+        return max(answers, key=answers.count)
+'''
+
+ADAPTIVE_BATCHES = '''\
+"""Adaptive consistency in small batches: read `batch` whole branches at a time and stop once a
+Beta posterior is confident that the leader is the majority."""
+
+from scipy.special import betainc
+
+
+class AdaptiveBatches:
+    NAME = "adaptive_batches"
+
+    @staticmethod
+    def schedule(beta):
+        b = min(max(beta, 0.0), 1.0)
+        return {"max_samples": int(round(3 + 61 * b)), "threshold": 0.85 + 0.14 * b,
+                "batch": 2}
+
+    def __init__(self, max_samples=32, threshold=0.95, batch=2):
+        self.max_samples = int(max_samples)
+        self.threshold = float(threshold)
+        self.batch = int(batch)
+
+    def run(self, ep):
+        counts = {}
+        limit = min(self.max_samples, ep.pool_size)
+        read = 0
+        while read < limit:
+            k = min(self.batch, limit - read)
+            for a in ep.read_new_many(k).tolist():
+                if a >= 0:
+                    counts[a] = counts.get(a, 0) + 1
+            read += k
+            if counts and read >= 2:
+                top = sorted(counts.values(), reverse=True) + [0]
+                if 1.0 - betainc(top[0] + 1, top[1] + 1, 0.5) > self.threshold:
+                    ep.trace("stop", reason="confident", n=read)
+                    return max(counts, key=counts.get)
+        ep.trace("stop", reason="max_samples", n=read)
+        return max(counts, key=counts.get) if counts else -1
+'''
+
+PROPOSALS = [PROBE_CONSENSUS, SYNTAX_ERROR, INVALID_ACTION, NON_MONOTONE, ADAPTIVE_BATCHES]
+
+
+def script(rounds: int) -> list[dict[str, Any]]:
+    return [{"content": f"Proposal {i + 1}.\n\n```python\n{PROPOSALS[i % len(PROPOSALS)]}```\n"}
+            for i in range(rounds)]
+
+
+def scripted_run(env: str, rounds: int, workers: int, run_dir: Path) -> dict[str, Any]:
+    """One scripted run into `run_dir`; its timing figures."""
+    t_start = time.monotonic()
+
+    def progress(msg: str) -> None:
+        print(f"{time.monotonic() - t_start:7.1f}s {msg}", file=sys.stderr, flush=True)
+
+    with FakeOpenAI(script(rounds), model="scripted") as server:
+        cfg = DiscoverConfig(env=env, run_dir=run_dir, model="scripted", base_url=server.url,
+                             api_key="scripted", rounds=rounds, workers=workers,
+                             prices=load_prices('{"scripted": {"input": 0, "output": 0}}'))
+        r0 = resource.getrusage(resource.RUSAGE_SELF)
+        c0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        t0 = time.perf_counter()
+        summary = run_discovery(cfg, progress=progress)
+        wall = time.perf_counter() - t0
+        r1 = resource.getrusage(resource.RUSAGE_SELF)
+        c1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    inv = summary["this_invocation"]
+    cpu = (r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime
+           + c1.ru_utime + c1.ru_stime - c0.ru_utime - c0.ru_stime)
+    return {
+        "rounds": summary["rounds_completed"],
+        "verdicts": summary["verdicts"],
+        "wall_s": round(wall, 2),
+        "llm_s": inv["llm_s"],
+        "non_llm_s": round(wall - inv["llm_s"], 2),
+        "cpu_s": round(cpu, 2),
+        "phases_s": inv["phases_s"],
+        "http_calls": inv["http_calls"],
+        "selected": ((summary.get("selection") or {}).get("selected") or {}).get("label"),
+    }
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(prog="python -m autotts.discover.bench", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--env", default=str(envs_dir() / "aime-qwen3.toml"))
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--mode", choices=("cold", "warm", "both"), default="both",
+                    help="cold: an empty baseline cache (a first run on this machine); warm: the "
+                    "seeds' and baselines' curves already cached by an earlier run")
+    ap.add_argument("--json", default=None, help="write the figures as JSON")
+    args = ap.parse_args(argv)
+    figures: dict[str, Any] = {"env": args.env, "workers": args.workers, "os_cpus": os.cpu_count(),
+                               "load_avg_1m": round(os.getloadavg()[0], 2)}
+    with tempfile.TemporaryDirectory(prefix="autotts-discover-bench-") as tmp:
+        # A private baseline cache: "cold" really starts empty, and ~/.cache is left alone.
+        old = os.environ.get("AUTOTTS_CACHE_HOME")
+        os.environ["AUTOTTS_CACHE_HOME"] = str(Path(tmp) / "cache")
+        try:
+            if args.mode in ("cold", "both"):
+                figures["cold"] = scripted_run(args.env, args.rounds, args.workers,
+                                               Path(tmp) / "cold")
+            if args.mode in ("warm", "both"):
+                if args.mode == "warm":
+                    print("filling the baseline cache first ...", file=sys.stderr)
+                    scripted_run(args.env, args.rounds, args.workers, Path(tmp) / "fill")
+                figures["warm"] = scripted_run(args.env, args.rounds, args.workers,
+                                               Path(tmp) / "warm")
+        finally:
+            if old is None:
+                os.environ.pop("AUTOTTS_CACHE_HOME", None)
+            else:
+                os.environ["AUTOTTS_CACHE_HOME"] = old
+    print(json.dumps(figures, indent=2))
+    for mode in ("cold", "warm"):
+        if mode in figures:
+            f = figures[mode]
+            print(f"{mode}: non-LLM time of a {f['rounds']}-round scripted run: "
+                  f"{f['non_llm_s']:.1f} s (wall {f['wall_s']:.1f} s, LLM {f['llm_s']:.2f} s, "
+                  f"CPU {f['cpu_s']:.1f} s, {args.workers} workers)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
+    return figures
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+"""`autotts discover`: the command's body (cli.py only forwards its flags here)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from autotts.discover.config import DiscoverConfig
+from autotts.discover.loop import first_prompt, run_discovery
+
+
+def discover_command(*, env: Path, run_dir: Path, model: str | None, base_url: str | None,
+                     rounds: int | None, budget_usd: float | None, dry_run: bool,
+                     console: Console) -> dict[str, Any] | None:
+    cfg = DiscoverConfig.from_env(env, run_dir, model=model, base_url=base_url, rounds=rounds,
+                                  budget_usd=budget_usd)
+    t0 = time.monotonic()
+
+    def progress(msg: str) -> None:
+        console.print(f"[dim]{time.monotonic() - t0:7.1f}s[/] {msg}", highlight=False,
+                      markup=True, soft_wrap=True)
+
+    if dry_run:
+        # Plain stdout, so the prompt can be piped or diffed verbatim.
+        sys.stdout.write(first_prompt(cfg, progress=progress))
+        sys.stdout.flush()
+        return None
+    summary = run_discovery(cfg, progress=progress)
+    best = summary.get("best")
+    sel = summary.get("selection") or {}
+    held = sel.get("heldout_objective")
+    console.print(
+        f"[bold]{summary['status']}[/]: {summary['rounds_completed']} round(s), spent "
+        f"${summary['spent_usd'] or 0:.4f}; best "
+        + ("none" if not best else f"round {best['round']} {best['name']} "
+           f"(search objective {best['objective']:.2f}"
+           + ("" if held is None else f", held-out {held:.2f}") + ")")
+        + f"; run dir {cfg.run_dir}", highlight=False, soft_wrap=True)
+    return summary

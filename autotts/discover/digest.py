@@ -1,0 +1,455 @@
+"""Trace digests: what a candidate did, condensed into facts the agent can act on (DESIGN §8).
+
+Computed in the parent, which is trusted and holds the search stores with their gold answers; the
+candidate never sees any of this. Two sources:
+
+* episode rows of the full β sweep (every draw): the answer, its cost and how many branches were
+  opened. Against the store's data this gives, per store, the share of episodes answered wrongly
+  although the *opened branches*, run to their end, would have voted right ("the information was
+  within reach"), and although the *whole pool* would have (more width would help), plus the
+  questions never answered right at any β.
+* execution traces of a few draws (`trace_draws`) of the same sweep: the stop reasons the
+  controller gave (`ep.trace("stop", reason=...)`), and, by replaying the action events against the
+  store's per-step costs (a *ledger*), the tokens spent on branches that were later pruned, the
+  wrong answers that running the surviving branches to their end would have fixed (stopped too
+  early), and those where pruning threw the right majority away.
+
+The ledger only trusts itself while it agrees with the engine: after every action it checks that
+its cost matches the `tokens` the engine logged. Batch actions must name their branches: an
+`advance_many` over exactly the running branches does by construction; a batch event that logs
+its branch indices (`idx`) does too; otherwise that episode counts as unresolved and is left out of
+the ledger figures (the digest says on how many episodes they rest).
+
+"Majority" is always the published rule: the most frequent answer class >= 0, ties to the answer
+seen first; an episode with no majority (no answer at all) is wrong.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from autotts.draws import draw_order
+from autotts.engine import NO_ANSWER, Question
+from autotts.evaluate import Protocol
+from autotts.store import Store
+
+ACTIONS = frozenset({
+    "branch", "branch_many", "extend", "probe", "advance", "advance_many", "read", "read_new",
+    "read_new_many", "prune", "prune_many",
+})
+TOP = 5  # questions listed per figure
+RESOLVED_ENOUGH = 0.9  # share of traced episodes the ledger must replay to report its figures
+
+
+class SearchData:
+    """The search stores as the parent sees them: replay arrays, gold classes, draw orders and, per
+    (store, draw, question), whether the majority of the first k branches of the order is right."""
+
+    def __init__(self, stores: Sequence[Store], proto: Protocol) -> None:
+        self.stores = list(stores)
+        self.proto = proto
+        self.names = [s.name for s in self.stores]
+        self.index = {n: i for i, n in enumerate(self.names)}
+        self.data = [s.replay() for s in self.stores]
+        self.gold = [s.gold_classes() for s in self.stores]
+        self._questions: dict[tuple[int, int], Question] = {}
+        self._prefix: dict[tuple[int, int, int], np.ndarray] = {}
+
+    def question(self, s: int, q: int) -> Question:
+        key = (s, q)
+        if key not in self._questions:
+            self._questions[key] = Question(self.data[s], q)
+        return self._questions[key]
+
+    def order(self, s: int, draw: int, q: int) -> np.ndarray:
+        m = self.data[s].num_branches(q)
+        p = self.proto
+        return draw_order(p.protocol, draw, q, m, seed=p.seed, n=p.pool)
+
+    def finals(self, s: int, q: int) -> np.ndarray:
+        d = self.data[s]
+        return d.final_class[d.branch_offsets[q]: d.branch_offsets[q + 1]]
+
+    def prefix_right(self, s: int, draw: int, q: int) -> np.ndarray:
+        """right[k] = the majority of the finals of the order's first k branches is gold."""
+        key = (s, draw, q)
+        hit = self._prefix.get(key)
+        if hit is not None:
+            return hit
+        finals = self.finals(s, q)[self.order(s, draw, q)].tolist()
+        gold = int(self.gold[s][q])
+        right = np.zeros(len(finals) + 1, dtype=bool)
+        counts: dict[int, int] = {}
+        first: dict[int, int] = {}
+        leader, lead_n = NO_ANSWER, 0
+        for k, a in enumerate(finals, 1):
+            if a >= 0:
+                c = counts.get(a, 0) + 1
+                counts[a] = c
+                first.setdefault(a, k)
+                if c > lead_n or (c == lead_n and first[a] < first[leader]):
+                    leader, lead_n = a, c
+            right[k] = leader == gold
+        self._prefix[key] = right
+        return right
+
+
+def majority_first_seen(answers: Sequence[int]) -> int:
+    counts: dict[int, int] = {}
+    for a in answers:
+        if a >= 0:
+            counts[a] = counts.get(a, 0) + 1
+    return max(counts, key=counts.__getitem__) if counts else NO_ANSWER
+
+
+# ---- the ledger -------------------------------------------------------------------------------
+
+
+class _Unresolved(Exception):
+    pass
+
+
+def ledger(events: list[dict[str, Any]], question: Question, order: np.ndarray,
+           probe_cost: int) -> dict[str, Any] | None:
+    """Replay an episode's action events against the store's per-step costs: per opened branch its
+    tokens, depth, and whether it finished or was pruned. None when the events do not determine
+    the branches (a batch action without indices) or disagree with the engine's costs."""
+    try:
+        return _ledger(events, question, order, probe_cost)
+    except (_Unresolved, IndexError, KeyError, TypeError, ValueError):
+        return None
+
+
+def _ledger(events: list[dict[str, Any]], question: Question, order: np.ndarray,
+            kappa: int) -> dict[str, Any]:
+    # The parent is trusted: it reads the engine's own per-step layout (Question's arrays), so
+    # the ledger's costs are the engine's by construction, not a second copy of the rules.
+    cum, last, total = question._cum, question._last, question._tokens
+    n = len(order)
+    spent = np.zeros(n, dtype=np.int64)
+    depth = np.zeros(n, dtype=np.int64)
+    finished = np.zeros(n, dtype=bool)
+    pruned = np.zeros(n, dtype=bool)
+    opened = 0
+    prev = 0
+
+    def running() -> np.ndarray:
+        return np.flatnonzero(~pruned[:opened] & ~finished[:opened])
+
+    def step(idx: np.ndarray, times: int) -> int:
+        """Advance branches `idx` by up to `times` steps (probing each interval); their cost."""
+        b = order[idx]
+        d = depth[idx]
+        end = np.minimum(d + times, last[b] + 1)
+        gen = cum[b, end] - cum[b, d]
+        probes = np.clip(np.minimum(end, last[b]) - d, 0, None)
+        cost = gen + kappa * probes
+        spent[idx] += cost
+        depth[idx] = end
+        finished[idx] |= end == last[b] + 1
+        return int(cost.sum())
+
+    for e in events:
+        ev = e.get("ev")
+        if ev not in ACTIONS or "tokens" not in e:
+            continue  # the controller's own trace event
+        tokens = int(e["tokens"])
+        delta = tokens - prev
+        prev = tokens
+        i = int(e.get("i", -1))
+        if ev in ("branch", "read_new"):
+            if i != opened:
+                raise _Unresolved
+            opened += 1
+            b = order[i]
+            spent[i] += delta
+            if ev == "branch":
+                depth[i] = 1
+                finished[i] = last[b] == 0
+            else:
+                depth[i] = last[b] + 1
+                finished[i] = True
+        elif ev in ("branch_many", "read_new_many"):
+            k = int(e["k"])
+            if i != opened:
+                raise _Unresolved
+            idx = np.arange(opened, opened + k)
+            opened += k
+            b = order[idx]
+            if ev == "branch_many":
+                gen = cum[b, 1] - cum[b, 0]
+                depth[idx] = 1
+                finished[idx] = last[b] == 0
+                rest = delta - int(gen.sum())  # probe costs: κ per unfinished branch if probed
+                spent[idx] += gen
+                live = idx[~finished[idx]]
+                if rest and len(live):
+                    if rest != kappa * len(live):
+                        raise _Unresolved
+                    spent[live] += kappa
+                elif rest:
+                    raise _Unresolved
+            else:
+                spent[idx] += total[b]
+                depth[idx] = last[b] + 1
+                finished[idx] = True
+                if int(total[b].sum()) != delta:
+                    raise _Unresolved
+        elif ev in ("extend", "advance", "probe", "read"):
+            if not 0 <= i < opened:
+                raise _Unresolved
+            spent[i] += delta
+            b = order[i]
+            if ev in ("extend", "advance"):
+                depth[i] += 1
+                finished[i] = depth[i] == last[b] + 1
+            elif ev == "read":
+                depth[i] = last[b] + 1
+                finished[i] = True
+        elif ev == "advance_many":
+            idx = np.asarray(e["idx"], dtype=np.int64) if "idx" in e else running()
+            if len(idx) != int(e.get("n", len(idx))):
+                raise _Unresolved
+            if step(idx, int(e.get("times", 1))) != delta:
+                raise _Unresolved
+        elif ev == "prune":
+            pruned[i] = True
+        elif ev == "prune_many":
+            if "idx" in e:
+                pruned[np.asarray(e["idx"], dtype=np.int64)] = True
+            else:
+                alive = np.flatnonzero(~pruned[:opened])
+                if int(e.get("n", -1)) != len(alive):
+                    raise _Unresolved
+                pruned[alive] = True
+        if int(spent.sum()) != tokens:
+            raise _Unresolved
+    return {
+        "opened": opened,
+        "spent": spent[:opened],
+        "depth": depth[:opened],
+        "finished": finished[:opened],
+        "pruned": pruned[:opened],
+        "tokens": prev,
+    }
+
+
+# ---- the digest -------------------------------------------------------------------------------
+
+
+def _figure(counter: Counter[int], n_episodes: int) -> dict[str, Any]:
+    total = sum(counter.values())
+    return {
+        "share": 100.0 * total / n_episodes if n_episodes else 0.0,
+        "episodes": total,
+        "top_questions": [[int(q), int(c)] for q, c in
+                          sorted(counter.items(), key=lambda x: (-x[1], x[0]))[:TOP]],
+    }
+
+
+def monotonicity_breaks(rows: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Per store, every pair of adjacent β points where mean tokens fall. `significant` when the
+    fall exceeds twice the combined standard error."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    by_store: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        if r.get("beta") is not None:
+            by_store.setdefault(r["store"], []).append(r)
+    for store, rs in by_store.items():
+        rs = sorted(rs, key=lambda r: r["beta"])
+        breaks = []
+        for a, b in itertools.pairwise(rs):
+            if b["tokens"] < a["tokens"]:
+                se = float(np.hypot(a.get("tokens_se") or 0.0, b.get("tokens_se") or 0.0))
+                breaks.append({
+                    "beta_from": a["beta"], "beta_to": b["beta"],
+                    "tokens_from": round(float(a["tokens"]), 1),
+                    "tokens_to": round(float(b["tokens"]), 1),
+                    "significant": bool(a["tokens"] - b["tokens"] > 2 * se),
+                })
+        out[store] = breaks
+    return out
+
+
+def make_digest(
+    search: SearchData,
+    rows: Sequence[dict[str, Any]],
+    episodes: Sequence[dict[str, Any]] | None,
+    traces: Sequence[dict[str, Any]] | None,
+) -> dict[str, Any]:
+    """The digest of one controller's sweep (JSON-ready, deterministic)."""
+    kappa = search.proto.probe_cost
+    per: dict[str, dict[str, Any]] = {}
+    breaks = monotonicity_breaks(rows)
+    for name in search.names:
+        per[name] = {"monotonicity_breaks": breaks.get(name, [])}
+
+    # Episode-level figures: every draw of the sweep.
+    ep_by_store: dict[str, list[dict[str, Any]]] = {}
+    for e in episodes or []:
+        ep_by_store.setdefault(e["store"], []).append(e)
+    for name, eps in ep_by_store.items():
+        s = search.index.get(name)
+        if s is None:
+            continue
+        opened_right: Counter[int] = Counter()
+        pool_right: Counter[int] = Counter()
+        ever_right: set[int] = set()
+        no_answer = wrong = 0
+        for e in eps:
+            q = int(e["question"])
+            if e["correct"]:
+                ever_right.add(q)
+                continue
+            wrong += 1
+            no_answer += int(e["answer"]) < 0
+            prefix = search.prefix_right(s, int(e["draw"]), q)
+            if prefix[min(int(e["opened"]), len(prefix) - 1)]:
+                opened_right[q] += 1
+            if prefix[-1]:
+                pool_right[q] += 1
+        nq = search.data[s].num_questions
+        per[name].update({
+            "episodes": len(eps),
+            "wrong_share": 100.0 * wrong / len(eps),
+            "no_answer_share": 100.0 * no_answer / len(eps),
+            "wrong_opened_majority_right": _figure(opened_right, len(eps)),
+            "wrong_pool_majority_right": _figure(pool_right, len(eps)),
+            "never_right": [q for q in range(nq) if q not in ever_right],
+        })
+
+    # Trace-level figures: the traced draws.
+    tr_by_store: dict[str, list[dict[str, Any]]] = {}
+    for t in traces or []:
+        tr_by_store.setdefault(t["store"], []).append(t)
+    for name, trs in tr_by_store.items():
+        s = search.index.get(name)
+        if s is None:
+            continue
+        gold = search.gold[s]
+        reasons: Counter[str] = Counter()
+        later: Counter[int] = Counter()
+        pruned_away: Counter[int] = Counter()
+        resolved = pruning = unfinished = 0
+        pruned_tokens = all_tokens = 0
+        for t in trs:
+            events = t.get("events") or []
+            stops = [e for e in events if e.get("ev") == "stop"]
+            reasons[str(stops[-1].get("reason", "?")) if stops else "(no stop event)"] += 1
+            q, draw = int(t["question"]), int(t["draw"])
+            order = search.order(s, draw, q)
+            led = ledger(events, search.question(s, q), order, kappa)
+            if led is None:
+                continue
+            resolved += 1
+            all_tokens += led["tokens"]
+            pruned_tokens += int(led["spent"][led["pruned"]].sum())
+            pruning += bool(led["pruned"].any())
+            unfinished += bool((~led["pruned"] & ~led["finished"]).any())
+            answer = _answer_of(t)
+            if answer is not None and answer == gold[q]:
+                continue
+            k = led["opened"]
+            finals = search.finals(s, q)[order[:k]]
+            alive = ~led["pruned"]
+            alive_right = majority_first_seen(finals[alive].tolist()) == gold[q]
+            opened_right = majority_first_seen(finals.tolist()) == gold[q]
+            if alive_right and (alive & ~led["finished"]).any():
+                later[q] += 1
+            if opened_right and not alive_right and led["pruned"].any():
+                pruned_away[q] += 1
+        n = len(trs)
+        per[name].update({
+            "traced_episodes": n,
+            # A list, not a dict: JSON files are written with sorted keys, and the order (most
+            # frequent first) is part of what the agent reads.
+            "stop_reasons": [[r, round(100.0 * c / n, 1)] for r, c in
+                             sorted(reasons.items(), key=lambda x: (-x[1], x[0]))],
+            "resolved_episodes": resolved,
+            "episodes_with_pruning": pruning,
+            "episodes_stopped_with_unfinished_branches": unfinished,
+            "pruned_token_share": (100.0 * pruned_tokens / all_tokens) if all_tokens else None,
+            "wrong_stop_later_fixes": _figure(later, resolved) if resolved else None,
+            "wrong_pruned_away_right": _figure(pruned_away, resolved) if resolved else None,
+        })
+    return {"stores": per}
+
+
+def _answer_of(trace: dict[str, Any]) -> int | None:
+    a = trace.get("answer")
+    return int(a) if isinstance(a, int | np.integer) else None
+
+
+def attach_answers(traces: list[dict[str, Any]], episodes: Sequence[dict[str, Any]]) -> None:
+    """Traces carry no answer; take it from the episode rows of the same (store, β, draw, q)."""
+    key = {(e["store"], e["beta"], e["draw"], e["question"]): e["answer"] for e in episodes}
+    for t in traces:
+        a = key.get((t["store"], t["beta"], t["draw"], t["question"]))
+        if a is not None:
+            t["answer"] = int(a)
+
+
+# ---- rendering --------------------------------------------------------------------------------
+
+
+def _fig_text(f: dict[str, Any] | None) -> str:
+    if not f:
+        return "n/a"
+    qs = ", ".join(f"q{q}×{c}" for q, c in f["top_questions"])
+    return f"{f['share']:.1f}% of episodes" + (f" (most: {qs})" if qs else "")
+
+
+def render_digest(digest: dict[str, Any], stores: Sequence[str] | None = None,
+                  indent: str = "  ") -> str:
+    """The digest as compact text for the prompt, stores in the given order."""
+    lines = []
+    per = digest.get("stores", {})
+    for store in [s for s in (stores or sorted(per)) if s in per]:
+        d = per[store]
+        head = f"{indent}{store}"
+        if "episodes" in d:
+            head += (f": {d['episodes']} episodes, wrong {d['wrong_share']:.1f}% "
+                     f"(no answer {d['no_answer_share']:.1f}%)")
+        lines.append(head)
+        p = indent * 2
+        if "stop_reasons" in d:
+            sr = ", ".join(f"{r} {v:.0f}%" for r, v in d["stop_reasons"])
+            lines.append(f"{p}stop reasons ({d['traced_episodes']} traced episodes): {sr}")
+            n, res = d["traced_episodes"], d["resolved_episodes"]
+            if n and res >= RESOLVED_ENOUGH * n:
+                if d["episodes_with_pruning"]:
+                    share = d["pruned_token_share"]
+                    lines.append(f"{p}tokens spent on branches later pruned: "
+                                 f"{'n/a' if share is None else f'{share:.1f}% of all tokens'}; "
+                                 "wrong because pruning discarded the right majority: "
+                                 f"{_fig_text(d['wrong_pruned_away_right'])}")
+                if d["episodes_stopped_with_unfinished_branches"]:
+                    lines.append(f"{p}wrong, but running the surviving branches to their end "
+                                 f"would have fixed it (stopped too early): "
+                                 f"{_fig_text(d['wrong_stop_later_fixes'])}")
+            elif n:
+                lines.append(f"{p}(branch-level figures omitted: only {res} of {n} traced "
+                             "episodes could be replayed, the others prune in batches whose "
+                             "traces do not name the branches)")
+        if "wrong_opened_majority_right" in d:
+            lines.append(f"{p}wrong although the opened branches, run to their end, would have "
+                         f"voted right: {_fig_text(d['wrong_opened_majority_right'])}")
+            lines.append(f"{p}wrong although the whole pool would have voted right (more width "
+                         f"helps): {_fig_text(d['wrong_pool_majority_right'])}")
+            nr = d["never_right"]
+            lines.append(f"{p}never right at any β: "
+                         + (f"{len(nr)} questions: " + ", ".join(f"q{q}" for q in nr) if nr
+                            else "none"))
+        br = d.get("monotonicity_breaks") or []
+        if br:
+            txt = "; ".join(
+                f"β {b['beta_from']:g}→{b['beta_to']:g}: {b['tokens_from']:,.0f}→"
+                f"{b['tokens_to']:,.0f} tokens{'' if b['significant'] else ' (within noise)'}"
+                for b in br)
+            lines.append(f"{p}β points where cost falls: {txt}")
+    return "\n".join(lines)

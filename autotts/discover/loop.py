@@ -1,0 +1,541 @@
+"""The discovery loop (DESIGN §8): rounds of propose → check → evaluate → record, then one
+selection on the search split and one evaluation of the selected controller (with the built-in
+baselines) on the held-out split.
+
+Held-out isolation: the held-out paths are read from the environment in `_final_step` only, after
+the last round; nothing before it (the prompt, the seeds, the smoke run, the sweeps, the digests)
+touches them.
+
+Determinism: a round's prompt depends only on the environment, the search stores, the seeds and
+the completed rounds, so a round redone after a crash sends the same messages, hits the response
+cache and produces the same files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from autotts import controller as ctl
+from autotts.discover import baselines
+from autotts.discover.agent import Agent, AgentError, ChatResult, SpendCapReached
+from autotts.discover.candidates import (
+    OK,
+    Backend,
+    CandidateFailure,
+    SandboxBackend,
+    controller_name,
+    extract_candidate,
+    first_error_verdict,
+    objective,
+    protocol_for,
+    smoke_betas,
+    subset_store,
+    verdict,
+)
+from autotts.discover.config import DiscoverConfig
+from autotts.discover.digest import SearchData, attach_answers, make_digest
+from autotts.discover.fsio import dumps, read_json, write_json, write_text
+from autotts.discover.prompt import (
+    PROMPT_VERSION,
+    best_record,
+    build_messages,
+    critic_messages,
+    critic_verdict,
+    render_prompt,
+)
+from autotts.discover.rundir import RunDir, final_entry, index_entry
+from autotts.envdef import EnvDef, load_env
+from autotts.errors import AutoTTSError, ConfigError
+from autotts.evaluate import evaluate
+from autotts.store import Store, open_store
+from autotts.summary import summarize
+
+EXAMPLE = "sc"  # the complete example controller shown in the contract
+FAULT_ENV = "AUTOTTS_DISCOVER_FAULT"  # "kill:<round>:<point>": SIGKILL there (crash tests)
+
+Progress = Callable[[str], None]
+
+
+def _fault(point: str, n: int) -> None:
+    if os.environ.get(FAULT_ENV) == f"kill:{n}:{point}":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _sha256_file(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def store_identity(store: Store) -> str:
+    m = store.manifest
+    return str(m.get("content_hash") or (m.get("source") or {}).get("sha256") or store.name)
+
+
+class Timer:
+    """Wall time per phase: the bench subtracts the agent's share to get non-LLM time."""
+
+    def __init__(self) -> None:
+        self.phases: dict[str, float] = {}
+
+    def add(self, phase: str, seconds: float) -> None:
+        self.phases[phase] = self.phases.get(phase, 0.0) + seconds
+
+    def time(self, phase: str) -> Any:
+        timer = self
+
+        class _Ctx:
+            def __enter__(self) -> None:
+                self.t0 = time.perf_counter()
+
+            def __exit__(self, *exc: Any) -> None:
+                timer.add(phase, time.perf_counter() - self.t0)
+
+        return _Ctx()
+
+
+class Discovery:
+    def __init__(self, cfg: DiscoverConfig, *, backend: Backend | None = None,
+                 progress: Progress | None = None) -> None:
+        self.cfg = cfg
+        self.env: EnvDef = load_env(cfg.env)
+        self.rd = RunDir(cfg.run_dir)
+        self.progress = progress or (lambda msg: None)
+        self._backend = backend
+        self.timer = Timer()
+        self.search_paths = self.env.split_paths("search")
+        self.search_stores = [open_store(p) for p in self.search_paths]
+        self.store_names = [s.name for s in self.search_stores]
+        self.proto = protocol_for(self.env, cfg.seed)
+        self.search = SearchData(self.search_stores, self.proto)
+        self.stats = [summarize(s) for s in self.search_stores]
+        self.example_source = Path(ctl.load(EXAMPLE).path).read_text()
+        self.history: list[dict[str, Any]] = []
+        self.agent: Agent | None = None
+
+    # ---- identity and seeds -------------------------------------------------------------------
+
+    def seed_specs(self) -> list[ctl.ControllerSpec]:
+        return [ctl.load(name) for name in self.cfg.seeds]
+
+    def identity(self) -> dict[str, Any]:
+        c = self.cfg
+        return {
+            "env": self.env.name,
+            "env_sha256": _sha256_file(self.env.path),
+            "search_stores": [[s.name, store_identity(s)] for s in self.search_stores],
+            "model": c.model,
+            "base_url": c.base_url,
+            "seed": c.seed,
+            "seeds": [[s.name, _sha256_file(s.path)] for s in self.seed_specs()],
+            "critic": c.critic,
+            "smoke": [c.smoke_questions, c.smoke_draws],
+            "trace_draws": c.trace_draws,
+            "params": c.request_params(),
+        }
+
+    def _seed_key(self) -> str:
+        ident = self.identity()
+        blob = dumps({k: ident[k] for k in ("env_sha256", "search_stores", "seed", "seeds",
+                                            "trace_draws")}, indent=None)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    def seeds(self) -> list[dict[str, Any]]:
+        """The seed controllers on the search split: computed once per run directory."""
+        key = self._seed_key()
+        if self.rd.seeds.is_file():
+            data = read_json(self.rd.seeds)
+            if data.get("key") == key:
+                return data["seeds"]
+        out = []
+        for spec in self.seed_specs():
+            self.progress(f"seed {spec.name}: β sweep on {len(self.search_stores)} search stores")
+            with self.timer.time("seeds"):
+                out.append(self._eval_seed(spec))
+        self.rd.path.mkdir(parents=True, exist_ok=True)
+        write_json(self.rd.seeds, {"key": key, "seeds": out})
+        # Always what the file holds: a prompt built from freshly computed seeds must equal one
+        # built after a restart (JSON has no tuples, numpy scalars or dict order of its own).
+        return read_json(self.rd.seeds)["seeds"]
+
+    def _eval_seed(self, spec: ctl.ControllerSpec) -> dict[str, Any]:
+        env = self.env
+        k = baselines.key("search", Path(spec.path).read_text(),
+                          [store_identity(s) for s in self.search_stores], env.betas, self.proto,
+                          token_range=list(env.token_range), trace_draws=self.cfg.trace_draws,
+                          example=EXAMPLE)
+        return baselines.cached(k, lambda: self._compute_seed(spec))
+
+    def _compute_seed(self, spec: ctl.ControllerSpec) -> dict[str, Any]:
+        env, w = self.env, self.cfg.workers
+        ev = evaluate(spec, self.search_stores, env.betas, self.proto, episodes=True, workers=w)
+        tproto = protocol_for(env, self.cfg.seed, min(self.cfg.trace_draws, env.draws))
+        tev = evaluate(spec, self.search_stores, env.betas, tproto, episodes=True, traces=True,
+                       workers=w)
+        traces = tev.traces or []
+        attach_answers(traces, tev.episodes or [])
+        rows = [_clean_row(r) for r in ev.rows]
+        obj, per = objective(rows, self.store_names, env.token_range)
+        return {
+            "name": spec.name,
+            "source": None if Path(spec.path).stem == EXAMPLE else Path(spec.path).read_text(),
+            "rows": rows,
+            "objective": obj,
+            "store_objective": per,
+            "digest": make_digest(self.search, rows, ev.episodes, traces),
+        }
+
+    # ---- prompt -----------------------------------------------------------------------------------
+
+    def messages(self, seeds: Sequence[dict[str, Any]]) -> list[dict[str, str]]:
+        return build_messages(env=self.env, stats=self.stats, example_source=self.example_source,
+                              seeds=seeds, history=self.history, recent=self.cfg.recent)
+
+    # ---- the run ----------------------------------------------------------------------------------
+
+    @property
+    def backend(self) -> Backend:
+        if self._backend is None:
+            self._backend = SandboxBackend(self.cfg.sandbox_limits)
+        return self._backend
+
+    def dry_run(self) -> str:
+        """The next (for a new run: the first) prompt. No HTTP call, no held-out store, and
+        nothing written but the seeds' cache."""
+        self.history = [self.rd.load_round(n) for n in self.rd.completed()]
+        return render_prompt(self.messages(self.seeds()))
+
+    def run(self) -> dict[str, Any]:
+        try:
+            return self._run()
+        finally:
+            self.rd.unlock()
+
+    def _run(self) -> dict[str, Any]:
+        cfg, rd = self.cfg, self.rd
+        t_start = time.perf_counter()
+        if not cfg.model:
+            raise ConfigError("no model: give --model or set AUTOTTS_MODEL")
+        resumed = rd.prepare(self.identity(), {"env_path": str(Path(self.env.path).resolve()),
+                                               "rounds": cfg.rounds})
+        self.history = [rd.load_round(n) for n in rd.completed()]
+        if resumed:
+            self.progress(f"resuming {rd.path}: {len(self.history)} round(s) complete")
+        if rd.final_done() and cfg.rounds > len(self.history):
+            raise ConfigError(
+                f"{rd.path} is finalized (its held-out evaluation is done, once); start a new "
+                f"--run-dir for more rounds")
+        agent = self.agent = Agent(cfg, rd.requests)
+        agent.check_budget()
+        seeds = self.seeds()
+        status, message = "complete", ""
+        try:
+            if not rd.final_done():
+                smoke = subset_store(self.search_stores[0], cfg.smoke_questions)
+                for n in range(len(self.history) + 1, cfg.rounds + 1):
+                    if agent.cap_reached:
+                        status = "budget_exhausted"
+                        message = f"spend cap ${cfg.budget_usd:.2f} reached"
+                        break
+                    try:
+                        rec = self.round(n, seeds, smoke)
+                    except SpendCapReached as e:
+                        status, message = "budget_exhausted", str(e)
+                        break
+                    self.history.append(rec)
+                    self._report_round(rec)
+            if status == "complete":
+                self.final_step(seeds)
+        except AgentError as e:
+            self.write_summary(seeds, "error", str(e), time.perf_counter() - t_start)
+            raise
+        except KeyboardInterrupt:
+            self.write_summary(seeds, "interrupted", "interrupted; rerun the same command to "
+                               "resume", time.perf_counter() - t_start)
+            raise
+        if status == "budget_exhausted":
+            message += (f" after {len(self.history)} round(s); rerun with a higher --budget-usd "
+                        f"to continue, or with --rounds {len(self.history)} to select and "
+                        "evaluate on the held-out split")
+            self.progress(message)
+        self.write_summary(seeds, status, message, time.perf_counter() - t_start)
+        self.write_report()  # reads the summary; the summary then gets the report's time too
+        return self.write_summary(seeds, status, message, time.perf_counter() - t_start)
+
+    def _report_round(self, rec: dict[str, Any]) -> None:
+        v = rec["verdict"]
+        obj = "" if rec.get("objective") is None else f", objective {rec['objective']:.2f}"
+        best = best_record(self.history)
+        best_txt = ("none yet" if best is None else
+                    f"round {best['round']} {best['name']} ({best['objective']:.2f})")
+        spent = self.agent.spent_usd if self.agent else 0.0
+        cap = "" if self.cfg.budget_usd is None else f" / ${self.cfg.budget_usd:.2f}"
+        self.progress(f"round {rec['round']}/{self.cfg.rounds}: {rec.get('name') or '–'}: "
+                      f"{v['kind']}{'' if v['kind'] == OK else ' at ' + v['stage']}{obj} | "
+                      f"spent ${spent:.4f}{cap} | best so far: {best_txt}")
+
+    def round(self, n: int, seeds: Sequence[dict[str, Any]], smoke: Store) -> dict[str, Any]:
+        cfg, rd = self.cfg, self.rd
+        assert self.agent is not None
+        tmp = rd.begin_round(n)
+        try:
+            with self.timer.time("prompt"):
+                messages = self.messages(seeds)
+                write_text(tmp / "prompt.md", render_prompt(messages))
+                write_json(tmp / "messages.json", messages)
+            self.progress(f"round {n}/{cfg.rounds}: asking {cfg.model}")
+            chat = self.agent.chat(messages, purpose="propose", round_no=n)
+            write_json(tmp / "response.json", chat.response)
+            _fault("response", n)
+            costs = [chat.accounting("propose")]
+            source, v = extract_candidate(chat.content)
+            name = controller_name(source) if source else None
+            result: dict[str, Any] = {"rows": [], "objective": None, "store_objective": {},
+                                      "monotone": None, "errors": [], "n_errors": 0}
+            digest: dict[str, Any] = {}
+            if source is not None:
+                write_text(tmp / "candidate.py", source)
+                if cfg.critic:
+                    critic = self._critic(n, source)
+                    if critic is not None:
+                        costs.append(critic[0].accounting("critic"))
+                        write_json(tmp / "critic.json", {"approved": critic[1],
+                                                         "review": critic[2]})
+                        if not critic[1]:
+                            v = verdict("critic_rejected", "critic",
+                                        "the critic rejected the proposal before evaluation: "
+                                        + critic[2][:1500])
+                if v is None:
+                    self.progress(f"round {n}/{cfg.rounds}: evaluating {name}")
+                    v, result, digest = self.evaluate_candidate(tmp / "candidate.py", source, n,
+                                                                smoke)
+            assert v is not None
+            results = {"round": n, "name": name, "eligible": v["kind"] == OK, **result}
+            write_json(tmp / "verdict.json", v)
+            write_json(tmp / "results.json", results)
+            write_json(tmp / "digest.json", digest)
+            write_json(tmp / "cost.json", {
+                "requests": costs,
+                "prompt_tokens": sum(c["prompt_tokens"] for c in costs),
+                "completion_tokens": sum(c["completion_tokens"] for c in costs),
+                "cost_usd": None if any(c["cost_usd"] is None for c in costs)
+                else round(sum(c["cost_usd"] for c in costs), 8),
+            })
+            _fault("evaluated", n)
+            rd.commit_round(n, tmp)
+        except BaseException:
+            # A failure we can see (not a kill): drop the half round; a rerun redoes it.
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        _fault("committed", n)
+        rec = rd.load_round(n)
+        rd.append_index(index_entry(rec))
+        return rec
+
+    def _critic(self, n: int, source: str) -> tuple[ChatResult, bool, str] | None:
+        assert self.agent is not None
+        try:
+            res = self.agent.chat(critic_messages(source, self.example_source), purpose="critic",
+                                  round_no=n, model=self.cfg.critic)
+        except SpendCapReached:
+            return None  # the proposal is paid for: evaluate it without a review
+        approved, review = critic_verdict(res.content)
+        return res, approved, review
+
+    def evaluate_candidate(self, path: Path, source: str, n: int, smoke: Store
+                           ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+        """admission → smoke → sweep → traces; (verdict, results, digest)."""
+        env, cfg, be = self.env, self.cfg, self.backend
+        result: dict[str, Any] = {"rows": [], "objective": None, "store_objective": {},
+                                  "monotone": None, "errors": [], "n_errors": 0}
+        with self.timer.time("admit"):
+            v = be.admit(source, f"round{n:04d}/candidate.py")
+        if v is not None:
+            return v, result, {}
+        try:
+            with self.timer.time("smoke"):
+                be.evaluate(str(path), [smoke], smoke_betas(env.betas),
+                            protocol_for(env, cfg.seed, cfg.smoke_draws), stage="smoke",
+                            on_error="raise", workers=1)
+            with self.timer.time("sweep"):
+                ev = be.evaluate(str(path), self.search_stores, env.betas, self.proto,
+                                 stage="sweep", episodes=True, on_error="record",
+                                 workers=cfg.workers)
+        except CandidateFailure as f:
+            return f.verdict, result, {}
+        rows = [_clean_row(r) for r in ev.rows]
+        obj, per = objective(rows, self.store_names, env.token_range)
+        mono = be.monotonicity(rows)
+        n_eps = len(ev.episodes or []) or sum(r["draws"] * r["questions"] for r in rows)
+        if ev.errors:
+            v = first_error_verdict(ev.errors, n_eps)
+        elif mono is not None:
+            v = mono
+        elif obj is None:
+            v = verdict("non_answer", "sweep", "no finite accuracy/token point to score")
+        else:
+            v = verdict(OK, "sweep", "")
+        result.update({
+            "rows": rows, "objective": obj, "store_objective": per, "monotone": mono is None,
+            "errors": [_clean_error(e) for e in ev.errors[:5]], "n_errors": len(ev.errors),
+        })
+        traces: list[dict[str, Any]] | None = None
+        try:
+            with self.timer.time("traces"):
+                tev = be.evaluate(str(path), self.search_stores, env.betas,
+                                  protocol_for(env, cfg.seed, min(cfg.trace_draws, env.draws)),
+                                  stage="traces", episodes=True, traces=True, on_error="record",
+                                  workers=cfg.workers)
+            traces = tev.traces or []
+            attach_answers(traces, tev.episodes or [])
+        except CandidateFailure:
+            traces = None  # the digest keeps its episode-level figures
+        with self.timer.time("digest"):
+            digest = make_digest(self.search, rows, ev.episodes, traces)
+        return v, result, digest
+
+    # ---- selection and the held-out split -------------------------------------------------------
+
+    def final_step(self, seeds: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        rd, env, cfg = self.rd, self.env, self.cfg
+        if rd.final_done():
+            return read_json(rd.final / "selection.json")
+        best = best_record(self.history)
+        heldout_paths = env.split_paths("heldout")  # the first and only place they are read
+        # AUTOTTS_HELDOUT_DRAWS, else the environment's own `heldout_draws` (if EnvDef grows
+        # one), else its search draws.
+        draws = cfg.heldout_draws or getattr(env, "heldout_draws", None) or env.draws
+        proto = protocol_for(env, cfg.seed, draws)
+        self.progress(f"selected: {'none' if best is None else best['name']}; evaluating it and "
+                      f"the baselines on {len(heldout_paths)} held-out stores ({draws} draws)")
+        t0 = time.perf_counter()
+        rows: list[dict[str, Any]] = []
+        held_verdict = None
+        held_stores = [open_store(p) for p in heldout_paths]
+        names = [s.name for s in held_stores]
+        if best is not None:
+            try:
+                ev = self.backend.evaluate(best["path"], held_stores, env.betas, proto,
+                                           stage="heldout", on_error="record",
+                                           workers=cfg.workers)
+                for r in ev.rows:
+                    rows.append({**_clean_row(r), "round": best["round"],
+                                 "label": label(best["round"], best["name"])})
+                if ev.errors:
+                    held_verdict = first_error_verdict(ev.errors, sum(
+                        r["draws"] * r["questions"] for r in ev.rows))
+            except CandidateFailure as f:
+                held_verdict = f.verdict
+        ids = [store_identity(s) for s in held_stores]
+        for spec in self.seed_specs():
+            k = baselines.key("heldout", Path(spec.path).read_text(), ids, env.betas, proto)
+
+            def compute(spec: ctl.ControllerSpec = spec) -> dict[str, Any]:
+                ev = evaluate(spec, held_stores, env.betas, proto, workers=cfg.workers)
+                return {"rows": [_clean_row(r) for r in ev.rows]}
+
+            rows += [{**r, "label": spec.name} for r in baselines.cached(k, compute)["rows"]]
+        per_controller: dict[str, dict[str, Any]] = {}
+        for lab in dict.fromkeys(r["label"] for r in rows):
+            obj, per = objective([r for r in rows if r["label"] == lab], names, env.token_range)
+            per_controller[lab] = {"objective": obj, "store_objective": per}
+        selection = {
+            "selected": None if best is None else {
+                "round": best["round"], "name": best["name"], "objective": best["objective"],
+                "label": label(best["round"], best["name"])},
+            "rule": "highest search-split objective among eligible candidates (earliest on ties)",
+            "heldout_objective": None if best is None else
+            per_controller.get(label(best["round"], best["name"]), {}).get("objective"),
+            "heldout_verdict": held_verdict,
+            "heldout_draws": draws,
+            "heldout_stores": names,
+            "search_objectives": {s["name"]: s["objective"] for s in seeds},
+        }
+        tmp = rd.begin_final()
+        write_json(tmp / "selection.json", selection)
+        write_json(tmp / "heldout.json", {"rows": rows, "objectives": per_controller})
+        if best is not None and best.get("source"):
+            write_text(tmp / "selected.py", best["source"])
+        rd.commit_final(tmp)
+        rd.append_index(final_entry(selection))
+        self.timer.add("heldout", time.perf_counter() - t0)
+        return selection
+
+    # ---- summary and report ---------------------------------------------------------------------
+
+    def write_summary(self, seeds: Sequence[dict[str, Any]], status: str, message: str,
+                      wall: float) -> dict[str, Any]:
+        rd, cfg = self.rd, self.cfg
+        best = best_record(self.history)
+        selection = read_json(rd.final / "selection.json") if rd.final_done() else None
+        agent = self.agent
+        costs = [r.get("cost") or {} for r in self.history]
+        summary = {
+            "status": status,
+            "message": message,
+            "env": self.env.name,
+            "model": cfg.model,
+            "base_url": cfg.base_url,
+            "rounds_completed": len(self.history),
+            "rounds_target": cfg.rounds,
+            "spent_usd": None if agent is None else round(agent.spent_usd, 6),
+            "budget_usd": cfg.budget_usd,
+            "prompt_tokens": sum(c.get("prompt_tokens") or 0 for c in costs),
+            "completion_tokens": sum(c.get("completion_tokens") or 0 for c in costs),
+            "best": None if best is None else {"round": best["round"], "name": best["name"],
+                                               "objective": best["objective"]},
+            "seeds": {s["name"]: s["objective"] for s in seeds},
+            "verdicts": {k: sum(1 for r in self.history if r["verdict"]["kind"] == k)
+                         for k in sorted({r["verdict"]["kind"] for r in self.history})},
+            "selection": selection,
+            "this_invocation": {
+                "wall_s": round(wall, 3),
+                "http_calls": 0 if agent is None else agent.http_calls,
+                "llm_s": 0.0 if agent is None else round(agent.llm_seconds, 3),
+                "phases_s": {k: round(v, 3) for k, v in self.timer.phases.items()},
+            },
+            "prompt_version": PROMPT_VERSION,
+        }
+        write_json(rd.summary, summary)
+        return summary
+
+    def write_report(self) -> None:
+        from autotts.discover.runreport import write_run_report
+
+        with self.timer.time("report"):
+            try:
+                write_run_report(self.rd.path, self.rd.report)
+            except AutoTTSError as e:
+                self.progress(f"report skipped: {e}")
+
+
+def label(round_no: int, name: str | None) -> str:
+    return f"r{round_no}:{name or 'candidate'}"
+
+
+def _clean_row(r: dict[str, Any]) -> dict[str, Any]:
+    keep = ("store", "controller", "config", "beta", "accuracy", "accuracy_se", "tokens",
+            "tokens_se", "draws", "questions", "errors")
+    return {k: r.get(k) for k in keep if k in r}
+
+
+def _clean_error(e: dict[str, Any]) -> dict[str, Any]:
+    return {k: e.get(k) for k in ("kind", "store", "question", "draw", "step", "message")
+            if k in e}
+
+
+def run_discovery(cfg: DiscoverConfig, *, backend: Backend | None = None,
+                  progress: Progress | None = None) -> dict[str, Any]:
+    """Run (or resume) a discovery run; its summary."""
+    return Discovery(cfg, backend=backend, progress=progress).run()
+
+
+def first_prompt(cfg: DiscoverConfig, *, progress: Progress | None = None) -> str:
+    """`--dry-run`: the prompt the next round would send."""
+    return Discovery(cfg, progress=progress).dry_run()

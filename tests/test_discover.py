@@ -1,0 +1,345 @@
+"""The discovery loop end to end (issue 6), with no network: a real HTTP server on 127.0.0.1
+speaks the OpenAI chat-completions protocol and serves scripted responses to the real `openai`
+client; candidates run in the real sandbox."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from discover_helpers import BROKEN, FORBIDDEN, GOOD, cli_env, config, make_env, reply
+
+import autotts.store as store_mod
+from autotts.discover import first_prompt, read_run_dir, run_discovery, write_run_report
+from autotts.discover.fakeserver import FakeOpenAI
+from autotts.discover.fsio import read_jsonl
+from autotts.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Round 1: a 429, then a good controller. Round 2: a timeout, then a broken one (an exception at
+# run time). Round 3: a malformed response (no choices).
+SCRIPT: list[dict[str, Any]] = [
+    {"status": 429, "retry_after": 0},
+    reply(GOOD),
+    {"sleep": 4.0, "content": "too late"},  # the client gives up after 3 s
+    reply(BROKEN, "Trying something bolder."),
+    {"json": {"id": "x", "object": "chat.completion", "model": "fake-model", "choices": []}},
+]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def baseline_cache(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The runs' shared baseline cache lives in a temporary directory, not in ~/.cache."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AUTOTTS_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
+        yield
+
+
+@pytest.fixture(scope="module")
+def env_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_env(tmp_path_factory.mktemp("env"))
+
+
+def heldout_dirs(env_file: Path) -> list[Path]:
+    return [(env_file.parent / "stores" / n).resolve() for n in ("heldout3", "heldout4")]
+
+
+class HeldoutGuard:
+    """Make held-out stores fail to open until every round of `run_dir` is complete, and record
+    when they were opened."""
+
+    def __init__(self, mp: pytest.MonkeyPatch, env_file: Path, run_dir: Path, rounds: int):
+        self.opened: list[str] = []
+        real = store_mod.read_store_dir
+        held = set(heldout_dirs(env_file))
+
+        def guarded(path: Any) -> Any:
+            p = Path(path).resolve()
+            if p in held:
+                if not (run_dir / "rounds" / f"{rounds:04d}").is_dir():
+                    raise AssertionError(f"held-out store {p} opened before the final step")
+                self.opened.append(str(p))
+            return real(path)
+
+        mp.setattr(store_mod, "read_store_dir", guarded)
+
+
+@pytest.fixture(scope="module")
+def e2e(env_file: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    run_dir = tmp_path_factory.mktemp("runs") / "e2e"
+    progress: list[str] = []
+    with pytest.MonkeyPatch.context() as mp, FakeOpenAI(SCRIPT) as server:
+        guard = HeldoutGuard(mp, env_file, run_dir, 3)
+        summary = run_discovery(config(env_file, run_dir, server.url), progress=progress.append)
+        return {"run_dir": run_dir, "summary": summary, "server": server, "guard": guard,
+                "progress": progress, "url": server.url}
+
+
+def test_three_rounds_end_to_end(e2e: dict[str, Any], env_file: Path) -> None:
+    run_dir, summary, server = e2e["run_dir"], e2e["summary"], e2e["server"]
+    assert summary["status"] == "complete"
+    assert summary["rounds_completed"] == 3
+    assert server.count == len(SCRIPT)  # 429 and timeout retried once each, nothing repeated
+    rounds = [json.loads((run_dir / "rounds" / f"{n:04d}" / "verdict.json").read_text())
+              for n in (1, 2, 3)]
+    assert [v["kind"] for v in rounds] == ["ok", "exception", "no_candidate"]
+    assert rounds[1]["stage"] == "smoke" and "IndexError" in rounds[1]["message"]
+    assert "answers[self.n]" in (rounds[1]["traceback"] or "")
+    r1 = json.loads((run_dir / "rounds" / "0001" / "results.json").read_text())
+    assert r1["name"] == "probe_vote" and r1["eligible"] and r1["objective"] > 0
+    assert len(r1["rows"]) == 2 * 3  # 2 search stores × 3 β
+    for n in (1, 2, 3):
+        d = run_dir / "rounds" / f"{n:04d}"
+        for f in ("prompt.md", "messages.json", "response.json", "verdict.json", "results.json",
+                  "digest.json", "cost.json"):
+            assert (d / f).is_file(), f"round {n} lacks {f}"
+    assert (run_dir / "rounds" / "0001" / "candidate.py").read_text().startswith('"""Probe')
+    assert not (run_dir / "rounds" / "0003" / "candidate.py").exists()
+    # The digest of the good candidate: stop reasons and the ledger (single-branch actions).
+    dg = json.loads((run_dir / "rounds" / "0001" / "digest.json").read_text())["stores"]
+    st = dg["synth/search1"]
+    assert st["traced_episodes"] == st["resolved_episodes"] > 0
+    assert {r for r, _ in st["stop_reasons"]} <= {"stable", "all_done", "max_steps"}
+    # The history reaches the agent: round 2's prompt shows round 1's candidate and digest,
+    # round 3's prompt round 2's typed verdict.
+    p2 = (run_dir / "rounds" / "0002" / "prompt.md").read_text()
+    p3 = (run_dir / "rounds" / "0003" / "prompt.md").read_text()
+    assert "Best so far: round 1, probe_vote" in p2 and "stop reasons" in p2
+    assert "exception at smoke" in p3 and "IndexError" in p3
+    # Index, selection, held-out, spend.
+    index = read_jsonl(run_dir / "runs.jsonl")
+    assert [e["kind"] for e in index] == ["round", "round", "round", "final"]
+    sel = json.loads((run_dir / "final" / "selection.json").read_text())
+    assert sel["selected"]["round"] == 1 and sel["heldout_objective"] is not None
+    held = json.loads((run_dir / "final" / "heldout.json").read_text())
+    labels = {r["label"] for r in held["rows"]}
+    assert labels == {"r1:probe_vote", "sc", "asc", "esc", "parallel_probe"}
+    assert {r["store"] for r in held["rows"]} == {"synth/heldout3", "synth/heldout4"}
+    reqs = read_jsonl(run_dir / "requests.jsonl")
+    assert [r["status"] for r in reqs if r["http"]] == ["429", "ok", "timeout", "ok", "ok"]
+    cost = json.loads((run_dir / "rounds" / "0001" / "cost.json").read_text())
+    assert cost["cost_usd"] == pytest.approx(
+        (cost["prompt_tokens"] * 1.0 + cost["completion_tokens"] * 2.0) / 1e6)
+    assert summary["spent_usd"] == pytest.approx(sum(r.get("cost_usd") or 0 for r in reqs))
+    assert any("best so far" in m for m in e2e["progress"])
+    assert (run_dir / "report" / "report.md").is_file()
+
+
+def test_heldout_isolated(e2e: dict[str, Any], env_file: Path) -> None:
+    """Held-out stores are opened only in the final step (the guard raises otherwise), and
+    neither their paths nor their names appear in any prompt."""
+    assert sorted(set(e2e["guard"].opened)) == sorted(str(p) for p in heldout_dirs(env_file))
+    run_dir = e2e["run_dir"]
+    for prompt in run_dir.glob("rounds/*/prompt.md"):
+        text = prompt.read_text()
+        assert "heldout3" not in text and "heldout4" not in text and "stores/heldout" not in text
+    for body in e2e["server"].requests:
+        assert "heldout" not in json.dumps(body)
+
+
+def test_cached_run_replays_with_zero_http_calls(e2e: dict[str, Any], env_file: Path,
+                                                 tmp_path: Path) -> None:
+    src = e2e["run_dir"]
+    replay = tmp_path / "replay"
+    with FakeOpenAI([]) as server:
+        cfg = config(env_file, replay, e2e["url"], offline=True, api_key=None,
+                     cache_dir=src / "cache")
+        summary = run_discovery(cfg)
+        assert server.count == 0
+    assert summary["status"] == "complete" and summary["this_invocation"]["http_calls"] == 0
+    assert_same_rounds(src, replay)
+
+
+def test_report_reads_the_run_dir(e2e: dict[str, Any], tmp_path: Path) -> None:
+    rep = read_run_dir(e2e["run_dir"])
+    labels = {r["controller"] for r in rep.rows}
+    assert {"r1:probe_vote", "sc", "parallel_probe"} <= labels
+    assert [r["round"] for r in rep.tables["Rounds"]] == [1, 2, 3]
+    assert "Held-out split" in rep.tables
+    paths = write_run_report(e2e["run_dir"], tmp_path / "rep")
+    md = paths.markdown.read_text()
+    assert "## Rounds" in md and "## Held-out split" in md
+    assert paths.png is not None and paths.png.stat().st_size > 0
+
+
+def test_resume_refuses_another_config(e2e: dict[str, Any], env_file: Path) -> None:
+    with pytest.raises(ConfigError, match="different run"):
+        run_discovery(config(env_file, e2e["run_dir"], "http://127.0.0.1:9/v1",
+                             model="other-model"))
+    with pytest.raises(ConfigError, match="finalized"):
+        run_discovery(config(env_file, e2e["run_dir"], e2e["url"], rounds=5))
+
+
+def test_dry_run_prints_first_prompt(env_file: Path, tmp_path: Path) -> None:
+    with pytest.MonkeyPatch.context() as mp, FakeOpenAI([]) as server:
+        HeldoutGuard(mp, env_file, tmp_path / "dry", 10**6)
+        text = first_prompt(config(env_file, tmp_path / "dry", server.url))
+        assert server.count == 0
+    assert "# Environment: tiny" in text and "synth/search1" in text
+    assert "No proposals yet" in text and "```python" in text
+    assert "heldout" not in text
+    assert not (tmp_path / "dry" / "config.json").exists()
+
+
+def test_cli_dry_run(env_file: Path, tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "autotts", "discover", "--env", str(env_file), "--run-dir",
+         str(tmp_path / "d"), "--dry-run"],
+        capture_output=True, text=True, cwd=ROOT, env={**os.environ, **cli_env("")},
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("<!-- role: system -->")
+    assert "Propose proposal number 1" in proc.stdout
+
+
+# ---- crash safety ---------------------------------------------------------------------------
+
+
+def assert_same_rounds(a: Path, b: Path) -> None:
+    """Two run dirs hold byte-identical rounds and final step, and the same index."""
+    names_a = sorted(p.name for p in (a / "rounds").iterdir())
+    names_b = sorted(p.name for p in (b / "rounds").iterdir())
+    assert names_a == names_b
+    for sub in [f"rounds/{n}" for n in names_a] + ["final"]:
+        fa = sorted(p.name for p in (a / sub).iterdir())
+        fb = sorted(p.name for p in (b / sub).iterdir())
+        assert fa == fb, sub
+        for f in fa:
+            assert (a / sub / f).read_bytes() == (b / sub / f).read_bytes(), f"{sub}/{f} differs"
+
+    def index(p: Path) -> list[dict[str, Any]]:
+        return [{k: v for k, v in e.items() if k != "time"} for e in read_jsonl(p / "runs.jsonl")]
+
+    assert index(a) == index(b)
+
+
+def run_cli(env_file: Path, run_dir: Path, url: str, **extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "autotts", "discover", "--env", str(env_file), "--run-dir",
+         str(run_dir), "--model", "fake-model", "--base-url", url, "--rounds", "3"],
+        capture_output=True, text=True, cwd=ROOT, env={**os.environ, **cli_env(url, **extra)},
+        timeout=300,
+    )
+
+
+@pytest.mark.parametrize("point", ["response", "committed"])
+def test_sigkill_mid_round_then_rerun(point: str, e2e: dict[str, Any], env_file: Path,
+                                      tmp_path: Path) -> None:
+    """SIGKILL in round 2 (after the model answered and before the round was recorded; or after
+    the round's directory was renamed into place and before its index line), then the same
+    command again: the run dir ends up with exactly the rounds of the uninterrupted run, and the
+    model is never asked twice for the same round."""
+    run_dir = tmp_path / "killed"
+    with FakeOpenAI(SCRIPT) as server:
+        proc = run_cli(env_file, run_dir, server.url, AUTOTTS_DISCOVER_FAULT=f"kill:2:{point}")
+        assert proc.returncode == -9, proc.stderr
+        assert sorted(p.name for p in (run_dir / "rounds").iterdir()
+                      if not p.name.startswith(".")) == (
+            ["0001"] if point == "response" else ["0001", "0002"])
+        proc = run_cli(env_file, run_dir, server.url)
+        assert proc.returncode == 0, proc.stderr
+        assert server.count == len(SCRIPT)
+    assert not any(p.name.startswith(".") for p in (run_dir / "rounds").iterdir())
+    assert_same_rounds(e2e["run_dir"], run_dir)
+
+
+# ---- the spend cap ----------------------------------------------------------------------------
+
+
+def test_spend_cap_stops_before_a_request(env_file: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "cap"
+    with FakeOpenAI([reply(GOOD), reply(FORBIDDEN)]) as server:
+        cfg = config(env_file, run_dir, server.url, prices={"fake-model": {"input": 100.0,
+                                                                           "output": 0.0}})
+        from autotts.discover.loop import Discovery
+
+        d = Discovery(cfg)
+        chars = sum(len(m["content"]) for m in d.messages(d.seeds()))
+        est = (chars // 3 + 16) * 100.0 / 1e6
+        cfg.budget_usd = 1.2 * est  # room for round 1, not for round 2
+        summary = run_discovery(cfg)
+        assert server.count == 1
+    assert summary["status"] == "budget_exhausted" and summary["rounds_completed"] == 1
+    assert summary["spent_usd"] <= cfg.budget_usd
+    assert "--rounds 1" in summary["message"]
+    assert not (run_dir / "final").exists()  # held-out untouched: the run can still go on
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "budget_exhausted"
+
+
+def test_spend_cap_stops_after_a_request_that_crossed_it(env_file: Path, tmp_path: Path) -> None:
+    """A server that ignores max_tokens can make one response cost more than estimated: the run
+    finishes that round and stops."""
+    run_dir = tmp_path / "cap2"
+    long_reply = reply(GOOD, "x" * 40_000)
+    with FakeOpenAI([long_reply, reply(GOOD)]) as server:
+        cfg = config(env_file, run_dir, server.url, max_tokens=10, budget_usd=0.5,
+                     prices={"fake-model": {"input": 0.0, "output": 100.0}})
+        summary = run_discovery(cfg)
+        assert server.count == 1
+    assert summary["status"] == "budget_exhausted" and summary["rounds_completed"] == 1
+    assert summary["spent_usd"] >= 0.5
+
+
+def test_unknown_price_with_cap_is_refused(env_file: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="AUTOTTS_PRICES"):
+        run_discovery(config(env_file, tmp_path / "p", "http://127.0.0.1:9/v1",
+                             model="mystery-model", budget_usd=1.0))
+
+
+def test_rerun_of_complete_run_is_a_no_op(e2e: dict[str, Any], env_file: Path,
+                                          tmp_path: Path) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(e2e["run_dir"], copy)
+    with FakeOpenAI([]) as server:
+        summary = run_discovery(config(env_file, copy, e2e["url"]))
+        assert server.count == 0
+    assert summary["status"] == "complete"
+    assert_same_rounds(e2e["run_dir"], copy)
+
+
+def test_critic_and_no_eligible_candidate(env_file: Path, tmp_path: Path) -> None:
+    """With a critic, a rejected proposal is not evaluated (its review goes back to the agent);
+    a forbidden import is stopped at admission; with nothing eligible, the held-out step reports
+    the baselines and selects nothing."""
+    run_dir = tmp_path / "critic"
+    script = [reply(GOOD), {"content": "VERDICT: REJECT\n- prunes the leader's branches"},
+              reply(FORBIDDEN), {"content": "VERDICT: APPROVE\n- looks fine"}]
+    with FakeOpenAI(script) as server:
+        summary = run_discovery(config(env_file, run_dir, server.url, rounds=2,
+                                       critic="fake-model"))
+        assert server.count == 4
+    v1 = json.loads((run_dir / "rounds" / "0001" / "verdict.json").read_text())
+    v2 = json.loads((run_dir / "rounds" / "0002" / "verdict.json").read_text())
+    assert (v1["kind"], v1["stage"]) == ("critic_rejected", "critic")
+    assert (v2["kind"], v2["stage"]) == ("forbidden", "admit") and "os" in v2["message"]
+    assert json.loads((run_dir / "rounds" / "0002" / "critic.json").read_text())["approved"]
+    assert "prunes the leader's branches" in (run_dir / "rounds" / "0002" / "prompt.md").read_text()
+    cost = json.loads((run_dir / "rounds" / "0001" / "cost.json").read_text())
+    assert [c["purpose"] for c in cost["requests"]] == ["propose", "critic"]
+    assert summary["status"] == "complete" and summary["best"] is None
+    sel = json.loads((run_dir / "final" / "selection.json").read_text())
+    assert sel["selected"] is None
+    held = json.loads((run_dir / "final" / "heldout.json").read_text())
+    assert {r["label"] for r in held["rows"]} == {"sc", "asc", "esc", "parallel_probe"}
+
+
+def test_report_with_runs_and_eval_json(e2e: dict[str, Any], tmp_path: Path) -> None:
+    """`autotts report` over a run dir and a plain eval --json file (the report_cmd hook)."""
+    from autotts.discover.runreport import report_with_runs
+
+    assert report_with_runs([tmp_path], tmp_path / "none") is None
+    extra = tmp_path / "eval.json"
+    extra.write_text(json.dumps([{"store": "synth/search1", "controller": "mine", "beta": 0.0,
+                                  "accuracy": 50.0, "tokens": 5000.0}]))
+    paths = report_with_runs([e2e["run_dir"], extra], tmp_path / "rep")
+    summary = json.loads(paths.summary.read_text())
+    assert {"mine", "r1:probe_vote", "sc"} <= {r["controller"] for r in summary["rows"]}
+    assert "Rounds" in summary["extra_tables"]

@@ -151,6 +151,52 @@ def bench_reproduction(draws: int, workers: int) -> dict[str, Any]:
     }
 
 
+def bench_executors(console: Console, draws: int, workers: int) -> dict[str, Any] | None:
+    """Parallel-Probe (its reference configuration) over the 8 reference stores on local processes
+    and on a local Ray runtime with as many CPUs, in the same run. Ray's start-up is timed apart;
+    its first evaluation also ships the stores to the object store, the second finds them there.
+    Skipped (None) when Ray is not installed."""
+    try:
+        import ray
+    except ImportError:
+        console.print("[bold]executors[/]: skipped, Ray is not installed (pip install 'autotts[ray]')")
+        return None
+    from autotts.cli import parse_sets
+    from autotts.evaluate import Protocol, evaluate
+    from autotts.executors import RayExecutor
+    from autotts.store import open_store
+
+    config = next(c["config"] for c in reference_cells() if c["controller"] == "parallel_probe")
+    overrides = parse_sets(config.split(";"))
+    stores = [open_store(f) for f in reference_files()]
+
+    def run(executor: Any) -> tuple[float, Any]:
+        return _timed(lambda: evaluate("parallel_probe", stores, None, Protocol(draws=draws),
+                                       overrides=overrides, workers=workers, executor=executor))
+
+    console.print(f"[bold]executors[/]: Parallel-Probe over the 8 stores, {draws} draws, "
+                  f"local {workers} workers vs Ray with {workers} CPUs")
+    local_s, local = run("local")
+    start_s, ex = _timed(lambda: RayExecutor(num_cpus=workers))
+    try:
+        first_s, first = run(ex)
+        again_s, again = run(ex)
+    finally:
+        if ex.started_runtime:
+            ray.shutdown()
+    same = local.rows == first.rows == again.rows
+    r = {"draws": draws, "workers": workers, "local_s": local_s, "ray_start_s": start_s,
+         "ray_first_s": first_s, "ray_again_s": again_s, "ray_over_local_first": first_s / local_s,
+         "ray_over_local_again": again_s / local_s, "identical": same}
+    console.print(
+        f"  local {local_s:.2f} s   Ray: start-up {start_s:.1f} s, first run {first_s:.2f} s "
+        f"(ships the stores), again {again_s:.2f} s   Ray / local = {r['ray_over_local_first']:.2f}× "
+        f"(first), {r['ray_over_local_again']:.2f}× (again); results identical: "
+        f"{'yes' if same else '[red]NO[/]'}"
+    )
+    return r
+
+
 def run_bench(console: Console, *, quick: bool = False, workers: int = 2,
               json_out: Path | None = None) -> dict[str, Any]:
     files = reference_files()
@@ -182,6 +228,16 @@ def run_bench(console: Console, *, quick: bool = False, workers: int = 2,
         console.print(
             f"  speed-up from 1 to {workers} workers: {runs[0]['wall_s'] / runs[1]['wall_s']:.2f}×"
         )
+    figures["executors"] = ex = bench_executors(console, draws, workers)
+    console.print(f"[bold]sandbox overhead[/] (Parallel-Probe, 8 reference stores, {draws} draws)")
+    from autotts.sandbox import sandbox_overhead
+
+    figures["sandbox"] = sb = sandbox_overhead(files, draws=draws, workers=1)
+    console.print(
+        f"  in-process {sb['inprocess_s']:.1f} s   sandboxed {sb['sandbox_s']:.1f} s   "
+        f"(sandboxed / in-process = {sb['ratio']:.2f}× wall, {sb['cpu_ratio']:.2f}× CPU; "
+        f"identical rows: {sb['identical']})"
+    )
     t = Table(title="summary")
     t.add_column("figure")
     t.add_column("value", justify="right")
@@ -190,6 +246,11 @@ def run_bench(console: Console, *, quick: bool = False, workers: int = 2,
     t.add_row("env steps / s", f"{steps['env_steps_per_s']:,.0f}")
     for r in runs:
         t.add_row(f"32 cells, {r['draws']} draws, {r['workers']} worker(s)", f"{r['wall_s']:.1f} s")
+    if ex is not None:
+        t.add_row(f"Ray / local, Parallel-Probe × 8 stores, {workers} CPUs",
+                  f"{ex['ray_over_local_first']:.2f}× ({ex['ray_over_local_again']:.2f}× again)")
+        t.add_row("Ray start-up", f"{ex['ray_start_s']:.1f} s")
+    t.add_row("sandbox overhead (Parallel-Probe)", f"{sb['ratio']:.2f}×")
     console.print(t)
     if json_out is not None:
         json_out.write_text(json.dumps(figures, indent=2) + "\n")

@@ -32,7 +32,31 @@ class InvalidAction(Exception):
     """An action the replay semantics do not admit (the evaluator adds store/question/draw)."""
 
 
-class Question:
+class _NoCopy:
+    """Copies of a question or an episode would be free handles on unrevealed data."""
+
+    __slots__ = ()
+
+    def __copy__(self) -> None:
+        raise TypeError(f"{type(self).__name__} cannot be copied")
+
+    def __deepcopy__(self, memo: Any) -> None:
+        raise TypeError(f"{type(self).__name__} cannot be copied")
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        raise TypeError(f"{type(self).__name__} cannot be pickled")
+
+
+class _Ended:
+    """Stands in for an ended episode's question: any further action raises."""
+
+    __slots__ = ()
+
+    def __getattr__(self, name: str) -> Any:
+        raise InvalidAction("the episode has ended")
+
+
+class Question(_NoCopy):
     """Gold-free replay data of one question: per branch, what each generation step reveals and
     costs. reveal[b, k] / step_cost[b, k] describe step k+1 (0-based k); last[b] = L_b."""
 
@@ -92,7 +116,7 @@ def _as_index(i: Any) -> int:
         raise InvalidAction(f"branch index must be an integer, got {i!r}") from None
 
 
-class Episode:
+class Episode(_NoCopy):
     """One replay of one question under one draw. Branches are numbered 0, 1, ... in the order they
     were opened; BRANCH and READ_NEW take the next branch of the draw's order.
 
@@ -120,6 +144,8 @@ class Episode:
         "_actions",
         "_b",
         "_budget",
+        "_delta",
+        "_no_answer",
         "_depth",
         "_finished",
         "_gen",
@@ -147,6 +173,8 @@ class Episode:
     ) -> None:
         n = len(order)
         self._q = question
+        self._delta = question.delta
+        self._no_answer = question.no_answer_class
         self._b = np.asarray(order, dtype=np.int64)
         self._n = n
         self._kappa = int(probe_cost)
@@ -172,7 +200,7 @@ class Episode:
 
     @property
     def delta(self) -> int:
-        return self._q.delta
+        return self._delta
 
     @property
     def probe_cost(self) -> int:
@@ -182,7 +210,7 @@ class Episode:
     def no_answer_class(self) -> int:
         """The class of the model's "no answer" output ('ERR') in exact stores, else -1. It is an
         ordinary vote in the published baselines; controllers may choose to ignore it."""
-        return self._q.no_answer_class
+        return self._no_answer
 
     @property
     def budget(self) -> int | None:
@@ -269,6 +297,11 @@ class Episode:
 
     def trace_enabled(self) -> bool:
         return self._trace is not None
+
+    def close(self) -> None:
+        """End the episode: a handle kept past its episode can no longer act or read branches."""
+        if not isinstance(self._q, _Ended):
+            self._q = _Ended()  # type: ignore[assignment]
 
     # ---- actions ------------------------------------------------------------------------------
 

@@ -122,10 +122,12 @@ def run_block(
                 kind, message, ans = "invalid_action", str(e), None
             except Exception as e:  # the controller's own bug: report it, with its own lines
                 kind, message, ans = "exception", _controller_lines(e, spec.path), None
+            ep.close()  # a handle kept past its episode must not read on for free
             if kind is None:
                 if ans is None:
                     ans = NO_ANSWER
-                elif isinstance(ans, bool) or not isinstance(ans, int | np.integer):
+                elif (isinstance(ans, bool) or not isinstance(ans, int | np.integer)
+                      or not -(2**31) <= ans < 2**31):
                     kind, message = "non_answer", f"run() returned {ans!r:.80}, not an answer class"
                     ans = NO_ANSWER
             if kind is not None:

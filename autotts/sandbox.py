@@ -42,7 +42,7 @@ import autotts
 from autotts import controller as ctl
 from autotts.admission import VERDICT_KINDS, Verdict, admit
 from autotts.errors import AutoTTSError, ConfigError
-from autotts.evaluate import Evaluation, Protocol, _mean_se
+from autotts.evaluate import BlockResult, Evaluation, Protocol, make_units, score
 from autotts.sandbox_child import (
     PH_BOOT,
     PH_MODULE,
@@ -526,16 +526,10 @@ def evaluate_sandboxed(
         raise ConfigError("no store to evaluate on")
     beta_list: list[float | None] = list(betas) if betas else [None]
     datas = [s.replay() for s in loaded]  # gold-free: all the sandbox gets
-    golds = [s.gold_classes() for s in loaded]  # stays here
     names = [s.name for s in loaded]
     nqs = [d.num_questions for d in datas]
 
-    n_units_wanted = max(1, workers) * 4
-    per_sr = max(1, math.ceil(n_units_wanted / (len(loaded) * len(beta_list))))
-    chunk = max(1, math.ceil(proto.draws / per_sr))
-    units = [(s, r, lo, min(proto.draws, lo + chunk))
-             for s in range(len(loaded)) for r in range(len(beta_list))
-             for lo in range(0, proto.draws, chunk)]
+    units = make_units(len(loaded), len(beta_list), proto.draws, workers)
 
     header = {
         "source": source, "filename": fname, "admit": _admit, "betas": beta_list,
@@ -561,7 +555,7 @@ def evaluate_sandboxed(
     except _Failed as f:
         raise SandboxError(f.verdict) from None
     wall = time.monotonic() - t0
-    ev = _aggregate(loaded, golds, beta_list, info, units, results, proto, episodes, traces)
+    ev = _aggregate(loaded, beta_list, info, units, results, proto, episodes, traces)
     ev.stdout = info["stdout"] + (
         f"\n[... {info['stdout_dropped']} characters dropped]" if info["stdout_dropped"] else "")
     ev.stderr = info["stderr"]
@@ -578,7 +572,6 @@ def evaluate_sandboxed(
 
 def _aggregate(
     loaded: list[Store],
-    golds: list[np.ndarray],
     betas: list[float | None],
     info: dict[str, Any],
     units: list[tuple[int, int, int, int]],
@@ -587,54 +580,28 @@ def _aggregate(
     episodes: bool,
     traces: bool,
 ) -> SandboxEvaluation:
-    # Mirrors the scoring loop of autotts.evaluate.evaluate (which has no reusable helper for
-    # it): same row fields, same per-draw means and standard errors, same episode rows.
-    name, configs = info["name"], info["configs"]
-    by_sr: dict[tuple[int, int], list[tuple[int, int]]] = {}
+    """The sandbox's answers, costs and traces as the evaluator's blocks, scored by the
+    evaluator's own `score` (gold classes read here, in the parent)."""
+    blocks: dict[tuple[int, int], list[tuple[int, BlockResult]]] = {}
     for i, (s, r, lo, _) in enumerate(units):
-        by_sr.setdefault((s, r), []).append((lo, i))
-    rows: list[dict[str, Any]] = []
-    ep_rows: list[dict[str, Any]] | None = [] if episodes else None
-    all_traces: list[dict[str, Any]] | None = [] if traces else None
-    all_errors: list[dict[str, Any]] = []
-    for s, st in enumerate(loaded):
-        gold = golds[s]
-        for r, beta in enumerate(betas):
-            cfg = configs[r]
-            parts = [results[i] for _, i in sorted(by_sr[(s, r)])]
-            ans = np.concatenate([p[1][0] for p in parts]).astype(np.int32)
-            tok = np.concatenate([p[1][1] for p in parts]).astype(np.int64)
-            correct = (ans == gold[None, :]) & (ans >= 0)
-            acc, acc_se = _mean_se(correct.mean(axis=1) * 100.0)
-            tmean, tse = _mean_se(tok.mean(axis=1))
-            errs = [e for p in parts for e in p[0]["errors"]]
-            all_errors.extend(errs)
-            rows.append({
-                "store": st.name, "controller": name, "config": cfg, "beta": beta,
-                "accuracy": acc, "accuracy_se": acc_se, "tokens": tmean, "tokens_se": tse,
-                "draws": proto.draws, "questions": st.num_questions, "errors": len(errs),
-            })
-            if ep_rows is not None:
-                probes = np.concatenate([p[1][2] for p in parts])
-                opened = np.concatenate([p[1][3] for p in parts])
-                for d in range(ans.shape[0]):
-                    for q in range(ans.shape[1]):
-                        ep_rows.append({
-                            "store": st.name, "controller": name, "beta": beta, "draw": d,
-                            "question": q, "answer": int(ans[d, q]),
-                            "correct": bool(correct[d, q]), "tokens": int(tok[d, q]),
-                            "probes": int(probes[d, q]), "opened": int(opened[d, q]),
-                        })
-            if all_traces is not None:
-                for p in parts:
-                    for line in bytes(p[1][4]).splitlines():
-                        try:
-                            t = json.loads(line)
-                        except (ValueError, RecursionError):
-                            continue
-                        if isinstance(t, dict):
-                            all_traces.append({"store": st.name, "beta": beta, "config": cfg, **t})
-    return SandboxEvaluation(rows, ep_rows, all_traces, all_errors)
+        header, arrays = results[i]
+        block_traces = None
+        if traces:
+            block_traces = []
+            for line in bytes(arrays[4]).splitlines():
+                try:
+                    t = json.loads(line)
+                except (ValueError, RecursionError):
+                    continue
+                if isinstance(t, dict):
+                    block_traces.append(t)
+        block = BlockResult(arrays[0].astype(np.int32), arrays[1].astype(np.int64),
+                            arrays[2].astype(np.int32), arrays[3].astype(np.int32),
+                            list(header["errors"]), block_traces)
+        blocks.setdefault((s, r), []).append((lo, block))
+    runs = list(zip(betas, info["configs"], strict=True))
+    ev = score(loaded, info["name"], runs, proto, blocks, episodes=episodes, traces=traces)
+    return SandboxEvaluation(ev.rows, ev.episodes, ev.traces, ev.errors)
 
 
 # ---- measured β-monotonicity -----------------------------------------------------------------

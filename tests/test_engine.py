@@ -231,3 +231,27 @@ def test_unrevealed_data_only_behind_private_names(question):
         assert not isinstance(value, Question)
         if isinstance(value, np.ndarray):
             assert not any(np.shares_memory(value, s) for s in secret)
+
+
+def test_handles_cannot_be_copied_or_pickled(question):
+    import copy
+    import pickle
+
+    ep = episode(question)
+    for obj in (ep, question):
+        with pytest.raises(TypeError):
+            copy.copy(obj)
+        with pytest.raises(TypeError):
+            copy.deepcopy(obj)
+        with pytest.raises(TypeError):
+            pickle.dumps(obj)
+
+
+def test_a_closed_episode_cannot_act_or_read_on(question):
+    ep = episode(question)
+    ep.branch(probe=True)
+    ep.close()
+    for action in (lambda: ep.advance(0), ep.read_new, lambda: ep.history(0), ep.branch):
+        with pytest.raises(InvalidAction, match="ended"):
+            action()
+    assert ep.tokens == 10 and ep.delta == 10 and ep.num_opened == 1

@@ -1,3 +1,4 @@
 from autotts.cli import main
 
-main()
+if __name__ == "__main__":  # engines that spawn workers re-import the main module
+    main()

@@ -6,17 +6,24 @@ Both executors run the same `run_unit` on the same gold-free store arrays and yi
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import logging
 import multiprocessing as mp
 import os
+import socket
+import time
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 from autotts.errors import ConfigError
-from autotts.evaluate import BlockResult, Job, Unit, _Questions, run_unit
+from autotts.evaluate import BlockResult, EvaluationError, Job, Unit, _Questions, run_unit
 from autotts.store import ReplayData
 
 EXECUTORS = ("local", "ray")
+LOOPBACK = "127.0.0.1"
 
 # Per-process state of local workers: the stores (inherited through fork) and the current job.
 _LOCAL: dict[str, Any] = {}
@@ -63,68 +70,213 @@ class LocalExecutor:
             _LOCAL.clear()
 
 
-_RAY_CACHE: dict[str, _Questions] = {}
+# ---- Ray ---------------------------------------------------------------------------------------
 
 
-def _ray_run(data: ReplayData, data_key: str, job: Job, unit: Unit) -> tuple[Unit, BlockResult]:
-    # A Ray worker process serves many tasks: prepare each store's layout once per process.
-    questions = _RAY_CACHE.get(data_key)
+def fingerprint(data: ReplayData) -> str:
+    """A content key for a store's replay arrays. Keys the object-store copy (shipped once per
+    executor, however many evaluations reuse it) and each worker's prepared layout; a content key,
+    unlike id(), can never hand one store's cached layout to another."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(f"{data.name}\0{data.delta}".encode())
+    for arr in (data.branch_offsets, data.tokens, data.final_class, data.probe_offsets,
+                data.probe_class, data.err_class):
+        if arr is not None:
+            h.update(str(arr.dtype).encode() + arr.tobytes())
+    return h.hexdigest()
+
+
+# Per Ray worker process: prepared store layouts, most recently used last (bounded: a long-lived
+# worker may serve many evaluations over different stores).
+_RAY_CACHE: OrderedDict[str, _Questions] = OrderedDict()
+_RAY_CACHE_SIZE = 16
+
+
+def _ray_run(data: ReplayData, key: str, job: Job, unit: Unit) -> tuple[Unit, BlockResult]:
+    questions = _RAY_CACHE.get(key)
     if questions is None:
-        questions = _RAY_CACHE[data_key] = _Questions(data)
+        questions = _RAY_CACHE[key] = _Questions(data)
+        while len(_RAY_CACHE) > _RAY_CACHE_SIZE:
+            _RAY_CACHE.popitem(last=False)
+    _RAY_CACHE.move_to_end(key)
     return unit, run_unit(questions, job, unit)
 
 
-class RayExecutor:
-    """Work units as Ray tasks. Each store's arrays go into the object store once (workers on a
-    node map them zero-copy), and the controller travels as source, so remote hosts need no
-    checkout. Connects to `address` (e.g. "auto" or "ray://host:10001"), else starts a local
-    runtime bound to 127.0.0.1."""
+def _host_port(address: str) -> tuple[str, int] | None:
+    """(host, port) of a `host:port` GCS address; None for "auto", "local" or ray://."""
+    if "://" in address or ":" not in address:
+        return None
+    host, _, port = address.rpartition(":")
+    try:
+        return host.strip("[]"), int(port)
+    except ValueError:
+        return None
 
-    def __init__(self, address: str | None = None, num_cpus: int | None = None) -> None:
-        try:
-            import ray
-        except ImportError:
+
+def _is_loopback(host: str) -> bool:
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+@contextlib.contextmanager
+def loopback_only() -> Iterator[None]:
+    """Keep a Ray runtime started (or joined) from this process on 127.0.0.1.
+
+    Ray replaces 127.0.0.1 by the machine's network address (for the node's own address and for a
+    `127.0.0.1:PORT` cluster address) unless RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, and reads that
+    variable once, when `ray` is first imported. So set the variable for the processes Ray starts
+    now and the constant Ray already read in this one, check that it took, and restore both after.
+    Usage statistics (which the runtime would otherwise send to Ray's server) are off unless the
+    caller set RAY_USAGE_STATS_ENABLED."""
+    from ray._private import ray_constants, services
+
+    saved_env = {k: os.environ.get(k) for k in
+                 ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "RAY_USAGE_STATS_ENABLED")}
+    saved_flag = ray_constants.ENABLE_RAY_CLUSTER
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        if services.get_node_ip_address() != LOOPBACK:  # a Ray version that ignores the switch
             raise ConfigError(
-                "the Ray executor needs the 'ray' package: pip install 'autotts[ray]'"
-            ) from None
-        self._ray = ray
-        if not ray.is_initialized():
-            kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
-            if address:
-                kwargs["address"] = address
+                "cannot keep Ray on 127.0.0.1 with this Ray version: start Python with "
+                "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, or give --ray-address of a running cluster"
+            )
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved_flag
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
             else:
-                # "local" starts a fresh runtime even if another cluster is recorded on this host.
-                kwargs["address"] = "local"
-                kwargs["num_cpus"] = num_cpus or os.cpu_count() or 1
-                # Keep a local runtime on loopback, never on the machine's public interfaces.
-                os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-                kwargs["_node_ip_address"] = "127.0.0.1"
-            ray.init(**kwargs)
+                os.environ[k] = v
+
+
+def _wait_reachable(host: str, port: int, timeout_s: float) -> None:
+    """Fail fast, with a clear message, when nothing listens at the cluster address: Ray's own
+    connection retries take many minutes to give up."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=min(5.0, timeout_s)):
+                return
+        except OSError as e:
+            if time.monotonic() >= deadline:
+                raise ConfigError(
+                    f"no Ray cluster answers at {host}:{port} within {timeout_s:g} s ({e})"
+                ) from None
+            time.sleep(0.5)
+
+
+def connect_ray(address: str | None = None, *, num_cpus: int | None = None,
+                connect_timeout_s: float = 60.0) -> bool:
+    """Join the Ray cluster at `address` ("host:port", "auto" or "ray://host:10001"), or without
+    one start a local runtime bound to 127.0.0.1 only; True if this call started a runtime.
+    A process that already has a Ray runtime keeps it."""
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError(
+            "the Ray executor needs the 'ray' package: pip install 'autotts[ray]'"
+        ) from None
+    if ray.is_initialized():
+        return False
+    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
+    hp = _host_port(address) if address else None
+    if hp is not None:
+        _wait_reachable(*hp, connect_timeout_s)
+    if not address or address == "local":
+        # "local" starts a fresh runtime even if another cluster is recorded on this host.
+        with loopback_only():
+            # Quiet: Ray's start-up notices would interleave with the command's own output.
+            ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1,
+                     _node_ip_address=LOOPBACK, logging_level=logging.ERROR, **kwargs)
+        return True
+    try:
+        if hp is not None and _is_loopback(hp[0]):
+            # A head on this machine's loopback: join it as 127.0.0.1, never via the network.
+            with loopback_only():
+                ray.init(address=f"{LOOPBACK}:{hp[1]}", _node_ip_address=LOOPBACK, **kwargs)
+        else:
+            ray.init(address=address, **kwargs)
+    except (ConnectionError, RuntimeError, ray.exceptions.RayError) as e:
+        # Most often authentication: a cluster with token auth needs RAY_AUTH_MODE=token and its
+        # token (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token) in this process.
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(
+            f"could not join the Ray cluster at {address}: {first} (does it use token "
+            "authentication? then set RAY_AUTH_MODE=token and its token in RAY_AUTH_TOKEN)"
+        ) from None
+    return False
+
+
+class RayExecutor:
+    """Work units as Ray tasks (one CPU each).
+
+    Each store's arrays go into the object store once per executor (workers on a node map them
+    zero-copy, and each worker prepares a store's layout once), and the controller travels as
+    source, so remote hosts need no checkout. `address` and `num_cpus` as for `connect_ray`.
+    Waits are bounded: `connect_timeout_s` for the cluster to answer, `task_timeout_s` for some
+    work unit to finish (a cluster without free CPUs would otherwise wait forever)."""
+
+    def __init__(self, address: str | None = None, num_cpus: int | None = None, *,
+                 connect_timeout_s: float = 60.0, task_timeout_s: float | None = 600.0) -> None:
+        self.started_runtime = connect_ray(address, num_cpus=num_cpus,
+                                           connect_timeout_s=connect_timeout_s)
+        import ray
+
+        self._ray = ray
+        self.task_timeout_s = task_timeout_s
         self.parallelism = max(1, int(ray.cluster_resources().get("CPU", 1)))
-        self._remote = ray.remote(_ray_run)
+        self._remote = ray.remote(num_cpus=1)(_ray_run)
+        self._refs: dict[str, Any] = {}  # store fingerprint -> its object-store copy
+
+    def _put(self, data: ReplayData) -> tuple[str, Any]:
+        key = fingerprint(data)
+        if key not in self._refs:
+            self._refs[key] = self._ray.put(data)
+        return key, self._refs[key]
 
     def run(self, stores: Sequence[ReplayData], job: Job, units: list[Unit]
             ) -> Iterator[tuple[Unit, BlockResult]]:
         ray = self._ray
-        refs = [ray.put(d) for d in stores]
-        keys = [f"{d.name}:{id(d)}:{os.getpid()}" for d in stores]
+        shipped = [self._put(d) for d in stores]
         job_ref = ray.put(job)
-        pending = [self._remote.remote(refs[u[0]], keys[u[0]], job_ref, u) for u in units]
+        task_of = {}
+        for u in units:
+            key, ref = shipped[u[0]]
+            task_of[self._remote.remote(ref, key, job_ref, u)] = u
+        pending = list(task_of)
         try:
             while pending:
-                done, pending = ray.wait(pending, num_returns=1)
-                yield ray.get(done[0])
-        except ray.exceptions.RayTaskError as e:
-            cause = e.cause if getattr(e, "cause", None) is not None else e
+                done, pending = ray.wait(pending, num_returns=1, timeout=self.task_timeout_s)
+                if not done:
+                    raise EvaluationError(
+                        f"no work unit finished within {self.task_timeout_s:g} s on the Ray "
+                        f"cluster ({len(pending)} of {len(units)} pending): is it out of CPUs?"
+                    )
+                try:
+                    yield ray.get(done[0])
+                except ray.exceptions.RayTaskError as e:
+                    # The controller's own failure (EvaluationError, ...): re-raise it as is.
+                    cause = getattr(e, "cause", None)
+                    raise (cause if isinstance(cause, Exception) else e) from None
+                except ray.exceptions.RayError as e:  # a lost worker or node: report, never drop
+                    s, r, lo, hi = task_of[done[0]]
+                    raise EvaluationError(
+                        f"work unit {job.store_names[s]} config {r} draws {lo}-{hi} failed on "
+                        f"the Ray cluster: {type(e).__name__}: {e}"
+                    ) from None
+        finally:
             for ref in pending:
                 ray.cancel(ref)
-            raise cause from None
 
 
 def make_executor(kind: str | Any, *, workers: int = 1, address: str | None = None) -> Any:
     if not isinstance(kind, str):
         return kind
     if kind == "local":
+        if address:
+            raise ConfigError("--ray-address needs --executor ray")
         return LocalExecutor(workers)
     if kind == "ray":
         return RayExecutor(address, num_cpus=workers if workers > 1 else None)

@@ -1,46 +1,61 @@
 """Answer classes: the answer strings of one question mapped to small integer ids.
 
-Controllers only ever see opaque class ids, and correctness is "returned class == gold class", so
-this module is the single place that decides when two answers are "the same" (DESIGN §3).
+Controllers only ever see opaque class ids and correctness is "returned class == gold class", so
+this module is the one place that decides when two answers are "the same" (DESIGN §3).
 
-Design notes (why, not what):
+Why it is built this way:
 
-* Classes are numbered by first appearance so that the mapping is a pure function of the input
-  order: re-importing the same file gives bit-identical stores.
-* ``exact`` mode is a single dict pass; it must reproduce the published numbers and it runs on
-  ~120k strings per reference file, so it does nothing per string beyond ``strip`` + a dict lookup.
-  It never imports sympy/math-verify (that import alone costs about a second).
-* ``math`` mode is dominated by math-verify's ANTLR LaTeX parser (about 1-15 ms per distinct
-  string, up to ~0.3 s for prose) and by ``verify`` (about 3 ms per call, mostly sympy
-  ``simplify``). A naive scan of every new string against every class costs ~70 s for a single
-  AIME question, so:
+* Classes are numbered by first appearance, so the mapping is a pure function of the input order
+  and re-importing a file gives bit-identical stores.
+* ``exact`` mode is one dict pass (strip + lookup): it must reproduce the published numbers on
+  ~120k strings per reference file (measured: ~0.02 s per file). It never imports
+  sympy/math-verify, whose import alone costs about a second.
+* ``math`` mode. math-verify's ``parse`` (an ANTLR LaTeX parser, ~1-5 ms per string, up to
+  0.3 s for prose) and ``verify`` (sympy ``simplify``, ~3 ms per call, seconds for huge numbers)
+  are slow; comparing every new string with every class cost 70-650 s for a single AIME
+  question. So:
     - strings are grouped exactly first and each distinct string is parsed once (process-wide
-      LRU cache, so files that share answers such as small integers share the work);
+      LRU cache: files that share answers such as small integers share the work);
     - plain digit strings skip the parser (it returns exactly ``Integer(int(s))`` for them);
-    - structurally identical parses share a class without calling ``verify`` (``verify`` of
-      identical objects is True through its first, string-equality step);
-    - a numeric fingerprint prefilter: every parsed sympy ``Expr`` that is not a bare Symbol, a
-      matrix or a percentage is evaluated at a fixed pseudo-random point (each free symbol gets a
-      value derived from its lower-cased name). Every path by which ``verify`` can accept two such
-      expressions (structural equality, 6-decimal float rounding, ``evalf`` difference == 0,
-      ``simplify(a - b) == 0`` under real symbols) implies the two values agree to within
-      ~1e-6, so ``verify`` is only called on candidates whose fingerprints are that close.
-      Everything else (sets, tuples, intervals, relations, symbols, percentages, things that do
-      not evaluate) is "wild" and is still compared against every class, so the prefilter only
-      skips calls that cannot succeed and the result equals the naive first-match scan.
-  Measured on Qwen3-0.6B/aime24.json (30 questions, ~122k strings, ~6.4k distinct per question
-  summed, 4.4k distinct per file): see ``_MEASURED`` below.
-* math-verify's own preprocessing decides equivalence, with two deliberate choices: the boxed
-  content is parsed whole (``extraction_mode='first_match'``, no fallback), because math-verify's
-  default "any_match" happily grabs a fragment (``'4 \\times 60 + t'`` -> 60,
-  ``'192 - 12√19'`` -> 12); and its default unit stripping stays on, since AIME probes often read
-  ``'204 minutes'`` (note it also strips trailing single-letter "units": ``'144 - 48s'`` parses as
-  96, which math-verify considers intended behaviour).
-* math-verify implements timeouts with ``signal.alarm``, which raises in any thread but the main
-  one. We pass timeouts only when running in the main thread and ``None`` elsewhere, so
-  ``classify`` works in thread pools (without a time limit there) and in worker processes (whose
-  main thread gets the limit). In the main thread math-verify installs and then restores its own
-  SIGALRM handler, which cancels any alarm the caller had pending.
+    - three or more words is prose: math-verify would turn it into a product of one-letter
+      symbols (``'[value of the product]'`` -> ``v*a*l*u*E*...``), which is slow to parse and
+      merges with nonsense, so prose only joins identical strings;
+    - structurally identical parses share a class without ``verify`` (which would return True
+      through its first, structural-equality step);
+    - a prefilter skips only ``verify`` calls that cannot succeed, so the result is the same as
+      the exhaustive first-match scan (checked on 22 of the 30 Qwen3-0.6B/aime24 questions and by
+      tests/test_answers.py). Each parsed Expr is evaluated at one fixed point (every free symbol
+      gets a value derived from its lower-cased name; undefined functions such as ``C(8, 4)`` a
+      fixed stand-in; ``a \\mod b`` computed exactly). Every path by which ``verify`` accepts two
+      expressions (structural equality, floats equal after rounding to 6 decimals, ``evalf`` of
+      the difference == 0, ``simplify(a - b) == 0`` for real symbols) makes their values agree
+      to ~1e-6, so only candidates that close are verified. Sets, tuples and intervals are
+      keyed by their elements (a scalar acting as a singleton), Symbols by name (``verify``
+      compares them by name only), infinite values only meet infinite ones, values beyond
+      float range are compared in arbitrary precision, and whatever is left (relations,
+      percentages -- ``verify`` says 9% == 9 --, non-evaluable things) is compared with every
+      class.
+  Measured (classify over all 30 questions, all probes then finals, cold caches, on a shared
+  2-vCPU box at load ~10, so wall time was 2-3x the CPU time): Qwen3-0.6B/aime24 ~15 s CPU
+  (4.4k distinct strings: ~13 s parse, ~1 s verify); Qwen3-0.6B/aime25 ~24 s CPU (~13 s parse,
+  ~9 s verify, nearly all of it six comparisons of power towers such as 4^{2^{2024}} and
+  (23!)! hitting the verify timeout); the 1.7B/4B/8B files 1-5 s each, since larger models
+  produce far fewer distinct strings. Parsing dominates and is irreducible short of replacing
+  math-verify's parser.
+* Parsing choices: the boxed content is parsed as a whole (``extraction_mode='first_match'``, no
+  fallback) because math-verify's default "any_match" grabs a fragment when the whole fails
+  (``'4 \\times 60 + t'`` -> 60, ``'192 - 12√19'`` -> 12). Its unit stripping stays on, as AIME
+  probes often read ``'204 minutes'``; the price is that trailing single letters on its unit
+  list are stripped too (``'144 - 48s'`` parses as 96).
+* ``verify`` is not symmetric or transitive (``'5'`` vs ``'x = 5'``, ``'\\pi'`` vs
+  ``'3.14159265'``): a new string joins the first class (lowest id) whose representative accepts
+  it as gold, and the gold joins the first class whose representative it accepts as the answer.
+* math-verify implements timeouts with ``signal.alarm``, which raises outside the main thread.
+  Timeouts are passed only in the main thread (``None`` elsewhere), so ``classify`` works in
+  thread pools (with no time limit there) and in worker processes (whose main thread gets the
+  limit). Alarms are wall-clock: on an overloaded machine a slow comparison may time out and be
+  counted as "different". In the main thread math-verify swaps the SIGALRM handler and cancels
+  any alarm the caller had pending.
 """
 
 from __future__ import annotations
@@ -135,10 +150,23 @@ def _symbol_value(name: str) -> Any:
 
 
 # An element's key: (value at the fixed point or None, names verify may match it by); None = wild.
-_Elem = tuple[complex | None, frozenset[str]] | None
+_Elem = tuple["complex | _Huge | None", frozenset[str]] | None
 # An object's key: its elements (a scalar is a one-element collection); None = wild.
 _Key = tuple[_Elem, ...] | None
 _INF = "\0inf"
+
+
+class _Huge:
+    """|value| >= 1e250 (4^{2^{2024}}, (23!)!) as a sympy Float; only meets other _Huge values."""
+
+    __slots__ = ("mag",)
+
+    def __init__(self, mag: Any) -> None:
+        self.mag = mag
+
+    def close(self, other: _Huge) -> bool:
+        # Arbitrary-exponent arithmetic: relative difference of the two magnitudes.
+        return bool(abs(self.mag - other.mag) <= _REL_TOL * max(self.mag, other.mag))
 
 
 def _undef_stand_in(e: Any) -> Any:
@@ -150,8 +178,28 @@ def _undef_stand_in(e: Any) -> Any:
     return _symbol_value("f:" + type(e).__name__) + Add(*args)
 
 
+def _mod_stand_in(e: Any) -> Any:
+    # latex2sympy leaves 'a \\mod b' unevaluated and evalf cannot evaluate it; compute it exactly
+    # when both sides are modest numbers (verify's own simplify does the same).
+    a, b = e.args
+    if a.is_number and b.is_number and abs(a.evalf(5)) < 1e4000 and abs(b.evalf(5)) < 1e4000:
+        return e.func(a.doit(), b.doit())
+    return e
+
+
+def _value(q: Any, subs: dict[Any, Any]) -> complex | _Huge:
+    """Numeric value of ``q`` at ``subs``; raises when it does not evaluate to a number."""
+    w = q.evalf(20, subs=subs)
+    v = complex(w)
+    if math.isfinite(v.real) and math.isfinite(v.imag) and abs(v) < 1e250:
+        return v
+    if w.is_finite and w.is_number:
+        return _Huge(abs(w))
+    return complex(math.inf)
+
+
 def _elem_key(p: Any) -> _Elem:
-    from sympy import E, Expr, Float, Mul, Rational, Symbol, UnevaluatedExpr
+    from sympy import E, Expr, Float, Mod, Mul, Rational, Symbol, UnevaluatedExpr
     from sympy.core.function import AppliedUndef
     from sympy.matrices.expressions import MatrixExpr
 
@@ -171,12 +219,14 @@ def _elem_key(p: Any) -> _Elem:
         q = p
         if q.has(AppliedUndef):
             q = q.replace(lambda e: isinstance(e, AppliedUndef), _undef_stand_in)
-        subs = {s: _symbol_value(getattr(s, "name", str(s))) for s in q.free_symbols}
-        v = complex(q.evalf(20, subs=subs))
+        if q.has(Mod):
+            q = q.replace(lambda e: isinstance(e, Mod), _mod_stand_in)
+        v = _value(q, {s: _symbol_value(getattr(s, "name", str(s))) for s in q.free_symbols})
     except Exception:
         return (None, frozenset(names)) if names else None
-    if not (math.isfinite(v.real) and math.isfinite(v.imag)):
-        # Infinite values only meet infinite values (or, by name, a Symbol such as 'oo').
+    if isinstance(v, complex) and not (math.isfinite(v.real) and math.isfinite(v.imag)):
+        # Infinite (or nan) at the point: verify can only accept another such value, or by
+        # name a Symbol such as 'oo'.
         names.add(_INF)
         return (None, frozenset(names))
     return (v, frozenset(names))
@@ -207,7 +257,12 @@ def _elem_compatible(a: _Elem, b: _Elem) -> bool:
         return True
     if a[1] and b[1] and not a[1].isdisjoint(b[1]):
         return True
-    return a[0] is not None and b[0] is not None and _close(a[0], b[0])
+    u, v = a[0], b[0]
+    if u is None or v is None:
+        return False
+    if isinstance(u, _Huge) or isinstance(v, _Huge):
+        return isinstance(u, _Huge) and isinstance(v, _Huge) and u.close(v)
+    return _close(u, v)
 
 
 def _compatible(a: _Key, b: _Key) -> bool:

@@ -439,6 +439,52 @@ def synth_cmd(
     )
 
 
+@app.command("train-dynaact")
+def train_dynaact_cmd(
+    out_file: Annotated[Path, typer.Option("--out", help="utility file (JSON) to write")],
+    env: Annotated[Path | None, typer.Option(help="environment; trains on its search split only")] = None,
+    controller: Annotated[Path | None, typer.Option(help="also embed the utility in this controller file (e.g. controllers/dynaact.py)")] = None,
+    load: Annotated[Path | None, typer.Option(help="embed an existing utility file instead of training")] = None,
+    seed: Annotated[int, typer.Option(help="random seed (same seed, same utility)")] = 0,
+    draws: Annotated[int, typer.Option(help="replayed episodes per question and collection")] = 12,
+    collections: Annotated[int, typer.Option(help="behaviour-policy rounds (the first is untrained)")] = 2,
+    token_cost: Annotated[float, typer.Option(help="c in reward = correct − c·tokens")] = 2e-7,
+) -> None:
+    """Learn the DynaAct controller's utility by fitted Q-iteration on replayed search episodes."""
+    from autotts.dynaact_train import (
+        TrainConfig,
+        embed_in_controller,
+        load_utility,
+        save_utility,
+        train,
+    )
+
+    if load is not None:
+        utility = load_utility(load)
+        if out_file.resolve() != load.resolve():
+            save_utility(utility, out_file)
+    else:
+        if env is None:
+            raise ConfigError("give --env (to train) or --load FILE (to embed a trained utility)")
+        from rich.progress import Progress
+
+        from autotts.envdef import load_env
+
+        cfg = TrainConfig(seed=seed, draws=draws, collections=collections, token_cost=token_cost)
+        with Progress(console=err, transient=True) as prog:
+            task = prog.add_task("replaying", total=None)
+
+            def tick(label: str, done: int, total: int) -> None:
+                prog.update(task, description=label, completed=done, total=total)
+
+            utility = train(load_env(env), cfg, log=err.print, progress=tick)
+        save_utility(utility, out_file)
+    out.print(f"wrote {out_file} (fingerprint {utility.fingerprint()})")
+    if controller is not None:
+        embed_in_controller(utility, controller, source=out_file.name)
+        out.print(f"embedded the utility in {controller}")
+
+
 def main() -> None:
     try:
         app()

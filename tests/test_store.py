@@ -227,3 +227,22 @@ def test_foreign_parquet(store_dir: Path):
 def test_directory_without_manifest(tmp_path: Path):
     with pytest.raises(StoreError, match="not a replay store"):
         st.open_store(tmp_path)
+
+
+@pytest.mark.reference
+@pytest.mark.slow
+def test_math_mode_import(reference_json: Path, tmp_path: Path):
+    """Every reference file imports in math mode too: 'ERR' becomes no-answer (-1), equivalent
+    answers merge (never split an exact class), and the store round-trips through Parquet."""
+    (out,) = st.import_files([reference_json], tmp_path, answers="math")
+    math_store = st.read_store_dir(out)
+    exact_store = st.open_store(reference_json)
+    assert math_store.answer_mode == "math"
+    m, e = math_store.branches.to_pydict(), exact_store.branches.to_pydict()
+    for mf, ef, fa in zip(m["final_class"], e["final_class"], e["final_answer"], strict=True):
+        assert (mf == -1) == (fa.strip() in ("ERR", ""))
+    # Two answers in one exact class are the same string, so they share a math class as well.
+    pairs: dict[tuple[int, int], int] = {}
+    for q, mf, ef in zip(m["question_idx"], m["final_class"], e["final_class"], strict=True):
+        assert pairs.setdefault((q, ef), mf) == mf
+    assert st.export_json(math_store, tmp_path / "x.json").is_file()

@@ -239,7 +239,7 @@ def test_math_mode_import(reference_json: Path, tmp_path: Path):
     exact_store = st.open_store(reference_json)
     assert math_store.answer_mode == "math"
     m, e = math_store.branches.to_pydict(), exact_store.branches.to_pydict()
-    for mf, ef, fa in zip(m["final_class"], e["final_class"], e["final_answer"], strict=True):
+    for mf, fa in zip(m["final_class"], e["final_answer"], strict=True):
         assert (mf == -1) == (fa.strip() in ("ERR", ""))
     # Two answers in one exact class are the same string, so they share a math class as well.
     pairs: dict[tuple[int, int], int] = {}

@@ -13,12 +13,14 @@ logistic regression on the state features, fitted to replayed outcomes) and u is
 controller's greedy step uses (a linear function of the action embedding e_a crossed with the state
 features s). Fitted Q-iteration regresses, for every replayed transition (s, S, tokens, s'),
 
-    Σ_{a∈S} u(s, a)  ≈  −c·tokens + γ·(V(s') + max(0, U*(s'))) − V(s)
+    Σ_{a∈S} u(s, a)  ≈  −c·tokens + γ·min(1, max(V(s'), V(s') + Σ_{a∈S'} u(s', a))) − V(s)
 
-where U*(s') is the best additive value of a set of at most `k_target` actions at s' (the sum of
-the largest positive utilities): max(0, ·) is the option to stop. Transitions come from the
-controller itself, run with randomized knobs and noisy utilities (collection 1: untrained, then
-with the utility fitted so far), so the data cover the states it visits.
+where S' is the set replayed at s' (none where the behaviour stopped): the max is the stop /
+continue decision, and a value is a probability, hence min(1, ·). Maximizing over *all* sets at s'
+instead (the sum of the largest positive utilities) over-estimates with an additive utility and
+converges to "every state is worth 1"; see docs/dynaact.md. Transitions come from the controller
+itself, run with randomized knobs and noisy utilities (collection 1: untrained, then with the
+utility fitted so far), so the data cover the states and sets it visits.
 
 Held-out data are out of reach by construction: `train` takes an environment definition and opens
 only `env.split_paths("search")`. Gold classes are read here, in trusted code, to label outcomes;
@@ -194,14 +196,11 @@ def embedded_utility(controller: str | Path) -> list[float]:
 @dataclass
 class Batch:
     """Replayed rounds of many episodes, flattened. State j: features states[j], label correct[j]
-    (the answer at j is right), candidate embeddings cand[cand_state == j]; transition t from
-    state src[t] to dst[t] chose the candidates whose embedding rows sum (with a leading 1 each)
-    to chosen[t] and spent tokens[t]."""
+    (the answer at j is right); transition t from state src[t] to dst[t] chose the candidates
+    whose embedding rows sum (with a leading 1 each) to chosen[t] and spent tokens[t]."""
 
     states: np.ndarray
     correct: np.ndarray
-    cand: np.ndarray
-    cand_state: np.ndarray
     src: np.ndarray
     dst: np.ndarray
     chosen: np.ndarray
@@ -215,8 +214,6 @@ class Batch:
         return Batch(
             states=np.concatenate([p.states for p in parts]),
             correct=np.concatenate([p.correct for p in parts]),
-            cand=np.concatenate([p.cand for p in parts]),
-            cand_state=np.concatenate([p.cand_state + o for p, o in zip(parts, offs, strict=False)]),
             src=np.concatenate([p.src + o for p, o in zip(parts, offs, strict=False)]),
             dst=np.concatenate([p.dst + o for p, o in zip(parts, offs, strict=False)]),
             chosen=np.concatenate([p.chosen for p in parts]),
@@ -252,7 +249,7 @@ def _recording_class(base: type) -> type:
 
 def behaviour_knobs(rng: np.random.Generator, trained: bool) -> dict[str, Any]:
     """Randomized knobs of the behaviour policy: wide coverage of set sizes, diversity weights,
-    widths and horizons. Untrained behaviour (utility 0 plus noise) never stops on utility (tau = -1)."""
+    widths and horizons. Untrained behaviour (utility 0 plus noise) never stops on utility."""
     return {
         "k": int(rng.integers(1, 13)),
         "lam": float(rng.uniform(0.4, 1.0)),
@@ -274,7 +271,7 @@ def collect(
 ) -> Batch:
     """Run the behaviour policy cfg.draws times on every (question, gold class)."""
     rec_cls = _recording_class(base)
-    states, correct, cand, cand_state, src, dst, chosen, tokens = ([] for _ in range(8))
+    states, correct, src, dst, chosen, tokens = ([] for _ in range(6))
     n_states = 0
     total = len(questions) * cfg.draws
     rewards = []
@@ -283,7 +280,8 @@ def collect(
         for _ in range(cfg.draws):
             order = rng.permutation(question.num_branches)
             ep = Episode(question, order)
-            ctrl = rec_cls(rng, cfg.noise if trained else 0.02, utility=weights,
+            # Untrained behaviour explores harder: its utility is pure noise around 0.
+            ctrl = rec_cls(rng, cfg.noise if trained else 2 * cfg.noise, utility=weights,
                            **behaviour_knobs(rng, trained))
             answer = ctrl.run(ep)
             rewards.append(float(answer == gold) - cfg.token_cost * ep.tokens)
@@ -292,8 +290,6 @@ def collect(
                 j = n_states + t
                 states.append(state)
                 correct.append(ans == gold and ans >= 0)
-                cand.append(emb)
-                cand_state.append(np.full(len(emb), j, dtype=np.int64))
                 if len(pick) and t + 1 < len(rounds):
                     src.append(j)
                     dst.append(j + 1)
@@ -304,12 +300,9 @@ def collect(
             done += 1
             if progress:
                 progress(done, total)
-    e_dim = cand[0].shape[1] if cand else 0
     return Batch(
         states=np.array(states),
         correct=np.array(correct, dtype=np.float64),
-        cand=np.concatenate(cand) if cand else np.zeros((0, e_dim)),
-        cand_state=np.concatenate(cand_state) if cand_state else np.zeros(0, dtype=np.int64),
         src=np.array(src, dtype=np.int64),
         dst=np.array(dst, dtype=np.int64),
         chosen=np.array(chosen),
@@ -456,12 +449,11 @@ def train(
         metrics["collections"].append({"episodes": part.episodes, "states": len(part.states),
                                        "behaviour_reward": round(part.episode_reward, 6),
                                        "value_brier": round(brier, 6), **diag})
-    metrics["seconds"] = round(time.perf_counter() - t0, 1)
+    say(f"trained in {time.perf_counter() - t0:.1f} s")
     return Utility(
         weights=[_round(w) for w in weights],
         value_weights=[_round(w) for w in vw],
         stores=names,
-        config={**asdict(cfg), "controller": module.DynaAct.NAME if hasattr(module, "DynaAct")
-                else controller, "env": env.name},
-        metrics={k: v for k, v in metrics.items() if k != "seconds"},
+        config={**asdict(cfg), "controller": base.NAME, "env": env.name},
+        metrics=metrics,
     )

@@ -388,6 +388,18 @@ def _content_hash(directory: Path) -> str:
     return "sha256:" + h.hexdigest()
 
 
+def replace_dir(src: Path, dst: Path) -> None:
+    """Move a finished directory into place. An existing one is swapped out first, so a reader
+    finds the old directory or the new one, never a mix of both."""
+    old = None
+    if dst.exists():
+        old = dst.parent / f".{dst.name}.old-{os.getpid()}"
+        os.replace(dst, old)
+    os.replace(src, dst)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def write_store(store: Store, out: str | os.PathLike[str]) -> Path:
     """Write `store` as a directory, atomically: the tables and manifest go to a temporary sibling
     directory that is renamed into place, so a crash never leaves a half store that loads."""
@@ -410,13 +422,7 @@ def write_store(store: Store, out: str | os.PathLike[str]) -> Path:
         for f in tmp.iterdir():
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
-        old = None
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
-            os.replace(out, old)
-        os.replace(tmp, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

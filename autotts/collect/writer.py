@@ -29,7 +29,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from autotts.errors import AutoTTSError
-from autotts.store import Store, atomic_write_bytes, from_autotts_records, write_store
+from autotts.store import (
+    Store,
+    atomic_write_bytes,
+    from_autotts_records,
+    replace_dir,
+    write_store,
+)
 
 
 class CollectError(AutoTTSError):
@@ -248,13 +254,7 @@ def write_store_with_extras(store: Store, extras: dict[str, pa.Table], out: Path
     try:
         for name, b in blobs.items():
             atomic_write_bytes(staging / name, b)
-        old = None
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
-            os.replace(out, old)
-        os.replace(staging, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        replace_dir(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -616,33 +616,19 @@ def monotonicity(rows: Sequence[dict[str, Any]], *, z: float = 2.0) -> Verdict |
     Comparing every pair, not only neighbours, also catches a slow decline made of steps that
     are each within noise. Returns the worst violation (largest drop in units of combined SE)
     as a 'non_monotone' Verdict, or None."""
-    by_store: dict[str, list[dict[str, Any]]] = {}
-    for r in rows:
-        if r.get("beta") is not None:
-            by_store.setdefault(str(r["store"]), []).append(r)
-    worst: tuple[float, str, dict[str, Any], dict[str, Any], float, float] | None = None
-    for store, rs in by_store.items():
-        rs = sorted(rs, key=lambda x: float(x["beta"]))
-        for i in range(len(rs)):
-            for j in range(i + 1, len(rs)):
-                a, b = rs[i], rs[j]
-                if float(a["beta"]) == float(b["beta"]):
-                    continue
-                drop = float(a["tokens"]) - float(b["tokens"])
-                se = math.hypot(float(a.get("tokens_se") or 0.0), float(b.get("tokens_se") or 0.0))
-                if drop > z * se and drop > 1e-9 * max(1.0, abs(float(a["tokens"]))):
-                    score = drop / se if se > 0 else math.inf
-                    if worst is None or score > worst[0]:
-                        worst = (score, store, a, b, drop, se)
-    if worst is None:
+    from autotts.metrics import monotonicity_violations
+
+    found = monotonicity_violations(rows, z, all_pairs=True)
+    if not found:
         return None
-    _, store, a, b, drop, se = worst
+    v = max(found, key=lambda v: v.drop / v.se if v.se > 0 else math.inf)
     return Verdict(
         "non_monotone",
-        f"mean tokens fall from {a['tokens']:.0f} at β={a['beta']:g} to {b['tokens']:.0f} at "
-        f"β={b['beta']:g} on {store} (drop {drop:.0f} > {z:g}×SE {z * se:.0f})",
-        context={"store": store, "beta": b["beta"], "beta_from": a["beta"],
-                 "tokens_from": a["tokens"], "tokens_to": b["tokens"], "drop": drop, "se": se},
+        f"mean tokens fall from {v.tokens_low:.0f} at β={v.beta_low:g} to {v.tokens_high:.0f} at "
+        f"β={v.beta_high:g} on {v.store} (drop {v.drop:.0f} > {z:g}×SE {z * v.se:.0f})",
+        context={"store": v.store, "beta": v.beta_high, "beta_from": v.beta_low,
+                 "tokens_from": v.tokens_low, "tokens_to": v.tokens_high, "drop": v.drop,
+                 "se": v.se},
     )
 
 

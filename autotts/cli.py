@@ -25,22 +25,11 @@ err = Console(stderr=True)
 
 
 def _write_json(path: Path, payload: Any) -> None:
+    from autotts.report import json_default
     from autotts.store import atomic_write_bytes
 
-    text = json.dumps(payload, indent=2, ensure_ascii=False, default=_json_default) + "\n"
+    text = json.dumps(payload, indent=2, ensure_ascii=False, default=json_default) + "\n"
     atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def _json_default(o: Any) -> Any:
-    import numpy as np
-
-    if isinstance(o, np.integer):
-        return int(o)
-    if isinstance(o, np.floating):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(f"not JSON serializable: {type(o).__name__}")
 
 
 # ---- store commands ---------------------------------------------------------------------------
@@ -231,9 +220,10 @@ def eval_cmd(
         _write_json(json_out, [{k: v for k, v in r.items() if k != "errors"} for r in result.rows])
     for path, items in ((traces, result.traces), (episodes, result.episodes)):
         if path is not None:
+            from autotts.report import json_default
             from autotts.store import atomic_write_bytes
 
-            lines = "".join(json.dumps(x, default=_json_default) + "\n" for x in items or [])
+            lines = "".join(json.dumps(x, default=json_default) + "\n" for x in items or [])
             atomic_write_bytes(path, lines.encode("utf-8"))
     if beta_list is not None and len(beta_list) > 1:
         from autotts.metrics import monotonicity_violations

@@ -630,12 +630,13 @@ def build_report(
         "extra_tables": {k: list(v) for k, v in (extra_tables or {}).items()},
     }
     summary_path = out / SUMMARY_NAME
-    text = json.dumps(payload, indent=2, ensure_ascii=False, default=_json_default) + "\n"
+    text = json.dumps(payload, indent=2, ensure_ascii=False, default=json_default) + "\n"
     write_file(summary_path, text.encode("utf-8"))
     return ReportPaths(out, png_path, md_path, html_path, summary_path, n_curves, stores)
 
 
-def _json_default(o: Any) -> Any:
+def json_default(o: Any) -> Any:
+    """json.dumps default for numpy scalars and arrays (anything else: its str)."""
     if isinstance(o, np.integer):
         return int(o)
     if isinstance(o, np.floating):

@@ -196,11 +196,12 @@ def eval_cmd(
         def tick(done: int, total: int) -> None:
             prog.update(task, completed=done, total=total)
 
-        kwargs: dict[str, Any] = {}
-        if not sandbox:
-            kwargs = {"executor": executor, "ray_address": ray_address}
-        elif executor != "local":
-            raise ConfigError("--sandbox runs on local processes only (no --executor ray)")
+        kwargs: dict[str, Any] = {"executor": executor, "ray_address": ray_address}
+        if sandbox:  # sandbox processes here, or started by the Ray cluster's workers
+            from autotts.executors import make_executor
+
+            kwargs = {"executor": None if executor == "local" else
+                      make_executor(executor, workers=workers, address=ray_address)}
         result = evaluate(
             controller, stores, beta_list, proto, overrides=overrides, workers=workers,
             episodes=episodes is not None, traces=traces is not None, on_error=errors,
@@ -290,13 +291,19 @@ def discover_cmd(
     base_url: Annotated[str | None, typer.Option(help="OpenAI-compatible base URL")] = None,
     rounds: Annotated[int | None, typer.Option(help="rounds of propose/evaluate")] = None,
     budget_usd: Annotated[float | None, typer.Option(help="spend cap in US dollars")] = None,
+    candidates: Annotated[int | None, typer.Option(help="controller files asked for per round, evaluated side by side (default 1)")] = None,
+    workers: Annotated[int | None, typer.Option(help="local worker processes (default: CPUs, at most 8)")] = None,
+    executor: Annotated[str | None, typer.Option(help="local or ray (default local)")] = None,
+    ray_address: Annotated[str | None, typer.Option(help="Ray cluster address (else a local runtime)")] = None,
     dry_run: Annotated[bool, typer.Option(help="print the first prompt and stop")] = False,
 ) -> None:
     """Let an LLM agent write, test and revise controllers against an environment."""
     from autotts.discover.command import discover_command
 
-    discover_command(env=env, run_dir=run_dir, model=model, base_url=base_url, rounds=rounds,
-                     budget_usd=budget_usd, dry_run=dry_run, console=err)
+    discover_command(env=env, run_dir=run_dir, dry_run=dry_run, console=err, model=model,
+                     base_url=base_url, rounds=rounds, budget_usd=budget_usd,
+                     candidates=candidates, workers=workers, executor=executor,
+                     ray_address=ray_address)
 
 
 @app.command("collect")

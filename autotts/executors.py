@@ -12,9 +12,10 @@ import logging
 import multiprocessing as mp
 import os
 import socket
+import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
@@ -100,6 +101,10 @@ def _ray_run(data: ReplayData, key: str, job: Job, unit: Unit) -> tuple[Unit, Bl
             _RAY_CACHE.popitem(last=False)
     _RAY_CACHE.move_to_end(key)
     return unit, run_unit(questions, job, unit)
+
+
+def _ray_call(fn: Callable[..., Any], data: ReplayData, *args: Any) -> Any:
+    return fn(data, *args)
 
 
 def _host_port(address: str) -> tuple[str, int] | None:
@@ -228,43 +233,68 @@ class RayExecutor:
         self.task_timeout_s = task_timeout_s
         self.parallelism = max(1, int(ray.cluster_resources().get("CPU", 1)))
         self._remote = ray.remote(num_cpus=1)(_ray_run)
+        self._call = ray.remote(num_cpus=1)(_ray_call)
         self._refs: dict[str, Any] = {}  # store fingerprint -> its object-store copy
+        self._lock = threading.Lock()
 
     def _put(self, data: ReplayData) -> tuple[str, Any]:
         key = fingerprint(data)
-        if key not in self._refs:
-            self._refs[key] = self._ray.put(data)
-        return key, self._refs[key]
+        with self._lock:  # the discovery loop evaluates several candidates from threads
+            if key not in self._refs:
+                self._refs[key] = self._ray.put(data)
+            return key, self._refs[key]
 
     def run(self, stores: Sequence[ReplayData], job: Job, units: list[Unit]
             ) -> Iterator[tuple[Unit, BlockResult]]:
-        ray = self._ray
         shipped = [self._put(d) for d in stores]
-        job_ref = ray.put(job)
-        task_of = {}
+        job_ref = self._ray.put(job)
+        refs = []
         for u in units:
             key, ref = shipped[u[0]]
-            task_of[self._remote.remote(ref, key, job_ref, u)] = u
-        pending = list(task_of)
+            refs.append(self._remote.remote(ref, key, job_ref, u))
+
+        def what(i: int) -> str:
+            s, r, lo, hi = units[i]
+            return f"work unit {job.store_names[s]} config {r} draws {lo}-{hi}"
+
+        for _, result in self._gather(refs, what):
+            yield result
+
+    def map_stores(self, fn: Callable[..., Any], stores: Sequence[ReplayData],
+                   calls: Sequence[tuple[int, tuple[Any, ...]]]) -> Iterator[tuple[int, Any]]:
+        """fn(stores[s], *args) for each (s, args) in `calls`, one Ray task (one CPU) each, the
+        stores shipped once as for `run`; yields (call index, result) as calls finish. `fn`
+        must be importable on the workers (a module-level function of this package)."""
+        refs = []
+        for s, args in calls:
+            _, ref = self._put(stores[s])
+            refs.append(self._call.remote(fn, ref, *args))
+        yield from self._gather(refs, lambda i: f"task {i} on store {stores[calls[i][0]].name}")
+
+    def _gather(self, refs: list[Any], what: Callable[[int], str]) -> Iterator[tuple[int, Any]]:
+        """Results as tasks finish, with a bounded wait for each and every failure reported:
+        a task's own exception is re-raised as is, a lost worker or node as EvaluationError."""
+        ray = self._ray
+        index = {ref: i for i, ref in enumerate(refs)}
+        pending = list(refs)
         try:
             while pending:
                 done, pending = ray.wait(pending, num_returns=1, timeout=self.task_timeout_s)
                 if not done:
                     raise EvaluationError(
-                        f"no work unit finished within {self.task_timeout_s:g} s on the Ray "
-                        f"cluster ({len(pending)} of {len(units)} pending): is it out of CPUs?"
+                        f"no task finished within {self.task_timeout_s:g} s on the Ray cluster "
+                        f"({len(pending)} of {len(refs)} pending): is it out of CPUs?"
                     )
+                i = index[done[0]]
                 try:
-                    yield ray.get(done[0])
+                    yield i, ray.get(done[0])
                 except ray.exceptions.RayTaskError as e:
                     # The controller's own failure (EvaluationError, ...): re-raise it as is.
                     cause = getattr(e, "cause", None)
                     raise (cause if isinstance(cause, Exception) else e) from None
                 except ray.exceptions.RayError as e:  # a lost worker or node: report, never drop
-                    s, r, lo, hi = task_of[done[0]]
                     raise EvaluationError(
-                        f"work unit {job.store_names[s]} config {r} draws {lo}-{hi} failed on "
-                        f"the Ray cluster: {type(e).__name__}: {e}"
+                        f"{what(i)} failed on the Ray cluster: {type(e).__name__}: {e}"
                     ) from None
         finally:
             for ref in pending:

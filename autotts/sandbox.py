@@ -458,6 +458,102 @@ def _run_children(
     return results, info
 
 
+def _pack_request(base: dict[str, Any], datas: Sequence[ReplayData]) -> bytes:
+    """The frame every sandbox process of one evaluation starts from: the evaluation's settings
+    (`base`) and the gold-free replay arrays of `datas`."""
+    header = {**base, "stores": [{"name": d.name, "delta": int(d.delta),
+                                  "arrays": _array_fields(d)} for d in datas]}
+    arrays = []
+    for d in datas:
+        for f in _array_fields(d):
+            a = np.asarray(getattr(d, f))
+            arrays.append(a.astype("<i8" if a.dtype.itemsize > 4 else "<i4"))
+    try:
+        return pack_frame(header, arrays, strict=True)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"knob overrides must be numbers, strings or booleans ({e})") from None
+
+
+def _runs_here(executor: Any) -> bool:
+    """Sandbox processes on this machine (None, "local", a LocalExecutor), or spread over an
+    executor that offers `map_stores` (the Ray executor)."""
+    if executor is None or executor == "local":
+        return True
+    if isinstance(executor, str):
+        raise ConfigError(f"evaluate_sandboxed takes an executor object for {executor!r} "
+                          "(autotts.executors.make_executor)")
+    return not hasattr(executor, "map_stores")
+
+
+def run_sandbox_task(data: ReplayData, base: dict[str, Any], units: list[tuple[int, int, int, int]]
+                     ) -> tuple[str, Any]:
+    """Units of one store in one sandbox process, wherever this runs (a Ray worker): ("ok",
+    (results, info)), or ("verdict", Verdict) when the candidate failed. A verdict is a value,
+    not an exception, so it crosses process boundaries intact."""
+    limits = SandboxLimits(**base["limits"])
+    try:
+        return "ok", _run_children(_pack_request(base, [data]), units, [data.name],
+                                   list(base["betas"]), [data.num_questions], limits, 1, None)
+    except _Failed as f:
+        return "verdict", f.verdict
+
+
+def _sandbox_tasks(units: list[tuple[int, int, int, int]], n_stores: int, parallelism: int
+                   ) -> list[tuple[int, list[int]]]:
+    """Units grouped into tasks of one store each: (store, unit indices), about two tasks per
+    CPU of the cluster, so that one sandbox start-up serves several units."""
+    per_store = max(1, math.ceil(2 * parallelism / n_stores))
+    tasks = []
+    for s in range(n_stores):
+        mine = [i for i, u in enumerate(units) if u[0] == s]
+        for chunk in np.array_split(np.arange(len(mine)), min(per_store, len(mine))):
+            tasks.append((s, [mine[int(i)] for i in chunk]))
+    return tasks
+
+
+def _run_distributed(
+    executor: Any,
+    base: dict[str, Any],
+    datas: list[ReplayData],
+    units: list[tuple[int, int, int, int]],
+    limits: SandboxLimits,
+    progress: Callable[[int, int], None] | None,
+) -> tuple[dict[int, tuple[dict[str, Any], list[np.ndarray]]], dict[str, Any]]:
+    """`_run_children`'s results, from sandbox processes started by the executor's workers
+    (one per task). The wall-clock limit holds per task. The first verdict wins, as locally;
+    what the tasks printed is joined in task order, so it does not depend on timing."""
+    tasks = _sandbox_tasks(units, len(datas), executor.parallelism)
+    calls = [(s, (base, [(0, *units[i][1:]) for i in idx])) for s, idx in tasks]
+    results: dict[int, tuple[dict[str, Any], list[np.ndarray]]] = {}
+    infos: dict[int, dict[str, Any]] = {}
+    for t, (status, payload) in executor.map_stores(run_sandbox_task, datas, calls):
+        if status == "verdict":
+            raise _Failed(payload)
+        part, info = payload
+        if infos and info["configs"] != next(iter(infos.values()))["configs"]:
+            raise _Failed(Verdict("interface", "schedule() is not deterministic: sandbox "
+                                  "processes computed different knobs for the same β"))
+        infos[t] = info
+        for local, res in part.items():
+            results[tasks[t][1][local]] = res
+        if progress:
+            progress(len(results), len(units))
+    ordered = [infos[t] for t in sorted(infos)]
+    first = ordered[0]
+    merged: dict[str, Any] = {
+        "name": first["name"], "configs": first["configs"],
+        "pids": [p for i in ordered for p in i["pids"]],
+        "isolation": {k: all(i.get("isolation", {}).get(k, False) for i in ordered)
+                      for k in first.get("isolation", {})},
+        "stdout": "".join(i["stdout"] for i in ordered)[: limits.max_output_bytes],
+        "stdout_dropped": sum(i["stdout_dropped"] for i in ordered)
+        + max(0, sum(len(i["stdout"]) for i in ordered) - limits.max_output_bytes),
+        "stderr": "".join(i["stderr"] for i in ordered),
+        "traces_truncated": any(i["traces_truncated"] for i in ordered),
+    }
+    return results, merged
+
+
 # ---- the public entry point ------------------------------------------------------------------
 
 
@@ -500,10 +596,13 @@ def evaluate_sandboxed(
     progress: Callable[[int, int], None] | None = None,
     filename: str | None = None,
     check_monotone: bool = False,
+    executor: Any = None,
     _admit: bool = True,
 ) -> SandboxEvaluation:
     """Evaluate an untrusted controller (source text, a path, or a built-in name) over stores × β
     in sandbox processes. Same arguments and the same rows as `autotts.evaluate.evaluate`.
+    The sandbox processes run here (`workers` of them), or, given a Ray executor, one per task on
+    the cluster's workers, which get the gold-free replay arrays only (scoring stays here).
 
     on_error='raise' stops at the first failing episode with SandboxError; 'record' records
     episode failures (exception / invalid_action / non_answer) in `errors`, as in-process
@@ -528,30 +627,25 @@ def evaluate_sandboxed(
     datas = [s.replay() for s in loaded]  # gold-free: all the sandbox gets
     names = [s.name for s in loaded]
     nqs = [d.num_questions for d in datas]
-
-    units = make_units(len(loaded), len(beta_list), proto.draws, workers)
-
-    header = {
+    base = {
         "source": source, "filename": fname, "admit": _admit, "betas": beta_list,
         "overrides": dict(overrides or {}), "proto": asdict(proto),
-        "stores": [{"name": d.name, "delta": int(d.delta), "arrays": _array_fields(d)}
-                   for d in datas],
         "traces": bool(traces), "on_error": on_error, "limits": asdict(limits),
     }
-    arrays = []
-    for d in datas:
-        for f in _array_fields(d):
-            a = np.asarray(getattr(d, f))
-            arrays.append(a.astype("<i8" if a.dtype.itemsize > 4 else "<i4"))
-    try:
-        request = pack_frame(header, arrays, strict=True)
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"knob overrides must be numbers, strings or booleans ({e})") from None
+    here = _runs_here(executor)
+    # Bad knob overrides fail here, before any process starts.
+    request = _pack_request(base, datas if here else [])
 
     t0 = time.monotonic()
     try:
-        results, info = _run_children(request, units, names, beta_list, nqs, limits,
-                                      max(1, min(workers, len(units))), progress)
+        if here:
+            workers = getattr(executor, "parallelism", workers)  # a LocalExecutor's own
+            units = make_units(len(loaded), len(beta_list), proto.draws, workers)
+            results, info = _run_children(request, units, names, beta_list, nqs, limits,
+                                          max(1, min(workers, len(units))), progress)
+        else:
+            units = make_units(len(loaded), len(beta_list), proto.draws, executor.parallelism)
+            results, info = _run_distributed(executor, base, datas, units, limits, progress)
     except _Failed as f:
         raise SandboxError(f.verdict) from None
     wall = time.monotonic() - t0

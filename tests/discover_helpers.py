@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from autotts.discover.config import DiscoverConfig, load_prices
+from autotts.discover.fsio import read_jsonl
 from autotts.store import write_store
 from autotts.synth import SynthParams, generate
 
@@ -102,6 +103,33 @@ class Sneaky:
 
 def reply(source: str, note: str = "Here is my controller.") -> dict[str, Any]:
     return {"content": f"{note}\n\n```python\n{source}```\n"}
+
+
+def several(*sources: str) -> dict[str, Any]:
+    """A response with several controller files."""
+    return {"content": "Some ideas.\n\n" + "\n".join(f"```python\n{s}```\n" for s in sources)}
+
+
+GOOD_B = GOOD.replace('NAME = "probe_vote"', 'NAME = "probe_vote_b"')
+
+
+def assert_same_rounds(a: Path, b: Path) -> None:
+    """Two run dirs hold byte-identical rounds and final step, and the same index."""
+    names_a = sorted(p.name for p in (a / "rounds").iterdir())
+    names_b = sorted(p.name for p in (b / "rounds").iterdir())
+    assert names_a == names_b
+    for sub in [f"rounds/{n}" for n in names_a] + ["final"]:
+        fa = sorted(str(p.relative_to(a / sub)) for p in (a / sub).rglob("*"))
+        fb = sorted(str(p.relative_to(b / sub)) for p in (b / sub).rglob("*"))
+        assert fa == fb, sub
+        for f in (f for f in fa if (a / sub / f).is_file()):
+            assert (a / sub / f).read_bytes() == (b / sub / f).read_bytes(), f"{sub}/{f} differs"
+
+    def index(p: Path) -> list[dict[str, Any]]:
+        return [{k: v for k, v in e.items() if k != "time"} for e in read_jsonl(p / "runs.jsonl")]
+
+    assert index(a) == index(b)
+
 
 
 def make_env(root: Path) -> Path:

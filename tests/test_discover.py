@@ -13,7 +13,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from discover_helpers import BROKEN, FORBIDDEN, GOOD, cli_env, config, make_env, reply
+from discover_helpers import (
+    BROKEN,
+    FORBIDDEN,
+    GOOD,
+    GOOD_B,
+    assert_same_rounds,
+    cli_env,
+    config,
+    make_env,
+    reply,
+    several,
+)
 
 import autotts.store as store_mod
 from autotts.discover import first_prompt, read_run_dir, run_discovery, write_run_report
@@ -87,23 +98,24 @@ def test_three_rounds_end_to_end(e2e: dict[str, Any], env_file: Path) -> None:
     assert summary["status"] == "complete"
     assert summary["rounds_completed"] == 3
     assert server.count == len(SCRIPT)  # 429 and timeout retried once each, nothing repeated
-    rounds = [json.loads((run_dir / "rounds" / f"{n:04d}" / "verdict.json").read_text())
+    rounds = [json.loads((run_dir / "rounds" / f"{n:04d}" / "c1" / "verdict.json").read_text())
               for n in (1, 2, 3)]
     assert [v["kind"] for v in rounds] == ["ok", "exception", "no_candidate"]
     assert rounds[1]["stage"] == "smoke" and "IndexError" in rounds[1]["message"]
     assert "answers[self.n]" in (rounds[1]["traceback"] or "")
-    r1 = json.loads((run_dir / "rounds" / "0001" / "results.json").read_text())
+    r1 = json.loads((run_dir / "rounds" / "0001" / "c1" / "results.json").read_text())
     assert r1["name"] == "probe_vote" and r1["eligible"] and r1["objective"] > 0
     assert len(r1["rows"]) == 2 * 3  # 2 search stores × 3 β
     for n in (1, 2, 3):
         d = run_dir / "rounds" / f"{n:04d}"
-        for f in ("prompt.md", "messages.json", "response.json", "verdict.json", "results.json",
-                  "digest.json", "cost.json"):
+        for f in ("prompt.md", "messages.json", "response.json", "cost.json", "c1/verdict.json",
+                  "c1/results.json", "c1/digest.json"):
             assert (d / f).is_file(), f"round {n} lacks {f}"
-    assert (run_dir / "rounds" / "0001" / "candidate.py").read_text().startswith('"""Probe')
-    assert not (run_dir / "rounds" / "0003" / "candidate.py").exists()
+        assert not (d / "c2").exists()  # one candidate per round unless --candidates asks more
+    assert (run_dir / "rounds" / "0001" / "c1" / "candidate.py").read_text().startswith('"""Probe')
+    assert not (run_dir / "rounds" / "0003" / "c1" / "candidate.py").exists()
     # The digest of the good candidate: stop reasons and the ledger (single-branch actions).
-    dg = json.loads((run_dir / "rounds" / "0001" / "digest.json").read_text())["stores"]
+    dg = json.loads((run_dir / "rounds" / "0001" / "c1" / "digest.json").read_text())["stores"]
     st = dg["synth/search1"]
     assert st["traced_episodes"] == st["resolved_episodes"] > 0
     assert {r for r, _ in st["stop_reasons"]} <= {"stable", "all_done", "max_steps"}
@@ -161,7 +173,7 @@ def test_report_reads_the_run_dir(e2e: dict[str, Any], tmp_path: Path) -> None:
     rep = read_run_dir(e2e["run_dir"])
     labels = {r["controller"] for r in rep.rows}
     assert {"r1:probe_vote", "sc", "parallel_probe"} <= labels
-    assert [r["round"] for r in rep.tables["Rounds"]] == [1, 2, 3]
+    assert [r["round"] for r in rep.tables["Rounds"]] == ["1", "2", "3"]
     assert "Held-out split" in rep.tables
     paths = write_run_report(e2e["run_dir"], tmp_path / "rep")
     md = paths.markdown.read_text()
@@ -188,37 +200,30 @@ def test_dry_run_prints_first_prompt(env_file: Path, tmp_path: Path) -> None:
     assert not (tmp_path / "dry" / "config.json").exists()
 
 
-def test_cli_dry_run(env_file: Path, tmp_path: Path) -> None:
-    proc = subprocess.run(
+def cli_dry_run(env_file: Path, run_dir: Path, *flags: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
         [sys.executable, "-m", "autotts", "discover", "--env", str(env_file), "--run-dir",
-         str(tmp_path / "d"), "--dry-run"],
+         str(run_dir), "--dry-run", *flags],
         capture_output=True, text=True, cwd=ROOT, env={**os.environ, **cli_env("")},
         timeout=120,
     )
+
+
+def test_cli_dry_run(env_file: Path, tmp_path: Path) -> None:
+    proc = cli_dry_run(env_file, tmp_path / "d")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("<!-- role: system -->")
-    assert "Propose proposal number 1" in proc.stdout
+    assert "This is round 1. Propose a new controller" in proc.stdout
+    proc = cli_dry_run(env_file, tmp_path / "d", "--candidates", "3")
+    assert proc.returncode == 0, proc.stderr
+    assert "Propose up to 3 new controllers" in proc.stdout
+    assert "from 1 to 3 complete controller files" in proc.stdout
+    proc = cli_dry_run(env_file, tmp_path / "d", "--ray-address", "127.0.0.1:6379")
+    assert proc.returncode == 2 and "--ray-address needs --executor ray" in proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 # ---- crash safety ---------------------------------------------------------------------------
-
-
-def assert_same_rounds(a: Path, b: Path) -> None:
-    """Two run dirs hold byte-identical rounds and final step, and the same index."""
-    names_a = sorted(p.name for p in (a / "rounds").iterdir())
-    names_b = sorted(p.name for p in (b / "rounds").iterdir())
-    assert names_a == names_b
-    for sub in [f"rounds/{n}" for n in names_a] + ["final"]:
-        fa = sorted(p.name for p in (a / sub).iterdir())
-        fb = sorted(p.name for p in (b / sub).iterdir())
-        assert fa == fb, sub
-        for f in fa:
-            assert (a / sub / f).read_bytes() == (b / sub / f).read_bytes(), f"{sub}/{f} differs"
-
-    def index(p: Path) -> list[dict[str, Any]]:
-        return [{k: v for k, v in e.items() if k != "time"} for e in read_jsonl(p / "runs.jsonl")]
-
-    assert index(a) == index(b)
 
 
 def run_cli(env_file: Path, run_dir: Path, url: str, **extra: str) -> subprocess.CompletedProcess:
@@ -316,11 +321,11 @@ def test_critic_and_no_eligible_candidate(env_file: Path, tmp_path: Path) -> Non
         summary = run_discovery(config(env_file, run_dir, server.url, rounds=2,
                                        critic="fake-model"))
         assert server.count == 4
-    v1 = json.loads((run_dir / "rounds" / "0001" / "verdict.json").read_text())
-    v2 = json.loads((run_dir / "rounds" / "0002" / "verdict.json").read_text())
+    v1 = json.loads((run_dir / "rounds" / "0001" / "c1" / "verdict.json").read_text())
+    v2 = json.loads((run_dir / "rounds" / "0002" / "c1" / "verdict.json").read_text())
     assert (v1["kind"], v1["stage"]) == ("critic_rejected", "critic")
     assert (v2["kind"], v2["stage"]) == ("forbidden", "admit") and "os" in v2["message"]
-    assert json.loads((run_dir / "rounds" / "0002" / "critic.json").read_text())["approved"]
+    assert json.loads((run_dir / "rounds" / "0002" / "c1" / "critic.json").read_text())["approved"]
     assert "prunes the leader's branches" in (run_dir / "rounds" / "0002" / "prompt.md").read_text()
     cost = json.loads((run_dir / "rounds" / "0001" / "cost.json").read_text())
     assert [c["purpose"] for c in cost["requests"]] == ["propose", "critic"]
@@ -343,3 +348,42 @@ def test_report_with_runs_and_eval_json(e2e: dict[str, Any], tmp_path: Path) -> 
     summary = json.loads(paths.summary.read_text())
     assert {"mine", "r1:probe_vote", "sc"} <= {r["controller"] for r in summary["rows"]}
     assert "Rounds" in summary["extra_tables"]
+
+
+# ---- several candidates per round ---------------------------------------------------------
+
+
+def test_several_candidates_per_round(e2e: dict[str, Any], env_file: Path,
+                                      tmp_path: Path) -> None:
+    """--candidates 3: the files of one response are evaluated side by side, each recorded in
+    its own slot with the numbers it would get alone; a response with too many files is a
+    parse verdict; selection breaks ties by proposal order."""
+    run_dir = tmp_path / "several"
+    script = [several(GOOD, BROKEN, GOOD_B), several(GOOD, GOOD, GOOD, GOOD)]
+    with FakeOpenAI(script) as server:
+        summary = run_discovery(config(env_file, run_dir, server.url, rounds=2, candidates=3,
+                                       workers=2))
+        assert server.count == 2
+    r1 = run_dir / "rounds" / "0001"
+    assert sorted(p.name for p in r1.iterdir() if p.is_dir()) == ["c1", "c2", "c3"]
+    kinds = [json.loads((r1 / f"c{j}" / "verdict.json").read_text())["kind"] for j in (1, 2, 3)]
+    assert kinds == ["ok", "exception", "ok"]
+    res = [json.loads((r1 / f"c{j}" / "results.json").read_text()) for j in (1, 2, 3)]
+    alone = json.loads((e2e["run_dir"] / "rounds" / "0001" / "c1" / "results.json").read_text())
+    assert res[0]["rows"] == alone["rows"] and res[0]["objective"] == alone["objective"]
+    assert [r["controller"] for r in res[2]["rows"]] == ["probe_vote_b"] * len(res[2]["rows"])
+    assert [r["accuracy"] for r in res[2]["rows"]] == [r["accuracy"] for r in res[0]["rows"]]
+    v2 = json.loads((run_dir / "rounds" / "0002" / "c1" / "verdict.json").read_text())
+    assert v2["kind"] == "multiple_candidates" and "1 to 3" in v2["message"]
+    index = [(e["kind"], e.get("id")) for e in read_jsonl(run_dir / "runs.jsonl")]
+    assert index == [("round", "1"), ("round", "1.2"), ("round", "1.3"), ("round", "2"),
+                     ("final", None)]
+    prompt2 = (run_dir / "rounds" / "0002" / "prompt.md").read_text()
+    assert "from 1 to 3 complete controller files" in prompt2
+    assert "| 1.2 | broken | exception (smoke)" in prompt2
+    assert "round 1.3, probe_vote_b" in prompt2  # every file of the last round in full
+    sel = json.loads((run_dir / "final" / "selection.json").read_text())
+    assert (sel["selected"]["id"], sel["selected"]["label"]) == ("1", "r1:probe_vote")
+    assert summary["rounds_completed"] == 2 and summary["candidates_evaluated"] == 3
+    labels = {r["controller"] for r in read_run_dir(run_dir).rows}
+    assert {"r1:probe_vote", "r1.3:probe_vote_b"} <= labels and "r1.2:broken" not in labels

@@ -9,11 +9,16 @@ from typing import Any
 
 import numpy as np
 import pytest
-from discover_helpers import GOOD, config, reply
+from discover_helpers import GOOD, GOOD_B, config, reply
 
 from autotts import controller as ctl
 from autotts.discover.agent import Agent, AgentError, SpendCapReached, request_key
-from autotts.discover.candidates import controller_name, extract_candidate, objective
+from autotts.discover.candidates import (
+    controller_name,
+    extract_candidate,
+    extract_candidates,
+    objective,
+)
 from autotts.discover.config import DiscoverConfig, load_prices, price_for
 from autotts.discover.digest import SearchData, ledger, make_digest, monotonicity_breaks
 from autotts.discover.fakeserver import FakeOpenAI
@@ -112,6 +117,16 @@ def test_config_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = DiscoverConfig.from_env("e.toml", "run", rounds=4, model=None)
     assert (cfg.model, cfg.api_key, cfg.critic, cfg.seeds, cfg.rounds) == (
         "gpt-4.1-mini", "k", "gpt-4.1-mini", ("sc", "asc"), 4)
+    monkeypatch.setenv("AUTOTTS_CANDIDATES", "3")
+    monkeypatch.setenv("AUTOTTS_EXECUTOR", "ray")
+    cfg = DiscoverConfig.from_env("e.toml", "run", ray_address="127.0.0.1:6379")
+    assert (cfg.candidates, cfg.executor, cfg.ray_address) == (3, "ray", "127.0.0.1:6379")
+    for flags, match in (({"candidates": 0}, "--candidates must be between 1 and 8, got 0"),
+                         ({"candidates": 9}, "--candidates must be between 1 and 8, got 9"),
+                         ({"executor": "slurm"}, "--executor must be one of local, ray"),
+                         ({"executor": "local", "ray_address": "h:1"}, "needs --executor ray")):
+        with pytest.raises(ConfigError, match=match):
+            DiscoverConfig.from_env("e.toml", "run", **flags)
     monkeypatch.setenv("AUTOTTS_WORKERS", "many")
     with pytest.raises(ConfigError, match="AUTOTTS_WORKERS"):
         DiscoverConfig.from_env("e.toml", "run")
@@ -133,6 +148,17 @@ def test_extract_candidate() -> None:
     assert v["kind"] == "no_candidate"
     src, v = extract_candidate(f"```\n{GOOD}```")  # untagged fence
     assert v is None and src == GOOD
+
+
+def test_extract_several_candidates() -> None:
+    text = f"A.\n```python\n{GOOD}```\nB.\n```python\n{GOOD_B}```\n```text\nnot code\n```"
+    files, v = extract_candidates(text, 3)
+    assert v is None and files == [GOOD, GOOD_B]  # in the order of the response
+    files, v = extract_candidates(text, 1)
+    assert files == [] and v["kind"] == "multiple_candidates"
+    assert "exactly one complete controller file" in v["message"]
+    _, v = extract_candidates("no code", 4)
+    assert v["kind"] == "no_candidate" and "1 to 4 complete controller files" in v["message"]
 
 
 # ---- digests ------------------------------------------------------------------------------------

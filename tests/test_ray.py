@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 
 from autotts.evaluate import EvaluationError, Protocol, evaluate
+from autotts.sandbox import SandboxError, evaluate_sandboxed
 from autotts.store import open_store, to_autotts_json, write_store
 from tests.conftest import branch, make_store
 
@@ -212,9 +213,77 @@ def test_stuck_cluster_fails_within_the_task_deadline(runtime, store_dirs):
     stuck = RayExecutor(task_timeout_s=2)
     stuck._remote = stuck._remote.options(num_cpus=64)
     t = time.monotonic()
-    with pytest.raises(EvaluationError, match="no work unit finished within 2 s"):
+    with pytest.raises(EvaluationError, match="no task finished within 2 s"):
         evaluate("sc", store_dirs, [0.5], Protocol(draws=2), executor=stuck)
     assert time.monotonic() - t < 30
+
+
+# ---- candidates: sandbox processes started by Ray workers -------------------------------------
+
+
+def _sandbox_rows(ev) -> list[tuple[object, ...]]:
+    return _rows(ev.rows) + [tuple(sorted(e.items())) for e in ev.episodes]
+
+
+@pytest.mark.parametrize("controller", ["parallel_probe", "asc"])
+def test_sandboxed_on_ray_matches_local_sandbox(runtime, store_dirs, controller):
+    proto = Protocol(draws=5)
+    kw = dict(episodes=True, traces=True)
+    local = evaluate_sandboxed(controller, store_dirs, [0.0, 0.5, 1.0], proto, workers=2, **kw)
+    on_ray = evaluate_sandboxed(controller, store_dirs, [0.0, 0.5, 1.0], proto,
+                                executor=runtime, **kw)
+    assert _sandbox_rows(on_ray) == _sandbox_rows(local)
+    assert on_ray.traces == local.traces
+    assert _rows(on_ray.rows) == _rows(evaluate(controller, store_dirs, [0.0, 0.5, 1.0],
+                                                proto).rows)
+    assert len(on_ray.pids) >= len(store_dirs)  # at least one sandbox process per store
+
+
+def test_sandboxed_failure_on_ray_is_a_verdict(runtime, store_dirs, tmp_path: Path):
+    noisy = CRASHES_ON_M1.replace("        if ep.pool_size", "        print('hello')\n"
+                                  "        if ep.pool_size")
+    with pytest.raises(SandboxError) as err:
+        evaluate_sandboxed(noisy, store_dirs, [0.0], Protocol(draws=2), executor=runtime)
+    v = err.value.verdict
+    assert v.kind == "exception" and "boom" in v.message and v.context["store"] == "m1/toy"
+    recorded = evaluate_sandboxed(noisy, store_dirs, [0.0], Protocol(draws=2),
+                                  executor=runtime, on_error="record")
+    assert [r["errors"] for r in recorded.rows] == [0, 8, 0]
+    assert "hello" in recorded.stdout  # what the candidate printed comes back from the workers
+
+
+def test_discovery_on_ray_matches_local(runtime, tmp_path: Path, monkeypatch):
+    """A discovery round with three candidates, evaluated through the Ray executor (seeds as
+    Ray work units, candidates in sandbox processes started by Ray workers), writes the same
+    bytes as the same round on local processes."""
+    from discover_helpers import BROKEN, GOOD, GOOD_B, assert_same_rounds, config, make_env, several
+
+    from autotts.discover import run_discovery
+    from autotts.discover.fakeserver import FakeOpenAI
+
+    env = make_env(tmp_path / "env")
+    script = [several(GOOD, BROKEN, GOOD_B)]
+    spread = []
+    real = RayExecutor.map_stores
+
+    def counting(self, fn, stores, calls):
+        spread.append(len(calls))
+        return real(self, fn, stores, calls)
+
+    monkeypatch.setattr(RayExecutor, "map_stores", counting)
+    dirs = {}
+    for executor in ("local", "ray"):
+        # A baseline cache per run, so the Ray run computes its seeds through Ray too.
+        monkeypatch.setenv("AUTOTTS_CACHE_HOME", str(tmp_path / f"cache-{executor}"))
+        dirs[executor] = tmp_path / f"run-{executor}"
+        with FakeOpenAI(script) as server:
+            summary = run_discovery(config(env, dirs[executor], server.url, rounds=1,
+                                           candidates=3, workers=2, executor=executor))
+        assert summary["status"] == "complete"
+    assert spread and all(n >= 2 for n in spread)  # sweeps, traces and held-out, spread out
+    assert (dirs["ray"] / "seeds.json").read_bytes() == (dirs["local"] / "seeds.json").read_bytes()
+    assert_same_rounds(dirs["local"], dirs["ray"])
+    assert ray.is_initialized()  # the run joined this process's runtime and left it running
 
 
 # ---- collection shards as Ray tasks ----------------------------------------------------------

@@ -4,8 +4,8 @@ through the sandbox, and the objective both are ranked by.
 A candidate goes admission → smoke run → full β sweep → traced draws; the first failure ends it
 with a typed verdict (a dict: kind, stage, message, traceback, context). Stages:
 
-  parse    the response holds no controller file, or more than one (kinds no_candidate,
-           multiple_candidates)
+  parse    the response holds no controller file, or more than the run asks for per round
+           (kinds no_candidate, multiple_candidates)
   critic   the optional critic call rejected it (critic_rejected)
   admit    static admission by the sandbox (syntax, forbidden, interface)
   smoke    `smoke_questions` questions of the first search store × 3 β (lowest, middle, highest of
@@ -83,11 +83,16 @@ class Backend(TypingProtocol):
 
 
 class SandboxBackend:
-    def __init__(self, limits: dict[str, Any] | None = None) -> None:
+    """Candidates in sandbox processes: on this machine, or with a Ray executor on the cluster's
+    workers (each starts its own sandbox processes). The smoke stage always runs here: it is a
+    fraction of a second, less than a round trip to a cluster."""
+
+    def __init__(self, limits: dict[str, Any] | None = None, executor: Any = None) -> None:
         from autotts import sandbox  # the loop never runs a candidate without it
 
         self.sb = sandbox
         self.limits = sandbox.SandboxLimits(**limits) if limits else None
+        self.executor = executor
 
     def admit(self, source: str, filename: str) -> dict[str, Any] | None:
         v = self.sb.admit(source, filename)
@@ -100,6 +105,7 @@ class SandboxBackend:
             return self.sb.evaluate_sandboxed(
                 path, list(stores), list(betas), proto, episodes=episodes, traces=traces,
                 on_error=on_error, limits=self.limits, workers=workers,
+                executor=None if stage == "smoke" else self.executor,
             )
         except self.sb.SandboxError as e:
             raise CandidateFailure(from_sandbox(e.verdict, stage)) from None
@@ -114,27 +120,34 @@ class SandboxBackend:
 _FENCE = re.compile(r"^```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)^```[ \t]*$", re.S | re.M)
 
 
-def extract_candidate(text: str | None) -> tuple[str | None, dict[str, Any] | None]:
-    """The one controller file of a response: (source, None), or (None, verdict). A fenced block
-    counts as a controller file when it is tagged python (or untagged) and defines a class."""
+def extract_candidates(text: str | None, limit: int = 1
+                       ) -> tuple[list[str], dict[str, Any] | None]:
+    """The controller files of a response, at most `limit`: (sources, None), or ([], verdict).
+    A fenced block counts as a controller file when it is tagged python (or untagged) and
+    defines a class. More files than asked for is an error, not a choice made for the agent."""
     if text is None or not text.strip():
-        return None, verdict("no_candidate", "parse", "the response had no message text")
+        return [], verdict("no_candidate", "parse", "the response had no message text")
+    ask = ("exactly one complete controller file in a single ```python block" if limit == 1 else
+           f"1 to {limit} complete controller files, each in its own ```python block")
     blocks = [(lang.lower(), body) for lang, body in _FENCE.findall(text)]
     files = [b for lang, b in blocks if lang in ("python", "py", "python3", "")
              and re.search(r"^\s*class\s+\w+", b, re.M)]
     if not files:
         what = ("no fenced code block" if not blocks else
                 f"{len(blocks)} code block(s), none a Python file defining a class")
-        return None, verdict(
-            "no_candidate", "parse",
-            f"the response contains {what}; send exactly one complete controller file in a "
-            "single ```python block")
-    if len(files) > 1:
-        return None, verdict(
+        return [], verdict("no_candidate", "parse", f"the response contains {what}; send {ask}")
+    if len(files) > limit:
+        return [], verdict(
             "multiple_candidates", "parse",
-            f"the response contains {len(files)} Python blocks defining classes; send exactly "
-            "one complete controller file per round")
-    return files[0].rstrip() + "\n", None
+            f"the response contains {len(files)} Python blocks defining classes; send {ask} "
+            "per round")
+    return [f.rstrip() + "\n" for f in files], None
+
+
+def extract_candidate(text: str | None) -> tuple[str | None, dict[str, Any] | None]:
+    """The one controller file of a response: (source, None), or (None, verdict)."""
+    files, v = extract_candidates(text, 1)
+    return (files[0] if files else None), v
 
 
 def controller_name(source: str) -> str | None:

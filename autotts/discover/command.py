@@ -13,11 +13,10 @@ from autotts.discover.config import DiscoverConfig
 from autotts.discover.loop import first_prompt, run_discovery
 
 
-def discover_command(*, env: Path, run_dir: Path, model: str | None, base_url: str | None,
-                     rounds: int | None, budget_usd: float | None, dry_run: bool,
-                     console: Console) -> dict[str, Any] | None:
-    cfg = DiscoverConfig.from_env(env, run_dir, model=model, base_url=base_url, rounds=rounds,
-                                  budget_usd=budget_usd)
+def discover_command(*, env: Path, run_dir: Path, dry_run: bool, console: Console,
+                     **flags: Any) -> dict[str, Any] | None:
+    """Flags left None fall back to AUTOTTS_* variables, then to the defaults."""
+    cfg = DiscoverConfig.from_env(env, run_dir, **flags)
     t0 = time.monotonic()
 
     def progress(msg: str) -> None:
@@ -36,7 +35,7 @@ def discover_command(*, env: Path, run_dir: Path, model: str | None, base_url: s
     console.print(
         f"[bold]{summary['status']}[/]: {summary['rounds_completed']} round(s), spent "
         f"${summary['spent_usd'] or 0:.4f}; best "
-        + ("none" if not best else f"round {best['round']} {best['name']} "
+        + ("none" if not best else f"round {best['id']} {best['name']} "
            f"(search objective {best['objective']:.2f}"
            + ("" if held is None else f", held-out {held:.2f}") + ")")
         + f"; run dir {cfg.run_dir}", highlight=False, soft_wrap=True)

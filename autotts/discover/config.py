@@ -4,7 +4,8 @@ command-line flags; docs/discovery.md lists every variable.
 
 Only a few settings define a run's *identity* (`identity()`): a run directory refuses to resume
 under a different identity, because its rounds would no longer be the rounds of one run. The rest
-(rounds, spend cap, workers, timeouts) may change between invocations.
+(rounds, spend cap, workers, executor, timeouts) may change between invocations: results do not
+depend on them, only how many rounds run and how fast.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ DEFAULT_PRICES: dict[str, dict[str, float]] = {
 
 DEFAULT_SEEDS = ("sc", "asc", "esc", "parallel_probe")
 DEFAULT_ROUNDS = 10
+MAX_CANDIDATES = 8  # per round: more would not fit one response's token budget anyway
 
 
 def _env(name: str) -> str | None:
@@ -130,6 +132,9 @@ class DiscoverConfig:
     prices: dict[str, dict[str, float]] = field(default_factory=lambda: load_prices(None))
     recent: int = 2  # most recent candidates shown in full in the prompt
     sandbox_limits: dict[str, Any] | None = None
+    candidates: int = 1  # controller files asked for per round, evaluated concurrently
+    executor: str = "local"  # where evaluations run: "local" processes or "ray"
+    ray_address: str | None = None  # None with executor "ray": a local runtime on 127.0.0.1
 
     @classmethod
     def from_env(cls, env: str | Path, run_dir: str | Path, **flags: Any) -> DiscoverConfig:
@@ -160,6 +165,9 @@ class DiscoverConfig:
             offline=_env_bool("AUTOTTS_OFFLINE"),
             cache_dir=Path(_env("AUTOTTS_CACHE_DIR")) if _env("AUTOTTS_CACHE_DIR") else None,
             prices=load_prices(_env("AUTOTTS_PRICES")),
+            candidates=_env_num("AUTOTTS_CANDIDATES", int, 1),
+            executor=_env("AUTOTTS_EXECUTOR") or "local",
+            ray_address=_env("AUTOTTS_RAY_ADDRESS"),
         )
         for k, v in flags.items():
             if v is not None:
@@ -182,6 +190,16 @@ class DiscoverConfig:
             raise ConfigError(f"held-out draws must be at least 1, got {self.heldout_draws}")
         if not self.seeds:
             raise ConfigError("AUTOTTS_SEEDS names no seed controller")
+        if not 1 <= self.candidates <= MAX_CANDIDATES:
+            raise ConfigError(f"--candidates must be between 1 and {MAX_CANDIDATES}, got "
+                              f"{self.candidates}")
+        from autotts.executors import EXECUTORS
+
+        if self.executor not in EXECUTORS:
+            raise ConfigError(f"--executor must be one of {', '.join(EXECUTORS)}, got "
+                              f"{self.executor!r}")
+        if self.ray_address and self.executor != "ray":
+            raise ConfigError("--ray-address needs --executor ray")
 
     def cache_path(self) -> Path:
         return self.cache_dir if self.cache_dir is not None else self.run_dir / "cache"

@@ -15,9 +15,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import signal
+import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +34,7 @@ from autotts.discover.candidates import (
     CandidateFailure,
     SandboxBackend,
     controller_name,
-    extract_candidate,
+    extract_candidates,
     first_error_verdict,
     objective,
     protocol_for,
@@ -49,7 +53,14 @@ from autotts.discover.prompt import (
     critic_verdict,
     render_prompt,
 )
-from autotts.discover.rundir import RunDir, final_entry, index_entry
+from autotts.discover.rundir import (
+    RunDir,
+    candidate_id,
+    final_entry,
+    index_entry,
+    label,
+    slot_dir,
+)
 from autotts.envdef import EnvDef, load_env
 from autotts.errors import AutoTTSError, ConfigError
 from autotts.evaluate import evaluate
@@ -77,13 +88,16 @@ def store_identity(store: Store) -> str:
 
 
 class Timer:
-    """Wall time per phase: the bench subtracts the agent's share to get non-LLM time."""
+    """Wall time per phase: the bench subtracts the agent's share to get non-LLM time. Phases of
+    candidates evaluated side by side add up, so their sum can exceed the wall time."""
 
     def __init__(self) -> None:
         self.phases: dict[str, float] = {}
+        self._lock = threading.Lock()
 
     def add(self, phase: str, seconds: float) -> None:
-        self.phases[phase] = self.phases.get(phase, 0.0) + seconds
+        with self._lock:
+            self.phases[phase] = self.phases.get(phase, 0.0) + seconds
 
     def time(self, phase: str) -> Any:
         timer = self
@@ -114,8 +128,10 @@ class Discovery:
         self.search = SearchData(self.search_stores, self.proto)
         self.stats = [summarize(s) for s in self.search_stores]
         self.example_source = Path(ctl.load(EXAMPLE).path).read_text()
-        self.history: list[dict[str, Any]] = []
+        self.history: list[dict[str, Any]] = []  # one record per candidate of each round
         self.agent: Agent | None = None
+        self._executor: Any = None
+        self._digest_lock = threading.Lock()  # SearchData's caches are filled lazily
 
     # ---- identity and seeds -------------------------------------------------------------------
 
@@ -133,6 +149,7 @@ class Discovery:
             "seed": c.seed,
             "seeds": [[s.name, _sha256_file(s.path)] for s in self.seed_specs()],
             "critic": c.critic,
+            "candidates": c.candidates,
             "smoke": [c.smoke_questions, c.smoke_draws],
             "trace_draws": c.trace_draws,
             "params": c.request_params(),
@@ -171,11 +188,11 @@ class Discovery:
         return baselines.cached(k, lambda: self._compute_seed(spec))
 
     def _compute_seed(self, spec: ctl.ControllerSpec) -> dict[str, Any]:
-        env, w = self.env, self.cfg.workers
-        ev = evaluate(spec, self.search_stores, env.betas, self.proto, episodes=True, workers=w)
+        env, ex = self.env, self.executor
+        ev = evaluate(spec, self.search_stores, env.betas, self.proto, episodes=True, executor=ex)
         tproto = protocol_for(env, self.cfg.seed, min(self.cfg.trace_draws, env.draws))
         tev = evaluate(spec, self.search_stores, env.betas, tproto, episodes=True, traces=True,
-                       workers=w)
+                       executor=ex)
         traces = tev.traces or []
         attach_answers(traces, tev.episodes or [])
         rows = [_clean_row(r) for r in ev.rows]
@@ -193,26 +210,58 @@ class Discovery:
 
     def messages(self, seeds: Sequence[dict[str, Any]]) -> list[dict[str, str]]:
         return build_messages(env=self.env, stats=self.stats, example_source=self.example_source,
-                              seeds=seeds, history=self.history, recent=self.cfg.recent)
+                              seeds=seeds, history=self.history, recent=self.cfg.recent,
+                              candidates=self.cfg.candidates)
 
     # ---- the run ----------------------------------------------------------------------------------
 
     @property
+    def executor(self) -> Any:
+        """Where evaluations run (--executor): made on first use, so a run whose seeds are all
+        cached never starts or joins a Ray cluster."""
+        if self._executor is None:
+            from autotts.executors import make_executor
+
+            self._executor = make_executor(self.cfg.executor, workers=self.cfg.workers,
+                                           address=self.cfg.ray_address)
+        return self._executor
+
+    def close(self) -> None:
+        """Stop a Ray runtime this run started (one it joined keeps running)."""
+        if getattr(self._executor, "started_runtime", False):
+            import ray
+
+            ray.shutdown()
+        self._executor = None
+
+    @property
     def backend(self) -> Backend:
         if self._backend is None:
-            self._backend = SandboxBackend(self.cfg.sandbox_limits)
+            self._backend = SandboxBackend(
+                self.cfg.sandbox_limits,
+                None if self.cfg.executor == "local" else self.executor)
         return self._backend
+
+    def load_history(self) -> list[dict[str, Any]]:
+        return [rec for n in self.rd.completed() for rec in self.rd.load_round(n)]
+
+    def rounds_done(self) -> int:
+        return max((r["round"] for r in self.history), default=0)
 
     def dry_run(self) -> str:
         """The next (for a new run: the first) prompt. No HTTP call, no held-out store, and
         nothing written but the seeds' cache."""
-        self.history = [self.rd.load_round(n) for n in self.rd.completed()]
-        return render_prompt(self.messages(self.seeds()))
+        self.history = self.load_history()
+        try:
+            return render_prompt(self.messages(self.seeds()))
+        finally:
+            self.close()
 
     def run(self) -> dict[str, Any]:
         try:
             return self._run()
         finally:
+            self.close()
             self.rd.unlock()
 
     def _run(self) -> dict[str, Any]:
@@ -222,10 +271,10 @@ class Discovery:
             raise ConfigError("no model: give --model or set AUTOTTS_MODEL")
         resumed = rd.prepare(self.identity(), {"env_path": str(Path(self.env.path).resolve()),
                                                "rounds": cfg.rounds})
-        self.history = [rd.load_round(n) for n in rd.completed()]
+        self.history = self.load_history()
         if resumed:
-            self.progress(f"resuming {rd.path}: {len(self.history)} round(s) complete")
-        if rd.final_done() and cfg.rounds > len(self.history):
+            self.progress(f"resuming {rd.path}: {self.rounds_done()} round(s) complete")
+        if rd.final_done() and cfg.rounds > self.rounds_done():
             raise ConfigError(
                 f"{rd.path} is finalized (its held-out evaluation is done, once); start a new "
                 f"--run-dir for more rounds")
@@ -236,18 +285,19 @@ class Discovery:
         try:
             if not rd.final_done():
                 smoke = subset_store(self.search_stores[0], cfg.smoke_questions)
-                for n in range(len(self.history) + 1, cfg.rounds + 1):
+                for n in range(self.rounds_done() + 1, cfg.rounds + 1):
                     if agent.cap_reached:
                         status = "budget_exhausted"
                         message = f"spend cap ${cfg.budget_usd:.2f} reached"
                         break
                     try:
-                        rec = self.round(n, seeds, smoke)
+                        recs = self.round(n, seeds, smoke)
                     except SpendCapReached as e:
                         status, message = "budget_exhausted", str(e)
                         break
-                    self.history.append(rec)
-                    self._report_round(rec)
+                    for rec in recs:
+                        self.history.append(rec)
+                        self._report_round(rec)
             if status == "complete":
                 self.final_step(seeds)
         except AgentError as e:
@@ -258,8 +308,8 @@ class Discovery:
                                "resume", time.perf_counter() - t_start)
             raise
         if status == "budget_exhausted":
-            message += (f" after {len(self.history)} round(s); rerun with a higher --budget-usd "
-                        f"to continue, or with --rounds {len(self.history)} to select and "
+            message += (f" after {self.rounds_done()} round(s); rerun with a higher --budget-usd "
+                        f"to continue, or with --rounds {self.rounds_done()} to select and "
                         "evaluate on the held-out split")
             self.progress(message)
         self.write_summary(seeds, status, message, time.perf_counter() - t_start)
@@ -271,14 +321,17 @@ class Discovery:
         obj = "" if rec.get("objective") is None else f", objective {rec['objective']:.2f}"
         best = best_record(self.history)
         best_txt = ("none yet" if best is None else
-                    f"round {best['round']} {best['name']} ({best['objective']:.2f})")
+                    f"round {best['id']} {best['name']} ({best['objective']:.2f})")
         spent = self.agent.spent_usd if self.agent else 0.0
         cap = "" if self.cfg.budget_usd is None else f" / ${self.cfg.budget_usd:.2f}"
-        self.progress(f"round {rec['round']}/{self.cfg.rounds}: {rec.get('name') or '–'}: "
+        self.progress(f"round {rec['id']}/{self.cfg.rounds}: {rec.get('name') or '–'}: "
                       f"{v['kind']}{'' if v['kind'] == OK else ' at ' + v['stage']}{obj} | "
                       f"spent ${spent:.4f}{cap} | best so far: {best_txt}")
 
-    def round(self, n: int, seeds: Sequence[dict[str, Any]], smoke: Store) -> dict[str, Any]:
+    def round(self, n: int, seeds: Sequence[dict[str, Any]], smoke: Store
+              ) -> list[dict[str, Any]]:
+        """Propose → (critic) → evaluate the response's candidates side by side → record; the
+        round's history records, one per candidate slot."""
         cfg, rd = self.cfg, self.rd
         assert self.agent is not None
         tmp = rd.begin_round(n)
@@ -292,32 +345,34 @@ class Discovery:
             write_json(tmp / "response.json", chat.response)
             _fault("response", n)
             costs = [chat.accounting("propose")]
-            source, v = extract_candidate(chat.content)
-            name = controller_name(source) if source else None
-            result: dict[str, Any] = {"rows": [], "objective": None, "store_objective": {},
-                                      "monotone": None, "errors": [], "n_errors": 0}
-            digest: dict[str, Any] = {}
-            if source is not None:
-                write_text(tmp / "candidate.py", source)
-                if cfg.critic:
-                    critic = self._critic(n, source)
+            sources, parse_verdict = extract_candidates(chat.content, cfg.candidates)
+            slots = ([_Slot(j, src) for j, src in enumerate(sources, 1)]
+                     or [_Slot(1, None, parse_verdict)])
+            for sl in slots:
+                d = slot_dir(tmp, sl.j)
+                d.mkdir()
+                if sl.source is None:
+                    continue
+                write_text(d / "candidate.py", sl.source)
+                if cfg.critic:  # one review per file, in order: a redone round hits the cache
+                    critic = self._critic(n, sl.source)
                     if critic is not None:
                         costs.append(critic[0].accounting("critic"))
-                        write_json(tmp / "critic.json", {"approved": critic[1],
-                                                         "review": critic[2]})
+                        write_json(d / "critic.json", {"approved": critic[1],
+                                                       "review": critic[2]})
                         if not critic[1]:
-                            v = verdict("critic_rejected", "critic",
-                                        "the critic rejected the proposal before evaluation: "
-                                        + critic[2][:1500])
-                if v is None:
-                    self.progress(f"round {n}/{cfg.rounds}: evaluating {name}")
-                    v, result, digest = self.evaluate_candidate(tmp / "candidate.py", source, n,
-                                                                smoke)
-            assert v is not None
-            results = {"round": n, "name": name, "eligible": v["kind"] == OK, **result}
-            write_json(tmp / "verdict.json", v)
-            write_json(tmp / "results.json", results)
-            write_json(tmp / "digest.json", digest)
+                            sl.verdict = verdict("critic_rejected", "critic",
+                                                 "the critic rejected the proposal before "
+                                                 "evaluation: " + critic[2][:1500])
+            self._evaluate_slots(tmp, n, [sl for sl in slots if sl.verdict is None], smoke)
+            for sl in slots:
+                d = slot_dir(tmp, sl.j)
+                assert sl.verdict is not None
+                write_json(d / "verdict.json", sl.verdict)
+                write_json(d / "results.json", {"round": n, "slot": sl.j, "name": sl.name,
+                                                "eligible": sl.verdict["kind"] == OK,
+                                                **sl.result})
+                write_json(d / "digest.json", sl.digest)
             write_json(tmp / "cost.json", {
                 "requests": costs,
                 "prompt_tokens": sum(c["prompt_tokens"] for c in costs),
@@ -329,14 +384,41 @@ class Discovery:
             rd.commit_round(n, tmp)
         except BaseException:
             # A failure we can see (not a kill): drop the half round; a rerun redoes it.
-            import shutil
-
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         _fault("committed", n)
-        rec = rd.load_round(n)
-        rd.append_index(index_entry(rec))
-        return rec
+        recs = rd.load_round(n)
+        for rec in recs:
+            rd.append_index(index_entry(rec))
+        return recs
+
+    def _evaluate_slots(self, tmp: Path, n: int, slots: Sequence[_Slot], smoke: Store) -> None:
+        """Evaluate candidates side by side, one thread each: the threads only wait on sandbox
+        processes (here, or started by Ray workers), so the GIL is not the limit. Locally they
+        share --workers; on Ray the cluster's CPUs are shared by its scheduler."""
+        if not slots:
+            return
+        workers = max(1, self.cfg.workers // len(slots))
+
+        def one(sl: _Slot) -> None:
+            cid = candidate_id(n, sl.j)
+            self.progress(f"round {cid}/{self.cfg.rounds}: evaluating {sl.name}")
+            sl.verdict, sl.result, sl.digest = self.evaluate_candidate(
+                slot_dir(tmp, sl.j) / "candidate.py", sl.source or "", smoke,
+                fname=f"rounds/{n:04d}/c{sl.j}/candidate.py", workers=workers)
+
+        if len(slots) == 1:
+            one(slots[0])
+            return
+        with ThreadPoolExecutor(len(slots), thread_name_prefix="candidate") as pool:
+            futures = [pool.submit(one, sl) for sl in slots]
+            try:
+                for f in futures:
+                    f.result()  # in slot order: the first failure in proposal order is raised
+            except BaseException:
+                for f in futures:
+                    f.cancel()
+                raise
 
     def _critic(self, n: int, source: str) -> tuple[ChatResult, bool, str] | None:
         assert self.agent is not None
@@ -348,14 +430,17 @@ class Discovery:
         approved, review = critic_verdict(res.content)
         return res, approved, review
 
-    def evaluate_candidate(self, path: Path, source: str, n: int, smoke: Store
+    def evaluate_candidate(self, path: Path, source: str, smoke: Store, *, fname: str,
+                           workers: int | None = None
                            ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-        """admission → smoke → sweep → traces; (verdict, results, digest)."""
+        """admission → smoke → sweep → traces; (verdict, results, digest). `fname` names the
+        file in tracebacks. Safe to call from several threads at once."""
         env, cfg, be = self.env, self.cfg, self.backend
+        workers = workers or cfg.workers
         result: dict[str, Any] = {"rows": [], "objective": None, "store_objective": {},
                                   "monotone": None, "errors": [], "n_errors": 0}
         with self.timer.time("admit"):
-            v = be.admit(source, f"round{n:04d}/candidate.py")
+            v = be.admit(source, fname)
         if v is not None:
             return v, result, {}
         try:
@@ -366,7 +451,7 @@ class Discovery:
             with self.timer.time("sweep"):
                 ev = be.evaluate(str(path), self.search_stores, env.betas, self.proto,
                                  stage="sweep", episodes=True, on_error="record",
-                                 workers=cfg.workers)
+                                 workers=workers)
         except CandidateFailure as f:
             return f.verdict, result, {}
         rows = [_clean_row(r) for r in ev.rows]
@@ -391,12 +476,12 @@ class Discovery:
                 tev = be.evaluate(str(path), self.search_stores, env.betas,
                                   protocol_for(env, cfg.seed, min(cfg.trace_draws, env.draws)),
                                   stage="traces", episodes=True, traces=True, on_error="record",
-                                  workers=cfg.workers)
+                                  workers=workers)
             traces = tev.traces or []
             attach_answers(traces, tev.episodes or [])
         except CandidateFailure:
             traces = None  # the digest keeps its episode-level figures
-        with self.timer.time("digest"):
+        with self.timer.time("digest"), self._digest_lock:
             digest = make_digest(self.search, rows, ev.episodes, traces)
         return v, result, digest
 
@@ -426,7 +511,7 @@ class Discovery:
                                            workers=cfg.workers)
                 for r in ev.rows:
                     rows.append({**_clean_row(r), "round": best["round"],
-                                 "label": label(best["round"], best["name"])})
+                                 "label": label(best["id"], best["name"])})
                 if ev.errors:
                     held_verdict = first_error_verdict(ev.errors, sum(
                         r["draws"] * r["questions"] for r in ev.rows))
@@ -437,7 +522,7 @@ class Discovery:
             k = baselines.key("heldout", Path(spec.path).read_text(), ids, env.betas, proto)
 
             def compute(spec: ctl.ControllerSpec = spec) -> dict[str, Any]:
-                ev = evaluate(spec, held_stores, env.betas, proto, workers=cfg.workers)
+                ev = evaluate(spec, held_stores, env.betas, proto, executor=self.executor)
                 return {"rows": [_clean_row(r) for r in ev.rows]}
 
             rows += [{**r, "label": spec.name} for r in baselines.cached(k, compute)["rows"]]
@@ -447,11 +532,12 @@ class Discovery:
             per_controller[lab] = {"objective": obj, "store_objective": per}
         selection = {
             "selected": None if best is None else {
-                "round": best["round"], "name": best["name"], "objective": best["objective"],
-                "label": label(best["round"], best["name"])},
+                "round": best["round"], "slot": best["slot"], "id": best["id"],
+                "name": best["name"], "objective": best["objective"],
+                "label": label(best["id"], best["name"])},
             "rule": "highest search-split objective among eligible candidates (earliest on ties)",
             "heldout_objective": None if best is None else
-            per_controller.get(label(best["round"], best["name"]), {}).get("objective"),
+            per_controller.get(label(best["id"], best["name"]), {}).get("objective"),
             "heldout_verdict": held_verdict,
             "heldout_draws": draws,
             "heldout_stores": names,
@@ -482,13 +568,15 @@ class Discovery:
             "env": self.env.name,
             "model": cfg.model,
             "base_url": cfg.base_url,
-            "rounds_completed": len(self.history),
+            "rounds_completed": self.rounds_done(),
+            "candidates_evaluated": sum(1 for r in self.history if r.get("source")),
             "rounds_target": cfg.rounds,
             "spent_usd": None if agent is None else round(agent.spent_usd, 6),
             "budget_usd": cfg.budget_usd,
             "prompt_tokens": sum(c.get("prompt_tokens") or 0 for c in costs),
             "completion_tokens": sum(c.get("completion_tokens") or 0 for c in costs),
-            "best": None if best is None else {"round": best["round"], "name": best["name"],
+            "best": None if best is None else {"round": best["round"], "id": best["id"],
+                                               "name": best["name"],
                                                "objective": best["objective"]},
             "seeds": {s["name"]: s["objective"] for s in seeds},
             "verdicts": {k: sum(1 for r in self.history if r["verdict"]["kind"] == k)
@@ -515,8 +603,21 @@ class Discovery:
                 self.progress(f"report skipped: {e}")
 
 
-def label(round_no: int, name: str | None) -> str:
-    return f"r{round_no}:{name or 'candidate'}"
+@dataclass
+class _Slot:
+    """One candidate file of a round's response, while the round is built."""
+
+    j: int
+    source: str | None
+    verdict: dict[str, Any] | None = None
+    result: dict[str, Any] = field(default_factory=lambda: {
+        "rows": [], "objective": None, "store_objective": {}, "monotone": None, "errors": [],
+        "n_errors": 0})
+    digest: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str | None:
+        return controller_name(self.source) if self.source else None
 
 
 def _clean_row(r: dict[str, Any]) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from typing import Any
 
 from autotts.envdef import EnvDef
 
-PROMPT_VERSION = 1
+PROMPT_VERSION = 2
 CONTEXT_KEYS = ("store", "beta", "question", "draw", "step", "line")  # of a verdict, for the agent
 
 
@@ -80,9 +80,17 @@ same depth, opening past the pool, exceeding the budget) raise and count as fail
 
 ## How to answer
 
-Reason briefly about the feedback, then give exactly ONE complete controller file in a single \
-```python code block. Do not put any other code block in your answer.
+{how}
 """
+
+HOW_ONE = """\
+Reason briefly about the feedback, then give exactly ONE complete controller file in a single \
+```python code block. Do not put any other code block in your answer."""
+
+HOW_MANY = """\
+Reason briefly about the feedback, then give from 1 to {k} complete controller files, each in \
+its own ```python code block and each with its own NAME; they are evaluated side by side, so \
+make them test different ideas. Do not put any other code block in your answer."""
 
 CRITIC_SYSTEM = """\
 You review test-time-scaling controllers before they are evaluated. Each controller is one \
@@ -95,8 +103,10 @@ tokens, and logic errors. Answer with a first line that is exactly `VERDICT: APP
 8 short bullet points."""
 
 
-def system_message(example_source: str) -> str:
-    return SYSTEM.format(imports=_allowed_imports(), api=episode_api(), example=example_source)
+def system_message(example_source: str, candidates: int = 1) -> str:
+    how = HOW_ONE if candidates == 1 else HOW_MANY.format(k=candidates)
+    return SYSTEM.format(imports=_allowed_imports(), api=episode_api(), example=example_source,
+                         how=how)
 
 
 # ---- sections of the user message -------------------------------------------------------------
@@ -202,7 +212,8 @@ def seed_section(seeds: Sequence[dict[str, Any]], stores: Sequence[str],
 def _candidate_block(rec: dict[str, Any], stores: Sequence[str], title: str) -> list[str]:
     from autotts.discover.digest import render_digest
 
-    out = [f"## {title}: round {rec['round']}, {rec.get('name') or '(no name)'}", ""]
+    out = [f"## {title}: round {rec.get('id', rec['round'])}, {rec.get('name') or '(no name)'}",
+           ""]
     out += [f"Verdict: {_verdict_text(rec['verdict'])}", ""]
     if rec.get("rows"):
         mono = "monotone" if rec.get("monotone") else "NOT monotone"
@@ -233,16 +244,20 @@ def history_section(history: Sequence[dict[str, Any]], seeds: Sequence[dict[str,
         v = rec["verdict"]
         kind = v["kind"] if v["kind"] == "ok" else f"{v['kind']} ({v['stage']})"
         obj = "n/a" if rec.get("objective") is None else f"{rec['objective']:.2f}"
-        out.append(f"| {rec['round']} | {rec.get('name') or '–'} | {kind} | {obj} |")
+        out.append(f"| {rec.get('id', rec['round'])} | {rec.get('name') or '–'} | {kind} | {obj} |")
     out.append("")
     best = best_record(history)
     shown = set()
     if best is not None:
         out += _candidate_block(best, stores, "Best so far")
-        shown.add(best["round"])
-    for rec in [r for r in history if r["round"] not in shown][-recent:]:
+        shown.add(_key(best))
+    for rec in [r for r in history if _key(r) not in shown][-recent:]:
         out += _candidate_block(rec, stores, "Recent")
     return "\n".join(out)
+
+
+def _key(rec: dict[str, Any]) -> tuple[int, int]:
+    return rec["round"], rec.get("slot", 1)
 
 
 def best_record(history: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
@@ -250,18 +265,17 @@ def best_record(history: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
     eligible = [r for r in history if r.get("eligible") and r.get("objective") is not None]
     if not eligible:
         return None
-    return max(eligible, key=lambda r: (r["objective"], -r["round"]))
+    return max(eligible, key=lambda r: (r["objective"], *(-k for k in _key(r))))
 
 
 TASK = """\
 # Your task
 
-Propose proposal number {n}: a new controller that scores a higher objective than everything \
+This is round {n}. Propose {what} a higher objective than everything \
 above, with cost monotone in β. Use the trace digests: tokens spent on branches that are later \
 pruned are wasted; "wrong although the opened branches would have voted right" means the \
 aggregation or the stopping rule threw the answer away; "the whole pool would have voted right" \
-means more width helps; β points where cost falls break monotonicity. Give exactly one complete \
-controller file in a single ```python block."""
+means more width helps; β points where cost falls break monotonicity. {how}"""
 
 
 def build_messages(
@@ -272,17 +286,28 @@ def build_messages(
     seeds: Sequence[dict[str, Any]],
     history: Sequence[dict[str, Any]],
     recent: int,
+    candidates: int = 1,
 ) -> list[dict[str, str]]:
+    """The messages of the round after `history` (records of completed rounds, one per
+    candidate), asking for up to `candidates` controller files."""
     stores = [s["store"] for s in stats]
     with_seed_digests = best_record(history) is None
+    n = max((r["round"] for r in history), default=0) + 1
+    if candidates == 1:
+        what, how = "a new controller that scores", ("Give exactly one complete controller file in a single "
+                                         "```python block.")
+    else:
+        what = f"up to {candidates} new controllers, each of which should score"
+        how = (f"Give 1 to {candidates} complete controller files, each in its own ```python "
+               "block with its own NAME.")
     user = "\n\n".join([
         env_section(env, stats),
         seed_section(seeds, stores, with_seed_digests),
-        history_section(history, seeds, stores, recent),
-        TASK.format(n=len(history) + 1),
+        history_section(history, seeds, stores, max(recent, candidates)),
+        TASK.format(n=n, what=what, how=how),
     ])
     return [
-        {"role": "system", "content": system_message(example_source)},
+        {"role": "system", "content": system_message(example_source, candidates)},
         {"role": "user", "content": user},
     ]
 

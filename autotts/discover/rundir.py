@@ -8,9 +8,12 @@
       cache/           the response cache, one <sha256 of model+messages+params>.json per request
       requests.jsonl   every HTTP attempt and cache hit (purpose, round, status, tokens, cost)
       rounds/0001/     one directory per completed round:
-                         prompt.md  messages.json  response.json  candidate.py  critic.json
-                         verdict.json  results.json  digest.json  cost.json
-      runs.jsonl       the index: one line per completed round, then one for the final step
+                         prompt.md  messages.json  response.json  cost.json
+        c1/ c2/ ...    one per candidate of the response (c1 alone when the response had none:
+                       its verdict says why):
+                         candidate.py  critic.json  verdict.json  results.json  digest.json
+      runs.jsonl       the index: one line per candidate of each completed round, then one for
+                       the final step
       final/           selection.json  heldout.json  selected.py (the held-out step, once)
       summary.json     rewritten whenever an invocation stops
       report/          report.md / report.html / accuracy_vs_tokens.png
@@ -45,8 +48,22 @@ from autotts.discover.fsio import (
 from autotts.errors import ConfigError
 
 ROUND_RE = re.compile(r"^\d{4}$")
-ROUND_FILES = ("prompt.md", "messages.json", "response.json", "verdict.json", "results.json",
-               "digest.json", "cost.json")
+SLOT_RE = re.compile(r"^c(\d+)$")
+
+
+def slot_dir(round_dir: Path, slot: int) -> Path:
+    return round_dir / f"c{slot}"
+
+
+def label(cid: str | int, name: str | None) -> str:
+    """A candidate's curve label: "r3:NAME", "r3.2:NAME" for the second file of round 3."""
+    return f"r{cid}:{name or 'candidate'}"
+
+
+def candidate_id(round_no: int, slot: int) -> str:
+    """'3' for a round's first candidate, '3.2' for its second: labels stay those of one
+    candidate per round when the agent sends one."""
+    return str(round_no) if slot == 1 else f"{round_no}.{slot}"
 
 
 class RunDir:
@@ -118,14 +135,16 @@ class RunDir:
             raise ConfigError(f"{self.rounds}: round directories {done} are not contiguous from 1; "
                               "the run directory was edited by hand")
         repair_jsonl(self.index)
-        indexed = {e.get("round") for e in read_jsonl(self.index) if e.get("kind") == "round"}
-        extra = sorted(r for r in indexed if isinstance(r, int) and r not in done)
+        indexed = {(e.get("round"), e.get("slot", 1)) for e in read_jsonl(self.index)
+                   if e.get("kind") == "round"}
+        extra = sorted({r for r, _ in indexed if isinstance(r, int) and r not in done})
         if extra:
             raise ConfigError(f"{self.index} lists round(s) {extra} that have no directory; the "
                               "run directory was edited by hand")
         for n in done:
-            if n not in indexed:
-                append_jsonl(self.index, index_entry(self.load_round(n)))
+            for rec in self.load_round(n):
+                if (n, rec["slot"]) not in indexed:
+                    append_jsonl(self.index, index_entry(rec))
         if self.final.is_dir() and not any(e.get("kind") == "final"
                                            for e in read_jsonl(self.index)):
             append_jsonl(self.index, final_entry(read_json(self.final / "selection.json")))
@@ -149,10 +168,12 @@ class RunDir:
         return self.begin(f"{n:04d}", self.rounds)
 
     def _commit(self, tmp: Path, target: Path) -> None:
-        for f in tmp.iterdir():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-        fsync_dir(tmp)
+        for d in [tmp, *(p for p in tmp.iterdir() if p.is_dir())]:
+            for f in d.iterdir():
+                if f.is_file():
+                    with open(f, "rb") as fh:
+                        os.fsync(fh.fileno())
+            fsync_dir(d)
         if target.exists():
             raise ConfigError(f"{target} already exists: two discover processes on one run dir?")
         os.rename(tmp, target)
@@ -164,20 +185,32 @@ class RunDir:
     def append_index(self, entry: dict[str, Any]) -> None:
         append_jsonl(self.index, {**entry, "time": round(time.time(), 3)})
 
-    def load_round(self, n: int) -> dict[str, Any]:
-        """A completed round as the loop's history record."""
+    def load_round(self, n: int) -> list[dict[str, Any]]:
+        """A completed round as the loop's history records, one per candidate slot."""
         d = self.round_dir(n)
-        res = read_json(d / "results.json")
-        rec = dict(res)
-        rec["verdict"] = read_json(d / "verdict.json")
-        rec["digest"] = read_json(d / "digest.json")
-        rec["cost"] = read_json(d / "cost.json")
-        cand = d / "candidate.py"
-        rec["source"] = cand.read_text() if cand.is_file() else None
-        critic = d / "critic.json"
-        rec["critic"] = read_json(critic).get("review") if critic.is_file() else None
-        rec["path"] = str(cand) if cand.is_file() else None
-        return rec
+        cost = read_json(d / "cost.json")
+        slots = sorted(int(m.group(1)) for p in d.iterdir()
+                       if p.is_dir() and (m := SLOT_RE.match(p.name)))
+        if slots != list(range(1, len(slots) + 1)):
+            raise ConfigError(f"{d}: candidate directories c{slots} are not c1, c2, ... in "
+                              "order; the run directory was edited by hand")
+        recs = []
+        for j in slots:
+            c = slot_dir(d, j)
+            rec = dict(read_json(c / "results.json"))
+            rec["round"], rec["slot"], rec["id"] = n, j, candidate_id(n, j)
+            rec["verdict"] = read_json(c / "verdict.json")
+            rec["digest"] = read_json(c / "digest.json")
+            # The round's requests (the proposal, every critic call) are charged to its first
+            # candidate, so that sums over candidates are sums over requests.
+            rec["cost"] = cost if j == 1 else {}
+            cand = c / "candidate.py"
+            rec["source"] = cand.read_text() if cand.is_file() else None
+            critic = c / "critic.json"
+            rec["critic"] = read_json(critic).get("review") if critic.is_file() else None
+            rec["path"] = str(cand) if cand.is_file() else None
+            recs.append(rec)
+        return recs
 
     # ---- the final step ---------------------------------------------------------------------------
 
@@ -194,7 +227,8 @@ class RunDir:
 def index_entry(rec: dict[str, Any]) -> dict[str, Any]:
     v = rec["verdict"]
     cost = rec.get("cost") or {}
-    return {"kind": "round", "round": rec["round"], "name": rec.get("name"),
+    return {"kind": "round", "round": rec["round"], "slot": rec["slot"], "id": rec["id"],
+            "name": rec.get("name"),
             "verdict": v["kind"], "stage": v["stage"], "objective": rec.get("objective"),
             "eligible": bool(rec.get("eligible")), "cost_usd": cost.get("cost_usd"),
             "prompt_tokens": cost.get("prompt_tokens"),
@@ -203,6 +237,7 @@ def index_entry(rec: dict[str, Any]) -> dict[str, Any]:
 
 def final_entry(selection: dict[str, Any]) -> dict[str, Any]:
     sel = selection.get("selected") or {}
-    return {"kind": "final", "selected_round": sel.get("round"), "selected": sel.get("name"),
+    return {"kind": "final", "selected_round": sel.get("round"), "selected_id": sel.get("id"),
+            "selected": sel.get("name"),
             "search_objective": sel.get("objective"),
             "heldout_objective": selection.get("heldout_objective")}

@@ -2,7 +2,8 @@
 the end of a run): result rows for the plot, and the per-round, held-out and spend tables.
 
 Rows: the seeds' and every evaluated candidate's β curves on the search stores (candidates are
-labelled "r<round>:<NAME>", so two rounds with the same NAME stay two curves), and the held-out
+labelled "r<round>:<NAME>", "r<round>.<k>:<NAME>" for a round's k-th file, so two candidates with
+the same NAME stay two curves), and the held-out
 rows of the selected candidate and the baselines. Search and held-out stores have different names,
 so they get separate panels of the plot.
 """
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from autotts.discover.fsio import read_json, read_jsonl
-from autotts.discover.rundir import RunDir
+from autotts.discover.rundir import RunDir, label
 from autotts.errors import ConfigError
 
 
@@ -32,10 +33,6 @@ def is_run_dir(path: str | Path) -> bool:
     return p.is_dir() and (p / "config.json").is_file() and (p / "rounds").is_dir()
 
 
-def _label(n: int, name: str | None) -> str:
-    return f"r{n}:{name or 'candidate'}"
-
-
 def read_run_dir(path: str | Path) -> RunReport:
     """Rows and tables of a discovery run directory (complete or not)."""
     rd = RunDir(path)
@@ -47,15 +44,14 @@ def read_run_dir(path: str | Path) -> RunReport:
     for s in seeds:
         rows += [{**r, "controller": s["name"], "split": "search"} for r in s["rows"]]
     rounds_table = []
-    for n in rd.completed():
-        rec = rd.load_round(n)
-        lab = _label(n, rec.get("name"))
+    for rec in (rec for n in rd.completed() for rec in rd.load_round(n)):
+        lab = label(rec["id"], rec.get("name"))
         v = rec["verdict"]
         cost = rec.get("cost") or {}
-        rows += [{**r, "controller": lab, "split": "search", "round": n}
+        rows += [{**r, "controller": lab, "split": "search", "round": rec["round"]}
                  for r in rec.get("rows") or []]
         rounds_table.append({
-            "round": n, "name": rec.get("name") or "–",
+            "round": rec["id"], "name": rec.get("name") or "–",
             "verdict": v["kind"] if v["kind"] == "ok" else f"{v['kind']} ({v['stage']})",
             "message": (v.get("message") or "")[:120],
             "objective": rec.get("objective"),

@@ -156,15 +156,18 @@ def bench_executors(console: Console, draws: int, workers: int) -> dict[str, Any
     and on a local Ray runtime with as many CPUs, in the same run, alternating (local, Ray, local,
     Ray) so that a change of machine load hits both; local keeps the better of its two. Ray's
     start-up is timed apart; its first evaluation also ships the stores to the object store, the
-    second finds them there. Skipped (None) when Ray is not installed."""
+    second finds them there. Then the same for the sandboxed path that discovery takes for agent
+    code: sandbox processes here vs started by the Ray workers. Skipped (None) when Ray is not
+    installed."""
     try:
-        import ray
+        import ray  # noqa: F401  (only whether it is installed)
     except ImportError:
         console.print("[bold]executors[/]: skipped, Ray is not installed (pip install 'autotts[ray]')")
         return None
     from autotts.cli import parse_sets
     from autotts.evaluate import Protocol, evaluate
     from autotts.executors import RayExecutor
+    from autotts.sandbox import evaluate_sandboxed
     from autotts.store import open_store
 
     config = next(c["config"] for c in reference_cells() if c["controller"] == "parallel_probe")
@@ -175,6 +178,11 @@ def bench_executors(console: Console, draws: int, workers: int) -> dict[str, Any
         return _timed(lambda: evaluate("parallel_probe", stores, None, Protocol(draws=draws),
                                        overrides=overrides, workers=workers, executor=executor))
 
+    def run_sandboxed(executor: Any) -> tuple[float, Any]:
+        return _timed(lambda: evaluate_sandboxed(
+            "parallel_probe", stores, None, Protocol(draws=draws), overrides=overrides,
+            workers=workers, executor=executor))
+
     console.print(f"[bold]executors[/]: Parallel-Probe over the 8 stores, {draws} draws, "
                   f"local {workers} workers vs Ray with {workers} CPUs")
     local1_s, local = run("local")
@@ -183,22 +191,30 @@ def bench_executors(console: Console, draws: int, workers: int) -> dict[str, Any
         first_s, first = run(ex)
         local2_s, _ = run("local")
         again_s, again = run(ex)
+        sb_local1_s, sb_local = run_sandboxed(None)
+        sb_ray_s, sb_ray = run_sandboxed(ex)
+        sb_local2_s, _ = run_sandboxed(None)
     finally:
-        if ex.started_runtime:
-            ray.shutdown()
+        ex.close()
     local_s = min(local1_s, local2_s)
-    same = local.rows == first.rows == again.rows
+    same = local.rows == first.rows == again.rows == sb_local.rows == sb_ray.rows
+    sb_local_s = min(sb_local1_s, sb_local2_s)
     r = {"draws": draws, "workers": workers, "local_s": local_s, "local_runs_s": [local1_s, local2_s],
          "ray_start_s": start_s, "ray_first_s": first_s, "ray_again_s": again_s,
          "ray_over_local_first": first_s / local_s, "ray_over_local_again": again_s / local_s,
-         "identical": same}
+         "sandboxed_local_s": sb_local_s, "sandboxed_ray_s": sb_ray_s,
+         "sandboxed_ray_over_local": sb_ray_s / sb_local_s, "identical": same}
     console.print(
         f"  local {local_s:.2f} s (runs {local1_s:.2f}, {local2_s:.2f})   Ray: start-up "
         f"{start_s:.1f} s, first run {first_s:.2f} s (ships the stores), again {again_s:.2f} s"
     )
     console.print(
         f"  Ray / local = {r['ray_over_local_first']:.2f}× (first), "
-        f"{r['ray_over_local_again']:.2f}× (again); results identical: "
+        f"{r['ray_over_local_again']:.2f}× (again)"
+    )
+    console.print(
+        f"  sandboxed: local {sb_local_s:.2f} s, on Ray workers {sb_ray_s:.2f} s "
+        f"(Ray / local = {r['sandboxed_ray_over_local']:.2f}×); all results identical: "
         f"{'yes' if same else '[red]NO[/]'}"
     )
     return r
@@ -256,6 +272,8 @@ def run_bench(console: Console, *, quick: bool = False, workers: int = 2,
     if ex is not None:
         t.add_row(f"Ray / local, Parallel-Probe × 8 stores, {workers} CPUs",
                   f"{ex['ray_over_local_first']:.2f}× ({ex['ray_over_local_again']:.2f}× again)")
+        t.add_row("Ray / local, same, sandboxed (discovery's candidates)",
+                  f"{ex['sandboxed_ray_over_local']:.2f}×")
         t.add_row("Ray start-up", f"{ex['ray_start_s']:.1f} s")
     t.add_row("sandbox overhead (Parallel-Probe)", f"{sb['ratio']:.2f}×")
     console.print(t)

@@ -237,6 +237,16 @@ class RayExecutor:
         self._refs: dict[str, Any] = {}  # store fingerprint -> its object-store copy
         self._lock = threading.Lock()
 
+    def close(self) -> None:
+        """Drop the shipped stores and stop the runtime if this executor started it (one it
+        joined keeps running). Object references must not outlive their runtime: freed after a
+        later ray.init in the same process, they break that runtime's object store."""
+        with self._lock:
+            self._refs.clear()
+        if self.started_runtime and self._ray.is_initialized():
+            self._ray.shutdown()
+        self.started_runtime = False
+
     def _put(self, data: ReplayData) -> tuple[str, Any]:
         key = fingerprint(data)
         with self._lock:  # the discovery loop evaluates several candidates from threads

@@ -154,8 +154,7 @@ def runtime():
     """One local runtime (in this process, on 127.0.0.1) for the in-process tests."""
     ex = RayExecutor(num_cpus=2, connect_timeout_s=60, task_timeout_s=TASK_TIMEOUT_S)
     yield ex
-    if ex.started_runtime:
-        ray.shutdown()
+    ex.close()
 
 
 def _rows(result_rows: list[dict[str, object]]) -> list[tuple[object, ...]]:
@@ -255,8 +254,19 @@ def test_sandboxed_failure_on_ray_is_a_verdict(runtime, store_dirs, tmp_path: Pa
 def test_discovery_on_ray_matches_local(runtime, tmp_path: Path, monkeypatch):
     """A discovery round with three candidates, evaluated through the Ray executor (seeds as
     Ray work units, candidates in sandbox processes started by Ray workers), writes the same
-    bytes as the same round on local processes."""
-    from discover_helpers import BROKEN, GOOD, GOOD_B, assert_same_rounds, config, make_env, several
+    bytes as the same round on local processes: in this process (joining its runtime), and as
+    `autotts discover --executor ray` (starting a runtime of its own, with the seeds cached, so
+    that the first use of Ray comes while the candidates are evaluated)."""
+    from discover_helpers import (
+        BROKEN,
+        GOOD,
+        GOOD_B,
+        assert_same_rounds,
+        cli_env,
+        config,
+        make_env,
+        several,
+    )
 
     from autotts.discover import run_discovery
     from autotts.discover.fakeserver import FakeOpenAI
@@ -272,8 +282,8 @@ def test_discovery_on_ray_matches_local(runtime, tmp_path: Path, monkeypatch):
 
     monkeypatch.setattr(RayExecutor, "map_stores", counting)
     dirs = {}
+    # A baseline cache per executor, so the Ray run computes its seeds through Ray too.
     for executor in ("local", "ray"):
-        # A baseline cache per run, so the Ray run computes its seeds through Ray too.
         monkeypatch.setenv("AUTOTTS_CACHE_HOME", str(tmp_path / f"cache-{executor}"))
         dirs[executor] = tmp_path / f"run-{executor}"
         with FakeOpenAI(script) as server:
@@ -284,6 +294,19 @@ def test_discovery_on_ray_matches_local(runtime, tmp_path: Path, monkeypatch):
     assert (dirs["ray"] / "seeds.json").read_bytes() == (dirs["local"] / "seeds.json").read_bytes()
     assert_same_rounds(dirs["local"], dirs["ray"])
     assert ray.is_initialized()  # the run joined this process's runtime and left it running
+
+    dirs["cli"] = tmp_path / "run-cli"
+    with FakeOpenAI(script) as server:
+        proc = subprocess.run(
+            [sys.executable, "-m", "autotts", "discover", "--env", str(env), "--run-dir",
+             str(dirs["cli"]), "--model", "fake-model", "--base-url", server.url, "--rounds", "1",
+             "--candidates", "3", "--workers", "2", "--executor", "ray"],
+            capture_output=True, text=True, cwd=REPO, timeout=240,
+            env={**os.environ, **cli_env(server.url),
+                 "AUTOTTS_CACHE_HOME": str(tmp_path / "cache-local")},
+        )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert_same_rounds(dirs["local"], dirs["cli"])
 
 
 # ---- collection shards as Ray tasks ----------------------------------------------------------
@@ -383,21 +406,22 @@ def test_head_on_loopback_matches_local_executor(store_dirs, tmp_path: Path):
              f"--temp-dir={temp}"],
             env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True,
         )
-    # One deadline for the whole test: a broken head or driver fails it well within 2 minutes.
-    deadline = time.monotonic() + 100
+    # One deadline for the whole test: a broken head or driver fails it within about 2 minutes.
+    deadline = time.monotonic() + 130
     try:
         _wait_until(lambda: b"Ray runtime started" in log.read_bytes(), head, 60, "ray start")
         address = f"127.0.0.1:{port}"
         proto = Protocol(draws=4)
         # The drivers are `autotts eval` processes, as a user runs them: Ray reads RAY_AUTH_MODE
-        # when it is imported, and this process already runs a runtime of its own.
-        for controller in ("parallel_probe", "cmc"):
+        # when it is imported, and this process already runs a runtime of its own. With
+        # --sandbox, the head's workers start the sandbox processes.
+        for controller, extra in (("parallel_probe", []), ("cmc", []), ("asc", ["--sandbox"])):
             out = tmp_path / f"{controller}.json"
             driver = subprocess.run(
                 [sys.executable, "-m", "autotts", "eval", "--controller", controller,
                  *[a for d in store_dirs for a in ("--store", d)], "--betas", "0,1",
                  "--draws", str(proto.draws), "--executor", "ray", "--ray-address", address,
-                 "--json", str(out)],
+                 "--json", str(out), *extra],
                 env=env, cwd=REPO, capture_output=True, text=True,
                 timeout=max(1.0, deadline - time.monotonic()),
             )

@@ -8,9 +8,12 @@ sandbox (admission, smoke, sweep, traces), digests, prompts, the held-out step a
 non-LLM time = wall time − time spent in (or backing off from) chat requests.
 
     python -m autotts.discover.bench [--env FILE] [--rounds 5] [--workers 2] [--mode both]
+                                     [--executor local|ray]
 
 The seeds' and baselines' curves are cached across runs (autotts.discover.baselines): "cold" is a
-first run on a machine, "warm" every later run on the same environment.
+first run on a machine, "warm" every later run on the same environment. `--mode side-by-side`
+times the same proposals (--rounds of them) once one per round and once all in one round
+(--candidates), both warm, in the same invocation.
 """
 
 from __future__ import annotations
@@ -172,21 +175,27 @@ class AdaptiveBatches:
 PROPOSALS = [PROBE_CONSENSUS, SYNTAX_ERROR, INVALID_ACTION, NON_MONOTONE, ADAPTIVE_BATCHES]
 
 
-def script(rounds: int) -> list[dict[str, Any]]:
-    return [{"content": f"Proposal {i + 1}.\n\n```python\n{PROPOSALS[i % len(PROPOSALS)]}```\n"}
-            for i in range(rounds)]
+def script(rounds: int, candidates: int = 1) -> list[dict[str, Any]]:
+    out = []
+    for r in range(rounds):
+        files = [PROPOSALS[(r * candidates + j) % len(PROPOSALS)] for j in range(candidates)]
+        out.append({"content": f"Round {r + 1}.\n\n"
+                    + "\n".join(f"```python\n{f}```\n" for f in files)})
+    return out
 
 
-def scripted_run(env: str, rounds: int, workers: int, run_dir: Path) -> dict[str, Any]:
+def scripted_run(env: str, rounds: int, workers: int, run_dir: Path, candidates: int = 1,
+                 executor: str = "local") -> dict[str, Any]:
     """One scripted run into `run_dir`; its timing figures."""
     t_start = time.monotonic()
 
     def progress(msg: str) -> None:
         print(f"{time.monotonic() - t_start:7.1f}s {msg}", file=sys.stderr, flush=True)
 
-    with FakeOpenAI(script(rounds), model="scripted") as server:
+    with FakeOpenAI(script(rounds, candidates), model="scripted") as server:
         cfg = DiscoverConfig(env=env, run_dir=run_dir, model="scripted", base_url=server.url,
                              api_key="scripted", rounds=rounds, workers=workers,
+                             candidates=candidates, executor=executor,
                              prices=load_prices('{"scripted": {"input": 0, "output": 0}}'))
         r0 = resource.getrusage(resource.RUSAGE_SELF)
         c0 = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -200,6 +209,7 @@ def scripted_run(env: str, rounds: int, workers: int, run_dir: Path) -> dict[str
            + c1.ru_utime + c1.ru_stime - c0.ru_utime - c0.ru_stime)
     return {
         "rounds": summary["rounds_completed"],
+        "candidates": summary["candidates_evaluated"],
         "verdicts": summary["verdicts"],
         "wall_s": round(wall, 2),
         "llm_s": inv["llm_s"],
@@ -217,13 +227,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--env", default=str(envs_dir() / "aime-qwen3.toml"))
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--mode", choices=("cold", "warm", "both"), default="both",
+    ap.add_argument("--mode", choices=("cold", "warm", "both", "side-by-side"), default="both",
                     help="cold: an empty baseline cache (a first run on this machine); warm: the "
-                    "seeds' and baselines' curves already cached by an earlier run")
+                    "seeds' and baselines' curves already cached by an earlier run; "
+                    "side-by-side: --rounds proposals one per round vs all in one round")
+    ap.add_argument("--executor", choices=("local", "ray"), default="local")
     ap.add_argument("--json", default=None, help="write the figures as JSON")
     args = ap.parse_args(argv)
     figures: dict[str, Any] = {"env": args.env, "workers": args.workers, "os_cpus": os.cpu_count(),
+                               "executor": args.executor,
                                "load_avg_1m": round(os.getloadavg()[0], 2)}
+    if args.mode == "side-by-side" and not 2 <= args.rounds <= 8:
+        ap.error("--mode side-by-side needs --rounds between 2 and 8 (the proposals of one round)")
+    ex = args.executor
     with tempfile.TemporaryDirectory(prefix="autotts-discover-bench-") as tmp:
         # A private baseline cache: "cold" really starts empty, and ~/.cache is left alone.
         old = os.environ.get("AUTOTTS_CACHE_HOME")
@@ -231,25 +247,36 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         try:
             if args.mode in ("cold", "both"):
                 figures["cold"] = scripted_run(args.env, args.rounds, args.workers,
-                                               Path(tmp) / "cold")
+                                               Path(tmp) / "cold", executor=ex)
+            if args.mode in ("warm", "side-by-side"):
+                print("filling the baseline cache first ...", file=sys.stderr)
+                scripted_run(args.env, 0, args.workers, Path(tmp) / "fill", executor=ex)
             if args.mode in ("warm", "both"):
-                if args.mode == "warm":
-                    print("filling the baseline cache first ...", file=sys.stderr)
-                    scripted_run(args.env, args.rounds, args.workers, Path(tmp) / "fill")
                 figures["warm"] = scripted_run(args.env, args.rounds, args.workers,
-                                               Path(tmp) / "warm")
+                                               Path(tmp) / "warm", executor=ex)
+            if args.mode == "side-by-side":
+                figures["one_per_round"] = scripted_run(
+                    args.env, args.rounds, args.workers, Path(tmp) / "sequential", executor=ex)
+                figures["side_by_side"] = scripted_run(
+                    args.env, 1, args.workers, Path(tmp) / "side-by-side",
+                    candidates=args.rounds, executor=ex)
         finally:
             if old is None:
                 os.environ.pop("AUTOTTS_CACHE_HOME", None)
             else:
                 os.environ["AUTOTTS_CACHE_HOME"] = old
     print(json.dumps(figures, indent=2))
-    for mode in ("cold", "warm"):
+    for mode in ("cold", "warm", "one_per_round", "side_by_side"):
         if mode in figures:
             f = figures[mode]
-            print(f"{mode}: non-LLM time of a {f['rounds']}-round scripted run: "
-                  f"{f['non_llm_s']:.1f} s (wall {f['wall_s']:.1f} s, LLM {f['llm_s']:.2f} s, "
-                  f"CPU {f['cpu_s']:.1f} s, {args.workers} workers)")
+            print(f"{mode}: non-LLM time of a {f['rounds']}-round scripted run "
+                  f"({f['candidates']} candidates): {f['non_llm_s']:.1f} s (wall "
+                  f"{f['wall_s']:.1f} s, LLM {f['llm_s']:.2f} s, CPU {f['cpu_s']:.1f} s, "
+                  f"{args.workers} workers, {ex} executor)")
+    if "side_by_side" in figures:
+        a, b = figures["one_per_round"], figures["side_by_side"]
+        figures["speedup_side_by_side"] = round(a["non_llm_s"] / b["non_llm_s"], 3)
+        print(f"side by side: {figures['speedup_side_by_side']:.2f}× faster than one per round")
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
     return figures

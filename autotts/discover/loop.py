@@ -55,7 +55,6 @@ from autotts.discover.prompt import (
 )
 from autotts.discover.rundir import (
     RunDir,
-    candidate_id,
     final_entry,
     index_entry,
     label,
@@ -132,6 +131,7 @@ class Discovery:
         self.agent: Agent | None = None
         self._executor: Any = None
         self._digest_lock = threading.Lock()  # SearchData's caches are filled lazily
+        self._setup_lock = threading.Lock()
 
     # ---- identity and seeds -------------------------------------------------------------------
 
@@ -219,27 +219,30 @@ class Discovery:
     def executor(self) -> Any:
         """Where evaluations run (--executor): made on first use, so a run whose seeds are all
         cached never starts or joins a Ray cluster."""
-        if self._executor is None:
-            from autotts.executors import make_executor
+        with self._setup_lock:  # candidates' threads may ask for it first, at the same moment
+            if self._executor is None:
+                from autotts.executors import make_executor
 
-            self._executor = make_executor(self.cfg.executor, workers=self.cfg.workers,
-                                           address=self.cfg.ray_address)
-        return self._executor
+                self._executor = make_executor(self.cfg.executor, workers=self.cfg.workers,
+                                               address=self.cfg.ray_address)
+            return self._executor
 
     def close(self) -> None:
-        """Stop a Ray runtime this run started (one it joined keeps running)."""
-        if getattr(self._executor, "started_runtime", False):
-            import ray
-
-            ray.shutdown()
+        """Release the executor: a Ray runtime this run started stops (one it joined keeps
+        running)."""
+        if hasattr(self._executor, "close"):
+            self._executor.close()
+        if isinstance(self._backend, SandboxBackend):
+            self._backend.executor = None
         self._executor = None
 
     @property
     def backend(self) -> Backend:
         if self._backend is None:
-            self._backend = SandboxBackend(
-                self.cfg.sandbox_limits,
-                None if self.cfg.executor == "local" else self.executor)
+            executor = None if self.cfg.executor == "local" else self.executor
+            with self._setup_lock:
+                if self._backend is None:
+                    self._backend = SandboxBackend(self.cfg.sandbox_limits, executor)
         return self._backend
 
     def load_history(self) -> list[dict[str, Any]]:
@@ -321,12 +324,16 @@ class Discovery:
         obj = "" if rec.get("objective") is None else f", objective {rec['objective']:.2f}"
         best = best_record(self.history)
         best_txt = ("none yet" if best is None else
-                    f"round {best['id']} {best['name']} ({best['objective']:.2f})")
+                    f"{label(best['id'], best['name'])} ({best['objective']:.2f})")
         spent = self.agent.spent_usd if self.agent else 0.0
         cap = "" if self.cfg.budget_usd is None else f" / ${self.cfg.budget_usd:.2f}"
-        self.progress(f"round {rec['id']}/{self.cfg.rounds}: {rec.get('name') or '–'}: "
+        self.progress(f"{self._where(rec['round'], rec['slot'])}: {rec.get('name') or '–'}: "
                       f"{v['kind']}{'' if v['kind'] == OK else ' at ' + v['stage']}{obj} | "
                       f"spent ${spent:.4f}{cap} | best so far: {best_txt}")
+
+    def _where(self, n: int, slot: int) -> str:
+        where = f"round {n}/{self.cfg.rounds}"
+        return where if self.cfg.candidates == 1 else f"{where} c{slot}"
 
     def round(self, n: int, seeds: Sequence[dict[str, Any]], smoke: Store
               ) -> list[dict[str, Any]]:
@@ -398,11 +405,13 @@ class Discovery:
         share --workers; on Ray the cluster's CPUs are shared by its scheduler."""
         if not slots:
             return
+        # Start or join Ray (if asked) here, in the main thread: a Ray driver made in a thread
+        # that then ends loses its object store connection.
+        _ = self.backend
         workers = max(1, self.cfg.workers // len(slots))
 
         def one(sl: _Slot) -> None:
-            cid = candidate_id(n, sl.j)
-            self.progress(f"round {cid}/{self.cfg.rounds}: evaluating {sl.name}")
+            self.progress(f"{self._where(n, sl.j)}: evaluating {sl.name}")
             sl.verdict, sl.result, sl.digest = self.evaluate_candidate(
                 slot_dir(tmp, sl.j) / "candidate.py", sl.source or "", smoke,
                 fname=f"rounds/{n:04d}/c{sl.j}/candidate.py", workers=workers)

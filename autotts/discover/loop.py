@@ -592,6 +592,8 @@ class Discovery:
                          for k in sorted({r["verdict"]["kind"] for r in self.history})},
             "selection": selection,
             "this_invocation": {
+                "executor": cfg.executor if cfg.executor == "local" else
+                f"{cfg.executor} ({cfg.ray_address or 'local runtime'})",
                 "wall_s": round(wall, 3),
                 "http_calls": 0 if agent is None else agent.http_calls,
                 "llm_s": 0.0 if agent is None else round(agent.llm_seconds, 3),

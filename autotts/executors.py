@@ -238,9 +238,8 @@ class RayExecutor:
         self._lock = threading.Lock()
 
     def close(self) -> None:
-        """Drop the shipped stores and stop the runtime if this executor started it (one it
-        joined keeps running). Object references must not outlive their runtime: freed after a
-        later ray.init in the same process, they break that runtime's object store."""
+        """Drop the shipped stores (references into this runtime's object store) and stop the
+        runtime if this executor started it; one it joined keeps running."""
         with self._lock:
             self._refs.clear()
         if self.started_runtime and self._ray.is_initialized():

@@ -294,8 +294,8 @@ def build_messages(
     with_seed_digests = best_record(history) is None
     n = max((r["round"] for r in history), default=0) + 1
     if candidates == 1:
-        what, how = "a new controller that scores", ("Give exactly one complete controller file in a single "
-                                         "```python block.")
+        what = "a new controller that scores"
+        how = "Give exactly one complete controller file in a single ```python block."
     else:
         what = f"up to {candidates} new controllers, each of which should score"
         how = (f"Give 1 to {candidates} complete controller files, each in its own ```python "

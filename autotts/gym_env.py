@@ -48,14 +48,26 @@ BRANCH_FEATURES = 6
 GLOBAL_FEATURES = 5
 
 
-def plurality(latest: np.ndarray) -> tuple[int, float]:
+def plurality(latest: np.ndarray | list[int]) -> tuple[int, float]:
     """(answer, vote share) of the most frequent revealed answer; ties go to the first seen."""
-    seen = latest[latest >= 0]
-    if len(seen) == 0:
+    return _lead(_votes(latest.tolist() if isinstance(latest, np.ndarray) else latest))
+
+
+def _lead(counts: dict[int, int]) -> tuple[int, float]:
+    if not counts:
         return NO_ANSWER, 0.0
-    values, first, counts = np.unique(seen, return_index=True, return_counts=True)
-    best = counts == counts.max()
-    return int(values[best][np.argmin(first[best])]), float(counts.max() / len(seen))
+    leader = max(counts, key=counts.__getitem__)  # the first of the tied: dicts keep order
+    return leader, counts[leader] / sum(counts.values())
+
+
+def _votes(answers: list[int]) -> dict[int, int]:
+    """Revealed answers (>= 0) and their counts, in order of first appearance. Plain Python:
+    a step sees a handful of branches, where numpy's per-call overhead dominates."""
+    counts: dict[int, int] = {}
+    for a in answers:
+        if a >= 0:
+            counts[a] = counts.get(a, 0) + 1
+    return counts
 
 
 class WidthDepthEnv(gym.Env[dict[str, np.ndarray], int]):
@@ -97,7 +109,8 @@ class WidthDepthEnv(gym.Env[dict[str, np.ndarray], int]):
         self.max_steps = int(max_steps) if max_steps else 4 * self.branch_cap * (self.max_depth + 2)
         self.render_mode = render_mode
         cap = self.branch_cap
-        self.action_space = spaces.Discrete(3 + 2 * cap)
+        self._n_actions = 3 + 2 * cap
+        self.action_space = spaces.Discrete(self._n_actions)
         self.observation_space = spaces.Dict(
             {
                 "branches": spaces.Box(0.0, 1.0, shape=(cap, BRANCH_FEATURES), dtype=np.float32),
@@ -134,7 +147,7 @@ class WidthDepthEnv(gym.Env[dict[str, np.ndarray], int]):
     ) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
         ep = self._require_episode()
         a = int(action)
-        if not self.action_space.contains(a):
+        if not 0 <= a < self._n_actions:
             raise ConfigError(f"action {action!r} is outside {self.action_space}")
         self._steps += 1
         before = ep.tokens
@@ -209,32 +222,28 @@ class WidthDepthEnv(gym.Env[dict[str, np.ndarray], int]):
         ep = self._require_episode()
         cap = self.branch_cap
         k = min(ep.num_opened, cap)
+        latest = ep.latest[:k].tolist()
+        pruned = ep.pruned[:k].tolist()
+        counts = _votes([a for a, p in zip(latest, pruned, strict=True) if not p])
+        n_valid = sum(counts.values())
+        leader, share = _lead(counts)
         branches = np.zeros((cap, BRANCH_FEATURES), dtype=np.float32)
-        latest, pruned = ep.latest[:k], ep.pruned[:k]
-        alive = latest[~pruned]
-        leader, share = plurality(alive)
         if k:
-            finished = ep.finished[:k]
-            branches[:k, 0] = 1.0
-            branches[:k, 1] = ~(finished | pruned)
-            branches[:k, 2] = finished
-            branches[:k, 3] = np.minimum(ep.depths[:k] / self.max_depth, 1.0)
-            branches[:k, 4] = (latest == leader) & (latest >= 0)
-            valid = alive[alive >= 0]
-            if len(valid):
-                values, counts = np.unique(valid, return_counts=True)
-                pos = np.searchsorted(values, latest)
-                hit = (pos < len(values)) & (latest >= 0)
-                hit[hit] &= values[pos[hit]] == latest[hit]
-                branches[:k, 5][hit] = counts[pos[hit]] / len(valid)
-        distinct = len(np.unique(alive[alive >= 0]))
+            finished = ep.finished[:k].tolist()
+            depths = ep.depths[:k].tolist()
+            depth_scale = 1.0 / self.max_depth
+            branches[:k] = [
+                (1.0, not (f or p), f, min(d * depth_scale, 1.0), a >= 0 and a == leader,
+                 counts.get(a, 0) / n_valid if n_valid else 0.0)
+                for a, p, f, d in zip(latest, pruned, finished, depths, strict=True)
+            ]
         glob = np.array(
             [
                 k / cap,
                 min(ep.tokens / self.token_scale, 1.0),
                 share,
                 (ep.pool_size - ep.num_opened) / ep.pool_size,
-                min(distinct / cap, 1.0),
+                min(len(counts) / cap, 1.0),
             ],
             dtype=np.float32,
         )

@@ -95,3 +95,45 @@ def test_sync_vector_env(store):
         obs, rewards, _, _, _ = envs.step(np.array([BRANCH, READ_NEW, ANSWER]))
         assert rewards.shape == (3,)
     envs.close()
+
+
+def reference_obs(env: WidthDepthEnv) -> dict[str, np.ndarray]:
+    """The observation as the module docstring defines it, computed the slow, obvious way."""
+    ep, cap = env._ep, env.branch_cap
+    k = min(ep.num_opened, cap)
+    latest, pruned = ep.latest[:k], ep.pruned[:k]
+    alive = [int(a) for a, p in zip(latest, pruned, strict=True) if not p and a >= 0]
+    votes = {a: alive.count(a) for a in alive}
+    leader = max(votes, key=lambda a: (votes[a], -alive.index(a))) if votes else -1
+    branches = np.zeros((cap, 6), dtype=np.float32)
+    for i in range(k):
+        a, fin = int(latest[i]), bool(ep.finished[i])
+        branches[i] = [1.0, not (fin or pruned[i]), fin, min(ep.depths[i] / env.max_depth, 1.0),
+                       a >= 0 and a == leader, votes.get(a, 0) / len(alive) if alive else 0.0]
+    glob = np.array([k / cap, min(ep.tokens / env.token_scale, 1.0),
+                     votes[leader] / len(alive) if alive else 0.0,
+                     (ep.pool_size - ep.num_opened) / ep.pool_size, min(len(votes) / cap, 1.0)],
+                    dtype=np.float32)
+    return {"branches": branches, "globals": glob}
+
+
+def test_observation_features_match_their_definition():
+    from autotts.synth import SynthParams, generate
+
+    store = generate(SynthParams(questions=6, branches=24, seed=5))
+    env = WidthDepthEnv(store, branch_cap=10, max_depth=8)
+    rng = np.random.default_rng(0)
+    obs, _ = env.reset(seed=0)
+    checked = 0
+    for step in range(3000):
+        ref = reference_obs(env)
+        np.testing.assert_allclose(obs["branches"], ref["branches"], rtol=1e-6)
+        np.testing.assert_allclose(obs["globals"], ref["globals"], rtol=1e-6)
+        checked += int(obs["branches"][:, 5].any() and (obs["branches"][:, 1] == 0).any())
+        mask = env.action_masks()
+        mask[ANSWER] = step % 40 == 39
+        choices = np.flatnonzero(mask)
+        obs, _, term, trunc, _ = env.step(int(rng.choice(choices)) if len(choices) else ANSWER)
+        if term or trunc:
+            obs, _ = env.reset()
+    assert checked > 100  # states with votes and stopped (pruned or finished) branches were seen

@@ -23,7 +23,6 @@ import html
 import io
 import json
 import math
-import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,12 +41,7 @@ SUMMARY_NAME = "summary.json"
 REQUIRED = ("store", "controller", "accuracy", "tokens")
 
 
-def write_file(path: Path, data: bytes) -> None:
-    """Atomic write, readable by others like any file the user writes (a report is for sharing)."""
-    atomic_write_bytes(path, data)
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(path, 0o666 & ~mask)
+write_file = atomic_write_bytes  # reports are written atomically, like every other file
 
 
 # ---- metrics ----------------------------------------------------------------------------------

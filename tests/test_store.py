@@ -131,6 +131,17 @@ def test_write_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     assert st.read_store_dir(target).questions.column("gold").to_pylist() == ["1"]
 
 
+def test_atomic_writes_get_ordinary_permissions(tmp_path: Path):
+    """Not mkstemp's owner-only 0600: a new file gets 0666 minus the umask (as `open` would
+    give it), a replaced one keeps its mode."""
+    fresh = tmp_path / "out.json"
+    st.atomic_write_bytes(fresh, b"{}")
+    assert fresh.stat().st_mode & 0o777 == 0o666 & ~st._UMASK
+    fresh.chmod(0o640)
+    st.atomic_write_bytes(fresh, b"[]")
+    assert fresh.stat().st_mode & 0o777 == 0o640 and fresh.read_bytes() == b"[]"
+
+
 GOOD_Q = {
     "question": "q",
     "gold_answer": "1",

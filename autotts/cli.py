@@ -196,16 +196,10 @@ def eval_cmd(
         def tick(done: int, total: int) -> None:
             prog.update(task, completed=done, total=total)
 
-        kwargs: dict[str, Any] = {"executor": executor, "ray_address": ray_address}
-        if sandbox:  # sandbox processes here, or started by the Ray cluster's workers
-            from autotts.executors import make_executor
-
-            kwargs = {"executor": None if executor == "local" else
-                      make_executor(executor, workers=workers, address=ray_address)}
         result = evaluate(
             controller, stores, beta_list, proto, overrides=overrides, workers=workers,
-            episodes=episodes is not None, traces=traces is not None, on_error=errors,
-            progress=tick, **kwargs,
+            executor=executor, ray_address=ray_address, episodes=episodes is not None,
+            traces=traces is not None, on_error=errors, progress=tick,
         )
     t = Table(title=f"{result.rows[0]['controller']}  ({proto.protocol}, {draws} draws)")
     for col in ("store", "β", "accuracy %", "± se", "tokens", "± se", "errors"):

@@ -474,17 +474,6 @@ def _pack_request(base: dict[str, Any], datas: Sequence[ReplayData]) -> bytes:
         raise ConfigError(f"knob overrides must be numbers, strings or booleans ({e})") from None
 
 
-def _runs_here(executor: Any) -> bool:
-    """Sandbox processes on this machine (None, "local", a LocalExecutor), or spread over an
-    executor that offers `map_stores` (the Ray executor)."""
-    if executor is None or executor == "local":
-        return True
-    if isinstance(executor, str):
-        raise ConfigError(f"evaluate_sandboxed takes an executor object for {executor!r} "
-                          "(autotts.executors.make_executor)")
-    return not hasattr(executor, "map_stores")
-
-
 def run_sandbox_task(data: ReplayData, base: dict[str, Any], units: list[tuple[int, int, int, int]]
                      ) -> tuple[str, Any]:
     """Units of one store in one sandbox process, wherever this runs (a Ray worker): ("ok",
@@ -596,13 +585,15 @@ def evaluate_sandboxed(
     progress: Callable[[int, int], None] | None = None,
     filename: str | None = None,
     check_monotone: bool = False,
-    executor: Any = None,
+    executor: str | Any = "local",
+    ray_address: str | None = None,
     _admit: bool = True,
 ) -> SandboxEvaluation:
     """Evaluate an untrusted controller (source text, a path, or a built-in name) over stores × β
     in sandbox processes. Same arguments and the same rows as `autotts.evaluate.evaluate`.
-    The sandbox processes run here (`workers` of them), or, given a Ray executor, one per task on
-    the cluster's workers, which get the gold-free replay arrays only (scoring stays here).
+    The sandbox processes run here (`workers` of them), or with executor "ray" (or a
+    RayExecutor) one per task on the cluster's workers, which get the gold-free replay arrays
+    only (scoring stays here).
 
     on_error='raise' stops at the first failing episode with SandboxError; 'record' records
     episode failures (exception / invalid_action / non_answer) in `errors`, as in-process
@@ -632,20 +623,23 @@ def evaluate_sandboxed(
         "overrides": dict(overrides or {}), "proto": asdict(proto),
         "traces": bool(traces), "on_error": on_error, "limits": asdict(limits),
     }
-    here = _runs_here(executor)
+    from autotts.executors import make_executor
+
+    ex = make_executor(executor or "local", workers=workers, address=ray_address)
+    # Sandbox processes here, or started by the workers of an executor that can map tasks over
+    # stores (Ray): agent code never runs in an executor's own workers.
+    here = not hasattr(ex, "map_stores")
     # Bad knob overrides fail here, before any process starts.
     request = _pack_request(base, datas if here else [])
+    units = make_units(len(loaded), len(beta_list), proto.draws, ex.parallelism)
 
     t0 = time.monotonic()
     try:
         if here:
-            workers = getattr(executor, "parallelism", workers)  # a LocalExecutor's own
-            units = make_units(len(loaded), len(beta_list), proto.draws, workers)
             results, info = _run_children(request, units, names, beta_list, nqs, limits,
-                                          max(1, min(workers, len(units))), progress)
+                                          max(1, min(ex.parallelism, len(units))), progress)
         else:
-            units = make_units(len(loaded), len(beta_list), proto.draws, executor.parallelism)
-            results, info = _run_distributed(executor, base, datas, units, limits, progress)
+            results, info = _run_distributed(ex, base, datas, units, limits, progress)
     except _Failed as f:
         raise SandboxError(f.verdict) from None
     wall = time.monotonic() - t0

@@ -77,6 +77,14 @@ class _Questions:
         return item
 
 
+def _shown(ans: Any) -> str:
+    """A returned value for a message. Integers past int32 say so; a repr is never built for
+    them, as Python refuses the decimal repr of an int of over 4300 digits."""
+    if isinstance(ans, int | np.integer) and not isinstance(ans, bool):
+        return f"a {int(ans).bit_length()}-bit integer (outside the int32 range of answer classes)"
+    return f"{ans!r:.80}"
+
+
 def _controller_lines(exc: BaseException, path: str) -> str:
     frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == path]
     where = "; ".join(f"line {f.lineno}: {(f.line or '').strip()}" for f in frames[-3:])
@@ -128,7 +136,7 @@ def run_block(
                     ans = NO_ANSWER
                 elif (isinstance(ans, bool) or not isinstance(ans, int | np.integer)
                       or not -(2**31) <= ans < 2**31):
-                    kind, message = "non_answer", f"run() returned {ans!r:.80}, not an answer class"
+                    kind, message = "non_answer", f"run() returned {_shown(ans)}, not an answer class"
                     ans = NO_ANSWER
             if kind is not None:
                 err = {

@@ -810,22 +810,9 @@ def make_wrapper(cls: type, unit_ctx: dict[str, Any]) -> type:
                     raise _as_exception(e) from None
                 raise
             _check_violation(unit_ctx)
-            if (isinstance(ans, int | np.integer) and not isinstance(ans, bool)
-                    and int(ans) >= 2**31):
-                return _OutOfRange(int(ans))
             return ans
 
     return Episodic
-
-
-class _OutOfRange:
-    """An integer answer too large to be an answer class: reported as a non-answer."""
-
-    def __init__(self, value: int) -> None:
-        self.value = value
-
-    def __repr__(self) -> str:
-        return f"{self.value} (larger than any int32 answer class)"
 
 
 def _plain(v: Any) -> Any:

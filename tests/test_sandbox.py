@@ -167,6 +167,16 @@ def test_redteam(path, parent):
     assert v.message and "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize("name", ["non_answer_huge_int", "non_answer_vast_negative_int"])
+def test_out_of_range_answers_are_non_answers_in_process_too(name):
+    """The in-process evaluator reports them as the sandbox does, even an int too long for
+    Python's decimal repr."""
+    ev = evaluate(str(REDTEAM / f"{name}.py"), [synthetic_store()], [0.5], Protocol(draws=2),
+                  on_error="record")
+    assert {e["kind"] for e in ev.errors} == {"non_answer"}
+    assert "outside the int32 range" in ev.errors[0]["message"]
+
+
 RUNTIME_FILES = [p for p in REDTEAM_FILES if "runtime" in _header(p.read_text())]
 
 

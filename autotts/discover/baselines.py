@@ -27,8 +27,9 @@ from autotts.discover.fsio import dumps, read_json, write_json
 from autotts.evaluate import Protocol
 from autotts.paths import PACKAGE_DIR
 
+# Every module whose code shapes a cached curve, objective or digest.
 _CODE = ("engine.py", "evaluate.py", "draws.py", "store.py", "controller.py", "answers.py",
-         "discover/digest.py", "discover/candidates.py")
+         "report.py", "summary.py", "discover/digest.py", "discover/candidates.py")
 
 
 def cache_home() -> Path | None:

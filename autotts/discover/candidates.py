@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 from typing import Protocol as TypingProtocol
 
@@ -35,6 +34,7 @@ import pyarrow.compute as pc
 
 from autotts.envdef import EnvDef
 from autotts.evaluate import Evaluation, Protocol
+from autotts.report import auc_log_tokens
 from autotts.store import Store
 
 OK = "ok"
@@ -158,12 +158,6 @@ def controller_name(source: str) -> str | None:
 # ---- objective ----------------------------------------------------------------------------------
 
 
-def auc(tokens: Sequence[float], accuracy: Sequence[float], lo: float, hi: float) -> float:
-    from autotts.report import auc_log_tokens
-
-    return auc_log_tokens(tokens, accuracy, lo, hi)
-
-
 def objective(rows: Sequence[dict[str, Any]], stores: Sequence[str],
               token_range: tuple[float, float]) -> tuple[float | None, dict[str, float]]:
     """(mean over stores, per store) of the normalized AUC (module docstring). None when a store
@@ -176,7 +170,7 @@ def objective(rows: Sequence[dict[str, Any]], stores: Sequence[str],
         if not pts:
             return None, per
         t, a = zip(*pts, strict=True)
-        per[s] = round(auc(t, a, *token_range), 6)
+        per[s] = round(auc_log_tokens(t, a, *token_range), 6)
     return (round(float(np.mean(list(per.values()))), 6) if per else None), per
 
 
@@ -203,15 +197,6 @@ def smoke_betas(betas: Sequence[float]) -> list[float]:
 def protocol_for(env: EnvDef, seed: int, draws: int | None = None) -> Protocol:
     return Protocol(draws=draws or env.draws, protocol=env.protocol, pool=env.branch_cap,
                     seed=seed, probe_cost=env.probe_cost, budget=env.budget)
-
-
-@dataclass
-class SweepResult:
-    verdict: dict[str, Any]
-    rows: list[dict[str, Any]]
-    episodes: list[dict[str, Any]] | None
-    traces: list[dict[str, Any]] | None
-    errors: list[dict[str, Any]]
 
 
 def first_error_verdict(errors: Sequence[dict[str, Any]], n_episodes: int) -> dict[str, Any]:

@@ -37,6 +37,7 @@ from autotts.draws import draw_order
 from autotts.engine import NO_ANSWER, Question
 from autotts.evaluate import Protocol
 from autotts.store import Store
+from autotts.summary import majority_first_seen
 
 ACTIONS = frozenset({
     "branch", "branch_many", "extend", "probe", "advance", "advance_many", "read", "read_new",
@@ -97,14 +98,6 @@ class SearchData:
             right[k] = leader == gold
         self._prefix[key] = right
         return right
-
-
-def majority_first_seen(answers: Sequence[int]) -> int:
-    counts: dict[int, int] = {}
-    for a in answers:
-        if a >= 0:
-            counts[a] = counts.get(a, 0) + 1
-    return max(counts, key=counts.__getitem__) if counts else NO_ANSWER
 
 
 # ---- the ledger -------------------------------------------------------------------------------
@@ -357,8 +350,8 @@ def make_digest(
             k = led["opened"]
             finals = search.finals(s, q)[order[:k]]
             alive = ~led["pruned"]
-            alive_right = majority_first_seen(finals[alive].tolist()) == gold[q]
-            opened_right = majority_first_seen(finals.tolist()) == gold[q]
+            alive_right = majority_first_seen(finals[alive]) == gold[q]
+            opened_right = majority_first_seen(finals) == gold[q]
             if alive_right and (alive & ~led["finished"]).any():
                 later[q] += 1
             if opened_right and not alive_right and led["pruned"].any():

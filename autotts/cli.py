@@ -145,7 +145,7 @@ def eval_cmd(
     protocol: Annotated[str | None, typer.Option(help="shuffle or subsample [default: shuffle]")] = None,
     pool: Annotated[int | None, typer.Option(help="branches available per draw")] = None,
     seed: Annotated[int, typer.Option(help="first draw seed")] = 0,
-    probe_cost: Annotated[int, typer.Option(help="κ: tokens charged per probe")] = 0,
+    probe_cost: Annotated[int | None, typer.Option(help="κ: tokens charged per probe [default: 0]")] = None,
     budget: Annotated[int | None, typer.Option(help="token budget per question")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="write results as JSON")] = None,
     traces: Annotated[Path | None, typer.Option(help="write per-episode traces (JSONL)")] = None,
@@ -168,10 +168,10 @@ def eval_cmd(
 
         e = load_env(env)
         stores += e.split_paths(split)
-        probe_cost = probe_cost or e.probe_cost
+        probe_cost = probe_cost if probe_cost is not None else e.probe_cost
         pool = pool if pool is not None else e.branch_cap
         budget = budget if budget is not None else e.budget
-        draws = draws if draws is not None else e.draws
+        draws = draws if draws is not None else e.draws_for(split)
         protocol = protocol or e.protocol
         default_betas = e.betas
     if betas is not None:
@@ -181,6 +181,7 @@ def eval_cmd(
     else:
         beta_list = default_betas
     draws = 100 if draws is None else draws
+    probe_cost = probe_cost or 0
     protocol = protocol or "shuffle"
     if not stores:
         raise ConfigError("give at least one --store or an --env")

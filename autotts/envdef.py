@@ -32,6 +32,10 @@ class EnvDef:
     objective: str = "auc"
     token_range: tuple[float, float] = (5e4, 1.5e6)
 
+    def draws_for(self, split: str) -> int:
+        """Draws per question when evaluating on `split`."""
+        return (self.heldout_draws or self.draws) if split == "heldout" else self.draws
+
     def split_paths(self, split: str) -> list[str]:
         if split not in SPLITS:
             raise ConfigError(f"unknown split {split!r} (expected search or heldout)")

@@ -502,9 +502,8 @@ class Discovery:
             return read_json(rd.final / "selection.json")
         best = best_record(self.history)
         heldout_paths = env.split_paths("heldout")  # the first and only place they are read
-        # AUTOTTS_HELDOUT_DRAWS, else the environment's own `heldout_draws` (if EnvDef grows
-        # one), else its search draws.
-        draws = cfg.heldout_draws or getattr(env, "heldout_draws", None) or env.draws
+        # AUTOTTS_HELDOUT_DRAWS, else the environment's `heldout_draws`, else its search draws.
+        draws = cfg.heldout_draws or env.draws_for("heldout")
         proto = protocol_for(env, cfg.seed, draws)
         self.progress(f"selected: {'none' if best is None else best['name']}; evaluating it and "
                       f"the baselines on {len(heldout_paths)} held-out stores ({draws} draws)")

@@ -173,6 +173,10 @@ def test_controller_is_deterministic_and_takes_a_utility_knob():
     c = evaluate("dynaact", [store], [0.5], proto, overrides={"utility": w})
     assert c.rows[0]["accuracy"] == a.rows[1]["accuracy"]
     assert c.rows[0]["tokens"] == a.rows[1]["tokens"]
+    # ... and is not ignored: other weights, in the same string form, act differently.
+    neg = ",".join(str(-x) for x in D.TRAINED_UTILITY)
+    d = evaluate("dynaact", [store], [0.5], proto, overrides={"utility": neg})
+    assert d.rows[0]["tokens"] != a.rows[1]["tokens"]
     with pytest.raises(ValueError, match=f"{D.NUM_WEIGHTS} finite numbers"):
         D.DynaAct(utility=[1.0, 2.0])
 

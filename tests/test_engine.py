@@ -175,9 +175,11 @@ def test_public_views_are_copies(question):
     ep = episode(question)
     ep.branch_many(2, probe=True)
     for name in ("depths", "finished", "pruned", "latest", "running", "final_answers"):
+        before = getattr(ep, name).tolist()
         view = getattr(ep, name)
-        view[...] = 0
+        view[...] = ~view if view.dtype == bool else view + 7  # every entry changes
         assert view.base is None or not np.shares_memory(view, ep._depth)
+        assert getattr(ep, name).tolist() == before, name
     assert ep.depths.tolist() == [1, 1]
     h = ep.history(0)
     h[...] = 99

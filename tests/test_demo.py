@@ -13,6 +13,7 @@ import autotts.demo as demo
 from autotts.cli import app
 from autotts.controller import builtin_names, load
 from autotts.synth import SynthParams, write_synthetic
+from tests.conftest import skip_or_fail
 
 TINY = SynthParams(questions=4, branches=16, seed=5)
 BETAS = (0.0, 0.5, 1.0)
@@ -69,7 +70,7 @@ def test_demo_regenerates_a_missing_shipped_store(tmp_path, monkeypatch):
 def test_defaults_on_the_shipped_store(tmp_path):
     """The shipped store, every built-in and the default β grid, with few draws to stay fast."""
     if not (demo.shipped_store_path() / "manifest.json").is_file():
-        pytest.skip("no shipped store in this installation")
+        skip_or_fail("no shipped store in this installation")
     res = demo.run_demo(tmp_path / "demo", draws=2, console=quiet(), progress=False)
     assert res.store == "synthetic/seed0"
     assert len(res.rows) == len(builtin_names()) * len(demo.DEFAULT_BETAS)

@@ -26,16 +26,12 @@ from pathlib import Path
 import pytest
 
 from autotts.evaluate import EvaluationError, Protocol, evaluate
+from autotts.executors import RayExecutor
 from autotts.sandbox import SandboxError, evaluate_sandboxed
 from autotts.store import open_store, to_autotts_json, write_store
-from tests.conftest import branch, make_store
+from tests.conftest import branch, make_store, require_module
 
-if os.environ.get("CI", "").lower() == "true":
-    import ray  # in the dev extra: CI must run these tests, never skip them
-else:
-    ray = pytest.importorskip("ray")
-
-from autotts.executors import RayExecutor
+ray = require_module("ray")  # in the dev extra: CI must run these tests, never skip them
 
 pytestmark = pytest.mark.slow
 TASK_TIMEOUT_S = 60  # no work unit may take longer: a broken cluster fails, it does not hang

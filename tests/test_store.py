@@ -15,7 +15,7 @@ import pytest
 from autotts import store as st
 from autotts.errors import StoreError
 from autotts.summary import summarize
-from tests.conftest import branch, make_store, reference_file
+from tests.conftest import branch, make_store, reference_file, require_module
 
 
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -82,8 +82,8 @@ def test_cli_import_export_inspect(tmp_path: Path):
 
 
 def test_tables_read_with_pandas_pyarrow_duckdb(tmp_path: Path):
-    duckdb = pytest.importorskip("duckdb")
-    pd = pytest.importorskip("pandas")
+    duckdb = require_module("duckdb")
+    pd = require_module("pandas")
     s = make_store([("1", [branch(["1", "2"], 25, "1"), branch(["ERR"], 9, "2")])])
     out = st.write_store(s, tmp_path / "s")
     df = pd.read_parquet(out / "branches.parquet")

@@ -23,7 +23,7 @@ from autotts.synth import (
     with_overrides,
     write_synthetic,
 )
-from tests.conftest import branch, make_store
+from tests.conftest import branch, make_store, skip_or_fail
 
 SMALL = SynthParams(questions=6, branches=12, seed=3)
 
@@ -155,7 +155,7 @@ def test_shipped_store_is_small_and_regenerable():
 
     path = project_data_dir() / "synthetic"
     if not (path / "manifest.json").is_file():
-        pytest.skip("no shipped store in this installation (demo regenerates it)")
+        skip_or_fail("no shipped store in this installation (demo regenerates it)")
     size = sum(f.stat().st_size for f in path.iterdir())
     assert size <= 2 * 1024 * 1024
     shipped = read_store_dir(path)

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import require_module
+
 ROOT = Path(__file__).resolve().parents[1]
 
 SCRIPT = """
@@ -27,7 +29,7 @@ print(json.dumps({"file": autotts.__file__, "builtins": builtin_names(),
 
 @pytest.mark.slow
 def test_builtins_work_from_the_wheel(tmp_path: Path):
-    pytest.importorskip("hatchling")
+    require_module("hatchling")
     build = subprocess.run(
         [sys.executable, "-m", "hatchling", "build", "-t", "wheel", "-d", str(tmp_path / "dist")],
         cwd=ROOT, capture_output=True, text=True,

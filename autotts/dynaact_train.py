@@ -170,8 +170,7 @@ def embed_in_controller(utility: Utility, controller: str | Path, source: str = 
         END_MARK,
     ])
     atomic_write_bytes(path, (text[:begin] + block + text[end:]).encode("utf-8"))
-    ctl._CACHE.pop(str(path.resolve()), None)
-    return path
+    return path  # the controller cache is keyed by source: the next load sees the new weights
 
 
 def embedded_utility(controller: str | Path) -> list[float]:

@@ -30,7 +30,6 @@ import json
 import os
 import random
 import re
-import threading
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
@@ -450,7 +449,8 @@ class VLLMEngine:
         out: dict[str, float] = {}
         for m in self.llm.get_metrics():
             if m.name in ("vllm:prefix_cache_queries", "vllm:prefix_cache_hits"):
-                out[m.name.split(":")[1]] = out.get(m.name, 0) + float(m.value)
+                key = m.name.split(":")[1]  # one entry per engine: they add up
+                out[key] = out.get(key, 0.0) + float(m.value)
         return out
 
     def close(self) -> None:
@@ -501,7 +501,6 @@ class OpenAIEngine:
                                     timeout=timeout, max_retries=2)
         self.pool = ThreadPoolExecutor(max_workers=max(1, concurrency))
         self.capacity = max(1, concurrency)
-        self._lock = threading.Lock()
         version = self._get("/version")
         self.vllm_version = version.get("version") if isinstance(version, dict) else None
         tok = self._post("/tokenize", {"model": model, "prompt": "x", "add_special_tokens": False})

@@ -16,7 +16,7 @@ temperature 0, so that vLLM itself takes the argmax of the processed logits:
 
 Other requests pass through untouched. vLLM's V2 model runner (the GPU default in recent vLLM)
 already keys its Gumbel noise by (seed, position) and rejects V1-interface processors; the engines
-detect which behaviour they got with a self-check (`engines.check_continuation`).
+detect which behaviour they got with a self-check (`selftest.check_continuation`).
 
 Load it with `LLM(..., logits_processors=[PositionSeededSampler])` or, for a server,
 `--logits-processors autotts.collect.sampler:PositionSeededSampler`.
@@ -30,7 +30,6 @@ import torch
 from vllm import SamplingParams
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDirectionality
 
-KEYS = ("autotts_seed", "autotts_temperature", "autotts_top_p", "autotts_top_k")
 _M32 = 0xFFFFFFFF
 
 

@@ -328,8 +328,8 @@ def calibration_stats(store: Store) -> dict[str, Any]:
     tokens = store.branches.column("tokens").to_numpy()
     finals = store.branches.column("final_answer").to_pylist()
     right = np.array([f.strip() == golds[q].strip() for f, q in zip(finals, qidx, strict=True)])
-    distinct = [len({f for f, qq in zip(finals, qidx, strict=True) if qq == q})
-                for q in range(store.num_questions)]
+    distinct = np.bincount([q for q, _ in set(zip(qidx.tolist(), finals, strict=True))],
+                           minlength=store.num_questions)
     same = pairs = 0
     for probes in store.branches.column("probe_answers").to_pylist():
         pairs += max(0, len(probes) - 1)

@@ -129,8 +129,8 @@ def report_with_runs(inputs: Sequence[str | Path], out_dir: str | Path,
     rows: list[dict[str, Any]] = []
     tables: dict[str, list[dict[str, Any]]] = {}
     notes: list[str] = []
-    for p in runs:
-        rep = read_run_dir(p)
+    reps = [read_run_dir(p) for p in runs]
+    for p, rep in zip(runs, reps, strict=True):
         # Candidate labels (r3:NAME) are unique within a run, not across runs.
         tag = "" if len(runs) == 1 else f"{p.name}/"
         rows += [{**r, "controller": f"{tag}{r['controller']}"} if "round" in r else r
@@ -143,5 +143,5 @@ def report_with_runs(inputs: Sequence[str | Path], out_dir: str | Path,
     if not rows:
         raise ConfigError("nothing to report yet (no evaluated controller)")
     if title is None:
-        title = read_run_dir(runs[0]).title if len(runs) == 1 and not others else "autotts report"
+        title = reps[0].title if len(runs) == 1 and not others else "autotts report"
     return build_report(rows, out_dir, title, tables, notes=notes)

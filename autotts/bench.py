@@ -104,7 +104,7 @@ def reference_cells() -> list[dict[str, str]]:
 def bench_reproduction(draws: int, workers: int) -> dict[str, Any]:
     """Wall time to evaluate the 32 published baseline cells (4 controllers × 8 stores), and
     whether each one reproduces the published figure."""
-    from autotts.cli import parse_sets
+    from autotts.controller import parse_sets
     from autotts.evaluate import Protocol, evaluate
     from autotts.store import open_store
 
@@ -164,7 +164,7 @@ def bench_executors(console: Console, draws: int, workers: int) -> dict[str, Any
     except ImportError:
         console.print("[bold]executors[/]: skipped, Ray is not installed (pip install 'autotts[ray]')")
         return None
-    from autotts.cli import parse_sets
+    from autotts.controller import parse_sets
     from autotts.evaluate import Protocol, evaluate
     from autotts.executors import RayExecutor
     from autotts.sandbox import evaluate_sandboxed

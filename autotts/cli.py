@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from autotts.controller import parse_sets
 from autotts.errors import AutoTTSError, ConfigError
 
 app = typer.Typer(
@@ -96,28 +97,6 @@ def inspect_cmd(
 
 
 # ---- evaluation -------------------------------------------------------------------------------
-
-
-def _parse_value(text: str) -> Any:
-    low = text.lower()
-    if low in ("true", "false"):
-        return low == "true"
-    for conv in (int, float):
-        try:
-            return conv(text)
-        except ValueError:
-            pass
-    return text
-
-
-def parse_sets(items: list[str]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
-        result[key.strip()] = _parse_value(value.strip())
-    return result
 
 
 def parse_betas(text: str) -> list[float]:

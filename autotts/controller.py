@@ -170,3 +170,27 @@ def load_source(source: str, filename: str) -> ControllerSpec:
     result = ControllerSpec(name=cls.NAME, path=filename, cls=cls, source=source)
     _CACHE[key] = result
     return result
+
+
+def parse_sets(items: list[str]) -> dict[str, Any]:
+    """Knob overrides from KEY=VALUE strings (`--set`, the reference table's configs): true/false,
+    then int, then float, else the text itself."""
+    result: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
+        result[key.strip()] = _parse_value(value.strip())
+    return result
+
+
+def _parse_value(text: str) -> Any:
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    for conv in (int, float):
+        try:
+            return conv(text)
+        except ValueError:
+            pass
+    return text

@@ -7,7 +7,7 @@ import csv
 
 import pytest
 
-from autotts.cli import parse_sets
+from autotts.controller import parse_sets
 from autotts.evaluate import Protocol, evaluate
 from tests.conftest import reference_csv, reference_file
 

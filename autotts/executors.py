@@ -7,6 +7,7 @@ Both executors run the same `run_unit` on the same gold-free store arrays and yi
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import multiprocessing as mp
@@ -18,6 +19,8 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
+
+import numpy as np
 
 from autotts.errors import ConfigError
 from autotts.evaluate import BlockResult, EvaluationError, Job, Unit, _Questions, run_unit
@@ -80,10 +83,10 @@ def fingerprint(data: ReplayData) -> str:
     unlike id(), can never hand one store's cached layout to another."""
     h = hashlib.blake2b(digest_size=16)
     h.update(f"{data.name}\0{data.delta}".encode())
-    for arr in (data.branch_offsets, data.tokens, data.final_class, data.probe_offsets,
-                data.probe_class, data.err_class):
-        if arr is not None:
-            h.update(str(arr.dtype).encode() + arr.tobytes())
+    for f in dataclasses.fields(data):  # every array, whatever fields the store layer adds
+        arr = getattr(data, f.name)
+        if isinstance(arr, np.ndarray):
+            h.update(f"{f.name}\0{arr.dtype}".encode() + arr.tobytes())
     return h.hexdigest()
 
 

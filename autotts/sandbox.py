@@ -505,7 +505,6 @@ def _run_distributed(
     base: dict[str, Any],
     datas: list[ReplayData],
     units: list[tuple[int, int, int, int]],
-    limits: SandboxLimits,
     progress: Callable[[int, int], None] | None,
 ) -> tuple[dict[int, tuple[dict[str, Any], list[np.ndarray]]], dict[str, Any]]:
     """`_run_children`'s results, from sandbox processes started by the executor's workers
@@ -534,9 +533,9 @@ def _run_distributed(
         "pids": [p for i in ordered for p in i["pids"]],
         "isolation": {k: all(i.get("isolation", {}).get(k, False) for i in ordered)
                       for k in first.get("isolation", {})},
-        "stdout": "".join(i["stdout"] for i in ordered)[: limits.max_output_bytes],
-        "stdout_dropped": sum(i["stdout_dropped"] for i in ordered)
-        + max(0, sum(len(i["stdout"]) for i in ordered) - limits.max_output_bytes),
+        # As for the processes of a local run: each capped on its own, joined.
+        "stdout": "".join(i["stdout"] for i in ordered),
+        "stdout_dropped": sum(i["stdout_dropped"] for i in ordered),
         "stderr": "".join(i["stderr"] for i in ordered),
         "traces_truncated": any(i["traces_truncated"] for i in ordered),
     }
@@ -639,7 +638,7 @@ def evaluate_sandboxed(
             results, info = _run_children(request, units, names, beta_list, nqs, limits,
                                           max(1, min(ex.parallelism, len(units))), progress)
         else:
-            results, info = _run_distributed(ex, base, datas, units, limits, progress)
+            results, info = _run_distributed(ex, base, datas, units, progress)
     except _Failed as f:
         raise SandboxError(f.verdict) from None
     wall = time.monotonic() - t0

@@ -78,7 +78,7 @@ AnswerMode = Literal["exact", "math"]
 ANSWER_MODES: tuple[AnswerMode, ...] = ("exact", "math")
 NO_ANSWER: int = -1
 
-_NO_ANSWER_STRINGS = frozenset({"", "ERR"})
+NO_ANSWER_STRINGS = frozenset({"", "ERR"})
 _PARSE_TIMEOUT_S = 3
 _VERIFY_TIMEOUT_S = 3
 # verify() accepts floats that agree after rounding to 6 decimals; anything it accepts is within
@@ -354,7 +354,7 @@ class _MathGrouper:
         return None
 
     def add(self, s: str) -> int:
-        if s in _NO_ANSWER_STRINGS:
+        if s in NO_ANSWER_STRINGS:
             return NO_ANSWER
         p, key = _parse(s, self.parse_timeout)
         c = None if p is None else self.match(p, key, as_gold=False)
@@ -380,7 +380,7 @@ def _classify_math(answers: Sequence[str], gold: str) -> AnswerClasses:
     gold_class = fresh
     if g in table and mapping[table[g]] != NO_ANSWER:
         gold_class = int(mapping[table[g]])
-    elif g not in _NO_ANSWER_STRINGS:
+    elif g not in NO_ANSWER_STRINGS:
         p, key = _parse(g, grouper.parse_timeout)
         if p is not None:
             c = grouper.match(p, key, as_gold=True)

@@ -23,9 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from autotts.answers import NO_ANSWER  # also "nothing revealed yet" here
 from autotts.store import ReplayData
-
-NO_ANSWER = -1  # "nothing revealed yet" and, in math mode, "the model gave no answer"
 
 
 class InvalidAction(Exception):

@@ -22,8 +22,6 @@ from autotts.engine import NO_ANSWER, Episode, InvalidAction, Question
 from autotts.errors import AutoTTSError, ConfigError
 from autotts.store import ReplayData, Store, open_store
 
-ERROR_KINDS = ("invalid_action", "exception", "non_answer")
-
 
 class EvaluationError(AutoTTSError):
     """An episode failed and the caller asked evaluation to stop (on_error='raise')."""

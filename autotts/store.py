@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from autotts import __version__
-from autotts.answers import ANSWER_MODES, classify
+from autotts.answers import ANSWER_MODES, NO_ANSWER, NO_ANSWER_STRINGS, classify
 from autotts.errors import StoreError
 
 SCHEMA_VERSION = 1
@@ -142,10 +142,10 @@ class Store:
         )
 
     def _err_classes(self) -> np.ndarray:
-        out = np.full(self.num_questions, -1, dtype=np.int32)
+        out = np.full(self.num_questions, NO_ANSWER, dtype=np.int32)
         a = self.answers
         text = pc.utf8_trim_whitespace(a.column("answer"))
-        hit = pc.or_(pc.equal(text, "ERR"), pc.equal(text, ""))
+        hit = pc.is_in(text, value_set=pa.array(sorted(NO_ANSWER_STRINGS)))
         rows = a.filter(hit)
         out[rows.column("question_idx").to_numpy()] = rows.column("answer_class").to_numpy()
         return out
@@ -468,7 +468,7 @@ def _read_table(directory: Path, name: str) -> pa.Table:
     return table.select([f.name for f in expected])
 
 
-def _validate_tables(directory: Path, manifest: dict[str, Any], store: Store) -> None:
+def _validate_tables(directory: Path, store: Store) -> None:
     """Cheap whole-column checks so that replay never meets an inconsistent store."""
     qf, bf = directory / TABLE_FILES[0], directory / TABLE_FILES[1]
     nq = store.questions.num_rows
@@ -534,7 +534,7 @@ def read_store_dir(path: str | os.PathLike[str]) -> Store:
                          field="answer_mode")
     tables = [_read_table(directory, name) for name in TABLE_FILES]
     store = Store(manifest, *tables, path=str(directory))
-    _validate_tables(directory, manifest, store)
+    _validate_tables(directory, store)
     return store
 
 

@@ -4,9 +4,11 @@
     run_discovery(DiscoverConfig.from_env("env/aime-qwen3.toml", "runs/r1", model="gpt-4.1"))
 
 Modules: config (settings, prices), agent (OpenAI client, cache, retries, spend cap), prompt,
-candidates (parsing, sandboxed evaluation, objective), digest (trace digests), rundir (the crash-safe
-run directory), loop (rounds, resume, held-out step), runreport (`autotts report RUN_DIR`),
-fakeserver (a scripted OpenAI-compatible server for tests and the bench), bench.
+candidates (parsing, sandboxed evaluation, objective), digest (trace digests), baselines (the
+seeds' curves, cached across runs), rundir (the crash-safe run directory), fsio (its JSON and
+JSON-lines files), loop (rounds, resume, held-out step), command (`autotts discover`), runreport
+(`autotts report RUN_DIR`), fakeserver (a scripted OpenAI-compatible server for tests and the
+bench), bench.
 """
 
 from autotts.discover.config import DiscoverConfig

@@ -19,10 +19,8 @@ CONTEXT_KEYS = ("store", "beta", "question", "draw", "step", "line")  # of a ver
 
 
 def _allowed_imports() -> str:
-    try:
-        from autotts.admission import ALLOWED_IMPORTS
-    except ImportError:  # pragma: no cover - the sandbox ships with the package
-        return "the standard library's math/statistics/collections/itertools/functools/heapq, numpy, scipy.stats, scipy.special"
+    from autotts.admission import ALLOWED_IMPORTS
+
     return ", ".join(sorted(ALLOWED_IMPORTS))
 
 
@@ -212,7 +210,7 @@ def seed_section(seeds: Sequence[dict[str, Any]], stores: Sequence[str],
 def _candidate_block(rec: dict[str, Any], stores: Sequence[str], title: str) -> list[str]:
     from autotts.discover.digest import render_digest
 
-    out = [f"## {title}: round {rec.get('id', rec['round'])}, {rec.get('name') or '(no name)'}",
+    out = [f"## {title}: round {rec['id']}, {rec.get('name') or '(no name)'}",
            ""]
     out += [f"Verdict: {_verdict_text(rec['verdict'])}", ""]
     if rec.get("rows"):
@@ -244,7 +242,7 @@ def history_section(history: Sequence[dict[str, Any]], seeds: Sequence[dict[str,
         v = rec["verdict"]
         kind = v["kind"] if v["kind"] == "ok" else f"{v['kind']} ({v['stage']})"
         obj = "n/a" if rec.get("objective") is None else f"{rec['objective']:.2f}"
-        out.append(f"| {rec.get('id', rec['round'])} | {rec.get('name') or '–'} | {kind} | {obj} |")
+        out.append(f"| {rec['id']} | {rec.get('name') or '–'} | {kind} | {obj} |")
     out.append("")
     best = best_record(history)
     shown = set()
@@ -257,7 +255,7 @@ def history_section(history: Sequence[dict[str, Any]], seeds: Sequence[dict[str,
 
 
 def _key(rec: dict[str, Any]) -> tuple[int, int]:
-    return rec["round"], rec.get("slot", 1)
+    return rec["round"], rec["slot"]
 
 
 def best_record(history: Sequence[dict[str, Any]]) -> dict[str, Any] | None:

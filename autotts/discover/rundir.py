@@ -18,7 +18,7 @@
       summary.json     rewritten whenever an invocation stops
       report/          report.md / report.html / accuracy_vs_tokens.png
 
-A round is built in `rounds/.0003.tmp-<pid>` and renamed to `rounds/0003` only when every file is
+A round is built in `rounds/.0003.tmp-XXXXXXXX` (mkdtemp) and renamed to `rounds/0003` only when every file is
 written and fsync'd, so a round directory is complete by construction. The index line is appended
 after the rename; a crash between the two is repaired on the next start (the directory is the
 truth, the index is derived). Leftover temporary directories are discarded and their round redone;

@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from autotts import controller as ctl
-from autotts.engine import Episode, Question
+from autotts.engine import Episode, Question, store_class
 from autotts.envdef import EnvDef
 from autotts.errors import ConfigError
 from autotts.store import atomic_write_bytes, open_store
@@ -283,12 +283,13 @@ def collect(
             ctrl = rec_cls(rng, cfg.noise if trained else 2 * cfg.noise, utility=weights,
                            **behaviour_knobs(rng, trained))
             answer = ctrl.run(ep)
-            rewards.append(float(answer == gold) - cfg.token_cost * ep.tokens)
+            # Answers are the episode's own ids: map them to the store's class to score.
+            rewards.append(float(store_class(ep, answer) == gold) - cfg.token_cost * ep.tokens)
             rounds = ctrl.rounds
             for t, (tok, ans, state, emb, pick) in enumerate(rounds):
                 j = n_states + t
                 states.append(state)
-                correct.append(ans == gold and ans >= 0)
+                correct.append(ans >= 0 and store_class(ep, ans) == gold)
                 if len(pick) and t + 1 < len(rounds):
                     src.append(j)
                     dst.append(j + 1)

@@ -2,23 +2,30 @@
 
 `Question` lays one question's branches out for O(1) transitions; `Episode` is the handle a
 controller programs against. The Gymnasium env, the evaluator and the sandbox all drive `Episode`.
+docs/semantics.md is the written contract; tests/semantics_ref.py is a separate implementation of
+it that tests/test_semantics_fuzz.py runs against this one.
 
 Semantics, per branch b with L_b probes ω(b,1..L_b), final answer y_b and T_b tokens:
   * a branch has L_b + 1 generation steps. Step k ≤ L_b generates interval k (costs Δ) and makes
     ω(b,k) probe-able; step L_b + 1 finishes the branch, reveals y_b and costs max(0, T_b − L_b·Δ).
   * PROBE reveals ω(b, depth) once per depth and costs κ (probe_cost).
   * READ_NEW opens the next branch of the draw and runs it whole for T_b tokens, revealing only
-    y_b; READ(i) runs an open branch to its end for what stepping it would cost.
-  * a budget B (optional) makes every action that would take the cost past B inadmissible.
+    y_b; READ(i) runs an open branch to its end for what stepping it would cost (no κ).
+  * a budget B (optional) is decided from revealed quantities only: an action is admissible while
+    the cost so far is below B and is then charged in full; once the cost reaches B only ANSWER
+    (returning from run) remains.
+  * answer class ids are numbered per episode, in the order the episode reveals them (id 0 is
+    reserved for the model's own "no answer" output), so an id says nothing the episode has not
+    shown; `store_class` maps an id back to the store's class for the scorer.
 
 Information hiding holds by construction: nothing here knows the gold answer (scoring happens in the
 caller), and unrevealed probes and finals live only behind underscore names, which sandboxed code
 cannot touch. Public views return copies, so a controller cannot write into the engine's state.
+Refusals (InvalidAction) and their messages depend only on revealed state and public facts.
 """
 
 from __future__ import annotations
 
-import operator
 from typing import Any
 
 import numpy as np
@@ -63,6 +70,7 @@ class Question(_NoCopy):
         "_cost_flat",
         "_cum",
         "_last",
+        "_nclass",
         "_reveal",
         "_reveal_flat",
         "_step_cost",
@@ -94,7 +102,10 @@ class Question(_NoCopy):
         self.num_branches = m
         self.delta = delta
         err = data.err_class
+        # The store's class of the model's "no answer" output ('ERR'), -1 if none: trusted side
+        # only. Episodes show it as NO_ANSWER_ID; see Episode.no_answer_class.
         self.no_answer_class = int(err[q]) if err is not None else NO_ANSWER
+        self._nclass = max(int(reveal.max(initial=NO_ANSWER)), self.no_answer_class) + 1
         self._reveal = reveal
         self._step_cost = step_cost
         self._cum = cum
@@ -106,20 +117,68 @@ class Question(_NoCopy):
         self._cost_flat = step_cost.reshape(-1)
 
 
-def _as_index(i: Any) -> int:
-    if isinstance(i, bool):
-        raise InvalidAction(f"branch index must be an integer, got {i!r}")
-    try:
-        return operator.index(i)
-    except TypeError:
-        raise InvalidAction(f"branch index must be an integer, got {i!r}") from None
+NO_ANSWER_ID = 0
+"""The episode id of the model's own "no answer" output ('ERR' or empty in exact stores). Reserved
+in every episode, whether or not the pool holds such an output, so it carries nothing hidden."""
+
+def _describe(value: Any) -> str:
+    """A refused argument, for a message: short reprs of plain values, else only the type (a repr
+    of foreign objects can be huge or run code)."""
+    if type(value) in (int, float, bool, str, type(None)) or isinstance(value, np.generic):
+        text = repr(value)
+        return text if len(text) <= 40 else text[:37] + "..."
+    if isinstance(value, np.ndarray):
+        return f"a numpy array of dtype {value.dtype} and shape {value.shape}"
+    return f"a {type(value).__name__}"
+
+
+def _as_int(value: Any, what: str) -> int:
+    """An integer argument: a Python int (not a bool or another subclass), a numpy integer or a
+    0-d integer array. Floats (even 2.0), bools and longer arrays are refused."""
+    t = type(value)
+    if t is int:
+        return value  # type: ignore[no-any-return]
+    if isinstance(value, np.integer) or (
+        isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "iu"
+    ):
+        return int(value)
+    raise InvalidAction(f"{what} must be an integer, got {_describe(value)}")
+
+
+def _as_count(value: Any, what: str, least: int) -> int:
+    n = _as_int(value, what)
+    if n < least:
+        raise InvalidAction(f"{what} must be >= {least}, got {n}")
+    return n
+
+
+def _as_flag(value: Any, what: str) -> bool:
+    if type(value) is bool:
+        return value  # type: ignore[no-any-return]
+    if type(value) is np.bool_:
+        return bool(value)
+    raise InvalidAction(f"{what} must be True or False, got {_describe(value)}")
+
+
+def store_class(ep: Episode, answer: Any) -> int:
+    """Trusted side: the store's answer class of what a controller returned from an episode.
+
+    NO_ANSWER (-1) for anything that is not the id of a class this episode revealed: None, bools,
+    non-integers, negative or out-of-range ints, and NO_ANSWER_ID while the episode never revealed
+    the model's "no answer" output."""
+    if type(answer) is not int and not isinstance(answer, np.integer):
+        return NO_ANSWER
+    a = int(answer)
+    inv = ep._inv
+    return inv[a] if 0 <= a < len(inv) else NO_ANSWER
 
 
 class Episode(_NoCopy):
     """One replay of one question under one draw. Branches are numbered 0, 1, ... in the order they
     were opened; BRANCH and READ_NEW take the next branch of the draw's order.
 
-    Actions (each raises InvalidAction if the semantics do not admit it):
+    Actions (each raises InvalidAction if the semantics do not admit it; a refused action changes
+    nothing and is not counted):
       branch(probe=False) -> int            open the next branch (first interval); index
       branch_many(k, probe=False) -> array  open k branches at once; their indices
       extend(i) -> int | None               CONTINUE: one more interval; y_b if that finished it
@@ -132,10 +191,24 @@ class Episode(_NoCopy):
       prune(i) / prune_many(which)          deactivate; depth and revealed answers stay
     A controller ANSWERs by returning an answer class from its run(ep).
 
+    Budget: with a budget B, an action is admissible while the cost so far (`tokens`) is below B;
+    it is then charged in full, even past B (a batch action is one action). Once tokens >= B,
+    every action is refused and only ANSWER remains.
+
+    Answer classes are opaque ids, numbered per episode in the order this episode reveals them:
+    the first revealed answer gets 1, the next new one 2, and so on (within one call, in the order
+    the call lists its branches, round by round for advance_many). Id 0 (`no_answer_class`) is
+    reserved for the model's own "no answer" output ('ERR' in exact stores), which the published
+    baselines count as an ordinary vote; it is the same in every episode, known before anything is
+    revealed, and appears only once such an output is revealed. -1 means "nothing revealed" (and,
+    in math stores, "the model gave no answer"). Equal ids are equal answers within an episode;
+    ids from different episodes are unrelated. Returning an id the episode never revealed scores
+    as no answer.
+
     Revealed state (copies): num_opened, depths, finished, pruned, running, latest, final_answers,
     history(i); depth(i), is_finished(i), is_pruned(i), latest_answer(i); cost: tokens (generated +
-    κ·probes), generated_tokens, num_probes, budget, remaining_budget; public facts: pool_size,
-    delta, probe_cost, no_answer_class (the 'ERR' class, -1 if none). trace(kind,
+    κ·probes), generated_tokens, num_probes, num_actions (admitted actions), budget,
+    remaining_budget; public facts: pool_size, delta, probe_cost, no_answer_class. trace(kind,
     **data) records an event when tracing is on and costs nothing otherwise.
     """
 
@@ -143,14 +216,18 @@ class Episode(_NoCopy):
         "_actions",
         "_b",
         "_budget",
+        "_closed",
         "_delta",
         "_depth",
+        "_err",
         "_finished",
         "_gen",
+        "_inv",
+        "_jr",
         "_kappa",
         "_latest",
+        "_map",
         "_n",
-        "_no_answer",
         "_opened",
         "_probes",
         "_pruned",
@@ -169,11 +246,12 @@ class Episode(_NoCopy):
         probe_cost: int = 0,
         budget: int | None = None,
         trace: bool = False,
+        journal: bool = False,
     ) -> None:
         n = len(order)
         self._q = question
         self._delta = question.delta
-        self._no_answer = question.no_answer_class
+        self._err = question.no_answer_class
         self._b = np.asarray(order, dtype=np.int64)
         self._n = n
         self._kappa = int(probe_cost)
@@ -185,11 +263,17 @@ class Episode(_NoCopy):
         self._running = np.zeros(n, dtype=bool)  # opened, not pruned, not finished
         self._seen = np.zeros((n, question._width), dtype=bool)
         self._seen_flat = self._seen.reshape(-1)
+        # Store class -> episode id (-1: not yet revealed). One spare entry at the end, never
+        # written, so that the store's -1 ("no answer" in math stores) maps to -1 by indexing.
+        self._map = np.full(question._nclass + 1, NO_ANSWER, dtype=np.int32)
+        self._inv: list[int] = [NO_ANSWER]  # episode id -> store class; id 0 until ERR shows
         self._opened = 0
         self._gen = 0
         self._probes = 0
         self._actions = 0
+        self._closed = False
         self._trace: list[dict[str, Any]] | None = [] if trace else None
+        self._jr: list[tuple[Any, Any, Any, Any]] | None = [] if journal else None
 
     # ---- public facts and revealed state -----------------------------------------------------
 
@@ -207,9 +291,10 @@ class Episode(_NoCopy):
 
     @property
     def no_answer_class(self) -> int:
-        """The class of the model's "no answer" output ('ERR') in exact stores, else -1. It is an
-        ordinary vote in the published baselines; controllers may choose to ignore it."""
-        return self._no_answer
+        """The id of the model's own "no answer" output ('ERR'): 0 in every episode (reserved,
+        so it says nothing about the pool). It is an ordinary vote in the published baselines;
+        controllers may choose to ignore it."""
+        return NO_ANSWER_ID
 
     @property
     def budget(self) -> int | None:
@@ -230,10 +315,13 @@ class Episode(_NoCopy):
 
     @property
     def remaining_budget(self) -> int | None:
+        """budget − tokens (negative once the last admitted action overshot it); None without a
+        budget. Actions are admitted while it is positive."""
         return None if self._budget is None else self._budget - self.tokens
 
     @property
     def num_actions(self) -> int:
+        """Admitted actions so far (refusals are not counted)."""
         return self._actions
 
     @property
@@ -283,7 +371,7 @@ class Episode(_NoCopy):
     def history(self, i: int) -> np.ndarray:
         """Revealed answers of branch i in depth order (probes, then the final if finished)."""
         i = self._check_opened(i)
-        return self._q._reveal[self._b[i], self._seen[i]].copy()
+        return self._map[self._q._reveal[self._b[i], self._seen[i]]]
 
     def history_depths(self, i: int) -> np.ndarray:
         """The depths (1-based step numbers) at which history(i)'s answers were revealed."""
@@ -297,189 +385,231 @@ class Episode(_NoCopy):
     def trace_enabled(self) -> bool:
         return self._trace is not None
 
+    def take_journal(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Trusted observer: (branch index, depth, answer id, is_final) of every answer revealed
+        since the previous call, in reveal order, as int64/int64/int32/bool arrays; then clears
+        them. Depth is the 1-based step that revealed it (L_b + 1 for a final). Only with
+        Episode(..., journal=True)."""
+        jr = self._jr
+        if jr is None:
+            raise RuntimeError("the reveal journal is off: create the Episode with journal=True")
+        cols: list[list[np.ndarray]] = [[], [], [], []]
+        run: list[tuple[int, int, int, bool]] = []
+        for item in jr:
+            if isinstance(item[0], np.ndarray):
+                if run:
+                    for c, col in zip(cols, zip(*run, strict=True), strict=True):
+                        c.append(np.array(col))
+                    run = []
+                for c, col in zip(cols, item, strict=True):
+                    c.append(col)
+            else:
+                run.append(item)
+        if run:
+            for c, col in zip(cols, zip(*run, strict=True), strict=True):
+                c.append(np.array(col))
+        jr.clear()
+        out = tuple(
+            np.concatenate(c).astype(dt, copy=False) if c else np.zeros(0, dtype=dt)
+            for c, dt in zip(cols, (np.int64, np.int64, np.int32, bool), strict=True)
+        )
+        return out  # type: ignore[return-value]
+
     def close(self) -> None:
         """End the episode: a handle kept past its episode can no longer act or read branches."""
+        self._closed = True
         if not isinstance(self._q, _Ended):
             self._q = _Ended()  # type: ignore[assignment]
 
     # ---- actions ------------------------------------------------------------------------------
 
     def branch(self, probe: bool = False) -> int:
+        probe = probe if probe is False or probe is True else _as_flag(probe, "branch: probe")
+        self._admit()
         i = self._opened
         if i >= self._n:
             raise InvalidAction(f"BRANCH past the pool: all {self._n} branches are open")
         q, b = self._q, self._b[i]
-        cost = int(q._step_cost[b, 0])
-        done = q._last[b] == 0
-        self._charge(cost, 1 if probe and not done else 0)
+        self._gen += int(q._step_cost[b, 0])
         self._opened = i + 1
         self._depth[i] = 1
         self._running[i] = True
-        if done:
+        self._actions += 1
+        if q._last[b] == 0:
             self._reveal_final(i, b, 0)
         elif probe:
-            self._seen[i, 0] = True
-            self._latest[i] = q._reveal[b, 0]
             self._probes += 1
+            self._reveal_probe(i, b, 0)
         self._log("branch", i)
         return i
 
     def branch_many(self, k: int, probe: bool = False) -> np.ndarray:
-        k = _as_index(k)
+        k = _as_count(k, "branch_many: k", 0)
+        probe = probe if probe is False or probe is True else _as_flag(probe, "branch_many: probe")
+        self._admit()
         start = self._opened
-        if k < 0 or start + k > self._n:
+        if start + k > self._n:
             raise InvalidAction(f"BRANCH ×{k} past the pool: {self._n - start} branches left")
         idx = np.arange(start, start + k)
-        if k == 0:
-            return idx
-        q, b = self._q, self._b[idx]
-        done = q._last[b] == 0
-        self._charge(int(q._step_cost[b, 0].sum()), int(k - done.sum()) if probe else 0)
-        self._opened = start + k
-        self._depth[idx] = 1
-        self._running[idx] = True
-        if probe:
-            self._seen[idx, 0] = True
-            self._latest[idx] = q._reveal[b, 0]
-            self._probes += int(k - done.sum())
-        if done.any():
-            for i in idx[done]:
-                self._reveal_final(int(i), self._b[i], 0)
+        self._actions += 1
+        if k:
+            q, b = self._q, self._b[idx]
+            done = q._last[b] == 0
+            self._gen += int(q._step_cost[b, 0].sum())
+            self._opened = start + k
+            self._depth[idx] = 1
+            self._running[idx] = True
+            if probe:
+                self._probes += int(k - np.count_nonzero(done))
+                self._reveal(idx, b, np.zeros(k, dtype=np.int64), done)
+            elif done.any():
+                self._reveal(idx[done], b[done], np.zeros(int(done.sum()), dtype=np.int64),
+                             done[done])
         self._log("branch_many", start, k=int(k))
         return idx
 
     def extend(self, i: int) -> int | None:
-        i = self._check_running(i)
+        i = self._check_running(i, "extend: i")
+        self._admit()
         q, b, d = self._q, self._b[i], self._depth[i]
-        self._charge(int(q._step_cost[b, d]), 0)
+        self._gen += int(q._step_cost[b, d])
         self._depth[i] = d + 1
+        self._actions += 1
         if d == q._last[b]:
-            self._reveal_final(i, b, d)
+            a = self._reveal_final(i, b, d)
             self._log("extend", i)
-            return int(self._latest[i])
+            return a
         self._log("extend", i)
         return None
 
     def probe(self, i: int) -> int:
-        i = self._check_running(i)
+        i = self._check_running(i, "probe: i")
         d = self._depth[i] - 1
         if self._seen[i, d]:
             raise InvalidAction(f"PROBE of branch {i} twice at depth {d + 1}")
-        self._charge(0, 1)
-        ans = self._q._reveal[self._b[i], d]
-        self._seen[i, d] = True
-        self._latest[i] = ans
+        self._admit()
         self._probes += 1
+        self._actions += 1
+        a = self._reveal_probe(i, self._b[i], d)
         self._log("probe", i)
-        return int(ans)
+        return a
 
     def advance(self, i: int) -> int:
-        i = self._check_running(i)
+        i = self._check_running(i, "advance: i")
+        self._admit()
         q, b, d = self._q, self._b[i], self._depth[i]
-        done = d == q._last[b]
-        self._charge(int(q._step_cost[b, d]), 0 if done else 1)
+        self._gen += int(q._step_cost[b, d])
         self._depth[i] = d + 1
-        if done:
-            self._reveal_final(i, b, d)
+        self._actions += 1
+        if d == q._last[b]:
+            a = self._reveal_final(i, b, d)
         else:
-            self._seen[i, d] = True
-            self._latest[i] = q._reveal[b, d]
             self._probes += 1
+            a = self._reveal_probe(i, b, d)
         self._log("advance", i)
-        return int(self._latest[i])
+        return a
 
     def advance_many(self, which: Any, times: int = 1) -> np.ndarray:
         """ADVANCE each given branch `times` times (a branch that finishes stops there). Returns the
-        latest answer of each given branch afterwards. All-or-nothing: if the whole call does not
-        fit the budget, nothing happens and InvalidAction is raised."""
-        idx = self._check_running_many(which)
-        if times != 1:
-            times = _as_index(times)
-            if times < 1:
-                raise InvalidAction(f"advance_many needs times >= 1, got {times}")
+        latest answer of each given branch afterwards. One action: admitted while the cost so far
+        is below the budget, then charged in full."""
+        idx = self._check_running_many(which, "advance_many: which")
+        if type(times) is not int or times != 1:
+            times = _as_count(times, "advance_many: times", 1)
+        self._admit()
         q = self._q
         width = q._width
-        b, d = self._b[idx], self._depth[idx]
-        if self._budget is not None:
-            self._charge_burst(b, d, times)
+        times = min(times, width)  # no branch has more steps than the table's width
         self._actions += 1
+        b, d = self._b[idx], self._depth[idx]
         last = q._last[b]
         cur = idx
+        jr = self._jr
         for _ in range(times):
+            if len(cur) == 0:
+                break
             flat = b * width + d
             fin = d == last
             self._gen += int(q._cost_flat[flat].sum())
             self._seen_flat[cur * width + d] = True
-            self._latest[cur] = q._reveal_flat[flat]
+            ids = self._ids(q._reveal_flat[flat])
+            self._latest[cur] = ids
             d = d + 1
             self._depth[cur] = d
             n_fin = int(np.count_nonzero(fin))
             self._probes += len(cur) - n_fin
+            if jr is not None:
+                jr.append((cur, d, ids, fin))
             if n_fin:
                 done = cur[fin]
                 self._finished[done] = True
                 self._running[done] = False
                 keep = ~fin
                 cur, b, d, last = cur[keep], b[keep], d[keep], last[keep]
-                if len(cur) == 0:
-                    break
         if self._trace is not None:
             self._log("advance_many", -1, n=len(idx), times=times, idx=idx.tolist())
         return self._latest[idx]
 
     def read(self, i: int) -> int:
-        i = self._check_running(i)
+        i = self._check_running(i, "read: i")
+        self._admit()
         q, b, d = self._q, self._b[i], self._depth[i]
-        self._charge(int(q._cum[b, -1] - q._cum[b, d]), 0)
+        self._gen += int(q._cum[b, -1] - q._cum[b, d])
         last = q._last[b]
         self._depth[i] = last + 1
-        self._reveal_final(i, b, last)
+        self._actions += 1
+        a = self._reveal_final(i, b, last)
         self._log("read", i)
-        return int(self._latest[i])
+        return a
 
     def read_new(self) -> int:
+        self._admit()
         i = self._opened
         if i >= self._n:
             raise InvalidAction(f"READ_NEW past the pool: all {self._n} branches are open")
         q, b = self._q, self._b[i]
-        self._charge(int(q._tokens[b]), 0)
+        self._gen += int(q._tokens[b])
         self._opened = i + 1
         last = q._last[b]
         self._depth[i] = last + 1
-        self._reveal_final(i, b, last)
+        self._actions += 1
+        a = self._reveal_final(i, b, last)
         self._log("read_new", i)
-        return int(self._latest[i])
+        return a
 
     def read_new_many(self, k: int) -> np.ndarray:
-        k = _as_index(k)
+        k = _as_count(k, "read_new_many: k", 0)
+        self._admit()
         start = self._opened
-        if k < 0 or start + k > self._n:
+        if start + k > self._n:
             raise InvalidAction(f"READ_NEW ×{k} past the pool: {self._n - start} branches left")
         idx = np.arange(start, start + k)
-        q, b = self._q, self._b[idx]
-        self._charge(int(q._tokens[b].sum()), 0)
-        self._opened = start + k
-        last = q._last[b]
-        self._depth[idx] = last + 1
-        self._seen[idx, last] = True
-        self._latest[idx] = q._reveal[b, last]
-        self._finished[idx] = True
+        self._actions += 1
+        if k:
+            q, b = self._q, self._b[idx]
+            self._gen += int(q._tokens[b].sum())
+            self._opened = start + k
+            last = q._last[b]
+            self._depth[idx] = last + 1
+            self._reveal(idx, b, last, np.ones(k, dtype=bool))
         self._log("read_new_many", start, k=int(k))
-        return self._latest[idx].copy()
+        return self._latest[idx]
 
     def prune(self, i: int) -> None:
-        i = self._check_opened(i)
+        i = self._check_opened(i, "prune: i")
         if self._pruned[i]:
             raise InvalidAction(f"PRUNE of branch {i}, which is already pruned")
+        self._admit()
         self._pruned[i] = True
         self._running[i] = False
         self._actions += 1
         self._log("prune", i)
 
     def prune_many(self, which: Any) -> None:
-        idx = self._indices(which)
+        idx = self._indices(which, "prune_many: which")
         if self._pruned[idx].any():
             raise InvalidAction(f"PRUNE of already pruned branch {int(idx[self._pruned[idx]][0])}")
+        self._admit()
         self._pruned[idx] = True
         self._running[idx] = False
         self._actions += 1
@@ -487,63 +617,120 @@ class Episode(_NoCopy):
 
     # ---- internals ----------------------------------------------------------------------------
 
-    def _charge(self, tokens: int, probes: int) -> None:
-        self._actions += 1
-        if self._budget is not None:
-            after = self._gen + tokens + self._kappa * (self._probes + probes)
-            if after > self._budget:
-                raise InvalidAction(f"over budget: {after} > {self._budget} tokens")
-        self._gen += tokens
+    def _admit(self) -> None:
+        """The budget rule, from revealed quantities only: admissible while tokens < budget."""
+        if self._closed:
+            raise InvalidAction("the episode has ended")
+        budget = self._budget
+        if budget is not None and self._gen + self._kappa * self._probes >= budget:
+            raise InvalidAction(
+                f"the budget is spent ({self.tokens} tokens so far, budget {budget}): "
+                "only ANSWER remains"
+            )
 
-    def _charge_burst(self, b: np.ndarray, d: np.ndarray, times: int) -> None:
-        q = self._q
-        end = np.minimum(d + times, q._last[b] + 1)
-        tokens = int((q._cum[b, end] - q._cum[b, d]).sum())
-        probes = int((np.minimum(end, q._last[b]) - d).clip(min=0).sum())
-        after = self._gen + tokens + self._kappa * (self._probes + probes)
-        if after > self._budget:  # type: ignore[operator]
-            raise InvalidAction(f"over budget: {after} > {self._budget} tokens")
+    def _new_id(self, s: int) -> int:
+        if s == self._err:
+            e = NO_ANSWER_ID
+            self._inv[NO_ANSWER_ID] = s
+        else:
+            e = len(self._inv)
+            self._inv.append(s)
+        self._map[s] = e
+        return e
 
-    def _reveal_final(self, i: int, b: Any, step: Any) -> None:
-        self._seen[i, step] = True
-        self._latest[i] = self._q._reveal[b, step]
-        self._finished[i] = True
-        self._running[i] = False
+    def _ids(self, s: np.ndarray) -> np.ndarray:
+        """Episode ids of revealed store classes `s` (in reveal order), numbering new ones."""
+        m = self._map
+        e = m.take(s)
+        # A new class, or the store's -1 (math stores' no answer)? (argmin: a third of min's cost)
+        if len(e) and e[e.argmin()] < 0:
+            neg = e < 0
+            fresh = s[neg]
+            for c in fresh.tolist():
+                if c >= 0 and m[c] < 0:
+                    self._new_id(c)
+            e[neg] = m.take(fresh)
+        return e
 
-    def _check_opened(self, i: Any) -> int:
-        i = _as_index(i)
+    def _reveal_one(self, i: int, b: Any, k: Any, final: bool) -> int:
+        """Reveal step k (0-based) of branch i (row b): its probe, or its final if `final`."""
+        s = int(self._q._reveal[b, k])
+        a = int(self._map[s])
+        if a < 0 and s >= 0:
+            a = self._new_id(s)
+        self._seen[i, k] = True
+        self._latest[i] = a
+        if final:
+            self._finished[i] = True
+            self._running[i] = False
+        if self._jr is not None:
+            self._jr.append((int(i), int(k) + 1, a, final))
+        return a
+
+    def _reveal_probe(self, i: int, b: Any, k: Any) -> int:
+        return self._reveal_one(i, b, k, False)
+
+    def _reveal_final(self, i: int, b: Any, k: Any) -> int:
+        return self._reveal_one(i, b, k, True)
+
+    def _reveal(self, idx: np.ndarray, b: np.ndarray, k: np.ndarray, final: np.ndarray) -> None:
+        """Reveal step k (0-based) of branches idx (rows b) at once, numbered in idx order."""
+        ids = self._ids(self._q._reveal[b, k])
+        self._seen[idx, k] = True
+        self._latest[idx] = ids
+        if final.any():
+            done = idx[final]
+            self._finished[done] = True
+            self._running[done] = False
+        if self._jr is not None:
+            self._jr.append((idx, k + 1, ids, final))
+
+    def _check_opened(self, i: Any, what: str = "the branch index") -> int:
+        if type(i) is not int:
+            i = _as_int(i, what)
         if not 0 <= i < self._opened:
             raise InvalidAction(f"branch {i} is not open ({self._opened} opened)")
         return i
 
-    def _check_running(self, i: Any) -> int:
-        i = self._check_opened(i)
+    def _check_running(self, i: Any, what: str) -> int:
+        i = self._check_opened(i, what)
         if self._pruned[i]:
             raise InvalidAction(f"branch {i} is pruned")
         if self._finished[i]:
             raise InvalidAction(f"branch {i} is finished")
         return i
 
-    def _indices(self, which: Any) -> np.ndarray:
-        arr = np.asarray(which)
+    def _indices(self, which: Any, what: str) -> np.ndarray:
+        """Branch indices from a list/array of integers, one integer, or a bool mask over the
+        opened branches. Always a fresh array (a caller's array may change after the call)."""
+        if type(which) is bool or type(which) is np.bool_:
+            raise InvalidAction(f"{what} must be branch indices or a mask, got {_describe(which)}")
+        try:
+            arr = np.array(which)
+        except Exception:
+            raise InvalidAction(
+                f"{what} must be branch indices or a mask, got {_describe(which)}"
+            ) from None
         if arr.dtype == bool:
             if arr.ndim != 1 or len(arr) != self._opened:
                 raise InvalidAction(
-                    f"a branch mask must have one entry per opened branch ({self._opened})"
+                    f"{what}: a branch mask must have one entry per opened branch ({self._opened})"
                 )
             return np.flatnonzero(arr)
         if arr.ndim == 0:
             arr = arr.reshape(1)
         if arr.ndim != 1 or (len(arr) and arr.dtype.kind not in "iu"):
-            raise InvalidAction(f"branch indices must be integers, got {which!r:.80}")
-        idx = arr.astype(np.int64, copy=False)
-        if len(idx) and (idx.min() < 0 or idx.max() >= self._opened):
-            raise InvalidAction(f"branch index out of range ({self._opened} opened)")
-        if len(idx) > 1 and len(np.unique(idx)) != len(idx):
-            raise InvalidAction("a branch appears twice in one call")
+            raise InvalidAction(
+                f"{what} must be branch indices or a mask, got {_describe(which)}"
+            )
+        if len(arr) and (arr.min() < 0 or arr.max() >= self._opened):
+            raise InvalidAction(f"{what}: branch index out of range ({self._opened} opened)")
+        idx = arr.astype(np.int64)
+        if len(idx) > 1 and (np.diff(np.sort(idx)) == 0).any():
+            raise InvalidAction(f"{what}: a branch appears twice in one call")
         return idx
 
-    def _check_running_many(self, which: Any) -> np.ndarray:
+    def _check_running_many(self, which: Any, what: str) -> np.ndarray:
         if (
             isinstance(which, np.ndarray)
             and which.dtype == bool
@@ -551,7 +738,7 @@ class Episode(_NoCopy):
         ):
             idx = which.nonzero()[0]  # a mask cannot name a branch twice: no uniqueness check
         else:
-            idx = self._indices(which)
+            idx = self._indices(which, what)
         ok = self._running[idx]
         if not ok.all():
             j = int(idx[~ok][0])
@@ -563,7 +750,8 @@ class Episode(_NoCopy):
             ev: dict[str, Any] = {"t": self._actions, "ev": action, "tokens": self.tokens}
             if i >= 0:
                 ev["i"] = int(i)
-                ev["ans"] = int(self._latest[i])
+                if i < self._opened:  # a batch of 0 names the next branch, which is not open
+                    ev["ans"] = int(self._latest[i])
             ev.update(data)
             self._trace.append(ev)
 

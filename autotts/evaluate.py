@@ -18,7 +18,7 @@ import numpy as np
 
 from autotts import controller as ctl
 from autotts.draws import PROTOCOLS, draw_order
-from autotts.engine import NO_ANSWER, Episode, InvalidAction, Question
+from autotts.engine import NO_ANSWER, Episode, InvalidAction, Question, store_class
 from autotts.errors import AutoTTSError, ConfigError
 from autotts.store import ReplayData, Store, open_store
 
@@ -152,8 +152,8 @@ def run_block(
                     )
                 errors.append(err)
                 ans = NO_ANSWER
-            a = int(ans)
-            answers[di, q] = a if a >= 0 else NO_ANSWER
+            # The controller answers in its episode's own ids; the store's class is what scores.
+            answers[di, q] = store_class(ep, ans)
             tokens[di, q] = ep.tokens
             probes[di, q] = ep.num_probes
             opened[di, q] = ep.num_opened

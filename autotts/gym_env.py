@@ -39,7 +39,7 @@ import numpy as np
 from gymnasium import spaces
 
 from autotts.draws import draw_order
-from autotts.engine import NO_ANSWER, Episode, InvalidAction, Question
+from autotts.engine import NO_ANSWER, Episode, InvalidAction, Question, store_class
 from autotts.errors import ConfigError
 from autotts.store import Store, open_store
 
@@ -171,6 +171,8 @@ class WidthDepthEnv(gym.Env[dict[str, np.ndarray], int]):
         cap = self.branch_cap
         mask = np.zeros(3 + 2 * cap, dtype=bool)
         mask[ANSWER] = True
+        if ep.budget is not None and ep.tokens >= ep.budget:
+            return mask  # the budget is spent: only ANSWER remains
         can_open = ep.num_opened < min(cap, ep.pool_size)
         mask[BRANCH] = mask[READ_NEW] = can_open
         k = min(ep.num_opened, cap)
@@ -199,7 +201,8 @@ class WidthDepthEnv(gym.Env[dict[str, np.ndarray], int]):
         cap = self.branch_cap
         if a == ANSWER:
             answer, _ = plurality(ep.latest[~ep.pruned])
-            right = answer >= 0 and answer == self._gold[self._q]
+            # Ids are the episode's own (numbered as revealed); the store's class is what scores.
+            right = answer >= 0 and store_class(ep, answer) == self._gold[self._q]
             return True, 1.0 if right else 0.0
         if a in (BRANCH, READ_NEW):
             if ep.num_opened >= cap:

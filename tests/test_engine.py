@@ -8,7 +8,7 @@ import types
 import numpy as np
 import pytest
 
-from autotts.engine import NO_ANSWER, Episode, InvalidAction, Question
+from autotts.engine import NO_ANSWER, NO_ANSWER_ID, Episode, InvalidAction, Question, store_class
 from tests.conftest import branch, make_store
 
 GOLD = "GOLD-SENTINEL-only-in-gold"
@@ -49,7 +49,7 @@ def test_branch_then_probe_reveals_first_interval(store, question):
     ep = episode(question)
     assert ep.branch() == 0
     assert (ep.depth(0), ep.tokens, ep.latest_answer(0)) == (1, 10, NO_ANSWER)
-    assert ep.probe(0) == cls(store, "x")
+    assert store_class(ep, ep.probe(0)) == cls(store, "x")
     assert (ep.tokens, ep.num_probes) == (10, 1)
     with pytest.raises(InvalidAction, match="twice"):
         ep.probe(0)
@@ -58,27 +58,28 @@ def test_branch_then_probe_reveals_first_interval(store, question):
 def test_advance_to_the_end_charges_the_remainder(store, question):
     ep = episode(question)
     ep.branch(probe=True)
-    assert ep.advance(0) == cls(store, "A")
-    assert ep.advance(0) == cls(store, "A")
+    assert store_class(ep, ep.advance(0)) == cls(store, "A")
+    assert store_class(ep, ep.advance(0)) == cls(store, "A")
     assert ep.tokens == 30 and not ep.is_finished(0)
-    assert ep.advance(0) == cls(store, "A")  # the finishing step reveals the final
+    assert store_class(ep, ep.advance(0)) == cls(store, "A")  # the finishing step reveals the final
     assert ep.is_finished(0) and ep.tokens == 35 and ep.depth(0) == 4
     assert ep.num_probes == 3
     with pytest.raises(InvalidAction, match="finished"):
         ep.advance(0)
     with pytest.raises(InvalidAction, match="finished"):
         ep.probe(0)
-    assert ep.history(0).tolist() == [cls(store, a) for a in ("x", "A", "A", "A")]
+    assert [store_class(ep, a) for a in ep.history(0)] == [cls(store, a) for a in ("x", "A", "A", "A")]
+    assert ep.history(0).tolist() == [1, 2, 2, 2]  # ids in reveal order
     assert ep.history_depths(0).tolist() == [1, 2, 3, 4]
 
 
 def test_read_new_costs_tokens_but_stepping_costs_intervals(question, store):
     ep = episode(question, order=(1, 0, 2, 3))
-    assert ep.read_new() == cls(store, "B")
+    assert store_class(ep, ep.read_new()) == cls(store, "B")
     assert ep.tokens == 5 and ep.is_finished(0)
     ep2 = episode(question, order=(1, 0, 2, 3))
     ep2.branch()
-    assert ep2.extend(0) == cls(store, "B")  # the finishing step: remainder max(0, 5 - 10) = 0
+    assert store_class(ep2, ep2.extend(0)) == cls(store, "B")  # the finishing step: remainder max(0, 5 - 10) = 0
     assert ep2.tokens == 10
 
 
@@ -86,7 +87,7 @@ def test_branch_without_probes_finishes_at_once(question, store):
     ep = episode(question, order=(2, 0, 1, 3))
     ep.branch(probe=True)
     assert ep.is_finished(0) and ep.tokens == 7 and ep.num_probes == 0
-    assert ep.latest_answer(0) == cls(store, "A")
+    assert store_class(ep, ep.latest_answer(0)) == cls(store, "A")
 
 
 def test_read_runs_an_open_branch_for_what_stepping_costs(question):
@@ -98,14 +99,34 @@ def test_read_runs_an_open_branch_for_what_stepping_costs(question):
 
 
 def test_probe_cost_and_budget(question):
+    """DESIGN §3: admissible while the cost so far is below B, charged in full, then only ANSWER."""
     ep = episode(question, probe_cost=3, budget=25)
     ep.branch(probe=True)
     assert ep.tokens == 13 and ep.generated_tokens == 10
-    with pytest.raises(InvalidAction, match="budget"):
-        ep.advance(0)  # 10 + 10 + 3·2 = 26 > 25
-    assert (ep.tokens, ep.depth(0), ep.num_probes) == (13, 1, 1)  # nothing changed
-    ep.extend(0)
-    assert ep.tokens == 23 and ep.remaining_budget == 2
+    ep.advance(0)  # 13 < 25: admitted, and charged in full
+    assert (ep.tokens, ep.remaining_budget) == (26, -1)
+    n = ep.num_actions
+    for action in (lambda: ep.advance(0), ep.branch, ep.read_new, lambda: ep.prune(0),
+                   lambda: ep.read_new_many(0), lambda: ep.advance_many([])):
+        with pytest.raises(InvalidAction, match="budget is spent") as err:
+            action()
+        assert "26" in str(err.value) and "25" in str(err.value)  # revealed figures only
+    assert (ep.tokens, ep.depth(0), ep.num_probes, ep.num_actions) == (26, 2, 2, n)
+
+
+def test_budget_refusal_does_not_depend_on_the_hidden_cost(question):
+    """The old rule ('refused if it would exceed B') told the controller T_b by the refusal."""
+    outcomes = set()
+    for order in ((0, 1, 2, 3), (1, 0, 2, 3), (2, 0, 1, 3), (3, 0, 1, 2)):
+        ep = episode(question, order=order, budget=6)
+        ep.read_new()  # costs 35, 5, 7 or 20: admitted alike at cost 0
+        try:
+            ep.read_new()
+            outcomes.add("admitted")
+        except InvalidAction as e:
+            outcomes.add(str(e).replace(str(ep.tokens), "<cost so far>"))
+    assert outcomes == {"admitted", "the budget is spent (<cost so far> tokens so far, budget 6): "
+                        "only ANSWER remains"}
 
 
 def test_prune_keeps_depth_and_history(question, store):
@@ -143,8 +164,8 @@ def test_advance_many_matches_advancing_one_by_one(question):
         b.branch(probe=True)
     assert a.tokens == b.tokens and a.num_probes == b.num_probes
     a.advance_many(a.running, times=3)
-    for i in range(4):
-        for _ in range(3):
+    for _ in range(3):  # round by round, as advance_many reveals (and numbers) them
+        for i in range(4):
             if not b.is_finished(i):
                 b.advance(i)
     assert a.tokens == b.tokens and a.num_probes == b.num_probes
@@ -154,14 +175,14 @@ def test_advance_many_matches_advancing_one_by_one(question):
     assert [a.history(i).tolist() for i in range(4)] == [b.history(i).tolist() for i in range(4)]
 
 
-def test_advance_many_is_all_or_nothing_under_a_budget(question):
-    ep = episode(question, budget=40)
+def test_a_batch_action_is_one_action_under_a_budget(question):
+    ep = episode(question, budget=25)
     ep.branch_many(2, probe=True)  # 10 + 10
+    ep.advance_many([0, 1], times=3)  # 20 < 25: admitted whole, 20 + (10 + 10 + 5) + 0 = 45
+    assert ep.tokens == 45 and ep.finished.tolist() == [True, True]
     with pytest.raises(InvalidAction, match="budget"):
-        ep.advance_many([0, 1], times=3)  # 20 + (10 + 10 + 5) + 0 = 45 > 40
-    assert ep.tokens == 20 and ep.depths.tolist() == [1, 1]
-    ep.advance_many([0, 1], times=1)  # branch 1 finishes: remainder max(0, 5 - 10) = 0
-    assert ep.tokens == 30 and ep.finished.tolist() == [False, True]
+        ep.branch()
+    assert ep.tokens == 45 and ep.depths.tolist() == [4, 2] and ep.num_opened == 2
 
 
 def test_read_new_many_equals_read_new(question):
@@ -257,3 +278,48 @@ def test_a_closed_episode_cannot_act_or_read_on(question):
         with pytest.raises(InvalidAction, match="ended"):
             action()
     assert ep.tokens == 10 and ep.delta == 10 and ep.num_opened == 1
+
+
+def test_ids_are_numbered_in_reveal_order_and_map_back(store, question):
+    ep = episode(question, order=(3, 1, 0, 2))
+    assert ep.no_answer_class == NO_ANSWER_ID == 0  # known before anything is revealed
+    assert ep.read_new() == 1  # C: the first class this episode reveals gets 1
+    assert ep.read_new() == 2  # B
+    assert ep.read_new() == 3  # A
+    assert ep.read_new() == 3  # A again
+    assert [store_class(ep, a) for a in (1, 2, 3)] == [cls(store, t) for t in ("C", "B", "A")]
+    for not_revealed in (0, 4, -1, 2**40, -(2**40), None, True, 1.0, "1", np.int64(9)):
+        assert store_class(ep, not_revealed) == NO_ANSWER
+    assert store_class(ep, np.int32(2)) == cls(store, "B")
+
+
+def test_the_no_answer_class_is_id_0_once_revealed():
+    store = make_store([("7", [branch(["ERR", "7"], 25, "ERR"), branch(["3"], 12, "7")])])
+    q = Question(store.replay(), 0)
+    ep = Episode(q, np.array([1, 0]))
+    assert ep.read_new() == 1 and ep.no_answer_class == 0
+    assert store_class(ep, 0) == NO_ANSWER  # not revealed yet: scores as no answer
+    ep.branch(probe=True)
+    assert ep.latest_answer(1) == 0  # 'ERR' takes its reserved id
+    assert store_class(ep, 0) == q.no_answer_class >= 0
+    assert ep.advance(1) == 1 and ep.advance(1) == 0
+
+
+def test_journal_records_every_reveal_in_order(question):
+    ep = episode(question, order=(0, 1, 2, 3), journal=True)
+    ep.branch_many(3, probe=True)  # probes at depth 1 of branches 0, 1; branch 2 (L=0) finishes
+    ep.extend(0)  # reveals nothing
+    ep.probe(0)
+    ep.advance_many([1, 0], times=3)
+    ep.read_new_many(1)
+    i, d, a, f = ep.take_journal()
+    assert i.tolist() == [0, 1, 2, 0, 1, 0, 0, 3]
+    assert d.tolist() == [1, 1, 1, 2, 2, 3, 4, 3]
+    assert f.tolist() == [False, False, True, False, True, False, True, True]
+    hist = {k: ep.history(k).tolist() for k in range(4)}
+    for k in range(4):
+        assert a[i == k].tolist() == hist[k]
+        assert d[i == k].tolist() == ep.history_depths(k).tolist()
+    assert [len(x) for x in ep.take_journal()] == [0, 0, 0, 0]  # taken: cleared
+    with pytest.raises(RuntimeError, match="journal"):
+        episode(question).take_journal()

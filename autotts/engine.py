@@ -755,5 +755,6 @@ class Episode(_NoCopy):
             ev.update(data)
             self._trace.append(ev)
 
-    def _events(self) -> list[dict[str, Any]]:
+    def trace_events(self) -> list[dict[str, Any]]:
+        """The trace recorded so far (for the evaluator, which reports it)."""
         return list(self._trace or [])

@@ -61,7 +61,7 @@ class BlockResult:
     traces: list[dict[str, Any]] | None = None
 
 
-class _Questions:
+class Questions:
     """Per-store lazily prepared `Question`s (the engine's layout), shared by all runs."""
 
     def __init__(self, data: ReplayData) -> None:
@@ -75,7 +75,7 @@ class _Questions:
         return item
 
 
-def _shown(ans: Any) -> str:
+def shown_answer(ans: Any) -> str:
     """A returned value for a message. Integers past int32 say so; a repr is never built for
     them, as Python refuses the decimal repr of an int of over 4300 digits."""
     if isinstance(ans, int | np.integer) and not isinstance(ans, bool):
@@ -83,14 +83,14 @@ def _shown(ans: Any) -> str:
     return f"{ans!r:.80}"
 
 
-def _controller_lines(exc: BaseException, path: str) -> str:
+def controller_lines(exc: BaseException, path: str) -> str:
     frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == path]
     where = "; ".join(f"line {f.lineno}: {(f.line or '').strip()}" for f in frames[-3:])
     return f"{type(exc).__name__}: {exc}" + (f" (at {where})" if where else "")
 
 
 def run_block(
-    questions: _Questions,
+    questions: Questions,
     spec: ctl.ControllerSpec,
     config: dict[str, Any],
     proto: Protocol,
@@ -127,14 +127,14 @@ def run_block(
             except InvalidAction as e:
                 kind, message, ans = "invalid_action", str(e), None
             except Exception as e:  # the controller's own bug: report it, with its own lines
-                kind, message, ans = "exception", _controller_lines(e, spec.path), None
+                kind, message, ans = "exception", controller_lines(e, spec.path), None
             ep.close()  # a handle kept past its episode must not read on for free
             if kind is None:
                 if ans is None:
                     ans = NO_ANSWER
                 elif (isinstance(ans, bool) or not isinstance(ans, int | np.integer)
                       or not -(2**31) <= ans < 2**31):
-                    kind, message = "non_answer", f"run() returned {_shown(ans)}, not an answer class"
+                    kind, message = "non_answer", f"run() returned {shown_answer(ans)}, not an answer class"
                     ans = NO_ANSWER
             if kind is not None:
                 err = {
@@ -158,7 +158,7 @@ def run_block(
             probes[di, q] = ep.num_probes
             opened[di, q] = ep.num_opened
             if traces is not None:
-                traces.append({"question": q, "draw": draw, "events": ep._events()})
+                traces.append({"question": q, "draw": draw, "events": ep.trace_events()})
         if deadline is not None:
             deadline()
     return BlockResult(answers, tokens, probes, opened, errors, traces)
@@ -197,7 +197,7 @@ def make_units(n_stores: int, n_configs: int, draws: int, workers: int) -> list[
     ]
 
 
-def run_unit(questions: _Questions, job: Job, unit: Unit) -> BlockResult:
+def run_unit(questions: Questions, job: Job, unit: Unit) -> BlockResult:
     s, r, lo, hi = unit
     spec = ctl.load_source(job.controller_source, job.controller_path)
     return run_block(

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from autotts.errors import ConfigError
-from autotts.evaluate import BlockResult, EvaluationError, Job, Unit, _Questions, run_unit
+from autotts.evaluate import BlockResult, EvaluationError, Job, Unit, Questions, run_unit
 from autotts.store import ReplayData
 
 EXECUTORS = ("local", "ray")
@@ -35,7 +35,7 @@ _LOCAL: dict[str, Any] = {}
 
 def _local_init(stores: Sequence[ReplayData] | None, job: Job) -> None:
     if stores is not None:  # spawn: stores arrive pickled once per worker, not once per unit
-        _LOCAL["questions"] = [_Questions(d) for d in stores]
+        _LOCAL["questions"] = [Questions(d) for d in stores]
     _LOCAL["job"] = job
 
 
@@ -54,7 +54,7 @@ class LocalExecutor:
 
     def run(self, stores: Sequence[ReplayData], job: Job, units: list[Unit]
             ) -> Iterator[tuple[Unit, BlockResult]]:
-        questions = [_Questions(d) for d in stores]
+        questions = [Questions(d) for d in stores]
         if self.parallelism == 1 or len(units) == 1:
             for unit in units:
                 yield unit, run_unit(questions[unit[0]], job, unit)
@@ -92,14 +92,14 @@ def fingerprint(data: ReplayData) -> str:
 
 # Per Ray worker process: prepared store layouts, most recently used last (bounded: a long-lived
 # worker may serve many evaluations over different stores).
-_RAY_CACHE: OrderedDict[str, _Questions] = OrderedDict()
+_RAY_CACHE: OrderedDict[str, Questions] = OrderedDict()
 _RAY_CACHE_SIZE = 16
 
 
 def _ray_run(data: ReplayData, key: str, job: Job, unit: Unit) -> tuple[Unit, BlockResult]:
     questions = _RAY_CACHE.get(key)
     if questions is None:
-        questions = _RAY_CACHE[key] = _Questions(data)
+        questions = _RAY_CACHE[key] = Questions(data)
         while len(_RAY_CACHE) > _RAY_CACHE_SIZE:
             _RAY_CACHE.popitem(last=False)
     _RAY_CACHE.move_to_end(key)

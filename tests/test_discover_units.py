@@ -179,7 +179,7 @@ def _check_ledger(store: Any, spec: ctl.ControllerSpec, beta: float, episode_cls
             order = draw_order("shuffle", draw, q, question.num_branches)
             ep = episode_cls(question, order, probe_cost=kappa, trace=True)
             spec.make(spec.config(beta)).run(ep)
-            led = ledger(ep._events(), question, order, kappa)
+            led = ledger(ep.trace_events(), question, order, kappa)
             total += 1
             if led is None:
                 continue

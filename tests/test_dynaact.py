@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from autotts import controller as ctl
-from autotts.admission import admit
+from autotts.sandbox.admission import admit
 from autotts.dynaact_train import (
     BEGIN_MARK,
     END_MARK,

@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 
 from autotts import controller as ctl
-from autotts import sandbox_child as child
-from autotts.admission import ALLOWED_IMPORTS, ALLOWED_MODULE_VALUES, admit
+from autotts.sandbox import guards, wire
+from autotts.sandbox.admission import ALLOWED_IMPORTS, ALLOWED_MODULE_VALUES, admit
 from autotts.evaluate import Protocol, evaluate
 from autotts.sandbox import (
     SandboxError,
@@ -354,7 +354,7 @@ class Flaky:
 
 
 def _normalized(items):
-    return json.loads(json.dumps(items, default=child._json_default))
+    return json.loads(json.dumps(items, default=wire.json_default))
 
 
 @pytest.mark.parametrize("name", ctl.builtin_names())
@@ -523,7 +523,7 @@ def test_allowed_modules_reach_nothing_dangerous():
     subprocess / ctypes / importlib, no module namespace comes out."""
     for m in ALLOWED_IMPORTS:
         __import__(m)
-    child._deny_objects()
+    guards.deny_objects()
     bad_roots = {"os", "sys", "subprocess", "socket", "ctypes", "_ctypes", "importlib", "io",
                  "_io", "posix", "pickle", "shutil", "pathlib", "threading", "_thread", "gc",
                  "inspect", "signal", "mmap", "tempfile", "marshal", "runpy", "linecache"}
@@ -541,20 +541,20 @@ def test_allowed_modules_reach_nothing_dangerous():
                 items = []
                 for n in dir(obj):
                     if not n.startswith("_"):
-                        items.append(("." + n, lambda o=obj, n=n: child._guarded_getattr(o, n)))
+                        items.append(("." + n, lambda o=obj, n=n: guards._guarded_getattr(o, n)))
                 if isinstance(obj, dict):
                     for k in list(obj)[:200]:
-                        items.append((f"[{k!r}]", lambda o=obj, k=k: child._guarded_getitem(o, k)))
+                        items.append((f"[{k!r}]", lambda o=obj, k=k: guards._guarded_getitem(o, k)))
                 elif isinstance(obj, list | tuple):
                     for i in range(min(len(obj), 200)):
-                        items.append((f"[{i}]", lambda o=obj, i=i: child._guarded_getitem(o, i)))
+                        items.append((f"[{i}]", lambda o=obj, i=i: guards._guarded_getitem(o, i)))
                 for suffix, get in items:
                     try:
                         v = get()
                     except BaseException:
                         continue
                     finally:
-                        child._S.violation = None
+                        guards.STATE.violation = None
                     if id(v) in seen:
                         continue
                     seen.add(id(v))
@@ -569,13 +569,15 @@ def test_allowed_modules_reach_nothing_dangerous():
                         isinstance(mod, str) and mod.split(".")[0] in bad_roots | {"builtins"}
                     ):
                         problems.append(p)
+                    if isinstance(v, type) and issubclass(v, type):  # a metaclass: a class factory
+                        problems.append(p)
                     if isinstance(v, dict) and any(v is vars(m) for m in list(sys.modules.values())
                                                    if hasattr(m, "__dict__")):
                         problems.append(p)
                     if isinstance(v, type | dict | list | tuple) or callable(v):
                         nxt.append((v, p))
             frontier = nxt[:20000]
-    child._S.violation = None
+    guards.STATE.violation = None
     assert problems == []
     assert len(seen) > 5000
 
@@ -624,15 +626,15 @@ def test_bad_overrides_are_config_errors(store, parent):
 
 
 def test_frame_reader_rejects_malformed_and_oversized_output():
-    frame = child.pack_frame({"type": "unit"}, [np.arange(6, dtype="<i4").reshape(2, 3)])
-    reader = child.FrameReader(1 << 20)
+    frame = wire.pack_frame({"type": "unit"}, [np.arange(6, dtype="<i4").reshape(2, 3)])
+    reader = wire.FrameReader(1 << 20)
     got = []
     for i in range(len(frame)):  # byte by byte: frames are reassembled
         got += reader.feed(frame[i : i + 1])
     assert len(got) == 1 and got[0][1][0].tolist() == [[0, 1, 2], [3, 4, 5]]
-    for junk in (b"\xff" * 16, child._LEN.pack(5) + b"[1,2]",
-                 child._LEN.pack(40) + b'{"arrays": [["|O", [1]]], "type": "x"}    '):
-        with pytest.raises(child.FrameError):
-            child.FrameReader(1 << 20).feed(junk)
-    with pytest.raises(child.FrameError):
-        child.FrameReader(100).feed(frame + frame)
+    for junk in (b"\xff" * 16, wire._LEN.pack(5) + b"[1,2]",
+                 wire._LEN.pack(40) + b'{"arrays": [["|O", [1]]], "type": "x"}    '):
+        with pytest.raises(wire.FrameError):
+            wire.FrameReader(1 << 20).feed(junk)
+    with pytest.raises(wire.FrameError):
+        wire.FrameReader(100).feed(frame + frame)

@@ -19,7 +19,7 @@ CONTEXT_KEYS = ("store", "beta", "question", "draw", "step", "line")  # of a ver
 
 
 def _allowed_imports() -> str:
-    from autotts.admission import ALLOWED_IMPORTS
+    from autotts.sandbox.admission import ALLOWED_IMPORTS
 
     return ", ".join(sorted(ALLOWED_IMPORTS))
 

@@ -12,6 +12,10 @@ static and the run-time rules cannot drift apart.
 from __future__ import annotations
 
 import ast
+import contextlib
+import sys
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +31,8 @@ VERDICT_KINDS = (
     "invalid_action",  # an action the replay semantics do not admit
     "non_answer",  # run() returned something that is not an answer class
     "non_monotone",  # mean tokens fall as β grows, beyond standard error (measured)
-    "crash",  # the sandbox process died for another reason
+    "output_limit",  # the candidate tried to make the parent hold or print too much
+    "crash",  # the sandbox process died for another reason, or broke the wire protocol
 )
 
 
@@ -141,6 +146,8 @@ FORBIDDEN_NAMES = {
 _ATTR_BUILTINS = ("getattr", "hasattr", "setattr", "delattr")
 
 MAX_SOURCE_BYTES = 256 * 1024
+TOO_DEEP = ("the code is nested too deeply to check (for example a very long if/elif chain): "
+            "use a dict or a list instead")
 
 
 # ---- RestrictedPython policy -----------------------------------------------------------------
@@ -165,8 +172,44 @@ class CandidatePolicy(RestrictingNodeTransformer):
     def visit_AnnAssign(self, node: ast.AnnAssign) -> Any:
         return self.node_contents_visit(node)
 
+    def visit_Call(self, node: ast.Call) -> Any:
+        """Every call's result goes through `_checked_` (a value a call returns is checked as an
+        attribute read's is: a denied object cannot be fetched by calling something that returns
+        it). `super()` stays a bare call: its zero-argument form needs to be one."""
+        node = super().visit_Call(node)
+        if isinstance(node, ast.Call) and not (
+            isinstance(node.func, ast.Name) and node.func.id == "super"
+        ):
+            return ast.copy_location(
+                ast.Call(func=ast.Name("_checked_", ast.Load()), args=[node], keywords=[]), node)
+        return node
+
+
+_DEPTH_LOCK = threading.RLock()
+ADMISSION_RECURSION_LIMIT = 20_000  # a few thousand elif branches; the parser's own cap is lower
+
+
+@contextlib.contextmanager
+def _deep_recursion() -> Iterator[None]:
+    """Python's default recursion limit (1000) stops the AST transformer and the compiler at a
+    few hundred nested statements (a long if/elif chain is one nesting level per branch). Raise it
+    for the duration of the check only: elsewhere (parsing the child's JSON, say) the default
+    keeps C recursion far from the stack's end."""
+    with _DEPTH_LOCK:
+        old = sys.getrecursionlimit()
+        sys.setrecursionlimit(max(old, ADMISSION_RECURSION_LIMIT))
+        try:
+            yield
+        finally:
+            sys.setrecursionlimit(old)
+
 
 def compile_candidate(source: str, filename: str) -> tuple[Any, list[str]]:
+    with _deep_recursion():
+        return _compile_candidate(source, filename)
+
+
+def _compile_candidate(source: str, filename: str) -> tuple[Any, list[str]]:
     """Compile with the restricted policy: (code object or None, error messages).
 
     RestrictedPython's transformer, then our own compile() with dont_inherit: RestrictedPython's
@@ -176,11 +219,17 @@ def compile_candidate(source: str, filename: str) -> tuple[Any, list[str]]:
         tree = ast.parse(source, filename, "exec")
     except SyntaxError as e:
         return None, [f"Line {e.lineno}: SyntaxError: {e.msg}"]
+    except (RecursionError, MemoryError):  # the parser's own nesting limit
+        return None, [TOO_DEEP]
     errors: list[str] = []
-    CandidatePolicy(errors, [], {}).visit(tree)
-    if errors:
-        return None, errors
-    return compile(tree, filename, "exec", dont_inherit=True), []
+    try:
+        CandidatePolicy(errors, [], {}).visit(tree)
+        if errors:
+            return None, errors
+        ast.fix_missing_locations(tree)
+        return compile(tree, filename, "exec", dont_inherit=True), []
+    except RecursionError:
+        return None, [TOO_DEEP]
 
 
 # ---- static checks ---------------------------------------------------------------------------
@@ -360,7 +409,15 @@ def imported_modules(source: str) -> list[str]:
 
 def admit(source: str, filename: str = "<candidate>") -> Verdict | None:
     """Static admission of a controller's source. None means admitted; otherwise the Verdict
-    (syntax, forbidden or interface) says why not."""
+    (syntax, forbidden or interface) says why not. Never raises on any source text."""
+    try:
+        with _deep_recursion():
+            return _admit(source, filename)
+    except (RecursionError, MemoryError):  # nesting past what even the raised limit allows
+        return Verdict("forbidden", TOO_DEEP)
+
+
+def _admit(source: str, filename: str) -> Verdict | None:
     if not isinstance(source, str):
         return Verdict("syntax", "source must be text")
     if len(source.encode("utf-8", "replace")) > MAX_SOURCE_BYTES:

@@ -1,828 +1,59 @@
-"""The sandbox process (DESIGN §7): runs one untrusted controller over gold-free replay data.
+"""The sandbox process (DESIGN §7): runs one untrusted controller, and nothing else.
 
-Started by `autotts.sandbox` as `python -I -c ...` in a new session, with a scrubbed environment
-and an empty temporary working directory. It reads the whole request from stdin (controller source,
-β grid, protocol, the gold-free arrays of each store) *before* locking itself down:
+Started by `autotts.sandbox.supervisor` as `python -I -c ...` in a new session, with a scrubbed
+environment and an empty temporary working directory. It reads its init frame (controller source,
+β grid, knob overrides, limits; no replay data, no store path, no gold) from stdin, loads what the
+candidate will import, locks itself down (autotts.sandbox.lockdown), then executes the candidate
+with the guarded builtins of autotts.sandbox.guards.
 
-  * a fresh network namespace (no interfaces), chroot into the empty working directory and a
-    switch to `nobody` when it runs as root, no new privileges, parent-death signal;
-  * rlimits: CPU time, address space, no new processes, no new file descriptors, no file writes,
-    no core dumps.
+Episodes run against `ClientEpisode` handles: each action is a request to the trusted judge. To
+make that cheap, the episodes of a work unit run side by side as greenlets (coroutines on one
+thread): the scheduler resumes every episode that has a reply, collects the next request of each,
+and sends them in one frame; the judge answers them all in one frame. A controller is written
+for one episode and never sees this.
 
-Then it compiles the candidate with RestrictedPython (autotts.admission) and executes it with
-guarded builtins: imports only from the allow-list, attribute reads through `_getattr_` (no
-private names, no module that is not allowed, no file / raw-memory doors of numpy), writes only to
-objects the candidate owns. Any attempt to pass a guard is recorded and ends the run with a
-`forbidden` verdict even if the candidate catches the exception.
-
-Episodes run through `autotts.evaluate.run_block`, the evaluator's own loop, so answers, tokens and
-error records are those of in-process evaluation. Results go back over a dedicated pipe as frames
-(JSON header + raw int arrays); nothing is pickled in either direction. The candidate's print()
-goes to a bounded buffer; the process's own stdout / stderr are drained and truncated by the
-parent.
+What the child sends is untrusted by construction: the judge keeps every account (tokens, reveals,
+actions, answers' store classes) and validates every message.
 """
 
 from __future__ import annotations
 
-import builtins
-import contextlib
-import json
-import operator
-import string
-import struct
 import sys
 import traceback
-from collections import Counter, OrderedDict, defaultdict, deque
-from types import FunctionType, ModuleType
-from typing import Any, BinaryIO
+from types import ModuleType
+from typing import Any
 
 import numpy as np
 
-from autotts.admission import (
+from autotts.sandbox.admission import (
     ALLOWED_IMPORTS,
-    ALLOWED_MODULE_VALUES,
-    DENIED_ATTRS,
-    DENIED_MODULE_ATTRS,
-    SCIPY_READABLE,
     Verdict,
     admit,
     compile_candidate,
     imported_modules,
 )
-
-CANDIDATE_MODULE = "candidate"
-_NUMPY_SUBMODULES = frozenset({"numpy.linalg", "numpy.random", "numpy.fft"})
-
-# ---- frames: how parent and child talk (JSON header + raw arrays, never pickle) ---------------
-
-FRAME_DTYPES = frozenset({"<i4", "<i8", "|u1", "|b1"})
-_LEN = struct.Struct("<Q")
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, np.integer | np.bool_):
-        return o.item()
-    if isinstance(o, np.floating):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return repr(o)[:200]
-
-
-def _strict_default(o: Any) -> Any:
-    if isinstance(o, np.integer | np.bool_ | np.floating):
-        return o.item()
-    raise TypeError(f"{type(o).__name__} is not JSON serializable")
-
-
-def pack_frame(header: dict[str, Any], arrays: list[np.ndarray] | tuple[()] = (),
-               *, strict: bool = False) -> bytes:
-    """A frame: 8-byte length, JSON header (with the arrays' dtypes and shapes), raw arrays.
-    strict: refuse values that are not plain JSON (else they are written as their repr)."""
-    arrs = [np.ascontiguousarray(a) for a in arrays]
-    head = dict(header, arrays=[[a.dtype.str, list(a.shape)] for a in arrs])
-    raw = json.dumps(head, separators=(",", ":"),
-                     default=_strict_default if strict else _json_default).encode("utf-8")
-    return b"".join([_LEN.pack(len(raw)), raw, *(a.tobytes() for a in arrs)])
-
-
-class FrameError(Exception):
-    """A frame that is malformed or larger than allowed."""
-
-
-def _array_specs(header: dict[str, Any],
-                 max_arrays: int = 8) -> list[tuple[np.dtype, tuple[int, ...], int]]:
-    specs = header.get("arrays", [])
-    if not isinstance(specs, list) or len(specs) > max_arrays:
-        raise FrameError("bad array list")
-    out = []
-    for spec in specs:
-        if (not isinstance(spec, list) or len(spec) != 2 or spec[0] not in FRAME_DTYPES
-                or not isinstance(spec[1], list) or len(spec[1]) > 2
-                or not all(isinstance(d, int) and 0 <= d < 2**40 for d in spec[1])):
-            raise FrameError(f"bad array spec {spec!r:.100}")
-        dt = np.dtype(spec[0])
-        shape = tuple(spec[1])
-        out.append((dt, shape, int(np.prod(shape, dtype=np.int64)) * dt.itemsize))
-    return out
-
-
-class FrameReader:
-    """Incremental parser of frames from an untrusted byte stream, with a size cap."""
-
-    def __init__(self, max_bytes: int) -> None:
-        self.buf = bytearray()
-        self.max_bytes = max_bytes
-        self.total = 0
-
-    def feed(self, data: bytes) -> list[tuple[dict[str, Any], list[np.ndarray]]]:
-        self.total += len(data)
-        if self.total > self.max_bytes:
-            raise FrameError(f"the sandbox sent more than {self.max_bytes} bytes")
-        self.buf += data
-        frames = []
-        while len(self.buf) >= _LEN.size:
-            (hlen,) = _LEN.unpack_from(self.buf)
-            if hlen > self.max_bytes:
-                raise FrameError("frame header too large")
-            if len(self.buf) < _LEN.size + hlen:
-                break
-            try:
-                header = json.loads(bytes(self.buf[_LEN.size : _LEN.size + hlen]))
-            except (ValueError, RecursionError) as e:
-                raise FrameError(f"bad frame header: {e}") from None
-            if not isinstance(header, dict):
-                raise FrameError("frame header is not an object")
-            specs = _array_specs(header)
-            need = _LEN.size + hlen + sum(n for _, _, n in specs)
-            if len(self.buf) < need:
-                break
-            pos = _LEN.size + hlen
-            arrays = []
-            for dt, shape, n in specs:
-                arrays.append(np.frombuffer(bytes(self.buf[pos : pos + n]), dtype=dt).reshape(shape))
-                pos += n
-            del self.buf[:need]
-            frames.append((header, arrays))
-        return frames
-
-
-def _read_exact(f: BinaryIO, n: int) -> bytes:
-    data = f.read(n)
-    if data is None or len(data) != n:
-        raise EOFError("request truncated")
-    return data
-
-
-def read_frame(f: BinaryIO) -> tuple[dict[str, Any], list[np.ndarray]]:
-    (hlen,) = _LEN.unpack(_read_exact(f, _LEN.size))
-    header = json.loads(_read_exact(f, hlen))
-    arrays = [np.frombuffer(_read_exact(f, n), dtype=dt).reshape(shape)
-              for dt, shape, n in _array_specs(header, max_arrays=1 << 16)]
-    return header, arrays
-
-
-# ---- progress record shared with the parent (memfd), for per-episode timeouts ----------------
-
-# slots: phase, unit, episode within unit, heartbeat
-PH_BOOT, PH_MODULE, PH_SCHEDULE, PH_IDLE, PH_UNIT, PH_DONE, PH_SEND = range(7)
-PROGRESS_SLOTS = 8
-
-
-class _State:
-    """Everything the guards and the episode wrapper share. Candidate code cannot reach it."""
-
-    def __init__(self) -> None:
-        self.filename = "<candidate>"
-        self.source_lines: list[str] = []
-        self.violation: tuple[str, int | None] | None = None
-        self.fatal_memory: str | None = None
-        self.first_tb: str | None = None
-        self.current_ep: Any = None
-        self.progress: np.ndarray = np.zeros(PROGRESS_SLOTS, dtype=np.int64)
-        self.sink = _PrintSink(64 * 1024)
-
-
-class _PrintSink:
-    """Where the candidate's print() goes: kept up to a cap, the rest counted and dropped."""
-
-    def __init__(self, cap: int) -> None:
-        self.cap = cap
-        self.parts: list[str] = []
-        self.size = 0
-        self.dropped = 0
-
-    def write(self, text: str) -> int:
-        n = len(text)
-        room = self.cap - self.size
-        if room > 0:
-            keep = text[:room]
-            self.parts.append(keep)
-            self.size += len(keep)
-            self.dropped += n - len(keep)
-        else:
-            self.dropped += n
-        return n
-
-    def flush(self) -> None:
-        pass
-
-    def text(self) -> str:
-        return "".join(self.parts)
-
-
-_S = _State()
-
-
-# ---- guards ----------------------------------------------------------------------------------
-
-
-class SandboxViolation(Exception):
-    """Raised by a guard. Recorded before raising, so catching it does not help the candidate."""
-
-
-def _candidate_line() -> int | None:
-    f = sys._getframe(1)
-    while f is not None:
-        if f.f_code.co_filename == _S.filename:
-            return f.f_lineno
-        f = f.f_back
-    return None
-
-
-def _deny(message: str) -> None:
-    if _S.violation is None:
-        _S.violation = (message, _candidate_line())
-    raise SandboxViolation(message)
-
-
-_MISSING = object()
-_DENIED_IDS: set[int] = set()
-_DENIED_KEEP: list[Any] = []  # keeps denied objects alive, so their ids stay theirs
-_FORMAT_NAMES = frozenset({"format", "format_map"})
-
-
-class _NdarrayMeta(type):
-    """`np.ndarray` as the candidate sees it: isinstance / issubclass and attribute reads work,
-    calling it does not (its buffer= / strides= arguments reinterpret raw memory)."""
-
-    def __instancecheck__(cls, obj: Any) -> bool:
-        return isinstance(obj, np.ndarray)
-
-    def __subclasscheck__(cls, sub: Any) -> bool:
-        return isinstance(sub, type) and issubclass(sub, np.ndarray)
-
-    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
-        _deny("numpy.ndarray(...) cannot be called in the sandbox; use np.empty, np.zeros or "
-              "np.array")
-
-    def __getattr__(cls, name: str) -> Any:
-        return _guarded_getattr(np.ndarray, name)
-
-    def __repr__(cls) -> str:
-        return "<class 'numpy.ndarray'>"
-
-
-class _SafeNdarray(metaclass=_NdarrayMeta):
-    __slots__ = ()
-
-
-def _module_attr(mod: ModuleType, name: str, default: Any) -> Any:
-    mname = mod.__name__
-    if mname not in ALLOWED_MODULE_VALUES:
-        _deny(f"module {mname!r} is not available in the sandbox")
-    if (name in DENIED_ATTRS or name in DENIED_MODULE_ATTRS.get(mname, ())
-            or (mname == "scipy" and name not in SCIPY_READABLE)):
-        _deny(f"{mname}.{name} is not available in the sandbox")
-    # Straight from the module's namespace: a module-level __getattr__ (numpy's and scipy's lazy
-    # loaders) must not import anything on the candidate's behalf.
-    try:
-        return mod.__dict__[name]
-    except KeyError:
-        if default is not _MISSING:
-            return default
-        raise AttributeError(f"module {mname!r} has no attribute {name!r}") from None
-
-
-_OK_NAMES: set[str] = set()  # attribute names that passed the name checks once
-_MODULE_TYPES: set[type] = {ModuleType}
-_MODULE_CACHE: dict[tuple[Any, str], Any] = {}
-
-
-def _slow_getattr(obj: Any, name: Any, default: Any) -> Any:
-    if type(name) is not str:
-        raise TypeError("attribute name must be a string")
-    if name[:1] == "_":
-        _deny(f"attribute {name!r} is not accessible (names beginning with '_' are private)")
-    if isinstance(obj, ModuleType):
-        return _module_attr(obj, name, default)
-    if name in _FORMAT_NAMES and (
-        isinstance(obj, str) or (isinstance(obj, type) and issubclass(obj, str))
-    ):
-        return _safe_format(obj, name)
-    if name in DENIED_ATTRS:
-        if type(obj).__module__ != CANDIDATE_MODULE:
-            _deny(f"attribute {name!r} is not accessible in the sandbox")
-    elif name not in _FORMAT_NAMES:
-        _OK_NAMES.add(name)
-    return getattr(obj, name) if default is _MISSING else getattr(obj, name, default)
-
-
-def _check_value(value: Any, name: str) -> Any:
-    if type(value) is ModuleType:
-        if value.__name__ not in ALLOWED_MODULE_VALUES:
-            _deny(f"module {value.__name__!r} is not available in the sandbox")
-    elif id(value) in _DENIED_IDS:
-        if value is np.ndarray:
-            return _SafeNdarray
-        _deny(f"{getattr(value, '__name__', name)} is not available in the sandbox")
-    return value
-
-
-def _guarded_getattr(obj: Any, name: Any, default: Any = _MISSING) -> Any:
-    """Every `a.b` of candidate code, and getattr / hasattr. It runs on every attribute read of
-    the controller's inner loop, so the common cases are short: a name checked once before, read
-    from an object that is not a module, with its value checked; or a module attribute checked
-    once before (modules do not change under the candidate: it cannot write to them, and nothing
-    is imported once locked down)."""
-    if name in _OK_NAMES and type(obj) not in _MODULE_TYPES:
-        value = getattr(obj, name) if default is _MISSING else getattr(obj, name, default)
-        if type(value) is ModuleType or id(value) in _DENIED_IDS:
-            return _check_value(value, name)
-        return value
-    if type(obj) in _MODULE_TYPES:
-        try:
-            return _MODULE_CACHE[obj, name]
-        except (KeyError, TypeError):
-            pass
-        value = _check_value(_slow_getattr(obj, name, default), name)
-        if value is not default:
-            _MODULE_CACHE[obj, name] = value
-        return value
-    return _check_value(_slow_getattr(obj, name, default), name)
-
-
-def _guarded_getitem(obj: Any, key: Any) -> Any:
-    """Every `a[k]` read: plain indexing, but no module and no denied object (a namespace dict,
-    a builtin such as open) comes out of a container."""
-    value = obj[key]
-    if type(value) is ModuleType or id(value) in _DENIED_IDS:
-        return _check_value(value, "this object")
-    return value
-
-
-def _guarded_hasattr(obj: Any, name: Any) -> bool:
-    try:
-        _guarded_getattr(obj, name)
-    except AttributeError:
-        return False
-    return True
-
-
-_WRITABLE = frozenset({dict, list, set, bytearray, deque, defaultdict, OrderedDict, Counter})
-_IMMUTABLE = frozenset({tuple, str, bytes, int, float, complex, bool, frozenset, range,
-                        type(None), slice})
-
-
-class _ItemWriter:
-    """What `_write_` hands back for a numpy array: item writes (and the reads of `a[k] += v`),
-    nothing else (no flags, dtype, strides or data)."""
-
-    __slots__ = ("a",)
-
-    def __init__(self, a: np.ndarray) -> None:
-        self.a = a
-
-    def __getitem__(self, k: Any) -> Any:
-        return self.a[k]
-
-    def __setitem__(self, k: Any, v: Any) -> None:
-        self.a[k] = v
-
-    def __delitem__(self, k: Any) -> None:
-        del self.a[k]
-
-
-def _guarded_write(obj: Any) -> Any:
-    """Target of every `x.a = v`, `x[k] = v`, `del ...` and augmented assignment: the candidate
-    may modify its own objects and plain containers, never modules, foreign classes or
-    functions (no monkey-patching of numpy, the engine or builtins)."""
-    t = type(obj)
-    if t in _WRITABLE or t.__module__ == CANDIDATE_MODULE:
-        return obj
-    if isinstance(obj, np.ndarray):
-        return _ItemWriter(obj)
-    if t in _IMMUTABLE or isinstance(obj, np.generic):
-        return obj  # Python raises its own TypeError
-    if isinstance(obj, type | FunctionType) and obj.__module__ == CANDIDATE_MODULE:
-        return obj
-    _deny(f"cannot modify {t.__name__} objects in the sandbox")
-
-
-def _guarded_setattr(obj: Any, name: Any, value: Any) -> None:
-    if type(name) is not str or name[:1] == "_":
-        _deny(f"setattr of {name!r} is not allowed")
-    setattr(_guarded_write(obj), name, value)
-
-
-def _guarded_delattr(obj: Any, name: Any) -> None:
-    if type(name) is not str or name[:1] == "_":
-        _deny(f"delattr of {name!r} is not allowed")
-    delattr(_guarded_write(obj), name)
-
-
-def _guarded_import(name: str, globals: Any = None, locals: Any = None,
-                    fromlist: Any = (), level: int = 0) -> ModuleType:
-    if type(fromlist) is list:
-        # Not an import statement (those pass a tuple or None) but C code — numpy, say —
-        # importing its own dependency with PyImport_Import, which takes __import__ from the
-        # builtins of whatever Python frame is current: the candidate's. The module goes back to
-        # that C code, never to the candidate, and candidate code cannot call __import__ itself.
-        return builtins.__import__(name, globals, locals, fromlist, level)
-    if level != 0:
-        _deny("relative imports are not allowed")
-    fromlist = tuple(fromlist or ())
-    if name == "scipy" and fromlist and all(n in SCIPY_READABLE for n in fromlist):
-        pass
-    elif name not in ALLOWED_IMPORTS:
-        _deny(f"import of {name!r} is not allowed")
-    mod = sys.modules.get(name)
-    if mod is None:  # only what was loaded before lock-down; nothing is read from disk now
-        _deny(f"import of {name!r} is not available")
-    for n in fromlist:
-        _guarded_getattr(mod, n)  # `from m import x` reads x natively: check it here
-    return mod if fromlist else sys.modules[name.partition(".")[0]]
-
-
-def _class_hook(name: str, bases: tuple[Any, ...], ns: dict[str, Any], **kw: Any) -> type:
-    """RestrictedPython's `__metaclass__`: every class statement of the candidate. Bases are
-    limited to plain Python types (no numpy / scipy classes, no metaclasses), so the candidate's
-    own objects never carry foreign native attributes."""
-    for b in bases:
-        ok = (isinstance(b, type) and not issubclass(b, type) and id(b) not in _DENIED_IDS
-              and (b.__module__ == CANDIDATE_MODULE or b.__module__ in _SAFE_BASE_MODULES))
-        if not ok:
-            _deny(f"class {name} may not derive from {getattr(b, '__name__', b)!r}")
-    return type(name, bases, ns, **kw)
-
-
-_SAFE_BASE_MODULES = frozenset({"builtins", "collections", "collections.abc", "_collections_abc",
-                                "typing", "abc", "dataclasses"})
-
-
-class _SafeFormatter(string.Formatter):
-    """str.format with every `{0.attr}` field read through the attribute guard."""
-
-    def get_field(self, field_name: str, args: Any, kwargs: Any) -> Any:
-        import _string
-
-        first, rest = _string.formatter_field_name_split(field_name)
-        obj = self.get_value(first, args, kwargs)
-        for is_attr, key in rest:
-            obj = _guarded_getattr(obj, key) if is_attr else obj[key]
-        return obj, first
-
-
-def _safe_format(obj: Any, name: str) -> Any:
-    if isinstance(obj, type):
-        _deny("str.format cannot be used unbound in the sandbox")
-    fmt = _SafeFormatter()
-    text = str(obj)
-    if name == "format":
-        return lambda *args, **kwargs: fmt.vformat(text, args, kwargs)
-    return lambda mapping: fmt.vformat(text, (), mapping)
-
-
-class _PrintCollector:
-    """RestrictedPython's `_print_`: print() of candidate code goes to the bounded sink."""
-
-    __slots__ = ()
-
-    def __init__(self, _getattr_: Any = None) -> None:
-        pass
-
-    def _call_print(self, *objects: Any, **kwargs: Any) -> None:
-        kwargs["file"] = _S.sink
-        print(*objects, **kwargs)
-
-    def __call__(self) -> str:
-        return ""
-
-
-_IOPS = {
-    "+=": operator.iadd, "-=": operator.isub, "*=": operator.imul, "/=": operator.itruediv,
-    "%=": operator.imod, "**=": operator.ipow, "<<=": operator.ilshift, ">>=": operator.irshift,
-    "|=": operator.ior, "^=": operator.ixor, "&=": operator.iand, "//=": operator.ifloordiv,
-    "@=": operator.imatmul,
-}
-
-
-def _inplacevar(op: str, x: Any, y: Any) -> Any:
-    return _IOPS[op](x, y)
-
-
-def _apply(f: Any, *args: Any, **kwargs: Any) -> Any:
-    return f(*args, **kwargs)
-
-
-def _unpack(it: Any, spec: Any, _getiter_: Any) -> Any:
-    # Nothing the candidate can iterate needs a per-item guard (`_getitem_` is plain indexing),
-    # so unpacking is Python's own.
-    return it
-
-
-_SAFE_BUILTIN_NAMES = [
-    "None", "False", "True", "Ellipsis", "NotImplemented", "abs", "all", "any", "ascii", "bin",
-    "bool", "bytearray", "bytes", "callable", "chr", "classmethod", "complex", "dict", "divmod",
-    "enumerate", "filter", "float", "format", "frozenset", "hash", "hex", "id", "int",
-    "isinstance", "issubclass", "iter", "len", "list", "map", "max", "min", "next", "object",
-    "oct", "ord", "pow", "property", "range", "repr", "reversed", "round", "set", "slice",
-    "sorted", "staticmethod", "str", "sum", "super", "tuple", "zip",
-]
-
-
-def candidate_builtins() -> dict[str, Any]:
-    b: dict[str, Any] = {n: getattr(builtins, n) for n in _SAFE_BUILTIN_NAMES}
-    for n, v in vars(builtins).items():
-        if isinstance(v, type) and issubclass(v, BaseException) and not n.startswith("_"):
-            b[n] = v
-    b.update({
-        "__build_class__": builtins.__build_class__,
-        "__import__": _guarded_import,
-        "getattr": _guarded_getattr,
-        "hasattr": _guarded_hasattr,
-        "setattr": _guarded_setattr,
-        "delattr": _guarded_delattr,
-        "_getattr_": _guarded_getattr,
-        "_getitem_": _guarded_getitem,
-        "_getiter_": iter,
-        "_write_": _guarded_write,
-        "_inplacevar_": _inplacevar,
-        "_apply_": _apply,
-        "_iter_unpack_sequence_": _unpack,
-        "_unpack_sequence_": _unpack,
-        "_print_": _PrintCollector,
-    })
-    return b
-
-
-def _deny_objects() -> None:
-    """Objects no attribute read may return, whatever path reaches them."""
-    import dataclasses
-    import functools
-    import typing
-
-    objs: list[Any] = [getattr(builtins, n) for n in (
-        "open", "eval", "exec", "compile", "__import__", "globals", "locals", "vars", "dir",
-        "input", "breakpoint", "getattr", "setattr", "delattr", "hasattr", "memoryview", "type",
-        "print", "__build_class__",
-    )]
-    objs += [np.ndarray]  # replaced by _SafeNdarray
-    for name in DENIED_MODULE_ATTRS["numpy"]:
-        if name in np.__dict__:
-            objs.append(np.__dict__[name])
-    objs += [functools.singledispatch, functools.singledispatchmethod, functools.update_wrapper,
-             functools.wraps, typing.get_type_hints, dataclasses.make_dataclass]
-    from numpy.lib import stride_tricks
-
-    objs.append(stride_tricks.as_strided)
-    if "scipy" in sys.modules:
-        objs.append(getattr(sys.modules["scipy"], "LowLevelCallable", None))
-    import types
-
-    objs += [v for v in vars(types).values() if isinstance(v, type)]
-    # Every module namespace (a function's globals, reached through any alias of __globals__)
-    # and every module other than the allowed ones.
-    for m in list(sys.modules.values()):
-        if isinstance(m, ModuleType):
-            _MODULE_TYPES.add(type(m))
-        d = getattr(m, "__dict__", None)
-        if isinstance(d, dict):
-            objs.append(d)
-    for o in objs:
-        if o is not None and not isinstance(o, int | str | float | bool):
-            _DENIED_KEEP.append(o)
-            _DENIED_IDS.add(id(o))
-
-
-def _refuse_copy(self: Any, *args: Any) -> Any:
-    from autotts.engine import InvalidAction
-
-    raise InvalidAction("episode handles cannot be copied")
-
-
-def _uncopyable_handles() -> None:
-    """A deep copy of an episode (dataclasses.asdict deep-copies what it does not know) would be
-    a second, free handle on the same question: explore on the copy, act on the original.
-    In this process, episodes and questions refuse to be copied."""
-    from autotts.engine import Episode, Question
-
-    for cls in (Episode, Question):
-        for name in ("__copy__", "__deepcopy__", "__reduce__", "__reduce_ex__", "__getstate__"):
-            setattr(cls, name, _refuse_copy)
-
-
-# ---- lock-down -------------------------------------------------------------------------------
-
-
-def _vm_size_bytes() -> int:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmSize:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
-def _open_fds() -> list[int]:
-    import os
-
-    try:
-        names = os.listdir("/proc/self/fd")
-    except OSError:
-        return [0, 1, 2]
-    fds = []
-    for n in names:
-        fd = int(n)
-        try:
-            os.fstat(fd)
-            fds.append(fd)
-        except OSError:
-            pass
-    return sorted(fds)
-
-
-def lockdown(limits: dict[str, Any]) -> dict[str, bool]:
-    """Take away the network, the file system, new processes and new descriptors; cap CPU and
-    memory. Each step falls back silently where the platform does not allow it; the import rules
-    and guards hold regardless."""
-    import ctypes
-    import os
-    import resource
-    import signal
-
-    applied = {"netns": False, "chroot": False, "nobody": False}
-    ppid = os.getppid()
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-    except OSError:
-        libc = None
-    clone_newnet, clone_newuser = 0x40000000, 0x10000000
-    if libc is not None:
-        if os.geteuid() == 0:
-            applied["netns"] = libc.unshare(clone_newnet) == 0
-        else:
-            applied["netns"] = libc.unshare(clone_newuser | clone_newnet) == 0
-        libc.prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS
-    base_vm = _vm_size_bytes()
-    # Fill every gap below the highest open descriptor, so that RLIMIT_NOFILE = highest + 1
-    # leaves no number free for a new one.
-    fds = _open_fds()
-    top = max(fds) if fds else 2
-    for fd in range(top + 1):
-        if fd not in fds:
-            os.dup2(0, fd)
-    if os.geteuid() == 0:
-        try:
-            os.chroot(".")
-            os.chdir("/")
-            applied["chroot"] = True
-        except OSError:
-            pass
-        try:
-            os.setgroups([])
-            os.setgid(65534)
-            os.setuid(65534)
-            applied["nobody"] = True
-        except OSError:
-            pass
-    if libc is not None:
-        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG (after the uid change)
-    if os.getppid() != ppid:
-        os._exit(1)
-
-    def cap(which: int, soft: int, hard: int | None = None) -> None:
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(which, (soft, soft if hard is None else hard))
-
-    cap(resource.RLIMIT_CORE, 0)
-    cap(resource.RLIMIT_FSIZE, 0)
-    cap(resource.RLIMIT_NPROC, 0)
-    cap(resource.RLIMIT_NOFILE, top + 1)
-    cpu = max(1, int(limits.get("cpu_seconds", 600)))
-    cap(resource.RLIMIT_CPU, cpu, cpu + 2)
-    mem = int(limits.get("memory_mb", 1024)) * 1024 * 1024
-    if base_vm:
-        cap(resource.RLIMIT_AS, base_vm + mem)
-    return applied
-
-
-# ---- running the candidate -------------------------------------------------------------------
-
-
-class _Fatal(BaseException):
-    """Ends the run with a verdict; a BaseException so that run_block does not record it."""
+from autotts.sandbox.guards import (
+    CANDIDATE_MODULE,
+    STATE,
+    PrintSink,
+    candidate_builtins,
+    class_hook,
+    deny_objects,
+)
+from autotts.sandbox.wire import pack_frame, read_frame
+
+# Loaded before lock-down, whatever the candidate imports: numpy loads some submodules lazily
+# (np.unique -> numpy.ma), and nothing can be read from disk afterwards.
+PRELOAD = ("numpy.linalg", "numpy.random", "numpy.fft", "numpy.ma", "numpy.polynomial",
+           "numpy.lib.stride_tricks")
+
+
+class Fatal(BaseException):
+    """Ends the run with a verdict; a BaseException so that no episode handler records it."""
 
     def __init__(self, verdict: Verdict) -> None:
         super().__init__(verdict.message)
         self.verdict = verdict
-
-
-class _ClosedQuestion:
-    """Put in place of an ended episode's question: a handle kept past its episode reveals
-    nothing more and costs nothing more (the replay's accounting cannot be skipped)."""
-
-    __slots__ = ()
-
-    def __getattr__(self, name: str) -> Any:
-        from autotts.engine import InvalidAction
-
-        raise InvalidAction("this episode handle belongs to an episode that has ended")
-
-
-_CLOSED = _ClosedQuestion()
-_AS_EXCEPTION: dict[type, type] = {}
-
-
-def _as_exception(e: BaseException) -> Exception:
-    """SystemExit, KeyboardInterrupt, GeneratorExit ... raised by candidate code become an
-    ordinary controller exception of the same name (the evaluator records it, nothing exits)."""
-    t = type(e)
-    cls = _AS_EXCEPTION.get(t)
-    if cls is None:
-        cls = _AS_EXCEPTION[t] = type(t.__name__, (Exception,), {})
-    new = cls(*e.args)
-    return new.with_traceback(e.__traceback__)
-
-
-def candidate_traceback(exc: BaseException) -> str:
-    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == _S.filename]
-    lines = []
-    for f in frames[-6:]:
-        text = ""
-        if f.lineno and 0 < f.lineno <= len(_S.source_lines):
-            text = _S.source_lines[f.lineno - 1].strip()
-        lines.append(f"line {f.lineno}, in {f.name}: {text}")
-    try:
-        msg = str(exc)
-    except Exception:
-        msg = "?"
-    lines.append(f"{type(exc).__name__}: {msg[:500]}")
-    return "\n".join(lines)
-
-
-def _check_violation(context: dict[str, Any]) -> None:
-    if _S.violation is not None:
-        message, line = _S.violation
-        tb = None
-        if line and 0 < line <= len(_S.source_lines):
-            tb = f"line {line}: {_S.source_lines[line - 1].strip()}"
-        raise _Fatal(Verdict("forbidden", message, tb, {**context, "line": line}))
-
-
-def _exception_verdict(e: BaseException, context: dict[str, Any]) -> Verdict:
-    _check_violation(context)
-    if isinstance(e, MemoryError):
-        return Verdict("memory", "memory limit exceeded (MemoryError)", candidate_traceback(e),
-                       context)
-    from autotts.engine import InvalidAction
-
-    kind = "invalid_action" if isinstance(e, InvalidAction) else "exception"
-    try:
-        text = str(e)
-    except Exception:
-        text = "?"
-    return Verdict(kind, f"{type(e).__name__}: {text[:300]}", candidate_traceback(e), context)
-
-
-def make_wrapper(cls: type, unit_ctx: dict[str, Any]) -> type:
-    """The class run_block instantiates per episode: it bumps the progress record, closes the
-    previous episode's handle, and turns what must not pass into verdicts."""
-    progress = _S.progress
-
-    class Episodic:
-        NAME = cls.NAME
-        __slots__ = ("inner",)
-
-        def __init__(self, **config: Any) -> None:
-            progress[2] += 1
-            progress[3] += 1
-            prev = _S.current_ep
-            if prev is not None:
-                prev._q = _CLOSED
-                _S.current_ep = None
-            self.inner = cls(**config)
-
-        def run(self, ep: Any) -> Any:
-            _S.current_ep = ep
-            try:
-                ans = self.inner.run(ep)
-            except BaseException as e:
-                _check_violation(unit_ctx)
-                if isinstance(e, MemoryError):
-                    raise _Fatal(Verdict("memory", "memory limit exceeded (MemoryError)",
-                                         candidate_traceback(e), dict(unit_ctx))) from None
-                if _S.first_tb is None:
-                    _S.first_tb = candidate_traceback(e)
-                if not isinstance(e, Exception):
-                    raise _as_exception(e) from None
-                raise
-            _check_violation(unit_ctx)
-            return ans
-
-    return Episodic
-
-
-def _plain(v: Any) -> Any:
-    if isinstance(v, np.integer | np.bool_):
-        return v.item()
-    if isinstance(v, np.floating):
-        return float(v)
-    if isinstance(v, list | tuple):
-        return [_plain(x) for x in v]
-    return v
 
 
 class _Out:
@@ -838,169 +69,329 @@ class _Out:
             view = view[n:]
 
 
-def _serialize_traces(traces: list[dict[str, Any]], budget: list[int]) -> tuple[bytes, bool]:
-    parts = []
-    truncated = False
-    for t in traces:
-        if budget[0] <= 0:
-            truncated = True
-            break
+def candidate_traceback(exc: BaseException) -> str:
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == STATE.filename]
+    lines = []
+    for f in frames[-6:]:
+        text = ""
+        if f.lineno and 0 < f.lineno <= len(STATE.source_lines):
+            text = STATE.source_lines[f.lineno - 1].strip()
+        lines.append(f"line {f.lineno}, in {f.name}: {text}")
+    lines.append(f"{type(exc).__name__}: {_text(exc)[:500]}")
+    return "\n".join(lines)
+
+
+def _text(e: BaseException) -> str:
+    try:
+        return str(e)
+    except Exception:
+        return "?"
+
+
+def _check_violation(context: dict[str, Any]) -> None:
+    if STATE.violation is not None:
+        message, line = STATE.violation
+        tb = None
+        if line and 0 < line <= len(STATE.source_lines):
+            tb = f"line {line}: {STATE.source_lines[line - 1].strip()}"
+        raise Fatal(Verdict("forbidden", message, tb, {**context, "line": line}))
+
+
+def _exception_verdict(e: BaseException, context: dict[str, Any]) -> Verdict:
+    _check_violation(context)
+    if isinstance(e, MemoryError):
+        return Verdict("memory", "memory limit exceeded (MemoryError)", candidate_traceback(e),
+                       context)
+    return Verdict("exception", f"{type(e).__name__}: {_text(e)[:300]}", candidate_traceback(e),
+                   context)
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, np.integer | np.bool_):
+        return v.item()
+    if isinstance(v, np.floating):
+        return float(v)
+    if isinstance(v, list | tuple):
+        return [_plain(x) for x in v]
+    return v
+
+
+_INT_TYPES = (int, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32,
+              np.uint64)
+
+
+def _final(ans: Any) -> tuple[str, list[Any]]:
+    """What run() returned, as the message that ends the episode."""
+    from autotts.evaluate import shown_answer
+
+    if ans is None:
+        return "answer", [None]
+    if type(ans) in _INT_TYPES:
+        a = int(ans)
+        if -(2**31) <= a < 2**31:
+            return "answer", [a]
+        shown = shown_answer(a)
+    elif isinstance(ans, int) and not isinstance(ans, bool):
+        shown = f"a {type(ans).__name__[:40]} (an int subclass)"
+    else:
         try:
-            line = json.dumps(t, separators=(",", ":"), default=_json_default)
-        except (ValueError, TypeError, RecursionError) as e:
-            line = json.dumps({"question": t.get("question"), "draw": t.get("draw"),
-                               "events": [], "error": f"trace not serializable: {e}"[:200]})
-        data = line.encode("utf-8", "replace") + b"\n"
-        budget[0] -= len(data)
-        parts.append(data)
-    return b"".join(parts), truncated
+            shown = shown_answer(ans)
+        except Exception:
+            shown = f"a {type(ans).__name__[:40]}"
+    return "error", ["non_answer", f"run() returned {shown}, not an answer class", None]
 
 
-def _run(req: dict[str, Any], arrays: list[np.ndarray], out: _Out) -> None:
-    from autotts.controller import ControllerSpec, find_controller_class
-    from autotts.errors import ConfigError, ControllerError
-    from autotts.evaluate import Protocol, _Questions, run_block
-    from autotts.store import ReplayData
+class Scheduler:
+    """Runs the episodes of one work unit as greenlets, one round trip per round of actions."""
 
-    source: str = req["source"]
-    filename: str = req["filename"]
-    limits: dict[str, Any] = req["limits"]
-    _S.filename = filename
-    _S.source_lines = source.splitlines()
-    _S.sink = _PrintSink(int(limits.get("max_output_bytes", 64 * 1024)))
-    progress = _S.progress
+    def __init__(self, cls: type, configs: list[dict[str, Any]], req: dict[str, Any], out: _Out,
+                 hint: np.ndarray) -> None:
+        import greenlet
 
-    # Everything that needs the file system happens now, before lock-down.
+        self.greenlet = greenlet.greenlet
+        self.main = greenlet.getcurrent()
+        self.cls = cls
+        self.configs = configs
+        self.tracing = bool(req["traces"])
+        self.out = out
+        self.hint = hint
+        self.live: dict[int, Any] = {}
+
+    def _body(self, ep: Any, config: dict[str, Any]) -> tuple[str, list[Any]]:
+        from autotts.engine import InvalidAction
+        from autotts.evaluate import controller_lines
+
+        try:
+            ans = self.cls(**config).run(ep)
+        except InvalidAction as e:
+            return "error", ["invalid_action", _text(e), None]
+        except MemoryError:
+            raise
+        except Exception as e:  # the controller's own bug, with its own lines
+            return "error", ["exception", controller_lines(e, STATE.filename),
+                             candidate_traceback(e)]
+        except BaseException as e:  # SystemExit, KeyboardInterrupt ... of candidate code
+            if isinstance(e, Fatal):
+                raise
+            return "error", ["exception", f"{type(e).__name__}: {_text(e)[:300]}",
+                             candidate_traceback(e)]
+        finally:
+            ep.close()
+        return _final(ans)
+
+    def _episode(self, ep: Any, config: dict[str, Any]) -> tuple[str, list[Any], Any]:
+        kind, payload = self._body(ep, config)
+        return kind, payload, ep._pending_events()
+
+    def _request_for(self, slot: int) -> Any:
+        main = self.main
+
+        def request(op: str, args: list[Any], events: list[list[Any]] | None) -> list[Any]:
+            return main.switch((op, args, events))
+
+        return request
+
+    def _resume(self, slot: int, g: Any, *args: Any) -> None:
+        self.hint[0] = slot
+        try:
+            msg = g.switch(args)
+        except MemoryError as e:
+            raise Fatal(Verdict("memory", "memory limit exceeded (MemoryError)",
+                                candidate_traceback(e), {"slot": slot})) from None
+        self._collect(slot, g, msg)
+
+    def _collect(self, slot: int, g: Any, msg: Any) -> None:
+        _check_violation({"slot": slot})
+        box = self.outbox[self.group[slot]]
+        if g.dead:
+            kind, payload, events = msg
+            box.append([slot, kind, payload, events] if events else [slot, kind, payload])
+            del self.live[slot]
+            del self.group[slot]
+            return
+        op, wire, events = msg
+        if op in _INDEX_OPS and type(wire[0]) is np.ndarray:
+            # Branch indices travel as raw int32 after the header: ["#", n] takes the next n.
+            self.indices[self.group[slot]].append(wire[0])
+            wire = [["#", len(wire[0])], *wire[1:]]
+        box.append([slot, op, wire, events] if events else [slot, op, wire])
+
+    def _first(self, slot: int, g: Any, ep: Any, config: dict[str, Any]) -> None:
+        try:
+            msg = g.switch(ep, config)
+        except MemoryError as e:
+            raise Fatal(Verdict("memory", "memory limit exceeded (MemoryError)",
+                                candidate_traceback(e), {"slot": slot})) from None
+        self._collect(slot, g, msg)
+
+    def _start(self, unit: dict[str, Any], facts: list[Any], group: int) -> None:
+        from autotts.sandbox.client import ClientEpisode
+
+        config = self.configs[unit["r"]]
+        for k, (slot, pool, no_answer) in enumerate(facts):
+            ep = ClientEpisode(self._request_for(slot), pool, unit["delta"], unit["kappa"],
+                               unit["budget"], no_answer, self.tracing)
+            g = self.greenlet(self._episode)
+            self.live[slot] = g
+            # The first episodes are dealt to both groups; later ones join the group whose
+            # reply freed their place.
+            self.group[slot] = k % 2 if group < 0 else group
+            self.hint[0] = slot
+            self._first(slot, g, ep, config)
+
+    def _send_round(self, g: int) -> None:
+        idx = self.indices[g]
+        arrays = [np.concatenate(idx).astype(np.int32, copy=False)] if idx else []
+        self.out.send({"t": "round", "m": self.outbox[g]}, arrays)
+        self.outbox[g], self.indices[g] = [], []
+        self.in_flight.append(g)
+
+    def _on_reply(self, g: int, reply: dict[str, Any], arrays: list[np.ndarray]) -> None:
+        jb, jd, ja, jf = arrays
+        pos = 0
+        for r in reply["m"]:
+            if len(r) == 5 and type(r[1]) is int:  # done: what it revealed is next in line
+                end = pos + r[4]
+                self._resume(r[0], self.live[r[0]], r[1], r[2], r[3], jb[pos:end],
+                             jd[pos:end], ja[pos:end], jf[pos:end])
+                pos = end
+            else:  # refused: [slot, message, generated, probes, actions]
+                self._resume(r[0], self.live[r[0]], *r)
+
+    def run_unit(self, unit: dict[str, Any], read: Any) -> None:
+        """Two groups of episodes take turns: while the judge answers one group's round, this
+        process computes the other's next actions, so both processes work at once."""
+        from collections import deque
+
+        self.outbox, self.indices = [[], []], [[], []]
+        self.group: dict[int, int] = {}
+        self.in_flight: deque[int] = deque()
+        self._start(unit, unit["start"], -1)
+        for g in (0, 1):
+            if self.outbox[g] or (not self.in_flight and g == 1):
+                self._send_round(g)
+        while self.in_flight:
+            g = self.in_flight.popleft()
+            reply, arrays = read()
+            self._on_reply(g, reply, arrays)
+            self._start(unit, reply["start"], g)
+            if reply["end"]:
+                return
+            if self.outbox[g]:
+                self._send_round(g)
+
+
+_INDEX_OPS = frozenset({"advance_many", "prune_many"})
+
+
+def _load(req: dict[str, Any]) -> Any:
+    """Everything that reads the file system, before lock-down: admission, the modules the
+    candidate may import, compilation."""
+    source, filename = req["source"], req["filename"]
+    STATE.filename = filename
+    STATE.source_lines = source.splitlines()
+    STATE.sink = PrintSink(int(req["limits"].get("max_output_bytes", 64 * 1024)))
     verdict = admit(source, filename) if req.get("admit", True) else None
     if verdict is not None:
-        raise _Fatal(verdict)
-    # numpy's submodules load lazily, and nothing loads once locked down: load the allowed ones.
-    for mod in sorted((set(imported_modules(source)) | _NUMPY_SUBMODULES) & ALLOWED_IMPORTS):
+        raise Fatal(verdict)
+    for mod in sorted((set(imported_modules(source)) & ALLOWED_IMPORTS) | set(PRELOAD)):
         __import__(mod)
+    import greenlet  # noqa: F401
+
+    import autotts.evaluate
+    import autotts.sandbox.client  # noqa: F401
+
     code, errors = compile_candidate(source, filename)
     if code is None:
-        raise _Fatal(Verdict("forbidden", errors[0] if errors else "does not compile"))
+        raise Fatal(Verdict("forbidden", errors[0] if errors else "does not compile"))
     import linecache
 
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
-    _deny_objects()
-    _uncopyable_handles()
-    questions = []
-    it = iter(arrays)
-    for st in req["stores"]:
-        fields = {str(f): next(it) for f in st["arrays"]}
-        data = ReplayData(name=st["name"], delta=int(st["delta"]), **fields)
-        questions.append(_Questions(data))
-    names = [st["name"] for st in req["stores"]]
-    proto = Protocol(**req["proto"])
-    isolation = lockdown(limits)
+    deny_objects()
+    return code
 
-    # The candidate's module.
-    progress[0] = PH_MODULE
-    progress[3] += 1
+
+def _candidate_class(code: Any, filename: str) -> type:
+    from autotts.controller import find_controller_class
+    from autotts.errors import ControllerError
+
     module = ModuleType(CANDIDATE_MODULE)
     g = module.__dict__
     g["__builtins__"] = candidate_builtins()
-    g["__metaclass__"] = _class_hook
+    g["__metaclass__"] = class_hook
     g["__name__"] = CANDIDATE_MODULE
     sys.modules[CANDIDATE_MODULE] = module  # dataclasses looks classes' modules up there
     ctx: dict[str, Any] = {"phase": "module"}
     try:
         exec(code, g)
     except BaseException as e:
-        raise _Fatal(_exception_verdict(e, ctx)) from None
+        raise Fatal(_exception_verdict(e, ctx)) from None
     _check_violation(ctx)
     try:
-        cls = find_controller_class(module, filename)
+        return find_controller_class(module, filename)
     except ControllerError as e:
         _check_violation(ctx)
-        raise _Fatal(Verdict("interface", str(e).replace(f"{filename}: ", ""))) from None
+        raise Fatal(Verdict("interface", str(e).replace(f"{filename}: ", ""))) from None
     except BaseException as e:
-        raise _Fatal(_exception_verdict(e, ctx)) from None
-    spec = ControllerSpec(name=cls.NAME, path=filename, cls=cls)
+        raise Fatal(_exception_verdict(e, ctx)) from None
 
-    # Knobs for each β, computed here: schedule() is candidate code.
-    progress[0] = PH_SCHEDULE
-    configs, plain = [], []
-    for r, beta in enumerate(req["betas"]):
-        progress[1] = r
-        progress[3] += 1
+
+def _configs(cls: type, req: dict[str, Any], out: _Out) -> list[dict[str, Any]] | None:
+    """Knobs for each β: schedule() is candidate code, so it runs here."""
+    from autotts.controller import ControllerSpec
+    from autotts.errors import ConfigError, ControllerError
+
+    filename = req["filename"]
+    spec = ControllerSpec(name=cls.NAME, path=filename, cls=cls)
+    configs = []
+    for beta in req["betas"]:
         ctx = {"phase": "schedule", "beta": beta}
         try:
             cfg = spec.config(beta, req["overrides"])
         except ConfigError as e:
             _check_violation(ctx)
-            out.send({"type": "config_error", "message": str(e)[:1000]})
-            return
+            out.send({"t": "config_error", "message": _text(e)[:1000]})
+            return None
         except ControllerError as e:
             _check_violation(ctx)
-            raise _Fatal(Verdict("interface", str(e).replace(f"{filename}: ", "")[:1000],
-                                 context=ctx)) from None
+            raise Fatal(Verdict("interface", _text(e).replace(f"{filename}: ", "")[:1000],
+                                context=ctx)) from None
         except BaseException as e:
-            raise _Fatal(_exception_verdict(e, ctx)) from None
+            raise Fatal(_exception_verdict(e, ctx)) from None
         _check_violation(ctx)
-        p = {str(k): _plain(v) for k, v in cfg.items()}
-        try:
-            json.dumps(p, allow_nan=True)
-        except (TypeError, ValueError):
-            raise _Fatal(Verdict("interface", f"schedule({beta}) returned knob values that are "
-                                 "not numbers, strings or booleans", context=ctx)) from None
         configs.append(cfg)
-        plain.append(p)
-    out.send({"type": "configs", "name": cls.NAME, "configs": plain, "isolation": isolation})
+    return configs
 
-    trace_budget = [int(limits.get("max_trace_bytes", 256 << 20))]
-    traces_truncated = False
+
+def _run(req: dict[str, Any], out: _Out, hint: np.ndarray) -> None:
+    from autotts.sandbox.lockdown import lockdown
+
+    code = _load(req)
+    isolation = lockdown(req["limits"])
+    cls = _candidate_class(code, req["filename"])
+    configs = _configs(cls, req, out)
+    if configs is None:
+        return
+    plain = [{str(k): _plain(v) for k, v in c.items()} for c in configs]
+    try:
+        pack_frame({"configs": plain})
+    except (TypeError, ValueError):
+        raise Fatal(Verdict("interface", "schedule() returned knob values that are not finite "
+                            "numbers, strings or booleans")) from None
+    out.send({"t": "configs", "name": _plain(cls.NAME) if isinstance(cls.NAME, str) else "?",
+              "configs": plain, "isolation": isolation})
+    sched = Scheduler(cls, configs, req, out, hint)
     stdin = sys.stdin.buffer
+
+    def read() -> tuple[dict[str, Any], Any]:
+        return read_frame(stdin)
+
     while True:
-        progress[0] = PH_IDLE
-        line = stdin.readline()
-        if not line or line.strip() == b"stop":
+        header, _ = read()
+        if header.get("t") != "unit":
             break
-        u = json.loads(line)
-        i, s, r, lo, hi = (int(u[k]) for k in ("unit", "s", "r", "lo", "hi"))
-        progress[1] = i
-        progress[2] = 0
-        progress[0] = PH_UNIT
-        progress[3] += 1
-        unit_ctx = {"store": names[s], "beta": req["betas"][r], "config": plain[r]}
-        wspec = ControllerSpec(name=cls.NAME, path=filename, cls=make_wrapper(cls, unit_ctx))
-        _S.first_tb = None
-        try:
-            res = run_block(questions[s], wspec, configs[r], proto, lo, hi, store_name=names[s],
-                            on_error="record", trace=bool(req["traces"]))
-        except _Fatal as f:
-            nq = questions[s].data.num_questions
-            k = max(0, int(progress[2]) - 1)
-            f.verdict.context.update(draw=lo + k // nq, question=k % nq)
-            raise
-        finally:
-            if _S.current_ep is not None:
-                _S.current_ep._q = _CLOSED
-                _S.current_ep = None
-        progress[0] = PH_SEND  # the harness's own work from here: not an episode to time
-        _check_violation(unit_ctx)
-        for e in res.errors:  # a candidate controls exception texts: keep them short
-            e["message"] = str(e["message"])[:1000]
-        if res.errors and req["on_error"] == "raise":
-            e0 = res.errors[0]
-            context = {**unit_ctx, "question": e0["question"], "draw": e0["draw"],
-                       "step": e0["step"]}
-            tb = _S.first_tb if e0["kind"] != "non_answer" else None
-            raise _Fatal(Verdict(e0["kind"], str(e0["message"])[:1000], tb, context))
-        trace_bytes = b""
-        if res.traces is not None:
-            trace_bytes, cut = _serialize_traces(res.traces, trace_budget)
-            traces_truncated = traces_truncated or cut
-        out.send(
-            {"type": "unit", "unit": i, "errors": res.errors},
-            [res.answers.astype("<i4"), res.tokens.astype("<i8"), res.probes.astype("<i4"),
-             res.opened.astype("<i4"), np.frombuffer(trace_bytes, dtype=np.uint8)],
-        )
-    progress[0] = PH_DONE
-    progress[3] += 1
-    out.send({"type": "done", "stdout": _S.sink.text(), "stdout_dropped": _S.sink.dropped,
-              "traces_truncated": traces_truncated})
+        sched.run_unit(header, read)
+    out.send({"t": "done", "stdout": STATE.sink.text(), "dropped": STATE.sink.dropped})
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -1009,30 +400,31 @@ def main(argv: list[str] | None = None) -> None:
 
     argv = list(sys.argv if argv is None else argv)
     out = _Out(int(argv[1]))
+    hint = np.zeros(1, dtype=np.int64)
     try:
-        pfd = int(argv[2])
-        mm = mmap.mmap(pfd, PROGRESS_SLOTS * 8)
-        os.close(pfd)
-        _S.progress = np.frombuffer(mm, dtype=np.int64)
+        hfd = int(argv[2])
+        mm = mmap.mmap(hfd, 8)
+        os.close(hfd)
+        hint = np.frombuffer(mm, dtype=np.int64)
     except (OSError, ValueError, IndexError):
         pass
     try:
-        req, arrays = read_frame(sys.stdin.buffer)
-        _run(req, arrays, out)
-    except _Fatal as f:
+        req, _ = read_frame(sys.stdin.buffer)
+        _run(req, out, hint)
+    except Fatal as f:
         v = f.verdict
-        v.context.setdefault("stdout", _S.sink.text()[-2000:])
-        out.send({"type": "verdict", "verdict": v.to_dict()})
+        v.context.setdefault("stdout", STATE.sink.text()[-2000:])
+        out.send({"t": "verdict", "verdict": v.to_dict()})
     except MemoryError:
         try:
-            out.send({"type": "verdict", "verdict": Verdict(
+            out.send({"t": "verdict", "verdict": Verdict(
                 "memory", "memory limit exceeded (MemoryError)").to_dict()})
         except BaseException:
             os._exit(3)
     except BaseException as e:  # a bug of the sandbox itself, or a broken pipe
         try:
             msg = "".join(traceback.format_exception_only(type(e), e)).strip()[:1000]
-            out.send({"type": "verdict", "verdict": Verdict("crash", f"sandbox error: {msg}")
+            out.send({"t": "verdict", "verdict": Verdict("crash", f"sandbox error: {msg}")
                       .to_dict()})
         except BaseException:
             os._exit(4)

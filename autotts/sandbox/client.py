@@ -1,0 +1,344 @@
+"""The episode handle a sandboxed controller programs against: the Episode API over a wire.
+
+`ClientEpisode` has the methods and properties of `autotts.engine.Episode`, but holds only what the
+episode has revealed: every action is sent to the trusted judge, which applies it to the real
+episode and replies with what it revealed (branch, depth, answer, finished) and the public
+counters. Property reads are local. A full read of this process's memory therefore finds nothing
+that the controller was not shown and charged for.
+
+The mirror follows the engine's rules for what the reply does not say: BRANCH opens branches at
+depth 1, EXTEND adds one interval, PRUNE deactivates; depths at which answers are revealed, and
+which branches finished, come from the judge.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from autotts.engine import NO_ANSWER, InvalidAction
+
+Request = Callable[[str, list[Any], list[list[Any]] | None], list[Any]]
+
+
+def _as_index(i: Any) -> int:
+    if isinstance(i, bool):
+        raise InvalidAction(f"branch index must be an integer, got {i!r:.80}")
+    try:
+        return operator.index(i)
+    except TypeError:
+        raise InvalidAction(f"branch index must be an integer, got {i!r:.80}") from None
+
+
+def _wire_list(which: Any) -> list[Any]:
+    """Branch indices or a mask as plain JSON values; what the engine would reject still goes
+    (as a value the engine rejects the same way), what JSON cannot carry is refused here."""
+    if isinstance(which, np.ndarray):
+        out = which.tolist()
+    elif isinstance(which, list | tuple | range):
+        out = [x.item() if isinstance(x, np.generic) else x for x in which]
+    else:
+        out = [which.item() if isinstance(which, np.generic) else which]
+    if not all(type(x) in (int, bool, float) for x in out):
+        raise InvalidAction(f"branch indices must be integers, got {which!r:.80}")
+    return out
+
+
+def _fast_indices(which: Any, opened: int) -> np.ndarray | None:
+    """The branch indices of a well-formed mask or integer array (sent as raw int32), or None:
+    anything else goes as a JSON list for the engine to accept or refuse as it would
+    in-process."""
+    if isinstance(which, np.ndarray) and which.ndim == 1:
+        if which.dtype == bool and len(which) == opened:
+            return which.nonzero()[0]
+        if which.dtype.kind in "iu" and (not len(which) or (
+                which.min() >= 0 and which.max() < opened)):
+            return which
+    return None
+
+
+class ClientEpisode:
+    """One episode as the sandboxed controller sees it (same API as autotts.engine.Episode)."""
+
+    __slots__ = ("_actions", "_budget", "_closed", "_delta", "_depth", "_events", "_finished",
+                 "_gen", "_hist", "_kappa", "_latest", "_n", "_no_answer", "_opened", "_probes",
+                 "_pruned", "_request", "_running", "_tracing")
+
+    def __init__(self, request: Request, pool_size: int, delta: int, probe_cost: int,
+                 budget: int | None, no_answer_class: int, tracing: bool) -> None:
+        n = int(pool_size)
+        self._request = request
+        self._n = n
+        self._delta = int(delta)
+        self._kappa = int(probe_cost)
+        self._budget = None if budget is None else int(budget)
+        self._no_answer = int(no_answer_class)
+        self._depth = np.zeros(n, dtype=np.int64)
+        self._finished = np.zeros(n, dtype=bool)
+        self._pruned = np.zeros(n, dtype=bool)
+        self._running = np.zeros(n, dtype=bool)
+        self._latest = np.full(n, NO_ANSWER, dtype=np.int32)
+        self._hist: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # every reveal so far
+        self._opened = 0
+        self._gen = 0
+        self._probes = 0
+        self._actions = 0
+        self._closed = False
+        self._tracing = bool(tracing)
+        self._events: list[list[Any]] | None = [] if tracing else None
+
+    # ---- copies would be free handles (as for the engine's episodes) ---------------------------
+
+    def __copy__(self) -> None:
+        raise InvalidAction("episode handles cannot be copied")
+
+    def __deepcopy__(self, memo: Any) -> None:
+        raise InvalidAction("episode handles cannot be copied")
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        raise InvalidAction("episode handles cannot be copied")
+
+    # ---- public facts and revealed state ------------------------------------------------------
+
+    @property
+    def pool_size(self) -> int:
+        return self._n
+
+    @property
+    def delta(self) -> int:
+        return self._delta
+
+    @property
+    def probe_cost(self) -> int:
+        return self._kappa
+
+    @property
+    def no_answer_class(self) -> int:
+        return self._no_answer
+
+    @property
+    def budget(self) -> int | None:
+        return self._budget
+
+    @property
+    def tokens(self) -> int:
+        return self._gen + self._kappa * self._probes
+
+    @property
+    def generated_tokens(self) -> int:
+        return self._gen
+
+    @property
+    def num_probes(self) -> int:
+        return self._probes
+
+    @property
+    def remaining_budget(self) -> int | None:
+        return None if self._budget is None else self._budget - self.tokens
+
+    @property
+    def num_actions(self) -> int:
+        return self._actions
+
+    @property
+    def num_opened(self) -> int:
+        return self._opened
+
+    @property
+    def depths(self) -> np.ndarray:
+        return self._depth[: self._opened].copy()
+
+    @property
+    def finished(self) -> np.ndarray:
+        return self._finished[: self._opened].copy()
+
+    @property
+    def pruned(self) -> np.ndarray:
+        return self._pruned[: self._opened].copy()
+
+    @property
+    def running(self) -> np.ndarray:
+        return self._running[: self._opened].copy()
+
+    @property
+    def latest(self) -> np.ndarray:
+        return self._latest[: self._opened].copy()
+
+    @property
+    def final_answers(self) -> np.ndarray:
+        k = self._opened
+        return np.where(self._finished[:k], self._latest[:k], NO_ANSWER).astype(np.int32)
+
+    def depth(self, i: int) -> int:
+        return int(self._depth[self._check_opened(i)])
+
+    def is_finished(self, i: int) -> bool:
+        return bool(self._finished[self._check_opened(i)])
+
+    def is_pruned(self, i: int) -> bool:
+        return bool(self._pruned[self._check_opened(i)])
+
+    def latest_answer(self, i: int) -> int:
+        return int(self._latest[self._check_opened(i)])
+
+    def _branch_history(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        if not self._hist:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int32)
+        b, d, a = (np.concatenate([h[k] for h in self._hist]) for k in range(3))
+        self._hist = [(b, d, a)]
+        mine = b == i
+        d, a = d[mine], a[mine]
+        order = np.argsort(d, kind="stable")
+        return d[order], a[order]
+
+    def history(self, i: int) -> np.ndarray:
+        """Revealed answers of branch i in depth order (probes, then the final if finished)."""
+        return self._branch_history(self._check_opened(i))[1].astype(np.int32)
+
+    def history_depths(self, i: int) -> np.ndarray:
+        return self._branch_history(self._check_opened(i))[0].astype(np.int64)
+
+    def trace(self, kind: str, **data: Any) -> None:
+        if self._events is not None:
+            self._events.append([str(kind), data])
+
+    def trace_enabled(self) -> bool:
+        return self._tracing
+
+    def close(self) -> None:
+        self._closed = True
+
+    def _pending_events(self) -> list[list[Any]] | None:
+        """Trace events not yet sent (the scheduler sends them with the episode's end)."""
+        events = self._events or None
+        if events:
+            self._events = []
+        return events
+
+    # ---- actions ------------------------------------------------------------------------------
+
+    def _send(self, op: str, args: list[Any]) -> None:
+        if self._closed:
+            raise InvalidAction("this episode handle belongs to an episode that has ended")
+        events = None
+        if self._events:
+            events, self._events = self._events, []
+        reply = self._request(op, args, events)
+        if len(reply) == 5:  # refused: [slot, message, generated, probes, actions]
+            self._gen, self._probes, self._actions = reply[2], reply[3], reply[4]
+            raise InvalidAction(reply[1])
+        self._gen, self._probes, self._actions, jb, jd, ja, jf = reply
+        n = len(jb)
+        if not n:
+            return
+        self._hist.append((jb, jd, ja))
+        if n == 1:
+            i = jb[0]
+            self._depth[i] = jd[0]
+            self._latest[i] = ja[0]
+            if jf[0]:
+                self._finished[i] = True
+                self._running[i] = False
+            return
+        self._depth[jb] = jd  # in reveal order: the last write of a branch is its latest
+        self._latest[jb] = ja
+        if jf.any():
+            done = jb[jf.view(bool)]
+            self._finished[done] = True
+            self._running[done] = False
+
+    def branch(self, probe: bool = False) -> int:
+        i = self._opened
+        self._send("branch", [bool(probe)])
+        self._opened = i + 1
+        if not self._finished[i]:
+            self._depth[i] = 1
+            self._running[i] = True
+        return i
+
+    def branch_many(self, k: int, probe: bool = False) -> np.ndarray:
+        k = _as_index(k)
+        start = self._opened
+        self._send("branch_many", [k, bool(probe)])
+        idx = np.arange(start, start + k)
+        self._opened = start + k
+        self._depth[idx] = np.maximum(self._depth[idx], 1)
+        self._running[idx] = ~self._finished[idx]
+        return idx
+
+    def extend(self, i: int) -> int | None:
+        i = _as_index(i)
+        d = int(self._depth[i]) if 0 <= i < self._n else 0
+        self._send("extend", [i])
+        if self._finished[i]:
+            return int(self._latest[i])
+        self._depth[i] = d + 1
+        return None
+
+    def probe(self, i: int) -> int:
+        i = _as_index(i)
+        self._send("probe", [i])
+        return int(self._latest[i])
+
+    def advance(self, i: int) -> int:
+        i = _as_index(i)
+        self._send("advance", [i])
+        return int(self._latest[i])
+
+    def advance_many(self, which: Any, times: int = 1) -> np.ndarray:
+        idx = _fast_indices(which, self._opened)
+        wire: Any = idx if idx is not None else _wire_list(which)
+        if isinstance(times, np.generic):
+            times = times.item()
+        if type(times) not in (int, bool, float):  # the engine refuses it; JSON cannot carry it
+            raise InvalidAction(f"advance_many's times must be an integer, got {times!r:.80}")
+        self._send("advance_many", [wire, times])
+        if idx is None:
+            arr = np.asarray(wire)
+            idx = np.flatnonzero(arr) if arr.dtype == bool else arr.astype(np.int64)
+        return self._latest[idx]
+
+    def read(self, i: int) -> int:
+        i = _as_index(i)
+        self._send("read", [i])
+        return int(self._latest[i])
+
+    def read_new(self) -> int:
+        i = self._opened
+        self._send("read_new", [])
+        self._opened = i + 1
+        return int(self._latest[i])
+
+    def read_new_many(self, k: int) -> np.ndarray:
+        k = _as_index(k)
+        start = self._opened
+        self._send("read_new_many", [k])
+        self._opened = start + k
+        return self._latest[start : start + k].copy()
+
+    def prune(self, i: int) -> None:
+        i = _as_index(i)
+        self._send("prune", [i])
+        self._pruned[i] = True
+        self._running[i] = False
+
+    def prune_many(self, which: Any) -> None:
+        idx = _fast_indices(which, self._opened)
+        wire: Any = idx if idx is not None else _wire_list(which)
+        self._send("prune_many", [wire])
+        if idx is None:
+            arr = np.asarray(wire)
+            idx = np.flatnonzero(arr) if arr.dtype == bool else arr.astype(np.int64)
+        self._pruned[idx] = True
+        self._running[idx] = False
+
+    # ---- reads that name a branch -------------------------------------------------------------
+
+    def _check_opened(self, i: Any) -> int:
+        i = _as_index(i)
+        if not 0 <= i < self._opened:
+            raise InvalidAction(f"branch {i} is not open ({self._opened} opened)")
+        return i

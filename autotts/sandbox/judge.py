@@ -1,0 +1,322 @@
+"""The trusted side of the sandbox boundary: the judge that holds the replay engine.
+
+The sandbox child runs only the controller, against a client handle that mirrors what its actions
+revealed (autotts.sandbox.client). Every action is a request to the judge, which applies it to a
+real `Episode` here, in a trusted process, and replies with what the action revealed (the
+episode's reveal journal) and the public counters. The judge alone holds the replay data, the
+draw orders, the budget, the costs and the action counts, and it alone says what an episode cost
+and which store class an answer names; nothing the child claims about those is used.
+
+`UnitJudge` serves one work unit (one store, one configuration, a range of draws). It decides
+when episodes start (a window of at most `window` live episodes), validates every message of the
+child strictly (`ProtocolError` on anything malformed: the caller turns it into a 'crash'
+verdict), and never lets an exception of its own escape on the child's input.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from autotts.draws import draw_order
+from autotts.engine import NO_ANSWER, Episode, InvalidAction, store_class
+from autotts.evaluate import BlockResult, Protocol, Questions
+from autotts.sandbox.wire import escape
+
+EPISODE_ERRORS = ("exception", "invalid_action", "non_answer")
+MAX_MESSAGE = 2000  # characters of an error message kept from the child
+MAX_TRACEBACK = 4000
+MAX_EVENT_ITEMS = 4096  # JSON values in one trace event
+MAX_KIND = 64
+_INT64 = 2**63
+
+
+class ProtocolError(Exception):
+    """The child broke the wire protocol (a forged or malformed message)."""
+
+
+class OutputLimit(Exception):
+    """The child tried to make the parent hold more than its share (traces)."""
+
+
+@dataclass
+class TraceBudget:
+    """JSON values the candidate's trace events may still make this process hold. One budget is
+    shared by every unit a task serves; the evaluation splits its total over its tasks."""
+
+    items: int
+    used: int = 0
+
+
+@dataclass
+class _Slot:
+    ep: Episode
+    draw: int
+    question: int
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _index(v: Any, what: str) -> int:
+    if type(v) is not int or not -_INT64 <= v < _INT64:
+        raise ProtocolError(f"{what} is not a 64-bit integer")
+    return v
+
+
+def _json_items(obj: Any, limit: int) -> int:
+    """Number of JSON values in `obj` (already parsed strictly), ProtocolError past `limit`."""
+    n, stack = 0, [obj]
+    while stack:
+        o = stack.pop()
+        n += 1
+        if n > limit:
+            raise OutputLimit(f"a trace event holds more than {limit} values")
+        t = type(o)
+        if t is list:
+            stack.extend(o)
+        elif t is dict:
+            stack.extend(o.values())
+    return n
+
+
+def _which(v: Any) -> list[Any]:
+    if type(v) is not list:
+        raise ProtocolError("branch list is not a list")
+    return v
+
+
+# Each action: (number of arguments, how the judge calls the engine). Argument values are the
+# engine's to check: a wrong type or range is an InvalidAction for the candidate, as in-process.
+def _call(ep: Episode, op: str, args: list[Any]) -> None:
+    if op == "advance_many":
+        ep.advance_many(args[0] if len(args[0]) else [], args[1])
+    elif op == "advance":
+        ep.advance(args[0])
+    elif op == "branch":
+        ep.branch(bool(args[0]))
+    elif op == "branch_many":
+        ep.branch_many(args[0], bool(args[1]))
+    elif op == "extend":
+        ep.extend(args[0])
+    elif op == "probe":
+        ep.probe(args[0])
+    elif op == "read":
+        ep.read(args[0])
+    elif op == "read_new":
+        ep.read_new()
+    elif op == "read_new_many":
+        ep.read_new_many(args[0])
+    elif op == "prune":
+        ep.prune(args[0])
+    elif op == "prune_many":
+        ep.prune_many(args[0] if len(args[0]) else [])
+
+
+ACTIONS = {"advance_many": 2, "advance": 1, "branch": 1, "branch_many": 2, "extend": 1,
+           "probe": 1, "read": 1, "read_new": 0, "read_new_many": 1, "prune": 1, "prune_many": 1}
+_SCALAR_ARGS = {"advance", "extend", "probe", "read", "prune", "read_new_many", "branch_many"}
+
+
+class UnitJudge:
+    """Serves the episodes of one work unit to the child. Slot k is draw lo + k // nq, question
+    k % nq, as in-process evaluation orders them."""
+
+    def __init__(self, questions: Questions, proto: Protocol, lo: int, hi: int, *,
+                 trace: bool, budget: TraceBudget, window: int = 256) -> None:
+        self.questions = questions
+        self.proto = proto
+        self.lo = lo
+        self.nq = questions.data.num_questions
+        self.n = (hi - lo) * self.nq
+        self.trace = trace
+        self.budget = budget
+        self.window = max(1, window)
+        self.next = 0  # next slot to start
+        self.live: dict[int, _Slot] = {}
+        self.stop_starting = False  # on_error='raise' stops starting episodes after an error
+        shape = (hi - lo, self.nq)
+        self.answers = np.full(shape, NO_ANSWER, dtype=np.int32)
+        self.tokens = np.zeros(shape, dtype=np.int64)
+        self.probes = np.zeros(shape, dtype=np.int32)
+        self.opened = np.zeros(shape, dtype=np.int32)
+        self.errors: list[tuple[int, dict[str, Any], str | None]] = []  # (slot, record, traceback)
+        self.traces: list[tuple[int, dict[str, Any]]] | None = [] if trace else None
+        self.actions = 0  # requests served (a bench figure)
+
+    # ---- episodes ----------------------------------------------------------------------------
+
+    def where(self, slot: int) -> tuple[int, int]:
+        return self.lo + slot // self.nq, slot % self.nq
+
+    def start(self) -> list[list[int]]:
+        """Start episodes up to the window: [slot, pool size, no-answer class] for each (the
+        public facts the child's handle needs)."""
+        out = []
+        while len(self.live) < self.window and self.next < self.n and not self.stop_starting:
+            slot = self.next
+            self.next += 1
+            draw, q = self.where(slot)
+            question = self.questions[q]
+            p = self.proto
+            order = draw_order(p.protocol, draw, q, question.num_branches, seed=p.seed, n=p.pool)
+            ep = Episode(question, order, probe_cost=p.probe_cost, budget=p.budget,
+                         trace=self.trace, journal=True)
+            self.live[slot] = _Slot(ep, draw, q)
+            out.append([slot, ep.pool_size, ep.no_answer_class])
+        return out
+
+    @property
+    def complete(self) -> bool:
+        return not self.live and (self.next >= self.n or self.stop_starting)
+
+    def _finish(self, slot: int, s: _Slot, answer: int) -> None:
+        ep = s.ep
+        di = s.draw - self.lo
+        self.answers[di, s.question] = answer
+        self.tokens[di, s.question] = ep.tokens
+        self.probes[di, s.question] = ep.num_probes
+        self.opened[di, s.question] = ep.num_opened
+        if self.traces is not None:
+            self.traces.append((slot, {"question": s.question, "draw": s.draw,
+                                       "events": ep.trace_events()}))
+        ep.close()
+        del self.live[slot]
+
+    # ---- the child's messages ----------------------------------------------------------------
+
+    def serve(self, messages: Any, *, stop_on_error: bool, indices: np.ndarray | None = None
+              ) -> tuple[list[list[Any]], list[np.ndarray]]:
+        """Apply one round of the child's messages. Returns the replies, in the same order, and
+        what the actions revealed as four arrays (branch, depth, answer, final) that the replies
+        index in order: [slot, generated, probes, actions, n] takes the next n entries; a refusal
+        is [slot, message, generated, probes, actions]. Raises ProtocolError / OutputLimit on a
+        malformed or oversized message (nothing else)."""
+        if type(messages) is not list:
+            raise ProtocolError("round is not a list")
+        self._indices = indices if indices is not None else np.zeros(0, dtype=np.int32)
+        self._pos = 0
+        seen: set[int] = set()
+        replies: list[list[Any]] = []
+        self._journal: list[tuple[np.ndarray, ...]] = []
+        for m in messages:
+            if type(m) is not list or not 3 <= len(m) <= 4:
+                raise ProtocolError("a message is not [slot, op, args(, events)]")
+            slot, op, args = m[0], m[1], m[2]
+            if type(slot) is not int or slot in seen or slot not in self.live:
+                raise ProtocolError("a message for an episode that is not waiting on the sandbox")
+            seen.add(slot)
+            if type(op) is not str or type(args) is not list:
+                raise ProtocolError("bad op or arguments")
+            s = self.live[slot]
+            if len(m) == 4:
+                self._events(s, m[3])
+            if op == "answer":
+                self._answer(slot, s, args)
+            elif op == "error":
+                self._error(slot, s, args, stop_on_error)
+            else:
+                replies.append(self._act(slot, s, op, args))
+        j = self._journal
+        if not j:
+            arrays = [np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0, np.int32),
+                      np.zeros(0, np.uint8)]
+        else:
+            arrays = [np.concatenate([x[k] for x in j]).astype(dt, copy=False)
+                      for k, dt in enumerate((np.int32, np.int32, np.int32, np.uint8))]
+        return replies, arrays
+
+    def _act(self, slot: int, s: _Slot, op: str, args: list[Any]) -> list[Any]:
+        arity = ACTIONS.get(op)
+        if arity is None or len(args) != arity:
+            raise ProtocolError(f"unknown action or wrong number of arguments ({escape(op, 40)})")
+        if op in _SCALAR_ARGS:
+            _index(args[0], "an action argument")
+        elif op == "advance_many" or op == "prune_many":
+            args = [self._branches(args[0]), *args[1:]]
+            if op == "advance_many" and type(args[1]) not in (int, bool, float):
+                raise ProtocolError("advance_many's times is not a number")
+        ep = s.ep
+        self.actions += 1
+        try:
+            _call(ep, op, args)
+        except InvalidAction as e:
+            return [slot, str(e)[:MAX_MESSAGE], ep.generated_tokens, ep.num_probes,
+                    ep.num_actions]
+        except (TypeError, ValueError, OverflowError, IndexError) as e:
+            # Arguments the engine could not even read (a JSON value no controller can pass
+            # through the client handle): the child is forging requests.
+            raise ProtocolError(f"unreadable arguments for {op}: {type(e).__name__}") from None
+        jr = ep.take_journal()
+        n = len(jr[0])
+        if n:
+            self._journal.append(jr)
+        return [slot, ep.generated_tokens, ep.num_probes, ep.num_actions, n]
+
+    def _branches(self, w: Any) -> Any:
+        """A branch list: a JSON list, or ["#", n] for the next n raw indices of the round."""
+        if type(w) is list and len(w) == 2 and w[0] == "#":
+            n = w[1]
+            if type(n) is not int or not 0 <= n <= len(self._indices) - self._pos:
+                raise ProtocolError("a branch list past the round's indices")
+            out = self._indices[self._pos : self._pos + n]
+            self._pos += n
+            return out
+        return _which(w)
+
+    def _answer(self, slot: int, s: _Slot, args: list[Any]) -> None:
+        if len(args) != 1:
+            raise ProtocolError("answer takes one value")
+        v = args[0]
+        if v is None:
+            ans = NO_ANSWER
+        elif type(v) is int and -(2**31) <= v < 2**31:
+            ans = store_class(s.ep, v)
+        else:
+            raise ProtocolError("an answer that is not an int32 class or null")
+        self._finish(slot, s, ans)
+
+    def _error(self, slot: int, s: _Slot, args: list[Any], stop: bool) -> None:
+        if (len(args) != 3 or args[0] not in EPISODE_ERRORS or type(args[1]) is not str
+                or not (args[2] is None or type(args[2]) is str)):
+            raise ProtocolError("an episode error is not [kind, message, traceback]")
+        rec = {"kind": args[0], "store": self.questions.data.name, "question": s.question,
+               "draw": s.draw, "step": s.ep.num_actions,
+               "message": escape(args[1], MAX_MESSAGE)}
+        tb = None if args[2] is None else escape(args[2], MAX_TRACEBACK)
+        self.errors.append((slot, rec, tb))
+        if stop:
+            self.stop_starting = True
+        self._finish(slot, s, NO_ANSWER)
+
+    def _events(self, s: _Slot, events: Any) -> None:
+        if not self.trace:
+            return  # the handle only sends events when tracing is on; ignore any others
+        if type(events) is not list:
+            raise ProtocolError("trace events are not a list")
+        for e in events:
+            if (type(e) is not list or len(e) != 2 or type(e[0]) is not str
+                    or type(e[1]) is not dict):
+                raise ProtocolError("a trace event is not [kind, data]")
+            n = _json_items(e[1], MAX_EVENT_ITEMS)
+            self.budget.used += n
+            if self.budget.used > self.budget.items:
+                raise OutputLimit(f"trace events exceed the budget of {self.budget.items} "
+                                  "JSON values")
+            try:
+                s.ep.trace(escape(e[0], MAX_KIND, newlines=False), **e[1])
+            except TypeError:  # a key that collides with trace()'s own parameters
+                raise ProtocolError("a trace event with a reserved key") from None
+
+    def result(self) -> BlockResult:
+        """The unit's outcome; errors in episode order (draw, then question), as in-process."""
+        errs = [rec for _, rec, _ in sorted(self.errors, key=lambda x: x[0])]
+        traces = None if self.traces is None else [t for _, t in sorted(self.traces,
+                                                                          key=lambda x: x[0])]
+        return BlockResult(self.answers, self.tokens, self.probes, self.opened, errs, traces)
+
+    def first_error(self) -> tuple[dict[str, Any], str | None] | None:
+        if not self.errors:
+            return None
+        _, rec, tb = min(self.errors, key=lambda x: x[0])
+        return rec, tb

@@ -1,0 +1,496 @@
+"""One sandbox process and the trusted side that serves it: spawn, judge, watch, kill.
+
+`run_task` starts one sandbox child for a list of work units and serves it until every unit is
+done: it sends the init frame (no replay data), answers the child's rounds of actions through a
+`UnitJudge` per unit, enforces the time limits with its own clock (the child keeps no account the
+supervisor trusts), drains and caps what the child prints, and turns every failure into a typed
+`Verdict` (raised as `Failed`). It runs wherever the trusted side of an evaluation runs: the
+evaluating process, a local worker process, or a Ray worker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import mmap
+import os
+import selectors
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import autotts
+from autotts.evaluate import BlockResult, Protocol, Questions
+from autotts.sandbox.admission import Verdict
+from autotts.sandbox.judge import OutputLimit, ProtocolError, TraceBudget, UnitJudge
+from autotts.sandbox.wire import FrameError, FrameReader, escape, pack_frame
+from autotts.store import ReplayData
+
+Unit = tuple[int, int, int, int]  # (store, configuration, first draw, end draw)
+
+MAX_NAME = 100  # characters of a controller NAME
+MAX_KNOBS_JSON = 64 * 1024  # bytes of all knobs of all β, as JSON
+
+
+@dataclass(frozen=True)
+class SandboxLimits:
+    """Limits of one sandboxed evaluation. Times in seconds; memory_mb is the address space a
+    sandbox process may add on top of its interpreter with numpy loaded."""
+
+    wall_seconds: float = 1800.0  # the whole evaluation, all processes
+    cpu_seconds: int = 1800  # CPU time of each sandbox process (RLIMIT_CPU)
+    episode_seconds: float = 20.0  # one round of actions, schedule() call or module execution
+    startup_seconds: float = 120.0  # the (trusted) start-up: interpreter, numpy, scipy
+    memory_mb: int = 1024
+    max_output_bytes: int = 64 * 1024  # printed output / stdout / stderr kept per process
+    max_trace_items: int = 4_000_000  # JSON values of trace events kept, whole evaluation
+    max_result_bytes: int = 1024**3  # everything a process may send back
+    window: int = 256  # episodes of a work unit live at once in one process
+
+
+class Failed(Exception):
+    """The candidate failed; `verdict` says how."""
+
+    def __init__(self, verdict: Verdict) -> None:
+        super().__init__(str(verdict))
+        self.verdict = verdict
+
+
+# ---- the child's environment -----------------------------------------------------------------
+
+
+def scrubbed_env(home: str) -> dict[str, str]:
+    """The sandbox process's whole environment: built from nothing, so no API key, token,
+    secret, proxy or cloud credential of the parent can reach it."""
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C.UTF-8",
+        "HOME": home,
+        "TMPDIR": home,
+        # numpy's BLAS must not start threads: the process may not create any.
+        "OPENBLAS_NUM_THREADS": "1",
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "NUMEXPR_NUM_THREADS": "1",
+    }
+    if "LD_LIBRARY_PATH" in os.environ:  # some Python installs need it to start at all
+        env["LD_LIBRARY_PATH"] = os.environ["LD_LIBRARY_PATH"]
+    return env
+
+
+_BOOT = (
+    "import sys; sys.path.insert(0, {root!r}); "
+    "from autotts.sandbox.child import main; main(sys.argv)"
+)
+
+_SPAWNED: deque[int] = deque(maxlen=4096)
+
+
+def spawned_pids() -> list[int]:
+    """Process ids of the sandbox processes this process started (the latest 4096): all of them
+    must be gone once evaluate_sandboxed has returned or raised."""
+    return list(_SPAWNED)
+
+
+def _scrub_paths(text: str) -> str:
+    """Messages from the child never show where things are installed."""
+    root = str(Path(autotts.__file__).resolve().parent.parent)
+    for prefix, name in ((root, "<autotts>"), (sys.prefix, "<python>"),
+                         (sys.base_prefix, "<python>"), (os.path.expanduser("~"), "~")):
+        if prefix and len(prefix) > 1:
+            text = text.replace(prefix, name)
+    return text
+
+
+def clean(text: Any, limit: int = 4000) -> str:
+    """Text that came from the child, fit to print or to show an LLM."""
+    return escape(_scrub_paths(str(text)), limit)
+
+
+class _Child:
+    """One sandbox process and the parent's view of it."""
+
+    def __init__(self, limits: SandboxLimits) -> None:
+        # The child's working directory: empty, private, removed afterwards (it is also the
+        # child's whole file system once it has locked itself in).
+        self.tmp = tempfile.mkdtemp(prefix="autotts-sandbox-")
+        r, w = os.pipe()
+        try:
+            hfd = os.memfd_create("autotts-sandbox-hint")
+        except (AttributeError, OSError):
+            with tempfile.TemporaryFile() as f:
+                hfd = os.dup(f.fileno())
+        os.ftruncate(hfd, 8)
+        self.mm = mmap.mmap(hfd, 8)
+        self.hint = np.frombuffer(self.mm, dtype=np.int64)
+        self.hint[0] = -1
+        root = str(Path(autotts.__file__).resolve().parent.parent)
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-I", "-c", _BOOT.format(root=root), str(w), str(hfd)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                cwd=self.tmp, env=scrubbed_env(self.tmp), start_new_session=True,
+                pass_fds=(w, hfd), close_fds=True,
+            )
+        except BaseException:
+            os.close(r)
+            self.hint = np.zeros(1, dtype=np.int64)
+            self.mm.close()
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            raise
+        finally:
+            os.close(w)
+            os.close(hfd)
+        self.pid = self.proc.pid
+        _SPAWNED.append(self.pid)
+        self.result_fd = r
+        self.reader = FrameReader(limits.max_result_bytes)
+        self.outbuf = bytearray()
+        self.stdout = bytearray()
+        self.stderr = bytearray()
+        self.cap = limits.max_output_bytes
+        self.open_fds = 3
+
+    def keep(self, buf: bytearray, data: bytes) -> None:
+        room = self.cap - len(buf)
+        if room > 0:
+            buf += data[:room]
+
+    def kill(self) -> None:
+        # The group first, while the leader (even a zombie) still holds the group id.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, signal.SIGKILL)
+        with contextlib.suppress(Exception):
+            self.proc.kill()
+
+    def close(self) -> None:
+        self.kill()
+        with contextlib.suppress(Exception):
+            self.proc.wait(timeout=10)
+        for f in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            with contextlib.suppress(Exception):
+                if f is not None:
+                    f.close()
+        with contextlib.suppress(OSError):
+            os.close(self.result_fd)
+        self.hint = np.zeros(1, dtype=np.int64)
+        with contextlib.suppress(Exception):
+            self.mm.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def _death_verdict(c: _Child, rc: int) -> Verdict:
+    err = clean(bytes(c.stderr[-2000:]).decode("utf-8", "replace"), 2000)
+    ctx = {"stderr": err} if err else {}
+    if rc < 0:
+        sig = -rc
+        if sig == signal.SIGXCPU:
+            return Verdict("timeout", "CPU time limit exceeded", context=ctx)
+        if sig == signal.SIGKILL:
+            return Verdict("memory", "the sandbox process was killed (out of memory)", context=ctx)
+        try:
+            name: object = signal.Signals(sig).name
+        except ValueError:
+            name = sig
+        return Verdict("crash", f"the sandbox process died from signal {name}", context=ctx)
+    if "MemoryError" in err:
+        return Verdict("memory", "memory limit exceeded (MemoryError)", context=ctx)
+    return Verdict("crash", f"the sandbox process exited with status {rc} without a result",
+                   context=ctx)
+
+
+_CONTEXT_KEYS = ("phase", "beta", "line", "stdout")
+
+
+def _child_verdict(v: Any) -> Verdict:
+    """A verdict the child sent about itself: its kind is believed (a failure is a failure),
+    every text is cleaned and capped, and the context keeps plain values of known keys only."""
+    if type(v) is not dict:
+        raise ProtocolError("a verdict that is not an object")
+    verdict = Verdict.from_dict(v)
+    ctx = {}
+    for k in _CONTEXT_KEYS:
+        x = verdict.context.get(k)
+        if type(x) in (int, float) or x is None:
+            ctx[k] = x
+        elif type(x) is str:
+            ctx[k] = clean(x, 2000)
+    slot = verdict.context.get("slot")
+    if type(slot) is int:
+        ctx["slot"] = slot
+    return Verdict(verdict.kind, clean(verdict.message, 1000),
+                   None if verdict.traceback is None else clean(verdict.traceback, 4000), ctx)
+
+
+def _knobs(header: dict[str, Any], n_betas: int) -> tuple[str, list[dict[str, Any]]]:
+    name, configs = header.get("name"), header.get("configs")
+    if type(name) is not str or type(configs) is not list or len(configs) != n_betas:
+        raise ProtocolError("malformed configs")
+    if not name or len(name) > MAX_NAME:
+        raise OutputLimit(f"the controller's NAME has {len(name)} characters (at most "
+                          f"{MAX_NAME})")
+    if any(type(c) is not dict for c in configs):
+        raise ProtocolError("malformed configs")
+    if len(json.dumps(configs)) > MAX_KNOBS_JSON:
+        raise OutputLimit(f"the knobs of all β take more than {MAX_KNOBS_JSON} bytes")
+    return escape(name, MAX_NAME, newlines=False), configs
+
+
+class _Task:
+    """The supervisor's state for one child: which unit is being judged, what came back."""
+
+    def __init__(self, request: dict[str, Any], datas: Sequence[ReplayData], units: list[Unit],
+                 limits: SandboxLimits, budget: TraceBudget,
+                 progress: Callable[[int, int], None] | None) -> None:
+        self.request = request
+        self.questions = [Questions(d) for d in datas]
+        self.units = units
+        self.limits = limits
+        self.budget = budget
+        self.progress = progress
+        self.proto = Protocol(**request["proto"])
+        self.betas: list[float | None] = list(request["betas"])
+        self.raise_first = request["on_error"] == "raise"
+        self.todo = deque(range(len(units)))
+        self.results: dict[int, BlockResult] = {}
+        self.info: dict[str, Any] = {"name": None, "configs": None, "isolation": {},
+                                     "stdout": "", "stdout_dropped": 0, "actions": 0}
+        self.judge: UnitJudge | None = None
+        self.unit: int | None = None
+        self.state = "boot"  # boot -> busy -> stopping -> done
+        self.round_sent = time.monotonic()
+        self.since: dict[int, float] = {}  # live episode -> when it was last answered
+
+    def context(self, slot: int | None = None) -> dict[str, Any]:
+        if self.unit is None:
+            return {}
+        s, r, _, _ = self.units[self.unit]
+        ctx: dict[str, Any] = {"store": self.questions[s].data.name, "beta": self.betas[r],
+                               "config": self.info["configs"][r] if self.info["configs"] else None}
+        if slot is not None and self.judge is not None and 0 <= slot < self.judge.n:
+            ctx["draw"], ctx["question"] = self.judge.where(slot)
+        return ctx
+
+    def next_unit(self) -> dict[str, Any]:
+        if not self.todo:
+            self.unit, self.judge, self.state = None, None, "stopping"
+            return {"t": "stop"}
+        i = self.todo.popleft()
+        s, r, lo, hi = self.units[i]
+        self.unit, self.state = i, "busy"
+        self.judge = UnitJudge(self.questions[s], self.proto, lo, hi,
+                               trace=bool(self.request["traces"]), budget=self.budget,
+                               window=self.limits.window)
+        p = self.proto
+        start = self.judge.start()
+        now = time.monotonic()
+        self.since = {slot: now for slot, _, _ in start}
+        return {"t": "unit", "unit": i, "r": r, "delta": int(self.questions[s].data.delta),
+                "kappa": int(p.probe_cost), "budget": p.budget, "start": start}
+
+    def on_frame(self, header: dict[str, Any], arrays: list[np.ndarray] = ()
+                 ) -> dict[str, Any] | None:
+        """The supervisor's answer to one frame of the child (None: nothing to send)."""
+        kind = header.get("t")
+        if kind == "verdict":
+            v = _child_verdict(header.get("verdict"))
+            slot = v.context.pop("slot", None)
+            v.context.update(self.context(slot if type(slot) is int else None))
+            raise Failed(v)
+        if kind == "config_error" and self.state == "boot":
+            from autotts.errors import ConfigError
+
+            raise ConfigError(clean(header.get("message", "bad configuration"), 1000))
+        if kind == "configs" and self.state == "boot":
+            name, configs = _knobs(header, len(self.betas))
+            iso = header.get("isolation")
+            self.info.update(name=name, configs=configs, isolation={
+                str(k)[:40]: bool(v) for k, v in iso.items()} if type(iso) is dict else {})
+            return self.next_unit()
+        if kind == "round" and self.state == "busy" and self.judge is not None:
+            return self.on_round(header.get("m"), arrays)
+        if kind == "done" and self.state == "stopping":
+            out, dropped = header.get("stdout"), header.get("dropped")
+            if type(out) is not str or type(dropped) is not int or not 0 <= dropped < 2**53:
+                raise ProtocolError("malformed done frame")
+            self.info["stdout"] = out[: self.limits.max_output_bytes]
+            self.info["stdout_dropped"] = dropped + max(0, len(out) - self.limits.max_output_bytes)
+            self.state = "done"
+            return None
+        raise ProtocolError(f"unexpected frame {clean(kind, 40)!r} in state {self.state}")
+
+    def on_round(self, messages: Any, arrays: Sequence[np.ndarray]) -> dict[str, Any]:
+        judge = self.judge
+        assert judge is not None
+        if len(arrays) > 1 or (arrays and (arrays[0].dtype != np.int32 or arrays[0].ndim != 1)):
+            raise ProtocolError("a round's branch indices are not one int32 array")
+        replies, out = judge.serve(messages, stop_on_error=self.raise_first,
+                                   indices=arrays[0] if arrays else None)
+        now = time.monotonic()
+        for r in replies:
+            self.since[r[0]] = now
+        for slot in [m[0] for m in messages if m[0] not in judge.live]:
+            self.since.pop(slot, None)
+        start = judge.start()
+        for slot, _, _ in start:
+            self.since[slot] = now
+        if not judge.complete:
+            return {"t": "reply", "m": replies, "start": start, "end": False, "arrays": out}
+        self.info["actions"] += judge.actions
+        first = judge.first_error() if self.raise_first else None
+        if first is not None:
+            rec, tb = first
+            raise Failed(Verdict(rec["kind"], rec["message"], tb, {
+                **self.context(), "question": rec["question"], "draw": rec["draw"],
+                "step": rec["step"]}))
+        assert self.unit is not None
+        self.results[self.unit] = judge.result()
+        if self.progress:
+            self.progress(len(self.results), len(self.units))
+        nxt = self.next_unit()
+        # The unit's last reply and the next unit (or stop) travel together.
+        return {"t": "reply", "m": replies, "start": [], "end": True, "next": nxt,
+                "arrays": out}
+
+    def timeout(self, c: _Child, now: float) -> Verdict | None:
+        lim = self.limits
+        if self.state == "boot":
+            allowed = lim.startup_seconds + lim.episode_seconds * (1 + len(self.betas))
+            if now - self.round_sent > allowed:
+                return Verdict("timeout", "the sandbox did not load the controller and compute "
+                               f"its knobs within {allowed:g} s")
+        elif self.state == "busy" and self.since and (
+                now - min(self.since.values()) > lim.episode_seconds):
+            # The judge's own clock: an episode waited on the sandbox for too long. Which one
+            # the sandbox was running is its hint (only used to name it).
+            slot = int(c.hint[0])
+            judge = self.judge
+            if judge is None or slot not in judge.live:
+                slot = min(self.since, key=self.since.__getitem__)
+            return Verdict("timeout", f"one round of episode actions took longer than "
+                           f"{lim.episode_seconds:g} s", context=self.context(
+                               slot if slot >= 0 else None))
+        elif self.state == "stopping" and now - self.round_sent > lim.episode_seconds:
+            return Verdict("timeout", "the sandbox did not finish")
+        return None
+
+
+def _send(c: _Child, sel: selectors.BaseSelector, header: dict[str, Any]) -> None:
+    arrays = header.pop("arrays", ())
+    c.outbuf += pack_frame(header, arrays)
+    with contextlib.suppress(KeyError, ValueError):
+        sel.register(c.proc.stdin, selectors.EVENT_WRITE, "stdin")
+
+
+def _pump(c: _Child, sel: selectors.BaseSelector, task: _Task, t0: float) -> None:
+    """The event loop: until the child is done and gone."""
+    lim = task.limits
+    while True:
+        now = time.monotonic()
+        if now - t0 > lim.wall_seconds:
+            raise Failed(Verdict("timeout", f"wall-clock limit of {lim.wall_seconds:g} s "
+                                 "exceeded", context=task.context()))
+        v = task.timeout(c, now)
+        if v is not None:
+            raise Failed(v)
+        for key, _ in sel.select(timeout=0.05):
+            what = key.data
+            if what == "stdin":
+                try:
+                    n = os.write(c.proc.stdin.fileno(), c.outbuf[: 1 << 20])
+                except OSError:
+                    n = -1
+                if n < 0:
+                    sel.unregister(c.proc.stdin)
+                    c.outbuf.clear()
+                    continue
+                del c.outbuf[:n]
+                if not c.outbuf:
+                    sel.unregister(c.proc.stdin)
+                continue
+            try:
+                data = os.read(key.fd, 1 << 20)
+            except BlockingIOError:
+                continue
+            except OSError:
+                data = b""
+            if not data:
+                sel.unregister(key.fileobj)
+                c.open_fds -= 1
+                continue
+            if what == "stdout":
+                c.keep(c.stdout, data)
+            elif what == "stderr":
+                c.keep(c.stderr, data)
+            else:
+                _on_result(c, sel, task, data)
+        if c.open_fds <= 0 and c.proc.poll() is not None:
+            if task.state != "done":
+                raise Failed(_death_verdict(c, c.proc.returncode))
+            return
+
+
+def _on_result(c: _Child, sel: selectors.BaseSelector, task: _Task, data: bytes) -> None:
+    try:
+        frames = c.reader.feed(data)
+        for header, arrays in frames:
+            answer = task.on_frame(header, arrays)
+            if answer is not None:
+                nxt = answer.pop("next", None)
+                _send(c, sel, answer)
+                if nxt is not None:
+                    _send(c, sel, nxt)
+                task.round_sent = time.monotonic()
+    except (FrameError, ProtocolError) as e:
+        raise Failed(Verdict("crash", f"the sandbox broke the wire protocol: {clean(e, 300)}",
+                             context=task.context())) from None
+    except OutputLimit as e:
+        raise Failed(Verdict("output_limit", clean(e, 300), context=task.context())) from None
+
+
+def run_task(request: dict[str, Any], datas: Sequence[ReplayData], units: list[Unit],
+             limits: SandboxLimits, *, trace_items: int | None = None,
+             progress: Callable[[int, int], None] | None = None,
+             ) -> tuple[dict[int, BlockResult], dict[str, Any]]:
+    """Judge `units` (store indices into `datas`) with one sandbox process. Returns the units'
+    results and what the sandbox reported (name, knobs, isolation, printed output, pid);
+    raises Failed with the candidate's verdict."""
+    budget = TraceBudget(limits.max_trace_items if trace_items is None else trace_items)
+    task = _Task(request, datas, units, limits, budget, progress)
+    sel = selectors.DefaultSelector()
+    t0 = time.monotonic()
+    c = _Child(limits)
+    try:
+        for f in (c.proc.stdout, c.proc.stderr, c.proc.stdin):
+            os.set_blocking(f.fileno(), False)
+        for fd in (c.proc.stdin.fileno(), c.result_fd):  # a round in one write, not sixteen
+            with contextlib.suppress(OSError, AttributeError):
+                fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, 1 << 20)
+        os.set_blocking(c.result_fd, False)
+        sel.register(c.proc.stdout, selectors.EVENT_READ, "stdout")
+        sel.register(c.proc.stderr, selectors.EVENT_READ, "stderr")
+        sel.register(c.result_fd, selectors.EVENT_READ, "result")
+        _send(c, sel, {"t": "init", **request})
+        task.round_sent = time.monotonic()
+        _pump(c, sel, task, t0)
+    finally:
+        c.close()
+        sel.close()
+    info = task.info
+    info["pids"] = [c.pid]
+    info["stderr"] = clean(bytes(c.stderr + c.stdout).decode("utf-8", "replace"),
+                           2 * limits.max_output_bytes)
+    info["stdout"] = clean(info["stdout"], limits.max_output_bytes)
+    return task.results, info

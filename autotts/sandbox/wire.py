@@ -1,0 +1,184 @@
+"""The wire between the trusted judge and the sandbox child: frames, and how untrusted ones are read.
+
+A frame is an 8-byte little-endian length, a JSON header of that many bytes, then raw arrays whose
+dtypes and shapes the header lists (`"arrays": [[dtype, shape], ...]`). Nothing is pickled in
+either direction. The parent reads the child's frames with `FrameReader`, which never raises
+anything but `FrameError`: sizes are capped, JSON is parsed strictly (no NaN / Infinity, no float
+that overflows to infinity, bounded nesting), and only the array dtypes listed in FRAME_DTYPES
+are accepted.
+
+Messages (the `t` field of a header):
+  parent -> child   init (source, β grid, limits, ...), unit (start a work unit: public facts of
+                    its first episodes), reply (answers to the child's actions, more episodes to
+                    start, `end` once the unit is complete), stop
+  child -> parent   configs (NAME and the knobs of each β), round (one message per episode the
+                    child was resumed for: an action request, a final answer or an episode error),
+                    verdict (the candidate failed as a whole), config_error, done (printed output)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from typing import Any, BinaryIO
+
+import numpy as np
+
+FRAME_DTYPES = frozenset({"<i4", "<i8", "|u1", "|b1"})
+_LEN = struct.Struct("<Q")
+MAX_DEPTH = 64  # nesting of a JSON header from the child (brackets in strings count)
+
+
+class FrameError(Exception):
+    """A frame that is malformed or larger than allowed."""
+
+
+def json_default(o: Any) -> Any:
+    if isinstance(o, np.integer | np.bool_):
+        return o.item()
+    if isinstance(o, np.floating):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"{type(o).__name__} is not JSON serializable")
+
+
+def pack_frame(header: dict[str, Any], arrays: list[np.ndarray] | tuple[()] = ()) -> bytes:
+    arrs = [np.ascontiguousarray(a) for a in arrays]
+    head = dict(header, arrays=[[a.dtype.str, list(a.shape)] for a in arrs]) if arrs else header
+    raw = json.dumps(head, separators=(",", ":"), allow_nan=False,
+                     default=json_default).encode("utf-8")
+    return b"".join([_LEN.pack(len(raw)), raw, *(a.tobytes() for a in arrs)])
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not allowed")
+
+
+def _finite_float(text: str) -> float:
+    x = float(text)
+    if not math.isfinite(x):
+        raise ValueError("a number overflows to infinity")
+    return x
+
+
+_OPEN = np.zeros(256, dtype=np.int8)
+_OPEN[[ord("["), ord("{")]] = 1
+_OPEN[[ord("]"), ord("}")]] = -1
+
+
+def _nesting(raw: bytes) -> int:
+    """An upper bound of the nesting depth of JSON text (brackets inside strings count too).
+    Checked before parsing: the C parser recurses once per level, and the interpreter's recursion
+    limit may be raised for a moment by another thread (admission), so it is no guard here."""
+    if not raw:
+        return 0
+    steps = _OPEN[np.frombuffer(raw, dtype=np.uint8)]
+    return int(np.cumsum(steps, dtype=np.int64).max())
+
+
+def loads_strict(raw: bytes) -> Any:
+    """JSON from an untrusted peer: only finite numbers, bounded nesting; FrameError otherwise."""
+    if _nesting(raw) > MAX_DEPTH:
+        raise FrameError("frame header nested too deeply")
+    try:
+        obj = json.loads(raw, parse_constant=_no_constant, parse_float=_finite_float)
+    except (ValueError, RecursionError, UnicodeDecodeError) as e:
+        raise FrameError(f"bad frame header: {str(e)[:100]}") from None
+    return obj
+
+
+def _array_specs(header: dict[str, Any], max_arrays: int) -> list[tuple[np.dtype, tuple[int, ...], int]]:
+    specs = header.get("arrays", [])
+    if type(specs) is not list or len(specs) > max_arrays:
+        raise FrameError("bad array list")
+    out = []
+    for spec in specs:
+        if (type(spec) is not list or len(spec) != 2 or spec[0] not in FRAME_DTYPES
+                or type(spec[1]) is not list or len(spec[1]) > 2
+                or not all(type(d) is int and 0 <= d < 2**40 for d in spec[1])):
+            raise FrameError(f"bad array spec {str(spec)[:100]}")
+        dt = np.dtype(spec[0])
+        shape = tuple(spec[1])
+        out.append((dt, shape, math.prod(shape) * dt.itemsize))
+    return out
+
+
+class FrameReader:
+    """Incremental parser of frames from an untrusted byte stream. `max_frame` caps one frame,
+    `max_total` everything the stream may send."""
+
+    def __init__(self, max_total: int, max_frame: int = 64 << 20, max_arrays: int = 8) -> None:
+        self.buf = bytearray()
+        self.max_total = max_total
+        self.max_frame = max_frame
+        self.max_arrays = max_arrays
+        self.total = 0
+
+    def feed(self, data: bytes) -> list[tuple[dict[str, Any], list[np.ndarray]]]:
+        self.total += len(data)
+        if self.total > self.max_total:
+            raise FrameError(f"the sandbox sent more than {self.max_total} bytes")
+        self.buf += data
+        frames = []
+        while len(self.buf) >= _LEN.size:
+            (hlen,) = _LEN.unpack_from(self.buf)
+            if hlen > self.max_frame:
+                raise FrameError("frame header too large")
+            if len(self.buf) < _LEN.size + hlen:
+                break
+            header = loads_strict(bytes(self.buf[_LEN.size : _LEN.size + hlen]))
+            if type(header) is not dict:
+                raise FrameError("frame header is not an object")
+            specs = _array_specs(header, self.max_arrays)
+            size = sum(n for _, _, n in specs)
+            if hlen + size > self.max_frame:
+                raise FrameError("frame too large")
+            need = _LEN.size + hlen + size
+            if len(self.buf) < need:
+                break
+            pos = _LEN.size + hlen
+            arrays = []
+            for dt, shape, n in specs:
+                arrays.append(np.frombuffer(bytes(self.buf[pos : pos + n]), dtype=dt).reshape(shape))
+                pos += n
+            del self.buf[:need]
+            frames.append((header, arrays))
+        return frames
+
+
+def _read_exact(f: BinaryIO, n: int) -> bytes:
+    parts = []
+    while n:
+        data = f.read(n)
+        if not data:
+            raise EOFError("the judge closed the pipe")
+        parts.append(data)
+        n -= len(data)
+    return b"".join(parts)
+
+
+def read_frame(f: BinaryIO) -> tuple[dict[str, Any], list[np.ndarray]]:
+    """One frame from the trusted parent (the child's side: no caps needed)."""
+    (hlen,) = _LEN.unpack(_read_exact(f, _LEN.size))
+    header = json.loads(_read_exact(f, hlen))
+    arrays = [np.frombuffer(_read_exact(f, n), dtype=dt).reshape(shape)
+              for dt, shape, n in _array_specs(header, max_arrays=1 << 16)]
+    return header, arrays
+
+
+# ---- printing what a child sent ------------------------------------------------------------------
+
+_CONTROL = {i: f"\\x{i:02x}" for i in range(32) if i not in (9, 10)}
+_CONTROL.update({0x7F: "\\x7f"})
+_CONTROL.update({i: f"\\x{i:02x}" for i in range(0x80, 0xA0)})
+
+
+def escape(text: str, limit: int = 4000, *, newlines: bool = True) -> str:
+    """Text from the child made safe to print: control characters and terminal escapes (ESC, C1
+    controls, DEL) shown as \\xNN, lone surrogates replaced, cut to `limit` characters."""
+    s = str(text)[:limit].translate(_CONTROL)
+    if not newlines:
+        s = s.replace("\n", "\\n")
+    return s.encode("utf-8", "replace").decode("utf-8")

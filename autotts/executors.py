@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from autotts.errors import ConfigError
-from autotts.evaluate import BlockResult, EvaluationError, Job, Unit, Questions, run_unit
+from autotts.evaluate import BlockResult, EvaluationError, Job, Questions, Unit, run_unit
 from autotts.store import ReplayData
 
 EXECUTORS = ("local", "ray")

@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 
 from autotts import controller as ctl
-from autotts.sandbox.admission import admit
 from autotts.dynaact_train import (
     BEGIN_MARK,
     END_MARK,
@@ -32,6 +31,7 @@ from autotts.envdef import load_env
 from autotts.errors import ConfigError
 from autotts.evaluate import Protocol, evaluate
 from autotts.paths import controllers_dir
+from autotts.sandbox.admission import admit
 from autotts.synth import SynthParams, write_synthetic
 from tests.conftest import branch, make_store, reference_file
 

@@ -19,17 +19,18 @@ import numpy as np
 import pytest
 
 from autotts import controller as ctl
-from autotts.sandbox import guards, wire
-from autotts.sandbox.admission import ALLOWED_IMPORTS, ALLOWED_MODULE_VALUES, admit
 from autotts.evaluate import Protocol, evaluate
 from autotts.sandbox import (
     SandboxError,
     SandboxLimits,
     evaluate_sandboxed,
+    guards,
     monotonicity,
     scrubbed_env,
     spawned_pids,
+    wire,
 )
+from autotts.sandbox.admission import ALLOWED_IMPORTS, ALLOWED_MODULE_VALUES, admit
 from tests.conftest import branch, make_store, reference_file
 
 REDTEAM = Path(__file__).parent / "redteam"

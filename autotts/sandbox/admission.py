@@ -132,6 +132,7 @@ FORBIDDEN_NAMES = {
     "dir": "introspection is not available",
     "type": "type() is not available (use isinstance)",
     "memoryview": "raw memory access is not available",
+    "id": "object addresses are not available",
     "breakpoint": "the debugger is not available",
     "help": "help() is not available",
     "exit": "exit() is not available (return an answer instead)",

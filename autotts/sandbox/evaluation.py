@@ -220,6 +220,7 @@ def evaluate_sandboxed(
     ray_address: str | None = None,
     allow_weak_sandbox: bool = False,
     _admit: bool = True,
+    _unrestricted: bool = False,
 ) -> SandboxEvaluation:
     """Evaluate an untrusted controller (source text, a path, or a built-in name) over stores × β
     in sandbox processes. Same arguments and the same rows as `autotts.evaluate.evaluate`.
@@ -230,14 +231,15 @@ def evaluate_sandboxed(
     interface, timeout, memory, output_limit, crash, an exception outside episodes) always
     raise SandboxError. With check_monotone, a measured non-monotone cost in β raises
     SandboxError('non_monotone'). `_admit=False` skips static admission (tests of the run-time
-    guards only)."""
+    guards only); `_unrestricted=True` runs the candidate with the real builtins and no
+    RestrictedPython (tests only: a candidate that has obtained arbitrary code execution)."""
     proto = proto or Protocol()
     proto.check()
     if on_error not in ("raise", "record"):
         raise ConfigError(f"on_error must be 'raise' or 'record', got {on_error!r}")
     limits = limits or SandboxLimits()
     source, fname = _read_source(source_or_path, filename)
-    if _admit:
+    if _admit and not _unrestricted:
         verdict = admit(source, fname)
         if verdict is not None:
             raise SandboxError(verdict)
@@ -249,6 +251,7 @@ def evaluate_sandboxed(
         "source": source, "filename": fname, "admit": _admit, "betas": beta_list,
         "overrides": _check_overrides(overrides or {}), "proto": asdict(proto),
         "traces": bool(traces), "on_error": on_error, "limits": asdict(limits),
+        "unrestricted": bool(_unrestricted),
     }
     from autotts.executors import make_executor
 

@@ -1,0 +1,382 @@
+"""The sandbox boundary (issue 14): the candidate's process holds nothing it was not shown and
+keeps no account the parent trusts.
+
+Candidates here run with `_unrestricted=True`: the real builtins and no RestrictedPython, as if
+they had already broken every Python-level guard. Whatever they do, the result is a refusal or a
+score achievable with what the judge charged them. The judge's frame handling is fuzzed with
+hostile frames: it never raises anything but a typed failure."""
+
+from __future__ import annotations
+
+import json
+import random
+import struct
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from autotts.errors import ConfigError
+from autotts.evaluate import Protocol, evaluate
+from autotts.sandbox import SandboxError, SandboxLimits, evaluate_sandboxed, spawned_pids
+from autotts.sandbox.judge import OutputLimit, ProtocolError
+from autotts.sandbox.supervisor import Failed, _Task
+from autotts.sandbox.wire import FrameError, FrameReader, escape, pack_frame
+from tests.test_sandbox import FAST, parent, synthetic_store  # noqa: F401 (fixture)
+
+STORE = synthetic_store()
+PROTO = Protocol(draws=4)
+
+
+def _run(source: str, **kw):
+    kw.setdefault("limits", FAST)
+    return evaluate_sandboxed(source, [STORE], [0.5], PROTO, filename="hostile.py",
+                              _unrestricted=True, **kw)
+
+
+def _controller(body: str, extra: str = "") -> str:
+    return f'''
+import gc, os, sys
+import numpy as np
+{extra}
+
+class Hostile:
+    NAME = "hostile"
+
+    @staticmethod
+    def schedule(beta):
+        return {{}}
+
+    def run(self, ep):
+{body}
+'''
+
+
+# ---- a full memory read finds nothing unrevealed ---------------------------------------------
+
+
+def test_memory_scan_at_zero_tokens_scores_nothing(parent):
+    """Reads every object of its process, at 0 tokens: answer class ids are numbered per episode
+    in reveal order, so nothing revealed means no id names a class: accuracy 0, not the pool's
+    majority."""
+    body = '''        best = None
+        for o in gc.get_objects():
+            if isinstance(o, np.ndarray) and o.dtype.kind in "iu" and 0 < o.size < 10**6:
+                vals, counts = np.unique(o, return_counts=True)
+                if len(vals):
+                    best = int(vals[np.argmax(counts)])
+        return 0 if best is None else best % 7
+'''
+    ev = _run(_controller(body))
+    row = ev.rows[0]
+    assert row["tokens"] == 0 and row["accuracy"] == 0.0 and row["errors"] == 0
+
+
+def test_rewriting_the_client_counters_changes_nothing(parent):
+    """Reads the whole pool honestly, then rewrites every counter the client holds: the judge's
+    own accounting is what is reported."""
+    body = '''        finals = ep.read_new_many(ep.pool_size)
+        for name in ("_gen", "_probes", "_actions", "_opened"):
+            object.__setattr__(ep, name, 0)
+        vals, counts = np.unique(finals, return_counts=True)
+        return int(vals[np.argmax(counts)])
+'''
+    ev = _run(_controller(body))
+    honest = evaluate("sc", [STORE], None, PROTO, overrides={"n": 20})
+    assert ev.rows[0]["tokens"] == honest.rows[0]["tokens"] > 0
+    assert ev.rows[0]["accuracy"] == honest.rows[0]["accuracy"]
+
+
+def test_forged_answer_messages_gain_nothing(parent):
+    """A forged answer through the client's own request function ends the episode on the judge's
+    side at what it cost so far (nothing): an answer naming no revealed class scores nothing."""
+    body = '''        ep._request("answer", [1], None)
+        return 1
+'''
+    row = _run(_controller(body)).rows[0]
+    assert row["tokens"] == 0 and row["accuracy"] == 0.0
+
+
+@pytest.mark.parametrize("payload", [
+    b"\xff" * 64,
+    b'{"t":"done","stdout":"","dropped":Infinity}',
+    b'{"t":"done","stdout":"","dropped":1e999}',
+    b'[' * 5000 + b']' * 5000,
+    b'{"t":"round","m":[[0,"advance",[0]],[0,"advance",[0]]]}',
+    b'{"t":"verdict","verdict":{"kind":"timeout","message":"\\u001b[2Jfake"}}',
+])
+def test_forged_frames_on_the_result_pipe(parent, payload):
+    """Writes a forged frame straight to the pipe it reports on (found by trying every
+    descriptor): a typed verdict, never an exception of the parent."""
+    frame = struct.pack("<Q", len(payload)) + payload
+    body = f'''        frame = {frame!r}
+        for fd in range(3, 64):
+            try:
+                if os.fstat(fd).st_mode & 0o170000 == 0o010000:  # a pipe
+                    os.write(fd, frame)
+            except OSError:
+                pass
+        return ep.read_new()
+'''
+    with pytest.raises(SandboxError) as info:
+        _run(_controller(body))
+    v = info.value.verdict
+    assert v.kind in ("crash", "timeout", "exception", "invalid_action"), str(v)
+    assert "\x1b" not in str(v)
+
+
+def test_watchdog_state_is_the_judges(parent):
+    """Loops forever while scribbling over every writable mapping it can find (the attribution
+    hint among them): the judge's clock still ends it."""
+    body = '''        import mmap
+        maps = [o for o in gc.get_objects() if isinstance(o, mmap.mmap)]
+        while True:
+            for m in maps:
+                try:
+                    m[:8] = b"\\0" * 8
+                except Exception:
+                    pass
+'''
+    t0 = time.monotonic()
+    with pytest.raises(SandboxError) as info:
+        _run(_controller(body), limits=SandboxLimits(**{**FAST.__dict__, "episode_seconds": 1}))
+    assert info.value.verdict.kind == "timeout"
+    assert time.monotonic() - t0 < 30
+
+
+def test_huge_name_is_an_output_limit(parent):
+    source = _controller("        return ep.read_new()\n") + '\nHostile.NAME = "x" * 50_000_000\n'
+    with pytest.raises(SandboxError) as info:
+        _run(source)
+    assert info.value.verdict.kind == "output_limit"
+    assert len(info.value.verdict.message) < 500
+
+
+def test_huge_knobs_are_an_output_limit(parent):
+    source = '''
+class Hostile:
+    NAME = "hostile"
+
+    @staticmethod
+    def schedule(beta):
+        return {"n": [0] * 5_000_000}
+
+    def __init__(self, n=1):
+        self.n = n
+
+    def run(self, ep):
+        return ep.read_new()
+'''
+    with pytest.raises(SandboxError) as info:
+        _run(source)
+    assert info.value.verdict.kind == "output_limit"
+
+
+def test_trace_amplification_is_an_output_limit(parent):
+    body = '''        for _ in range(50):
+            ep.trace("x", data=[0] * 100_000)
+            ep.read_new()
+        return 0
+'''
+    limits = SandboxLimits(**{**FAST.__dict__, "max_trace_items": 1_000_000})
+    with pytest.raises(SandboxError) as info:
+        _run(_controller(body), traces=True, limits=limits)
+    assert info.value.verdict.kind == "output_limit"
+
+
+def test_signals_to_another_sandbox_fail(parent):
+    """While another evaluation's sandbox process runs, a hostile one tries to signal it (and
+    every other process it can name)."""
+    looping = '''
+class Loop:
+    NAME = "loop"
+
+    @staticmethod
+    def schedule(beta):
+        return {}
+
+    def run(self, ep):
+        while True:
+            pass
+'''
+    before = set(spawned_pids())
+    victim = threading.Thread(target=lambda: pytest.raises(
+        SandboxError, evaluate_sandboxed, looping, [STORE], [0.5], Protocol(draws=1),
+        limits=SandboxLimits(**{**FAST.__dict__, "episode_seconds": 8})))
+    victim.start()
+    deadline = time.monotonic() + 10
+    pids: set[int] = set()
+    while time.monotonic() < deadline and not pids:
+        pids = set(spawned_pids()) - before
+        time.sleep(0.05)
+    assert pids
+    time.sleep(1.5)  # the victim is locked down and looping
+    body = f'''        reached = []
+        for pid in {sorted(pids)!r} + list(range(1, 400)):
+            if pid == os.getpid():
+                continue
+            try:
+                os.kill(pid, 0)
+                reached.append(pid)
+            except OSError:
+                pass
+        raise ValueError(f"reached {{reached}}")
+'''
+    try:
+        ev = _run(_controller(body), on_error="record")
+    finally:
+        victim.join()
+    assert ev.errors and all("reached []" in e["message"] for e in ev.errors), ev.errors[0]
+
+
+# ---- terminal escapes and paths never reach the console --------------------------------------
+
+
+def test_messages_are_escaped(parent):
+    source = '''
+class Loud:
+    NAME = "loud"
+
+    @staticmethod
+    def schedule(beta):
+        return {}
+
+    def run(self, ep):
+        raise ValueError("\\x1b[2J\\x1b]0;pwned\\x07 gone")
+'''
+    with pytest.raises(SandboxError) as info:
+        evaluate_sandboxed(source, [STORE], [0.5], PROTO, limits=FAST)
+    text = str(info.value) + (info.value.verdict.traceback or "")
+    assert "\x1b" not in text and "\x07" not in text and "\\x1b" in text
+
+
+def test_escape():
+    assert escape("a\x1b[31mb\x9b\x7fc\nd") == "a\\x1b[31mb\\x9b\\x7fc\nd"
+    assert escape("x\ny", newlines=False) == "x\\ny"
+    assert len(escape("z" * 10_000, 100)) == 100
+
+
+def test_int_subclass_answer_is_a_non_answer(parent):
+    source = '''
+class Sneaky:
+    NAME = "sneaky"
+
+    @staticmethod
+    def schedule(beta):
+        return {}
+
+    def run(self, ep):
+        return Answer(ep.read_new())
+
+
+class Answer(int):
+    pass
+'''
+    ev = evaluate_sandboxed(source, [STORE], [0.5], PROTO, limits=FAST, on_error="record")
+    assert {e["kind"] for e in ev.errors} == {"non_answer"}
+    assert "int subclass" in ev.errors[0]["message"]
+
+
+# ---- the judge's frame handling, fuzzed --------------------------------------------------------
+
+ALLOWED = (Failed, ProtocolError, OutputLimit, FrameError, ConfigError)
+
+
+def _busy_task() -> _Task:
+    """A supervisor task past its boot, judging a unit of the toy store (no process)."""
+    request = {"source": "", "filename": "f.py", "admit": True, "betas": [0.5], "overrides": {},
+               "proto": {"draws": 2, "protocol": "shuffle", "pool": None, "seed": 0,
+                         "probe_cost": 3, "budget": 400},
+               "traces": True, "on_error": "record", "limits": FAST.__dict__}
+    from autotts.sandbox.judge import TraceBudget
+
+    task = _Task(request, [STORE.replay()], [(0, 0, 0, 2)], FAST, TraceBudget(10_000), None)
+    task.on_frame({"t": "configs", "name": "x", "configs": [{}], "isolation": {}})
+    return task
+
+
+_OPS = ["advance_many", "advance", "branch", "branch_many", "extend", "probe", "read",
+        "read_new", "read_new_many", "prune", "prune_many", "answer", "error", "nope", 3, None]
+_VALUES = [0, 1, -1, 2, 7, 2**31, 2**63, -(2**63) - 1, 10**30, 1.5, True, False, None, "x",
+           "\x1b[2J", [], [0], [0, 0], [True, False], [[1]], {}, {"a": 1}, ["#", 1], ["#", 10**9],
+           [1.0], "answer", ["exception", "m", None], ["non_answer", 3, "tb"]]
+
+
+def _value(rng: random.Random, depth: int = 0):
+    r = rng.random()
+    if depth < 3 and r < 0.15:
+        return [_value(rng, depth + 1) for _ in range(rng.randint(0, 4))]
+    if depth < 3 and r < 0.2:
+        return {rng.choice(["t", "m", "slot", "x"]): _value(rng, depth + 1)}
+    return rng.choice(_VALUES)
+
+
+def _message(rng: random.Random, live: list[int]):
+    slot = rng.choice(live + [-1, 999, 2**40, "0", None]) if live else rng.randint(-2, 9)
+    op = rng.choice(_OPS)
+    args = [_value(rng) for _ in range(rng.randint(0, 3))]
+    m = [slot, op, args]
+    if rng.random() < 0.2:
+        m.append([[rng.choice(["k", 3]), {"a": _value(rng)}]] if rng.random() < 0.7
+                 else _value(rng))
+    if rng.random() < 0.1:
+        m = _value(rng)
+    return m
+
+
+def _frame(rng: random.Random, task: _Task):
+    live = sorted(task.judge.live) if task.judge is not None else []
+    kind = rng.random()
+    if kind < 0.7:
+        header = {"t": "round", "m": [_message(rng, live) for _ in range(rng.randint(0, 6))]}
+    elif kind < 0.8:
+        header = {"t": rng.choice(["done", "configs", "verdict", "config_error", "x", 5]),
+                  **{k: _value(rng) for k in rng.sample(
+                      ["stdout", "dropped", "name", "configs", "verdict", "message"], 3)}}
+    else:
+        header = _value(rng)
+    arrays = []
+    if rng.random() < 0.3:
+        arrays = [np.array([rng.randint(0, 40) for _ in range(rng.randint(0, 8))],
+                           dtype=rng.choice([np.int32, np.int64, np.uint8]))]
+    return header, arrays
+
+
+def test_judge_never_raises_on_hostile_frames():
+    """10,000 random and hostile frames: each either is answered or ends the task with a typed
+    failure; no other exception ever leaves the trusted side."""
+    rng = random.Random(1234)
+    task = _busy_task()
+    answered = failed = 0
+    for _ in range(10_000):
+        header, arrays = _frame(rng, task)
+        try:
+            if type(header) is not dict:
+                raise FrameError("frame header is not an object")
+            task.on_frame(header, arrays)
+            answered += 1
+        except ALLOWED:
+            failed += 1
+            task = _busy_task()
+    assert answered > 500 and failed > 500
+
+
+def test_frame_reader_never_raises_on_hostile_bytes():
+    rng = random.Random(7)
+    good = pack_frame({"t": "round", "m": [[0, "advance", [0]]]}, [np.arange(3, dtype="<i4")])
+    for _ in range(3000):
+        data = bytearray(good)
+        for _ in range(rng.randint(1, 6)):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+        if rng.random() < 0.2:
+            data = bytearray(struct.pack("<Q", rng.randint(0, 200))) + rng.randbytes(
+                rng.randint(0, 200))
+        if rng.random() < 0.1:
+            data = bytearray(struct.pack("<Q", 40)) + json.dumps(
+                {"arrays": [[rng.choice(["<i4", "|O", "<f8"]), [rng.randint(-1, 5)]]]}
+            ).encode().ljust(40)
+        try:
+            FrameReader(1 << 16, max_frame=1 << 12).feed(bytes(data))
+        except FrameError:
+            pass

@@ -8,6 +8,7 @@ hostile frames: it never raises anything but a typed failure."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import struct
@@ -56,7 +57,8 @@ class Hostile:
 # ---- a full memory read finds nothing unrevealed ---------------------------------------------
 
 
-def test_memory_scan_at_zero_tokens_scores_nothing(parent):
+@pytest.mark.usefixtures("parent")
+def test_memory_scan_at_zero_tokens_scores_nothing():
     """Reads every object of its process, at 0 tokens: answer class ids are numbered per episode
     in reveal order, so nothing revealed means no id names a class: accuracy 0, not the pool's
     majority."""
@@ -73,7 +75,8 @@ def test_memory_scan_at_zero_tokens_scores_nothing(parent):
     assert row["tokens"] == 0 and row["accuracy"] == 0.0 and row["errors"] == 0
 
 
-def test_rewriting_the_client_counters_changes_nothing(parent):
+@pytest.mark.usefixtures("parent")
+def test_rewriting_the_client_counters_changes_nothing():
     """Reads the whole pool honestly, then rewrites every counter the client holds: the judge's
     own accounting is what is reported."""
     body = '''        finals = ep.read_new_many(ep.pool_size)
@@ -88,7 +91,8 @@ def test_rewriting_the_client_counters_changes_nothing(parent):
     assert ev.rows[0]["accuracy"] == honest.rows[0]["accuracy"]
 
 
-def test_forged_answer_messages_gain_nothing(parent):
+@pytest.mark.usefixtures("parent")
+def test_forged_answer_messages_gain_nothing():
     """A forged answer through the client's own request function ends the episode on the judge's
     side at what it cost so far (nothing): an answer naming no revealed class scores nothing."""
     body = '''        ep._request("answer", [1], None)
@@ -106,7 +110,8 @@ def test_forged_answer_messages_gain_nothing(parent):
     b'{"t":"round","m":[[0,"advance",[0]],[0,"advance",[0]]]}',
     b'{"t":"verdict","verdict":{"kind":"timeout","message":"\\u001b[2Jfake"}}',
 ])
-def test_forged_frames_on_the_result_pipe(parent, payload):
+@pytest.mark.usefixtures("parent")
+def test_forged_frames_on_the_result_pipe(payload):
     """Writes a forged frame straight to the pipe it reports on (found by trying every
     descriptor): a typed verdict, never an exception of the parent."""
     frame = struct.pack("<Q", len(payload)) + payload
@@ -126,7 +131,8 @@ def test_forged_frames_on_the_result_pipe(parent, payload):
     assert "\x1b" not in str(v)
 
 
-def test_watchdog_state_is_the_judges(parent):
+@pytest.mark.usefixtures("parent")
+def test_watchdog_state_is_the_judges():
     """Loops forever while scribbling over every writable mapping it can find (the attribution
     hint among them): the judge's clock still ends it."""
     body = '''        import mmap
@@ -145,7 +151,8 @@ def test_watchdog_state_is_the_judges(parent):
     assert time.monotonic() - t0 < 30
 
 
-def test_huge_name_is_an_output_limit(parent):
+@pytest.mark.usefixtures("parent")
+def test_huge_name_is_an_output_limit():
     source = _controller("        return ep.read_new()\n") + '\nHostile.NAME = "x" * 50_000_000\n'
     with pytest.raises(SandboxError) as info:
         _run(source)
@@ -153,7 +160,8 @@ def test_huge_name_is_an_output_limit(parent):
     assert len(info.value.verdict.message) < 500
 
 
-def test_huge_knobs_are_an_output_limit(parent):
+@pytest.mark.usefixtures("parent")
+def test_huge_knobs_are_an_output_limit():
     source = '''
 class Hostile:
     NAME = "hostile"
@@ -173,7 +181,8 @@ class Hostile:
     assert info.value.verdict.kind == "output_limit"
 
 
-def test_trace_amplification_is_an_output_limit(parent):
+@pytest.mark.usefixtures("parent")
+def test_trace_amplification_is_an_output_limit():
     body = '''        for _ in range(50):
             ep.trace("x", data=[0] * 100_000)
             ep.read_new()
@@ -185,7 +194,8 @@ def test_trace_amplification_is_an_output_limit(parent):
     assert info.value.verdict.kind == "output_limit"
 
 
-def test_signals_to_another_sandbox_fail(parent):
+@pytest.mark.usefixtures("parent")
+def test_signals_to_another_sandbox_fail():
     """While another evaluation's sandbox process runs, a hostile one tries to signal it (and
     every other process it can name)."""
     looping = '''
@@ -201,9 +211,12 @@ class Loop:
             pass
 '''
     before = set(spawned_pids())
-    victim = threading.Thread(target=lambda: pytest.raises(
-        SandboxError, evaluate_sandboxed, looping, [STORE], [0.5], Protocol(draws=1),
-        limits=SandboxLimits(**{**FAST.__dict__, "episode_seconds": 8})))
+    def run_victim() -> None:
+        with pytest.raises(SandboxError):
+            evaluate_sandboxed(looping, [STORE], [0.5], Protocol(draws=1),
+                               limits=SandboxLimits(**{**FAST.__dict__, "episode_seconds": 8}))
+
+    victim = threading.Thread(target=run_victim)
     victim.start()
     deadline = time.monotonic() + 10
     pids: set[int] = set()
@@ -233,7 +246,8 @@ class Loop:
 # ---- terminal escapes and paths never reach the console --------------------------------------
 
 
-def test_messages_are_escaped(parent):
+@pytest.mark.usefixtures("parent")
+def test_messages_are_escaped():
     source = '''
 class Loud:
     NAME = "loud"
@@ -257,7 +271,8 @@ def test_escape():
     assert len(escape("z" * 10_000, 100)) == 100
 
 
-def test_int_subclass_answer_is_a_non_answer(parent):
+@pytest.mark.usefixtures("parent")
+def test_int_subclass_answer_is_a_non_answer():
     source = '''
 class Sneaky:
     NAME = "sneaky"
@@ -313,7 +328,7 @@ def _value(rng: random.Random, depth: int = 0):
 
 
 def _message(rng: random.Random, live: list[int]):
-    slot = rng.choice(live + [-1, 999, 2**40, "0", None]) if live else rng.randint(-2, 9)
+    slot = rng.choice([*live, -1, 999, 2**40, "0", None]) if live else rng.randint(-2, 9)
     op = rng.choice(_OPS)
     args = [_value(rng) for _ in range(rng.randint(0, 3))]
     m = [slot, op, args]
@@ -376,7 +391,5 @@ def test_frame_reader_never_raises_on_hostile_bytes():
             data = bytearray(struct.pack("<Q", 40)) + json.dumps(
                 {"arrays": [[rng.choice(["<i4", "|O", "<f8"]), [rng.randint(-1, 5)]]]}
             ).encode().ljust(40)
-        try:
+        with contextlib.suppress(FrameError):
             FrameReader(1 << 16, max_frame=1 << 12).feed(bytes(data))
-        except FrameError:
-            pass

@@ -393,6 +393,12 @@ class Episode(_NoCopy):
         jr = self._jr
         if jr is None:
             raise RuntimeError("the reveal journal is off: create the Episode with journal=True")
+        if len(jr) == 1:  # the common case, one action's reveals: no concatenation
+            b, d, a, f = jr.pop()
+            if isinstance(b, np.ndarray):
+                return b, d, a, f
+            return (np.array([b], dtype=np.int64), np.array([d], dtype=np.int64),
+                    np.array([a], dtype=np.int32), np.array([f], dtype=bool))
         cols: list[list[np.ndarray]] = [[], [], [], []]
         run: list[tuple[int, int, int, bool]] = []
         for item in jr:

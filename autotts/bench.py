@@ -259,7 +259,8 @@ def run_bench(console: Console, *, quick: bool = False, workers: int = 2,
     console.print(
         f"  in-process {sb['inprocess_s']:.1f} s   sandboxed {sb['sandbox_s']:.1f} s   "
         f"(sandboxed / in-process = {sb['ratio']:.2f}× wall, {sb['cpu_ratio']:.2f}× CPU; "
-        f"identical rows: {sb['identical']})"
+        f"identical rows: {sb['identical']}); {sb['actions']:,} actions crossed the boundary, "
+        f"{sb['round_trips_per_s']:,.0f} per second"
     )
     t = Table(title="summary")
     t.add_column("figure")
@@ -276,6 +277,7 @@ def run_bench(console: Console, *, quick: bool = False, workers: int = 2,
                   f"{ex['sandboxed_ray_over_local']:.2f}×")
         t.add_row("Ray start-up", f"{ex['ray_start_s']:.1f} s")
     t.add_row("sandbox overhead (Parallel-Probe)", f"{sb['ratio']:.2f}×")
+    t.add_row("sandbox actions through the judge / s", f"{sb['round_trips_per_s']:,.0f}")
     console.print(t)
     if json_out is not None:
         json_out.write_text(json.dumps(figures, indent=2) + "\n")

@@ -326,20 +326,30 @@ def evaluate(
     runs: list[tuple[float | None, dict[str, Any]]] = []
     for beta in list(betas) if betas else [None]:
         runs.append((beta, spec.config(beta, overrides)))
+    # β points whose schedule gives the same knobs (ESC's does) are run once: an episode's result
+    # depends on the knobs only.
+    configs: list[dict[str, Any]] = []
+    canonical = []
+    for _, cfg in runs:
+        if cfg not in configs:
+            configs.append(cfg)
+        canonical.append(configs.index(cfg))
     job = Job(
         controller_path=spec.path,
         controller_source=spec.source,
-        configs=tuple(cfg for _, cfg in runs),
+        configs=tuple(configs),
         proto=proto,
         store_names=tuple(s.name for s in loaded),
         on_error=on_error,
         trace=traces,
     )
     ex = make_executor(executor, workers=workers, address=ray_address)
-    units = make_units(len(loaded), len(runs), proto.draws, ex.parallelism)
-    results: dict[tuple[int, int], list[tuple[int, BlockResult]]] = {}
+    units = make_units(len(loaded), len(configs), proto.draws, ex.parallelism)
+    done_by_config: dict[tuple[int, int], list[tuple[int, BlockResult]]] = {}
     for done, (unit, res) in enumerate(ex.run([s.replay() for s in loaded], job, units), 1):
-        results.setdefault((unit[0], unit[1]), []).append((unit[2], res))
+        done_by_config.setdefault((unit[0], unit[1]), []).append((unit[2], res))
         if progress:
             progress(done, len(units))
+    results = {(s, r): done_by_config[(s, canonical[r])]
+               for s in range(len(loaded)) for r in range(len(runs))}
     return score(loaded, spec.name, runs, proto, results, episodes=episodes, traces=traces)

@@ -265,6 +265,7 @@ class _Task:
         self.raise_first = request["on_error"] == "raise"
         self.todo = deque(range(len(units)))
         self.results: dict[int, BlockResult] = {}
+        self.alias: dict[int, int] = {}  # unit -> the unit with the same knobs whose results it takes
         self.info: dict[str, Any] = {"name": None, "configs": None, "isolation": {},
                                      "stdout": "", "stdout_dropped": 0, "actions": 0}
         self.judge: UnitJudge | None = None
@@ -282,6 +283,18 @@ class _Task:
         if slot is not None and self.judge is not None and 0 <= slot < self.judge.n:
             ctx["draw"], ctx["question"] = self.judge.where(slot)
         return ctx
+
+    def _skip_repeated_knobs(self, configs: list[dict[str, Any]]) -> None:
+        """A β whose knobs equal an earlier β's is not run again: its units take the results of
+        the earlier β's units (when this task has them), as in-process evaluation does."""
+        first = [configs.index(c) for c in configs]
+        where = {u: i for i, u in enumerate(self.units)}
+        for i in list(self.todo):
+            s, r, lo, hi = self.units[i]
+            j = where.get((s, first[r], lo, hi))
+            if first[r] != r and j is not None:
+                self.todo.remove(i)
+                self.alias[i] = j
 
     def next_unit(self) -> dict[str, Any]:
         if not self.todo:
@@ -318,6 +331,7 @@ class _Task:
             iso = header.get("isolation")
             self.info.update(name=name, configs=configs, isolation={
                 str(k)[:40]: bool(v) for k, v in iso.items()} if type(iso) is dict else {})
+            self._skip_repeated_knobs(configs)
             return self.next_unit()
         if kind == "round" and self.state == "busy" and self.judge is not None:
             return self.on_round(header.get("m"), arrays)
@@ -488,6 +502,8 @@ def run_task(request: dict[str, Any], datas: Sequence[ReplayData], units: list[U
     finally:
         c.close()
         sel.close()
+    for i, j in task.alias.items():
+        task.results[i] = task.results[j]
     info = task.info
     info["pids"] = [c.pid]
     info["stderr"] = clean(bytes(c.stderr + c.stdout).decode("utf-8", "replace"),

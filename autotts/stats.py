@@ -681,3 +681,35 @@ def question_table(a: Curve, b: Curve,
             "outcome": "win" if c > 1e-9 else "loss" if c < -1e-9 else "tie",
         })
     return out
+
+
+def attach_question_intervals(rows: Sequence[dict[str, Any]],
+                              episodes: Sequence[Mapping[str, Any]] | None = None, *,
+                              resamples: int = DEFAULT_RESAMPLES, seed: int = 0,
+                              level: float = DEFAULT_LEVEL,
+                              method: str = DEFAULT_METHOD) -> Sequence[dict[str, Any]]:
+    """Give each result row (eval's) its question-level intervals, in place:
+    "accuracy_ci_questions" and "tokens_ci_questions" ([low, high]) and "ci_level". The outcomes
+    come from `episodes` (episode rows) or, without them, from the rows' embedded episodes; rows
+    with neither are left alone. Returns the rows."""
+    if episodes:
+        curves = curves_from_episodes(episodes)
+    else:
+        with_eps = [r for r in rows if isinstance(r.get("episodes"), dict)]
+        if not with_eps:
+            return rows
+        curves = curves_from_rows(with_eps)
+    found: dict[tuple[str, str, Any], dict[str, Any]] = {}
+    for (store, controller), c in curves.items():
+        for iv in beta_intervals(c, resamples=resamples, seed=seed, level=level, method=method):
+            found[(store, controller, iv["beta"])] = iv
+    for r in rows:
+        beta = r.get("beta")
+        iv = found.get((str(r["store"]), str(r.get("controller", "")),
+                        None if beta is None else float(beta)))
+        if iv is None:
+            continue
+        r["accuracy_ci_questions"] = [iv["accuracy"].low, iv["accuracy"].high]
+        r["tokens_ci_questions"] = [iv["tokens"].low, iv["tokens"].high]
+        r["ci_level"] = level
+    return rows

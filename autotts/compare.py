@@ -191,7 +191,8 @@ def run_compare(
         for col in ("group", "store", f"AUC {a_lab}", f"AUC {b_lab}", "ΔAUC", f"{pct} interval",
                     "P(improvement)", "verdict"):
             t.add_column(col, justify="left" if col in ("group", "store", "verdict") else "right")
-        entry: dict[str, Any] = {"a": a_lab, "b": b_lab, "groups": {}, "questions": {}}
+        entry: dict[str, Any] = {"a": a_lab, "b": b_lab, "groups": {}, "questions": {},
+                                 "matched_tokens": {}}
         seen_q: set[str] = set()
         for g in groups:
             names = list(g.stores or [])
@@ -214,6 +215,11 @@ def run_compare(
                 if s not in seen_q:
                     seen_q.add(s)
                     entry["questions"][s] = stats.question_table(a[s], b[s], tr)
+                    # Δaccuracy at B's own β points (where both curves reach): the same
+                    # comparison read at matched cost instead of averaged over the range.
+                    entry["matched_tokens"][s] = [
+                        {"tokens": at, **d.as_dict()}
+                        for at, d in stats.delta_accuracy_at_tokens(a[s], b[s], **kw)]
         console.print(t)
         console.print(_question_summary(entry["questions"], a_lab, b_lab, top))
         matrix = _matrix(entry)

@@ -624,7 +624,9 @@ def build_report(
               "error over the shuffle draws (the published protocol; the replay's own noise on "
               "these questions). 95% CI (questions): paired bootstrap over the store's questions, "
               "draws kept (how far the figure could move on other questions; autotts.stats); "
-              "drawn as bands in the plot.")
+              "drawn as bands in the plot. Bands are per controller: overlapping bands do not "
+              "make a difference noise, as both controllers face the same questions; `autotts "
+              "compare` gives the paired interval of a difference.")
 
     md = [f"# {title}\n"]
     md += [f"{n}\n" for n in notes]

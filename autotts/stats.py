@@ -319,7 +319,7 @@ class Comparison:
 # ---- the resamples ------------------------------------------------------------------------------
 
 
-@lru_cache(maxsize=256)
+@lru_cache(maxsize=32)  # 2000 × 30 weights are 480 kB: a few stores' worth, not a leak
 def _weights(store: str, n: int, resamples: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng([seed, zlib.crc32(store.encode("utf-8")), n, resamples])
     w = rng.multinomial(n, np.full(n, 1.0 / n), size=resamples).astype(np.float64) / n

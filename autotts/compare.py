@@ -60,7 +60,11 @@ def env_groups(env: Any, split: str) -> list[Group]:
 
 def _is_results(arg: str) -> bool:
     p = Path(arg)
-    return p.suffix in (".json", ".jsonl") and p.is_file()
+    if p.suffix in (".json", ".jsonl"):
+        if not p.is_file():
+            raise ConfigError(f"{arg}: no such result file")
+        return True
+    return False
 
 
 def _file_curves(arg: str) -> tuple[str, dict[str, stats.Curve]]:
@@ -134,8 +138,9 @@ def run_compare(
     # ---- each entry's curves, by store name ------------------------------------------------------
     labels: list[str] = []
     curves: list[dict[str, stats.Curve]] = []
-    for arg in entries:
-        if _is_results(arg):
+    is_file = [_is_results(arg) for arg in entries]  # a missing file fails before any evaluation
+    for arg, from_file in zip(entries, is_file, strict=True):
+        if from_file:
             label, by_store = _file_curves(arg)
         else:
             by_store = {}

@@ -149,6 +149,7 @@ def test_compare_errors(tmp_path: Path) -> None:
         (["sc", "asc", "--env", str(env), "--split", "nope"], "unknown split"),
         (["sc", "asc"], "needs stores"),
         (["sc", "asc", "--env", str(env), "--token-range", "5"], "--token-range"),
+        (["sc", str(tmp_path / "missing.json")], "no such result file"),
     ):
         res = CliRunner().invoke(app, ["compare", *args])
         assert res.exit_code != 0

@@ -44,7 +44,7 @@ def test_auc_batch_equals_auc_log_tokens() -> None:
 
 @pytest.fixture(scope="module")
 def evaluated() -> dict[str, object]:
-    stores = [generate(SynthParams(questions=12, branches=16, seed=k, model="synth",
+    stores = [generate(SynthParams(questions=10, branches=12, seed=k, model="synth",
                                    benchmark=f"b{k}")) for k in (1, 2)]
     out: dict[str, object] = {"stores": stores}
     for name in ("sc", "parallel_probe"):
@@ -258,7 +258,7 @@ def coverage(reps: int, method: str, stores: int, resamples: int, seed: int) -> 
 # 1.0 at 500); a 95% bootstrap interval from 30 questions is also known to run about a point
 # short. The fast test allows 0.95 ± 0.05, the slow one 0.95 ± 0.035.
 def test_coverage_quick() -> None:
-    rate, _ = coverage(200, "bca", stores=1, resamples=1000, seed=11)
+    rate, _ = coverage(200, "bca", stores=1, resamples=500, seed=11)
     assert abs(rate - 0.95) <= 0.05, rate
 
 

@@ -713,3 +713,20 @@ def attach_question_intervals(rows: Sequence[dict[str, Any]],
         r["tokens_ci_questions"] = [iv["tokens"].low, iv["tokens"].high]
         r["ci_level"] = level
     return rows
+
+
+def comparison_rows(cmp: Comparison, group: str = "") -> list[dict[str, Any]]:
+    """A comparison as flat table rows (one per store, then "pooled" where there are several
+    stores): group, store, a, b, auc_a, auc_b, delta, low, high, prob_improvement, verdict. For
+    report tables (build_report's extra_tables) and JSON."""
+    def row(store: str, d: Difference, ia: Interval | None, ib: Interval | None) -> dict[str, Any]:
+        return {"group": group, "store": store, "a": cmp.a, "b": cmp.b,
+                "auc_a": None if ia is None else ia.estimate,
+                "auc_b": None if ib is None else ib.estimate,
+                "delta": d.estimate, "low": d.low, "high": d.high,
+                "prob_improvement": d.prob_improvement, "verdict": d.verdict()}
+
+    out = [row(s, d, cmp.auc_a.get(s), cmp.auc_b.get(s)) for s, d in cmp.stores.items()]
+    if len(cmp.stores) > 1:
+        out.append(row("pooled", cmp.pooled, cmp.pooled_a, cmp.pooled_b))
+    return out

@@ -269,3 +269,17 @@ def test_coverage(method: str, stores: int) -> None:
     rate, width = coverage(500, method, stores=stores, resamples=2000, seed=12)
     print(f"coverage {method} stores={stores}: {rate:.3f} (mean width {width:.2f})")
     assert abs(rate - 0.95) <= 0.035, rate
+
+
+def test_comparison_rows() -> None:
+    rng = np.random.default_rng(6)
+    a, b = [], []
+    for k in range(2):
+        acc, tok = population(rng, 30)
+        a.append(curve(f"s{k}", "A", acc, tok))
+        b.append(curve(f"s{k}", "B", acc.copy(), tok.copy()))
+    cmp = stats.compare(a, b, TR, resamples=200)
+    rows = stats.comparison_rows(cmp, "search")
+    assert [r["store"] for r in rows] == ["s0", "s1", "pooled"]
+    assert all(r["verdict"] == "within noise" and r["delta"] == 0 for r in rows)
+    assert rows[-1]["auc_a"] == pytest.approx(cmp.pooled_a.estimate)

@@ -387,6 +387,43 @@ def _interval(est: float, boot: np.ndarray, jack: np.ndarray | None, level: floa
     return float(lo), float(hi)
 
 
+def _intervals(est: np.ndarray, boot: np.ndarray, jack: np.ndarray, level: float,
+               method: str) -> tuple[np.ndarray, np.ndarray]:
+    """`_interval` for K statistics at once: est [K], boot [R, K], jack [J, K] -> (low [K],
+    high [K]); the same numbers, with one sort instead of K quantile calls."""
+    est = np.asarray(est, dtype=np.float64)
+    r, k = boot.shape
+    alpha = (1.0 - level) / 2.0
+    probs = np.tile(np.array([alpha, 1.0 - alpha]), (k, 1))  # [K, 2]
+    if method == "bca" and jack.shape[0] > 1:
+        below = np.mean(boot < est, axis=0) + 0.5 * np.mean(boot == est, axis=0)
+        d = jack.mean(axis=0) - jack
+        den = (d**2).sum(axis=0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            acc = np.where(den > 0, (d**3).sum(axis=0) / (6.0 * den**1.5), 0.0)
+        for i in np.flatnonzero((below > 0) & (below < 1)):
+            z0 = _NORMAL.inv_cdf(float(below[i]))
+            for j in (0, 1):
+                p = float(probs[i, j])
+                z = z0 + _NORMAL.inv_cdf(p)
+                denom = 1.0 - float(acc[i]) * z
+                probs[i, j] = min(1.0, max(0.0, _NORMAL.cdf(z0 + z / denom))) if denom > 0 else p
+    # numpy's default ("linear") quantile on the sorted columns
+    srt = np.sort(boot, axis=0)
+    pos = probs * (r - 1)
+    i0 = np.floor(pos).astype(np.int64)
+    i1 = np.minimum(i0 + 1, r - 1)
+    frac = pos - i0
+    cols = np.arange(k)[:, None]
+    q = srt[i0, cols] + (srt[i1, cols] - srt[i0, cols]) * frac  # [K, 2]
+    lo, hi = q[:, 0], q[:, 1]
+    span = srt[-1] - srt[0]
+    flat = span <= 1e-12 * np.maximum(1.0, np.abs(est))
+    lo = np.where(flat, np.minimum(est, srt[0]), lo)
+    hi = np.where(flat, np.maximum(est, srt[-1]), hi)
+    return lo, hi
+
+
 def _prob_improvement(boot: np.ndarray) -> float:
     return float(np.mean(boot > 0) + 0.5 * np.mean(boot == 0))
 
@@ -490,18 +527,14 @@ def beta_intervals(curve: Curve, *, resamples: int = DEFAULT_RESAMPLES, seed: in
     acc_b, tok_b = _wmean(w, curve.accuracy), _wmean(w, curve.tokens)  # [R, B]
     acc_j, tok_j = _wmean(jw, curve.accuracy), _wmean(jw, curve.tokens)
     est_a, est_t = curve.point_accuracy(), curve.point_tokens()
-    out = []
-    for i, beta in enumerate(curve.betas):
-        out.append({
-            "beta": beta,
-            "accuracy": Interval(float(est_a[i]),
-                                 *_interval(float(est_a[i]), acc_b[:, i], acc_j[:, i], level, method),
-                                 level, method),
-            "tokens": Interval(float(est_t[i]),
-                               *_interval(float(est_t[i]), tok_b[:, i], tok_j[:, i], level, method),
-                               level, method),
-        })
-    return out
+    lo_a, hi_a = _intervals(est_a, acc_b, acc_j, level, method)
+    lo_t, hi_t = _intervals(est_t, tok_b, tok_j, level, method)
+    return [
+        {"beta": beta,
+         "accuracy": Interval(float(est_a[i]), float(lo_a[i]), float(hi_a[i]), level, method),
+         "tokens": Interval(float(est_t[i]), float(lo_t[i]), float(hi_t[i]), level, method)}
+        for i, beta in enumerate(curve.betas)
+    ]
 
 
 def auc(curve: Curve, token_range: Sequence[float] = DEFAULT_TOKEN_RANGE) -> float:

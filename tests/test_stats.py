@@ -283,3 +283,17 @@ def test_comparison_rows() -> None:
     assert [r["store"] for r in rows] == ["s0", "s1", "pooled"]
     assert all(r["verdict"] == "within noise" and r["delta"] == 0 for r in rows)
     assert rows[-1]["auc_a"] == pytest.approx(cmp.pooled_a.estimate)
+
+
+@pytest.mark.parametrize("method", ["bca", "percentile"])
+def test_batched_intervals_equal_the_scalar_ones(method: str) -> None:
+    rng = np.random.default_rng(7)
+    boot = rng.gamma(2.0, 1.0, size=(500, 6))
+    boot[:, 5] = 3.0  # a constant column
+    est = boot.mean(axis=0) + rng.normal(0, 0.1, size=6)
+    est[5] = 3.0
+    jack = rng.normal(0, 1, size=(30, 6)) ** 3
+    lo, hi = stats._intervals(est, boot, jack, 0.95, method)
+    for i in range(6):
+        want = stats._interval(float(est[i]), boot[:, i], jack[:, i], 0.95, method)
+        assert (lo[i], hi[i]) == pytest.approx(want, rel=1e-12, abs=1e-12)

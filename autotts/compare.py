@@ -105,6 +105,7 @@ def run_compare(
         raise ConfigError("compare needs at least two controllers or result files")
     if resamples < 100:
         raise ConfigError(f"--resamples must be at least 100, got {resamples}")
+    stats._check_method(method, level)  # before any evaluation
     from autotts.evaluate import Protocol, evaluate
     from autotts.store import open_store
 
@@ -165,9 +166,11 @@ def run_compare(
         labels.append(label)
         curves.append(by_store)
     # Two entries with one name (a controller and its earlier results): tell them apart.
-    for i, lab in enumerate(labels):
-        if labels.count(lab) > 1:
-            labels[i] = f"{lab} ({Path(entries[i]).name})"
+    names_now = list(labels)
+    for i, lab in enumerate(names_now):
+        if names_now.count(lab) > 1:
+            where = Path(entries[i]).name
+            labels[i] = f"{lab} ({where if where != lab else i + 1})"
 
     if not groups:  # result files only: the stores they share
         common = [s for s in curves[0] if all(s in c for c in curves[1:])]

@@ -137,7 +137,9 @@ def test_compare_a_controller_with_itself(tmp_path: Path) -> None:
     env = make_env(tmp_path)
     js = tmp_path / "same.json"
     invoke("compare", "sc", "sc", "--env", str(env), "--resamples", "300", "--json", str(js))
-    pooled = json.loads(js.read_text())["comparisons"][0]["groups"]["search"]["pooled"]
+    cmp = json.loads(js.read_text())["comparisons"][0]
+    assert (cmp["a"], cmp["b"]) == ("sc (1)", "sc (2)")
+    pooled = cmp["groups"]["search"]["pooled"]
     assert pooled["estimate"] == 0 and pooled["low"] <= 0 <= pooled["high"]
     assert not pooled["significant"]
 
@@ -150,6 +152,7 @@ def test_compare_errors(tmp_path: Path) -> None:
         (["sc", "asc"], "needs stores"),
         (["sc", "asc", "--env", str(env), "--token-range", "5"], "--token-range"),
         (["sc", str(tmp_path / "missing.json")], "no such result file"),
+        (["sc", "asc", "--env", str(env), "--method", "studentized"], "interval method"),
     ):
         res = CliRunner().invoke(app, ["compare", *args])
         assert res.exit_code != 0

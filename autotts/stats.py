@@ -27,9 +27,8 @@ Method: BCa by default (bias-corrected and accelerated, Efron 1987), percentile 
 AUC is a non-linear statistic of bounded accuracies (sorted, interpolated, clipped to a token
 range) and its bootstrap distribution is often skewed at 30 questions; BCa corrects for the median
 bias and the skew (second-order accurate: the error of each end's coverage is O(1/n) against
-O(1/sqrt(n)) for percentile). Its
-acceleration comes from a jackknife over questions, which here costs one more weight matrix of Q
-rows, so BCa is as fast as percentile. The coverage simulations in tests/test_stats.py measure
+O(1/sqrt(n)) for percentile). Its acceleration comes from a jackknife over questions, which here
+costs one more weight matrix of Q rows, so BCa is as fast as percentile. The coverage simulations in tests/test_stats.py measure
 both (docs/comparisons.md has the figures). BCa falls back to the percentile interval where it is
 undefined (every resample on one side of the estimate) and gives the point itself when every
 resample equals it (identical controllers: ΔAUC = 0, interval [0, 0]).

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import resource
 import sys
 import tempfile
@@ -188,9 +189,16 @@ def scripted_run(env: str, rounds: int, workers: int, run_dir: Path, candidates:
                  executor: str = "local") -> dict[str, Any]:
     """One scripted run into `run_dir`; its timing figures."""
     t_start = time.monotonic()
+    asked: list[float] = []  # when each round asked the model: per-round wall times
+    marks: dict[str, float] = {}
 
     def progress(msg: str) -> None:
-        print(f"{time.monotonic() - t_start:7.1f}s {msg}", file=sys.stderr, flush=True)
+        now = time.monotonic() - t_start
+        if re.match(r"round \d+/\d+: asking", msg):
+            asked.append(now)
+        elif msg.startswith("selected:"):
+            marks["final"] = now
+        print(f"{now:7.1f}s {msg}", file=sys.stderr, flush=True)
 
     with FakeOpenAI(script(rounds, candidates), model="scripted") as server:
         cfg = DiscoverConfig(env=env, run_dir=run_dir, model="scripted", base_url=server.url,
@@ -205,6 +213,15 @@ def scripted_run(env: str, rounds: int, workers: int, run_dir: Path, candidates:
         r1 = resource.getrusage(resource.RUSAGE_SELF)
         c1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     inv = summary["this_invocation"]
+    # Per round: the characters sent (system + user message) and the wall time from asking the
+    # model to the next round's request (the fake server answers in milliseconds, so this is the
+    # round's non-LLM time to within the request's own few ms).
+    prompt_chars = []
+    for d in sorted((run_dir / "rounds").glob("[0-9][0-9][0-9][0-9]")):
+        msgs = json.loads((d / "messages.json").read_text())
+        prompt_chars.append(sum(len(m["content"]) for m in msgs))
+    ends = [*asked[1:], marks.get("final", time.monotonic() - t_start)]
+    per_round = [round(b - a, 2) for a, b in zip(asked, ends, strict=False)]
     cpu = (r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime
            + c1.ru_utime + c1.ru_stime - c0.ru_utime - c0.ru_stime)
     return {
@@ -217,6 +234,8 @@ def scripted_run(env: str, rounds: int, workers: int, run_dir: Path, candidates:
         "cpu_s": round(cpu, 2),
         "phases_s": inv["phases_s"],
         "http_calls": inv["http_calls"],
+        "prompt_chars_per_round": prompt_chars,
+        "round_wall_s": per_round,
         "selected": ((summary.get("selection") or {}).get("selected") or {}).get("label"),
     }
 
@@ -273,6 +292,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                   f"({f['candidates']} candidates): {f['non_llm_s']:.1f} s (wall "
                   f"{f['wall_s']:.1f} s, LLM {f['llm_s']:.2f} s, CPU {f['cpu_s']:.1f} s, "
                   f"{args.workers} workers, {ex} executor)")
+            print(f"  prompt characters per round: {f['prompt_chars_per_round']}")
+            print(f"  wall time per round (s): {f['round_wall_s']}")
     if "side_by_side" in figures:
         a, b = figures["one_per_round"], figures["side_by_side"]
         figures["speedup_side_by_side"] = round(a["non_llm_s"] / b["non_llm_s"], 3)

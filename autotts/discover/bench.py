@@ -186,7 +186,8 @@ def script(rounds: int, candidates: int = 1) -> list[dict[str, Any]]:
 
 
 def scripted_run(env: str, rounds: int, workers: int, run_dir: Path, candidates: int = 1,
-                 executor: str = "local") -> dict[str, Any]:
+                 executor: str = "local", baselines: tuple[str, ...] | None = None
+                 ) -> dict[str, Any]:
     """One scripted run into `run_dir`; its timing figures."""
     t_start = time.monotonic()
     asked: list[float] = []  # when each round asked the model: per-round wall times
@@ -204,6 +205,7 @@ def scripted_run(env: str, rounds: int, workers: int, run_dir: Path, candidates:
         cfg = DiscoverConfig(env=env, run_dir=run_dir, model="scripted", base_url=server.url,
                              api_key="scripted", rounds=rounds, workers=workers,
                              candidates=candidates, executor=executor,
+                             **({} if baselines is None else {"baselines": baselines}),
                              prices=load_prices('{"scripted": {"input": 0, "output": 0}}'))
         r0 = resource.getrusage(resource.RUSAGE_SELF)
         c0 = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -251,6 +253,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     "seeds' and baselines' curves already cached by an earlier run; "
                     "side-by-side: --rounds proposals one per round vs all in one round")
     ap.add_argument("--executor", choices=("local", "ray"), default="local")
+    ap.add_argument("--baselines", default=None,
+                    help="held-out-only baselines, comma-separated, or 'none' (default: the "
+                    "loop's, cmc and dynaact; dynaact's 100-draw held-out sweep takes tens of "
+                    "CPU-minutes on a cold cache)")
     ap.add_argument("--json", default=None, help="write the figures as JSON")
     args = ap.parse_args(argv)
     figures: dict[str, Any] = {"env": args.env, "workers": args.workers, "os_cpus": os.cpu_count(),
@@ -259,6 +265,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.mode == "side-by-side" and not 2 <= args.rounds <= 8:
         ap.error("--mode side-by-side needs --rounds between 2 and 8 (the proposals of one round)")
     ex = args.executor
+    bl = None if args.baselines is None else (
+        () if args.baselines.strip().lower() == "none" else
+        tuple(b.strip() for b in args.baselines.split(",") if b.strip()))
+    figures["baselines"] = None if bl is None else list(bl)
     with tempfile.TemporaryDirectory(prefix="autotts-discover-bench-") as tmp:
         # A private baseline cache: "cold" really starts empty, and ~/.cache is left alone.
         old = os.environ.get("AUTOTTS_CACHE_HOME")
@@ -266,19 +276,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         try:
             if args.mode in ("cold", "both"):
                 figures["cold"] = scripted_run(args.env, args.rounds, args.workers,
-                                               Path(tmp) / "cold", executor=ex)
+                                               Path(tmp) / "cold", executor=ex, baselines=bl)
             if args.mode in ("warm", "side-by-side"):
                 print("filling the baseline cache first ...", file=sys.stderr)
-                scripted_run(args.env, 0, args.workers, Path(tmp) / "fill", executor=ex)
+                scripted_run(args.env, 0, args.workers, Path(tmp) / "fill", executor=ex,
+                             baselines=bl)
             if args.mode in ("warm", "both"):
                 figures["warm"] = scripted_run(args.env, args.rounds, args.workers,
-                                               Path(tmp) / "warm", executor=ex)
+                                               Path(tmp) / "warm", executor=ex, baselines=bl)
             if args.mode == "side-by-side":
                 figures["one_per_round"] = scripted_run(
-                    args.env, args.rounds, args.workers, Path(tmp) / "sequential", executor=ex)
+                    args.env, args.rounds, args.workers, Path(tmp) / "sequential", executor=ex,
+                    baselines=bl)
                 figures["side_by_side"] = scripted_run(
                     args.env, 1, args.workers, Path(tmp) / "side-by-side",
-                    candidates=args.rounds, executor=ex)
+                    candidates=args.rounds, executor=ex, baselines=bl)
         finally:
             if old is None:
                 os.environ.pop("AUTOTTS_CACHE_HOME", None)

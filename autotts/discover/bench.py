@@ -191,14 +191,22 @@ def scripted_run(env: str, rounds: int, workers: int, run_dir: Path, candidates:
     """One scripted run into `run_dir`; its timing figures."""
     t_start = time.monotonic()
     asked: list[float] = []  # when each round asked the model: per-round wall times
+    cpu_at: list[float] = []  # and the CPU time used by then (this process and its children)
     marks: dict[str, float] = {}
+
+    def cpu_now() -> float:
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        c = resource.getrusage(resource.RUSAGE_CHILDREN)  # sandbox processes, once reaped
+        return r.ru_utime + r.ru_stime + c.ru_utime + c.ru_stime
 
     def progress(msg: str) -> None:
         now = time.monotonic() - t_start
         if re.match(r"round \d+/\d+: asking", msg):
             asked.append(now)
+            cpu_at.append(cpu_now())
         elif msg.startswith("selected:"):
             marks["final"] = now
+            marks["final_cpu"] = cpu_now()
         print(f"{now:7.1f}s {msg}", file=sys.stderr, flush=True)
 
     with FakeOpenAI(script(rounds, candidates), model="scripted") as server:
@@ -224,6 +232,8 @@ def scripted_run(env: str, rounds: int, workers: int, run_dir: Path, candidates:
         prompt_chars.append(sum(len(m["content"]) for m in msgs))
     ends = [*asked[1:], marks.get("final", time.monotonic() - t_start)]
     per_round = [round(b - a, 2) for a, b in zip(asked, ends, strict=False)]
+    cpu_ends = [*cpu_at[1:], marks.get("final_cpu", cpu_now())]
+    cpu_round = [round(b - a, 2) for a, b in zip(cpu_at, cpu_ends, strict=False)]
     cpu = (r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime
            + c1.ru_utime + c1.ru_stime - c0.ru_utime - c0.ru_stime)
     return {
@@ -238,6 +248,7 @@ def scripted_run(env: str, rounds: int, workers: int, run_dir: Path, candidates:
         "http_calls": inv["http_calls"],
         "prompt_chars_per_round": prompt_chars,
         "round_wall_s": per_round,
+        "round_cpu_s": cpu_round,
         "selected": ((summary.get("selection") or {}).get("selected") or {}).get("label"),
     }
 
@@ -306,6 +317,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                   f"{args.workers} workers, {ex} executor)")
             print(f"  prompt characters per round: {f['prompt_chars_per_round']}")
             print(f"  wall time per round (s): {f['round_wall_s']}")
+            print(f"  CPU time per round (s, all processes): {f['round_cpu_s']}")
     if "side_by_side" in figures:
         a, b = figures["one_per_round"], figures["side_by_side"]
         figures["speedup_side_by_side"] = round(a["non_llm_s"] / b["non_llm_s"], 3)

@@ -151,6 +151,38 @@ def bench_reproduction(draws: int, workers: int) -> dict[str, Any]:
     }
 
 
+def bench_stats(draws: int) -> dict[str, Any]:
+    """Question-level intervals (autotts.stats) for 4 stores × 11 β × `draws` draws from recorded
+    outcomes: the episode rows of two controllers (SC and ESC on the four AIME 2024 stores) turned
+    into curves, then every β's accuracy and token intervals for both, and ΔAUC per store and
+    pooled (with both controllers' AUC intervals), 2000 resamples, BCa. The baseline, in the same
+    run: evaluating one controller (SC) over the same grid."""
+    from autotts import stats
+    from autotts.evaluate import Protocol, evaluate
+    from autotts.store import open_store
+
+    stores = [open_store(data_dir() / "autotts-replay" / m / "aime24.json") for m in MODELS]
+    betas = [round(0.1 * i, 1) for i in range(11)]
+    eval_s, ev_a = _timed(lambda: evaluate("sc", stores, betas, Protocol(draws=draws),
+                                           episodes=True))
+    ev_b = evaluate("esc", stores, betas, Protocol(draws=draws), episodes=True)
+
+    def intervals() -> stats.Comparison:
+        ca = stats.curves_from_episodes(ev_a.episodes or [])
+        cb = stats.curves_from_episodes(ev_b.episodes or [])
+        for c in (*ca.values(), *cb.values()):
+            stats.beta_intervals(c)
+        return stats.compare(ca, cb)
+
+    intervals()  # caches the resample weights, as any second comparison on these stores finds them
+    times = [_timed(intervals)[0] for _ in range(3)]
+    stats_s = min(times)
+    return {"draws": draws, "stores": len(stores), "betas": len(betas),
+            "episodes": len(ev_a.episodes or []) + len(ev_b.episodes or []),
+            "stats_s": stats_s, "stats_runs_s": times, "eval_one_controller_s": eval_s,
+            "stats_over_eval": stats_s / eval_s}
+
+
 def bench_executors(console: Console, draws: int, workers: int) -> dict[str, Any] | None:
     """Parallel-Probe (its reference configuration) over the 8 reference stores on local processes
     and on a local Ray runtime with as many CPUs, in the same run, alternating (local, Ray, local,
@@ -251,6 +283,14 @@ def run_bench(console: Console, *, quick: bool = False, workers: int = 2,
         console.print(
             f"  speed-up from 1 to {workers} workers: {runs[0]['wall_s'] / runs[1]['wall_s']:.2f}×"
         )
+    console.print(f"[bold]question-level intervals[/] (4 stores × 11 β × {draws} draws, two "
+                  "controllers, 2000 resamples)")
+    figures["stats"] = st = bench_stats(draws)
+    console.print(
+        f"  all intervals from {st['episodes']:,} recorded episodes: {st['stats_s']:.2f} s   "
+        f"evaluating one controller: {st['eval_one_controller_s']:.1f} s   (intervals / "
+        f"evaluation = {st['stats_over_eval']:.3f}×)"
+    )
     figures["executors"] = ex = bench_executors(console, draws, workers)
     console.print(f"[bold]sandbox overhead[/] (Parallel-Probe, 8 reference stores, {draws} draws)")
     from autotts.sandbox import sandbox_overhead
@@ -276,6 +316,8 @@ def run_bench(console: Console, *, quick: bool = False, workers: int = 2,
                   f"{ex['sandboxed_ray_over_local']:.2f}×")
         t.add_row("Ray start-up", f"{ex['ray_start_s']:.1f} s")
     t.add_row("sandbox overhead (Parallel-Probe)", f"{sb['ratio']:.2f}×")
+    t.add_row(f"all question-level intervals, 4 stores × 11 β × {st['draws']} draws × 2 "
+              "controllers", f"{st['stats_s']:.2f} s ({st['stats_over_eval']:.3f}× one evaluation)")
     console.print(t)
     if json_out is not None:
         json_out.write_text(json.dumps(figures, indent=2) + "\n")

@@ -343,6 +343,11 @@ def make_figure(rows: Sequence[dict[str, Any]], title: str = "") -> tuple[Any, i
             if np.any(a_se > 0) or np.any(t_se > 0):
                 ax.errorbar(t, a, yerr=a_se, xerr=t_se, fmt="none", ecolor=color, alpha=0.35,
                             elinewidth=1, capsize=0, zorder=2)
+            band = _band(s.rows)
+            if band is not None:  # the question-level 95% interval of accuracy at each point
+                bt, blo, bhi = band
+                poly = ax.fill_between(bt, blo, bhi, color=color, alpha=0.12, lw=0, zorder=1)
+                poly.set_gid(f"band:{store}:{s.label}")
             (line,) = ax.plot(t, a, marker=marker, color=color, label=s.label, lw=1.8, ms=6,
                               zorder=3)
             line.set_gid(f"curve:{store}:{s.label}")
@@ -383,6 +388,19 @@ def make_figure(rows: Sequence[dict[str, Any]], title: str = "") -> tuple[Any, i
         fig.suptitle(title, fontsize=13)
     _place_labels(fig, labels_todo)
     return fig, n_curves
+
+
+def _band(rows: Sequence[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(tokens, low, high) of the rows' question-level accuracy intervals, sorted by tokens; None
+    unless every row of the series has one."""
+    cis = [r.get("accuracy_ci_questions") for r in rows]
+    if len(rows) < 2 or not all(isinstance(c, list | tuple) and len(c) == 2 for c in cis):
+        return None
+    order = np.argsort([float(r["tokens"]) for r in rows], kind="stable")
+    t = np.array([float(rows[i]["tokens"]) for i in order])
+    lo = np.array([float(cis[i][0]) for i in order])  # type: ignore[index]
+    hi = np.array([float(cis[i][1]) for i in order])  # type: ignore[index]
+    return t, lo, hi
 
 
 # Offsets (points) and alignments tried, in order, for a β label next to its point.
@@ -463,18 +481,33 @@ def _num(v: Any, fmt: str) -> str:
     return format(v, fmt)
 
 
+def _ci(r: dict[str, Any], key: str, fmt: str) -> str:
+    ci = r.get(key)
+    if not isinstance(ci, list | tuple) or len(ci) != 2:
+        return "–"
+    return f"[{_num(ci[0], fmt)}, {_num(ci[1], fmt)}]"
+
+
 def _results_table(series: Sequence[Series]) -> tuple[list[str], list[list[str]], list[bool]]:
-    head = ["store", "controller", "β", "accuracy %", "± se", "tokens", "± se", "draws",
-            "questions", "Pareto"]
+    # Question-level intervals only where some row has them (eval output of this version, or rows
+    # that carry their episodes); the draw-level standard errors are always shown.
+    with_ci = any(r.get("accuracy_ci_questions") is not None for s in series for r in s.rows)
+    head = ["store", "controller", "β", "accuracy %", "± se (draws)"]
+    head += ["95% CI (questions)"] if with_ci else []
+    head += ["tokens", "± se (draws)"]
+    head += ["95% CI (questions)"] if with_ci else []
+    head += ["draws", "questions", "Pareto"]
     body, marks = [], []
     for s in series:
         for r in s.rows:
-            body.append([
-                s.store, s.label, _fmt_beta(r.get("beta")), _num(r["accuracy"], ".2f"),
-                _num(r.get("accuracy_se"), ".2f"), _num(r["tokens"], ",.0f"),
-                _num(r.get("tokens_se"), ",.0f"), str(r.get("draws", "–")),
-                str(r.get("questions", "–")), "★" if r.get("pareto") else "",
-            ])
+            row = [s.store, s.label, _fmt_beta(r.get("beta")), _num(r["accuracy"], ".2f"),
+                   _num(r.get("accuracy_se"), ".2f")]
+            row += [_ci(r, "accuracy_ci_questions", ".1f")] if with_ci else []
+            row += [_num(r["tokens"], ",.0f"), _num(r.get("tokens_se"), ",.0f")]
+            row += [_ci(r, "tokens_ci_questions", ",.0f")] if with_ci else []
+            row += [str(r.get("draws", "–")), str(r.get("questions", "–")),
+                    "★" if r.get("pareto") else ""]
+            body.append(row)
             marks.append(bool(r.get("pareto")))
     return head, body, marks
 
@@ -567,6 +600,7 @@ def build_report(
     if not rows:
         raise ConfigError("nothing to report: no result rows")
     rows = _check_rows([dict(r) for r in rows], "rows")
+    rows = _question_intervals(rows)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     series, summary = analyse(rows, auc_range)
@@ -591,7 +625,11 @@ def build_report(
               "least as accurate). AUC: mean accuracy over "
               + ("the log-token range where all of a store's curves overlap" if auc_range is None
                  else f"the log-token range {auc_range[0]:g}–{auc_range[1]:g} tokens")
-              + " (curves held flat beyond their ends).")
+              + " (curves held flat beyond their ends). ± se (draws): standard "
+              "error over the shuffle draws (the published protocol; the replay's own noise on "
+              "these questions). 95% CI (questions): paired bootstrap over the store's questions, "
+              "draws kept (how far the figure could move on other questions; autotts.stats); "
+              "drawn as bands in the plot.")
 
     md = [f"# {title}\n"]
     md += [f"{n}\n" for n in notes]
@@ -632,6 +670,24 @@ def build_report(
     text = json.dumps(payload, indent=2, ensure_ascii=False, default=json_default) + "\n"
     write_file(summary_path, text.encode("utf-8"))
     return ReportPaths(out, png_path, md_path, html_path, summary_path, n_curves, stores)
+
+
+def _question_intervals(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows that carry their episodes (eval --json --json-episodes) get question-level intervals
+    where they lack them; the episodes themselves stay out of the report (summary.json would grow
+    by every episode)."""
+    need = [r for r in rows if isinstance(r.get("episodes"), dict)
+            and r.get("accuracy_ci_questions") is None]
+    if need:
+        from autotts.stats import attach_question_intervals
+
+        # One source at a time: two runs of a controller on a store are two curves.
+        by_source: dict[str, list[dict[str, Any]]] = {}
+        for r in need:
+            by_source.setdefault(str(r.get("source", "")), []).append(r)
+        for part in by_source.values():
+            attach_question_intervals(part)
+    return [{k: v for k, v in r.items() if k != "episodes"} for r in rows]
 
 
 def json_default(o: Any) -> Any:

@@ -235,3 +235,46 @@ def test_report_from_inputs_with_a_reader(tmp_path):
     rp = report_from_inputs([run, f], tmp_path / "b", readers=[reader])
     assert rp.curves == 2
     assert "Rounds (run1)" in rp.markdown.read_text()
+
+
+# ---- question-level intervals (issue 15) -------------------------------------------------------
+
+
+def test_ci_bands_and_columns(tmp_path):
+    rows = rows_two_stores()
+    for r in rows:
+        if r["controller"] == "sc":
+            r["accuracy_ci_questions"] = [r["accuracy"] - 8, r["accuracy"] + 7]
+            r["tokens_ci_questions"] = [r["tokens"] * 0.9, r["tokens"] * 1.1]
+    fig, _ = make_figure(rows)
+    bands = sorted(c.get_gid() for ax in fig.axes for c in ax.collections
+                   if (c.get_gid() or "").startswith("band:"))
+    assert bands == ["band:M/aime24:sc", "band:M/aime25:sc"]  # only curves with intervals
+    rp = build_report(rows, tmp_path / "r")
+    md = rp.markdown.read_text()
+    assert "± se (draws)" in md and "95% CI (questions)" in md
+    sc_line = next(ln for ln in md.splitlines() if "| sc |" in ln and "| 0.5 |" in ln)
+    assert "[47.0, 62.0]" in sc_line  # accuracy 55 at β=0.5 on aime24
+    plain = build_report(rows_two_stores(), tmp_path / "p").markdown.read_text()
+    assert "| 95% CI (questions) |" not in plain  # no column without intervals
+
+
+def test_rows_with_episodes_get_intervals_and_drop_them(tmp_path):
+    from autotts import stats
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for b in (0.0, 0.5, 1.0):
+        correct = (rng.random((4, 12)) < 0.3 + 0.5 * b).astype(int)
+        tokens = rng.integers(1000, 5000, (4, 12)) * (1 + 10 * b)
+        rows.append(row("M/aime24", "sc", b, float(correct.mean() * 100),
+                        float(tokens.mean()),
+                        episodes={"draws": 4, "questions": 12, "correct": correct.tolist(),
+                                  "tokens": tokens.astype(int).tolist()}))
+    rp = build_report(rows, tmp_path / "r")
+    summary = json.loads(rp.summary.read_text())
+    assert all("episodes" not in r for r in summary["rows"])
+    curve = stats.curves_from_rows(rows)[("M/aime24", "sc")]
+    want = stats.beta_intervals(curve)
+    for r, w in zip(summary["rows"], want, strict=True):
+        assert r["accuracy_ci_questions"] == pytest.approx([w["accuracy"].low, w["accuracy"].high])

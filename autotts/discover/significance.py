@@ -2,19 +2,15 @@
 
 What is compared: two controllers' objectives (the normalized log-token AUC, docs/discovery.md)
 on the same stores. What varies: which questions were asked. Each store has a few dozen
-questions, and that choice dominates the noise, so the interval resamples *questions*, paired:
-the same resampled questions for both controllers, within each store (stratified), with the
-draws of each question averaged inside it (the draws are nested in the question). The pooled
-difference is the mean of the per-store differences, as the objective is the mean of the
-per-store AUCs. 95% percentile interval of B seeded resamples; "probability of improvement" is
-the share of resamples in which the difference is positive.
+questions, and that choice dominates the noise, so the interval comes from `autotts.stats`, the
+project's paired bootstrap over questions: the same resampled questions for both controllers,
+within each store (stratified), each question's draws averaged inside it, pooled as the mean of
+the per-store differences (as the objective is the mean of the per-store AUCs); BCa 95%
+interval, and the probability of improvement.
 
 Input is the per-question table the loop records for every controller it evaluates
-(`per_question_table`), so nothing is re-evaluated.
-
-SEAM: issue 15's statistics module (`autotts.stats`, branch h-stats) is to provide the paired
-bootstrap for the whole project. When it lands, `delta_auc` should call it; until then this
-module implements the same method locally and is the only place that needs to change.
+(`per_question_table`: the `Curve` arrays of autotts.stats, as JSON), so nothing is re-evaluated
+and the run directory holds everything the intervals are computed from.
 """
 
 from __future__ import annotations
@@ -24,11 +20,11 @@ from typing import Any
 
 import numpy as np
 
-from autotts.report import auc_log_tokens
+from autotts import stats
+from autotts.errors import ConfigError
 
-RESAMPLES = 1000
-SEED = 20240601  # fixed: a run's prompts must be deterministic (the response cache keys on them)
-LEVEL = 0.95
+RESAMPLES = stats.DEFAULT_RESAMPLES
+SEED = 0  # fixed: a run's prompts must be deterministic (the response cache keys on them)
 
 
 def per_question_table(episodes: Sequence[dict[str, Any]] | None
@@ -58,50 +54,39 @@ def per_question_table(episodes: Sequence[dict[str, Any]] | None
     return out
 
 
-def _auc(tokens: np.ndarray, acc: np.ndarray, token_range: tuple[float, float]) -> float:
-    t = np.maximum(tokens, 1e-9)  # a controller that spends nothing sits at the range's floor
-    return auc_log_tokens(t, acc, *token_range)
+def _curve(store: str, name: str, t: dict[str, Any]) -> stats.Curve:
+    return stats.Curve(store, name, tuple(float(b) for b in t["betas"]),
+                       np.asarray(t["accuracy"], dtype=np.float64),
+                       np.asarray(t["tokens"], dtype=np.float64), tuple(1 for _ in t["betas"]))
 
 
 def delta_auc(a: dict[str, dict[str, Any]], b: dict[str, dict[str, Any]],
               stores: Sequence[str], token_range: tuple[float, float],
               resamples: int = RESAMPLES, seed: int = SEED) -> dict[str, Any] | None:
-    """ΔAUC = AUC(a) − AUC(b) with its paired 95% interval, per store and pooled. None when a
-    store lacks either table or their questions or β grids differ."""
-    lo_q, hi_q = (1 - LEVEL) / 2, 1 - (1 - LEVEL) / 2
-    rng = np.random.default_rng(seed)
-    per: dict[str, dict[str, Any]] = {}
-    pooled = np.zeros(resamples)
-    point_pooled = 0.0
+    """ΔAUC = AUC(a) − AUC(b) with its paired 95% interval, per store and pooled, as
+    {"stores": {store: iv}, "pooled": iv, "method": ...}, iv = {"delta", "low", "high",
+    "p_improvement", "significant"}. None when a store lacks either table or their questions or
+    β grids differ (nothing comparable)."""
+    ca, cb = {}, {}
     for s in stores:
         ta, tb = a.get(s), b.get(s)
         if not ta or not tb or ta["questions"] != tb["questions"] or ta["betas"] != tb["betas"]:
             return None
-        acc_a, tok_a = np.asarray(ta["accuracy"]), np.asarray(ta["tokens"])
-        acc_b, tok_b = np.asarray(tb["accuracy"]), np.asarray(tb["tokens"])
-        nq = acc_a.shape[1]
-        point = (_auc(tok_a.mean(1), acc_a.mean(1), token_range)
-                 - _auc(tok_b.mean(1), acc_b.mean(1), token_range))
-        # counts[r, q]: how often question q is in resample r (multinomial = resampling with
-        # replacement); the same counts for both controllers: the pairing.
-        counts = rng.multinomial(nq, np.full(nq, 1.0 / nq), size=resamples) / nq
-        ma, mta = counts @ acc_a.T, counts @ tok_a.T
-        mb, mtb = counts @ acc_b.T, counts @ tok_b.T
-        d = np.array([_auc(mta[r], ma[r], token_range) - _auc(mtb[r], mb[r], token_range)
-                      for r in range(resamples)])
-        pooled += d / len(stores)
-        point_pooled += point / len(stores)
-        per[s] = _interval(point, d, lo_q, hi_q)
-    return {"stores": per, "pooled": _interval(point_pooled, pooled, lo_q, hi_q),
-            "method": f"paired percentile bootstrap over questions, {resamples} resamples, "
-            f"{LEVEL:.0%}", "resamples": resamples}
+        ca[s], cb[s] = _curve(s, "a", ta), _curve(s, "b", tb)
+    try:
+        c = stats.compare(ca, cb, token_range, stores=list(stores), resamples=resamples,
+                          seed=seed)
+    except ConfigError:
+        return None
+    return {"stores": {s: _iv(d) for s, d in c.stores.items()}, "pooled": _iv(c.pooled),
+            "method": f"autotts.stats paired bootstrap over questions ({c.pooled.method}, "
+            f"{resamples} resamples, {c.pooled.level:.0%})", "resamples": resamples}
 
 
-def _interval(point: float, d: np.ndarray, lo_q: float, hi_q: float) -> dict[str, Any]:
-    lo, hi = (float(x) for x in np.quantile(d, [lo_q, hi_q]))
-    return {"delta": round(float(point), 4), "low": round(lo, 4), "high": round(hi, 4),
-            "p_improvement": round(float((d > 0).mean()), 4),
-            "significant": bool(lo > 0 or hi < 0)}
+def _iv(d: stats.Difference) -> dict[str, Any]:
+    return {"delta": round(float(d.estimate), 4), "low": round(float(d.low), 4),
+            "high": round(float(d.high), 4), "p_improvement": round(float(d.prob_improvement), 4),
+            "significant": bool(d.significant)}
 
 
 def describe(iv: dict[str, Any]) -> str:

@@ -536,6 +536,20 @@ class Discovery:
         names = list(dict.fromkeys([*self.cfg.seeds, *self.cfg.baselines]))
         return [ctl.load(n) for n in names]
 
+    def _quarters(self, what: str, k: int, n: int) -> Callable[[int, int], None]:
+        """A progress callback that reports a long evaluation at 25%, 50% and 75%: one
+        baseline on one held-out store can take minutes when its curve is not cached yet."""
+        mark = [25]
+
+        def cb(done: int, total: int) -> None:
+            pct = 100 * done // max(total, 1)
+            if mark[0] < 100 and pct >= mark[0]:
+                self.progress(f"held-out [{k}/{n}] {what}: {pct}%")
+                while mark[0] <= pct:
+                    mark[0] += 25
+
+        return cb
+
     def final_step(self, seeds: Sequence[dict[str, Any]]) -> dict[str, Any]:
         rd, env, cfg = self.rd, self.env, self.cfg
         if rd.final_done():
@@ -598,7 +612,9 @@ class Discovery:
                             computed: list[bool] = computed) -> dict[str, Any]:
                     computed.append(True)
                     ev = evaluate(spec, [st], env.betas, proto, episodes=True,
-                                  executor=self.executor)
+                                  executor=self.executor,
+                                  progress=self._quarters(f"{spec.name} on {st.name}", done + 1,
+                                                          n_units))
                     return {"rows": [_clean_row(r) for r in ev.rows],
                             "per_question": per_question_table(ev.episodes)}
 

@@ -151,8 +151,7 @@ def test_three_rounds_end_to_end(e2e: dict[str, Any], env_file: Path) -> None:
     # The held-out step is watched: one line per controller × store.
     steps = [m for m in e2e["progress"] if m.startswith("held-out [") and not m.endswith("%")]
     assert len(steps) == 7 * 2 and steps[-1].startswith("held-out [14/14]")
-    # A baseline computed (not cached) also reports how far it got.
-    assert any(m.startswith("held-out [") and m.endswith("%") for m in e2e["progress"])
+
     assert {r["store"] for r in held["rows"]} == {"synth/heldout3", "synth/heldout4"}
     reqs = read_jsonl(run_dir / "requests.jsonl")
     assert [r["status"] for r in reqs if r["http"]] == ["429", "ok", "timeout", "ok", "ok"]

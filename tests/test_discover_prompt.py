@@ -242,8 +242,12 @@ def test_history_stays_compact(tmp_path: Path) -> None:
     for n in (1, 2, 4, 5):
         assert f"Idea number {n}: read {n} branches." in text  # its line in the standings
         assert f"return int(ep.read_new_many({n})[0])" not in text  # not its code
-    growth = [b - a for a, b in itertools.pairwise(sizes[2:])]
+    growth = [b - a for a, b in itertools.pairwise(sizes[3:])]  # best + last shown from 4 on
     assert max(growth) < 400, sizes
+    # When the last candidate is the best, no older one is shown in its place.
+    hist.append(_rec(7, _variant(7), 80.0, "v7"))
+    text = _messages(tmp_path, hist, [SEED])
+    assert "## Your best: round 7, v7" in text and "## Recent" not in text
 
 
 def test_a_revision_is_shown_as_a_diff(tmp_path: Path) -> None:

@@ -69,6 +69,7 @@ from autotts.evaluate import evaluate
 from autotts.store import Store, open_store
 from autotts.summary import summarize
 
+QUARTER_AFTER_S = 10.0  # a held-out evaluation reports 25/50/75% only once it has run this long
 EXAMPLE = "sc"  # the complete example controller shown in the contract
 FAULT_ENV = "AUTOTTS_DISCOVER_FAULT"  # "kill:<round>:<point>": SIGKILL there (crash tests)
 
@@ -540,10 +541,12 @@ class Discovery:
         """A progress callback that reports a long evaluation at 25%, 50% and 75%: one
         baseline on one held-out store can take minutes when its curve is not cached yet."""
         mark = [25]
+        t0 = time.monotonic()
 
         def cb(done: int, total: int) -> None:
             pct = 100 * done // max(total, 1)
-            if mark[0] < 100 and pct >= mark[0]:
+            # Only once it has run a while: a quick one says nothing but its completion line.
+            if mark[0] < 100 and pct >= mark[0] and time.monotonic() - t0 >= QUARTER_AFTER_S:
                 self.progress(f"held-out [{k}/{n}] {what}: {pct}%")
                 while mark[0] <= pct:
                     mark[0] += 25

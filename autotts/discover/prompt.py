@@ -397,7 +397,9 @@ def history_section(history: Sequence[dict[str, Any]], seeds: Sequence[dict[str,
         done.add(_key(best))
         if best.get("source"):
             shown.append((f"round {best['id']} ({_name(best)})", best["source"]))
-    for rec in [r for r in history if _key(r) not in done][-recent:]:
+    # The last `recent` candidates, less the best (already in full): a round whose candidate
+    # became the best adds nothing older.
+    for rec in [r for r in history[-recent:] if _key(r) not in done]:
         out += _candidate_block(rec, stores, "Recent", shown)
     return "\n".join(out)
 

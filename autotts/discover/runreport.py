@@ -100,7 +100,8 @@ def read_run_dir(path: str | Path) -> RunReport:
                 {"baseline": name, "role": "seed" if name in (sel.get("seeds") or []) else
                  "baseline (not shown to the agent)",
                  "ΔAUC pooled": _iv(c["pooled"]), "P(improvement)": c["pooled"]["p_improvement"],
-                 "significant": "yes" if c["pooled"]["significant"] else "no (within noise)",
+                 "significant": ("no (within noise)" if not c["pooled"]["significant"] else
+                                 "yes (better)" if c["pooled"]["low"] > 0 else "yes (worse)"),
                  **{f"Δ {st}": _iv(v) for st, v in c["stores"].items()}}
                 for name, c in comps.items()]
         shrink = _shrinkage(sel, objectives)

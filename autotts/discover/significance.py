@@ -90,6 +90,8 @@ def _iv(d: stats.Difference) -> dict[str, Any]:
 
 
 def describe(iv: dict[str, Any]) -> str:
-    """'+1.28 [−0.41, +2.90], within noise' / '... significant'."""
+    """'+1.28 [-0.41, +2.90], within noise (not significant)' / '..., significantly better'."""
     txt = f"{iv['delta']:+.2f} [{iv['low']:+.2f}, {iv['high']:+.2f}]"
-    return txt + (", significant" if iv["significant"] else ", within noise (not significant)")
+    if not iv["significant"]:
+        return txt + ", within noise (not significant)"
+    return txt + (", significantly better" if iv["low"] > 0 else ", significantly worse")

@@ -186,8 +186,8 @@ def script(rounds: int, candidates: int = 1) -> list[dict[str, Any]]:
 
 
 def scripted_run(env: str, rounds: int, workers: int, run_dir: Path, candidates: int = 1,
-                 executor: str = "local", baselines: tuple[str, ...] | None = None
-                 ) -> dict[str, Any]:
+                 executor: str = "local", baselines: tuple[str, ...] | None = None,
+                 heldout_draws: int | None = None) -> dict[str, Any]:
     """One scripted run into `run_dir`; its timing figures."""
     t_start = time.monotonic()
     asked: list[float] = []  # when each round asked the model: per-round wall times
@@ -213,6 +213,7 @@ def scripted_run(env: str, rounds: int, workers: int, run_dir: Path, candidates:
         cfg = DiscoverConfig(env=env, run_dir=run_dir, model="scripted", base_url=server.url,
                              api_key="scripted", rounds=rounds, workers=workers,
                              candidates=candidates, executor=executor,
+                             heldout_draws=heldout_draws,
                              **({} if baselines is None else {"baselines": baselines}),
                              prices=load_prices('{"scripted": {"input": 0, "output": 0}}'))
         r0 = resource.getrusage(resource.RUSAGE_SELF)
@@ -268,6 +269,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     help="held-out-only baselines, comma-separated, or 'none' (default: the "
                     "loop's, cmc and dynaact; dynaact's 100-draw held-out sweep takes tens of "
                     "CPU-minutes on a cold cache)")
+    ap.add_argument("--heldout-draws", type=int, default=None,
+                    help="draws of the held-out step (default: the environment's); fewer when "
+                    "only the per-round figures matter")
     ap.add_argument("--json", default=None, help="write the figures as JSON")
     args = ap.parse_args(argv)
     figures: dict[str, Any] = {"env": args.env, "workers": args.workers, "os_cpus": os.cpu_count(),
@@ -284,24 +288,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         # A private baseline cache: "cold" really starts empty, and ~/.cache is left alone.
         old = os.environ.get("AUTOTTS_CACHE_HOME")
         os.environ["AUTOTTS_CACHE_HOME"] = str(Path(tmp) / "cache")
+        kw = {"executor": ex, "baselines": bl, "heldout_draws": args.heldout_draws}
         try:
             if args.mode in ("cold", "both"):
                 figures["cold"] = scripted_run(args.env, args.rounds, args.workers,
-                                               Path(tmp) / "cold", executor=ex, baselines=bl)
+                                               Path(tmp) / "cold", **kw)
             if args.mode in ("warm", "side-by-side"):
                 print("filling the baseline cache first ...", file=sys.stderr)
-                scripted_run(args.env, 0, args.workers, Path(tmp) / "fill", executor=ex,
-                             baselines=bl)
+                scripted_run(args.env, 0, args.workers, Path(tmp) / "fill", **kw)
             if args.mode in ("warm", "both"):
                 figures["warm"] = scripted_run(args.env, args.rounds, args.workers,
-                                               Path(tmp) / "warm", executor=ex, baselines=bl)
+                                               Path(tmp) / "warm", **kw)
             if args.mode == "side-by-side":
                 figures["one_per_round"] = scripted_run(
-                    args.env, args.rounds, args.workers, Path(tmp) / "sequential", executor=ex,
-                    baselines=bl)
+                    args.env, args.rounds, args.workers, Path(tmp) / "sequential", **kw)
                 figures["side_by_side"] = scripted_run(
                     args.env, 1, args.workers, Path(tmp) / "side-by-side",
-                    candidates=args.rounds, executor=ex, baselines=bl)
+                    candidates=args.rounds, **kw)
         finally:
             if old is None:
                 os.environ.pop("AUTOTTS_CACHE_HOME", None)

@@ -131,6 +131,7 @@ class Discovery:
         self.search = SearchData(self.search_stores, self.proto)
         self.stats = [summarize(s) for s in self.search_stores]
         self._signals: dict[str, dict[str, Any]] | None = None
+        self._noise: dict[tuple[int, int, str], dict[str, Any] | None] = {}
         self.example_source = Path(ctl.load(EXAMPLE).path).read_text()
         self.history: list[dict[str, Any]] = []  # one record per candidate of each round
         self.agent: Agent | None = None
@@ -229,8 +230,13 @@ class Discovery:
         if best is None or bs is None or not best.get("per_question") or \
                 not bs.get("per_question"):
             return None
-        return delta_auc(best["per_question"], bs["per_question"], self.store_names,
-                         self.env.token_range)
+        # The bootstrap takes about a second; the pair it compares changes only when a new
+        # candidate becomes the best.
+        key = (best["round"], best["slot"], bs["name"])
+        if key not in self._noise:
+            self._noise[key] = delta_auc(best["per_question"], bs["per_question"],
+                                         self.store_names, self.env.token_range)
+        return self._noise[key]
 
     def messages(self, seeds: Sequence[dict[str, Any]]) -> list[dict[str, str]]:
         return build_messages(env=self.env, stats=self.stats, example_source=self.example_source,

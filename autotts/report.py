@@ -266,9 +266,11 @@ def _fmt_beta(b: Any) -> str:
     return "–" if b is None else f"{float(b):g}"
 
 
-def analyse(rows: Sequence[dict[str, Any]]) -> tuple[list[Series], list[dict[str, Any]]]:
+def analyse(rows: Sequence[dict[str, Any]], auc_range: tuple[float, float] | None = None
+            ) -> tuple[list[Series], list[dict[str, Any]]]:
     """Series, with each row marked `pareto` (optimal across all controllers of its store), and
-    one summary entry per (store, series)."""
+    one summary entry per (store, series). `auc_range`: the token range of every AUC (a
+    discovery run's objective range), instead of each store's overlap of the curves."""
     series = group_series(rows)
     summary: list[dict[str, Any]] = []
     for store in _stores(series):
@@ -277,7 +279,7 @@ def analyse(rows: Sequence[dict[str, Any]]) -> tuple[list[Series], list[dict[str
         mask = pareto_front([(r["tokens"], r["accuracy"]) for r in pts])
         for r, m in zip(pts, mask, strict=True):
             r["pareto"] = bool(m)
-        lo, hi = _auc_range(group)
+        lo, hi = auc_range or _auc_range(group)
         for s in group:
             best = max(s.rows, key=lambda r: (r["accuracy"], -r["tokens"]))
             summary.append(
@@ -589,6 +591,7 @@ def build_report(
     extra_tables: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
     *,
     notes: Sequence[str] = (),
+    auc_range: tuple[float, float] | None = None,
 ) -> ReportPaths:
     """Write the report directory for `rows` (eval --json rows; extra keys are kept) and return
     where everything is. `extra_tables` maps a heading to a list of row dicts, rendered as further
@@ -600,7 +603,7 @@ def build_report(
     rows = _question_intervals(rows)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    series, summary = analyse(rows)
+    series, summary = analyse(rows, auc_range)
     stores = _stores(series)
 
     png_path: Path | None = out / PNG_NAME
@@ -619,8 +622,10 @@ def build_report(
     s_head, s_body = _summary_table(summary)
     extra = [(name, *_generic_table(items)) for name, items in (extra_tables or {}).items()]
     legend = ("★ / highlighted: Pareto-optimal (no other point of the same store is cheaper and at "
-              "least as accurate). AUC: mean accuracy over the log-token range where all of a "
-              "store's curves overlap (curves held flat beyond their ends). ± se (draws): standard "
+              "least as accurate). AUC: mean accuracy over "
+              + ("the log-token range where all of a store's curves overlap" if auc_range is None
+                 else f"the log-token range {auc_range[0]:g}–{auc_range[1]:g} tokens")
+              + " (curves held flat beyond their ends). ± se (draws): standard "
               "error over the shuffle draws (the published protocol; the replay's own noise on "
               "these questions). 95% CI (questions): paired bootstrap over the store's questions, "
               "draws kept (how far the figure could move on other questions; autotts.stats); "

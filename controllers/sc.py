@@ -32,5 +32,6 @@ class SelfConsistency:
     def run(self, ep):
         k = min(self.n, ep.pool_size)
         finals = ep.read_new_many(k)
-        ep.trace("vote", n=int(k))
+        # The stop reason every controller reports (the discovery digest counts them).
+        ep.trace("stop", reason="read_n", n=int(k))
         return majority(np.asarray(finals).tolist())

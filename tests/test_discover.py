@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -123,7 +124,8 @@ def test_three_rounds_end_to_end(e2e: dict[str, Any], env_file: Path) -> None:
     # round 3's prompt round 2's typed verdict.
     p2 = (run_dir / "rounds" / "0002" / "prompt.md").read_text()
     p3 = (run_dir / "rounds" / "0003" / "prompt.md").read_text()
-    assert "Best so far: round 1, probe_vote" in p2 and "stop reasons" in p2
+    assert "Your best: round 1, probe_vote" in p2 and "stop reasons" in p2
+    assert "Best so far: " in p2  # a seed or the candidate, whichever scores higher
     assert "exception at smoke" in p3 and "IndexError" in p3
     # Index, selection, held-out, spend.
     index = read_jsonl(run_dir / "runs.jsonl")
@@ -132,7 +134,24 @@ def test_three_rounds_end_to_end(e2e: dict[str, Any], env_file: Path) -> None:
     assert sel["selected"]["round"] == 1 and sel["heldout_objective"] is not None
     held = json.loads((run_dir / "final" / "heldout.json").read_text())
     labels = {r["label"] for r in held["rows"]}
-    assert labels == {"r1:probe_vote", "sc", "asc", "esc", "parallel_probe"}
+    # The seeds and, by default, the strongest built-ins (never shown to the agent).
+    assert labels == {"r1:probe_vote", "sc", "asc", "esc", "parallel_probe", "cmc", "dynaact"}
+    assert sel["baselines"] == ["cmc", "dynaact"]
+    assert sel["heldout_verdict"]["kind"] == "ok"
+    assert set(sel["heldout_objectives"]) == labels
+    # ΔAUC of the selected candidate against every one of them, per store and pooled, with a
+    # paired interval that says whether it is significant.
+    comp = sel["comparisons"]
+    assert set(comp) == labels - {"r1:probe_vote"}
+    for c in comp.values():
+        assert set(c["stores"]) == {"synth/heldout3", "synth/heldout4"}
+        iv = c["pooled"]
+        assert iv["low"] <= iv["delta"] <= iv["high"]
+        assert iv["significant"] == (iv["low"] > 0 or iv["high"] < 0)
+    # The held-out step is watched: one line per controller × store.
+    steps = [m for m in e2e["progress"] if m.startswith("held-out [") and not m.endswith("%")]
+    assert len(steps) == 7 * 2 and steps[-1].startswith("held-out [14/14]")
+
     assert {r["store"] for r in held["rows"]} == {"synth/heldout3", "synth/heldout4"}
     reqs = read_jsonl(run_dir / "requests.jsonl")
     assert [r["status"] for r in reqs if r["http"]] == ["429", "ok", "timeout", "ok", "ok"]
@@ -142,6 +161,13 @@ def test_three_rounds_end_to_end(e2e: dict[str, Any], env_file: Path) -> None:
     assert summary["spent_usd"] == pytest.approx(sum(r.get("cost_usd") or 0 for r in reqs))
     assert any("best so far" in m for m in e2e["progress"])
     assert (run_dir / "report" / "report.md").is_file()
+    # Nothing left behind by the lock; round and final directories as readable as any other.
+    assert not (run_dir / ".lock").exists()
+    from autotts.discover.rundir import _umask
+
+    want = 0o777 & ~_umask()
+    for d in (run_dir / "rounds" / "0001", run_dir / "final"):
+        assert stat.S_IMODE(d.stat().st_mode) == want, d
 
 
 def test_heldout_isolated(e2e: dict[str, Any], env_file: Path) -> None:
@@ -178,6 +204,17 @@ def test_report_reads_the_run_dir(e2e: dict[str, Any], tmp_path: Path) -> None:
     paths = write_run_report(e2e["run_dir"], tmp_path / "rep")
     md = paths.markdown.read_text()
     assert "## Rounds" in md and "## Held-out split" in md
+    # Rounds and candidates are counted apart (round 3 had no candidate), and the Summary's AUC
+    # is the objective's: the environment's token range, not each store's curve overlap.
+    assert "3 round(s), 2 candidate(s) evaluated" in md
+    assert "log-token range 2000–200000 tokens" in md
+    summ = json.loads(paths.summary.read_text())
+    cand = [r for r in summ["summary"] if r["controller"] == "r1:probe_vote"
+            and r["store"].startswith("synth/search")]
+    rec = json.loads((e2e["run_dir"] / "rounds" / "0001" / "c1" / "results.json").read_text())
+    assert {r["store"]: round(r["auc"], 4) for r in cand} == {
+        k: round(v, 4) for k, v in rec["store_objective"].items()}
+    assert "ΔAUC" in md and "Winner's curse" in md
     assert paths.png is not None and paths.png.stat().st_size > 0
 
 
@@ -195,7 +232,7 @@ def test_dry_run_prints_first_prompt(env_file: Path, tmp_path: Path) -> None:
         text = first_prompt(config(env_file, tmp_path / "dry", server.url))
         assert server.count == 0
     assert "# Environment: tiny" in text and "synth/search1" in text
-    assert "No proposals yet" in text and "```python" in text
+    assert "No proposals of yours yet" in text and "```python" in text
     assert "heldout" not in text
     assert not (tmp_path / "dry" / "config.json").exists()
 
@@ -333,7 +370,8 @@ def test_critic_and_no_eligible_candidate(env_file: Path, tmp_path: Path) -> Non
     sel = json.loads((run_dir / "final" / "selection.json").read_text())
     assert sel["selected"] is None
     held = json.loads((run_dir / "final" / "heldout.json").read_text())
-    assert {r["label"] for r in held["rows"]} == {"sc", "asc", "esc", "parallel_probe"}
+    assert {r["label"] for r in held["rows"]} == {"sc", "asc", "esc", "parallel_probe", "cmc",
+                                                  "dynaact"}
 
 
 def test_report_with_runs_and_eval_json(e2e: dict[str, Any], tmp_path: Path) -> None:
@@ -380,7 +418,7 @@ def test_several_candidates_per_round(e2e: dict[str, Any], env_file: Path,
                      ("final", None)]
     prompt2 = (run_dir / "rounds" / "0002" / "prompt.md").read_text()
     assert "from 1 to 3 complete controller files" in prompt2
-    assert "| 1.2 | broken | exception (smoke)" in prompt2
+    assert "| 1.2 | broken |  | exception (smoke) |" in prompt2
     assert "round 1.3, probe_vote_b" in prompt2  # every file of the last round in full
     sel = json.loads((run_dir / "final" / "selection.json").read_text())
     assert (sel["selected"]["id"], sel["selected"]["label"]) == ("1", "r1:probe_vote")

@@ -217,7 +217,7 @@ def test_digest_figures(store: Any, tmp_path: Path) -> None:
     # Self-consistency answers with the majority of what it opened: it can never be wrong while
     # the opened branches' majority is right.
     assert d["wrong_opened_majority_right"]["episodes"] == 0
-    assert d["stop_reasons"] == [["(no stop event)", 100.0]]
+    assert d["stop_reasons"] == [["read_n", 100.0]]
     wrong = [e for e in ev.episodes if not e["correct"]]
     assert d["wrong_share"] == pytest.approx(100 * len(wrong) / len(ev.episodes))
     # A pool majority that is right means more width helps: sc at β=0 (one branch) shows it.

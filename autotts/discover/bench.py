@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import resource
 import sys
 import tempfile
@@ -185,17 +186,35 @@ def script(rounds: int, candidates: int = 1) -> list[dict[str, Any]]:
 
 
 def scripted_run(env: str, rounds: int, workers: int, run_dir: Path, candidates: int = 1,
-                 executor: str = "local") -> dict[str, Any]:
+                 executor: str = "local", baselines: tuple[str, ...] | None = None,
+                 heldout_draws: int | None = None) -> dict[str, Any]:
     """One scripted run into `run_dir`; its timing figures."""
     t_start = time.monotonic()
+    asked: list[float] = []  # when each round asked the model: per-round wall times
+    cpu_at: list[float] = []  # and the CPU time used by then (this process and its children)
+    marks: dict[str, float] = {}
+
+    def cpu_now() -> float:
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        c = resource.getrusage(resource.RUSAGE_CHILDREN)  # sandbox processes, once reaped
+        return r.ru_utime + r.ru_stime + c.ru_utime + c.ru_stime
 
     def progress(msg: str) -> None:
-        print(f"{time.monotonic() - t_start:7.1f}s {msg}", file=sys.stderr, flush=True)
+        now = time.monotonic() - t_start
+        if re.match(r"round \d+/\d+: asking", msg):
+            asked.append(now)
+            cpu_at.append(cpu_now())
+        elif msg.startswith("selected:"):
+            marks["final"] = now
+            marks["final_cpu"] = cpu_now()
+        print(f"{now:7.1f}s {msg}", file=sys.stderr, flush=True)
 
     with FakeOpenAI(script(rounds, candidates), model="scripted") as server:
         cfg = DiscoverConfig(env=env, run_dir=run_dir, model="scripted", base_url=server.url,
                              api_key="scripted", rounds=rounds, workers=workers,
                              candidates=candidates, executor=executor,
+                             heldout_draws=heldout_draws,
+                             **({} if baselines is None else {"baselines": baselines}),
                              prices=load_prices('{"scripted": {"input": 0, "output": 0}}'))
         r0 = resource.getrusage(resource.RUSAGE_SELF)
         c0 = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -205,6 +224,17 @@ def scripted_run(env: str, rounds: int, workers: int, run_dir: Path, candidates:
         r1 = resource.getrusage(resource.RUSAGE_SELF)
         c1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     inv = summary["this_invocation"]
+    # Per round: the characters sent (system + user message) and the wall time from asking the
+    # model to the next round's request (the fake server answers in milliseconds, so this is the
+    # round's non-LLM time to within the request's own few ms).
+    prompt_chars = []
+    for d in sorted((run_dir / "rounds").glob("[0-9][0-9][0-9][0-9]")):
+        msgs = json.loads((d / "messages.json").read_text())
+        prompt_chars.append(sum(len(m["content"]) for m in msgs))
+    ends = [*asked[1:], marks.get("final", time.monotonic() - t_start)]
+    per_round = [round(b - a, 2) for a, b in zip(asked, ends, strict=False)]
+    cpu_ends = [*cpu_at[1:], marks.get("final_cpu", cpu_now())]
+    cpu_round = [round(b - a, 2) for a, b in zip(cpu_at, cpu_ends, strict=False)]
     cpu = (r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime
            + c1.ru_utime + c1.ru_stime - c0.ru_utime - c0.ru_stime)
     return {
@@ -217,6 +247,9 @@ def scripted_run(env: str, rounds: int, workers: int, run_dir: Path, candidates:
         "cpu_s": round(cpu, 2),
         "phases_s": inv["phases_s"],
         "http_calls": inv["http_calls"],
+        "prompt_chars_per_round": prompt_chars,
+        "round_wall_s": per_round,
+        "round_cpu_s": cpu_round,
         "selected": ((summary.get("selection") or {}).get("selected") or {}).get("label"),
     }
 
@@ -232,6 +265,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     "seeds' and baselines' curves already cached by an earlier run; "
                     "side-by-side: --rounds proposals one per round vs all in one round")
     ap.add_argument("--executor", choices=("local", "ray"), default="local")
+    ap.add_argument("--baselines", default=None,
+                    help="held-out-only baselines, comma-separated, or 'none' (default: the "
+                    "loop's, cmc and dynaact; dynaact's 100-draw held-out sweep takes tens of "
+                    "CPU-minutes on a cold cache)")
+    ap.add_argument("--heldout-draws", type=int, default=None,
+                    help="draws of the held-out step (default: the environment's); fewer when "
+                    "only the per-round figures matter")
     ap.add_argument("--json", default=None, help="write the figures as JSON")
     args = ap.parse_args(argv)
     figures: dict[str, Any] = {"env": args.env, "workers": args.workers, "os_cpus": os.cpu_count(),
@@ -240,26 +280,31 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.mode == "side-by-side" and not 2 <= args.rounds <= 8:
         ap.error("--mode side-by-side needs --rounds between 2 and 8 (the proposals of one round)")
     ex = args.executor
+    bl = None if args.baselines is None else (
+        () if args.baselines.strip().lower() == "none" else
+        tuple(b.strip() for b in args.baselines.split(",") if b.strip()))
+    figures["baselines"] = None if bl is None else list(bl)
     with tempfile.TemporaryDirectory(prefix="autotts-discover-bench-") as tmp:
         # A private baseline cache: "cold" really starts empty, and ~/.cache is left alone.
         old = os.environ.get("AUTOTTS_CACHE_HOME")
         os.environ["AUTOTTS_CACHE_HOME"] = str(Path(tmp) / "cache")
+        kw = {"executor": ex, "baselines": bl, "heldout_draws": args.heldout_draws}
         try:
             if args.mode in ("cold", "both"):
                 figures["cold"] = scripted_run(args.env, args.rounds, args.workers,
-                                               Path(tmp) / "cold", executor=ex)
+                                               Path(tmp) / "cold", **kw)
             if args.mode in ("warm", "side-by-side"):
                 print("filling the baseline cache first ...", file=sys.stderr)
-                scripted_run(args.env, 0, args.workers, Path(tmp) / "fill", executor=ex)
+                scripted_run(args.env, 0, args.workers, Path(tmp) / "fill", **kw)
             if args.mode in ("warm", "both"):
                 figures["warm"] = scripted_run(args.env, args.rounds, args.workers,
-                                               Path(tmp) / "warm", executor=ex)
+                                               Path(tmp) / "warm", **kw)
             if args.mode == "side-by-side":
                 figures["one_per_round"] = scripted_run(
-                    args.env, args.rounds, args.workers, Path(tmp) / "sequential", executor=ex)
+                    args.env, args.rounds, args.workers, Path(tmp) / "sequential", **kw)
                 figures["side_by_side"] = scripted_run(
                     args.env, 1, args.workers, Path(tmp) / "side-by-side",
-                    candidates=args.rounds, executor=ex)
+                    candidates=args.rounds, **kw)
         finally:
             if old is None:
                 os.environ.pop("AUTOTTS_CACHE_HOME", None)
@@ -273,6 +318,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                   f"({f['candidates']} candidates): {f['non_llm_s']:.1f} s (wall "
                   f"{f['wall_s']:.1f} s, LLM {f['llm_s']:.2f} s, CPU {f['cpu_s']:.1f} s, "
                   f"{args.workers} workers, {ex} executor)")
+            print(f"  prompt characters per round: {f['prompt_chars_per_round']}")
+            print(f"  wall time per round (s): {f['round_wall_s']}")
+            print(f"  CPU time per round (s, all processes): {f['round_cpu_s']}")
     if "side_by_side" in figures:
         a, b = figures["one_per_round"], figures["side_by_side"]
         figures["speedup_side_by_side"] = round(a["non_llm_s"] / b["non_llm_s"], 3)

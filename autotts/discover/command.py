@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 
 from autotts.discover.config import DiscoverConfig
 from autotts.discover.loop import first_prompt, run_discovery
@@ -20,7 +21,8 @@ def discover_command(*, env: Path, run_dir: Path, dry_run: bool, console: Consol
     t0 = time.monotonic()
 
     def progress(msg: str) -> None:
-        console.print(f"[dim]{time.monotonic() - t0:7.1f}s[/] {msg}", highlight=False,
+        # The message may hold a candidate's NAME: never read as rich markup.
+        console.print(f"[dim]{time.monotonic() - t0:7.1f}s[/] {escape(msg)}", highlight=False,
                       markup=True, soft_wrap=True)
 
     if dry_run:
@@ -29,14 +31,27 @@ def discover_command(*, env: Path, run_dir: Path, dry_run: bool, console: Consol
         sys.stdout.flush()
         return None
     summary = run_discovery(cfg, progress=progress)
+    console.print(final_line(summary, cfg.run_dir), highlight=False, soft_wrap=True, markup=True)
+    return summary
+
+
+def final_line(summary: dict[str, Any], run_dir: Path) -> str:
+    """The last console line: the selected candidate's objectives, and the held-out objectives
+    of the baselines beside its own (best first), so that the outcome reads without the
+    report."""
     best = summary.get("best")
     sel = summary.get("selection") or {}
     held = sel.get("heldout_objective")
-    console.print(
-        f"[bold]{summary['status']}[/]: {summary['rounds_completed']} round(s), spent "
-        f"${summary['spent_usd'] or 0:.4f}; best "
-        + ("none" if not best else f"round {best['id']} {best['name']} "
-           f"(search objective {best['objective']:.2f}"
-           + ("" if held is None else f", held-out {held:.2f}") + ")")
-        + f"; run dir {cfg.run_dir}", highlight=False, soft_wrap=True)
-    return summary
+    chosen = (sel.get("selected") or {}).get("label")
+    others = sorted(((k, v) for k, v in (sel.get("heldout_objectives") or {}).items()
+                     if k != chosen and v is not None), key=lambda kv: -kv[1])
+    n_cand = summary.get("candidates_evaluated")
+    line = (f"[bold]{summary['status']}[/]: {summary['rounds_completed']} round(s)"
+            + ("" if n_cand is None else f", {n_cand} candidate(s)")
+            + f", spent ${summary['spent_usd'] or 0:.4f}; best "
+            + ("none" if not best else f"round {best['id']} {escape(str(best['name']))} "
+               f"(search objective {best['objective']:.2f}"
+               + ("" if held is None else f", held-out {held:.2f}") + ")"))
+    if others:
+        line += "; held-out baselines: " + ", ".join(f"{escape(k)} {v:.2f}" for k, v in others)
+    return line + f"; run dir {escape(str(run_dir))}"

@@ -36,6 +36,9 @@ DEFAULT_PRICES: dict[str, dict[str, float]] = {
 }
 
 DEFAULT_SEEDS = ("sc", "asc", "esc", "parallel_probe")
+# Compared with the selected candidate on the held-out split only: the strongest built-ins, which
+# the agent never sees (the seeds are shown to it, and are compared there too).
+DEFAULT_BASELINES = ("cmc", "dynaact")
 DEFAULT_ROUNDS = 10
 MAX_CANDIDATES = 8  # per round: more would not fit one response's token budget anyway
 
@@ -62,6 +65,13 @@ def _env_bool(name: str) -> bool:
     if v in ("1", "true", "yes", "on"):
         return True
     raise ConfigError(f"{name} must be 1/0 (true/false), got {v!r}")
+
+
+def _names(spec: str) -> tuple[str, ...]:
+    """A comma-separated list of controllers; "none" is the empty list."""
+    if spec.strip().lower() == "none":
+        return ()
+    return tuple(s.strip() for s in spec.split(",") if s.strip())
 
 
 def load_prices(spec: str | None) -> dict[str, dict[str, float]]:
@@ -116,6 +126,7 @@ class DiscoverConfig:
     budget_usd: float | None = None
     critic: str | None = None  # critic model; None = no critic call
     seeds: tuple[str, ...] = DEFAULT_SEEDS
+    baselines: tuple[str, ...] = DEFAULT_BASELINES  # held-out only; () for none
     seed: int = 0  # the draw protocol's first seed
     workers: int = 2
     heldout_draws: int | None = None  # None: the environment's draws
@@ -130,7 +141,7 @@ class DiscoverConfig:
     offline: bool = False  # replay: a cache miss is an error, never an HTTP call
     cache_dir: Path | None = None  # default RUN_DIR/cache
     prices: dict[str, dict[str, float]] = field(default_factory=lambda: load_prices(None))
-    recent: int = 2  # most recent candidates shown in full in the prompt
+    recent: int = 1  # most recent candidates shown in detail in the prompt (besides the best)
     sandbox_limits: dict[str, Any] | None = None
     candidates: int = 1  # controller files asked for per round, evaluated concurrently
     executor: str = "local"  # where evaluations run: "local" processes or "ray"
@@ -141,6 +152,7 @@ class DiscoverConfig:
         """Flags (non-None keyword arguments) win over AUTOTTS_* variables, which win over the
         defaults. The API key comes from AUTOTTS_API_KEY, else OPENAI_API_KEY."""
         seeds = _env("AUTOTTS_SEEDS")
+        baselines = _env("AUTOTTS_BASELINES")
         critic = _env("AUTOTTS_CRITIC")
         cfg = cls(
             env=str(env),
@@ -153,6 +165,7 @@ class DiscoverConfig:
             critic=critic,
             seeds=tuple(s.strip() for s in seeds.split(",") if s.strip()) if seeds
             else DEFAULT_SEEDS,
+            baselines=_names(baselines) if baselines is not None else DEFAULT_BASELINES,
             seed=_env_num("AUTOTTS_SEED", int, 0),
             workers=_env_num("AUTOTTS_WORKERS", int, max(1, min(os.cpu_count() or 1, 8))),
             heldout_draws=_env_num("AUTOTTS_HELDOUT_DRAWS", int, None),

@@ -235,14 +235,34 @@ def _ledger(events: list[dict[str, Any]], question: Question, order: np.ndarray,
 # ---- the digest -------------------------------------------------------------------------------
 
 
-def _figure(counter: Counter[int], n_episodes: int) -> dict[str, Any]:
+def _figure(counter: Counter[int], n_episodes: int,
+            per_question: Counter[int] | None = None) -> dict[str, Any]:
+    """A share of episodes, with the questions it hits most as [question, episodes hit,
+    episodes of that question in the set] (so "q19: 137/220" reads without a legend)."""
     total = sum(counter.values())
+    per_question = per_question or Counter()
     return {
         "share": 100.0 * total / n_episodes if n_episodes else 0.0,
         "episodes": total,
-        "top_questions": [[int(q), int(c)] for q, c in
+        "of_episodes": n_episodes,
+        "top_questions": [[int(q), int(c), int(per_question.get(q, 0))] for q, c in
                           sorted(counter.items(), key=lambda x: (-x[1], x[0]))[:TOP]],
     }
+
+
+STOP_REASON_CHARS = 60  # a stop reason is the candidate's own text: kept short in digest.json
+
+
+def beta_bands(betas: Sequence[float]) -> list[tuple[float, float]]:
+    """The β grid cut into (up to) three contiguous bands, low / middle / high, as (lo, hi)
+    inclusive bounds: stop reasons pooled over all β hide that a controller stops for other
+    reasons when it is cheap than when it is dear."""
+    b = sorted(set(float(x) for x in betas))
+    if not b:
+        return []
+    k = min(3, len(b))
+    cuts = [round(i * len(b) / k) for i in range(k + 1)]
+    return [(b[cuts[i]], b[cuts[i + 1] - 1]) for i in range(k)]
 
 
 def monotonicity_breaks(rows: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
@@ -292,10 +312,12 @@ def make_digest(
             continue
         opened_right: Counter[int] = Counter()
         pool_right: Counter[int] = Counter()
+        per_q: Counter[int] = Counter()
         ever_right: set[int] = set()
         no_answer = wrong = 0
         for e in eps:
             q = int(e["question"])
+            per_q[q] += 1
             if e["correct"]:
                 ever_right.add(q)
                 continue
@@ -311,8 +333,8 @@ def make_digest(
             "episodes": len(eps),
             "wrong_share": 100.0 * wrong / len(eps),
             "no_answer_share": 100.0 * no_answer / len(eps),
-            "wrong_opened_majority_right": _figure(opened_right, len(eps)),
-            "wrong_pool_majority_right": _figure(pool_right, len(eps)),
+            "wrong_opened_majority_right": _figure(opened_right, len(eps), per_q),
+            "wrong_pool_majority_right": _figure(pool_right, len(eps), per_q),
             "never_right": [q for q in range(nq) if q not in ever_right],
         })
 
@@ -325,27 +347,39 @@ def make_digest(
         if s is None:
             continue
         gold = search.gold[s]
+        bands = beta_bands([t["beta"] for t in trs if t.get("beta") is not None])
         reasons: Counter[str] = Counter()
+        band_reasons: list[Counter[str]] = [Counter() for _ in bands]
         later: Counter[int] = Counter()
         pruned_away: Counter[int] = Counter()
+        per_q: Counter[int] = Counter()
         resolved = pruning = unfinished = 0
-        pruned_tokens = all_tokens = 0
+        pruned_tokens = running_tokens = all_tokens = 0
         for t in trs:
             events = t.get("events") or []
             stops = [e for e in events if e.get("ev") == "stop"]
-            reasons[str(stops[-1].get("reason", "?")) if stops else "(no stop event)"] += 1
+            reason = (str(stops[-1].get("reason", "?"))[:STOP_REASON_CHARS] if stops
+                      else "(no stop event)")
+            reasons[reason] += 1
+            for (lo, hi), c in zip(bands, band_reasons, strict=True):
+                if t.get("beta") is not None and lo <= float(t["beta"]) <= hi:
+                    c[reason] += 1
             q, draw = int(t["question"]), int(t["draw"])
             order = search.order(s, draw, q)
             led = ledger(events, search.question(s, q), order, kappa)
             if led is None:
                 continue
             resolved += 1
+            per_q[q] += 1
             all_tokens += led["tokens"]
             pruned_tokens += int(led["spent"][led["pruned"]].sum())
+            # Racing controllers leave branches running when they answer: what those cost never
+            # reached a final answer either, and it is invisible in the pruned share.
+            live = ~led["pruned"] & ~led["finished"]
+            running_tokens += int(led["spent"][live].sum())
             pruning += bool(led["pruned"].any())
-            unfinished += bool((~led["pruned"] & ~led["finished"]).any())
-            answer = _answer_of(t)
-            if answer is not None and answer == gold[q]:
+            unfinished += bool(live.any())
+            if _correct_of(t, gold[q]):
                 continue
             k = led["opened"]
             finals = search.finals(s, q)[order[:k]]
@@ -361,30 +395,123 @@ def make_digest(
             "traced_episodes": n,
             # A list, not a dict: JSON files are written with sorted keys, and the order (most
             # frequent first) is part of what the agent reads.
-            "stop_reasons": [[r, round(100.0 * c / n, 1)] for r, c in
-                             sorted(reasons.items(), key=lambda x: (-x[1], x[0]))],
+            "stop_reasons": _shares(reasons),
+            "stop_reasons_by_beta": [
+                {"beta_lo": lo, "beta_hi": hi, "episodes": sum(c.values()),
+                 "reasons": _shares(c)} for (lo, hi), c in zip(bands, band_reasons, strict=True)],
             "resolved_episodes": resolved,
             "episodes_with_pruning": pruning,
             "episodes_stopped_with_unfinished_branches": unfinished,
             "pruned_token_share": (100.0 * pruned_tokens / all_tokens) if all_tokens else None,
-            "wrong_stop_later_fixes": _figure(later, resolved) if resolved else None,
-            "wrong_pruned_away_right": _figure(pruned_away, resolved) if resolved else None,
+            "running_at_answer_token_share": (100.0 * running_tokens / all_tokens)
+            if all_tokens else None,
+            "wrong_stop_later_fixes": _figure(later, resolved, per_q) if resolved else None,
+            "wrong_pruned_away_right": _figure(pruned_away, resolved, per_q) if resolved
+            else None,
         })
     return {"stores": per}
 
 
-def _answer_of(trace: dict[str, Any]) -> int | None:
+def _shares(c: Counter[str]) -> list[list[Any]]:
+    n = sum(c.values())
+    return [[r, round(100.0 * k / n, 1)] for r, k in sorted(c.items(), key=lambda x: (-x[1], x[0]))]
+
+
+def _correct_of(trace: dict[str, Any], gold: int) -> bool:
+    """Whether the traced episode was answered right. The scorer's own verdict (`correct`, from
+    the episode row) is preferred: answer ids in episode rows may be numbered per episode, and
+    only the scorer maps them back to the store's classes."""
+    if "correct" in trace:
+        return bool(trace["correct"])
     a = trace.get("answer")
-    return int(a) if isinstance(a, int | np.integer) else None
+    return isinstance(a, int | np.integer) and int(a) == int(gold)
 
 
 def attach_answers(traces: list[dict[str, Any]], episodes: Sequence[dict[str, Any]]) -> None:
-    """Traces carry no answer; take it from the episode rows of the same (store, β, draw, q)."""
-    key = {(e["store"], e["beta"], e["draw"], e["question"]): e["answer"] for e in episodes}
+    """Traces carry no answer; take it, and the scorer's verdict, from the episode rows of the
+    same (store, β, draw, q)."""
+    key = {(e["store"], e["beta"], e["draw"], e["question"]): e for e in episodes}
     for t in traces:
-        a = key.get((t["store"], t["beta"], t["draw"], t["question"]))
-        if a is not None:
-            t["answer"] = int(a)
+        e = key.get((t["store"], t["beta"], t["draw"], t["question"]))
+        if e is not None:
+            if e.get("answer") is not None:
+                t["answer"] = int(e["answer"])
+            if "correct" in e:
+                t["correct"] = bool(e["correct"])
+
+
+# ---- per-store signals ------------------------------------------------------------------------
+
+PROBE_KS = (1, 2, 4, 8, 16)  # probe depths (intervals) at which agreement with the final is shown
+
+
+def store_signals(search: SearchData) -> dict[str, dict[str, Any]]:
+    """Facts about each search store an agent can design against without seeing gold per
+    question (DESIGN §8): how right a branch's final answer is by branch length (quartiles of
+    its tokens), and how often the probe after k intervals already equals the branch's final
+    answer (and is right). Deterministic; computed once per run from the stores alone."""
+    out: dict[str, dict[str, Any]] = {}
+    for s, name in enumerate(search.names):
+        d, gold = search.data[s], search.gold[s]
+        nb = np.diff(d.branch_offsets)
+        qidx = np.repeat(np.arange(d.num_questions), nb)
+        finals = d.final_class.astype(np.int64)
+        right = (finals == gold[qidx]) & (finals >= 0)
+        tokens = d.tokens.astype(np.float64)
+        edges = np.quantile(tokens, [0.25, 0.5, 0.75]) if len(tokens) else np.zeros(3)
+        bins = np.searchsorted(edges, tokens, side="right")
+        quart = []
+        for k in range(4):
+            m = bins == k
+            quart.append({
+                "tokens_lo": int(tokens[m].min()) if m.any() else None,
+                "tokens_hi": int(tokens[m].max()) if m.any() else None,
+                "branches": int(m.sum()),
+                "final_right": round(100.0 * float(right[m].mean()), 1) if m.any() else None,
+            })
+        counts = np.diff(d.probe_offsets)
+        agree = []
+        for k in PROBE_KS:
+            m = counts >= k
+            if not m.any():
+                break
+            pk = d.probe_class[d.probe_offsets[:-1][m] + k - 1].astype(np.int64)
+            agree.append({
+                "k": k, "branches": int(m.sum()),
+                "equals_final": round(100.0 * float((pk == finals[m]).mean()), 1),
+                "probe_right": round(100.0 * float(((pk == gold[qidx[m]]) & (pk >= 0)).mean()),
+                                     1),
+                "final_right": round(100.0 * float(right[m].mean()), 1),
+            })
+        out[name] = {"final_right_by_length": quart, "probe_vs_final": agree}
+    return out
+
+
+def render_signals(signals: dict[str, dict[str, Any]], stores: Sequence[str]) -> str:
+    lines = ["Per store, from all recorded branches (no controller involved):", "",
+             "| store | final answer right, by branch length quartile (tokens) "
+             "| probe after k intervals: = its branch's final / right (final right) |",
+             "|---|---|---|"]
+    for name in stores:
+        sig = signals.get(name)
+        if sig is None:
+            continue
+        quart = "; ".join(f"{_tok(b['tokens_lo'])}–{_tok(b['tokens_hi'])}: {b['final_right']:.0f}%"
+                          for b in sig["final_right_by_length"] if b["branches"])
+        agree = "; ".join(f"k={a['k']}: {a['equals_final']:.0f}% / {a['probe_right']:.0f}% "
+                          f"({a['final_right']:.0f}%)" for a in sig["probe_vs_final"])
+        lines.append(f"| {name} | {quart} | {agree} |")
+    return "\n".join(lines)
+
+
+def _tok(x: float | None) -> str:
+    if x is None:
+        return "?"
+    if x >= 1e6:
+        return f"{x / 1e6:.1f}M"
+    if x >= 1e3:
+        return f"{x / 1e3:.1f}k"
+    return f"{x:.0f}"
 
 
 # ---- rendering --------------------------------------------------------------------------------
@@ -393,13 +520,23 @@ def attach_answers(traces: list[dict[str, Any]], episodes: Sequence[dict[str, An
 def _fig_text(f: dict[str, Any] | None) -> str:
     if not f:
         return "n/a"
-    qs = ", ".join(f"q{q}×{c}" for q, c in f["top_questions"])
-    return f"{f['share']:.1f}% of episodes" + (f" (most: {qs})" if qs else "")
+    # "q12: 9/60" = question 12, hit in 9 of its 60 episodes in this set.
+    qs = ", ".join(f"q{t[0]}: {t[1]}/{t[2]}" if len(t) > 2 and t[2] else f"q{t[0]}: {t[1]}"
+                   for t in f["top_questions"])
+    return f"{f['share']:.1f}%" + (f" (most: {qs})" if qs else "")
+
+
+def _reasons_text(reasons: Sequence[Sequence[Any]]) -> str:
+    from autotts.discover.quote import SHORT_CHARS, visible
+
+    # The reason is the candidate's own text: escaped and cut (issue 21).
+    return ", ".join(f"{visible(r, SHORT_CHARS)} {v:.0f}%" for r, v in reasons)
 
 
 def render_digest(digest: dict[str, Any], stores: Sequence[str] | None = None,
                   indent: str = "  ") -> str:
-    """The digest as compact text for the prompt, stores in the given order."""
+    """The digest as compact text for the prompt, stores in the given order. Shares of
+    episodes; "q12: 9/60" is question 12, hit in 9 of its 60 episodes."""
     lines = []
     per = digest.get("stores", {})
     for store in [s for s in (stores or sorted(per)) if s in per]:
@@ -411,15 +548,25 @@ def render_digest(digest: dict[str, Any], stores: Sequence[str] | None = None,
         lines.append(head)
         p = indent * 2
         if "stop_reasons" in d:
-            sr = ", ".join(f"{r} {v:.0f}%" for r, v in d["stop_reasons"])
-            lines.append(f"{p}stop reasons ({d['traced_episodes']} traced episodes): {sr}")
+            bands = [b for b in d.get("stop_reasons_by_beta") or [] if b["episodes"]]
+            if len({str(b["reasons"]) for b in bands}) > 1:  # one line when no band differs
+                txt = "; ".join(f"β {b['beta_lo']:g}–{b['beta_hi']:g}: "
+                                + _reasons_text(b["reasons"]) for b in bands)
+            else:
+                txt = _reasons_text(d["stop_reasons"])
+            lines.append(f"{p}stop reasons ({d['traced_episodes']} traced episodes): {txt}")
             n, res = d["traced_episodes"], d["resolved_episodes"]
             if n and res >= RESOLVED_ENOUGH * n:
+                parts = []
+                if d["episodes_with_pruning"] and d.get("pruned_token_share") is not None:
+                    parts.append(f"on branches later pruned {d['pruned_token_share']:.1f}%")
+                run_share = d.get("running_at_answer_token_share")
+                if d["episodes_stopped_with_unfinished_branches"] and run_share is not None:
+                    parts.append(f"on branches still running at the answer {run_share:.1f}%")
+                if parts:
+                    lines.append(f"{p}tokens spent " + "; ".join(parts) + " (of all tokens)")
                 if d["episodes_with_pruning"]:
-                    share = d["pruned_token_share"]
-                    lines.append(f"{p}tokens spent on branches later pruned: "
-                                 f"{'n/a' if share is None else f'{share:.1f}% of all tokens'}; "
-                                 "wrong because pruning discarded the right majority: "
+                    lines.append(f"{p}wrong because pruning discarded the right majority: "
                                  f"{_fig_text(d['wrong_pruned_away_right'])}")
                 if d["episodes_stopped_with_unfinished_branches"]:
                     lines.append(f"{p}wrong, but running the surviving branches to their end "

@@ -43,11 +43,13 @@ from autotts.discover.candidates import (
     verdict,
 )
 from autotts.discover.config import DiscoverConfig
-from autotts.discover.digest import SearchData, attach_answers, make_digest
+from autotts.discover.digest import SearchData, attach_answers, make_digest, store_signals
 from autotts.discover.fsio import dumps, read_json, write_json, write_text
 from autotts.discover.prompt import (
     PROMPT_VERSION,
+    best_overall,
     best_record,
+    best_seed,
     build_messages,
     critic_messages,
     critic_verdict,
@@ -60,12 +62,14 @@ from autotts.discover.rundir import (
     label,
     slot_dir,
 )
+from autotts.discover.significance import delta_auc, describe, per_question_table
 from autotts.envdef import EnvDef, load_env
 from autotts.errors import AutoTTSError, ConfigError
 from autotts.evaluate import evaluate
 from autotts.store import Store, open_store
 from autotts.summary import summarize
 
+QUARTER_AFTER_S = 10.0  # a held-out evaluation reports 25/50/75% only once it has run this long
 EXAMPLE = "sc"  # the complete example controller shown in the contract
 FAULT_ENV = "AUTOTTS_DISCOVER_FAULT"  # "kill:<round>:<point>": SIGKILL there (crash tests)
 
@@ -126,12 +130,15 @@ class Discovery:
         self.proto = protocol_for(self.env, cfg.seed)
         self.search = SearchData(self.search_stores, self.proto)
         self.stats = [summarize(s) for s in self.search_stores]
+        self._signals: dict[str, dict[str, Any]] | None = None
+        self._noise: dict[tuple[int, int, str], dict[str, Any] | None] = {}
         self.example_source = Path(ctl.load(EXAMPLE).path).read_text()
         self.history: list[dict[str, Any]] = []  # one record per candidate of each round
         self.agent: Agent | None = None
         self._executor: Any = None
         self._digest_lock = threading.Lock()  # SearchData's caches are filled lazily
         self._setup_lock = threading.Lock()
+        self._seeds_for_report: Sequence[dict[str, Any]] = ()
 
     # ---- identity and seeds -------------------------------------------------------------------
 
@@ -204,14 +211,38 @@ class Discovery:
             "objective": obj,
             "store_objective": per,
             "digest": make_digest(self.search, rows, ev.episodes, traces),
+            "per_question": per_question_table(ev.episodes),
         }
 
     # ---- prompt -----------------------------------------------------------------------------------
 
+    @property
+    def signals(self) -> dict[str, dict[str, Any]]:
+        """The search stores' per-store signals for the prompt (computed once, deterministic)."""
+        if self._signals is None:
+            self._signals = store_signals(self.search)
+        return self._signals
+
+    def noise(self, seeds: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+        """The paired interval of the best candidate's objective minus the best seed's, on the
+        search split (None until there is an eligible candidate)."""
+        best, bs = best_record(self.history), best_seed(seeds)
+        if best is None or bs is None or not best.get("per_question") or \
+                not bs.get("per_question"):
+            return None
+        # The bootstrap takes about a second; the pair it compares changes only when a new
+        # candidate becomes the best.
+        key = (best["round"], best["slot"], bs["name"])
+        if key not in self._noise:
+            self._noise[key] = delta_auc(best["per_question"], bs["per_question"],
+                                         self.store_names, self.env.token_range)
+        return self._noise[key]
+
     def messages(self, seeds: Sequence[dict[str, Any]]) -> list[dict[str, str]]:
         return build_messages(env=self.env, stats=self.stats, example_source=self.example_source,
                               seeds=seeds, history=self.history, recent=self.cfg.recent,
-                              candidates=self.cfg.candidates)
+                              candidates=self.cfg.candidates, signals=self.signals,
+                              noise=self.noise(seeds))
 
     # ---- the run ----------------------------------------------------------------------------------
 
@@ -273,7 +304,8 @@ class Discovery:
         if not cfg.model:
             raise ConfigError("no model: give --model or set AUTOTTS_MODEL")
         resumed = rd.prepare(self.identity(), {"env_path": str(Path(self.env.path).resolve()),
-                                               "rounds": cfg.rounds})
+                                               "rounds": cfg.rounds,
+                                               "token_range": list(self.env.token_range)})
         self.history = self.load_history()
         if resumed:
             self.progress(f"resuming {rd.path}: {self.rounds_done()} round(s) complete")
@@ -284,6 +316,7 @@ class Discovery:
         agent = self.agent = Agent(cfg, rd.requests)
         agent.check_budget()
         seeds = self.seeds()
+        self._seeds_for_report = seeds
         status, message = "complete", ""
         try:
             if not rd.final_done():
@@ -322,9 +355,10 @@ class Discovery:
     def _report_round(self, rec: dict[str, Any]) -> None:
         v = rec["verdict"]
         obj = "" if rec.get("objective") is None else f", objective {rec['objective']:.2f}"
-        best = best_record(self.history)
-        best_txt = ("none yet" if best is None else
-                    f"{label(best['id'], best['name'])} ({best['objective']:.2f})")
+        top = best_overall(self.history, self._seeds_for_report)
+        best_txt = ("none yet" if top is None else
+                    f"seed {top[1]['name']} ({top[1]['objective']:.2f})" if top[0] == "seed" else
+                    f"{label(top[1]['id'], top[1]['name'])} ({top[1]['objective']:.2f})")
         spent = self.agent.spent_usd if self.agent else 0.0
         cap = "" if self.cfg.budget_usd is None else f" / ${self.cfg.budget_usd:.2f}"
         self.progress(f"{self._where(rec['round'], rec['slot'])}: {rec.get('name') or '–'}: "
@@ -376,6 +410,11 @@ class Discovery:
                 d = slot_dir(tmp, sl.j)
                 assert sl.verdict is not None
                 write_json(d / "verdict.json", sl.verdict)
+                # What the candidate printed: kept whole (as capped by the sandbox) here, and
+                # only an escaped excerpt of it ever reaches a prompt (issue 21).
+                printed = sl.result.pop("stdout", "")
+                if printed:
+                    write_text(d / "stdout.txt", printed)
                 write_json(d / "results.json", {"round": n, "slot": sl.j, "name": sl.name,
                                                 "eligible": sl.verdict["kind"] == OK,
                                                 **sl.result})
@@ -466,6 +505,7 @@ class Discovery:
         rows = [_clean_row(r) for r in ev.rows]
         obj, per = objective(rows, self.store_names, env.token_range)
         mono = be.monotonicity(rows)
+        result["stdout"] = str(getattr(ev, "stdout", "") or "")
         n_eps = len(ev.episodes or []) or sum(r["draws"] * r["questions"] for r in rows)
         if ev.errors:
             v = first_error_verdict(ev.errors, n_eps)
@@ -478,6 +518,7 @@ class Discovery:
         result.update({
             "rows": rows, "objective": obj, "store_objective": per, "monotone": mono is None,
             "errors": [_clean_error(e) for e in ev.errors[:5]], "n_errors": len(ev.errors),
+            "per_question": per_question_table(ev.episodes),
         })
         traces: list[dict[str, Any]] | None = None
         try:
@@ -496,6 +537,28 @@ class Discovery:
 
     # ---- selection and the held-out split -------------------------------------------------------
 
+    def baseline_specs(self) -> list[ctl.ControllerSpec]:
+        """The held-out comparison set: the seeds (shown to the agent), then the baselines (never
+        shown), each once."""
+        names = list(dict.fromkeys([*self.cfg.seeds, *self.cfg.baselines]))
+        return [ctl.load(n) for n in names]
+
+    def _quarters(self, what: str, k: int, n: int) -> Callable[[int, int], None]:
+        """A progress callback that reports a long evaluation at 25%, 50% and 75%: one
+        baseline on one held-out store can take minutes when its curve is not cached yet."""
+        mark = [25]
+        t0 = time.monotonic()
+
+        def cb(done: int, total: int) -> None:
+            pct = 100 * done // max(total, 1)
+            # Only once it has run a while: a quick one says nothing but its completion line.
+            if mark[0] < 100 and pct >= mark[0] and time.monotonic() - t0 >= QUARTER_AFTER_S:
+                self.progress(f"held-out [{k}/{n}] {what}: {pct}%")
+                while mark[0] <= pct:
+                    mark[0] += 25
+
+        return cb
+
     def final_step(self, seeds: Sequence[dict[str, Any]]) -> dict[str, Any]:
         rd, env, cfg = self.rd, self.env, self.cfg
         if rd.final_done():
@@ -505,39 +568,81 @@ class Discovery:
         # AUTOTTS_HELDOUT_DRAWS, else the environment's `heldout_draws`, else its search draws.
         draws = cfg.heldout_draws or env.draws_for("heldout")
         proto = protocol_for(env, cfg.seed, draws)
-        self.progress(f"selected: {'none' if best is None else best['name']}; evaluating it and "
-                      f"the baselines on {len(heldout_paths)} held-out stores ({draws} draws)")
-        t0 = time.perf_counter()
-        rows: list[dict[str, Any]] = []
-        held_verdict = None
+        specs = self.baseline_specs()
         held_stores = [open_store(p) for p in heldout_paths]
         names = [s.name for s in held_stores]
+        n_units = (len(specs) + (best is not None)) * len(held_stores)
+        self.progress(f"selected: {'none' if best is None else best['name']}; evaluating it and "
+                      f"{len(specs)} baselines on {len(held_stores)} held-out stores ({draws} "
+                      f"draws): {n_units} controller × store evaluations")
+        t0 = time.perf_counter()
+        done = 0
+
+        def step(what: str, store: Store, cached: bool = False) -> None:
+            # One line per controller × store, so that a long held-out step is never silent.
+            nonlocal done
+            done += 1
+            self.progress(f"held-out [{done}/{n_units}] {what} on {store.name}"
+                          + (" (cached)" if cached else ""))
+
+        rows: list[dict[str, Any]] = []
+        tables: dict[str, dict[str, Any]] = {}
+        held_verdict = None
         if best is not None:
+            lab = label(best["id"], best["name"])
+            errors: list[dict[str, Any]] = []
+            n_eps = 0
+            eps: list[dict[str, Any]] = []
             try:
-                ev = self.backend.evaluate(best["path"], held_stores, env.betas, proto,
-                                           stage="heldout", on_error="record",
-                                           workers=cfg.workers)
-                for r in ev.rows:
-                    rows.append({**_clean_row(r), "round": best["round"],
-                                 "label": label(best["id"], best["name"])})
-                if ev.errors:
-                    held_verdict = first_error_verdict(ev.errors, sum(
-                        r["draws"] * r["questions"] for r in ev.rows))
+                for st in held_stores:
+                    ev = self.backend.evaluate(best["path"], [st], env.betas, proto,
+                                               stage="heldout", episodes=True,
+                                               on_error="record", workers=cfg.workers)
+                    rows += [{**_clean_row(r), "round": best["round"], "label": lab}
+                             for r in ev.rows]
+                    errors += ev.errors
+                    n_eps += sum(r["draws"] * r["questions"] for r in ev.rows)
+                    eps += ev.episodes or []
+                    step(lab, st)
+                held_verdict = (first_error_verdict(errors, n_eps) if errors
+                                else verdict(OK, "heldout", ""))
+                tables[lab] = per_question_table(eps)
             except CandidateFailure as f:
                 held_verdict = f.verdict
-        ids = [store_identity(s) for s in held_stores]
-        for spec in self.seed_specs():
-            k = baselines.key("heldout", Path(spec.path).read_text(), ids, env.betas, proto)
+        for spec in specs:
+            src = Path(spec.path).read_text()
+            pq: dict[str, Any] = {}
+            for st in held_stores:
+                k = baselines.key("heldout", src, [store_identity(st)], env.betas, proto,
+                                  per_question=True)
+                computed = []
 
-            def compute(spec: ctl.ControllerSpec = spec) -> dict[str, Any]:
-                ev = evaluate(spec, held_stores, env.betas, proto, executor=self.executor)
-                return {"rows": [_clean_row(r) for r in ev.rows]}
+                def compute(spec: ctl.ControllerSpec = spec, st: Store = st,
+                            computed: list[bool] = computed) -> dict[str, Any]:
+                    computed.append(True)
+                    ev = evaluate(spec, [st], env.betas, proto, episodes=True,
+                                  executor=self.executor,
+                                  progress=self._quarters(f"{spec.name} on {st.name}", done + 1,
+                                                          n_units))
+                    return {"rows": [_clean_row(r) for r in ev.rows],
+                            "per_question": per_question_table(ev.episodes)}
 
-            rows += [{**r, "label": spec.name} for r in baselines.cached(k, compute)["rows"]]
+                res = baselines.cached(k, compute)
+                rows += [{**r, "label": spec.name} for r in res["rows"]]
+                pq.update(res.get("per_question") or {})
+                step(spec.name, st, cached=not computed)
+            tables[spec.name] = pq
         per_controller: dict[str, dict[str, Any]] = {}
         for lab in dict.fromkeys(r["label"] for r in rows):
             obj, per = objective([r for r in rows if r["label"] == lab], names, env.token_range)
             per_controller[lab] = {"objective": obj, "store_objective": per}
+        comparisons = {}
+        if best is not None and tables.get(label(best["id"], best["name"])):
+            mine = tables[label(best["id"], best["name"])]
+            for spec in specs:
+                d = delta_auc(mine, tables.get(spec.name) or {}, names, env.token_range)
+                if d is not None:
+                    comparisons[spec.name] = d
         selection = {
             "selected": None if best is None else {
                 "round": best["round"], "slot": best["slot"], "id": best["id"],
@@ -549,16 +654,25 @@ class Discovery:
             "heldout_verdict": held_verdict,
             "heldout_draws": draws,
             "heldout_stores": names,
+            "seeds": list(cfg.seeds),
+            "baselines": [s.name for s in specs if s.name not in cfg.seeds],
+            "heldout_objectives": {lab: v["objective"] for lab, v in per_controller.items()},
             "search_objectives": {s["name"]: s["objective"] for s in seeds},
+            # The selected candidate minus each baseline on the held-out split: ΔAUC with its
+            # paired 95% interval over questions, per store and pooled (significance.py).
+            "comparisons": comparisons,
         }
         tmp = rd.begin_final()
         write_json(tmp / "selection.json", selection)
-        write_json(tmp / "heldout.json", {"rows": rows, "objectives": per_controller})
+        write_json(tmp / "heldout.json", {"rows": rows, "objectives": per_controller,
+                                          "comparisons": comparisons})
         if best is not None and best.get("source"):
             write_text(tmp / "selected.py", best["source"])
         rd.commit_final(tmp)
         rd.append_index(final_entry(selection))
         self.timer.add("heldout", time.perf_counter() - t0)
+        for name, d in comparisons.items():
+            self.progress(f"held-out: selected minus {name}: ΔAUC {describe(d['pooled'])}")
         return selection
 
     # ---- summary and report ---------------------------------------------------------------------

@@ -12,10 +12,13 @@ import inspect
 from collections.abc import Sequence
 from typing import Any
 
+from autotts.discover.quote import excerpt, visible
 from autotts.envdef import EnvDef
 
-PROMPT_VERSION = 2
+PROMPT_VERSION = 3
 CONTEXT_KEYS = ("store", "beta", "question", "draw", "step", "line")  # of a verdict, for the agent
+IDEA_CHARS = 100  # the idea column of the standings: a docstring's first line, cut
+PARENT_SIMILARITY = 0.6  # a candidate at least this similar to a shown one is shown as a diff
 
 
 def _allowed_imports() -> str:
@@ -101,16 +104,41 @@ tokens, and logic errors. Answer with a first line that is exactly `VERDICT: APP
 8 short bullet points."""
 
 
+FEEDBACK = """\
+## Reading the feedback
+
+Each round you see the standings (every seed and every candidate of yours, one line each), the \
+best seed and your best candidate in full, and your most recent candidates (a revision of a \
+controller shown in full appears as a diff against it). Trace digests, per search store:
+
+- "stop reasons": your `ep.trace("stop", reason=...)` reasons, as shares of the traced episodes, \
+per β band (low, middle, high β).
+- "tokens spent on branches later pruned" and "on branches still running at the answer": cost \
+that never became a final answer.
+- "wrong although the opened branches, run to their end, would have voted right": the \
+aggregation or the stopping rule threw the answer away; "the whole pool would have voted \
+right": more width helps; "never right at any β": not worth chasing.
+- "q12: 9/60" means question 12, hit in 9 of its 60 episodes (β points × draws) in that set.
+- "β points where cost falls" break monotonicity ("within noise" when inside twice the \
+standard error).
+
+Differences between objectives carry noise from which questions the stores happen to hold: an \
+interval that contains 0 means "within noise"; do not chase differences inside it."""
+
+
 def system_message(example_source: str, candidates: int = 1) -> str:
     how = HOW_ONE if candidates == 1 else HOW_MANY.format(k=candidates)
     return SYSTEM.format(imports=_allowed_imports(), api=episode_api(), example=example_source,
-                         how=how)
+                         how=how) + "\n" + FEEDBACK + "\n"
 
 
 # ---- sections of the user message -------------------------------------------------------------
 
 
-def env_section(env: EnvDef, stats: Sequence[dict[str, Any]]) -> str:
+def env_section(env: EnvDef, stats: Sequence[dict[str, Any]],
+                signals: dict[str, dict[str, Any]] | None = None) -> str:
+    from autotts.discover.digest import render_signals
+
     lo, hi = env.token_range
     lines = [
         f"# Environment: {env.name}",
@@ -144,6 +172,8 @@ def env_section(env: EnvDef, stats: Sequence[dict[str, Any]]) -> str:
             f"{s['probes_per_branch']['mean']:.1f} | {s['err_share_finals']:.1f}% | "
             f"{s['pass_at_1']:.1f}% | {s['majority_accuracy']:.1f}% |"
         )
+    if signals:
+        lines += ["", render_signals(signals, [s["store"] for s in stats])]
     return "\n".join(lines)
 
 
@@ -178,40 +208,160 @@ def _score(rec: dict[str, Any], stores: Sequence[str]) -> str:
 
 
 def _verdict_text(v: dict[str, Any]) -> str:
+    # Messages and tracebacks can carry the candidate's own text (an exception's message):
+    # escaped, and cut (issue 21).
     if v["kind"] == "ok":
         return "ok"
-    text = f"{v['kind']} at {v['stage']}: {v['message']}"
+    text = f"{v['kind']} at {v['stage']}: {visible(v['message'], 600)}"
     ctx = {k: x for k, x in (v.get("context") or {}).items()
            if k in CONTEXT_KEYS and x is not None and x != ""}
     if ctx:
-        text += " (" + ", ".join(f"{k} {x}" for k, x in ctx.items()) + ")"
+        text += " (" + ", ".join(f"{k} {visible(str(x), 80)}" for k, x in ctx.items()) + ")"
     if v.get("traceback"):
-        text += "\n```\n" + str(v["traceback"]).strip()[:1500] + "\n```"
+        tb = str(v["traceback"]).strip()[-1500:]
+        text += "\n```\n" + "\n".join(visible(ln) for ln in tb.splitlines()) \
+            .replace("```", "ˋˋˋ") + "\n```"
     return text
 
 
+def idea_of(source: str | None) -> str:
+    """A candidate's idea in one line: the first line of its module or class docstring."""
+    if not source:
+        return ""
+    import ast
+
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return ""
+    docs = [ast.get_docstring(tree)] + [ast.get_docstring(n) for n in tree.body
+                                         if isinstance(n, ast.ClassDef)]
+    doc = next((d.strip() for d in docs if d and d.strip()), "")
+    para = " ".join(doc.split("\n\n")[0].split())  # the first paragraph, on one line
+    return visible(para, IDEA_CHARS)
+
+
+def _name(rec: dict[str, Any]) -> str:
+    return visible(rec.get("name") or "–", 64)
+
+
+def _obj(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.2f}"
+
+
+def best_seed(seeds: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    scored = [s for s in seeds if s.get("objective") is not None]
+    return max(scored, key=lambda s: s["objective"]) if scored else None
+
+
+def best_overall(history: Sequence[dict[str, Any]], seeds: Sequence[dict[str, Any]]
+                 ) -> tuple[str, dict[str, Any]] | None:
+    """("seed" | "candidate", record) of the highest objective among the seeds and the eligible
+    candidates; a seed wins ties (a candidate must beat it to be best)."""
+    cand = best_record(history)
+    seed = best_seed(seeds)
+    if seed is not None and (cand is None or seed["objective"] >= cand["objective"]):
+        return "seed", seed
+    return None if cand is None else ("candidate", cand)
+
+
+def standings_section(history: Sequence[dict[str, Any]], seeds: Sequence[dict[str, Any]],
+                      noise: dict[str, Any] | None, example_source: str = "") -> str:
+    """The best so far (seeds included), the noise of the lead, and one line per controller."""
+    from autotts.discover.significance import describe
+
+    out = ["# Standings (search split)", ""]
+    top = best_overall(history, seeds)
+    bs = best_seed(seeds)
+    if top is not None:
+        kind, rec = top
+        who = (f"seed {rec['name']}" if kind == "seed"
+               else f"your round {rec['id']}, {_name(rec)}")
+        out.append(f"Best so far: {who} ({_obj(rec['objective'])}).")
+    cand = best_record(history)
+    if cand is not None and bs is not None:
+        line = (f"Your best ({_name(cand)}) minus the best seed ({bs['name']}): ΔAUC "
+                f"{cand['objective'] - bs['objective']:+.2f}")
+        if noise is not None:
+            line = (f"Your best ({_name(cand)}) minus the best seed ({bs['name']}): ΔAUC "
+                    f"{describe(noise['pooled'])} (95% interval over which questions were "
+                    "asked, pooled over stores)")
+        out.append(line + ".")
+    out += ["", "| id | NAME | idea | verdict | objective | vs best seed |", "|---|---|---|---|---|---|"]
+    ref = None if bs is None else bs["objective"]
+
+    def vs(x: float | None) -> str:
+        return "" if x is None or ref is None else f"{x - ref:+.2f}"
+
+    for s in seeds:
+        out.append(f"| seed | {s['name']} | {idea_of(s.get('source') or example_source)} "
+                   f"| ok | {_obj(s.get('objective'))} | {vs(s.get('objective'))} |")
+    for rec in history:
+        v = rec["verdict"]
+        kind = v["kind"] if v["kind"] == "ok" else f"{v['kind']} ({v['stage']})"
+        if v["kind"] == "ok" and not rec.get("eligible"):
+            kind += ", not eligible"
+        out.append(f"| {rec['id']} | {_name(rec)} | {idea_of(rec.get('source'))} | {kind} | "
+                   f"{_obj(rec.get('objective'))} | {vs(rec.get('objective'))} |")
+    if not history:
+        out += ["", "No proposals of yours yet: this is the first round."]
+    return "\n".join(out)
+
+
 def seed_section(seeds: Sequence[dict[str, Any]], stores: Sequence[str],
-                 with_digests: bool) -> str:
+                 with_digests: bool, full: bool = True) -> str:
+    """The seeds in detail: every seed while the agent has no eligible candidate (`full`), then
+    only the best seed (its code and curve): the others stay one line in the standings."""
     from autotts.discover.digest import render_digest
 
-    out = ["# Seed controllers (built-in baselines)", ""]
-    for s in seeds:
-        out += [f"## {s['name']} — {_score(s, stores)}", ""]
+    bs = best_seed(seeds)
+    shown = list(seeds) if full else [s for s in seeds if s is bs]
+    title = "# Seed controllers (built-in)" if full else "# The best seed"
+    out = [title, ""]
+    for s in shown:
+        out += [f"## {s['name']}: {_score(s, stores)}", ""]
         if s.get("source") is not None:
             out += ["```python", s["source"].rstrip(), "```", ""]
         else:
-            out += ["(code: the example above)", ""]
+            out += ["(code: the example in the contract)", ""]
         out += [curve_table(s["rows"], stores), ""]
         if with_digests and s.get("digest"):
             out += ["Trace digest:", render_digest(s["digest"], stores), ""]
     return "\n".join(out)
 
 
-def _candidate_block(rec: dict[str, Any], stores: Sequence[str], title: str) -> list[str]:
+def _parent(source: str, shown: Sequence[tuple[str, str]]) -> tuple[str, str] | None:
+    """The shown controller a candidate revises: the most similar source shown in full in this
+    prompt, if similar enough that a diff is shorter than the file."""
+    import difflib
+
+    best: tuple[float, str, str] | None = None
+    for label_, src in shown:
+        r = difflib.SequenceMatcher(None, src, source, autojunk=False).quick_ratio()
+        if r >= PARENT_SIMILARITY and (best is None or r > best[0]):
+            best = (r, label_, src)
+    return None if best is None else (best[1], best[2])
+
+
+def _code_or_diff(source: str, shown: Sequence[tuple[str, str]]) -> list[str]:
+    import difflib
+
+    par = _parent(source, shown)
+    if par is not None:
+        diff = "".join(difflib.unified_diff(
+            par[1].splitlines(keepends=True), source.splitlines(keepends=True),
+            fromfile=par[0], tofile="this candidate", n=2))
+        if diff and len(diff) < 0.7 * len(source):
+            return [f"Code: a revision of {par[0]} (shown above); the diff:", "",
+                    "```diff", diff.rstrip().replace("```", "ˋˋˋ"), "```", ""]
+    return ["```python", source.rstrip(), "```", ""]
+
+
+def _candidate_block(rec: dict[str, Any], stores: Sequence[str], title: str,
+                     shown: Sequence[tuple[str, str]]) -> list[str]:
     from autotts.discover.digest import render_digest
 
-    out = [f"## {title}: round {rec['id']}, {rec.get('name') or '(no name)'}",
-           ""]
+    out = [f"## {title}: round {rec['id']}, {_name(rec)}", ""]
     out += [f"Verdict: {_verdict_text(rec['verdict'])}", ""]
     if rec.get("rows"):
         mono = "monotone" if rec.get("monotone") else "NOT monotone"
@@ -220,37 +370,37 @@ def _candidate_block(rec: dict[str, Any], stores: Sequence[str], title: str) -> 
     if rec.get("critic"):
         out += ["Critic's review:", rec["critic"].strip()[:1500], ""]
     if rec.get("source"):
-        out += ["```python", rec["source"].rstrip(), "```", ""]
+        out += _code_or_diff(rec["source"], shown)
     if rec.get("rows"):
         out += [curve_table(rec["rows"], stores), ""]
     if rec.get("digest"):
         out += ["Trace digest:", render_digest(rec["digest"], stores), ""]
+    if rec.get("stdout"):
+        out += ["What it printed (an excerpt, escaped; print() output is not feedback the "
+                "scorer uses):", excerpt(rec["stdout"]), ""]
     return out
 
 
 def history_section(history: Sequence[dict[str, Any]], seeds: Sequence[dict[str, Any]],
-                    stores: Sequence[str], recent: int) -> str:
-    out = ["# History of your proposals", ""]
+                    stores: Sequence[str], recent: int,
+                    shown: Sequence[tuple[str, str]] = ()) -> str:
+    """Your best candidate in full, then the last `recent` candidates (code, or the diff against
+    the controller they revise); everything else is its line in the standings."""
     if not history:
-        out += ["No proposals yet: this is the first round.", ""]
-        return "\n".join(out)
-    out += ["| round | NAME | verdict | objective |", "|---|---|---|---|"]
-    for s in seeds:
-        obj = "n/a" if s.get("objective") is None else f"{s['objective']:.2f}"
-        out.append(f"| seed | {s['name']} | ok | {obj} |")
-    for rec in history:
-        v = rec["verdict"]
-        kind = v["kind"] if v["kind"] == "ok" else f"{v['kind']} ({v['stage']})"
-        obj = "n/a" if rec.get("objective") is None else f"{rec['objective']:.2f}"
-        out.append(f"| {rec['id']} | {rec.get('name') or '–'} | {kind} | {obj} |")
-    out.append("")
+        return ""
+    out = ["# Your candidates in detail", ""]
+    shown = list(shown)
     best = best_record(history)
-    shown = set()
+    done = set()
     if best is not None:
-        out += _candidate_block(best, stores, "Best so far")
-        shown.add(_key(best))
-    for rec in [r for r in history if _key(r) not in shown][-recent:]:
-        out += _candidate_block(rec, stores, "Recent")
+        out += _candidate_block(best, stores, "Your best", shown)
+        done.add(_key(best))
+        if best.get("source"):
+            shown.append((f"round {best['id']} ({_name(best)})", best["source"]))
+    # The last `recent` candidates, less the best (already in full): a round whose candidate
+    # became the best adds nothing older.
+    for rec in [r for r in history[-recent:] if _key(r) not in done]:
+        out += _candidate_block(rec, stores, "Recent", shown)
     return "\n".join(out)
 
 
@@ -269,11 +419,8 @@ def best_record(history: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
 TASK = """\
 # Your task
 
-This is round {n}. Propose {what} a higher objective than everything \
-above, with cost monotone in β. Use the trace digests: tokens spent on branches that are later \
-pruned are wasted; "wrong although the opened branches would have voted right" means the \
-aggregation or the stopping rule threw the answer away; "the whole pool would have voted right" \
-means more width helps; β points where cost falls break monotonicity. {how}"""
+This is round {n}. Propose {what} a higher objective than the best so far, with cost monotone \
+in β. {how}"""
 
 
 def build_messages(
@@ -285,11 +432,14 @@ def build_messages(
     history: Sequence[dict[str, Any]],
     recent: int,
     candidates: int = 1,
+    signals: dict[str, dict[str, Any]] | None = None,
+    noise: dict[str, Any] | None = None,
 ) -> list[dict[str, str]]:
     """The messages of the round after `history` (records of completed rounds, one per
-    candidate), asking for up to `candidates` controller files."""
+    candidate), asking for up to `candidates` controller files. `noise`: the paired interval of
+    the best candidate's objective minus the best seed's (significance.delta_auc)."""
     stores = [s["store"] for s in stats]
-    with_seed_digests = best_record(history) is None
+    no_own = best_record(history) is None
     n = max((r["round"] for r in history), default=0) + 1
     if candidates == 1:
         what = "a new controller that scores"
@@ -298,12 +448,17 @@ def build_messages(
         what = f"up to {candidates} new controllers, each of which should score"
         how = (f"Give 1 to {candidates} complete controller files, each in its own ```python "
                "block with its own NAME.")
-    user = "\n\n".join([
-        env_section(env, stats),
-        seed_section(seeds, stores, with_seed_digests),
-        history_section(history, seeds, stores, max(recent, candidates)),
+    shown = [(f"seed {s['name']}", s["source"]) for s in seeds
+             if s.get("source") and (no_own or s is best_seed(seeds))]
+    shown.append(("the example (sc)", example_source))
+    parts = [
+        env_section(env, stats, signals),
+        standings_section(history, seeds, noise, example_source),
+        seed_section(seeds, stores, with_digests=no_own, full=no_own),
+        history_section(history, seeds, stores, max(recent, candidates), shown),
         TASK.format(n=n, what=what, how=how),
-    ])
+    ]
+    user = "\n\n".join(p for p in parts if p)
     return [
         {"role": "system", "content": system_message(example_source, candidates)},
         {"role": "user", "content": user},

@@ -27,6 +27,7 @@ the response cache makes the redo cost no second request.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import re
@@ -108,17 +109,26 @@ class RunDir:
         kernel drops it even on SIGKILL, so a killed run never blocks its rerun)."""
         if getattr(self, "_lock_fd", None) is not None:
             return
-        fd = os.open(self.path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        path = self.path / ".lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            # The holder deletes the file when it is done (unlock): a lock taken on a file that
+            # was deleted meanwhile guards nothing, so check we hold the one at `path`.
+            if os.fstat(fd).st_ino != os.stat(path).st_ino:
+                raise OSError
         except OSError:
             os.close(fd)
             raise ConfigError(f"{self.path} is in use by another autotts discover process") from None
         self._lock_fd: int | None = fd
 
     def unlock(self) -> None:
+        """Release the lock and remove the lock file (no empty .lock stays behind). Deleted
+        while still held, so no other process can take the file in between."""
         fd = getattr(self, "_lock_fd", None)
         if fd is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self.path / ".lock")
             os.close(fd)  # closing the descriptor releases the lock
             self._lock_fd = None
 
@@ -162,7 +172,11 @@ class RunDir:
 
     def begin(self, name: str, parent: Path) -> Path:
         parent.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(dir=parent, prefix=f".{name}.tmp-"))
+        tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{name}.tmp-"))
+        # mkdtemp makes it 0700; a round or final directory is as readable as any other
+        # directory the user creates (the umask decides).
+        os.chmod(tmp, 0o777 & ~_umask())
+        return tmp
 
     def begin_round(self, n: int) -> Path:
         return self.begin(f"{n:04d}", self.rounds)
@@ -206,6 +220,8 @@ class RunDir:
             rec["cost"] = cost if j == 1 else {}
             cand = c / "candidate.py"
             rec["source"] = cand.read_text() if cand.is_file() else None
+            printed = c / "stdout.txt"
+            rec["stdout"] = printed.read_text(errors="replace") if printed.is_file() else ""
             critic = c / "critic.json"
             rec["critic"] = read_json(critic).get("review") if critic.is_file() else None
             rec["path"] = str(cand) if cand.is_file() else None
@@ -222,6 +238,18 @@ class RunDir:
 
     def commit_final(self, tmp: Path) -> None:
         self._commit(tmp, self.final)
+
+
+def _umask() -> int:
+    """The process umask, read without setting it (os.umask would change it for every thread
+    for a moment); 022 where /proc does not say."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o022
 
 
 def index_entry(rec: dict[str, Any]) -> dict[str, Any]:

@@ -26,6 +26,7 @@ class RunReport:
     tables: dict[str, list[dict[str, Any]]]
     title: str
     notes: list[str] = field(default_factory=list)
+    token_range: tuple[float, float] | None = None  # the objective's; None: unknown
 
 
 def is_run_dir(path: str | Path) -> bool:
@@ -38,7 +39,9 @@ def read_run_dir(path: str | Path) -> RunReport:
     rd = RunDir(path)
     if not is_run_dir(rd.path):
         raise ConfigError(f"{path}: not a discovery run directory (no config.json / rounds/)")
-    config = read_json(rd.config).get("identity", {})
+    cfg_file = read_json(rd.config)
+    config = cfg_file.get("identity", {})
+    token_range = _token_range(cfg_file.get("info") or {})
     rows: list[dict[str, Any]] = []
     seeds = read_json(rd.seeds).get("seeds", []) if rd.seeds.is_file() else []
     for s in seeds:
@@ -66,9 +69,14 @@ def read_run_dir(path: str | Path) -> RunReport:
                                  for s in seeds],
         "Rounds": rounds_table,
     }
+    n_rounds = len(rd.completed())
+    n_cands = sum(1 for r in rounds_table if r["name"] != "–")
+    rng = ("" if token_range is None else
+           f" ({token_range[0]:g}–{token_range[1]:g} tokens; the Summary's AUC column uses it)")
     notes = [f"Environment {config.get('env')}, model {config.get('model')}, "
-             f"{len(rounds_table)} round(s). Objective: mean accuracy (%) over the log-token "
-             "range of the environment, averaged over stores (docs/discovery.md)."]
+             f"{n_rounds} round(s), {n_cands} candidate(s) evaluated. Objective: mean accuracy "
+             f"(%) over the log-token range of the environment{rng}, averaged over stores "
+             "(docs/discovery.md)."]
     if rd.final_done():
         sel = read_json(rd.final / "selection.json")
         held = read_json(rd.final / "heldout.json")
@@ -86,6 +94,19 @@ def read_run_dir(path: str | Path) -> RunReport:
                      + ("none (no eligible candidate)" if not s else
                         f"{s['label']} (search objective {s['objective']:.2f}, held-out "
                         f"{_fmt(sel.get('heldout_objective'))}, {sel['heldout_draws']} draws)"))
+        comps = sel.get("comparisons") or {}
+        if comps:
+            tables["Held-out: selected minus each baseline (ΔAUC, paired 95% interval)"] = [
+                {"baseline": name, "role": "seed" if name in (sel.get("seeds") or []) else
+                 "baseline (not shown to the agent)",
+                 "ΔAUC pooled": _iv(c["pooled"]), "P(improvement)": c["pooled"]["p_improvement"],
+                 "significant": ("no (within noise)" if not c["pooled"]["significant"] else
+                                 "yes (better)" if c["pooled"]["low"] > 0 else "yes (worse)"),
+                 **{f"Δ {st}": _iv(v) for st, v in c["stores"].items()}}
+                for name, c in comps.items()]
+        shrink = _shrinkage(sel, objectives)
+        if shrink:
+            notes.append(shrink)
     else:
         notes.append("The held-out step has not run yet.")
     summary = read_json(rd.summary) if rd.summary.is_file() else {}
@@ -99,11 +120,54 @@ def read_run_dir(path: str | Path) -> RunReport:
         "spent_usd": round(sum(float(r.get("cost_usd") or 0) for r in reqs), 6),
         "budget_usd": summary.get("budget_usd"),
     }]
-    return RunReport(rows, tables, f"autotts discovery: {rd.path.name}", notes)
+    return RunReport(rows, tables, f"autotts discovery: {rd.path.name}", notes, token_range)
 
 
 def _fmt(x: Any) -> str:
     return "n/a" if x is None else f"{x:.2f}"
+
+
+def _iv(c: dict[str, Any]) -> str:
+    return f"{c['delta']:+.2f} [{c['low']:+.2f}, {c['high']:+.2f}]"
+
+
+def _token_range(info: dict[str, Any]) -> tuple[float, float] | None:
+    """The objective's token range: recorded in config.json by the loop, else read from the
+    environment file the run was started with (runs made before it was recorded)."""
+    tr = info.get("token_range")
+    if isinstance(tr, list) and len(tr) == 2:
+        return float(tr[0]), float(tr[1])
+    path = info.get("env_path")
+    if path and Path(path).is_file():
+        try:
+            from autotts.envdef import load_env
+
+            lo, hi = load_env(path).token_range
+            return float(lo), float(hi)
+        except Exception:  # an env file edited since: the report still renders, overlap AUCs
+            return None
+    return None
+
+
+def _shrinkage(sel: dict[str, Any], objectives: dict[str, Any]) -> str:
+    """Winner's curse: the selected candidate is the maximum of many noisy search objectives, so
+    its search objective is inflated. The seeds were not selected: their search → held-out change
+    is the benchmark's own shift, and the selected candidate's excess drop estimates the
+    selection bias."""
+    s = sel.get("selected")
+    held = sel.get("heldout_objective")
+    if not s or held is None:
+        return ""
+    shifts = [objectives[n]["objective"] - v for n, v in (sel.get("search_objectives") or {}).items()
+              if v is not None and (objectives.get(n) or {}).get("objective") is not None]
+    mine = held - s["objective"]
+    if not shifts:
+        return f"Search → held-out change of the selected candidate: {mine:+.2f}."
+    base = sum(shifts) / len(shifts)
+    return (f"Winner's curse: search → held-out change {mine:+.2f} for the selected candidate, "
+            f"{base:+.2f} on average for the seeds (not selected); the difference, "
+            f"{mine - base:+.2f}, estimates how much selecting the best of many noisy search "
+            "objectives inflated the selected one.")
 
 
 def write_run_report(path: str | Path, out_dir: str | Path, title: str | None = None) -> Any:
@@ -113,7 +177,8 @@ def write_run_report(path: str | Path, out_dir: str | Path, title: str | None = 
     rep = read_run_dir(path)
     if not rep.rows:
         raise ConfigError(f"{path}: nothing to report yet (no evaluated controller)")
-    return build_report(rep.rows, out_dir, title or rep.title, rep.tables, notes=rep.notes)
+    return build_report(rep.rows, out_dir, title or rep.title, rep.tables, notes=rep.notes,
+                        auc_range=rep.token_range)
 
 
 def report_with_runs(inputs: Sequence[str | Path], out_dir: str | Path,
@@ -144,4 +209,6 @@ def report_with_runs(inputs: Sequence[str | Path], out_dir: str | Path,
         raise ConfigError("nothing to report yet (no evaluated controller)")
     if title is None:
         title = reps[0].title if len(runs) == 1 and not others else "autotts report"
-    return build_report(rows, out_dir, title, tables, notes=notes)
+    ranges = {rep.token_range for rep in reps}
+    return build_report(rows, out_dir, title, tables, notes=notes,
+                        auc_range=ranges.pop() if len(ranges) == 1 else None)

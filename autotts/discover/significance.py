@@ -1,0 +1,97 @@
+"""Paired uncertainty of objective differences for discovery (issue 15, item 3).
+
+What is compared: two controllers' objectives (the normalized log-token AUC, docs/discovery.md)
+on the same stores. What varies: which questions were asked. Each store has a few dozen
+questions, and that choice dominates the noise, so the interval comes from `autotts.stats`, the
+project's paired bootstrap over questions: the same resampled questions for both controllers,
+within each store (stratified), each question's draws averaged inside it, pooled as the mean of
+the per-store differences (as the objective is the mean of the per-store AUCs); BCa 95%
+interval, and the probability of improvement.
+
+Input is the per-question table the loop records for every controller it evaluates
+(`per_question_table`: the `Curve` arrays of autotts.stats, as JSON), so nothing is re-evaluated
+and the run directory holds everything the intervals are computed from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from autotts import stats
+from autotts.errors import ConfigError
+
+RESAMPLES = stats.DEFAULT_RESAMPLES
+SEED = 0  # fixed: a run's prompts must be deterministic (the response cache keys on them)
+
+
+def per_question_table(episodes: Sequence[dict[str, Any]] | None
+                       ) -> dict[str, dict[str, Any]]:
+    """{store: {"betas": [...], "questions": [...], "accuracy": [[% per question] per β],
+    "tokens": [[mean tokens per question] per β]}}: each question's mean over its draws.
+    Episodes scored as failures count as wrong, with their tokens."""
+    acc: dict[tuple[str, float, int], list[float]] = {}
+    tok: dict[tuple[str, float, int], list[float]] = {}
+    for e in episodes or []:
+        if e.get("beta") is None:
+            continue
+        k = (str(e["store"]), float(e["beta"]), int(e["question"]))
+        acc.setdefault(k, []).append(100.0 if e.get("correct") else 0.0)
+        tok.setdefault(k, []).append(float(e.get("tokens") or 0.0))
+    out: dict[str, dict[str, Any]] = {}
+    for store in sorted({k[0] for k in acc}):
+        betas = sorted({k[1] for k in acc if k[0] == store})
+        qs = sorted({k[2] for k in acc if k[0] == store})
+        out[store] = {
+            "betas": betas, "questions": qs,
+            "accuracy": [[round(float(np.mean(acc.get((store, b, q), [0.0]))), 4) for q in qs]
+                         for b in betas],
+            "tokens": [[round(float(np.mean(tok.get((store, b, q), [0.0]))), 2) for q in qs]
+                       for b in betas],
+        }
+    return out
+
+
+def _curve(store: str, name: str, t: dict[str, Any]) -> stats.Curve:
+    return stats.Curve(store, name, tuple(float(b) for b in t["betas"]),
+                       np.asarray(t["accuracy"], dtype=np.float64),
+                       np.asarray(t["tokens"], dtype=np.float64), tuple(1 for _ in t["betas"]))
+
+
+def delta_auc(a: dict[str, dict[str, Any]], b: dict[str, dict[str, Any]],
+              stores: Sequence[str], token_range: tuple[float, float],
+              resamples: int = RESAMPLES, seed: int = SEED) -> dict[str, Any] | None:
+    """ΔAUC = AUC(a) − AUC(b) with its paired 95% interval, per store and pooled, as
+    {"stores": {store: iv}, "pooled": iv, "method": ...}, iv = {"delta", "low", "high",
+    "p_improvement", "significant"}. None when a store lacks either table or their questions or
+    β grids differ (nothing comparable)."""
+    ca, cb = {}, {}
+    for s in stores:
+        ta, tb = a.get(s), b.get(s)
+        if not ta or not tb or ta["questions"] != tb["questions"] or ta["betas"] != tb["betas"]:
+            return None
+        ca[s], cb[s] = _curve(s, "a", ta), _curve(s, "b", tb)
+    try:
+        c = stats.compare(ca, cb, token_range, stores=list(stores), resamples=resamples,
+                          seed=seed)
+    except ConfigError:
+        return None
+    return {"stores": {s: _iv(d) for s, d in c.stores.items()}, "pooled": _iv(c.pooled),
+            "method": f"autotts.stats paired bootstrap over questions ({c.pooled.method}, "
+            f"{resamples} resamples, {c.pooled.level:.0%})", "resamples": resamples}
+
+
+def _iv(d: stats.Difference) -> dict[str, Any]:
+    return {"delta": round(float(d.estimate), 4), "low": round(float(d.low), 4),
+            "high": round(float(d.high), 4), "p_improvement": round(float(d.prob_improvement), 4),
+            "significant": bool(d.significant)}
+
+
+def describe(iv: dict[str, Any]) -> str:
+    """'+1.28 [-0.41, +2.90], within noise (not significant)' / '..., significantly better'."""
+    txt = f"{iv['delta']:+.2f} [{iv['low']:+.2f}, {iv['high']:+.2f}]"
+    if not iv["significant"]:
+        return txt + ", within noise (not significant)"
+    return txt + (", significantly better" if iv["low"] > 0 else ", significantly worse")

@@ -519,13 +519,15 @@ class Episode(_NoCopy):
         self._admit()
         q = self._q
         width = q._width
-        times = min(times, width)  # no branch has more steps than the table's width
+        # No branch has more steps than the table's width: a bound for the loop only (the width
+        # is a hidden quantity, the longest branch of the pool, so the trace logs `times`).
+        rounds = min(times, width)
         self._actions += 1
         b, d = self._b[idx], self._depth[idx]
         last = q._last[b]
         cur = idx
         jr = self._jr
-        for _ in range(times):
+        for _ in range(rounds):
             if len(cur) == 0:
                 break
             flat = b * width + d

@@ -150,7 +150,7 @@ def test_budget_spent_leaves_only_answer(store):
         spent = info["tokens"]
     assert spent >= 15
     assert info["action_mask"].tolist() == [True] + [False] * (len(info["action_mask"]) - 1)
-    _, r, term, _, info = env.step(BRANCH)
+    _, _, term, _, info = env.step(BRANCH)
     assert not term and "budget is spent" in info["invalid_action"]
     assert str(spent) in info["invalid_action"]  # the cost so far, a revealed figure
     _, _, term, _, _ = env.step(ANSWER)

@@ -129,7 +129,7 @@ def _describe(value: Any) -> str:
         return text if len(text) <= 40 else text[:37] + "..."
     if isinstance(value, np.ndarray):
         return f"a numpy array of dtype {value.dtype} and shape {value.shape}"
-    return f"a {type(value).__name__}"
+    return f"an object of type {type(value).__name__}"
 
 
 def _as_int(value: Any, what: str) -> int:
@@ -720,7 +720,7 @@ class Episode(_NoCopy):
         if arr.dtype == bool:
             if arr.ndim != 1 or len(arr) != self._opened:
                 raise InvalidAction(
-                    f"{what}: a branch mask must have one entry per opened branch ({self._opened})"
+                    f"{what} must be a mask with one entry per opened branch ({self._opened})"
                 )
             return np.flatnonzero(arr)
         if arr.ndim == 0:
@@ -730,10 +730,10 @@ class Episode(_NoCopy):
                 f"{what} must be branch indices or a mask, got {_describe(which)}"
             )
         if len(arr) and (arr.min() < 0 or arr.max() >= self._opened):
-            raise InvalidAction(f"{what}: branch index out of range ({self._opened} opened)")
+            raise InvalidAction(f"{what} names a branch that is not open ({self._opened} opened)")
         idx = arr.astype(np.int64)
         if len(idx) > 1 and (np.diff(np.sort(idx)) == 0).any():
-            raise InvalidAction(f"{what}: a branch appears twice in one call")
+            raise InvalidAction(f"{what} names a branch twice")
         return idx
 
     def _check_running_many(self, which: Any, what: str) -> np.ndarray:

@@ -227,5 +227,5 @@ def test_engine_matches_the_reference_semantics():
 
 @pytest.mark.slow
 def test_engine_matches_the_reference_semantics_long():
-    for seed in range(10_000, 10_000 + _episodes(20_000)):
+    for seed in range(10_000, 10_000 + _episodes(5_000)):
         run_episode(seed)

@@ -129,7 +129,7 @@ def _describe(value: Any) -> str:
         return text if len(text) <= 40 else text[:37] + "..."
     if isinstance(value, np.ndarray):
         return f"a numpy array of dtype {value.dtype} and shape {value.shape}"
-    return f"a {type(value).__name__}"
+    return f"an object of type {type(value).__name__}"
 
 
 def _as_int(value: Any, what: str) -> int:
@@ -442,10 +442,10 @@ class Episode(_NoCopy):
         self._running[i] = True
         self._actions += 1
         if q._last[b] == 0:
-            self._reveal_final(i, b, 0)
+            self._reveal_one(i, b, 0, True)
         elif probe:
             self._probes += 1
-            self._reveal_probe(i, b, 0)
+            self._reveal_one(i, b, 0, False)
         self._log("branch", i)
         return i
 
@@ -482,7 +482,7 @@ class Episode(_NoCopy):
         self._depth[i] = d + 1
         self._actions += 1
         if d == q._last[b]:
-            a = self._reveal_final(i, b, d)
+            a = self._reveal_one(i, b, d, True)
             self._log("extend", i)
             return a
         self._log("extend", i)
@@ -496,7 +496,7 @@ class Episode(_NoCopy):
         self._admit()
         self._probes += 1
         self._actions += 1
-        a = self._reveal_probe(i, self._b[i], d)
+        a = self._reveal_one(i, self._b[i], d, False)
         self._log("probe", i)
         return a
 
@@ -508,10 +508,10 @@ class Episode(_NoCopy):
         self._depth[i] = d + 1
         self._actions += 1
         if d == q._last[b]:
-            a = self._reveal_final(i, b, d)
+            a = self._reveal_one(i, b, d, True)
         else:
             self._probes += 1
-            a = self._reveal_probe(i, b, d)
+            a = self._reveal_one(i, b, d, False)
         self._log("advance", i)
         return a
 
@@ -522,23 +522,30 @@ class Episode(_NoCopy):
         idx = self._check_running_many(which, "advance_many: which")
         if type(times) is not int or times != 1:
             times = _as_count(times, "advance_many: times", 1)
-        self._admit()
+        if self._closed or self._budget is not None:
+            self._admit()
         q = self._q
         width = q._width
-        times = min(times, width)  # no branch has more steps than the table's width
+        # No branch has more steps than the table's width: a bound for the loop only (the width
+        # is a hidden quantity, the longest branch of the pool, so the trace logs `times`).
+        rounds = min(times, width)
         self._actions += 1
         b, d = self._b[idx], self._depth[idx]
         last = q._last[b]
         cur = idx
         jr = self._jr
-        for _ in range(times):
+        id_map = self._map
+        for _ in range(rounds):
             if len(cur) == 0:
                 break
             flat = b * width + d
             fin = d == last
             self._gen += int(q._cost_flat[flat].sum())
             self._seen_flat[cur * width + d] = True
-            ids = self._ids(q._reveal_flat[flat])
+            s = q._reveal_flat[flat]
+            ids = id_map.take(s)
+            if ids[ids.argmin()] < 0:  # a new class (or the store's -1): the slow path
+                ids = self._ids(s)
             self._latest[cur] = ids
             d = d + 1
             self._depth[cur] = d
@@ -564,7 +571,7 @@ class Episode(_NoCopy):
         last = q._last[b]
         self._depth[i] = last + 1
         self._actions += 1
-        a = self._reveal_final(i, b, last)
+        a = self._reveal_one(i, b, last, True)
         self._log("read", i)
         return a
 
@@ -579,7 +586,7 @@ class Episode(_NoCopy):
         last = q._last[b]
         self._depth[i] = last + 1
         self._actions += 1
-        a = self._reveal_final(i, b, last)
+        a = self._reveal_one(i, b, last, True)
         self._log("read_new", i)
         return a
 
@@ -648,14 +655,18 @@ class Episode(_NoCopy):
         """Episode ids of revealed store classes `s` (in reveal order), numbering new ones."""
         m = self._map
         e = m.take(s)
-        # A new class, or the store's -1 (math stores' no answer)? (argmin: a third of min's cost)
-        if len(e) and e[e.argmin()] < 0:
-            neg = e < 0
-            fresh = s[neg]
-            for c in fresh.tolist():
+        neg = np.flatnonzero(e < 0)  # new classes, or the store's -1 (math stores' no answer)
+        if len(neg):
+            inv, err = self._inv, self._err
+            for c in s[neg].tolist():
                 if c >= 0 and m[c] < 0:
-                    self._new_id(c)
-            e[neg] = m.take(fresh)
+                    if c == err:
+                        inv[NO_ANSWER_ID] = c
+                        m[c] = NO_ANSWER_ID
+                    else:
+                        m[c] = len(inv)
+                        inv.append(c)
+            e = m.take(s)
         return e
 
     def _reveal_one(self, i: int, b: Any, k: Any, final: bool) -> int:
@@ -673,11 +684,6 @@ class Episode(_NoCopy):
             self._jr.append((int(i), int(k) + 1, a, final))
         return a
 
-    def _reveal_probe(self, i: int, b: Any, k: Any) -> int:
-        return self._reveal_one(i, b, k, False)
-
-    def _reveal_final(self, i: int, b: Any, k: Any) -> int:
-        return self._reveal_one(i, b, k, True)
 
     def _reveal(self, idx: np.ndarray, b: np.ndarray, k: np.ndarray, final: np.ndarray) -> None:
         """Reveal step k (0-based) of branches idx (rows b) at once, numbered in idx order."""
@@ -720,7 +726,7 @@ class Episode(_NoCopy):
         if arr.dtype == bool:
             if arr.ndim != 1 or len(arr) != self._opened:
                 raise InvalidAction(
-                    f"{what}: a branch mask must have one entry per opened branch ({self._opened})"
+                    f"{what} must be a mask with one entry per opened branch ({self._opened})"
                 )
             return np.flatnonzero(arr)
         if arr.ndim == 0:
@@ -730,10 +736,10 @@ class Episode(_NoCopy):
                 f"{what} must be branch indices or a mask, got {_describe(which)}"
             )
         if len(arr) and (arr.min() < 0 or arr.max() >= self._opened):
-            raise InvalidAction(f"{what}: branch index out of range ({self._opened} opened)")
+            raise InvalidAction(f"{what} names a branch that is not open ({self._opened} opened)")
         idx = arr.astype(np.int64)
         if len(idx) > 1 and (np.diff(np.sort(idx)) == 0).any():
-            raise InvalidAction(f"{what}: a branch appears twice in one call")
+            raise InvalidAction(f"{what} names a branch twice")
         return idx
 
     def _check_running_many(self, which: Any, what: str) -> np.ndarray:

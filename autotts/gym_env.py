@@ -20,10 +20,16 @@ Observation, a Dict of float32 boxes, every entry in [0, 1]:
 Reward: −cost_weight · tokens spent by the step; at ANSWER, +1 if the answer is right.
 
 Invalid actions (advancing a finished, pruned or unopened slot, a branch past the cap or the
-pool, going over the budget) do not change the state: the step returns reward −invalid_penalty and
-info["invalid_action"] with the reason. info["action_mask"] (and `action_masks()`, the convention of
-maskable policies) marks the valid actions, so agents can avoid them altogether. An episode that
-reaches max_steps actions is truncated with no answer.
+pool, any action but ANSWER once the budget is spent) do not change the state: the step returns
+reward −invalid_penalty and info["invalid_action"] with the reason. info["action_mask"] (and
+`action_masks()`, the convention of maskable policies) marks the valid actions, so agents can avoid
+them altogether. An episode that reaches max_steps actions is truncated with no answer.
+
+The engine's rules hold unchanged (docs/semantics.md): with a budget, an action is admitted while
+the tokens spent so far are below it and is charged in full; then only ANSWER remains. Answers are
+the episode's own ids, numbered as revealed; ANSWER is scored by mapping the plurality's id back to
+the store's class. Nothing in the observation, reward or info depends on what was not revealed
+(tests/test_leaks.py).
 
 reset(seed=..., options={"question": q, "draw": d}) picks the question and the draw (both drawn
 from the env's RNG when not given).

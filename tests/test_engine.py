@@ -323,3 +323,43 @@ def test_journal_records_every_reveal_in_order(question):
     assert [len(x) for x in ep.take_journal()] == [0, 0, 0, 0]  # taken: cleared
     with pytest.raises(RuntimeError, match="journal"):
         episode(question).take_journal()
+
+
+@pytest.mark.parametrize("times", [1.0, 2.0, True, np.array([1, 2]), "2", None, 0, -3])
+def test_wrong_times_is_an_invalid_action_naming_the_argument(question, times):
+    for budget in (None, 15):  # the refusal does not depend on the budget either
+        ep = episode(question, budget=budget)
+        ep.branch_many(2, probe=True)
+        with pytest.raises(InvalidAction, match=r"advance_many: times must be"):
+            ep.advance_many(ep.running, times=times)
+        assert (ep.num_actions, ep.tokens, ep.depths.tolist()) == (1, 20, [1, 1])
+
+
+def test_argument_types_are_checked_and_named(question):
+    ep = episode(question)
+    ep.branch_many(2)
+    cases = [
+        (lambda: ep.advance(1.0), "advance: i must be an integer, got 1.0"),
+        (lambda: ep.extend(True), "extend: i must be an integer, got True"),
+        (lambda: ep.branch_many(2.0), "branch_many: k must be an integer, got 2.0"),
+        (lambda: ep.read_new_many(-1), "read_new_many: k must be >= 0, got -1"),
+        (lambda: ep.branch(probe=1), "branch: probe must be True or False, got 1"),
+        (lambda: ep.advance_many([0.0]), "advance_many: which must be branch indices or a mask"),
+        (lambda: ep.prune_many([True]), "prune_many: which must be a mask with one entry per opened branch (2)"),
+        (lambda: ep.advance(object()), "advance: i must be an integer, got an object of type object"),
+    ]
+    for action, message in cases:
+        with pytest.raises(InvalidAction) as e:
+            action()
+        assert str(e.value).startswith(message)
+    assert ep.num_actions == 1 and ep.tokens == 20  # refusals are not counted
+    assert ep.advance(np.int64(1)) == ep.latest_answer(1) and ep.advance_many(np.array(0)).size == 1
+
+
+def test_read_new_many_of_zero_is_traced_at_the_end_of_the_pool(question):
+    for trace in (False, True):
+        ep = episode(question, trace=trace)
+        ep.read_new_many(4)
+        assert ep.read_new_many(0).tolist() == [] and ep.num_actions == 2
+        assert ep.branch_many(0).tolist() == [] and ep.num_actions == 3
+    assert [e.get("ans") for e in ep._events()][-2:] == [None, None]

@@ -137,3 +137,21 @@ def test_observation_features_match_their_definition():
         if term or trunc:
             obs, _ = env.reset()
     assert checked > 100  # states with votes and stopped (pruned or finished) branches were seen
+
+
+def test_budget_spent_leaves_only_answer(store):
+    env = WidthDepthEnv(store, branch_cap=3, budget=15)
+    check_env(env, skip_render_check=True)
+    env.reset(options={"question": 1, "draw": 0})
+    _, _, _, _, info = env.step(READ_NEW)  # admitted at 0 < 15, charged in full
+    spent = info["tokens"]
+    if spent < 15:
+        _, _, _, _, info = env.step(READ_NEW)
+        spent = info["tokens"]
+    assert spent >= 15
+    assert info["action_mask"].tolist() == [True] + [False] * (len(info["action_mask"]) - 1)
+    _, _, term, _, info = env.step(BRANCH)
+    assert not term and "budget is spent" in info["invalid_action"]
+    assert str(spent) in info["invalid_action"]  # the cost so far, a revealed figure
+    _, _, term, _, _ = env.step(ANSWER)
+    assert term

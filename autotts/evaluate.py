@@ -43,6 +43,8 @@ class Protocol:
             raise ConfigError(f"--draws must be at least 1, got {self.draws}")
         if self.pool is not None and self.pool < 1:
             raise ConfigError(f"--pool must be at least 1, got {self.pool}")
+        if self.seed < 0:
+            raise ConfigError(f"--seed must be >= 0, got {self.seed}")
         if self.probe_cost < 0:
             raise ConfigError(f"probe cost must be >= 0, got {self.probe_cost}")
         if self.budget is not None and self.budget < 0:

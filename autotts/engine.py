@@ -380,7 +380,8 @@ class Episode(_NoCopy):
 
     def trace(self, kind: str, **data: Any) -> None:
         if self._trace is not None:
-            self._trace.append({"t": self._actions, "ev": str(kind), **data})
+            # The step and the kind are the engine's: a controller's data cannot restamp them.
+            self._trace.append({**data, "t": self._actions, "ev": str(kind)})
 
     def trace_enabled(self) -> bool:
         return self._trace is not None

@@ -230,7 +230,7 @@ class Slow:
         return {}
 
     def run(self, ep):
-        if ep.pool_size and Slow.seen >= 5:
+        if ep.pool_size and Slow.seen >= 1:
             while True:
                 pass
         Slow.seen += 1
@@ -244,7 +244,7 @@ class Slow:
                            limits=_limits("episode_seconds=1"))
     v = info.value.verdict
     assert v.kind == "timeout"
-    assert (v.context["draw"], v.context["question"]) == (1, 1)  # the sixth episode, 4 per draw
+    assert (v.context["draw"], v.context["question"]) == (0, 1)  # the second episode
     assert time.monotonic() - t0 < 30
 
 

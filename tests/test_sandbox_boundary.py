@@ -306,8 +306,10 @@ def _busy_task() -> _Task:
                "traces": True, "on_error": "record", "limits": FAST.__dict__}
     from autotts.sandbox.judge import TraceBudget
 
-    task = _Task(request, [STORE.replay()], [(0, 0, 0, 2)], FAST, TraceBudget(10_000), None)
-    task.on_frame({"t": "configs", "name": "x", "configs": [{}], "isolation": {}})
+    task = _Task(request, [STORE.replay()], [(0, 0, 0, 1), (0, 0, 1, 2)], FAST,
+                 TraceBudget(10_000), None)
+    task.on_frame({"t": "ready", "isolation": {}})
+    task.on_frame({"t": "configs", "name": "x", "configs": [{}]})
     return task
 
 
@@ -346,7 +348,8 @@ def _frame(rng: random.Random, task: _Task):
     if kind < 0.7:
         header = {"t": "round", "m": [_message(rng, live) for _ in range(rng.randint(0, 6))]}
     elif kind < 0.8:
-        header = {"t": rng.choice(["done", "configs", "verdict", "config_error", "x", 5]),
+        header = {"t": rng.choice(["done", "configs", "verdict", "config_error", "x", 5,
+                                   "unit_done", "died", "ready"]),
                   **{k: _value(rng) for k in rng.sample(
                       ["stdout", "dropped", "name", "configs", "verdict", "message"], 3)}}
     else:
@@ -393,3 +396,34 @@ def test_frame_reader_never_raises_on_hostile_bytes():
             ).encode().ljust(40)
         with contextlib.suppress(FrameError):
             FrameReader(1 << 16, max_frame=1 << 12).feed(bytes(data))
+
+
+@pytest.mark.usefixtures("parent")
+@pytest.mark.parametrize("unrestricted", [False, True])
+def test_no_memory_outlives_a_batch(unrestricted):
+    """State a candidate keeps between episodes (a class attribute; with code execution, an
+    attribute of the builtins module) lives only as long as one batch: one draw of each question
+    under one β. So it never meets a question twice and cannot learn a pool across draws or β
+    (a red-team candidate learned branch fingerprints that way: 79.7% at the cost of 1.6 branches)."""
+    keep = ("import builtins\n        n = getattr(builtins, 'seen', 0) + 1\n"
+            "        builtins.seen = n\n" if unrestricted else
+            "n = Counter.seen + 1\n        Counter.seen = n\n")
+    source = f'''
+class Counter:
+    NAME = "counter"
+    seen = 0
+
+    @staticmethod
+    def schedule(beta):
+        return {{}}
+
+    def run(self, ep):
+        {keep}
+        raise ValueError(f"episode {{n}} of this process")
+'''
+    store2 = synthetic_store(3, 9, seed=2)
+    ev = evaluate_sandboxed(source, [STORE, store2], [0.0, 0.5, 1.0], Protocol(draws=5),
+                            limits=FAST, on_error="record", _unrestricted=unrestricted)
+    counts = [int(e["message"].split("episode ")[1].split(" ")[0]) for e in ev.errors]
+    assert len(counts) == 3 * 5 * (4 + 3)
+    assert max(counts) == 4 + 3  # one draw of every question of both stores, never more

@@ -144,14 +144,15 @@ def _final(ans: Any) -> tuple[str, list[Any]]:
 class Scheduler:
     """Runs the episodes of one work unit as greenlets, one round trip per round of actions."""
 
-    def __init__(self, cls: type, configs: list[dict[str, Any]], req: dict[str, Any], out: _Out,
+    def __init__(self, cls: type, config: dict[str, Any], req: dict[str, Any], out: _Out,
                  hint: np.ndarray) -> None:
         import greenlet
 
         self.greenlet = greenlet.greenlet
+        self.getcurrent = greenlet.getcurrent
         self.main = greenlet.getcurrent()
         self.cls = cls
-        self.configs = configs
+        self.config = config
         self.tracing = bool(req["traces"])
         self.out = out
         self.hint = hint
@@ -183,10 +184,14 @@ class Scheduler:
         kind, payload = self._body(ep, config)
         return kind, payload, ep._pending_events()
 
-    def _request_for(self, slot: int) -> Any:
-        main = self.main
+    def _request_for(self, g: Any) -> Any:
+        main, current = self.main, self.getcurrent
 
         def request(op: str, args: list[Any], events: list[list[Any]] | None) -> list[Any]:
+            if current() is not g:  # a handle kept from another episode of the batch
+                from autotts.engine import InvalidAction
+
+                raise InvalidAction("this episode handle belongs to another episode")
             return main.switch((op, args, events))
 
         return request
@@ -227,11 +232,11 @@ class Scheduler:
     def _start(self, unit: dict[str, Any], facts: list[Any], group: int) -> None:
         from autotts.sandbox.client import ClientEpisode
 
-        config = self.configs[unit["r"]]
-        for k, (slot, pool, no_answer) in enumerate(facts):
-            ep = ClientEpisode(self._request_for(slot), pool, unit["delta"], unit["kappa"],
-                               unit["budget"], no_answer, self.tracing)
+        config = self.config
+        for k, (slot, pool, no_answer, delta) in enumerate(facts):
             g = self.greenlet(self._episode)
+            ep = ClientEpisode(self._request_for(g), pool, delta, unit["kappa"],
+                               unit["budget"], no_answer, self.tracing)
             self.live[slot] = g
             # The first episodes are dealt to both groups; later ones join the group whose
             # reply freed their place.
@@ -284,6 +289,16 @@ class Scheduler:
 _INDEX_OPS = frozenset({"advance_many", "prune_many"})
 
 
+def _preload(modules: Any) -> None:
+    for mod in sorted(set(modules) | set(PRELOAD)):
+        __import__(mod)
+    import greenlet  # noqa: F401
+
+    import autotts.evaluate
+    import autotts.sandbox.client
+    import autotts.sandbox.lockdown  # noqa: F401
+
+
 def _load(req: dict[str, Any]) -> Any:
     """Everything that reads the file system, before lock-down: admission, the modules the
     candidate may import, compilation."""
@@ -294,13 +309,7 @@ def _load(req: dict[str, Any]) -> Any:
     verdict = admit(source, filename) if req.get("admit", True) else None
     if verdict is not None:
         raise Fatal(verdict)
-    for mod in sorted((set(imported_modules(source)) & ALLOWED_IMPORTS) | set(PRELOAD)):
-        __import__(mod)
-    import greenlet  # noqa: F401
-
-    import autotts.evaluate
-    import autotts.sandbox.client  # noqa: F401
-
+    _preload(set(imported_modules(source)) & ALLOWED_IMPORTS)
     code, errors = compile_candidate(source, filename)
     if code is None:
         raise Fatal(Verdict("forbidden", errors[0] if errors else "does not compile"))
@@ -368,22 +377,9 @@ def _configs(cls: type, req: dict[str, Any], out: _Out) -> list[dict[str, Any]] 
     return configs
 
 
-def _run(req: dict[str, Any], out: _Out, hint: np.ndarray) -> None:
-    from autotts.sandbox.lockdown import lockdown
-
-    unrestricted = bool(req.get("unrestricted"))
-    code = _load(req) if not unrestricted else compile(req["source"], req["filename"], "exec")
-    if unrestricted:
-        STATE.filename = req["filename"]
-        STATE.source_lines = req["source"].splitlines()
-        for mod in PRELOAD:
-            __import__(mod)
-        import greenlet  # noqa: F401
-
-        import autotts.evaluate
-        import autotts.sandbox.client  # noqa: F401
-    isolation = lockdown(req["limits"])
-    cls = _candidate_class(code, req["filename"], unrestricted)
+def _configs_child(code: Any, req: dict[str, Any], out: _Out) -> None:
+    """In a forked process: the candidate's module, its class, and its knobs for each β."""
+    cls = _candidate_class(code, req["filename"], bool(req.get("unrestricted")))
     configs = _configs(cls, req, out)
     if configs is None:
         return
@@ -394,19 +390,86 @@ def _run(req: dict[str, Any], out: _Out, hint: np.ndarray) -> None:
         raise Fatal(Verdict("interface", "schedule() returned knob values that are not finite "
                             "numbers, strings or booleans")) from None
     out.send({"t": "configs", "name": _plain(cls.NAME) if isinstance(cls.NAME, str) else "?",
-              "configs": plain, "isolation": isolation})
-    sched = Scheduler(cls, configs, req, out, hint)
-    stdin = sys.stdin.buffer
+              "configs": plain})
 
-    def read() -> tuple[dict[str, Any], Any]:
-        return read_frame(stdin)
 
+def _unit_child(code: Any, req: dict[str, Any], unit: dict[str, Any], out: _Out,
+                hint: np.ndarray, stdin: Any) -> None:
+    """In a forked process: one batch of episodes (one draw, one β, each question once), with
+    a fresh copy of the candidate's module, so nothing it learns outlives the batch."""
+    cls = _candidate_class(code, req["filename"], bool(req.get("unrestricted")))
+    sched = Scheduler(cls, unit["config"], req, out, hint)
+    sched.run_unit(unit, lambda: read_frame(stdin))
+    out.send({"t": "unit_done", "stdout": STATE.sink.text(), "dropped": STATE.sink.dropped})
+
+
+def _forked(work: Any, out: _Out, hint: np.ndarray) -> None:
+    """Run `work` (candidate code) in a child of this process and wait for it. This process
+    never runs candidate code itself, so every batch starts from the same clean state."""
+    import os
+
+    from autotts.sandbox.lockdown import seal
+
+    pid = os.fork()
+    if pid == 0:
+        try:
+            seal()
+            work()
+        except Fatal as f:
+            _send_verdict(out, f.verdict)
+        except MemoryError:
+            _send_verdict(out, Verdict("memory", "memory limit exceeded (MemoryError)"))
+        except BaseException as e:  # a bug of the sandbox itself, or a broken pipe
+            msg = "".join(traceback.format_exception_only(type(e), e)).strip()[:1000]
+            _send_verdict(out, Verdict("crash", f"sandbox error: {msg}"))
+        os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    hint[0] = -1  # the next batch starts with nothing the last one wrote
+    if os.WIFSIGNALED(status):
+        out.send({"t": "died", "status": -os.WTERMSIG(status)})
+    elif os.WEXITSTATUS(status) != 0:
+        out.send({"t": "died", "status": os.WEXITSTATUS(status)})
+
+
+def _send_verdict(out: _Out, v: Verdict) -> None:
+    try:
+        v.context.setdefault("stdout", STATE.sink.text()[-2000:])
+        out.send({"t": "verdict", "verdict": v.to_dict()})
+    except BaseException:
+        import os
+
+        os._exit(3)
+
+
+def _run(req: dict[str, Any], out: _Out, hint: np.ndarray) -> None:
+    """The zygote: loads, locks down, reports its isolation, then forks one process for the
+    knobs and one per batch of episodes."""
+    from autotts.sandbox.lockdown import lockdown
+
+    unrestricted = bool(req.get("unrestricted"))
+    if unrestricted:  # tests only
+        STATE.filename = req["filename"]
+        STATE.source_lines = req["source"].splitlines()
+        code = compile(req["source"], req["filename"], "exec")
+        _preload(())
+    else:
+        code = _load(req)
+    isolation = lockdown(req["limits"])
+    out.send({"t": "ready", "isolation": isolation})
+    import gc
+
+    # Forked batches share this process's memory copy-on-write; a collection in a child would
+    # touch (and copy) every page it scans.
+    gc.collect()
+    gc.freeze()
+    _forked(lambda: _configs_child(code, req, out), out, hint)
+    stdin = sys.stdin.buffer.raw  # unbuffered: a forked batch reads the same descriptor
     while True:
-        header, _ = read()
+        header, _ = read_frame(stdin)
         if header.get("t") != "unit":
             break
-        sched.run_unit(header, read)
-    out.send({"t": "done", "stdout": STATE.sink.text(), "dropped": STATE.sink.dropped})
+        _forked(lambda h=header: _unit_child(code, req, h, out, hint, stdin), out, hint)
+    out.send({"t": "done"})
 
 
 def main(argv: list[str] | None = None) -> None:

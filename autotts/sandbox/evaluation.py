@@ -30,7 +30,7 @@ import numpy as np
 
 from autotts import controller as ctl
 from autotts.errors import AutoTTSError, ConfigError
-from autotts.evaluate import BlockResult, Evaluation, Protocol, make_units, score
+from autotts.evaluate import BlockResult, Evaluation, Protocol, score
 from autotts.sandbox.admission import Verdict, admit
 from autotts.sandbox.supervisor import Failed, SandboxLimits, Unit, run_task
 from autotts.store import ReplayData, Store, open_store
@@ -257,8 +257,12 @@ def evaluate_sandboxed(
 
     ex = make_executor(executor or "local", workers=workers, address=ray_address)
     datas = [s.replay() for s in loaded]  # gold-free: all the judges get
-    units = make_units(len(loaded), len(beta_list), proto.draws, ex.parallelism)
+    # One draw per unit, ordered so that a task's consecutive units form whole batches (one β,
+    # one draw, every store): a sandbox process never meets the same question twice.
+    units = [(s, r, d, d + 1) for r in range(len(beta_list)) for d in range(proto.draws)
+             for s in range(len(loaded))]
     t0 = time.monotonic()
+    request["deadline"] = time.time() + limits.wall_seconds  # the whole evaluation, all tasks
     try:
         results, info = _run(ex, request, datas, units, limits, progress)
     except Failed as f:

@@ -15,6 +15,7 @@ verdict), and never lets an exception of its own escape on the child's input.
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,7 +29,8 @@ from autotts.sandbox.wire import escape
 EPISODE_ERRORS = ("exception", "invalid_action", "non_answer")
 MAX_MESSAGE = 2000  # characters of an error message kept from the child
 MAX_TRACEBACK = 4000
-MAX_EVENT_ITEMS = 4096  # JSON values in one trace event
+MAX_EVENT_ITEMS = 64 * 1024  # JSON values plus string characters in one trace event
+MAX_STRING = 4096  # characters of one string in a trace event
 MAX_KIND = 64
 _INT64 = 2**63
 
@@ -43,8 +45,9 @@ class OutputLimit(Exception):
 
 @dataclass
 class TraceBudget:
-    """JSON values the candidate's trace events may still make this process hold. One budget is
-    shared by every unit a task serves; the evaluation splits its total over its tasks."""
+    """What the candidate's trace events may still make this process hold, in JSON values plus
+    string characters. One budget is shared by every unit a task serves; the evaluation splits
+    its total over its tasks."""
 
     items: int
     used: int = 0
@@ -53,6 +56,7 @@ class TraceBudget:
 @dataclass
 class _Slot:
     ep: Episode
+    part: int
     draw: int
     question: int
     events: list[dict[str, Any]] = field(default_factory=list)
@@ -64,20 +68,33 @@ def _index(v: Any, what: str) -> int:
     return v
 
 
-def _json_items(obj: Any, limit: int) -> int:
-    """Number of JSON values in `obj` (already parsed strictly), ProtocolError past `limit`."""
-    n, stack = 0, [obj]
-    while stack:
-        o = stack.pop()
-        n += 1
-        if n > limit:
-            raise OutputLimit(f"a trace event holds more than {limit} values")
+def _clean_json(obj: Any, limit: int) -> tuple[Any, int]:
+    """A copy of a JSON value from the child with every string (and key) escaped and cut to
+    MAX_STRING characters, and its size: one per value plus the characters of its strings.
+    OutputLimit past `limit`."""
+    size = 0
+
+    def walk(o: Any) -> Any:
+        nonlocal size
+        size += 1
+        if size > limit:
+            raise OutputLimit(f"a trace event is larger than {limit} values and characters")
         t = type(o)
+        if t is str:
+            size += len(o)
+            return escape(o, MAX_STRING, newlines=False) if not o.isprintable() or len(
+                o) > MAX_STRING else o
         if t is list:
-            stack.extend(o)
-        elif t is dict:
-            stack.extend(o.values())
-    return n
+            return [walk(x) for x in o]
+        if t is dict:
+            out = {}
+            for k, v in o.items():
+                size += len(k)
+                out[escape(k, MAX_KIND, newlines=False)] = walk(v)
+            return out
+        return o
+
+    return walk(obj), size
 
 
 def _which(v: Any) -> list[Any]:
@@ -119,35 +136,38 @@ _SCALAR_ARGS = {"advance", "extend", "probe", "read", "prune", "read_new_many", 
 
 
 class UnitJudge:
-    """Serves the episodes of one work unit to the child. Slot k is draw lo + k // nq, question
-    k % nq, as in-process evaluation orders them."""
+    """Serves one batch of episodes to the child: one draw of each of `parts` (a store's
+    questions each), all under one configuration, so that the sandbox process that runs them
+    never meets the same question twice. Slot k numbers the parts' questions in order."""
 
-    def __init__(self, questions: Questions, proto: Protocol, lo: int, hi: int, *,
+    def __init__(self, parts: list[Questions], proto: Protocol, draw: int, *,
                  trace: bool, budget: TraceBudget, window: int = 256) -> None:
-        self.questions = questions
+        self.parts = parts
         self.proto = proto
-        self.lo = lo
-        self.nq = questions.data.num_questions
-        self.n = (hi - lo) * self.nq
+        self.draw = draw
+        sizes = [q.data.num_questions for q in parts]
+        self.offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(int).tolist()
+        self.n = self.offsets[-1]
         self.trace = trace
         self.budget = budget
         self.window = max(1, window)
         self.next = 0  # next slot to start
         self.live: dict[int, _Slot] = {}
         self.stop_starting = False  # on_error='raise' stops starting episodes after an error
-        shape = (hi - lo, self.nq)
-        self.answers = np.full(shape, NO_ANSWER, dtype=np.int32)
-        self.tokens = np.zeros(shape, dtype=np.int64)
-        self.probes = np.zeros(shape, dtype=np.int32)
-        self.opened = np.zeros(shape, dtype=np.int32)
+        self.answers = [np.full((1, n), NO_ANSWER, dtype=np.int32) for n in sizes]
+        self.tokens = [np.zeros((1, n), dtype=np.int64) for n in sizes]
+        self.probes = [np.zeros((1, n), dtype=np.int32) for n in sizes]
+        self.opened = [np.zeros((1, n), dtype=np.int32) for n in sizes]
         self.errors: list[tuple[int, dict[str, Any], str | None]] = []  # (slot, record, traceback)
         self.traces: list[tuple[int, dict[str, Any]]] | None = [] if trace else None
         self.actions = 0  # requests served (a bench figure)
 
     # ---- episodes ----------------------------------------------------------------------------
 
-    def where(self, slot: int) -> tuple[int, int]:
-        return self.lo + slot // self.nq, slot % self.nq
+    def where(self, slot: int) -> tuple[int, int, int]:
+        """(part, draw, question) of a slot."""
+        k = bisect.bisect_right(self.offsets, slot) - 1
+        return k, self.draw, slot - self.offsets[k]
 
     def start(self) -> list[list[int]]:
         """Start episodes up to the window: [slot, pool size, no-answer class] for each (the
@@ -156,13 +176,13 @@ class UnitJudge:
         while len(self.live) < self.window and self.next < self.n and not self.stop_starting:
             slot = self.next
             self.next += 1
-            draw, q = self.where(slot)
-            question = self.questions[q]
+            k, draw, q = self.where(slot)
+            question = self.parts[k][q]
             p = self.proto
             order = draw_order(p.protocol, draw, q, question.num_branches, seed=p.seed, n=p.pool)
             ep = Episode(question, order, probe_cost=p.probe_cost, budget=p.budget,
                          trace=self.trace, journal=True)
-            self.live[slot] = _Slot(ep, draw, q)
+            self.live[slot] = _Slot(ep, k, draw, q)
             out.append([slot, ep.pool_size, ep.no_answer_class])
         return out
 
@@ -171,14 +191,13 @@ class UnitJudge:
         return not self.live and (self.next >= self.n or self.stop_starting)
 
     def _finish(self, slot: int, s: _Slot, answer: int) -> None:
-        ep = s.ep
-        di = s.draw - self.lo
-        self.answers[di, s.question] = answer
-        self.tokens[di, s.question] = ep.tokens
-        self.probes[di, s.question] = ep.num_probes
-        self.opened[di, s.question] = ep.num_opened
+        ep, k, q = s.ep, s.part, s.question
+        self.answers[k][0, q] = answer
+        self.tokens[k][0, q] = ep.tokens
+        self.probes[k][0, q] = ep.num_probes
+        self.opened[k][0, q] = ep.num_opened
         if self.traces is not None:
-            self.traces.append((slot, {"question": s.question, "draw": s.draw,
+            self.traces.append((slot, {"question": q, "draw": s.draw,
                                        "events": ep.trace_events()}))
         ep.close()
         del self.live[slot]
@@ -280,7 +299,7 @@ class UnitJudge:
         if (len(args) != 3 or args[0] not in EPISODE_ERRORS or type(args[1]) is not str
                 or not (args[2] is None or type(args[2]) is str)):
             raise ProtocolError("an episode error is not [kind, message, traceback]")
-        rec = {"kind": args[0], "store": self.questions.data.name, "question": s.question,
+        rec = {"kind": args[0], "store": self.parts[s.part].data.name, "question": s.question,
                "draw": s.draw, "step": s.ep.num_actions,
                "message": escape(args[1], MAX_MESSAGE)}
         tb = None if args[2] is None else escape(args[2], MAX_TRACEBACK)
@@ -298,22 +317,24 @@ class UnitJudge:
             if (type(e) is not list or len(e) != 2 or type(e[0]) is not str
                     or type(e[1]) is not dict):
                 raise ProtocolError("a trace event is not [kind, data]")
-            n = _json_items(e[1], MAX_EVENT_ITEMS)
+            data, n = _clean_json(e[1], MAX_EVENT_ITEMS)
             self.budget.used += n
             if self.budget.used > self.budget.items:
                 raise OutputLimit(f"trace events exceed the budget of {self.budget.items} "
                                   "JSON values")
             try:
-                s.ep.trace(escape(e[0], MAX_KIND, newlines=False), **e[1])
+                s.ep.trace(escape(e[0], MAX_KIND, newlines=False), **data)
             except TypeError:  # a key that collides with trace()'s own parameters
                 raise ProtocolError("a trace event with a reserved key") from None
 
-    def result(self) -> BlockResult:
-        """The unit's outcome; errors in episode order (draw, then question), as in-process."""
-        errs = [rec for _, rec, _ in sorted(self.errors, key=lambda x: x[0])]
-        traces = None if self.traces is None else [t for _, t in sorted(self.traces,
-                                                                          key=lambda x: x[0])]
-        return BlockResult(self.answers, self.tokens, self.probes, self.opened, errs, traces)
+    def result(self, k: int) -> BlockResult:
+        """Part k's outcome; errors in episode order, as in-process."""
+        lo, hi = self.offsets[k], self.offsets[k + 1]
+        errs = [rec for slot, rec, _ in sorted(self.errors, key=lambda x: x[0]) if lo <= slot < hi]
+        traces = None if self.traces is None else [
+            t for slot, t in sorted(self.traces, key=lambda x: x[0]) if lo <= slot < hi]
+        return BlockResult(self.answers[k], self.tokens[k], self.probes[k], self.opened[k], errs,
+                           traces)
 
     def first_error(self) -> tuple[dict[str, Any], str | None] | None:
         if not self.errors:

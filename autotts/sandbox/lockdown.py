@@ -91,7 +91,7 @@ def lockdown(limits: dict[str, Any]) -> dict[str, bool]:
 
     cap(resource.RLIMIT_CORE, 0)
     cap(resource.RLIMIT_FSIZE, 0)
-    cap(resource.RLIMIT_NPROC, 0)
+    # RLIMIT_NPROC goes to 0 in seal(): this process forks one child per batch of episodes.
     cap(resource.RLIMIT_NOFILE, top + 1)
     cpu = max(1, int(limits.get("cpu_seconds", 600)))
     cap(resource.RLIMIT_CPU, cpu, cpu + 2)
@@ -99,3 +99,11 @@ def lockdown(limits: dict[str, Any]) -> dict[str, bool]:
     if base_vm:
         cap(resource.RLIMIT_AS, base_vm + mem)
     return applied
+
+
+def seal() -> None:
+    """In a forked child, before candidate code: no new processes."""
+    import resource
+
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import math
 import mmap
 import os
 import selectors
@@ -34,13 +35,14 @@ import autotts
 from autotts.evaluate import BlockResult, Protocol, Questions
 from autotts.sandbox.admission import Verdict
 from autotts.sandbox.judge import OutputLimit, ProtocolError, TraceBudget, UnitJudge
-from autotts.sandbox.wire import FrameError, FrameReader, escape, pack_frame
+from autotts.sandbox.wire import FrameError, FrameReader, FrameTooLarge, escape, pack_frame
 from autotts.store import ReplayData
 
 Unit = tuple[int, int, int, int]  # (store, configuration, first draw, end draw)
 
 MAX_NAME = 100  # characters of a controller NAME
 MAX_KNOBS_JSON = 64 * 1024  # bytes of all knobs of all β, as JSON
+MAX_PENDING = 8 << 20  # bytes of replies the child has not read yet
 
 
 @dataclass(frozen=True)
@@ -179,6 +181,15 @@ class _Child:
         self.kill()
         with contextlib.suppress(Exception):
             self.proc.wait(timeout=10)
+        # Batches are forked by the sandbox process: once it is gone they are orphans, killed
+        # with the group and reaped by init; wait (briefly) until none is left.
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(self.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                break
+            time.sleep(0.01)
         for f in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
             with contextlib.suppress(Exception):
                 if f is not None:
@@ -192,7 +203,12 @@ class _Child:
 
 
 def _death_verdict(c: _Child, rc: int) -> Verdict:
-    err = clean(bytes(c.stderr[-2000:]).decode("utf-8", "replace"), 2000)
+    return _death_verdict_status(rc, clean(bytes(c.stderr[-2000:]).decode("utf-8", "replace"),
+                                           2000))
+
+
+def _death_verdict_status(rc: int, err: str) -> Verdict:
+    """How a sandbox process ended: rc is its exit status, or minus the signal that killed it."""
     ctx = {"stderr": err} if err else {}
     if rc < 0:
         sig = -rc
@@ -245,11 +261,42 @@ def _knobs(header: dict[str, Any], n_betas: int) -> tuple[str, list[dict[str, An
         raise ProtocolError("malformed configs")
     if len(json.dumps(configs)) > MAX_KNOBS_JSON:
         raise OutputLimit(f"the knobs of all β take more than {MAX_KNOBS_JSON} bytes")
-    return escape(name, MAX_NAME, newlines=False), configs
+    return escape(name, MAX_NAME, newlines=False), [_plain_knobs(c) for c in configs]
+
+
+def _plain_knobs(config: dict[str, Any]) -> dict[str, Any]:
+    """Knobs as they will be stored and printed: strings escaped (a knob value is the
+    candidate's text), everything else as JSON gave it."""
+    def clean_value(v: Any) -> Any:
+        if type(v) is str:
+            return escape(v, 1000, newlines=False)
+        if type(v) is list:
+            return [clean_value(x) for x in v]
+        if type(v) is dict:
+            return {escape(k, 100, newlines=False): clean_value(x) for k, x in v.items()}
+        return v
+
+    return {escape(k, 100, newlines=False): clean_value(v) for k, v in config.items()}
+
+
+def _batches(units: list[Unit]) -> list[list[int]]:
+    """Units (one draw each) grouped by (configuration, draw): one sandbox process per group,
+    so that no process meets the same question twice (it could carry what it learned of a
+    question's pool from one draw or β to the next)."""
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, (_, r, lo, hi) in enumerate(units):
+        if hi != lo + 1:
+            raise ValueError("sandbox units hold one draw each")
+        groups.setdefault((r, lo), []).append(i)
+    return list(groups.values())
 
 
 class _Task:
-    """The supervisor's state for one child: which unit is being judged, what came back."""
+    """The supervisor's state for one sandbox: which batch is being judged, what came back.
+
+    States: boot (until the sandbox reports its isolation and the knobs), busy (a batch of
+    episodes being judged), closing (the batch's process reports its printed output and exits),
+    stopping, done."""
 
     def __init__(self, request: dict[str, Any], datas: Sequence[ReplayData], units: list[Unit],
                  limits: SandboxLimits, budget: TraceBudget,
@@ -257,31 +304,33 @@ class _Task:
         self.request = request
         self.questions = [Questions(d) for d in datas]
         self.units = units
+        self.batches = _batches(units)
         self.limits = limits
         self.budget = budget
         self.progress = progress
         self.proto = Protocol(**request["proto"])
         self.betas: list[float | None] = list(request["betas"])
         self.raise_first = request["on_error"] == "raise"
-        self.todo = deque(range(len(units)))
+        self.todo = deque(range(len(self.batches)))
         self.results: dict[int, BlockResult] = {}
         self.alias: dict[int, int] = {}  # unit -> the unit with the same knobs whose results it takes
-        self.info: dict[str, Any] = {"name": None, "configs": None, "isolation": {},
+        self.info: dict[str, Any] = {"name": None, "configs": None, "isolation": None,
                                      "stdout": "", "stdout_dropped": 0, "actions": 0}
         self.judge: UnitJudge | None = None
-        self.unit: int | None = None
-        self.state = "boot"  # boot -> busy -> stopping -> done
+        self.batch: int | None = None
+        self.state = "boot"
         self.round_sent = time.monotonic()
         self.since: dict[int, float] = {}  # live episode -> when it was last answered
 
     def context(self, slot: int | None = None) -> dict[str, Any]:
-        if self.unit is None:
+        if self.batch is None:
             return {}
-        s, r, _, _ = self.units[self.unit]
+        s, r, _, _ = self.units[self.batches[self.batch][0]]
         ctx: dict[str, Any] = {"store": self.questions[s].data.name, "beta": self.betas[r],
                                "config": self.info["configs"][r] if self.info["configs"] else None}
         if slot is not None and self.judge is not None and 0 <= slot < self.judge.n:
-            ctx["draw"], ctx["question"] = self.judge.where(slot)
+            k, ctx["draw"], ctx["question"] = self.judge.where(slot)
+            ctx["store"] = self.judge.parts[k].data.name
         return ctx
 
     def _skip_repeated_knobs(self, configs: list[dict[str, Any]]) -> None:
@@ -289,31 +338,41 @@ class _Task:
         the earlier β's units (when this task has them), as in-process evaluation does."""
         first = [configs.index(c) for c in configs]
         where = {u: i for i, u in enumerate(self.units)}
-        for i in list(self.todo):
-            s, r, lo, hi = self.units[i]
-            j = where.get((s, first[r], lo, hi))
-            if first[r] != r and j is not None:
-                self.todo.remove(i)
-                self.alias[i] = j
+        for b in list(self.todo):
+            pairs = []
+            for i in self.batches[b]:
+                s, r, lo, hi = self.units[i]
+                pairs.append((i, where.get((s, first[r], lo, hi)) if first[r] != r else None))
+            if pairs and all(j is not None for _, j in pairs):
+                self.todo.remove(b)
+                self.alias.update(pairs)
 
-    def next_unit(self) -> dict[str, Any]:
+    def next_batch(self) -> dict[str, Any]:
         if not self.todo:
-            self.unit, self.judge, self.state = None, None, "stopping"
+            self.batch, self.judge, self.state = None, None, "stopping"
             return {"t": "stop"}
-        i = self.todo.popleft()
-        s, r, lo, hi = self.units[i]
-        self.unit, self.state = i, "busy"
-        self.judge = UnitJudge(self.questions[s], self.proto, lo, hi,
-                               trace=bool(self.request["traces"]), budget=self.budget,
-                               window=self.limits.window)
-        p = self.proto
-        start = self.judge.start()
+        b = self.todo.popleft()
+        first = self.units[self.batches[b][0]]
+        r, draw = first[1], first[2]
+        self.batch, self.state = b, "busy"
+        parts = [self.questions[self.units[i][0]] for i in self.batches[b]]
+        self.judge = UnitJudge(parts, self.proto, draw, trace=bool(self.request["traces"]),
+                               budget=self.budget, window=self.limits.window)
+        start = self._facts(self.judge.start())
         now = time.monotonic()
-        self.since = {slot: now for slot, _, _ in start}
-        return {"t": "unit", "unit": i, "r": r, "delta": int(self.questions[s].data.delta),
+        self.since = {f[0]: now for f in start}
+        p = self.proto
+        return {"t": "unit", "r": r, "config": self.info["configs"][r],
                 "kappa": int(p.probe_cost), "budget": p.budget, "start": start}
 
-    def on_frame(self, header: dict[str, Any], arrays: list[np.ndarray] = ()
+    def _facts(self, start: list[list[int]]) -> list[list[int]]:
+        """Each started episode's public facts, with its store's Δ."""
+        judge = self.judge
+        assert judge is not None
+        return [[slot, pool, no_answer, int(judge.parts[judge.where(slot)[0]].data.delta)]
+                for slot, pool, no_answer in start]
+
+    def on_frame(self, header: dict[str, Any], arrays: Sequence[np.ndarray] = ()
                  ) -> dict[str, Any] | None:
         """The supervisor's answer to one frame of the child (None: nothing to send)."""
         kind = header.get("t")
@@ -322,28 +381,46 @@ class _Task:
             slot = v.context.pop("slot", None)
             v.context.update(self.context(slot if type(slot) is int else None))
             raise Failed(v)
+        if kind == "died":
+            status = header.get("status")
+            if type(status) is not int or not -256 < status < 256:
+                raise ProtocolError("malformed died frame")
+            v = _death_verdict_status(status, "")
+            v.context.update(self.context())
+            raise Failed(v)
+        if kind == "ready" and self.state == "boot" and self.info["isolation"] is None:
+            # Sent by the sandbox process before it ran any candidate code: what it reports
+            # here is what the (trusted) lock-down applied.
+            iso = header.get("isolation")
+            self.info["isolation"] = {str(k)[:40]: bool(v) for k, v in iso.items()} \
+                if type(iso) is dict else {}
+            return None
         if kind == "config_error" and self.state == "boot":
             from autotts.errors import ConfigError
 
             raise ConfigError(clean(header.get("message", "bad configuration"), 1000))
-        if kind == "configs" and self.state == "boot":
+        if kind == "configs" and self.state == "boot" and self.info["isolation"] is not None:
             name, configs = _knobs(header, len(self.betas))
-            iso = header.get("isolation")
-            self.info.update(name=name, configs=configs, isolation={
-                str(k)[:40]: bool(v) for k, v in iso.items()} if type(iso) is dict else {})
+            self.info.update(name=name, configs=configs)
             self._skip_repeated_knobs(configs)
-            return self.next_unit()
+            return self.next_batch()
         if kind == "round" and self.state == "busy" and self.judge is not None:
             return self.on_round(header.get("m"), arrays)
+        if kind == "unit_done" and self.state == "closing":
+            self._printed(header)
+            return self.next_batch()
         if kind == "done" and self.state == "stopping":
-            out, dropped = header.get("stdout"), header.get("dropped")
-            if type(out) is not str or type(dropped) is not int or not 0 <= dropped < 2**53:
-                raise ProtocolError("malformed done frame")
-            self.info["stdout"] = out[: self.limits.max_output_bytes]
-            self.info["stdout_dropped"] = dropped + max(0, len(out) - self.limits.max_output_bytes)
             self.state = "done"
             return None
         raise ProtocolError(f"unexpected frame {clean(kind, 40)!r} in state {self.state}")
+
+    def _printed(self, header: dict[str, Any]) -> None:
+        out, dropped = header.get("stdout"), header.get("dropped")
+        if type(out) is not str or type(dropped) is not int or not 0 <= dropped < 2**53:
+            raise ProtocolError("malformed unit_done frame")
+        room = max(0, self.limits.max_output_bytes - len(self.info["stdout"]))
+        self.info["stdout"] += out[:room]
+        self.info["stdout_dropped"] += dropped + max(0, len(out) - room)
 
     def on_round(self, messages: Any, arrays: Sequence[np.ndarray]) -> dict[str, Any]:
         judge = self.judge
@@ -357,9 +434,9 @@ class _Task:
             self.since[r[0]] = now
         for slot in [m[0] for m in messages if m[0] not in judge.live]:
             self.since.pop(slot, None)
-        start = judge.start()
-        for slot, _, _ in start:
-            self.since[slot] = now
+        start = self._facts(judge.start())
+        for f in start:
+            self.since[f[0]] = now
         if not judge.complete:
             return {"t": "reply", "m": replies, "start": start, "end": False, "arrays": out}
         self.info["actions"] += judge.actions
@@ -367,16 +444,15 @@ class _Task:
         if first is not None:
             rec, tb = first
             raise Failed(Verdict(rec["kind"], rec["message"], tb, {
-                **self.context(), "question": rec["question"], "draw": rec["draw"],
-                "step": rec["step"]}))
-        assert self.unit is not None
-        self.results[self.unit] = judge.result()
+                **self.context(), "store": rec["store"], "question": rec["question"],
+                "draw": rec["draw"], "step": rec["step"]}))
+        assert self.batch is not None
+        for k, i in enumerate(self.batches[self.batch]):
+            self.results[i] = judge.result(k)
         if self.progress:
             self.progress(len(self.results), len(self.units))
-        nxt = self.next_unit()
-        # The unit's last reply and the next unit (or stop) travel together.
-        return {"t": "reply", "m": replies, "start": [], "end": True, "next": nxt,
-                "arrays": out}
+        self.state, self.judge, self.since = "closing", None, {}
+        return {"t": "reply", "m": replies, "start": [], "end": True, "arrays": out}
 
     def timeout(self, c: _Child, now: float) -> Verdict | None:
         lim = self.limits
@@ -396,14 +472,17 @@ class _Task:
             return Verdict("timeout", f"one round of episode actions took longer than "
                            f"{lim.episode_seconds:g} s", context=self.context(
                                slot if slot >= 0 else None))
-        elif self.state == "stopping" and now - self.round_sent > lim.episode_seconds:
-            return Verdict("timeout", "the sandbox did not finish")
+        elif self.state in ("closing", "stopping") and (
+                now - self.round_sent > lim.episode_seconds + lim.startup_seconds / 10):
+            return Verdict("timeout", "the sandbox did not finish a batch of episodes")
         return None
 
 
 def _send(c: _Child, sel: selectors.BaseSelector, header: dict[str, Any]) -> None:
     arrays = header.pop("arrays", ())
     c.outbuf += pack_frame(header, arrays)
+    if len(c.outbuf) > MAX_PENDING:  # a child that sends without reading its replies
+        raise ProtocolError(f"more than {MAX_PENDING} bytes of replies left unread")
     with contextlib.suppress(KeyError, ValueError):
         sel.register(c.proc.stdin, selectors.EVENT_WRITE, "stdin")
 
@@ -413,7 +492,9 @@ def _pump(c: _Child, sel: selectors.BaseSelector, task: _Task, t0: float) -> Non
     lim = task.limits
     while True:
         now = time.monotonic()
-        if now - t0 > lim.wall_seconds:
+        # The evaluation's deadline (wall clock, so that it holds across Ray workers), and this
+        # task's own start as a fallback.
+        if now - t0 > lim.wall_seconds or time.time() > task.request.get("deadline", math.inf):
             raise Failed(Verdict("timeout", f"wall-clock limit of {lim.wall_seconds:g} s "
                                  "exceeded", context=task.context()))
         v = task.timeout(c, now)
@@ -462,11 +543,10 @@ def _on_result(c: _Child, sel: selectors.BaseSelector, task: _Task, data: bytes)
         for header, arrays in frames:
             answer = task.on_frame(header, arrays)
             if answer is not None:
-                nxt = answer.pop("next", None)
                 _send(c, sel, answer)
-                if nxt is not None:
-                    _send(c, sel, nxt)
                 task.round_sent = time.monotonic()
+    except FrameTooLarge as e:
+        raise Failed(Verdict("output_limit", clean(e, 300), context=task.context())) from None
     except (FrameError, ProtocolError) as e:
         raise Failed(Verdict("crash", f"the sandbox broke the wire protocol: {clean(e, 300)}",
                              context=task.context())) from None
@@ -505,6 +585,7 @@ def run_task(request: dict[str, Any], datas: Sequence[ReplayData], units: list[U
     for i, j in task.alias.items():
         task.results[i] = task.results[j]
     info = task.info
+    info["isolation"] = info["isolation"] or {}
     info["pids"] = [c.pid]
     info["stderr"] = clean(bytes(c.stderr + c.stdout).decode("utf-8", "replace"),
                            2 * limits.max_output_bytes)

@@ -34,6 +34,10 @@ class FrameError(Exception):
     """A frame that is malformed or larger than allowed."""
 
 
+class FrameTooLarge(FrameError):
+    """More than the parent agreed to hold: the candidate's `output_limit`."""
+
+
 def json_default(o: Any) -> Any:
     if isinstance(o, np.integer | np.bool_):
         return o.item()
@@ -72,10 +76,16 @@ def _nesting(raw: bytes) -> int:
     """An upper bound of the nesting depth of JSON text (brackets inside strings count too).
     Checked before parsing: the C parser recurses once per level, and the interpreter's recursion
     limit may be raised for a moment by another thread (admission), so it is no guard here."""
-    if not raw:
-        return 0
-    steps = _OPEN[np.frombuffer(raw, dtype=np.uint8)]
-    return int(np.cumsum(steps, dtype=np.int64).max())
+    depth, top = 0, 0
+    view = np.frombuffer(raw, dtype=np.uint8)
+    for start in range(0, len(view), 1 << 20):
+        run = np.cumsum(_OPEN[view[start : start + (1 << 20)]], dtype=np.int32) + depth
+        if len(run):
+            top = max(top, int(run.max()))
+            depth = int(run[-1])
+        if top > MAX_DEPTH:
+            break
+    return top
 
 
 def loads_strict(raw: bytes) -> Any:
@@ -107,35 +117,45 @@ def _array_specs(header: dict[str, Any], max_arrays: int) -> list[tuple[np.dtype
 
 class FrameReader:
     """Incremental parser of frames from an untrusted byte stream. `max_frame` caps one frame,
-    `max_total` everything the stream may send."""
+    `max_header` its JSON header (bulk data travels in arrays), `max_total` everything the
+    stream may send. A header is parsed once, however many reads its arrays take."""
 
-    def __init__(self, max_total: int, max_frame: int = 64 << 20, max_arrays: int = 8) -> None:
+    def __init__(self, max_total: int, max_frame: int = 64 << 20, max_arrays: int = 8,
+                 max_header: int = 8 << 20) -> None:
         self.buf = bytearray()
         self.max_total = max_total
         self.max_frame = max_frame
+        self.max_header = min(max_header, max_frame)
         self.max_arrays = max_arrays
         self.total = 0
+        self._head: tuple[dict[str, Any], list[tuple[np.dtype, tuple[int, ...], int]], int] | None
+        self._head = None
 
     def feed(self, data: bytes) -> list[tuple[dict[str, Any], list[np.ndarray]]]:
         self.total += len(data)
         if self.total > self.max_total:
-            raise FrameError(f"the sandbox sent more than {self.max_total} bytes")
+            raise FrameTooLarge(f"the sandbox sent more than {self.max_total} bytes")
         self.buf += data
         frames = []
-        while len(self.buf) >= _LEN.size:
-            (hlen,) = _LEN.unpack_from(self.buf)
-            if hlen > self.max_frame:
-                raise FrameError("frame header too large")
-            if len(self.buf) < _LEN.size + hlen:
-                break
-            header = loads_strict(bytes(self.buf[_LEN.size : _LEN.size + hlen]))
-            if type(header) is not dict:
-                raise FrameError("frame header is not an object")
-            specs = _array_specs(header, self.max_arrays)
-            size = sum(n for _, _, n in specs)
-            if hlen + size > self.max_frame:
-                raise FrameError("frame too large")
-            need = _LEN.size + hlen + size
+        while True:
+            if self._head is None:
+                if len(self.buf) < _LEN.size:
+                    break
+                (hlen,) = _LEN.unpack_from(self.buf)
+                if hlen > self.max_header:
+                    raise FrameTooLarge(f"a frame header of {hlen} bytes (at most "
+                                        f"{self.max_header})")
+                if len(self.buf) < _LEN.size + hlen:
+                    break
+                header = loads_strict(bytes(self.buf[_LEN.size : _LEN.size + hlen]))
+                if type(header) is not dict:
+                    raise FrameError("frame header is not an object")
+                specs = _array_specs(header, self.max_arrays)
+                if hlen + sum(n for _, _, n in specs) > self.max_frame:
+                    raise FrameTooLarge(f"a frame of more than {self.max_frame} bytes")
+                self._head = (header, specs, hlen)
+            header, specs, hlen = self._head
+            need = _LEN.size + hlen + sum(n for _, _, n in specs)
             if len(self.buf) < need:
                 break
             pos = _LEN.size + hlen
@@ -144,6 +164,7 @@ class FrameReader:
                 arrays.append(np.frombuffer(bytes(self.buf[pos : pos + n]), dtype=dt).reshape(shape))
                 pos += n
             del self.buf[:need]
+            self._head = None
             frames.append((header, arrays))
         return frames
 

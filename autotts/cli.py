@@ -163,6 +163,11 @@ def inspect_cmd(
 
 # ---- published data ---------------------------------------------------------------------------
 
+def _say(text: str) -> None:
+    """A line with paths or commands in it: never wrapped, so it can be copied."""
+    out.print(text, soft_wrap=True, highlight=False, markup=False)
+
+
 data_app = typer.Typer(
     no_args_is_help=True,
     help="The published replay data: fetch it into the data folder ($AUTOTTS_DATA, else the user "
@@ -201,8 +206,8 @@ def data_fetch_cmd(
         results = fetch(files, root, base_url=base_url,
                         progress=lambda n: prog.advance(task, n))
     got = [r for r in results if r.action == "downloaded"]
-    out.print(f"{len(got)} file(s) downloaded, {len(results) - len(got)} already there and "
-              f"verified, in {root}/autotts-replay")
+    _say(f"{len(got)} file(s) downloaded, {len(results) - len(got)} already there and "
+         f"verified, in {root}/autotts-replay")
     if parquet:
         from autotts.store import import_files, open_store
 
@@ -215,9 +220,9 @@ def data_fetch_cmd(
             if current == r.file.sha256:
                 continue
             for p in import_files([r.path], root / "stores"):
-                out.print(f"wrote {p}")
+                _say(f"wrote {p}")
     if root != data_dir():
-        out.print(f"to use this folder: export AUTOTTS_DATA={root}")
+        _say(f"to use this folder: export AUTOTTS_DATA={root}")
 
 
 @data_app.command("list")
@@ -231,7 +236,7 @@ def data_list_cmd(
 
     root = folder.expanduser().resolve() if folder is not None else data_dir()
     where = "given by --dir" if folder is not None else data_source()
-    out.print(f"data folder: {root} ({where})")
+    _say(f"data folder: {root} ({where})")
     t = Table()
     for col in ("data set", "file", "MB", "status"):
         t.add_column(col, justify="right" if col == "MB" else "left")
@@ -251,8 +256,8 @@ def data_list_cmd(
         t.add_row("(Parquet store)", m.parent.relative_to(root / "stores").as_posix(), "", "cached")
     out.print(t)
     for d in CATALOG.values():
-        out.print(f"{d.name}: {d.description}; from {d.origin}")
-    out.print("get what is missing with: autotts data fetch")
+        _say(f"{d.name}: {d.description}; from {d.origin}")
+    _say("get what is missing with: autotts data fetch")
 
 
 # ---- evaluation -------------------------------------------------------------------------------

@@ -225,6 +225,14 @@ def data_fetch_cmd(
         _say(f"to use this folder: export AUTOTTS_DATA={root}")
 
 
+@data_app.command("path")
+def data_path_cmd() -> None:
+    """Print the data folder, for scripts: DATA=$(autotts data path)."""
+    from autotts.paths import data_dir
+
+    print(data_dir())
+
+
 @data_app.command("list")
 def data_list_cmd(
     folder: Annotated[Path | None, typer.Option("--dir", help="data folder \\[default: $AUTOTTS_DATA, else the user cache folder]")] = None,

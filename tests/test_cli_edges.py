@@ -175,7 +175,7 @@ def test_gitignore_covers_what_the_readme_creates(tmp_path):
     if shutil.which("git") is None or not (ROOT / ".git").exists():
         pytest.skip("not a git checkout")
     paths = ["data/stores/Qwen3-8B/aime24/manifest.json", "runs/first/summary.json",
-             "autotts-demo/report.html", "runs/pp.json", "runs/report/report.html",
+             "autotts-demo/report.html", "autotts-demo-8b/report.html", "runs/pp.json", "runs/report/report.html",
              "data/synth-weak/manifest.json", "data/Qwen3-8B/aime24/manifest.json"]
     res = subprocess.run(["git", "check-ignore", "--no-index", *paths], cwd=ROOT,
                          capture_output=True, text=True)

@@ -29,9 +29,9 @@ def reference_files() -> list[Path]:
     files = [data_dir() / "autotts-replay" / m / f"{b}.json" for m in MODELS for b in BENCHES]
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
-        raise ConfigError(
-            f"bench needs the published replay: missing {missing[0]} (set AUTOTTS_DATA)"
-        )
+        from autotts.datasets import missing_hint
+
+        raise ConfigError(f"bench needs the published replay: missing {missing[0]}; {missing_hint()}")
     return files
 
 
@@ -96,7 +96,8 @@ def bench_steps(file: Path, seconds: float = 2.0) -> dict[str, float]:
 def reference_cells() -> list[dict[str, str]]:
     path = reference_dir() / "reference_evaluator_outputs.csv"
     if not path.is_file():
-        raise ConfigError(f"bench needs {path} (set AUTOTTS_DATA)")
+        raise ConfigError(f"bench needs the reference evaluator's figures: {path} "
+                          "(set AUTOTTS_REFERENCE to the folder that has them)")
     with open(path, newline="") as f:
         return [r for r in csv.DictReader(f) if r["controller"] in BASELINES]
 

@@ -1,4 +1,4 @@
-"""The `autotts` command line (DESIGN §10). Every error reaches the user as one line and a
+"""The `autotts` command line (docs/design.md §10). Every error reaches the user as one line and a
 non-zero exit status; tracebacks are for bugs only."""
 
 from __future__ import annotations
@@ -15,7 +15,56 @@ from rich.table import Table
 from autotts.controller import parse_sets
 from autotts.errors import AutoTTSError, ConfigError
 
+# Help shows a plain word for what an option takes (PATH, N, ...), not the Python annotation
+# (`<list[Path]>`, `<bool>`) that typer prints by default.
+_METAVARS = {"path": "PATH", "int": "N", "integer": "N", "float": "X", "str": "TEXT", "text": "TEXT"}
+
+
+def _metavar(param: Any) -> str:
+    if getattr(param, "is_flag", False):
+        return ""
+    t = getattr(param, "type", None)  # click's parameter type (older typer)
+    label = getattr(t, "name", None)
+    if label is None and hasattr(param, "bare_type"):  # typer >= 0.2x: from the annotation
+        label = param.bare_type()
+        if label.startswith("list[") and label.endswith("]"):
+            label = label[5:-1]
+    return _METAVARS.get(str(label).lower(), "VALUE")
+
+
+def _tidy_metavars(cmd: Any) -> None:
+    # Duck-typed: recent typer versions vendor their own click.
+    for param in getattr(cmd, "params", []):
+        kind = getattr(param, "param_type_name", "")
+        if kind == "option" and param.metavar is None:
+            param.metavar = _metavar(param)
+        elif kind == "argument":
+            if param.metavar is None and param.name:
+                param.metavar = param.name.upper()
+            if hasattr(param, "display_type_rich"):
+                param.display_type_rich = lambda ctx: ""  # the name says it (typer >= 0.2x)
+    get_help = getattr(cmd, "get_help_option", None)
+    if get_help is not None:  # --help is made on demand, so it is tidied when it is made
+
+        def help_option(ctx: Any, get_help: Any = get_help) -> Any:
+            opt = get_help(ctx)
+            if opt is not None and getattr(opt, "metavar", "") is None:
+                opt.metavar = ""
+            return opt
+
+        cmd.get_help_option = help_option
+    for sub in getattr(cmd, "commands", {}).values():
+        _tidy_metavars(sub)
+
+
+class _Group(typer.core.TyperGroup):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _tidy_metavars(self)
+
+
 app = typer.Typer(
+    cls=_Group,
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -23,6 +72,22 @@ app = typer.Typer(
 )
 out = Console()
 err = Console(stderr=True)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from autotts import __version__
+
+        print(f"autotts {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="print the version and exit")] = False,
+) -> None:
+    """Discover test-time-scaling controllers offline by replaying recorded reasoning branches."""
 
 
 def _write_json(path: Path, payload: Any) -> None:
@@ -96,6 +161,113 @@ def inspect_cmd(
     out.print(t)
 
 
+# ---- published data ---------------------------------------------------------------------------
+
+def _say(text: str) -> None:
+    """A line with paths or commands in it: never wrapped, so it can be copied."""
+    out.print(text, soft_wrap=True, highlight=False, markup=False)
+
+
+data_app = typer.Typer(
+    no_args_is_help=True,
+    help="The published replay data: fetch it into the data folder ($AUTOTTS_DATA, else the user "
+    "cache folder) and list what is there.",
+)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("fetch")
+def data_fetch_cmd(
+    names: Annotated[list[str] | None, typer.Argument(
+        metavar="NAME", show_default=False,
+        help="a data set (autotts-qwen3) or one file of it (Qwen3-8B/aime24) \\[default: all]")] = None,
+    to: Annotated[Path | None, typer.Option("--to", help="data folder to fill \\[default: $AUTOTTS_DATA, else the user cache folder]")] = None,
+    base_url: Annotated[str | None, typer.Option(help="mirror with the same layout (http(s) or file://) \\[default: $AUTOTTS_DATA_URL, else the AutoTTS repository at the pinned commit]")] = None,
+    parquet: Annotated[bool, typer.Option("--parquet", help="also import each file as a Parquet store, DIR/stores/<model>/<bench>")] = False,
+) -> None:
+    """Download published replay files: checked by size and sha256, resumable, atomic."""
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TransferSpeedColumn,
+    )
+
+    from autotts.datasets import fetch, select
+    from autotts.paths import data_dir
+
+    files = select(names or [])
+    root = (to.expanduser().resolve() if to is not None else data_dir())
+    total = sum(f.size for f in files)
+    with Progress(TextColumn("[bold]fetching"), BarColumn(), DownloadColumn(),
+                  TransferSpeedColumn(), console=err, transient=True) as prog:
+        task = prog.add_task("fetch", total=total)
+        results = fetch(files, root, base_url=base_url,
+                        progress=lambda n: prog.advance(task, n))
+    got = [r for r in results if r.action == "downloaded"]
+    _say(f"{len(got)} file(s) downloaded, {len(results) - len(got)} already there and "
+         f"verified, in {root}/autotts-replay")
+    if parquet:
+        from autotts.store import import_files, open_store
+
+        for r in results:
+            target = root / "stores" / r.file.key
+            try:
+                current = open_store(target).manifest.get("source", {}).get("sha256")
+            except AutoTTSError:
+                current = None
+            if current == r.file.sha256:
+                continue
+            for p in import_files([r.path], root / "stores"):
+                _say(f"wrote {p}")
+    if root != data_dir():
+        _say(f"to use this folder: export AUTOTTS_DATA={root}")
+
+
+@data_app.command("path")
+def data_path_cmd() -> None:
+    """Print the data folder, for scripts: DATA=$(autotts data path)."""
+    from autotts.paths import data_dir
+
+    print(data_dir())
+
+
+@data_app.command("list")
+def data_list_cmd(
+    folder: Annotated[Path | None, typer.Option("--dir", help="data folder \\[default: $AUTOTTS_DATA, else the user cache folder]")] = None,
+    verify: Annotated[bool, typer.Option("--verify", help="also check each cached file's sha256")] = False,
+) -> None:
+    """What the catalog knows and what is in the data folder."""
+    from autotts.datasets import CATALOG, data_source, status
+    from autotts.paths import data_dir
+
+    root = folder.expanduser().resolve() if folder is not None else data_dir()
+    where = "given by --dir" if folder is not None else data_source()
+    _say(f"data folder: {root} ({where})")
+    t = Table()
+    for col in ("data set", "file", "MB", "status"):
+        t.add_column(col, justify="right" if col == "MB" else "left")
+    known = set()
+    for d in CATALOG.values():
+        for f in d.files:
+            known.add(f.local)
+            st = status(f, root, verify=verify)
+            style = "green" if st == "cached" else "yellow" if st in ("missing", "partial") else "red"
+            t.add_row(d.name, f.key, f"{f.size / 1e6:.1f}", f"[{style}]{st}[/]")
+    for p in sorted((root / "autotts-replay").glob("*/*.json")):
+        rel = p.relative_to(root).as_posix()
+        if rel not in known:
+            t.add_row("(not in the catalog)", p.relative_to(root / "autotts-replay").as_posix()
+                      .removesuffix(".json"), f"{p.stat().st_size / 1e6:.1f}", "cached")
+    for m in sorted((root / "stores").glob("*/*/manifest.json")):
+        t.add_row("(Parquet store)", m.parent.relative_to(root / "stores").as_posix(), "", "cached")
+    out.print(t)
+    for d in CATALOG.values():
+        _say(f"{d.name}: {d.description}; from {d.origin}")
+    _say("get what is missing with: autotts data fetch")
+
+
 # ---- evaluation -------------------------------------------------------------------------------
 
 
@@ -106,25 +278,38 @@ def parse_betas(text: str) -> list[float]:
         raise ConfigError(f"--betas expects numbers separated by commas, got {text!r}") from None
     if not betas:
         raise ConfigError("--betas is empty")
+    for b in betas:
+        if not 0 <= b <= 1:  # also refuses nan
+            raise ConfigError(f"--betas: β must be in [0, 1], got {b:g}")
     return betas
 
 
 DEFAULT_BETAS = "0,0.25,0.5,0.75,1"
 
 
+def _controller_help() -> str:
+    from autotts.controller import builtin_names
+
+    try:
+        names = ", ".join(builtin_names())
+    except OSError:
+        names = "sc, asc, esc, parallel_probe, cmc, ..."
+    return f"a built-in ({names}) or the path to a controller file"
+
+
 @app.command("eval")
 def eval_cmd(
-    controller: Annotated[str, typer.Option(help="built-in name or path to a controller file")],
-    store: Annotated[list[Path] | None, typer.Option(help="store dir or AutoTTS JSON")] = None,
-    env: Annotated[Path | None, typer.Option(help="environment definition (TOML)")] = None,
-    split: Annotated[str, typer.Option(help="split of --env: search or heldout")] = "search",
-    set_: Annotated[list[str] | None, typer.Option("--set", help="override a knob: KEY=VALUE")] = None,
-    betas: Annotated[str | None, typer.Option(help=f"β grid (default {DEFAULT_BETAS})")] = None,
-    draws: Annotated[int | None, typer.Option(help="draws per question [default: 100]")] = None,
-    protocol: Annotated[str | None, typer.Option(help="shuffle or subsample [default: shuffle]")] = None,
-    pool: Annotated[int | None, typer.Option(help="branches available per draw")] = None,
+    controller: Annotated[str, typer.Option(help=_controller_help())],
+    store: Annotated[list[Path] | None, typer.Option(help="store dir or AutoTTS JSON (repeatable)")] = None,
+    env: Annotated[Path | None, typer.Option(help="environment definition (TOML): stores, β grid, protocol")] = None,
+    split: Annotated[str | None, typer.Option(help="split of --env: search or heldout \\[default: search]")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override a knob: KEY=VALUE (repeatable)")] = None,
+    betas: Annotated[str | None, typer.Option(help=f"β grid, comma-separated, each in \\[0, 1] \\[default: {DEFAULT_BETAS}, or the --env grid]")] = None,
+    draws: Annotated[int | None, typer.Option(help="draws per question \\[default: 100, or the --env draws]")] = None,
+    protocol: Annotated[str | None, typer.Option(help="shuffle or subsample \\[default: shuffle]")] = None,
+    pool: Annotated[int | None, typer.Option(help="branches available per draw \\[default: all]")] = None,
     seed: Annotated[int, typer.Option(help="first draw seed")] = 0,
-    probe_cost: Annotated[int | None, typer.Option(help="κ: tokens charged per probe [default: 0]")] = None,
+    probe_cost: Annotated[int | None, typer.Option(help="κ: tokens charged per probe \\[default: 0]")] = None,
     budget: Annotated[int | None, typer.Option(help="token budget per question")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="write results as JSON")] = None,
     json_episodes: Annotated[bool, typer.Option(help="with --json: each row also carries its episodes (correct, tokens per draw × question), for `autotts compare`")] = False,
@@ -134,11 +319,16 @@ def eval_cmd(
     workers: Annotated[int, typer.Option(help="worker processes")] = 1,
     executor: Annotated[str, typer.Option(help="local or ray")] = "local",
     ray_address: Annotated[str | None, typer.Option(help="Ray cluster address (else a local runtime)")] = None,
-    errors: Annotated[str, typer.Option(help="on a failing episode: raise or record")] = "raise",
+    errors: Annotated[str, typer.Option(help="on a failing episode: raise (stop) or record (score it wrong and go on)")] = "raise",
 ) -> None:
     """Evaluate a controller over stores × β × draws."""
     from autotts.evaluate import Protocol, evaluate
 
+    if errors not in ("raise", "record"):
+        raise ConfigError(f"--errors must be raise or record, got {errors!r}")
+    if split is not None and env is None:
+        raise ConfigError("--split chooses a split of --env; give --env FILE.toml too")
+    split = split or "search"
     overrides = parse_sets(set_ or [])
     default_betas = parse_betas(DEFAULT_BETAS)
     stores: list[Any] = list(store or [])
@@ -167,7 +357,7 @@ def eval_cmd(
         raise ConfigError("give at least one --store or an --env")
     if json_episodes and json_out is None:
         raise ConfigError("--json-episodes needs --json FILE")
-    if sandbox:  # same call and rows; the controller runs in sandbox processes (DESIGN §7)
+    if sandbox:  # same call and rows; the controller runs in sandbox processes (docs/sandbox.md)
         from autotts.sandbox import evaluate_sandboxed as evaluate
     proto = Protocol(draws=draws, protocol=protocol, pool=pool, seed=seed,
                      probe_cost=probe_cost, budget=budget)

@@ -1,4 +1,4 @@
-"""The controller contract (DESIGN §5) and how controllers are found, loaded and configured.
+"""The controller contract (docs/design.md §5; the text: autotts/contract.md) and how controllers are found, loaded and configured.
 
 A controller is one Python file with one class:
 
@@ -79,17 +79,52 @@ class ControllerSpec:
                 raise ConfigError(
                     f"controller {self.name!r} has no knob {k!r} (knobs: {', '.join(sorted(known))})"
                 )
+        defaults = self.defaults()
+        for k, v in overrides.items():
+            want = _kind_of(defaults[k] if k in defaults else base.get(k))
+            if want is not None and not _fits(v, want):
+                raise ConfigError(
+                    f"knob {k!r} of controller {self.name!r} expects {want}, got {v!r} "
+                    f"(--set {k}=...)"
+                )
         cfg = {**base, **overrides}
-        missing = [k for k in self.knob_names() if k not in cfg and k not in self.defaults()]
+        missing = [k for k in self.knob_names() if k not in cfg and k not in defaults]
         if missing:
             raise ConfigError(
                 f"controller {self.name!r}: knob(s) {missing} have no default; "
                 "give --betas or --set them"
             )
+        if overrides:
+            # A value the constructor refuses is the user's configuration error, reported once
+            # here with the knob's name, not as a controller crash at question 0.
+            try:
+                self.cls(**cfg)
+            except Exception as e:
+                given = ", ".join(f"{k}={v!r}" for k, v in overrides.items())
+                raise ConfigError(
+                    f"controller {self.name!r} rejects --set {given}: {type(e).__name__}: {e}"
+                ) from None
         return cfg
 
     def make(self, config: dict[str, Any]) -> Any:
         return self.cls(**config)
+
+
+def _kind_of(value: Any) -> str | None:
+    """The kind of value a knob takes, judged from its default (or scheduled) value. Deliberately
+    coarse: an int default may still take 0.5; only a value of another kind is refused here (the
+    constructor itself gets the last word)."""
+    if isinstance(value, bool):
+        return "true or false"
+    if isinstance(value, int | float):
+        return "a number"
+    return None  # strings, None, lists, ...: the constructor decides
+
+
+def _fits(value: Any, kind: str) -> bool:
+    if kind == "true or false":
+        return isinstance(value, bool)
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def builtin_names() -> list[str]:

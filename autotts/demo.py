@@ -41,23 +41,26 @@ class DemoResult:
     store_path: str
     seconds: float
     skipped: list[str]
+    generated_store: Path | None = None  # the shipped store, regenerated into the report dir
 
 
 def shipped_store_path() -> Path:
     return project_data_dir() / "synthetic"
 
 
-def _open_demo_store(store: str | Path | None, out_dir: Path, console: Console) -> Store:
+def _open_demo_store(store: str | Path | None, out_dir: Path,
+                     console: Console) -> tuple[Store, Path | None]:
+    """The store to run on, and the directory it was generated into (None: it already existed)."""
     if store is not None:
-        return open_store(store)
+        return open_store(store), None
     shipped = shipped_store_path()
     if (shipped / "manifest.json").is_file():
-        return open_store(shipped)
+        return open_store(shipped), None
     target = out_dir / "synthetic-store"
     console.print(f"[dim]no shipped store at {shipped}; generating it (seed {SHIPPED.seed}) "
                   f"into {target}[/]")
     write_synthetic(SHIPPED, target)
-    return open_store(target)
+    return open_store(target), target
 
 
 def _rel(p: Path, up: bool = False) -> str:
@@ -91,7 +94,7 @@ def run_demo(
     t0 = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    st = _open_demo_store(store, out, console)
+    st, generated = _open_demo_store(store, out, console)
     names = list(controllers) if controllers else builtin_names()
     if workers is None:
         workers = max(1, min(2, os.cpu_count() or 1))
@@ -150,31 +153,69 @@ def run_demo(
         notes.append(f"{errs} episode(s) failed and were scored as wrong.")
     report = build_report(rows, out, title=f"autotts demo: built-in controllers on {st.name}",
                           notes=notes)
-    return DemoResult(report, rows, results, st.name, st.path, time.perf_counter() - t0, skipped)
+    return DemoResult(report, rows, results, st.name, st.path, time.perf_counter() - t0, skipped,
+                      generated)
 
 
-def next_steps() -> list[tuple[str, str]]:
-    """(what, command) pairs printed after the demo."""
-    ref = data_dir() / "autotts-replay"
-    ref_file = ref / "Qwen3-8B" / "aime24.json"
-    ref_arg = _rel(ref_file, up=True) if ref_file.is_file() else "PATH/TO/Qwen3-8B/aime24.json"
-    ref_dir = _rel(ref, up=True) if ref.is_dir() else "PATH/TO/autotts-replay"
+def _arg(p: Path) -> str:
+    """A path for a command line: relative when short, else with ~ for the home folder."""
+    rel = _rel(p, up=True)
+    if not rel.startswith("../.."):
+        return rel
+    home = str(Path.home())
+    ab = str(Path(p).resolve())
+    return "~" + ab[len(home):] if ab.startswith(home + os.sep) else ab
+
+
+DISCOVER_MODEL = "gpt-4.1-mini"  # the model the README's discover example uses
+
+
+def next_steps(result: DemoResult | None = None) -> list[tuple[str, str]]:
+    """(what, command) pairs printed after the demo; the first uses the store the demo ran on."""
+    from autotts.datasets import CATALOG, DEFAULT_DATASET, FETCH_COMMAND, status
+
+    ran_on = _arg(Path(result.store_path)) if result is not None else "data/synthetic"
+    ds = CATALOG[DEFAULT_DATASET]
+    root = data_dir()
+    ref_file = root / "autotts-replay" / "Qwen3-8B" / "aime24.json"
+    ref_arg = _arg(ref_file)
     envs = sorted(envs_dir().glob("*.toml")) if envs_dir().is_dir() else []
-    env_arg = _rel(envs[0], up=True) if envs else "env/aime-qwen3.toml"
-    return [
-        ("Evaluate a controller on the published AutoTTS data and plot it",
-         f"autotts eval --controller parallel_probe --store {ref_arg} --json pp.json\n"
-         "autotts report pp.json --out pp-report"),
-        ("Import published JSON files as Parquet stores (or collect your own on a GPU)",
-         f"autotts import {ref_dir}/Qwen3-8B/aime24.json --out data/stores"),
-        ("Re-run this demo on any store", "autotts demo --store data/stores/Qwen3-8B/aime24"),
+    env_arg = _rel(envs[0], up=True) if envs else "aime-qwen3"
+    steps = [
+        ("One controller on the store this demo used, all 100 draws of the published protocol",
+         f"autotts eval --controller cmc --store {ran_on} --betas 0,0.5,1"),
+    ]
+    if any(status(f, root) != "cached" for f in ds.files):
+        steps.append((f"Get the published AutoTTS replays ({len(ds.files)} files, "
+                      f"{ds.size / 1e6:.0f} MB, into {_arg(root)})", FETCH_COMMAND))
+    steps += [
+        ("Evaluate a controller on a published replay and plot it",
+         f"autotts eval --controller parallel_probe --store {ref_arg} --json runs/pp.json\n"
+         "autotts report runs/pp.json --out runs/pp-report"),
+        ("Run this demo on a published replay (as a Parquet store: faster to load)",
+         f"autotts import {ref_arg} --out data/stores\n"
+         "autotts demo --store data/stores/Qwen3-8B/aime24 --out autotts-demo-8b"),
         ("Make another synthetic store (a weaker model, like Qwen3-0.6B; docs/synthetic.md)",
          "autotts synth --out data/synth-weak --seed 1 --skill -3.5"),
-        ("Let an LLM agent discover a controller (needs OPENAI_API_KEY, or point --base-url "
-         "at any OpenAI-compatible server)",
-         f"autotts discover --env {env_arg} --run-dir runs/first --model gpt-4o-mini "
-         "--base-url https://api.openai.com/v1"),
+        ("Let an LLM agent discover a controller (needs OPENAI_API_KEY; --base-url for any "
+         "OpenAI-compatible server)",
+         f"autotts discover --env {env_arg} --run-dir runs/first --model {DISCOVER_MODEL}"),
     ]
+    return steps
+
+
+def written_files(result: DemoResult) -> list[tuple[Path, str]]:
+    """Everything the demo wrote into its report directory, with what it is."""
+    rp = result.report
+    files = [(rp.html, "open this: plot and tables in one file")]
+    if rp.png is not None:
+        files.append((rp.png, "accuracy vs tokens, β on each point"))
+    files += [(rp.markdown, "the same as markdown"),
+              (rp.summary, "best point, AUC and Pareto points per controller (JSON)"),
+              (result.results, "raw rows (as autotts eval --json writes them)")]
+    if result.generated_store is not None:
+        files.append((result.generated_store, "the synthetic store it ran on (generated)"))
+    return files
 
 
 def print_demo(result: DemoResult, console: Console) -> None:
@@ -195,16 +236,11 @@ def print_demo(result: DemoResult, console: Console) -> None:
     rp = result.report
     console.print(f"\n[bold green]Report written to {_rel(rp.out_dir)}/[/] "
                   f"({result.seconds:.1f} s)")
-    files = [(rp.html, "open this: plot and tables in one file")]
-    if rp.png is not None:
-        files.append((rp.png, "accuracy vs tokens, β on each point"))
-    files += [(rp.markdown, "the same as markdown"),
-              (result.results, "raw rows (as autotts eval --json writes them)")]
-    for path, what in files:
+    for path, what in written_files(result):
         console.print(f"  {_rel(path):<36} {what}", markup=False, highlight=False,
                       soft_wrap=True)
     console.print("\n[bold]Next:[/]")
-    for what, cmd in next_steps():
+    for what, cmd in next_steps(result):
         console.print(f"  [dim]# {what}[/]", soft_wrap=True)
         for line in cmd.splitlines():
             console.print(f"  {line}", markup=False, highlight=False, soft_wrap=True)

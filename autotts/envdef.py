@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from autotts.datasets import FETCH_COMMAND, data_source, is_published_path
 from autotts.errors import ConfigError
 from autotts.paths import data_dir, envs_dir
 
@@ -49,17 +50,33 @@ class EnvDef:
         return {k: list(v) for k, v in (self.heldout_groups or {"heldout": self.splits["heldout"]}).items()}
 
     def split_paths(self, split: str) -> list[str]:
-        """The stores of `split`: search, heldout (every held-out group) or heldout:NAME."""
+        """The stores of `split`: search, heldout (every held-out group) or heldout:NAME; a
+        missing one is a ConfigError that says how `{data}` resolved and the one command that
+        fetches the published data."""
         if split.startswith("heldout:"):
             name = split[len("heldout:"):]
             groups = self.groups()
             if name not in groups:
                 raise ConfigError(f"{self.path}: no held-out group {name!r} (groups: "
                                   f"{', '.join(groups)})")
-            return groups[name]
-        if split not in SPLITS:
+            paths = list(groups[name])
+        elif split not in SPLITS:
             raise ConfigError(f"unknown split {split!r} (expected search, heldout or heldout:NAME)")
-        return list(self.splits[split])
+        else:
+            paths = list(self.splits[split])
+        for p in paths:
+            if not Path(p).exists():
+                raise ConfigError(missing_store_message(self.path, p))
+        return paths
+
+
+def missing_store_message(env_path: str, store: str) -> str:
+    """One line: which store of which env file is missing, and how to get it."""
+    msg = f"{env_path}: store {store} does not exist"
+    if Path(store).is_relative_to(data_dir()) or is_published_path(store):
+        return (f"{msg}; {{data}} is {data_dir()} ({data_source()}): get the published replays "
+                f"with `{FETCH_COMMAND}`, or set AUTOTTS_DATA to a folder that has them")
+    return msg
 
 
 def resolve_env_path(name_or_path: str | Path) -> Path:
@@ -73,6 +90,8 @@ def resolve_env_path(name_or_path: str | Path) -> Path:
 
 
 def _expand(entry: str, base: Path) -> str:
+    # {data}: the data folder (autotts.paths.data_dir: $AUTOTTS_DATA, else the user cache folder
+    # that `autotts data fetch` fills).
     if entry.startswith("{data}"):
         return str(data_dir() / entry[len("{data}") :].lstrip("/"))
     p = Path(entry).expanduser()

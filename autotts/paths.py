@@ -1,4 +1,5 @@
-"""Where things live: the shared reference data, and built-in controllers/envs (checkout or wheel)."""
+"""Where things live: the published replay data (the data folder), and built-in controllers/envs
+(checkout or wheel)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ CHECKOUT_DIR = PACKAGE_DIR.parent
 
 
 def _builtin_dir(name: str) -> Path:
-    # A checkout keeps controllers/ and env/ beside the package (DESIGN §2); a wheel carries them
+    # A checkout keeps controllers/ and env/ beside the package (docs/design.md §2); a wheel carries them
     # inside it under _builtin/ (see pyproject's force-include).
     checkout = CHECKOUT_DIR / name
     if checkout.is_dir() and (CHECKOUT_DIR / "pyproject.toml").is_file():
@@ -26,16 +27,29 @@ def envs_dir() -> Path:
     return _builtin_dir("env")
 
 
+def default_data_dir() -> Path:
+    """The platform's user cache folder for autotts (e.g. ~/.cache/autotts on Linux)."""
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("autotts", appauthor=False))
+
+
 def data_dir() -> Path:
-    """The shared data folder: $AUTOTTS_DATA, else ../shared/data beside the checkout."""
+    """The data folder, where `autotts data fetch` puts the published replays and `{data}` in
+    env files points: $AUTOTTS_DATA if set, else the platform's user cache folder. Layout:
+    <data>/autotts-replay/<MODEL>/<BENCH>.json."""
     env = os.environ.get("AUTOTTS_DATA")
     if env:
         return Path(env).expanduser().resolve()
-    return (CHECKOUT_DIR.parent / "shared" / "data").resolve()
+    return default_data_dir()
 
 
 def reference_dir() -> Path:
-    """The shared reference figures (../shared/reference), found beside the data folder."""
+    """The published reference evaluator's figures (tests only): $AUTOTTS_REFERENCE, else
+    `reference/` beside the data folder."""
+    env = os.environ.get("AUTOTTS_REFERENCE")
+    if env:
+        return Path(env).expanduser().resolve()
     return data_dir().parent / "reference"
 
 

@@ -408,13 +408,17 @@ _LABEL_SPOTS = [
     (4, -4, "left", "top"), (4, 4, "left", "bottom"), (-4, 4, "right", "bottom"),
     (-4, -4, "right", "top"), (0, -7, "center", "top"), (0, 7, "center", "bottom"),
     (10, -12, "left", "top"), (-10, 12, "right", "bottom"), (10, 12, "left", "bottom"),
-    (-10, -12, "right", "top"),
+    (-10, -12, "right", "top"), (14, 0, "left", "center"), (-14, 0, "right", "center"),
+    (0, -16, "center", "top"), (0, 16, "center", "bottom"), (18, -20, "left", "top"),
+    (-18, 20, "right", "bottom"),
 ]
 
 
 def _place_labels(fig: Any, labels: Sequence[tuple[Any, float, float, str, str]]) -> None:
-    """Put each β label at the first nearby spot that overlaps no marker and no label placed
-    before it (else the least crowded spot), measured in display space after layout."""
+    """Put each β label at the first nearby spot that overlaps no label placed before it and no
+    marker (else the spot with the least marker overlap). A label that cannot be placed without
+    covering another label is left out: the tables carry every β, and overlapping labels are
+    unreadable. Measured in display space after layout."""
     if not labels:
         return
     fig.canvas.draw()  # runs the layout so that display coordinates are final
@@ -425,19 +429,15 @@ def _place_labels(fig: Any, labels: Sequence[tuple[Any, float, float, str, str]]
         markers.setdefault(ax, []).append(ax.transData.transform((x, y)))  # type: ignore[union-attr]
     r = 5.0  # marker radius in pixels, about
 
-    def overlap(bb: Any, ax: Any) -> float:
-        total = 0.0
-        for other in placed.get(ax, []):
-            w = min(bb.x1, other.x1) - max(bb.x0, other.x0)
-            h = min(bb.y1, other.y1) - max(bb.y0, other.y0)
-            if w > 0 and h > 0:
-                total += w * h
-        for mx, my in markers[ax]:
-            w = min(bb.x1, mx + r) - max(bb.x0, mx - r)
-            h = min(bb.y1, my + r) - max(bb.y0, my - r)
-            if w > 0 and h > 0:
-                total += w * h
-        return total
+    def area(bb: Any, x0: float, y0: float, x1: float, y1: float) -> float:
+        w = min(bb.x1, x1) - max(bb.x0, x0)
+        h = min(bb.y1, y1) - max(bb.y0, y0)
+        return w * h if w > 0 and h > 0 else 0.0
+
+    def overlap(bb: Any, ax: Any) -> tuple[float, float]:
+        on_labels = sum(area(bb, o.x0, o.y0, o.x1, o.y1) for o in placed.get(ax, []))
+        on_markers = sum(area(bb, mx - r, my - r, mx + r, my + r) for mx, my in markers[ax])
+        return on_labels, on_markers
 
     for ax, x, y, text, color in labels:
         best = None
@@ -452,9 +452,12 @@ def _place_labels(fig: Any, labels: Sequence[tuple[Any, float, float, str, str]]
                 best = (cost, ann, bb)
             else:
                 ann.remove()
-            if cost == 0:
+            if cost == (0.0, 0.0):
                 break
         assert best is not None
+        if best[0][0] > 0:
+            best[1].remove()
+            continue
         placed.setdefault(ax, []).append(best[2])
 
 

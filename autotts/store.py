@@ -177,8 +177,22 @@ def _check_str_list(path: Path, qi: int, field: str, value: object) -> list[str]
 
 
 def store_name_for(path: Path) -> tuple[str, str]:
-    """(model, benchmark) of a published file: <parent folder>/<file stem>."""
-    return path.parent.name, path.stem
+    """(model, benchmark) of a published file: <parent folder>/<file stem>. The parent is taken
+    from the absolute path, so a bare file name (`renamed.json`) gets the current folder's name,
+    never an empty model that would make the name '/renamed'."""
+    parent = Path(os.path.abspath(path)).parent.name
+    return parent or "unknown", path.stem
+
+
+def missing_path_error(path: str | os.PathLike[str]) -> StoreError:
+    """The one message for a store or JSON file that is not there (import, eval, inspect, ...);
+    where the path is one of the published files, it names the command that fetches them."""
+    from autotts.datasets import is_published_path, missing_hint
+
+    msg = "no such store or file"
+    if is_published_path(path):
+        msg += f"; {missing_hint()}"
+    return StoreError(path, msg)
 
 
 def read_autotts_json(path: str | os.PathLike[str], answers: str = "exact") -> Store:
@@ -188,6 +202,8 @@ def read_autotts_json(path: str | os.PathLike[str], answers: str = "exact") -> S
         raise StoreError(path, f"unknown answer mode {answers!r} (expected exact or math)")
     try:
         raw = path.read_bytes()
+    except FileNotFoundError:
+        raise missing_path_error(path) from None
     except OSError as e:
         raise StoreError(path, f"cannot read: {e.strerror or e}") from None
     try:
@@ -552,7 +568,7 @@ def open_store(path: str | os.PathLike[str], answers: str = "exact") -> Store:
         if p.suffix.lower() == ".json":
             return read_autotts_json(p, answers=answers)
         raise StoreError(p, "expected a store directory or an AutoTTS .json file")
-    raise StoreError(p, "no such store or file")
+    raise missing_path_error(p)
 
 
 def import_files(
@@ -565,4 +581,12 @@ def import_files(
     dup = {n for n in names if names.count(n) > 1}
     if dup:
         raise StoreError(out, f"two sources map to the same store name {sorted(dup)[0]!r}")
-    return [write_store(s, Path(out) / s.name) for s in stores]
+    root = Path(out)
+    for src, name in zip(sources, names, strict=True):
+        # A store name must never escape OUT (an absolute or '..' part would, with Path's '/').
+        parts = name.split("/")
+        target = os.path.abspath(root / name)
+        if (any(p in ("", ".", "..") or "\\" in p for p in parts)
+                or os.path.commonpath([target, os.path.abspath(root)]) != os.path.abspath(root)):
+            raise StoreError(src, f"store name {name!r} would be written outside --out {out}")
+    return [write_store(s, root / s.name) for s in stores]

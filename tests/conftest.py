@@ -1,5 +1,6 @@
-"""Shared fixtures. Reference data comes from ../shared/data (or $AUTOTTS_DATA); under CI a missing
-file fails the test instead of skipping it."""
+"""Shared fixtures. The published replay comes from the data folder ($AUTOTTS_DATA, else the user
+cache folder that `autotts data fetch` fills); under CI a missing file fails the test instead of
+skipping it."""
 
 from __future__ import annotations
 
@@ -27,7 +28,10 @@ def skip_or_fail(msg: str) -> None:
 
 def require(path: Path) -> Path:
     if not path.exists():
-        skip_or_fail(f"reference data missing: {path} (set AUTOTTS_DATA to the shared data folder)")
+        from autotts.datasets import is_published_path, missing_hint
+
+        how = missing_hint() if is_published_path(path) else "set AUTOTTS_DATA to a folder with it"
+        skip_or_fail(f"data missing: {path}; {how}")
     return path
 
 

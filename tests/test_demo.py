@@ -75,3 +75,49 @@ def test_defaults_on_the_shipped_store(tmp_path):
     assert res.store == "synthetic/seed0"
     assert len(res.rows) == len(builtin_names()) * len(demo.DEFAULT_BETAS)
     assert all(r["errors"] == 0 for r in res.rows)
+
+
+def test_demo_lists_what_it_wrote_and_next_uses_its_store(tiny_store, tmp_path, monkeypatch):
+    monkeypatch.setattr(demo, "shipped_store_path", lambda: tmp_path / "absent")
+    monkeypatch.setattr(demo, "SHIPPED", TINY)
+    monkeypatch.chdir(tmp_path)
+    res = demo.run_demo("out", controllers=["sc", "asc"], betas=BETAS, draws=2, workers=1,
+                        console=quiet(), progress=False)
+    listed = {p.name for p, _ in demo.written_files(res)}
+    assert listed == {p.name for p in (tmp_path / "out").iterdir()}
+    out = io.StringIO()
+    demo.print_demo(res, Console(file=out, width=300))
+    text = out.getvalue()
+    for name in listed:
+        assert name in text
+    nxt = text[text.index("Next:"):]
+    assert "--store out/synthetic-store" in nxt  # the store it actually ran on
+    assert "--store data/stores/Qwen3-8B/aime24" not in nxt.split("autotts import")[0]
+    assert f"--model {demo.DISCOVER_MODEL}" in nxt
+
+
+def test_one_model_name_across_readme_and_hints():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert f"--model {demo.DISCOVER_MODEL}" in readme
+    import re
+
+    assert set(re.findall(r"--model (gpt-[\w.-]+)", readme)) == {demo.DISCOVER_MODEL}
+
+
+def test_beta_labels_do_not_overlap(tiny_store, tmp_path):
+    from autotts.report import make_figure
+
+    res = demo.run_demo(tmp_path / "out", store=tiny_store, betas=(0.0, 0.1, 0.25, 0.5, 0.75, 1.0),
+                        draws=2, workers=1, console=quiet(), progress=False)
+    fig, _ = make_figure(res.rows, "t")
+    renderer = fig.canvas.get_renderer()
+    boxes = [t.get_window_extent(renderer) for ax in fig.axes for t in ax.texts
+             if t.get_text().startswith("β=")]
+    assert len(boxes) > len(res.rows) // 2  # most points keep their label
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            w = min(a.x1, b.x1) - max(a.x0, b.x0)
+            h = min(a.y1, b.y1) - max(a.y0, b.y0)
+            assert not (w > 0.5 and h > 0.5), (a, b)

@@ -22,7 +22,9 @@ from autotts.evaluate import Protocol, evaluate
 from autotts.synth import SynthParams, generate
 store = generate(SynthParams(questions=4, branches=8, seed=1))
 rows = evaluate("parallel_probe", [store], [0.5], Protocol(draws=2)).rows
+from autotts.contract import contract_text
 print(json.dumps({"file": autotts.__file__, "builtins": builtin_names(),
+                  "contract": "@staticmethod" in contract_text(),
                   "env": load_env("aime-qwen3").name, "accuracy": rows[0]["accuracy"]}))
 """
 
@@ -48,3 +50,4 @@ def test_builtins_work_from_the_wheel(tmp_path: Path):
     assert out["file"].startswith(str(site))  # the wheel, not the checkout
     assert {"sc", "asc", "esc", "parallel_probe", "cmc"} <= set(out["builtins"])
     assert out["env"] == "aime-qwen3"
+    assert out["contract"]  # autotts/contract.md ships inside the wheel

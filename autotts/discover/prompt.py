@@ -51,24 +51,17 @@ shown is measured, not estimated.
 
 ## The controller contract
 
-One self-contained Python file defining exactly one controller class:
+{contract}
+For your proposals:
 
 - `NAME = "..."`: a short, new, lowercase identifier for each proposal (letters, digits, _).
-- `@staticmethod schedule(beta) -> dict`: maps one scalar β in [0, 1] to every knob of __init__. \
-It must be smooth and monotone: a larger β never lowers the token cost (measured cost that falls \
-as β grows makes the candidate ineligible).
-- `__init__(self, **knobs)`: every knob is a keyword argument with a default.
-- `run(self, ep) -> int | None`: plays one episode (one question, one draw) through the handle \
-`ep` and returns the chosen answer class (None = no answer). A fresh instance runs each episode.
-- Answers are opaque integer classes (equal class = same answer); -1 means "no answer yet" or \
-"the model gave no answer". You never see gold answers; correctness is scored outside.
 - Before returning, call `ep.trace("stop", reason="<why>")` with a short reason (e.g. \
 "converged", "budget", "pool_exhausted"): the feedback you get counts these reasons.
 - Imports: only {imports}. No file, network or process access; no eval/exec/open/type/getattr \
 with computed names; no attribute or name that starts with an underscore. Keep it deterministic.
-- Actions the replay does not admit (advancing a pruned or finished branch, probing twice at the \
-same depth, opening past the pool, exceeding the budget) raise and count as failures: check \
-`ep.running`, `ep.num_opened`, `ep.pool_size` and `ep.remaining_budget` first.
+- Actions the replay does not admit count as failures: check `ep.running`, `ep.num_opened`, \
+`ep.pool_size` and `ep.remaining_budget` first. You never see gold answers; correctness is scored \
+outside.
 
 ## The episode handle `ep`
 
@@ -127,9 +120,11 @@ interval that contains 0 means "within noise"; do not chase differences inside i
 
 
 def system_message(example_source: str, candidates: int = 1) -> str:
+    from autotts.contract import contract_text
+
     how = HOW_ONE if candidates == 1 else HOW_MANY.format(k=candidates)
     return SYSTEM.format(imports=_allowed_imports(), api=episode_api(), example=example_source,
-                         how=how) + "\n" + FEEDBACK + "\n"
+                         how=how, contract=contract_text()) + "\n" + FEEDBACK + "\n"
 
 
 # ---- sections of the user message -------------------------------------------------------------

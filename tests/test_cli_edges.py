@@ -1,0 +1,186 @@
+"""Sharp edges a newcomer hit on the command line (issue 16): each one is a one-line error with a
+non-zero exit, or help that says what it should. Runs `autotts.cli.main` in-process, as the
+console script does; no published data needed."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import autotts
+from autotts.cli import main
+from autotts.controller import builtin_names
+
+ROOT = Path(__file__).resolve().parents[1]
+SYNTH = ROOT / "data" / "synthetic"
+
+
+def cli(args: list[str], capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> tuple[int, str, str]:
+    monkeypatch.setattr(sys, "argv", ["autotts", *args])
+    monkeypatch.setenv("COLUMNS", "200")
+    with pytest.raises(SystemExit) as e:
+        main()
+    got = capsys.readouterr()
+    return int(e.value.code or 0), got.out, got.err
+
+
+def one_error_line(err: str) -> str:
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    return lines[0]
+
+
+def tiny_json(path: Path) -> Path:
+    rec = [{"question": "q", "gold_answer": "1", "probe_freq": 10, "final_answers_trace": ["1"],
+            "each_branch": [[["1", "2"], 25, "1"], [["2"], 12, "2"]]}]
+    path.write_text(json.dumps(rec))
+    return path
+
+
+def test_import_of_a_bare_file_name_stays_inside_out(tmp_path, capsys, monkeypatch):
+    work = tmp_path / "downloads"
+    work.mkdir()
+    tiny_json(work / "renamed.json")
+    monkeypatch.chdir(work)
+    code, _, err = cli(["import", "renamed.json", "--out", "stores2"], capsys, monkeypatch)
+    assert code == 0, err
+    assert (work / "stores2" / "downloads" / "renamed" / "manifest.json").is_file()
+    assert not Path("/renamed").exists()
+
+
+def test_a_store_name_never_escapes_out(tmp_path):
+    from autotts.errors import StoreError
+    from autotts.store import from_autotts_records, import_files, store_name_for
+
+    assert store_name_for(Path("renamed.json"))[0] != ""
+    src = tiny_json(tmp_path / "x.json")
+    # Names come from paths; force hostile ones through the same check.
+    import autotts.store as st
+
+    for model in ("", "..", "/abs"):
+        rec = json.loads(src.read_text())
+        store = from_autotts_records(rec, model=model, benchmark="b")
+        orig = st.read_autotts_json
+        try:
+            st.read_autotts_json = lambda *a, store=store, **k: store  # type: ignore[assignment]
+            with pytest.raises(StoreError, match="outside --out"):
+                import_files([src], tmp_path / "out")
+        finally:
+            st.read_autotts_json = orig
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("betas", ["2.0", "-0.5", "0,1.5", "nan"])
+def test_beta_outside_0_1_is_an_error(betas, capsys, monkeypatch):
+    code, _, err = cli(["eval", "--controller", "sc", "--store", str(SYNTH), "--betas", betas,
+                        "--draws", "1"], capsys, monkeypatch)
+    assert code != 0
+    assert "β must be in [0, 1]" in one_error_line(err)
+
+
+def test_sweep_refuses_beta_outside_0_1_too(tmp_path, capsys, monkeypatch):
+    code, _, err = cli(["sweep", "--store", str(SYNTH), "--betas", "0,2", "--out",
+                        str(tmp_path / "r")], capsys, monkeypatch)
+    assert code != 0 and "β must be in [0, 1]" in one_error_line(err)
+
+
+def test_a_knob_value_the_controller_rejects_is_a_configuration_error(capsys, monkeypatch):
+    code, _, err = cli(["eval", "--controller", "sc", "--set", "n=abc", "--store", str(SYNTH),
+                        "--draws", "1"], capsys, monkeypatch)
+    line = one_error_line(err)
+    assert code != 0 and "knob 'n'" in line and "abc" in line
+    assert "question 0" not in line and "exception" not in line
+
+
+def test_a_knob_value_the_constructor_refuses_names_the_knob(tmp_path):
+    from autotts.controller import load
+    from autotts.errors import ConfigError
+
+    f = tmp_path / "picky.py"
+    f.write_text(
+        "class Picky:\n    NAME = 'picky'\n\n    @staticmethod\n    def schedule(beta):\n"
+        "        return {'mode': 'a'}\n\n    def __init__(self, mode='a'):\n"
+        "        if mode not in ('a', 'b'):\n            raise ValueError('mode must be a or b')\n"
+        "        self.mode = mode\n\n    def run(self, ep):\n        return None\n"
+    )
+    spec = load(str(f))
+    assert spec.config(0.5, {"mode": "b"}) == {"mode": "b"}
+    with pytest.raises(ConfigError, match=r"rejects --set mode='c': ValueError: mode must be a or b"):
+        spec.config(0.5, {"mode": "c"})
+
+
+def test_split_without_env_is_an_error(capsys, monkeypatch):
+    code, _, err = cli(["eval", "--controller", "sc", "--store", str(SYNTH), "--split", "heldout"],
+                       capsys, monkeypatch)
+    assert code != 0 and "--env" in one_error_line(err)
+
+
+def test_errors_option_is_checked_by_its_own_name(capsys, monkeypatch):
+    code, _, err = cli(["eval", "--controller", "sc", "--store", str(SYNTH), "--errors", "ignore"],
+                       capsys, monkeypatch)
+    line = one_error_line(err)
+    assert code != 0 and "--errors must be raise or record" in line and "on_error" not in line
+
+
+def test_a_missing_file_reads_the_same_in_import_and_eval(tmp_path, capsys, monkeypatch):
+    missing = tmp_path / "nothere.json"
+    _, _, e1 = cli(["import", str(missing), "--out", str(tmp_path / "o")], capsys, monkeypatch)
+    _, _, e2 = cli(["eval", "--controller", "sc", "--store", str(missing)], capsys, monkeypatch)
+    assert one_error_line(e1) == one_error_line(e2) == f"error: {missing}: no such store or file"
+
+
+def test_missing_published_data_names_the_fetch_command(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("AUTOTTS_DATA", str(tmp_path / "empty"))
+    code, _, err = cli(["eval", "--controller", "sc", "--env", "aime-qwen3"], capsys, monkeypatch)
+    line = one_error_line(err)
+    assert code != 0
+    for needle in ("{data}", str(tmp_path / "empty"), "AUTOTTS_DATA", "autotts data fetch"):
+        assert needle in line
+    f = tmp_path / "empty" / "autotts-replay" / "Qwen3-8B" / "aime24.json"
+    _, _, err = cli(["inspect", str(f)], capsys, monkeypatch)
+    assert "autotts data fetch autotts-qwen3" in one_error_line(err)
+
+
+def test_version(capsys, monkeypatch):
+    code, out, _ = cli(["--version"], capsys, monkeypatch)
+    assert code == 0 and out.strip() == f"autotts {autotts.__version__}"
+
+
+def test_eval_help_lists_builtins_and_defaults_without_type_noise(capsys, monkeypatch):
+    code, out, _ = cli(["eval", "--help"], capsys, monkeypatch)
+    assert code == 0
+    flat = " ".join(out.split())
+    for name in builtin_names():
+        assert name in flat
+    assert "[default: 100" in flat and "[default: shuffle]" in flat
+    assert "[default: raise]" in flat
+
+
+@pytest.mark.parametrize("command", [[], ["eval"], ["import"], ["data", "fetch"], ["data", "list"],
+                                     ["demo"], ["report"], ["collect"], ["discover"]])
+def test_help_has_no_python_type_labels(command, capsys, monkeypatch):
+    code, out, _ = cli([*command, "--help"], capsys, monkeypatch)
+    assert code == 0
+    for noise in ("<list[", "<bool>", "<str>", "<int>", "<path>", "<float>"):
+        assert noise not in out, (command, noise)
+
+
+def test_gitignore_covers_what_the_readme_creates(tmp_path):
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    paths = ["data/stores/Qwen3-8B/aime24/manifest.json", "runs/first/summary.json",
+             "autotts-demo/report.html", "autotts-demo-8b/report.html", "runs/pp.json", "runs/report/report.html",
+             "data/synth-weak/manifest.json", "data/Qwen3-8B/aime24/manifest.json"]
+    res = subprocess.run(["git", "check-ignore", "--no-index", *paths], cwd=ROOT,
+                         capture_output=True, text=True)
+    assert sorted(res.stdout.split()) == sorted(paths)
+    # ...and never the shipped store
+    res = subprocess.run(["git", "check-ignore", "--no-index", "data/synthetic/manifest.json"],
+                         cwd=ROOT, capture_output=True, text=True)
+    assert res.stdout == ""

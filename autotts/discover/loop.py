@@ -242,7 +242,8 @@ class Discovery:
             executor = None if self.cfg.executor == "local" else self.executor
             with self._setup_lock:
                 if self._backend is None:
-                    self._backend = SandboxBackend(self.cfg.sandbox_limits, executor)
+                    self._backend = SandboxBackend(self.cfg.sandbox_limits, executor,
+                                                   self.cfg.allow_weak_sandbox)
         return self._backend
 
     def load_history(self) -> list[dict[str, Any]]:
@@ -478,6 +479,7 @@ class Discovery:
         result.update({
             "rows": rows, "objective": obj, "store_objective": per, "monotone": mono is None,
             "errors": [_clean_error(e) for e in ev.errors[:5]], "n_errors": len(ev.errors),
+            "isolation": dict(getattr(ev, "isolation", None) or {}),  # what the sandbox applied
         })
         traces: list[dict[str, Any]] | None = None
         try:
@@ -599,6 +601,9 @@ class Discovery:
                 "phases_s": {k: round(v, 3) for k, v in self.timer.phases.items()},
             },
             "prompt_version": PROMPT_VERSION,
+            # What the sandbox applied in this invocation's latest evaluation.
+            "isolation": dict(getattr(self._backend, "isolation", None) or {}),
+            "allow_weak_sandbox": cfg.allow_weak_sandbox,
         }
         write_json(rd.summary, summary)
         return summary

@@ -478,6 +478,8 @@ def test_probe_measures_this_platform() -> None:
     assert found["fs_blocked"] and found["net_blocked"] and found["fork_blocked"]
     assert 0 < found["lockdown_ms"] < found["start_ms"]
     assert iso.probe([]) == found  # cached
+    # Without namespaces (user namespaces refused): Landlock and seccomp still hold.
+    assert iso.is_strong(iso.probe(["namespaces"]))
     weak = iso.probe(["all"])
     assert not iso.is_strong(weak)
     assert weak["fs_blocked"] is False and weak["net_blocked"] is False
@@ -551,3 +553,22 @@ def test_eval_and_discover_refuse_a_weak_sandbox(tmp_path: Path) -> None:
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and "--allow-weak-sandbox" in lines[0], res.stderr
     assert not (tmp_path / "run" / "requests.jsonl").exists()
+
+
+def test_the_discovery_run_directory_records_the_isolation(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from discover_helpers import GOOD, config, make_env, reply
+
+    from autotts.discover import run_discovery
+    from autotts.discover.fakeserver import FakeOpenAI
+
+    monkeypatch.setenv("AUTOTTS_CACHE_HOME", str(tmp_path / "cache"))
+    env = make_env(tmp_path)
+    run_dir = tmp_path / "run"
+    with FakeOpenAI([reply(GOOD)]) as server:
+        summary = run_discovery(config(env, run_dir, server.url, rounds=1))
+    results = json.loads((run_dir / "rounds" / "0001" / "c1" / "results.json").read_text())
+    assert summary["allow_weak_sandbox"] is False
+    for applied in (results["isolation"], summary["isolation"]):
+        assert applied and all(isinstance(v, bool) for v in applied.values()), applied
+        assert applied.get("netns") is True  # the previous lock-down's keys or these

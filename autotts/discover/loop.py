@@ -479,7 +479,7 @@ class Discovery:
         result.update({
             "rows": rows, "objective": obj, "store_objective": per, "monotone": mono is None,
             "errors": [_clean_error(e) for e in ev.errors[:5]], "n_errors": len(ev.errors),
-            "isolation": dict(getattr(ev, "isolation", None) or {}),  # what the sandbox applied
+            "isolation": _applied(ev),
         })
         traces: list[dict[str, Any]] | None = None
         try:
@@ -601,8 +601,7 @@ class Discovery:
                 "phases_s": {k: round(v, 3) for k, v in self.timer.phases.items()},
             },
             "prompt_version": PROMPT_VERSION,
-            # What the sandbox applied in this invocation's latest evaluation.
-            "isolation": dict(getattr(self._backend, "isolation", None) or {}),
+            "isolation": _applied(self._backend),  # in this invocation's latest evaluation
             "allow_weak_sandbox": cfg.allow_weak_sandbox,
         }
         write_json(rd.summary, summary)
@@ -633,6 +632,13 @@ class _Slot:
     @property
     def name(self) -> str | None:
         return controller_name(self.source) if self.source else None
+
+
+def _applied(ev: Any) -> dict[str, bool]:
+    """The OS-level isolation a sandboxed evaluation (or the backend's latest) applied: the
+    mechanisms only, not the timings, so that a redone round writes the same bytes."""
+    iso = getattr(ev, "isolation", None) or {}
+    return {str(k): v for k, v in iso.items() if isinstance(v, bool)}
 
 
 def _clean_row(r: dict[str, Any]) -> dict[str, Any]:

@@ -316,6 +316,9 @@ def eval_cmd(
     traces: Annotated[Path | None, typer.Option(help="write per-episode traces (JSONL)")] = None,
     episodes: Annotated[Path | None, typer.Option(help="write per-episode rows (JSONL)")] = None,
     sandbox: Annotated[bool, typer.Option(help="run the controller in the sandbox")] = False,
+    allow_weak_sandbox: Annotated[bool, typer.Option(
+        help="with --sandbox: run even where the OS cannot keep the controller from your files "
+             "and network")] = False,
     workers: Annotated[int, typer.Option(help="worker processes")] = 1,
     executor: Annotated[str, typer.Option(help="local or ray")] = "local",
     ray_address: Annotated[str | None, typer.Option(help="Ray cluster address (else a local runtime)")] = None,
@@ -357,8 +360,16 @@ def eval_cmd(
         raise ConfigError("give at least one --store or an --env")
     if json_episodes and json_out is None:
         raise ConfigError("--json-episodes needs --json FILE")
+    weak: dict[str, Any] = {}
     if sandbox:  # same call and rows; the controller runs in sandbox processes (docs/sandbox.md)
         from autotts.sandbox import evaluate_sandboxed as evaluate
+        from autotts.sandbox.lockdown import describe, is_strong, require_strong
+
+        found = require_strong(allow_weak_sandbox)  # refuses a weak platform, before any work
+        if not is_strong(found):
+            err.print(f"[bold red]weak sandbox[/]: the controller can reach your files or "
+                      f"network (isolation: {describe(found)})")
+            weak = {"allow_weak_sandbox": True}  # the default refuses
     proto = Protocol(draws=draws, protocol=protocol, pool=pool, seed=seed,
                      probe_cost=probe_cost, budget=budget)
     from rich.progress import Progress
@@ -372,7 +383,7 @@ def eval_cmd(
         result = evaluate(
             controller, stores, beta_list, proto, overrides=overrides, workers=workers,
             executor=executor, ray_address=ray_address, episodes=True,
-            traces=traces is not None, on_error=errors, progress=tick,
+            traces=traces is not None, on_error=errors, progress=tick, **weak,
         )
     from autotts.stats import attach_question_intervals
 
@@ -523,6 +534,9 @@ def discover_cmd(
     executor: Annotated[str | None, typer.Option(help="local or ray (default local)")] = None,
     ray_address: Annotated[str | None, typer.Option(help="Ray cluster address (else a local runtime)")] = None,
     dry_run: Annotated[bool, typer.Option(help="print the first prompt and stop")] = False,
+    allow_weak_sandbox: Annotated[bool, typer.Option(
+        help="evaluate candidates even where the OS cannot keep them from your files and "
+             "network")] = False,
 ) -> None:
     """Let an LLM agent write, test and revise controllers against an environment."""
     from autotts.discover.command import discover_command
@@ -530,7 +544,7 @@ def discover_cmd(
     discover_command(env=env, run_dir=run_dir, dry_run=dry_run, console=err, model=model,
                      base_url=base_url, rounds=rounds, budget_usd=budget_usd,
                      candidates=candidates, workers=workers, executor=executor,
-                     ray_address=ray_address)
+                     ray_address=ray_address, allow_weak_sandbox=allow_weak_sandbox or None)
 
 
 @app.command("collect")

@@ -87,12 +87,15 @@ class SandboxBackend:
     workers (each starts its own sandbox processes). The smoke stage always runs here: it is a
     fraction of a second, less than a round trip to a cluster."""
 
-    def __init__(self, limits: dict[str, Any] | None = None, executor: Any = None) -> None:
+    def __init__(self, limits: dict[str, Any] | None = None, executor: Any = None,
+                 allow_weak_sandbox: bool = False) -> None:
         from autotts import sandbox  # the loop never runs a candidate without it
 
         self.sb = sandbox
         self.limits = sandbox.SandboxLimits(**limits) if limits else None
         self.executor = executor
+        self.weak = {"allow_weak_sandbox": True} if allow_weak_sandbox else {}  # default: refuse
+        self.isolation: dict[str, Any] = {}  # what applied in the latest evaluation
 
     def admit(self, source: str, filename: str) -> dict[str, Any] | None:
         v = self.sb.admit(source, filename)
@@ -102,13 +105,15 @@ class SandboxBackend:
                  proto: Protocol, *, stage: str, episodes: bool = False, traces: bool = False,
                  on_error: str = "raise", workers: int = 1) -> Evaluation:
         try:
-            return self.sb.evaluate_sandboxed(
+            ev = self.sb.evaluate_sandboxed(
                 path, list(stores), list(betas), proto, episodes=episodes, traces=traces,
                 on_error=on_error, limits=self.limits, workers=workers,
-                executor=None if stage == "smoke" else self.executor,
+                executor=None if stage == "smoke" else self.executor, **self.weak,
             )
         except self.sb.SandboxError as e:
             raise CandidateFailure(from_sandbox(e.verdict, stage)) from None
+        self.isolation = dict(getattr(ev, "isolation", None) or {})
+        return ev
 
     def monotonicity(self, rows: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
         v = self.sb.monotonicity(list(rows))

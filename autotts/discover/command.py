@@ -30,6 +30,12 @@ def discover_command(*, env: Path, run_dir: Path, dry_run: bool, console: Consol
         sys.stdout.write(first_prompt(cfg, progress=progress))
         sys.stdout.flush()
         return None
+    from autotts.sandbox.lockdown import describe, is_strong, require_strong
+
+    found = require_strong(cfg.allow_weak_sandbox)  # before any model is asked
+    if not is_strong(found):
+        console.print(f"[bold red]weak sandbox[/]: candidates can reach your files or network "
+                      f"(isolation: {describe(found)})", highlight=False)
     summary = run_discovery(cfg, progress=progress)
     console.print(final_line(summary, cfg.run_dir), highlight=False, soft_wrap=True, markup=True)
     return summary

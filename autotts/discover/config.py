@@ -143,6 +143,8 @@ class DiscoverConfig:
     prices: dict[str, dict[str, float]] = field(default_factory=lambda: load_prices(None))
     recent: int = 1  # most recent candidates shown in detail in the prompt (besides the best)
     sandbox_limits: dict[str, Any] | None = None
+    # Evaluate candidates even where the OS cannot keep them from the host's files and network.
+    allow_weak_sandbox: bool = False
     candidates: int = 1  # controller files asked for per round, evaluated concurrently
     executor: str = "local"  # where evaluations run: "local" processes or "ray"
     ray_address: str | None = None  # None with executor "ray": a local runtime on 127.0.0.1

@@ -273,7 +273,8 @@ class Discovery:
             executor = None if self.cfg.executor == "local" else self.executor
             with self._setup_lock:
                 if self._backend is None:
-                    self._backend = SandboxBackend(self.cfg.sandbox_limits, executor)
+                    self._backend = SandboxBackend(self.cfg.sandbox_limits, executor,
+                                                   self.cfg.allow_weak_sandbox)
         return self._backend
 
     def load_history(self) -> list[dict[str, Any]]:
@@ -519,6 +520,7 @@ class Discovery:
             "rows": rows, "objective": obj, "store_objective": per, "monotone": mono is None,
             "errors": [_clean_error(e) for e in ev.errors[:5]], "n_errors": len(ev.errors),
             "per_question": per_question_table(ev.episodes),
+            "isolation": _applied(ev),
         })
         traces: list[dict[str, Any]] | None = None
         try:
@@ -713,6 +715,8 @@ class Discovery:
                 "phases_s": {k: round(v, 3) for k, v in self.timer.phases.items()},
             },
             "prompt_version": PROMPT_VERSION,
+            "isolation": _applied(self._backend),  # in this invocation's latest evaluation
+            "allow_weak_sandbox": cfg.allow_weak_sandbox,
         }
         write_json(rd.summary, summary)
         return summary
@@ -742,6 +746,13 @@ class _Slot:
     @property
     def name(self) -> str | None:
         return controller_name(self.source) if self.source else None
+
+
+def _applied(ev: Any) -> dict[str, bool]:
+    """The OS-level isolation a sandboxed evaluation (or the backend's latest) applied: the
+    mechanisms only, not the timings, so that a redone round writes the same bytes."""
+    iso = getattr(ev, "isolation", None) or {}
+    return {str(k): v for k, v in iso.items() if isinstance(v, bool)}
 
 
 def _clean_row(r: dict[str, Any]) -> dict[str, Any]:

@@ -454,8 +454,11 @@ def _run(req: dict[str, Any], out: _Out, hint: np.ndarray) -> None:
         _preload(())
     else:
         code = _load(req)
-    isolation = lockdown(req["limits"])
-    out.send({"t": "ready", "isolation": isolation})
+    import os
+
+    isolation = lockdown(req["limits"], os.getcwd())
+    out.send({"t": "ready", "isolation": {k: v for k, v in isolation.items()
+                                          if type(v) is bool}})
     import gc
 
     # Forked batches share this process's memory copy-on-write; a collection in a child would

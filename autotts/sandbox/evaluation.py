@@ -238,6 +238,9 @@ def evaluate_sandboxed(
     if on_error not in ("raise", "record"):
         raise ConfigError(f"on_error must be 'raise' or 'record', got {on_error!r}")
     limits = limits or SandboxLimits()
+    from autotts.sandbox.lockdown import require_strong
+
+    require_strong(allow_weak_sandbox)  # a platform that cannot confine the sandbox: refuse
     source, fname = _read_source(source_or_path, filename)
     if _admit and not _unrestricted:
         verdict = admit(source, fname)

@@ -127,6 +127,7 @@ def eval_cmd(
     probe_cost: Annotated[int | None, typer.Option(help="κ: tokens charged per probe [default: 0]")] = None,
     budget: Annotated[int | None, typer.Option(help="token budget per question")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="write results as JSON")] = None,
+    json_episodes: Annotated[bool, typer.Option(help="with --json: each row also carries its episodes (correct, tokens per draw × question), for `autotts compare`")] = False,
     traces: Annotated[Path | None, typer.Option(help="write per-episode traces (JSONL)")] = None,
     episodes: Annotated[Path | None, typer.Option(help="write per-episode rows (JSONL)")] = None,
     sandbox: Annotated[bool, typer.Option(help="run the controller in the sandbox")] = False,
@@ -164,6 +165,8 @@ def eval_cmd(
     protocol = protocol or "shuffle"
     if not stores:
         raise ConfigError("give at least one --store or an --env")
+    if json_episodes and json_out is None:
+        raise ConfigError("--json-episodes needs --json FILE")
     if sandbox:  # same call and rows; the controller runs in sandbox processes (DESIGN §7)
         from autotts.sandbox import evaluate_sandboxed as evaluate
     proto = Protocol(draws=draws, protocol=protocol, pool=pool, seed=seed,
@@ -178,21 +181,38 @@ def eval_cmd(
 
         result = evaluate(
             controller, stores, beta_list, proto, overrides=overrides, workers=workers,
-            executor=executor, ray_address=ray_address, episodes=episodes is not None,
+            executor=executor, ray_address=ray_address, episodes=True,
             traces=traces is not None, on_error=errors, progress=tick,
         )
-    t = Table(title=f"{result.rows[0]['controller']}  ({proto.protocol}, {draws} draws)")
-    for col in ("store", "β", "accuracy %", "± se", "tokens", "± se", "errors"):
+    from autotts.stats import attach_question_intervals
+
+    # Two kinds of uncertainty, side by side: ± se over the shuffle draws (the published
+    # protocol: how well the replay estimated the figure on these questions) and a 95% interval
+    # over questions (how far it could move on other questions from the same source).
+    attach_question_intervals(result.rows, result.episodes or [])
+    t = Table(title=f"{result.rows[0]['controller']}  ({proto.protocol}, {draws} draws)",
+              caption="± se: over draws; 95% CI: bootstrap over questions (draws kept)")
+    for col in ("store", "β", "accuracy %", "± se draws", "95% CI questions", "tokens",
+                "± se draws", "95% CI questions", "errors"):
         t.add_column(col, justify="left" if col == "store" else "right")
     for r in result.rows:
+        aq, tq = r["accuracy_ci_questions"], r["tokens_ci_questions"]
         t.add_row(
             r["store"], "-" if r["beta"] is None else f"{r['beta']:g}",
-            f"{r['accuracy']:.2f}", f"{r['accuracy_se']:.2f}", f"{r['tokens']:.0f}",
-            f"{r['tokens_se']:.0f}", str(r["errors"]),
+            f"{r['accuracy']:.2f}", f"{r['accuracy_se']:.2f}", f"[{aq[0]:.1f}, {aq[1]:.1f}]",
+            f"{r['tokens']:.0f}", f"{r['tokens_se']:.0f}", f"[{tq[0]:,.0f}, {tq[1]:,.0f}]",
+            str(r["errors"]),
         )
     out.print(t)
     if json_out is not None:
-        _write_json(json_out, [{k: v for k, v in r.items() if k != "errors"} for r in result.rows])
+        rows = [{k: v for k, v in r.items() if k != "errors"} for r in result.rows]
+        if json_episodes:
+            from autotts.stats import episodes_payload
+
+            payload = episodes_payload(result.episodes or [])
+            for r in rows:
+                r["episodes"] = payload[(r["store"], r["controller"], r["beta"])]
+        _write_json(json_out, rows)
     for path, items in ((traces, result.traces), (episodes, result.episodes)):
         if path is not None:
             from autotts.report import json_default
@@ -211,6 +231,49 @@ def eval_cmd(
             out.print("cost is monotone in β on every store (within the standard error)")
     if result.errors:
         err.print(f"[yellow]{len(result.errors)} episode(s) failed and were scored as wrong[/]")
+
+
+@app.command("compare")
+def compare_cmd(
+    entries: Annotated[list[str], typer.Argument(help="controllers (built-in name or file) or result files with episodes (eval --json --json-episodes, or eval --episodes JSONL); the first is compared with each other one")],
+    store: Annotated[list[Path] | None, typer.Option(help="store dir or AutoTTS JSON")] = None,
+    env: Annotated[Path | None, typer.Option(help="environment definition (TOML)")] = None,
+    split: Annotated[str, typer.Option(help="split of --env: search, heldout (each held-out group), heldout:NAME or all")] = "search",
+    betas: Annotated[str | None, typer.Option(help="β grid (default: the environment's, else 0,0.1,...,1)")] = None,
+    draws: Annotated[int | None, typer.Option(help="draws per question (default: the environment's, else 100)")] = None,
+    seed: Annotated[int, typer.Option(help="first draw seed, and the resampling seed")] = 0,
+    resamples: Annotated[int, typer.Option(help="bootstrap resamples of the questions")] = 2000,
+    level: Annotated[float, typer.Option(help="confidence level of the intervals")] = 0.95,
+    method: Annotated[str, typer.Option(help="interval method: bca or percentile")] = "bca",
+    token_range: Annotated[str | None, typer.Option(help="LOW,HIGH tokens of the AUC (default: the environment's, else 50000,1500000)")] = None,
+    top: Annotated[int, typer.Option(help="questions listed per store in the win/loss table")] = 3,
+    workers: Annotated[int, typer.Option(help="worker processes")] = 1,
+    json_out: Annotated[Path | None, typer.Option("--json", help="write every figure as JSON")] = None,
+) -> None:
+    """Paired ΔAUC with 95% intervals over questions, per store and pooled (docs/comparisons.md)."""
+    from autotts.compare import run_compare, write_json
+
+    e = None
+    if env is not None:
+        from autotts.envdef import load_env
+
+        e = load_env(env)
+    tr = None
+    if token_range is not None:
+        try:
+            lo, hi = (float(x) for x in token_range.split(","))
+        except ValueError:
+            raise ConfigError(f"--token-range expects LOW,HIGH, got {token_range!r}") from None
+        tr = (lo, hi)
+    report = run_compare(
+        entries, store_paths=[str(s) for s in store or []], env=e, split=split,
+        betas=parse_betas(betas) if betas is not None else None, draws=draws, seed=seed,
+        workers=workers, resamples=resamples, level=level, method=method, token_range=tr,
+        top=top, console=out, progress=err,
+    )
+    if json_out is not None:
+        write_json(json_out, report)
+        out.print(f"wrote {json_out}")
 
 
 @app.command("sweep")

@@ -3,6 +3,7 @@ discovery environment. A user adds a file to define a new one."""
 
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +13,8 @@ from autotts.errors import ConfigError
 from autotts.paths import data_dir, envs_dir
 
 SPLITS = ("search", "heldout")
+# A held-out group's name, as `--split heldout:NAME` takes it.
+_GROUP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
 OBJECTIVES = ("auc",)
 
 
@@ -31,14 +34,31 @@ class EnvDef:
     protocol: str = "shuffle"
     objective: str = "auc"
     token_range: tuple[float, float] = (5e4, 1.5e6)
+    # Named held-out groups (other benchmarks, other model scales), each reported on its own.
+    # splits["heldout"] is all of them together; a file with only `splits.heldout` has one group,
+    # "heldout".
+    heldout_groups: dict[str, list[str]] = field(default_factory=dict)
 
     def draws_for(self, split: str) -> int:
-        """Draws per question when evaluating on `split`."""
-        return (self.heldout_draws or self.draws) if split == "heldout" else self.draws
+        """Draws per question when evaluating on `split` (a held-out group: the held-out draws)."""
+        held = split == "heldout" or split.startswith("heldout:")
+        return (self.heldout_draws or self.draws) if held else self.draws
+
+    def groups(self) -> dict[str, list[str]]:
+        """The held-out groups by name (at least one)."""
+        return {k: list(v) for k, v in (self.heldout_groups or {"heldout": self.splits["heldout"]}).items()}
 
     def split_paths(self, split: str) -> list[str]:
+        """The stores of `split`: search, heldout (every held-out group) or heldout:NAME."""
+        if split.startswith("heldout:"):
+            name = split[len("heldout:"):]
+            groups = self.groups()
+            if name not in groups:
+                raise ConfigError(f"{self.path}: no held-out group {name!r} (groups: "
+                                  f"{', '.join(groups)})")
+            return groups[name]
         if split not in SPLITS:
-            raise ConfigError(f"unknown split {split!r} (expected search or heldout)")
+            raise ConfigError(f"unknown split {split!r} (expected search, heldout or heldout:NAME)")
         return list(self.splits[split])
 
 
@@ -77,13 +97,32 @@ def load_env(name_or_path: str | Path) -> EnvDef:
     if not isinstance(splits_t, dict):
         raise ConfigError(f"{where}: missing [splits] table")
     splits: dict[str, list[str]] = {}
-    for split in SPLITS:
-        entries = splits_t.get(split)
+
+    def paths(entries: Any, field_name: str) -> list[str]:
         if not isinstance(entries, list) or not entries or not all(
             isinstance(e, str) for e in entries
         ):
-            raise ConfigError(f"{where}: field 'splits.{split}' must be a non-empty list of paths")
-        splits[split] = [_expand(e, path.parent) for e in entries]
+            raise ConfigError(f"{where}: field '{field_name}' must be a non-empty list of paths")
+        return [_expand(e, path.parent) for e in entries]
+
+    splits["search"] = paths(splits_t.get("search"), "splits.search")
+    groups_t = raw.get("heldout")
+    groups: dict[str, list[str]] = {}
+    if groups_t is not None:
+        # [heldout] NAME = [paths]: several named held-out groups
+        if not isinstance(groups_t, dict) or not groups_t:
+            raise ConfigError(f"{where}: [heldout] must be a table of named lists of paths")
+        for name, entries in groups_t.items():
+            if not _GROUP_NAME.match(name):
+                raise ConfigError(f"{where}: held-out group name {name!r} must be letters, digits "
+                                  f"and . _ + - (at most 64)")
+            groups[name] = paths(entries, f"heldout.{name}")
+        if "heldout" in splits_t:
+            raise ConfigError(f"{where}: give the held-out stores either as 'splits.heldout' or as "
+                              f"named groups in [heldout], not both")
+        splits["heldout"] = list(dict.fromkeys(p for g in groups.values() for p in g))
+    else:
+        splits["heldout"] = paths(splits_t.get("heldout"), "splits.heldout")
     overlap = set(splits["search"]) & set(splits["heldout"])
     if overlap:
         raise ConfigError(f"{where}: {sorted(overlap)[0]} is in both search and heldout splits")
@@ -127,5 +166,6 @@ def load_env(name_or_path: str | Path) -> EnvDef:
         path=str(path),
         description=str(raw.get("description", "")),
         splits=splits,
+        heldout_groups=groups,
         **kwargs,
     )

@@ -1,0 +1,299 @@
+"""`autotts compare A B [C ...]`: paired ΔAUC of the first controller against each of the others,
+with 95% intervals over questions, per store and pooled, and which questions the gain comes from.
+
+A controller is a built-in name or a controller file (evaluated here over the β grid with its
+episodes), or a result file that carries its episodes: `eval --json FILE --json-episodes` (.json)
+or `eval --episodes FILE` (.jsonl). The statistics are autotts.stats (docs/comparisons.md).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from autotts import stats
+from autotts.errors import ConfigError
+
+DEFAULT_BETAS = [round(0.1 * i, 1) for i in range(11)]
+SPLIT_CHOICES = "search, heldout, heldout:NAME or all"
+
+
+@dataclass
+class Group:
+    """Stores whose ΔAUCs are pooled together (a split, a held-out group, or the --store list)."""
+
+    name: str
+    paths: list[str]
+    draws: int
+    stores: list[str] | None = None  # store names, once opened
+
+
+def env_groups(env: Any, split: str) -> list[Group]:
+    """The groups a split of an environment reports: search; every held-out group (and all of
+    them pooled, where there are several); one named group; or all of these."""
+    held = env.groups()
+    hd = env.draws_for("heldout")
+
+    def heldout() -> list[Group]:
+        out = [Group(n, p, hd) for n, p in held.items()]
+        if len(held) > 1:
+            out.append(Group("heldout (all groups)", env.split_paths("heldout"), hd))
+        return out
+
+    if split == "search":
+        return [Group("search", env.split_paths("search"), env.draws)]
+    if split == "heldout":
+        return heldout()
+    if split.startswith("heldout:"):
+        name = split[len("heldout:"):]
+        return [Group(name, env.split_paths(split), hd)]
+    if split == "all":
+        return [Group("search", env.split_paths("search"), env.draws), *heldout()]
+    raise ConfigError(f"unknown split {split!r} (expected {SPLIT_CHOICES})")
+
+
+def _is_results(arg: str) -> bool:
+    p = Path(arg)
+    return p.suffix in (".json", ".jsonl") and p.is_file()
+
+
+def _file_curves(arg: str) -> tuple[str, dict[str, stats.Curve]]:
+    curves = stats.load_curves(arg)
+    controllers = sorted({c for _, c in curves})
+    if len(controllers) != 1:
+        raise ConfigError(f"{arg}: holds results of {len(controllers)} controllers "
+                          f"({', '.join(controllers)}); give one per file")
+    return controllers[0], {s: c for (s, _), c in curves.items()}
+
+
+def _fmt_iv(iv: stats.Interval, fmt: str = ".2f") -> str:
+    return f"{iv.estimate:{fmt}} {iv.bracket(fmt)}"
+
+
+def run_compare(
+    entries: Sequence[str],
+    *,
+    store_paths: Sequence[str] = (),
+    env: Any = None,
+    split: str = "search",
+    betas: Sequence[float] | None = None,
+    draws: int | None = None,
+    seed: int = 0,
+    workers: int = 1,
+    resamples: int = stats.DEFAULT_RESAMPLES,
+    level: float = stats.DEFAULT_LEVEL,
+    method: str = stats.DEFAULT_METHOD,
+    token_range: tuple[float, float] | None = None,
+    top: int = 3,
+    console: Console | None = None,
+    progress: Console | None = None,
+) -> dict[str, Any]:
+    """Evaluate (or load) every entry, compare the first with each other one on every group, print
+    the tables to `console` and return everything as a JSON-able dict."""
+    console = console or Console()
+    if len(entries) < 2:
+        raise ConfigError("compare needs at least two controllers or result files")
+    if resamples < 100:
+        raise ConfigError(f"--resamples must be at least 100, got {resamples}")
+    from autotts.evaluate import Protocol, evaluate
+    from autotts.store import open_store
+
+    # ---- the stores, grouped -------------------------------------------------------------------
+    groups: list[Group] = []
+    proto_kw: dict[str, Any] = {"protocol": "shuffle", "pool": None, "probe_cost": 0,
+                                "budget": None}
+    if env is not None:
+        groups = env_groups(env, split)
+        proto_kw = {"protocol": env.protocol, "pool": env.branch_cap,
+                    "probe_cost": env.probe_cost, "budget": env.budget}
+        betas = list(betas) if betas is not None else list(env.betas)
+        token_range = token_range or env.token_range
+        if draws is not None:
+            for g in groups:
+                g.draws = draws
+    if store_paths:
+        groups.append(Group("stores", [str(p) for p in store_paths], draws or 100))
+    betas = list(betas) if betas is not None else DEFAULT_BETAS
+    tr = stats._check_range(token_range or stats.DEFAULT_TOKEN_RANGE)
+
+    opened: dict[str, Any] = {}
+    for g in groups:
+        names = []
+        for p in g.paths:
+            if p not in opened:
+                opened[p] = open_store(p)
+            names.append(opened[p].name)
+        g.stores = names
+
+    # ---- each entry's curves, by store name ------------------------------------------------------
+    labels: list[str] = []
+    curves: list[dict[str, stats.Curve]] = []
+    for arg in entries:
+        if _is_results(arg):
+            label, by_store = _file_curves(arg)
+        else:
+            by_store = {}
+            label = ""
+            by_draws: dict[int, list[str]] = {}
+            for g in groups:
+                for p in g.paths:
+                    if p not in by_draws.get(g.draws, []):
+                        by_draws.setdefault(g.draws, []).append(p)
+            if not by_draws:
+                raise ConfigError(f"{arg}: a controller needs stores to run on (--store or --env)")
+            for d, paths in by_draws.items():
+                proto = Protocol(draws=d, seed=seed, **proto_kw)
+                if progress is not None:
+                    progress.print(f"evaluating {arg} on {len(paths)} store(s) × {len(betas)} β × "
+                                   f"{d} draws")
+                ev = evaluate(arg, [opened[p] for p in paths], betas, proto, episodes=True,
+                              workers=workers)
+                for (s, c), cv in stats.curves_from_episodes(ev.episodes or []).items():
+                    by_store[s] = cv
+                    label = c
+        labels.append(label)
+        curves.append(by_store)
+    # Two entries with one name (a controller and its earlier results): tell them apart.
+    for i, lab in enumerate(labels):
+        if labels.count(lab) > 1:
+            labels[i] = f"{lab} ({Path(entries[i]).name})"
+
+    if not groups:  # result files only: the stores they share
+        common = [s for s in curves[0] if all(s in c for c in curves[1:])]
+        if not common:
+            raise ConfigError("the result files share no store")
+        groups = [Group("results", [], 0, common)]
+    for i, by_store in enumerate(curves):
+        for g in groups:
+            missing = [s for s in g.stores or [] if s not in by_store]
+            if missing:
+                raise ConfigError(f"{entries[i]}: no results on {missing[0]}")
+
+    kw = {"resamples": resamples, "seed": seed, "level": level, "method": method}
+    report: dict[str, Any] = {
+        "a": labels[0], "token_range": list(tr), "betas": betas, "resamples": resamples,
+        "level": level, "method": method, "seed": seed,
+        "groups": {g.name: g.stores for g in groups}, "comparisons": [],
+    }
+    pct = f"{level:.0%}"
+    for j in range(1, len(entries)):
+        a, b = curves[0], curves[j]
+        a_lab, b_lab = labels[0], labels[j]
+        t = Table(title=f"ΔAUC = AUC({a_lab}) − AUC({b_lab})  (objective: mean accuracy % over "
+                        f"log-tokens {tr[0]:,.0f}–{tr[1]:,.0f}; {pct} intervals over questions, "
+                        f"{method}, {resamples} resamples)")
+        for col in ("group", "store", f"AUC {a_lab}", f"AUC {b_lab}", "ΔAUC", f"{pct} interval",
+                    "P(improvement)", "verdict"):
+            t.add_column(col, justify="left" if col in ("group", "store", "verdict") else "right")
+        entry: dict[str, Any] = {"a": a_lab, "b": b_lab, "groups": {}, "questions": {}}
+        seen_q: set[str] = set()
+        for g in groups:
+            names = list(g.stores or [])
+            cmp = stats.compare([a[s] for s in names], [b[s] for s in names], tr, **kw)
+            entry["groups"][g.name] = {**cmp.as_dict(), "a": a_lab, "b": b_lab}
+            for s in names:
+                d = cmp.stores[s]
+                t.add_row(g.name, s, _fmt_iv(cmp.auc_a[s]), _fmt_iv(cmp.auc_b[s]),
+                          f"{d.estimate:+.2f}", d.bracket("+.2f"), f"{d.prob_improvement:.2f}",
+                          d.verdict())
+            if len(names) > 1:
+                d = cmp.pooled
+                assert cmp.pooled_a is not None and cmp.pooled_b is not None
+                t.add_row(g.name, "[bold]pooled (mean over stores)[/]", _fmt_iv(cmp.pooled_a),
+                          _fmt_iv(cmp.pooled_b), f"[bold]{d.estimate:+.2f}[/]",
+                          f"[bold]{d.bracket('+.2f')}[/]", f"{d.prob_improvement:.2f}",
+                          f"[bold]{d.verdict()}[/]")
+            t.add_section()
+            for s in names:
+                if s not in seen_q:
+                    seen_q.add(s)
+                    entry["questions"][s] = stats.question_table(a[s], b[s], tr)
+        console.print(t)
+        console.print(_question_summary(entry["questions"], a_lab, b_lab, top))
+        matrix = _matrix(entry)
+        if matrix is not None:
+            entry["matrix"] = matrix
+            console.print(_matrix_table(matrix, a_lab, b_lab, pct))
+        report["comparisons"].append(entry)
+    return report
+
+
+def _question_summary(tables: dict[str, list[dict[str, Any]]], a: str, b: str, top: int) -> Table:
+    t = Table(title=f"per question: where ΔAUC({a} − {b}) comes from (contribution: jackknife "
+                    f"pseudo-value / Q; they add up to about ΔAUC)")
+    for col in ("store", "wins", "losses", "ties", "largest gains (question: +points)",
+                "largest losses"):
+        t.add_column(col, justify="left" if col == "store" or "largest" in col else "right")
+    for s, rows in tables.items():
+        wins = sorted((r for r in rows if r["outcome"] == "win"), key=lambda r: -r["contribution"])
+        losses = sorted((r for r in rows if r["outcome"] == "loss"), key=lambda r: r["contribution"])
+        ties = sum(r["outcome"] == "tie" for r in rows)
+
+        def fmt(rs: list[dict[str, Any]]) -> str:
+            return ", ".join(f"q{r['question']}: {r['contribution']:+.2f}" for r in rs[:top]) or "–"
+
+        t.add_row(s, str(len(wins)), str(len(losses)), str(ties), fmt(wins), fmt(losses))
+    return t
+
+
+def _split_name(store: str) -> tuple[str, str] | None:
+    parts = store.split("/")
+    return (parts[0], parts[1]) if len(parts) == 2 else None
+
+
+def _matrix(entry: dict[str, Any]) -> dict[str, Any] | None:
+    """Model × benchmark table of ΔAUC with intervals, for stores named MODEL/BENCHMARK (the
+    published replay's names), when there are at least two models or two benchmarks."""
+    cells: dict[str, dict[str, Any]] = {}
+    where: dict[str, str] = {}
+    for gname, cmp in entry["groups"].items():
+        for s, d in cmp["stores"].items():
+            if s in cells:
+                continue
+            cells[s] = d
+            where[s] = gname
+    names = {s: _split_name(s) for s in cells}
+    if not cells or any(v is None for v in names.values()):
+        return None
+    models = list(dict.fromkeys(v[0] for v in names.values() if v))
+    benches = list(dict.fromkeys(v[1] for v in names.values() if v))
+    if len(models) < 2 and len(benches) < 2:
+        return None
+    return {
+        "models": models, "benchmarks": benches,
+        "cells": {s: {**cells[s], "group": where[s]} for s in cells},
+    }
+
+
+def _matrix_table(matrix: dict[str, Any], a: str, b: str, pct: str) -> Table:
+    t = Table(title=f"ΔAUC({a} − {b}) by model × benchmark, {pct} interval over questions "
+                    f"(* significant; the cell's group in parentheses)")
+    t.add_column("model")
+    for bench in matrix["benchmarks"]:
+        t.add_column(bench, justify="right")
+    for m in matrix["models"]:
+        row = [m]
+        for bench in matrix["benchmarks"]:
+            d = matrix["cells"].get(f"{m}/{bench}")
+            if d is None:
+                row.append("–")
+                continue
+            star = "*" if d["significant"] else ""
+            row.append(f"{d['estimate']:+.2f}{star} [{d['low']:+.2f}, {d['high']:+.2f}] "
+                       f"({d['group']})")
+        t.add_row(*row)
+    return t
+
+
+def write_json(path: Path, report: dict[str, Any]) -> None:
+    from autotts.report import json_default
+    from autotts.store import atomic_write_bytes
+
+    text = json.dumps(report, indent=2, ensure_ascii=False, default=json_default) + "\n"
+    atomic_write_bytes(path, text.encode("utf-8"))

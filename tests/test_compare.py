@@ -1,0 +1,155 @@
+"""`autotts compare`, eval's question-level intervals, `eval --json --json-episodes`, and held-out
+groups in environment files (issue 15)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from discover_helpers import make_env
+from typer.testing import CliRunner
+
+from autotts.cli import app
+from autotts.envdef import load_env
+from autotts.errors import ConfigError
+from autotts.paths import envs_dir
+
+
+def grouped_env(tmp_path: Path) -> Path:
+    """make_env's stores, the held-out ones as two named groups."""
+    env = make_env(tmp_path)
+    text = env.read_text().replace('heldout = ["stores/heldout3", "stores/heldout4"]\n', "")
+    text += '[heldout]\nthree = ["stores/heldout3"]\nfour = ["stores/heldout4"]\n'
+    env.write_text(text)
+    return env
+
+
+def invoke(*args: str) -> str:
+    res = CliRunner().invoke(app, list(args), env={"COLUMNS": "250"})
+    assert res.exit_code == 0, res.output
+    return res.output
+
+
+# ---- environments ------------------------------------------------------------------------------
+
+
+def test_heldout_groups(tmp_path: Path) -> None:
+    e = load_env(grouped_env(tmp_path))
+    assert list(e.groups()) == ["three", "four"]
+    assert [Path(p).name for p in e.split_paths("heldout")] == ["heldout3", "heldout4"]
+    assert [Path(p).name for p in e.split_paths("heldout:four")] == ["heldout4"]
+    assert e.draws_for("heldout:four") == e.draws_for("heldout")
+    with pytest.raises(ConfigError, match="no held-out group 'five'"):
+        e.split_paths("heldout:five")
+
+
+def test_old_files_have_one_group(tmp_path: Path) -> None:
+    e = load_env(make_env(tmp_path))
+    assert list(e.groups()) == ["heldout"]
+    assert e.groups()["heldout"] == e.split_paths("heldout")
+
+
+@pytest.mark.parametrize("extra, message", [
+    ('[heldout]\nthree = ["stores/search1"]\n', "in both search and heldout"),
+    ('[heldout]\n"bad name" = ["stores/heldout3"]\n', "group name"),
+    ('[heldout]\nthree = []\n', "heldout.three"),
+])
+def test_heldout_group_errors(tmp_path: Path, extra: str, message: str) -> None:
+    env = make_env(tmp_path)
+    text = env.read_text().replace('heldout = ["stores/heldout3", "stores/heldout4"]\n', "")
+    env.write_text(text + extra)
+    with pytest.raises(ConfigError, match=message):
+        load_env(env)
+
+
+def test_heldout_list_and_groups_together_is_an_error(tmp_path: Path) -> None:
+    env = make_env(tmp_path)
+    env.write_text(env.read_text() + '[heldout]\nthree = ["stores/heldout3"]\n')
+    with pytest.raises(ConfigError, match="not both"):
+        load_env(env)
+
+
+def test_shipped_scale_environment() -> None:
+    e = load_env(envs_dir() / "qwen3-scale.toml")
+    assert [Path(p).parent.name for p in e.split_paths("search")] == ["Qwen3-1.7B"]
+    assert set(e.groups()) == {"other-sizes-aime24", "same-size-aime25", "other-sizes-aime25"}
+    held = e.split_paths("heldout")
+    assert len(held) == 7 and not set(held) & set(e.split_paths("search"))
+
+
+# ---- eval ----------------------------------------------------------------------------------------
+
+
+def test_eval_prints_both_kinds_of_interval_and_writes_episodes(tmp_path: Path) -> None:
+    env = make_env(tmp_path)
+    out = tmp_path / "pp.json"
+    text = invoke("eval", "--controller", "parallel_probe", "--env", str(env), "--json", str(out),
+                  "--json-episodes")
+    assert "± se draws" in text and "95% CI questions" in text
+    rows = json.loads(out.read_text())
+    assert len(rows) == 2 * 3
+    for r in rows:
+        lo, hi = r["accuracy_ci_questions"]
+        assert lo <= r["accuracy"] <= hi
+        ep = r["episodes"]
+        assert ep["draws"] == 3 and ep["questions"] == 5
+        assert len(ep["correct"]) == 3 and len(ep["correct"][0]) == 5
+    plain = tmp_path / "plain.json"
+    invoke("eval", "--controller", "parallel_probe", "--env", str(env), "--json", str(plain))
+    assert all("episodes" not in r for r in json.loads(plain.read_text()))
+    res = CliRunner().invoke(app, ["eval", "--controller", "sc", "--env", str(env),
+                                   "--json-episodes"])
+    assert res.exit_code != 0
+
+
+# ---- compare -------------------------------------------------------------------------------------
+
+
+def test_compare_controllers_and_files_agree(tmp_path: Path) -> None:
+    env = grouped_env(tmp_path)
+    js = tmp_path / "cmp.json"
+    text = invoke("compare", "parallel_probe", "sc", "--env", str(env), "--split", "all",
+                  "--resamples", "300", "--json", str(js))
+    assert "ΔAUC" in text and "pooled" in text and "wins" in text
+    report = json.loads(js.read_text())
+    assert list(report["groups"]) == ["search", "three", "four", "heldout (all groups)"]
+    cmp = report["comparisons"][0]
+    assert (cmp["a"], cmp["b"]) == ("parallel_probe", "sc")
+    search = cmp["groups"]["search"]
+    assert search["pooled"]["low"] <= search["pooled"]["estimate"] <= search["pooled"]["high"]
+    # The same comparison from eval result files that carry their episodes.
+    files = []
+    for name in ("parallel_probe", "sc"):
+        f = tmp_path / f"{name}.json"
+        invoke("eval", "--controller", name, "--env", str(env), "--json", str(f),
+               "--json-episodes")
+        files.append(str(f))
+    js2 = tmp_path / "cmp2.json"
+    invoke("compare", *files, "--resamples", "300", "--json", str(js2),
+           "--token-range", "2000,200000")
+    again = json.loads(js2.read_text())["comparisons"][0]["groups"]["results"]
+    assert again["pooled"] == search["pooled"]
+    assert again["stores"] == search["stores"]
+
+
+def test_compare_a_controller_with_itself(tmp_path: Path) -> None:
+    env = make_env(tmp_path)
+    js = tmp_path / "same.json"
+    invoke("compare", "sc", "sc", "--env", str(env), "--resamples", "300", "--json", str(js))
+    pooled = json.loads(js.read_text())["comparisons"][0]["groups"]["search"]["pooled"]
+    assert pooled["estimate"] == 0 and pooled["low"] <= 0 <= pooled["high"]
+    assert not pooled["significant"]
+
+
+def test_compare_errors(tmp_path: Path) -> None:
+    env = make_env(tmp_path)
+    for args, message in (
+        (["sc"], "at least two"),
+        (["sc", "asc", "--env", str(env), "--split", "nope"], "unknown split"),
+        (["sc", "asc"], "needs stores"),
+        (["sc", "asc", "--env", str(env), "--token-range", "5"], "--token-range"),
+    ):
+        res = CliRunner().invoke(app, ["compare", *args])
+        assert res.exit_code != 0
+        assert message in str(res.exception) or message in res.output

@@ -1,0 +1,271 @@
+"""autotts.stats: the paired question bootstrap (issue 15).
+
+Fast tests check the arithmetic against the project's own objective, determinism and pairing, and
+the behaviour at known effects; the coverage simulations (a few hundred replications each) check
+that the intervals cover the true difference at close to the nominal rate."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from autotts import stats
+from autotts.discover.candidates import objective
+from autotts.evaluate import Protocol, evaluate
+from autotts.report import auc_log_tokens
+from autotts.synth import SynthParams, generate
+
+BETAS = [round(0.1 * i, 1) for i in range(11)]
+
+
+# ---- the vectorized objective ---------------------------------------------------------------------
+
+
+def test_auc_batch_equals_auc_log_tokens() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        b = int(rng.integers(1, 8))
+        t = np.exp(rng.uniform(np.log(1e3), np.log(5e6), size=(4, b)))
+        if b > 2:  # ties: two points at equal tokens are averaged
+            t[:, 1] = t[:, 0]
+        a = rng.uniform(0, 100, size=(4, b))
+        lo = float(np.exp(rng.uniform(np.log(1e3), np.log(1e6))))
+        hi = lo * float(np.exp(rng.uniform(0, 4))) if rng.random() > 0.1 else lo
+        got = stats.auc_log_tokens_batch(t, a, lo, hi)
+        want = [auc_log_tokens(t[k], a[k], lo, hi) for k in range(4)]
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-9)
+
+
+# ---- on real evaluations of synthetic stores -------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def evaluated() -> dict[str, object]:
+    stores = [generate(SynthParams(questions=12, branches=16, seed=k, model="synth",
+                                   benchmark=f"b{k}")) for k in (1, 2)]
+    out: dict[str, object] = {"stores": stores}
+    for name in ("sc", "parallel_probe"):
+        ev = evaluate(name, stores, BETAS[::2], Protocol(draws=4), episodes=True)
+        out[name] = ev
+    return out
+
+
+def test_point_estimates_are_the_objective_and_the_rows(evaluated: dict) -> None:
+    """The AUC the intervals are for is the number discovery prints, and the β figures are
+    eval's rows."""
+    tr = (2000.0, 200000.0)
+    ev_a, ev_b = evaluated["parallel_probe"], evaluated["sc"]
+    ca = stats.curves_from_episodes(ev_a.episodes)
+    cb = stats.curves_from_episodes(ev_b.episodes)
+    names = [s.name for s in evaluated["stores"]]
+    cmp = stats.compare(ca, cb, tr, resamples=300)
+    obj_a, per_a = objective(ev_a.rows, names, tr)
+    obj_b, per_b = objective(ev_b.rows, names, tr)
+    assert cmp.pooled_a.estimate == pytest.approx(obj_a, abs=1e-6)
+    assert cmp.pooled_b.estimate == pytest.approx(obj_b, abs=1e-6)
+    for s in names:
+        assert cmp.auc_a[s].estimate == pytest.approx(per_a[s], abs=1e-6)
+        assert cmp.stores[s].estimate == pytest.approx(per_a[s] - per_b[s], abs=1e-5)
+    assert cmp.pooled.estimate == pytest.approx(obj_a - obj_b, abs=1e-5)
+    for (store, _), curve in ca.items():
+        rows = [r for r in ev_a.rows if r["store"] == store]
+        for r, iv in zip(rows, stats.beta_intervals(curve, resamples=300), strict=True):
+            assert iv["beta"] == r["beta"]
+            assert iv["accuracy"].estimate == pytest.approx(r["accuracy"], abs=1e-9)
+            assert iv["tokens"].estimate == pytest.approx(r["tokens"], rel=1e-12)
+            assert iv["accuracy"].low <= r["accuracy"] <= iv["accuracy"].high
+            assert iv["tokens"].low <= r["tokens"] <= iv["tokens"].high
+
+
+def test_embedded_episodes_give_the_same_curves(evaluated: dict, tmp_path) -> None:
+    ev = evaluated["sc"]
+    payload = stats.episodes_payload(ev.episodes)
+    rows = [dict(r, episodes=payload[(r["store"], r["controller"], r["beta"])]) for r in ev.rows]
+    path = tmp_path / "sc.json"
+    path.write_text(json.dumps(rows))
+    a = stats.curves_from_episodes(ev.episodes)
+    b = stats.load_curves(path)
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_allclose(a[k].accuracy, b[k].accuracy)
+        np.testing.assert_allclose(a[k].tokens, b[k].tokens)
+        assert a[k].betas == b[k].betas and a[k].draws == b[k].draws == (4,) * 6
+
+
+# ---- synthetic curves with a known effect ------------------------------------------------------
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def population(rng: np.random.Generator, n: int, shift: float = 0.0, draws: int | None = 20,
+               betas: int = 11) -> tuple[np.ndarray, np.ndarray]:
+    """n questions drawn from a population: difficulty z ~ N(0, 1.5); at β the chance of a right
+    answer is sigmoid(z + 3β − 1 + shift) and the cost base·e^(3β), base log-normal around 40k.
+    Per question the accuracy is the share right in `draws` draws (None: the expectation).
+    Returns accuracy % [B, Q] and tokens [B, Q]."""
+    z = rng.normal(0.0, 1.5, size=n)
+    base = np.exp(rng.normal(math.log(4e4), 0.5, size=n))
+    beta = np.linspace(0, 1, betas)[:, None]
+    p = _sigmoid(z[None, :] + 3 * beta - 1 + shift)
+    acc = p if draws is None else rng.binomial(draws, p) / draws
+    tok = base[None, :] * np.exp(3 * beta)
+    return acc * 100.0, tok
+
+
+def curve(store: str, name: str, acc: np.ndarray, tok: np.ndarray) -> stats.Curve:
+    b = acc.shape[0]
+    return stats.Curve(store, name, tuple(np.linspace(0, 1, b)), acc, tok, (20,) * b)
+
+
+TR = (5e4, 1.5e6)
+
+
+def test_identical_controllers_give_zero_inside_the_interval() -> None:
+    rng = np.random.default_rng(1)
+    acc, tok = population(rng, 30)
+    a = [curve(f"s{k}", "A", acc, tok) for k in range(3)]
+    b = [curve(f"s{k}", "B", acc.copy(), tok.copy()) for k in range(3)]
+    cmp = stats.compare(a, b, TR)
+    for d in [*cmp.stores.values(), cmp.pooled]:
+        assert d.estimate == 0 and d.contains(0.0) and not d.significant
+        assert d.prob_improvement == 0.5 and d.verdict() == "within noise"
+    # ... and their own AUC intervals are real ones
+    assert cmp.pooled_a.high - cmp.pooled_a.low > 1
+
+
+def test_a_dominated_controller_is_flagged() -> None:
+    """B answers every question at every β less often than A, at the same cost: A is
+    significantly better on each store and pooled, and B significantly worse."""
+    rng = np.random.default_rng(2)
+    a, b = [], []
+    for k in range(4):
+        acc, tok = population(rng, 30)
+        a.append(curve(f"s{k}", "A", acc, tok))
+        b.append(curve(f"s{k}", "B", np.maximum(acc - rng.uniform(2, 6, acc.shape), 0), tok))
+    cmp = stats.compare(a, b, TR)
+    for d in [*cmp.stores.values(), cmp.pooled]:
+        assert d.significant and d.low > 0 and d.verdict() == "better"
+        assert d.prob_improvement == 1.0
+    back = stats.compare(b, a, TR)
+    assert back.pooled.verdict() == "worse" and back.pooled.high < 0
+    assert back.pooled.estimate == pytest.approx(-cmp.pooled.estimate)
+    for m in stats.delta_accuracy_at_tokens(a[0], b[0]):
+        assert m[1].significant and m[1].estimate > 0
+
+
+def test_deterministic_and_paired() -> None:
+    acc, tok = population(np.random.default_rng(3), 30)
+    acc2, _ = population(np.random.default_rng(3), 30, shift=0.3)  # the same questions
+    w1 = stats.question_weights("s", 30, 500, seed=0)
+    assert np.array_equal(w1, stats.question_weights("s", 30, 500, seed=0))
+    assert not np.array_equal(w1, stats.question_weights("t", 30, 500, seed=0))
+    assert not np.array_equal(w1, stats.question_weights("s", 30, 500, seed=1))
+    np.testing.assert_allclose(w1.sum(axis=1), 1.0)
+    a, b = curve("s", "A", acc, tok), curve("s", "B", acc2, tok)
+    one = stats.compare([a], [b], TR, resamples=500)
+    two = stats.compare([a], [b], TR, resamples=500)
+    assert one == two
+    # pairing: a difference's interval is far narrower than the two AUC intervals suggest when
+    # the controllers share their hard and easy questions
+    d = one.stores["s"]
+    assert d.high - d.low < 0.5 * (one.auc_a["s"].high - one.auc_a["s"].low)
+
+
+def test_question_table_adds_up() -> None:
+    """For a curve with one β point the AUC is the mean accuracy, a statistic linear in the
+    questions: the contributions are the per-question differences / Q and add up to ΔAUC."""
+    rng = np.random.default_rng(4)
+    acc, tok = population(rng, 20, betas=1)
+    acc2, _ = population(rng, 20, betas=1)
+    a, b = curve("s", "A", acc, tok), curve("s", "B", acc2, tok)
+    table = stats.question_table(a, b, TR)
+    total = sum(r["contribution"] for r in table)
+    assert total == pytest.approx(stats.auc(a, TR) - stats.auc(b, TR))
+    for r in table:
+        assert r["contribution"] == pytest.approx(r["delta_accuracy"] / 20)
+        assert r["outcome"] == ("win" if r["delta_accuracy"] > 0 else
+                                "loss" if r["delta_accuracy"] < 0 else "tie")
+
+
+def test_errors_are_one_line() -> None:
+    from autotts.errors import ConfigError
+
+    rng = np.random.default_rng(5)
+    acc, tok = population(rng, 10)
+    with pytest.raises(ConfigError, match="share no store"):
+        stats.compare([curve("s", "A", acc, tok)], [curve("t", "B", acc, tok)], TR)
+    with pytest.raises(ConfigError, match="not the same store"):
+        stats.compare([curve("s", "A", acc, tok)], [curve("s", "B", acc[:, :5], tok[:, :5])], TR)
+    with pytest.raises(ConfigError, match="method"):
+        stats.auc_interval(curve("s", "A", acc, tok), TR, method="studentized")
+    with pytest.raises(ConfigError, match="different numbers of draws"):
+        stats.curves_from_episodes([
+            {"store": "s", "controller": "c", "beta": 0.0, "question": 0, "correct": True,
+             "tokens": 5},
+            {"store": "s", "controller": "c", "beta": 0.0, "question": 0, "correct": True,
+             "tokens": 5},
+            {"store": "s", "controller": "c", "beta": 0.0, "question": 1, "correct": True,
+             "tokens": 5},
+        ])
+
+
+# ---- coverage ----------------------------------------------------------------------------------
+
+
+def true_delta(shift: float, stores: int = 1) -> float:
+    """ΔAUC of the population (2·10⁵ questions, expected accuracies): what the intervals
+    estimate."""
+    rng = np.random.default_rng(99)
+    acc, tok = population(rng, 200_000, draws=None)
+    acc_b, tok_b = population(np.random.default_rng(99), 200_000, shift=shift, draws=None)
+    ta = stats.auc_log_tokens_batch(tok.mean(axis=1), acc.mean(axis=1), *TR)[0]
+    tb = stats.auc_log_tokens_batch(tok_b.mean(axis=1), acc_b.mean(axis=1), *TR)[0]
+    return float(tb - ta)
+
+
+def coverage(reps: int, method: str, stores: int, resamples: int, seed: int) -> tuple[float, float]:
+    """Share of `reps` simulated comparisons whose 95% interval for ΔAUC (pooled over `stores`
+    stores of 30 questions) holds the true ΔAUC, and the mean interval width. Controller B is A
+    with its logit shifted by 0.25 on every question (paired: same questions, same draws' luck
+    in part)."""
+    shift = 0.25
+    truth = true_delta(shift)
+    rng = np.random.default_rng(seed)
+    hits, widths = 0, []
+    for rep in range(reps):
+        a, b = [], []
+        for k in range(stores):
+            z = rng.normal(0.0, 1.5, size=30)
+            base = np.exp(rng.normal(math.log(4e4), 0.5, size=30))
+            beta = np.linspace(0, 1, 11)[:, None]
+            tok = base[None, :] * np.exp(3 * beta)
+            pa = _sigmoid(z[None, :] + 3 * beta - 1)
+            pb = _sigmoid(z[None, :] + 3 * beta - 1 + shift)
+            a.append(curve(f"r{rep}s{k}", "A", rng.binomial(20, pa) / 20 * 100, tok))
+            b.append(curve(f"r{rep}s{k}", "B", rng.binomial(20, pb) / 20 * 100, tok))
+        d = stats.compare(b, a, TR, resamples=resamples, method=method).pooled
+        hits += d.contains(truth)
+        widths.append(d.high - d.low)
+    return hits / reps, float(np.mean(widths))
+
+
+# Tolerance: with n replications the share of hits has sd sqrt(.95·.05/n) (1.5 points at 200,
+# 1.0 at 500); a 95% bootstrap interval from 30 questions is also known to run about a point
+# short. The fast test allows 0.95 ± 0.05, the slow one 0.95 ± 0.035.
+def test_coverage_quick() -> None:
+    rate, _ = coverage(200, "bca", stores=1, resamples=1000, seed=11)
+    assert abs(rate - 0.95) <= 0.05, rate
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["bca", "percentile"])
+@pytest.mark.parametrize("stores", [1, 4])
+def test_coverage(method: str, stores: int) -> None:
+    rate, width = coverage(500, method, stores=stores, resamples=2000, seed=12)
+    print(f"coverage {method} stores={stores}: {rate:.3f} (mean width {width:.2f})")
+    assert abs(rate - 0.95) <= 0.035, rate

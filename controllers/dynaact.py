@@ -22,6 +22,18 @@ accordingly: every marginal gain is recomputed exactly at every step (no lazy ev
 is only sound for submodular F) and the set stops growing once the best marginal gain is <= 0, so
 F never decreases along the greedy path and the result is never worse than the best singleton.
 
+The knob `diversity="logdet"` swaps in a provably submodular diversity term instead:
+
+    F(S) = λ · Σ_{a∈S} g(a)  +  (1 − λ) · log det(I + α·K_S),     α = e − 1,
+
+with K_S the cosine similarities 1 − d(a, b) within S (a Gram matrix of unit vectors, so PSD).
+log det(I + α·K) is monotone submodular for PSD K, so this F is monotone submodular and the plain
+greedy step reaches at least (1 − 1/e) of the best set of size <= k (Nemhauser, Wolsey and Fisher
+1978). α = e − 1 puts it on the default term's scale: an element orthogonal to the chosen ones
+(distance 1) adds exactly log(1 + α) = 1 = d0, so on equidistant embeddings both terms equal |S|;
+a near-duplicate adds less, never a negative amount. The default stays "nn" (the published
+results use it; docs/dynaact.md compares the two).
+
 Embedding of an action, from revealed information only (answer history): vote share of the
 branch's latest answer, stability (run length of its latest answer), depth, the share of finished
 branches it has already outrun (long branches are more often wrong), agreement with the current
@@ -73,6 +85,9 @@ NUM_WEIGHTS = (len(EMBED_NAMES) + 1) * len(STATE_NAMES)
 DEPTH_SCALE = 40.0  # intervals; depth features saturate at 1
 STABLE_SCALE = 8.0  # run length of the latest answer that counts as fully stable
 NO_ANSWER_DISTANCE = 1.0  # d0: min over an empty set (the largest cosine distance here)
+DIVERSITY_TERMS = ("nn", "logdet")  # nearest-neighbour distances (default); log-determinant
+# α of the log-det term: log(1 + α) = 1, so an element orthogonal to the chosen ones adds d0.
+LOGDET_ALPHA = float(np.e) - 1.0
 
 
 def parse_utility(utility):
@@ -175,19 +190,26 @@ def cosine_distances(e):
     return np.round(np.clip(1.0 - cos, 0.0, 1.0), 9)
 
 
-def set_value(gain, dist, chosen, lam):
-    """F(S) for S = chosen (indices): λ·Σ gain + (1 − λ)·Σ nearest-neighbour distance in S."""
+def set_value(gain, dist, chosen, lam, diversity="nn"):
+    """F(S) for S = chosen (indices): λ·Σ gain + (1 − λ)·D(S), with D(S) the sum of
+    nearest-neighbour distances in S ("nn") or log det(I + α·K_S), K = 1 − dist ("logdet").
+
+    The reference definition (tests, docs); the greedy steps compute marginal gains directly."""
     chosen = list(chosen)
     if not chosen:
         return 0.0
     total = lam * float(np.sum(gain[chosen]))
+    if diversity == "logdet":
+        sim = 1.0 - dist[np.ix_(chosen, chosen)]
+        logdet = np.linalg.slogdet(np.eye(len(chosen)) + LOGDET_ALPHA * sim)[1]
+        return total + (1.0 - lam) * float(logdet)
     if len(chosen) == 1:
         return total + (1.0 - lam) * NO_ANSWER_DISTANCE
     sub = dist[np.ix_(chosen, chosen)] + np.diag(np.full(len(chosen), np.inf))
     return total + (1.0 - lam) * float(sub.min(axis=1).sum())
 
 
-def greedy_select(gain, dist, k, lam):
+def greedy_select(gain, dist, k, lam, diversity="nn"):
     """Greedy maximization of F over sets of at most k candidates (indices, in pick order).
 
     Guarded for a non-submodular F: all marginal gains are recomputed exactly at every step, and
@@ -199,6 +221,8 @@ def greedy_select(gain, dist, k, lam):
     if lam >= 1.0:  # F is modular: the k largest positive gains
         order = np.argsort(-gain, kind="stable")[:k]
         return [int(i) for i in order if gain[i] > 0]
+    if diversity == "logdet":
+        return greedy_logdet(gain, dist, k, lam)
     mu = 1.0 - lam
     base = lam * gain
     marginal = base + mu * NO_ANSWER_DISTANCE
@@ -227,6 +251,40 @@ def greedy_select(gain, dist, k, lam):
     return chosen
 
 
+def greedy_logdet(gain, dist, k, lam):
+    """Greedy maximization of λ·Σ gain + (1 − λ)·log det(I + α·K_S), K = 1 − dist, |S| <= k.
+
+    The marginal gain of e given S is λ·gain[e] + (1 − λ)·log r_e, where r_e is the Schur
+    complement of L = I + α·K at e given S (the squared new diagonal entry of L's Cholesky factor
+    over S + e). After each pick one Cholesky row is appended and every r_e updated (the
+    incremental DPP-MAP greedy of Chen, Zhang and Zhou 2018): O(k·n) per pick, no determinant.
+    L ⪰ I, so r_e >= 1 and no gain is negative: F is monotone, and being submodular the plain
+    greedy is (1 − 1/e)-optimal (a lazy priority queue would also be sound; n is too small to
+    need it). Elementwise sums only and gains rounded to 1e-9, as in cosine_distances, so that
+    every process picks the same set."""
+    n = len(gain)
+    mu = 1.0 - lam
+    off = LOGDET_ALPHA * (1.0 - dist)  # L's off-diagonal entries (its diagonal is 1 + α)
+    resid = np.full(n, 1.0 + LOGDET_ALPHA)  # r_e given the empty set: L_ee
+    rows = np.zeros((k, n))  # Cholesky rows of the chosen elements, evaluated at every e
+    taken = np.zeros(n, dtype=bool)
+    chosen = []
+    for step in range(k):
+        marginal = np.round(lam * gain + mu * np.log(resid), 9)
+        marginal[taken] = -np.inf
+        c = int(np.argmax(marginal))
+        if not marginal[c] > 0.0:  # only with λ = 0 and r_e rounded to 1: nothing adds value
+            break
+        # The new pivot's row: (L_ce − Σ_t rows[t, c]·rows[t, e]) / sqrt(r_c).
+        row = (off[c] - (rows[:step, c, None] * rows[:step]).sum(axis=0)) / np.sqrt(resid[c])
+        rows[step] = row
+        # r_e >= 1 in exact arithmetic (L ⪰ I); the floor only absorbs rounding.
+        resid = np.maximum(resid - row * row, 1.0)
+        taken[c] = True
+        chosen.append(c)
+    return chosen
+
+
 class DynaAct:
     NAME = "dynaact"
 
@@ -246,7 +304,7 @@ class DynaAct:
         }
 
     def __init__(self, k=7, lam=0.75, tau=0.0005, n_init=5, max_branches=36, max_rounds=70,
-                 burst=4, probe_weight=0.5, length_power=1.0, utility=None):
+                 burst=4, probe_weight=0.5, length_power=1.0, utility=None, diversity="nn"):
         self.k = int(k)
         self.lam = min(max(float(lam), 0.0), 1.0)
         self.tau = float(tau)
@@ -257,6 +315,10 @@ class DynaAct:
         self.probe_weight = float(probe_weight)
         self.length_power = float(length_power)
         self.weights = parse_utility(TRAINED_UTILITY if utility is None else utility)
+        if diversity not in DIVERSITY_TERMS:
+            raise ValueError(f"diversity must be one of {', '.join(DIVERSITY_TERMS)}, "
+                             f"got {diversity!r}")
+        self.diversity = diversity  # a design choice, not a budget knob: not in schedule()
 
     def utilities(self, embeddings, state):
         """u(s, a) for every candidate a (rows of embeddings): (1, e_a) · W · s, rounded to 1e-9
@@ -292,7 +354,7 @@ class DynaAct:
                 # Gains scaled to (0, 1] so that λ weighs utility against distances in [0, 1].
                 gain = u[useful] - self.tau
                 picks = greedy_select(gain / gain.max(), cosine_distances(e[useful]), self.k,
-                                      self.lam)
+                                      self.lam, self.diversity)
                 chosen = useful[picks]
             self.record(ep.tokens, answer, state, e, chosen)
             if len(chosen) == 0:

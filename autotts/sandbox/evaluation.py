@@ -104,7 +104,8 @@ def run_sandbox_task(datas: Sequence[ReplayData] | ReplayData, request: dict[str
     exception, so it crosses process boundaries intact."""
     if isinstance(datas, ReplayData):
         datas = [datas]
-    limits = SandboxLimits(**request["limits"])
+    limits = SandboxLimits(**{k: v for k, v in request["limits"].items()
+                              if k != "isolation_disable"})
     try:
         return "ok", run_task(request, datas, units, limits, trace_items=trace_items)
     except Failed as f:
@@ -238,7 +239,7 @@ def evaluate_sandboxed(
     if on_error not in ("raise", "record"):
         raise ConfigError(f"on_error must be 'raise' or 'record', got {on_error!r}")
     limits = limits or SandboxLimits()
-    from autotts.sandbox.lockdown import require_strong
+    from autotts.sandbox.lockdown import disabled_from_env, require_strong
 
     require_strong(allow_weak_sandbox)  # a platform that cannot confine the sandbox: refuse
     source, fname = _read_source(source_or_path, filename)
@@ -253,8 +254,10 @@ def evaluate_sandboxed(
     request = {
         "source": source, "filename": fname, "admit": _admit, "betas": beta_list,
         "overrides": _check_overrides(overrides or {}), "proto": asdict(proto),
-        "traces": bool(traces), "on_error": on_error, "limits": asdict(limits),
-        "unrestricted": bool(_unrestricted),
+        "traces": bool(traces), "on_error": on_error,
+        # AUTOTTS_SANDBOX_DISABLE turns mechanisms off in the sandbox processes as in probe().
+        "limits": {**asdict(limits), "isolation_disable": disabled_from_env()},
+        "unrestricted": bool(_unrestricted), "allow_weak": bool(allow_weak_sandbox),
     }
     from autotts.executors import make_executor
 

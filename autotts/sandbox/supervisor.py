@@ -86,6 +86,9 @@ def scrubbed_env(home: str) -> dict[str, str]:
         "OMP_NUM_THREADS": "1",
         "MKL_NUM_THREADS": "1",
         "NUMEXPR_NUM_THREADS": "1",
+        # pyarrow's allocator would start a thread; the sandbox process must have only one
+        # when it enters its namespaces.
+        "JE_ARROW_MALLOC_CONF": "background_thread:false",
     }
     if "LD_LIBRARY_PATH" in os.environ:  # some Python installs need it to start at all
         env["LD_LIBRARY_PATH"] = os.environ["LD_LIBRARY_PATH"]
@@ -390,10 +393,17 @@ class _Task:
             raise Failed(v)
         if kind == "ready" and self.state == "boot" and self.info["isolation"] is None:
             # Sent by the sandbox process before it ran any candidate code: what it reports
-            # here is what the (trusted) lock-down applied.
+            # here is what the (trusted) lock-down applied, on whichever machine this runs.
+            from autotts.sandbox.lockdown import describe, is_strong
+
             iso = header.get("isolation")
             self.info["isolation"] = {str(k)[:40]: bool(v) for k, v in iso.items()} \
                 if type(iso) is dict else {}
+            if not self.request.get("allow_weak") and not is_strong(self.info["isolation"]):
+                raise Failed(Verdict("crash", "the sandbox process could not isolate itself "
+                                     f"from the host here (applied: "
+                                     f"{describe(self.info['isolation'])}); refusing to run "
+                                     "candidate code (--allow-weak-sandbox to accept)"))
             return None
         if kind == "config_error" and self.state == "boot":
             from autotts.errors import ConfigError

@@ -289,7 +289,12 @@ def test_child_environment_is_scrubbed_and_isolated(parent, store):
     t.start()
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline and "env" not in seen:
-        for pid in set(spawned_pids()) - before:
+        # The spawned process waits for the locked-down one (PID namespace) and forks batches:
+        # look at every process below it.
+        pids = set(spawned_pids()) - before
+        for _ in range(3):
+            pids |= {c for p in pids for c in _children_of(p)}
+        for pid in pids:
             try:
                 status = Path(f"/proc/{pid}/status").read_text()
                 if "Uid:" in status and os.geteuid() == 0 and "\t65534\t" not in status:
@@ -297,7 +302,7 @@ def test_child_environment_is_scrubbed_and_isolated(parent, store):
                 seen["env"] = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
                 seen["status"] = status
                 seen["net"] = os.readlink(f"/proc/{pid}/ns/net")
-                seen["root"] = os.readlink(f"/proc/{pid}/root")
+                seen["mnt"] = os.readlink(f"/proc/{pid}/ns/mnt")
             except OSError:
                 pass
         time.sleep(0.05)
@@ -308,7 +313,7 @@ def test_child_environment_is_scrubbed_and_isolated(parent, store):
     assert all(str(parent["heldout"]) not in v for v in env.values())
     if os.geteuid() == 0:
         assert seen["net"] != os.readlink("/proc/self/ns/net")
-        assert seen["root"] != "/"
+        assert seen["mnt"] != os.readlink("/proc/self/ns/mnt")  # its own, empty, root
         assert "\t65534\t" in str(seen["status"])
 
 

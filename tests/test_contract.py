@@ -72,8 +72,6 @@ def test_readme_and_docs_link_inside_the_repository():
     design link and 'DESIGN §n' pointed at ../shared)."""
     import re
 
-    # Written by the engine and sandbox issues, merged beside this one.
-    pending = {ROOT / "docs" / "semantics.md", ROOT / "docs" / "sandbox.md"}
     pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
     for page in pages:
         text = page.read_text(encoding="utf-8")
@@ -84,4 +82,4 @@ def test_readme_and_docs_link_inside_the_repository():
                 continue
             path = (page.parent / target.split("#")[0]).resolve()
             assert path.is_relative_to(ROOT), (page.name, target)
-            assert path.exists() or path in pending, (page.name, target)
+            assert path.exists(), (page.name, target)

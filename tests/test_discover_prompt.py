@@ -314,7 +314,8 @@ def test_printed_output_recorded_and_quoted(tmp_path: Path, monkeypatch: pytest.
         d = Discovery(cfg)
         d.run()
     printed = (run_dir / "rounds" / "0001" / "c1" / "stdout.txt").read_text()
-    assert "\x1b[31mdebug\x1b[0m ep 16" in printed  # the raw text, kept
+    # Kept whole, as the sandbox returns every text of the candidate: escapes made visible.
+    assert "\\x1b[31mdebug\\x1b[0m ep 16" in printed and ESC not in printed
     d = Discovery(cfg)
     d.history = d.load_history()
     user = d.messages(d.seeds())[1]["content"]

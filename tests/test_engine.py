@@ -362,4 +362,4 @@ def test_read_new_many_of_zero_is_traced_at_the_end_of_the_pool(question):
         ep.read_new_many(4)
         assert ep.read_new_many(0).tolist() == [] and ep.num_actions == 2
         assert ep.branch_many(0).tolist() == [] and ep.num_actions == 3
-    assert [e.get("ans") for e in ep._events()][-2:] == [None, None]
+    assert [e.get("ans") for e in ep.trace_events()][-2:] == [None, None]

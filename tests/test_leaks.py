@@ -90,7 +90,7 @@ def transcript(q: Question, order: np.ndarray, kw: dict[str, Any], seed: int) ->
         if rng.random() < 0.2:
             ep.trace("note", n=ep.num_actions, tokens=ep.tokens)
         out.append((name, res, snapshot(ep)))
-    out.append(("trace", ep._events()))
+    out.append(("trace", ep.trace_events()))
     return out, ep
 
 

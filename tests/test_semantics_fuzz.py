@@ -212,7 +212,7 @@ def run_episode(seed: int) -> int:
         if a > 0 and a not in firsts:
             firsts.append(a)
     assert firsts == list(range(1, len(firsts) + 1))
-    assert traced._events() == journaled._events()
+    assert traced.trace_events() == journaled.trace_events()
     return n_steps
 
 

@@ -495,8 +495,9 @@ def _rlimits(limits: dict[str, Any], base_vm: int, nofile: int, pid1: bool) -> N
     _cap(resource.RLIMIT_FSIZE, 0)
     # RLIMIT_NPROC goes to 0 in seal(), in each forked batch: this process forks them.
     _cap(resource.RLIMIT_NOFILE, nofile)
-    # A PID 1 ignores SIGXCPU: there the hard limit ends it, and the waiting parent says why.
-    _cap(resource.RLIMIT_CPU, cpu, cpu if pid1 else cpu + 2)
+    # SIGXCPU (a 'timeout') two seconds before the kill. Candidate code never runs in the
+    # namespace's PID 1 (which would ignore it): the zygote forks every batch.
+    _cap(resource.RLIMIT_CPU, cpu, cpu + 2)
     if base_vm:
         _cap(resource.RLIMIT_AS, base_vm + int(limits.get("memory_mb", 1024)) * 1024 * 1024)
 
@@ -736,7 +737,8 @@ def require_strong(allow_weak: bool) -> dict[str, Any]:
 
 def seal() -> None:
     """In a child forked by the zygote, before candidate code: no new processes (RLIMIT_NPROC
-    and, where seccomp applies, a second filter that refuses every way of making one)."""
+    where rlimits can still be set, that is without seccomp; with seccomp, a second filter that
+    refuses every way of making one)."""
     _cap(resource.RLIMIT_NPROC, 0)
     try:
         filt = _Seccomp(default=_ACT_ALLOW)

@@ -26,7 +26,14 @@ def grouped_env(tmp_path: Path) -> Path:
 
 
 def invoke(*args: str) -> str:
-    res = CliRunner().invoke(app, list(args), env={"COLUMNS": "250"})
+    from autotts import cli
+
+    # Wide tables, whatever terminal (or none, under pytest-xdist) the console found at import.
+    cli.out.width = 250
+    try:
+        res = CliRunner().invoke(app, list(args), env={"COLUMNS": "250"})
+    finally:
+        cli.out.width = None  # type: ignore[assignment]
     assert res.exit_code == 0, res.output
     return res.output
 

@@ -303,7 +303,8 @@ def _busy_task() -> _Task:
     request = {"source": "", "filename": "f.py", "admit": True, "betas": [0.5], "overrides": {},
                "proto": {"draws": 2, "protocol": "shuffle", "pool": None, "seed": 0,
                          "probe_cost": 3, "budget": 400},
-               "traces": True, "on_error": "record", "limits": FAST.__dict__}
+               "traces": True, "on_error": "record", "limits": FAST.__dict__,
+               "allow_weak": True}
     from autotts.sandbox.judge import TraceBudget
 
     task = _Task(request, [STORE.replay()], [(0, 0, 0, 1), (0, 0, 1, 2)], FAST,

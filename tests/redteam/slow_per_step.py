@@ -12,7 +12,7 @@ class Candidate:
     def run(self, ep):
         for step in range(100):
             x = 0
-            for i in range(3_000_000):
+            for i in range(40_000_000):
                 x += i
             ep.read_new()
         return 0

@@ -356,9 +356,11 @@ def sandbox_overhead(
     from autotts.paths import data_dir
 
     if stores is None:
-        stores = sorted((data_dir() / "autotts-replay").glob("*/*.json"))
+        # The 8 published AIME stores (a fetched catalog also holds HMMT25).
+        stores = sorted((data_dir() / "autotts-replay").glob("*/aime2[45].json"))
         if not stores:
-            raise ConfigError(f"no reference stores under {data_dir() / 'autotts-replay'}")
+            raise ConfigError(f"no reference stores under {data_dir() / 'autotts-replay'}: "
+                              "get them with `autotts data fetch autotts-qwen3`")
     loaded = [_as_store(s) for s in stores]
     proto = Protocol(draws=draws)
     source = ctl.resolve("parallel_probe").read_text(encoding="utf-8")

@@ -77,7 +77,11 @@ def test_heldout_list_and_groups_together_is_an_error(tmp_path: Path) -> None:
         load_env(env)
 
 
+@pytest.mark.reference
 def test_shipped_scale_environment() -> None:
+    from tests.conftest import reference_file
+
+    reference_file("Qwen3-1.7B/aime24.json")  # the env's stores must exist to be listed
     e = load_env(envs_dir() / "qwen3-scale.toml")
     assert [Path(p).parent.name for p in e.split_paths("search")] == ["Qwen3-1.7B"]
     assert set(e.groups()) == {"other-sizes-aime24", "same-size-aime25", "other-sizes-aime25"}

@@ -407,6 +407,7 @@ def reward(rows, cost):
 @pytest.mark.reference
 @pytest.mark.slow
 def test_learned_utility_beats_untrained_ones_on_the_search_split():
+    reference_file("Qwen3-8B/aime24.json")  # skip (or, under CI, fail) without the data
     env = load_env("aime-qwen3")
     stores = [reference_file(Path(p).parent.name + "/" + Path(p).name) for p in
               env.split_paths("search")]

@@ -428,3 +428,31 @@ class Counter:
     counts = [int(e["message"].split("episode ")[1].split(" ")[0]) for e in ev.errors]
     assert len(counts) == 3 * 5 * (4 + 3)
     assert max(counts) == 4 + 3  # one draw of every question of both stores, never more
+
+
+@pytest.mark.usefixtures("parent")
+def test_a_batch_cannot_stay_to_play_the_next_one():
+    """With code execution, a batch process takes over its own exit: after reporting its batch
+    done it would read the next batch's frame from the shared pipe and play it with what it
+    learned. The judge sends the next frame only once the batch's process is gone (from /proc),
+    so this one just times out."""
+    extra = '''
+import autotts.sandbox.child as sandbox_child
+
+_send = sandbox_child._Out.send
+
+
+def send(self, header, arrays=()):
+    _send(self, header, arrays)
+    if header.get("t") == "unit_done":
+        while True:  # stay alive, waiting to read what comes next
+            pass
+
+
+sandbox_child._Out.send = send
+'''
+    with pytest.raises(SandboxError) as info:
+        _run(_controller("        return ep.read_new()\n", extra),
+             limits=SandboxLimits(**{**FAST.__dict__, "episode_seconds": 2}))
+    assert info.value.verdict.kind == "timeout"
+    assert "did not exit" in info.value.verdict.message

@@ -182,7 +182,9 @@ class Scheduler:
 
     def _episode(self, ep: Any, config: dict[str, Any]) -> tuple[str, list[Any], Any]:
         kind, payload = self._body(ep, config)
-        return kind, payload, ep._pending_events()
+        from autotts.sandbox.client import pending_events
+
+        return kind, payload, pending_events(ep)
 
     def _request_for(self, g: Any) -> Any:
         main, current = self.main, self.getcurrent

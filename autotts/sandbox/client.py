@@ -211,12 +211,6 @@ class ClientEpisode:
     def close(self) -> None:
         self._closed = True
 
-    def _pending_events(self) -> list[list[Any]] | None:
-        """Trace events not yet sent (the scheduler sends them with the episode's end)."""
-        events = self._events or None
-        if events:
-            self._events = []
-        return events
 
     # ---- actions ------------------------------------------------------------------------------
 
@@ -342,3 +336,11 @@ class ClientEpisode:
         if not 0 <= i < self._opened:
             raise InvalidAction(f"branch {i} is not open ({self._opened} opened)")
         return i
+
+
+def pending_events(ep: ClientEpisode) -> list[list[Any]] | None:
+    """Trace events of `ep` not yet sent (the scheduler sends them with the episode's end)."""
+    events = ep._events or None
+    if events:
+        ep._events = []
+    return events

@@ -324,6 +324,7 @@ class _Task:
         self.state = "boot"
         self.round_sent = time.monotonic()
         self.since: dict[int, float] = {}  # live episode -> when it was last answered
+        self.base: set[int] | None = None  # the sandbox's processes before any batch
 
     def context(self, slot: int | None = None) -> dict[str, Any]:
         if self.batch is None:
@@ -547,12 +548,36 @@ def _pump(c: _Child, sel: selectors.BaseSelector, task: _Task, t0: float) -> Non
             return
 
 
+def _await_batch_exit(c: _Child, task: _Task) -> None:
+    """Before the next batch's frame: the last batch's process is gone. Otherwise one that
+    took over its own process (code execution) could read the next batch's frame itself and
+    play it with what it remembers of the last. Judged from /proc, not from anything the
+    sandbox says: every process of the sandbox's group must be one that existed when it
+    reported ready (before any candidate code)."""
+    from autotts.sandbox.lockdown import live_group_members
+
+    if task.base is None:
+        task.base = set(live_group_members(c.pid))
+    deadline = time.monotonic() + task.limits.episode_seconds
+    while not set(live_group_members(c.pid)) <= task.base:
+        if time.monotonic() > deadline:
+            raise Failed(Verdict("timeout", "a batch's sandbox process did not exit after its "
+                                 "last episode", context=task.context()))
+        time.sleep(0.001)
+
+
 def _on_result(c: _Child, sel: selectors.BaseSelector, task: _Task, data: bytes) -> None:
     try:
         frames = c.reader.feed(data)
         for header, arrays in frames:
             answer = task.on_frame(header, arrays)
+            if header.get("t") == "ready":  # sent before the sandbox forks anything
+                from autotts.sandbox.lockdown import live_group_members
+
+                task.base = set(live_group_members(c.pid))
             if answer is not None:
+                if answer["t"] in ("unit", "stop"):
+                    _await_batch_exit(c, task)
                 _send(c, sel, answer)
                 task.round_sent = time.monotonic()
     except FrameTooLarge as e:

@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 
 from autotts.errors import ConfigError
-from autotts.evaluate import BlockResult, EvaluationError, Job, Questions, Unit, run_unit
 from autotts.store import ReplayData
+from autotts.units import BlockResult, EvaluationError, Job, Questions, Unit, run_unit
 
 EXECUTORS = ("local", "ray")
 LOOPBACK = "127.0.0.1"

@@ -122,7 +122,7 @@ _INT_TYPES = (int, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, n
 
 def _final(ans: Any) -> tuple[str, list[Any]]:
     """What run() returned, as the message that ends the episode."""
-    from autotts.evaluate import shown_answer
+    from autotts.units import shown_answer
 
     if ans is None:
         return "answer", [None]
@@ -160,7 +160,7 @@ class Scheduler:
 
     def _body(self, ep: Any, config: dict[str, Any]) -> tuple[str, list[Any]]:
         from autotts.engine import InvalidAction
-        from autotts.evaluate import controller_lines
+        from autotts.units import controller_lines
 
         try:
             ans = self.cls(**config).run(ep)
@@ -296,9 +296,9 @@ def _preload(modules: Any) -> None:
         __import__(mod)
     import greenlet  # noqa: F401
 
-    import autotts.evaluate
     import autotts.sandbox.client
-    import autotts.sandbox.lockdown  # noqa: F401
+    import autotts.sandbox.lockdown
+    import autotts.units  # noqa: F401
 
 
 def _load(req: dict[str, Any]) -> Any:

@@ -30,10 +30,11 @@ import numpy as np
 
 from autotts import controller as ctl
 from autotts.errors import AutoTTSError, ConfigError
-from autotts.evaluate import BlockResult, Evaluation, Protocol, score
+from autotts.evaluate import Evaluation, score
 from autotts.sandbox.admission import Verdict, admit
 from autotts.sandbox.supervisor import Failed, SandboxLimits, Unit, run_task
 from autotts.store import ReplayData, Store, open_store
+from autotts.units import BlockResult, Protocol
 
 
 class SandboxError(AutoTTSError):

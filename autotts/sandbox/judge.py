@@ -23,8 +23,8 @@ import numpy as np
 
 from autotts.draws import draw_order
 from autotts.engine import NO_ANSWER, Episode, InvalidAction, store_class
-from autotts.evaluate import BlockResult, Protocol, Questions
 from autotts.sandbox.wire import escape
+from autotts.units import BlockResult, Protocol, Questions
 
 EPISODE_ERRORS = ("exception", "invalid_action", "non_answer")
 MAX_MESSAGE = 2000  # characters of an error message kept from the child

@@ -32,11 +32,11 @@ from typing import Any
 import numpy as np
 
 import autotts
-from autotts.evaluate import BlockResult, Protocol, Questions
 from autotts.sandbox.admission import Verdict
 from autotts.sandbox.judge import OutputLimit, ProtocolError, TraceBudget, UnitJudge
 from autotts.sandbox.wire import FrameError, FrameReader, FrameTooLarge, escape, pack_frame
 from autotts.store import ReplayData
+from autotts.units import BlockResult, Protocol, Questions
 
 Unit = tuple[int, int, int, int]  # (store, configuration, first draw, end draw)
 

@@ -9,16 +9,20 @@ candidate never sees any of this. Two sources:
   within reach"), and although the *whole pool* would have (more width would help), plus the
   questions never answered right at any β.
 * execution traces of a few draws (`trace_draws`) of the same sweep: the stop reasons the
-  controller gave (`ep.trace("stop", reason=...)`), and, by replaying the action events against the
-  store's per-step costs (a *ledger*), the tokens spent on branches that were later pruned, the
-  wrong answers that running the surviving branches to their end would have fixed (stopped too
-  early), and those where pruning threw the right majority away.
+  controller gave (`ep.trace("stop", reason=...)`), and, by replaying the logged actions on a fresh
+  episode (a *ledger*), the tokens spent on branches that were later pruned, the wrong answers
+  that running the surviving branches to their end would have fixed (stopped too early), and
+  those where pruning threw the right majority away.
 
-The ledger only trusts itself while it agrees with the engine: after every action it checks that
-its cost matches the `tokens` the engine logged. Batch actions must name their branches: an
-`advance_many` over exactly the running branches does by construction; a batch event that logs
-its branch indices (`idx`) does too; otherwise that episode counts as unresolved and is left out of
-the ledger figures (the digest says on how many episodes they rest).
+The ledger has no replay rules of its own: the engine is the one place the semantics live
+(docs/design.md). The trace holds every admitted action (a refused one changes nothing and is not
+logged) with the cost after it, so the same actions on an `Episode` of the same question, draw
+order, probe cost and budget pass through the same states; the replay checks its cost against
+each logged `tokens`, and an episode whose events do not replay (a batch that does not name its
+branches, an event the engine refuses, a cost that departs) counts as unresolved and is left out
+of the ledger figures (the digest says on how many episodes they rest). Per-branch spent tokens
+follow from the replayed episode's public state and the cost of each branch alone, read off scratch
+episodes of the same draw (`_AloneCosts`).
 
 "Majority" is always the published rule: the most frequent answer class >= 0, ties to the answer
 seen first; an episode with no majority (no answer at all) is wrong.
@@ -26,7 +30,6 @@ seen first; an episode with no majority (no answer at all) is wrong.
 
 from __future__ import annotations
 
-import itertools
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
@@ -34,8 +37,9 @@ from typing import Any
 import numpy as np
 
 from autotts.draws import draw_order
-from autotts.engine import NO_ANSWER, Question
+from autotts.engine import NO_ANSWER, Episode, InvalidAction, Question
 from autotts.evaluate import Protocol
+from autotts.metrics import monotonicity_violations
 from autotts.store import Store
 from autotts.summary import majority_first_seen
 
@@ -108,128 +112,147 @@ class _Unresolved(Exception):
 
 
 def ledger(events: list[dict[str, Any]], question: Question, order: np.ndarray,
-           probe_cost: int) -> dict[str, Any] | None:
-    """Replay an episode's action events against the store's per-step costs: per opened branch its
-    tokens, depth, and whether it finished or was pruned. None when the events do not determine
-    the branches (a batch action without indices) or disagree with the engine's costs."""
+           probe_cost: int, budget: int | None = None) -> dict[str, Any] | None:
+    """The branch ledger of a traced episode: per opened branch its tokens, depth, and whether it
+    finished or was pruned. The logged actions are replayed on a fresh `Episode` of the same
+    question, draw order, probe cost and budget, so depths and flags are the engine's own. None
+    when the events do not determine the actions (a batch without indices, an action the engine
+    refuses) or the replay's cost departs from the logged `tokens`."""
     try:
-        return _ledger(events, question, order, probe_cost)
-    except (_Unresolved, IndexError, KeyError, TypeError, ValueError):
+        return _replay(events, question, order, probe_cost, budget)
+    except (_Unresolved, InvalidAction, IndexError, KeyError, TypeError, ValueError):
         return None
 
 
-def _ledger(events: list[dict[str, Any]], question: Question, order: np.ndarray,
-            kappa: int) -> dict[str, Any]:
-    # The parent is trusted: it reads the engine's own per-step layout (Question's arrays), so
-    # the ledger's costs are the engine's by construction, not a second copy of the rules.
-    cum, last, total = question._cum, question._last, question._tokens
-    n = len(order)
-    spent = np.zeros(n, dtype=np.int64)
-    depth = np.zeros(n, dtype=np.int64)
-    finished = np.zeros(n, dtype=bool)
-    pruned = np.zeros(n, dtype=bool)
-    opened = 0
+class _AloneCosts:
+    """What each branch of the draw costs run on its own, read off scratch episodes of the same
+    question and order (probe cost 0, no budget), opened lazily up to the branch asked about:
+    its first step, whether that step finished it, and its whole generation stepped (BRANCH then
+    READ) or read whole (READ_NEW, T_b tokens; the two differ where T_b < L_b·Δ)."""
+
+    def __init__(self, question: Question, order: np.ndarray) -> None:
+        self._stepped = Episode(question, order)
+        self._whole = Episode(question, order)
+        self.first: list[int] = []
+        self.done_first: list[bool] = []
+        self.stepped: list[int] = []
+        self.whole: list[int] = []
+
+    def upto(self, j: int) -> None:
+        ep = self._stepped
+        while len(self.first) <= j:
+            t0 = ep.tokens
+            i = ep.branch()
+            self.first.append(ep.tokens - t0)
+            done = ep.is_finished(i)
+            self.done_first.append(done)
+            if not done:
+                ep.read(i)
+            self.stepped.append(ep.tokens - t0)
+
+    def whole_upto(self, j: int) -> None:
+        ep = self._whole
+        while len(self.whole) <= j:
+            t0 = ep.tokens
+            ep.read_new()
+            self.whole.append(ep.tokens - t0)
+
+
+def _replay(events: list[dict[str, Any]], question: Question, order: np.ndarray, kappa: int,
+            budget: int | None) -> dict[str, Any]:
+    ep = Episode(question, order, probe_cost=kappa, budget=budget)
+    alone = _AloneCosts(question, order)
+    read_whole: set[int] = set()  # branches opened by READ_NEW: they cost T_b
     prev = 0
-
-    def running() -> np.ndarray:
-        return np.flatnonzero(~pruned[:opened] & ~finished[:opened])
-
-    def step(idx: np.ndarray, times: int) -> int:
-        """Advance branches `idx` by up to `times` steps (probing each interval); their cost."""
-        b = order[idx]
-        d = depth[idx]
-        end = np.minimum(d + times, last[b] + 1)
-        gen = cum[b, end] - cum[b, d]
-        probes = np.clip(np.minimum(end, last[b]) - d, 0, None)
-        cost = gen + kappa * probes
-        spent[idx] += cost
-        depth[idx] = end
-        finished[idx] |= end == last[b] + 1
-        return int(cost.sum())
-
     for e in events:
         ev = e.get("ev")
         if ev not in ACTIONS or "tokens" not in e:
             continue  # the controller's own trace event
         tokens = int(e["tokens"])
         delta = tokens - prev
-        prev = tokens
         i = int(e.get("i", -1))
-        if ev in ("branch", "read_new"):
-            if i != opened:
+        if ev in ("branch", "branch_many"):
+            # The trace does not log `probe`; the cost tells: κ per branch its first step left
+            # unfinished (κ = 0 leaves it open, and then nothing later depends on it).
+            k = 1 if ev == "branch" else int(e["k"])
+            if i != ep.num_opened:
                 raise _Unresolved
-            opened += 1
-            b = order[i]
-            spent[i] += delta
+            probe = False
+            if kappa and k:
+                alone.upto(i + k - 1)
+                plain = sum(alone.first[i:i + k])
+                live = k - sum(alone.done_first[i:i + k])
+                probe = bool(live) and delta == plain + kappa * live
             if ev == "branch":
-                depth[i] = 1
-                finished[i] = last[b] == 0
+                ep.branch(probe=probe)
             else:
-                depth[i] = last[b] + 1
-                finished[i] = True
-        elif ev in ("branch_many", "read_new_many"):
-            k = int(e["k"])
-            if i != opened:
+                ep.branch_many(k, probe=probe)
+        elif ev in ("read_new", "read_new_many"):
+            k = 1 if ev == "read_new" else int(e["k"])
+            if i != ep.num_opened:
                 raise _Unresolved
-            idx = np.arange(opened, opened + k)
-            opened += k
-            b = order[idx]
-            if ev == "branch_many":
-                gen = cum[b, 1] - cum[b, 0]
-                depth[idx] = 1
-                finished[idx] = last[b] == 0
-                rest = delta - int(gen.sum())  # probe costs: κ per unfinished branch if probed
-                spent[idx] += gen
-                live = idx[~finished[idx]]
-                if rest and len(live):
-                    if rest != kappa * len(live):
-                        raise _Unresolved
-                    spent[live] += kappa
-                elif rest:
-                    raise _Unresolved
+            read_whole.update(range(i, i + k))
+            if ev == "read_new":
+                ep.read_new()
             else:
-                spent[idx] += total[b]
-                depth[idx] = last[b] + 1
-                finished[idx] = True
-                if int(total[b].sum()) != delta:
-                    raise _Unresolved
+                ep.read_new_many(k)
         elif ev in ("extend", "advance", "probe", "read"):
-            if not 0 <= i < opened:
-                raise _Unresolved
-            spent[i] += delta
-            b = order[i]
-            if ev in ("extend", "advance"):
-                depth[i] += 1
-                finished[i] = depth[i] == last[b] + 1
-            elif ev == "read":
-                depth[i] = last[b] + 1
-                finished[i] = True
+            getattr(ep, ev)(i)
         elif ev == "advance_many":
-            idx = np.asarray(e["idx"], dtype=np.int64) if "idx" in e else running()
+            idx = (np.asarray(e["idx"], dtype=np.int64) if "idx" in e
+                   else np.flatnonzero(ep.running))
             if len(idx) != int(e.get("n", len(idx))):
                 raise _Unresolved
-            if step(idx, int(e.get("times", 1))) != delta:
-                raise _Unresolved
+            ep.advance_many(_as_mask(idx, ep.num_opened), int(e.get("times", 1)))
         elif ev == "prune":
-            pruned[i] = True
+            ep.prune(i)
         elif ev == "prune_many":
             if "idx" in e:
-                pruned[np.asarray(e["idx"], dtype=np.int64)] = True
+                idx = np.asarray(e["idx"], dtype=np.int64)
             else:
-                alive = np.flatnonzero(~pruned[:opened])
-                if int(e.get("n", -1)) != len(alive):
+                idx = np.flatnonzero(~ep.pruned)
+                if int(e.get("n", -1)) != len(idx):
                     raise _Unresolved
-                pruned[alive] = True
-        if int(spent.sum()) != tokens:
+            ep.prune_many(idx)
+        if ep.tokens != tokens:
             raise _Unresolved
-    return {
-        "opened": opened,
-        "spent": spent[:opened],
-        "depth": depth[:opened],
-        "finished": finished[:opened],
-        "pruned": pruned[:opened],
-        "tokens": prev,
-    }
+        prev = tokens
+    return {"opened": ep.num_opened, "spent": _spent(ep, alone, read_whole), "depth": ep.depths,
+            "finished": ep.finished, "pruned": ep.pruned, "tokens": prev}
+
+
+def _as_mask(idx: np.ndarray, opened: int) -> np.ndarray:
+    """Indices listed in increasing order as a mask: the same action (a mask lists branches in
+    index order) on the engine's fast path. Any other order is kept: it numbers the answers."""
+    if (len(idx) > 1 and not (np.diff(idx) > 0).all()) or (len(idx) and idx[0] < 0):
+        return idx
+    mask = np.zeros(opened, dtype=bool)
+    mask[idx] = True
+    return mask
+
+
+def _spent(ep: Episode, alone: _AloneCosts, read_whole: set[int]) -> np.ndarray:
+    """Per opened branch, generated tokens + κ · its revealed probes (docs/semantics.md, Steps
+    and costs): an unfinished branch has generated depth·Δ; a finished one its whole
+    generation, stepped or read whole as it was opened. Each revealed probe is one depth in
+    `history_depths` (a final's depth is not a probe)."""
+    n = ep.num_opened
+    finished = ep.finished
+    spent = ep.depths * ep.delta
+    probes = np.zeros(n, dtype=np.int64)
+    for j in range(n):
+        if ep.probe_cost:
+            probes[j] = len(ep.history_depths(j)) - int(finished[j])
+        if finished[j]:
+            if j in read_whole:
+                alone.whole_upto(j)
+                spent[j] = alone.whole[j]
+            else:
+                alone.upto(j)
+                spent[j] = alone.stepped[j]
+    if int(spent.sum()) != ep.generated_tokens:
+        raise _Unresolved
+    return spent + ep.probe_cost * probes
 
 
 # ---- the digest -------------------------------------------------------------------------------
@@ -266,26 +289,19 @@ def beta_bands(betas: Sequence[float]) -> list[tuple[float, float]]:
 
 
 def monotonicity_breaks(rows: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    """Per store, every pair of adjacent β points where mean tokens fall. `significant` when the
-    fall exceeds twice the combined standard error."""
+    """Per store, every pair of adjacent β points where mean tokens fall (metrics'
+    monotonicity_violations with no tolerance). `significant` when the fall exceeds twice the
+    combined standard error."""
     out: dict[str, list[dict[str, Any]]] = {}
-    by_store: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
         if r.get("beta") is not None:
-            by_store.setdefault(r["store"], []).append(r)
-    for store, rs in by_store.items():
-        rs = sorted(rs, key=lambda r: r["beta"])
-        breaks = []
-        for a, b in itertools.pairwise(rs):
-            if b["tokens"] < a["tokens"]:
-                se = float(np.hypot(a.get("tokens_se") or 0.0, b.get("tokens_se") or 0.0))
-                breaks.append({
-                    "beta_from": a["beta"], "beta_to": b["beta"],
-                    "tokens_from": round(float(a["tokens"]), 1),
-                    "tokens_to": round(float(b["tokens"]), 1),
-                    "significant": bool(a["tokens"] - b["tokens"] > 2 * se),
-                })
-        out[store] = breaks
+            out.setdefault(str(r["store"]), [])
+    for v in monotonicity_violations(rows, tolerance=0.0):
+        out[v.store].append({
+            "beta_from": v.beta_low, "beta_to": v.beta_high,
+            "tokens_from": round(v.tokens_low, 1), "tokens_to": round(v.tokens_high, 1),
+            "significant": bool(v.drop > 2 * v.se),
+        })
     return out
 
 
@@ -366,7 +382,7 @@ def make_digest(
                     c[reason] += 1
             q, draw = int(t["question"]), int(t["draw"])
             order = search.order(s, draw, q)
-            led = ledger(events, search.question(s, q), order, kappa)
+            led = ledger(events, search.question(s, q), order, kappa, search.proto.budget)
             if led is None:
                 continue
             resolved += 1

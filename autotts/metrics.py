@@ -1,4 +1,7 @@
-"""Metrics over evaluation rows (DESIGN §6) that do not depend on plotting."""
+"""Metrics of accuracy–cost curves (DESIGN §6), in one place for every layer that scores: the
+AUC over log tokens (discovery's objective, the report's summary, `autotts compare`), the Pareto
+front (the report's and the sweep's marks) and β-monotonicity of cost (eval, sweep, the sandbox's
+gate, the digest). No plotting, no I/O: the report module draws what these compute."""
 
 from __future__ import annotations
 
@@ -7,6 +10,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 
 @dataclass(frozen=True)
@@ -62,3 +67,49 @@ def monotonicity_violations(
                     store, controller, float(a["beta"]), float(b["beta"]), ta, tb, se, allowed
                 ))
     return out
+
+
+def pareto_front(points: Any) -> np.ndarray:
+    """Mask of the Pareto-optimal points among (tokens, accuracy) pairs: a point is optimal when no
+    other point costs no more and is at least as accurate, and strictly better in one of the two.
+    Identical points are all optimal or all not; points with a NaN are never optimal."""
+    p = np.asarray(points, dtype=float).reshape(-1, 2)
+    if len(p) == 0:
+        return np.zeros(0, dtype=bool)
+    t, a = p[:, 0], p[:, 1]
+    le = t[None, :] <= t[:, None]
+    ge = a[None, :] >= a[:, None]
+    strict = (t[None, :] < t[:, None]) | (a[None, :] > a[:, None])
+    dominated = (le & ge & strict).any(axis=1)
+    return ~dominated & np.isfinite(p).all(axis=1)
+
+
+def auc_log_tokens(
+    tokens: Sequence[float] | np.ndarray,
+    accuracy: Sequence[float] | np.ndarray,
+    lo: float | None = None,
+    hi: float | None = None,
+) -> float:
+    """Area under the accuracy-vs-log10(tokens) curve between `lo` and `hi` tokens (default: the
+    curve's own cheapest and dearest points), divided by the width log10(hi/lo): the curve's mean
+    accuracy over that log-token range, in the units of `accuracy`. The curve is piecewise linear
+    in log tokens through the points sorted by tokens (points at equal tokens are averaged) and
+    flat beyond its ends. With lo == hi it is the curve's value there."""
+    t = np.asarray(tokens, dtype=float).ravel()
+    a = np.asarray(accuracy, dtype=float).ravel()
+    if len(t) != len(a) or len(t) == 0:
+        raise ValueError("auc_log_tokens needs equally long, non-empty tokens and accuracy")
+    if not (np.all(np.isfinite(t)) and np.all(np.isfinite(a))) or np.any(t <= 0):
+        raise ValueError("auc_log_tokens needs finite accuracy and positive, finite tokens")
+    x_all = np.log10(t)
+    x, inv = np.unique(x_all, return_inverse=True)
+    y = np.bincount(inv, weights=a) / np.bincount(inv)
+    x_lo = x[0] if lo is None else math.log10(lo)
+    x_hi = x[-1] if hi is None else math.log10(hi)
+    if x_hi < x_lo:
+        raise ValueError(f"auc_log_tokens: hi ({hi}) is below lo ({lo})")
+    if x_hi == x_lo:
+        return float(np.interp(x_lo, x, y))
+    grid = np.unique(np.concatenate([[x_lo, x_hi], x[(x > x_lo) & (x < x_hi)]]))
+    g = np.interp(grid, x, y)
+    return float(((g[1:] + g[:-1]) / 2 * np.diff(grid)).sum() / (x_hi - x_lo))

@@ -11,12 +11,11 @@ from typer.testing import CliRunner
 
 from autotts.cli import app
 from autotts.errors import ConfigError
+from autotts.metrics import auc_log_tokens, pareto_front
 from autotts.report import (
-    auc_log_tokens,
     build_report,
     load_rows,
     make_figure,
-    pareto_front,
     render_png,
     report_from_inputs,
 )

@@ -15,7 +15,7 @@ import pytest
 from autotts import stats
 from autotts.discover.candidates import objective
 from autotts.evaluate import Protocol, evaluate
-from autotts.report import auc_log_tokens
+from autotts.metrics import auc_log_tokens
 from autotts.synth import SynthParams, generate
 
 BETAS = [round(0.1 * i, 1) for i in range(11)]

@@ -306,11 +306,11 @@ def eval_cmd(
     set_: Annotated[list[str] | None, typer.Option("--set", help="override a knob: KEY=VALUE (repeatable)")] = None,
     betas: Annotated[str | None, typer.Option(help=f"β grid, comma-separated, each in \\[0, 1] \\[default: {DEFAULT_BETAS}, or the --env grid]")] = None,
     draws: Annotated[int | None, typer.Option(help="draws per question \\[default: 100, or the --env draws]")] = None,
-    protocol: Annotated[str | None, typer.Option(help="shuffle or subsample \\[default: shuffle]")] = None,
-    pool: Annotated[int | None, typer.Option(help="branches available per draw \\[default: all]")] = None,
-    seed: Annotated[int, typer.Option(help="first draw seed")] = 0,
-    probe_cost: Annotated[int | None, typer.Option(help="κ: tokens charged per probe \\[default: 0]")] = None,
-    budget: Annotated[int | None, typer.Option(help="token budget per question")] = None,
+    protocol: Annotated[str | None, typer.Option(help="shuffle or subsample \\[default: shuffle, or the --env protocol]")] = None,
+    pool: Annotated[int | None, typer.Option(help="branches available per draw \\[default: all, or the --env branch_cap]")] = None,
+    seed: Annotated[int | None, typer.Option(help="first draw seed \\[default: 0]")] = None,
+    probe_cost: Annotated[int | None, typer.Option(help="κ: tokens charged per probe \\[default: 0, or the --env probe_cost]")] = None,
+    budget: Annotated[int | None, typer.Option(help="token budget per question \\[default: none, or the --env budget]")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="write results as JSON")] = None,
     json_episodes: Annotated[bool, typer.Option(help="with --json: each row also carries its episodes (correct, tokens per draw × question), for `autotts compare`")] = False,
     traces: Annotated[Path | None, typer.Option(help="write per-episode traces (JSONL)")] = None,
@@ -325,7 +325,8 @@ def eval_cmd(
     errors: Annotated[str, typer.Option(help="on a failing episode: raise (stop) or record (score it wrong and go on)")] = "raise",
 ) -> None:
     """Evaluate a controller over stores × β × draws."""
-    from autotts.evaluate import Protocol, evaluate
+    from autotts.evaluate import evaluate
+    from autotts.settings import EVAL, resolve
 
     if errors not in ("raise", "record"):
         raise ConfigError(f"--errors must be raise or record, got {errors!r}")
@@ -333,29 +334,20 @@ def eval_cmd(
         raise ConfigError("--split chooses a split of --env; give --env FILE.toml too")
     split = split or "search"
     overrides = parse_sets(set_ or [])
-    default_betas = parse_betas(DEFAULT_BETAS)
     stores: list[Any] = list(store or [])
+    e = None
     if env is not None:
-        # The environment supplies the protocol; explicit options still win.
         from autotts.envdef import load_env
 
         e = load_env(env)
         stores += e.split_paths(split)
-        probe_cost = probe_cost if probe_cost is not None else e.probe_cost
-        pool = pool if pool is not None else e.branch_cap
-        budget = budget if budget is not None else e.budget
-        draws = draws if draws is not None else e.draws_for(split)
-        protocol = protocol or e.protocol
-        default_betas = e.betas
-    if betas is not None:
-        beta_list: list[float] | None = parse_betas(betas)
-    elif overrides:
-        beta_list = None
-    else:
-        beta_list = default_betas
-    draws = 100 if draws is None else draws
-    probe_cost = probe_cost or 0
-    protocol = protocol or "shuffle"
+    # Flags given > the environment file > defaults (autotts/settings.py, shared with sweep and
+    # discover).
+    settings = resolve(EVAL, e, split, draws=draws, protocol=protocol, pool=pool, seed=seed,
+                       probe_cost=probe_cost, budget=budget,
+                       betas=parse_betas(betas) if betas is not None else None)
+    # --set without --betas evaluates the one configuration the overrides name.
+    beta_list = None if overrides and betas is None else settings.betas
     if not stores:
         raise ConfigError("give at least one --store or an --env")
     if json_episodes and json_out is None:
@@ -370,8 +362,7 @@ def eval_cmd(
             err.print(f"[bold red]weak sandbox[/]: the controller can reach your files or "
                       f"network (isolation: {describe(found)})")
             weak = {"allow_weak_sandbox": True}  # the default refuses
-    proto = Protocol(draws=draws, protocol=protocol, pool=pool, seed=seed,
-                     probe_cost=probe_cost, budget=budget)
+    proto = settings.proto
     from rich.progress import Progress
 
     with Progress(console=err, transient=True) as prog:
@@ -391,7 +382,7 @@ def eval_cmd(
     # protocol: how well the replay estimated the figure on these questions) and a 95% interval
     # over questions (how far it could move on other questions from the same source).
     attach_question_intervals(result.rows, result.episodes or [])
-    t = Table(title=f"{result.rows[0]['controller']}  ({proto.protocol}, {draws} draws)",
+    t = Table(title=f"{result.rows[0]['controller']}  ({settings.describe()})",
               caption="± se: over draws; 95% CI: bootstrap over questions (draws kept)")
     for col in ("store", "β", "accuracy %", "± se draws", "95% CI questions", "tokens",
                 "± se draws", "95% CI questions", "errors"):
@@ -480,18 +471,24 @@ def compare_cmd(
 @app.command("sweep")
 def sweep_cmd(
     out_dir: Annotated[Path, typer.Option("--out", help="report directory")],
-    env: Annotated[Path | None, typer.Option(help="environment: both splits' stores")] = None,
+    env: Annotated[Path | None, typer.Option(help="environment: both splits' stores, under its protocol (search draws)")] = None,
     store: Annotated[list[Path] | None, typer.Option(help="store dir or AutoTTS JSON")] = None,
     controller: Annotated[list[str] | None, typer.Option(help="controllers (default: all built-ins)")] = None,
-    betas: Annotated[str, typer.Option(help="β grid")] = "0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1",
-    draws: Annotated[int, typer.Option(help="draws per question")] = 20,
+    betas: Annotated[str | None, typer.Option(help="β grid \\[default: 0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1, or the --env grid]")] = None,
+    draws: Annotated[int | None, typer.Option(help="draws per question \\[default: 20, or the --env draws]")] = None,
+    protocol: Annotated[str | None, typer.Option(help="shuffle or subsample \\[default: shuffle, or the --env protocol]")] = None,
+    pool: Annotated[int | None, typer.Option(help="branches available per draw \\[default: all, or the --env branch_cap]")] = None,
+    seed: Annotated[int | None, typer.Option(help="first draw seed \\[default: 0]")] = None,
+    probe_cost: Annotated[int | None, typer.Option(help="κ: tokens charged per probe \\[default: 0, or the --env probe_cost]")] = None,
+    budget: Annotated[int | None, typer.Option(help="token budget per question \\[default: none, or the --env budget]")] = None,
     workers: Annotated[int, typer.Option(help="worker processes")] = 2,
 ) -> None:
     """Every built-in controller over the β grid on several stores: one report, Pareto points marked."""
-    from autotts.evaluate import Protocol
+    from autotts.settings import SWEEP, resolve
     from autotts.sweep import run_sweep
 
     stores: list[Any] = list(store or [])
+    e = None
     if env is not None:
         from autotts.envdef import load_env
 
@@ -499,9 +496,13 @@ def sweep_cmd(
         stores += e.split_paths("search") + e.split_paths("heldout")
     if not stores:
         raise ConfigError("give at least one --store or an --env")
+    # Flags given > the environment file > defaults, as for eval (autotts/settings.py).
+    settings = resolve(SWEEP, e, "search", draws=draws, protocol=protocol, pool=pool, seed=seed,
+                       probe_cost=probe_cost, budget=budget,
+                       betas=parse_betas(betas) if betas is not None else None)
     paths, _, seconds = run_sweep(
-        stores, out_dir, controllers=controller, betas=parse_betas(betas),
-        proto=Protocol(draws=draws), workers=workers, console=err,
+        stores, out_dir, controllers=controller, betas=settings.betas,
+        proto=settings.proto, workers=workers, console=err,
     )
     out.print(f"wrote {paths.markdown} ({seconds:.0f} s)")
 

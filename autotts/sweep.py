@@ -16,6 +16,7 @@ from autotts.controller import builtin_names
 from autotts.evaluate import Protocol, evaluate
 from autotts.metrics import monotonicity_violations
 from autotts.report import ReportPaths, build_report, write_file
+from autotts.settings import SWEEP, describe_protocol, resolve
 from autotts.store import open_store
 
 
@@ -24,14 +25,16 @@ def run_sweep(
     out_dir: str | Path,
     *,
     controllers: Sequence[str] | None = None,
-    betas: Sequence[float] = tuple(round(0.1 * i, 1) for i in range(11)),
+    betas: Sequence[float] = SWEEP.betas,
     proto: Protocol | None = None,
     workers: int = 1,
     title: str = "controller library",
     console: Console | None = None,
 ) -> tuple[ReportPaths, list[dict[str, Any]], float]:
+    """Evaluate every controller (default: the built-ins) on `stores` under `proto` (default: the
+    sweep's defaults, autotts.settings.SWEEP) and write the report into `out_dir`."""
     console = console or Console(stderr=True)
-    proto = proto or Protocol(draws=20)
+    proto = proto or resolve(SWEEP).proto
     loaded = [open_store(s) for s in stores]
     names = list(controllers) if controllers else builtin_names()
     rows: list[dict[str, Any]] = []
@@ -50,7 +53,7 @@ def run_sweep(
     write_file(out / "results.json", (json.dumps(payload, indent=2) + "\n").encode())
     bad = monotonicity_violations(rows)
     notes = [
-        f"Protocol: {proto.protocol}, {proto.draws} draws, β ∈ {{{', '.join(f'{b:g}' for b in betas)}}}; "
+        f"Protocol: {describe_protocol(proto)}, β ∈ {{{', '.join(f'{b:g}' for b in betas)}}}; "
         f"{len(names)} controllers × {len(loaded)} stores, evaluated in {seconds:.0f} s "
         f"with {workers} worker(s).",
         "Cost is monotone in β for every controller on every store (within one standard error)."

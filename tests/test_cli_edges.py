@@ -158,12 +158,21 @@ def test_eval_help_lists_builtins_and_defaults_without_type_noise(capsys, monkey
     flat = " ".join(out.split())
     for name in builtin_names():
         assert name in flat
-    assert "[default: 100" in flat and "[default: shuffle]" in flat
-    assert "[default: raise]" in flat
+    assert "[default: 100" in flat and "[default: shuffle, or the --env protocol]" in flat
+    assert "[default: raise]" in flat and "[default: 0]" in flat  # --seed: None, shown as 0
+
+
+def test_sweep_help_shows_defaults_and_environment(capsys, monkeypatch):
+    code, out, _ = cli(["sweep", "--help"], capsys, monkeypatch)
+    assert code == 0
+    flat = " ".join(out.split())
+    assert "[default: 20, or the --env draws]" in flat
+    assert "[default: 0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1, or the --env grid]" in flat
 
 
 @pytest.mark.parametrize("command", [[], ["eval"], ["import"], ["data", "fetch"], ["data", "list"],
-                                     ["demo"], ["report"], ["collect"], ["discover"]])
+                                     ["demo"], ["report"], ["collect"], ["discover"],
+                                     ["sweep"]])
 def test_help_has_no_python_type_labels(command, capsys, monkeypatch):
     code, out, _ = cli([*command, "--help"], capsys, monkeypatch)
     assert code == 0

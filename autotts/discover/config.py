@@ -14,9 +14,14 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from autotts.errors import ConfigError
+from autotts.settings import DISCOVER, first_given, resolve
+
+if TYPE_CHECKING:
+    from autotts.envdef import EnvDef
+    from autotts.evaluate import Protocol
 
 # USD per million tokens (input, output). List prices of a few common chat models (2025); prices
 # change, so AUTOTTS_PRICES (a JSON file or inline JSON object) overrides or extends this table:
@@ -215,6 +220,15 @@ class DiscoverConfig:
                               f"{self.executor!r}")
         if self.ray_address and self.executor != "ray":
             raise ConfigError("--ray-address needs --executor ray")
+
+    def protocol(self, env: EnvDef, split: str = "search", draws: int | None = None) -> Protocol:
+        """The protocol candidates are evaluated under on `split`: the same precedence as eval
+        and sweep (autotts/settings.py), with the run's seed and held-out draws as the flags
+        (AUTOTTS_HELDOUT_DRAWS, else the environment's heldout_draws, else its draws) over the
+        environment file. `draws` fixes the draws of one stage (smoke, traces)."""
+        held = split == "heldout" or split.startswith("heldout:")
+        return resolve(DISCOVER, env, split, seed=self.seed,
+                       draws=first_given(draws, self.heldout_draws if held else None)).proto
 
     def cache_path(self) -> Path:
         return self.cache_dir if self.cache_dir is not None else self.run_dir / "cache"

@@ -28,9 +28,9 @@ from autotts.evaluate import Protocol
 from autotts.paths import PACKAGE_DIR
 
 # Every module whose code shapes a cached curve, objective or digest.
-_CODE = ("engine.py", "evaluate.py", "draws.py", "store.py", "controller.py", "answers.py",
-         "report.py", "summary.py", "discover/digest.py", "discover/candidates.py",
-         "discover/significance.py")
+_CODE = ("engine.py", "evaluate.py", "units.py", "draws.py", "store.py", "controller.py",
+         "answers.py", "metrics.py", "report.py", "summary.py", "discover/digest.py",
+         "discover/candidates.py", "discover/significance.py")
 
 
 def cache_home() -> Path | None:

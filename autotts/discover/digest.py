@@ -128,7 +128,11 @@ class _AloneCosts:
     """What each branch of the draw costs run on its own, read off scratch episodes of the same
     question and order (probe cost 0, no budget), opened lazily up to the branch asked about:
     its first step, whether that step finished it, and its whole generation stepped (BRANCH then
-    READ) or read whole (READ_NEW, T_b tokens; the two differ where T_b < L_b·Δ)."""
+    READ) or read whole (READ_NEW, T_b tokens; the two differ where T_b < L_b·Δ).
+
+    Public API only, but a workaround: two engine facts would make it unnecessary, namely the
+    `probe` flag in BRANCH / BRANCH×k trace events (inferred here from the cost) and each branch's
+    spent tokens kept by the episode for trusted readers (derived here)."""
 
     def __init__(self, question: Question, order: np.ndarray) -> None:
         self._stepped = Episode(question, order)

@@ -39,6 +39,12 @@ class ControllerSpec:
     cls: type
     source: str = ""
 
+    @property
+    def batched(self) -> bool:
+        """Whether the class defines run_batch (docs/batch.md): the in-process evaluator then runs
+        whole work units through it; tracing, the sandbox and discovery always use run()."""
+        return callable(getattr(self.cls, "run_batch", None))
+
     def knob_names(self) -> list[str]:
         sig = inspect.signature(self.cls.__init__)
         return [p for p in list(sig.parameters)[1:] if p not in ("args", "kwargs")]

@@ -2,6 +2,9 @@
 
 The simplest width-only controller: no probing, no early stop. Cost grows linearly with N.
 Ties go to the answer seen first (the published evaluator's rule).
+
+run_batch is the same controller over many episodes at once (docs/batch.md): it must answer
+exactly as run would, episode by episode; run stays the reference.
 """
 
 import numpy as np
@@ -35,3 +38,20 @@ class SelfConsistency:
         # The stop reason every controller reports (the discovery digest counts them).
         ep.trace("stop", reason="read_n", n=int(k))
         return majority(np.asarray(finals).tolist())
+
+    def run_batch(self, batch):
+        k = np.minimum(self.n, batch.pool_size)
+        finals = batch.read_new_many(k)
+        return row_majority(finals, np.arange(finals.shape[1]) < k[:, None])
+
+
+def row_majority(answers, mask):
+    """majority() of each row's masked answers (ties: the first seen, by column)."""
+    a = (answers + 1) * mask - 1  # -1 where masked out (arithmetic: np.where is slower here)
+    width = int(a.max(initial=-1)) + 2  # slot 0 of each row collects what does not vote
+    key = a + (np.arange(len(a)) * width + 1)[:, None]
+    counts = np.bincount(key.ravel(), minlength=len(a) * width)
+    counts[::width] = 0
+    top = counts.reshape(len(a), width).max(axis=1)
+    first = (counts.take(key) == top[:, None]).argmax(axis=1)
+    return np.where(top > 0, a[np.arange(len(a)), first], -1)

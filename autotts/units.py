@@ -286,8 +286,9 @@ Unit = tuple[int, int, int, int]
 
 def make_units(n_stores: int, n_configs: int, draws: int, workers: int) -> list[Unit]:
     """Split store × configuration × draws into about 8 units per worker (for balance); each
-    unit is a contiguous draw range, so results do not depend on the split."""
-    per_sr = max(1, math.ceil(max(1, workers) * 8 / (n_stores * n_configs)))
+    unit is a contiguous draw range, so results do not depend on the split. One worker needs no
+    balance: a unit per store × configuration, the largest lockstep batch for run_batch."""
+    per_sr = 1 if workers <= 1 else math.ceil(workers * 8 / (n_stores * n_configs))
     chunk = max(1, math.ceil(draws / per_sr))
     return [
         (s, r, lo, min(draws, lo + chunk))

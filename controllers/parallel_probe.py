@@ -117,8 +117,7 @@ class ParallelProbe:
                     batch.prune_many(drop[dropping], rows=ep[dropping])
                     live &= ~drop
                     alive[ep] = live
-                    again = row_majority(latest, live)
-                    now = np.where(dropping, again, now)
+                    now[dropping] = row_majority(latest[dropping], live[dropping])
             leader[ep] = now
             stable[ep] = np.where(now == previous[ep], stable[ep] + 1, 0)
             previous[ep] = now

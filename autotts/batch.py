@@ -79,15 +79,15 @@ class EpisodeBatch:
         inside = np.arange(n) < pools[:, None]
         order[inside] = np.concatenate([np.asarray(o, dtype=np.int64) for o in orders])
         gb = branch_base[qi][:, None] + order  # global branch id of every (episode, column)
-        self._row = cell_base[qi][:, None] + order * widths[qi][:, None]  # its first cell
+        self._first_cell = cell_base[qi][:, None] + order * widths[qi][:, None]  # its first cell
         self._last = np.where(inside, last_all[gb], 0)
-        self._tok = np.where(inside, tokens_all[gb], 0)
-        self._err = np.array([q.no_answer_class for q in qs], dtype=np.int64)[qi]
-        self._e = e_count
-        self._n = n
+        self._tokens = np.where(inside, tokens_all[gb], 0)
+        self._err_class = np.array([q.no_answer_class for q in qs], dtype=np.int64)[qi]
+        self._size = e_count
+        self._width = n
         self._pool = pools
         self._delta = qs[0].delta
-        self._kappa = int(probe_cost)
+        self._probe_cost = int(probe_cost)
         self._budget = None if budget is None else int(budget)
         self._depth = np.zeros((e_count, n), dtype=np.int64)
         self._finished = np.zeros((e_count, n), dtype=bool)
@@ -96,20 +96,20 @@ class EpisodeBatch:
         self._latest = np.full((e_count, n), NO_ANSWER, dtype=np.int32)
         # Store class -> episode id per episode, with one spare column that the store's -1 reads.
         width = max(q._nclass for q in qs) + 1
-        self._map = np.full((e_count, width), NO_ANSWER, dtype=np.int32)
-        self._map_flat = self._map.reshape(-1)
-        self._inv = np.full((e_count, width), NO_ANSWER, dtype=np.int32)  # id -> store class
+        self._id_of_class = np.full((e_count, width), NO_ANSWER, dtype=np.int32)
+        self._id_of_class_flat = self._id_of_class.reshape(-1)
+        self._class_of_id = np.full((e_count, width), NO_ANSWER, dtype=np.int32)  # id -> store class
         self._next_id = np.ones(e_count, dtype=np.int64)  # id 0 is reserved for 'ERR'
         self._opened = np.zeros(e_count, dtype=np.int64)
-        self._gen = np.zeros(e_count, dtype=np.int64)
+        self._generated = np.zeros(e_count, dtype=np.int64)
         self._probes = np.zeros(e_count, dtype=np.int64)
         self._actions = np.zeros(e_count, dtype=np.int64)
         self._live = np.ones(e_count, dtype=bool)
         # Flat views: (episode e, column j) is element e·N + j; one take/put per batch of branches
         # instead of 2-D fancy indexing.
-        self._row_f = self._row.reshape(-1)
+        self._first_cell_f = self._first_cell.reshape(-1)
         self._last_f = self._last.reshape(-1)
-        self._tok_f = self._tok.reshape(-1)
+        self._tokens_f = self._tokens.reshape(-1)
         self._depth_f = self._depth.reshape(-1)
         self._finished_f = self._finished.reshape(-1)
         self._running_f = self._running.reshape(-1)
@@ -129,12 +129,12 @@ class EpisodeBatch:
 
     @property
     def size(self) -> int:
-        return self._e
+        return self._size
 
     @property
     def width(self) -> int:
         """N: columns of the per-branch arrays (the largest pool of the batch)."""
-        return self._n
+        return self._width
 
     @property
     def pool_size(self) -> np.ndarray:
@@ -146,7 +146,7 @@ class EpisodeBatch:
 
     @property
     def probe_cost(self) -> int:
-        return self._kappa
+        return self._probe_cost
 
     @property
     def budget(self) -> int | None:
@@ -163,11 +163,11 @@ class EpisodeBatch:
 
     @property
     def tokens(self) -> np.ndarray:
-        return self._gen + self._kappa * self._probes
+        return self._generated + self._probe_cost * self._probes
 
     @property
     def generated_tokens(self) -> np.ndarray:
-        return self._gen.copy()
+        return self._generated.copy()
 
     @property
     def num_probes(self) -> np.ndarray:
@@ -184,7 +184,7 @@ class EpisodeBatch:
     @property
     def opened(self) -> np.ndarray:
         """[E, N]: whether column j is an opened branch."""
-        return np.arange(self._n) < self._opened[:, None]
+        return np.arange(self._width) < self._opened[:, None]
 
     @property
     def depths(self) -> np.ndarray:
@@ -220,8 +220,8 @@ class EpisodeBatch:
         """The store's class of each episode's answer id, as `engine.store_class` maps one."""
         a = np.asarray(answers, dtype=np.int64)
         ok = (a >= 0) & (a < self._next_id)
-        rows = np.arange(self._e)
-        return np.where(ok, self._inv[rows, np.where(ok, a, 0)], NO_ANSWER).astype(np.int32)
+        rows = np.arange(self._size)
+        return np.where(ok, self._class_of_id[rows, np.where(ok, a, 0)], NO_ANSWER).astype(np.int32)
 
     def close(self) -> None:
         self._closed = True
@@ -232,7 +232,7 @@ class EpisodeBatch:
         act = self._admit(self._acting(rows))
         self._refuse(act & (self._opened >= self._pool),
                      lambda e: f"READ_NEW past the pool: all {self._pool[e]} branches are open")
-        out = self._read_new(act & self._live, np.ones(self._e, dtype=np.int64))
+        out = self._read_new(act & self._live, np.ones(self._size, dtype=np.int64))
         return out[:, 0]
 
     def read_new_many(self, k: Any, rows: Any = None) -> np.ndarray:
@@ -259,16 +259,16 @@ class EpisodeBatch:
         e, j = self._spread(ks)
         if len(e) == 0:
             return
-        fl = e * self._n + j
-        g = self._row_f.take(fl)
-        self._gen += np.bincount(e, weights=self._cost_flat.take(g),
-                                 minlength=self._e).astype(np.int64)
+        fl = e * self._width + j
+        g = self._first_cell_f.take(fl)
+        self._generated += np.bincount(e, weights=self._cost_flat.take(g),
+                                 minlength=self._size).astype(np.int64)
         self._opened += ks
         self._depth_f[fl] = 1
         self._running_f[fl] = True
         done = self._last_f.take(fl) == 0
         if probe:
-            self._probes += np.bincount(e[~done], minlength=self._e)
+            self._probes += np.bincount(e[~done], minlength=self._size)
             self._reveal(e, fl, g, done)
         elif done.any():
             self._reveal(e[done], fl[done], g[done], done[done])
@@ -282,7 +282,7 @@ class EpisodeBatch:
         r, sel = self._admit_rows(r, sel)
         self._actions[r] += 1
         e, fl = self._elements(r, sel)
-        g = self._row_f.take(fl)
+        g = self._first_cell_f.take(fl)
         d = self._depth_f.take(fl)
         last = self._last_f.take(fl)
         for _ in range(times):
@@ -290,9 +290,9 @@ class EpisodeBatch:
                 break
             f = g + d
             fin = d == last
-            self._gen += np.bincount(e, weights=self._cost_flat.take(f),
-                                     minlength=self._e).astype(np.int64)
-            self._probes += np.bincount(e, weights=~fin, minlength=self._e).astype(np.int64)
+            self._generated += np.bincount(e, weights=self._cost_flat.take(f),
+                                     minlength=self._size).astype(np.int64)
+            self._probes += np.bincount(e, weights=~fin, minlength=self._size).astype(np.int64)
             self._reveal(e, fl, f, fin, depth=d + 1)
             if fin.any():
                 keep = ~fin
@@ -320,16 +320,16 @@ class EpisodeBatch:
             return self._live.copy()
         r = np.asarray(rows)
         if r.dtype == bool:
-            if r.shape != (self._e,):
-                raise InvalidAction(f"rows must be a mask with one entry per episode ({self._e})")
+            if r.shape != (self._size,):
+                raise InvalidAction(f"rows must be a mask with one entry per episode ({self._size})")
             return r & self._live
-        act = np.zeros(self._e, dtype=bool)
+        act = np.zeros(self._size, dtype=bool)
         act[r.astype(np.int64)] = True
         return act & self._live
 
     def _counts(self, k: Any, act: np.ndarray, what: str) -> np.ndarray:
         if isinstance(k, np.ndarray) and k.ndim == 1:
-            if k.shape != (self._e,) or k.dtype.kind not in "iu":
+            if k.shape != (self._size,) or k.dtype.kind not in "iu":
                 raise InvalidAction(f"{what} must be an integer or one integer per episode")
             ks = k.astype(np.int64)
             self._refuse(act & (ks < 0), lambda e: f"{what} must be >= 0, got {ks[e]}")
@@ -343,28 +343,28 @@ class EpisodeBatch:
             raise InvalidAction("the episode has ended")
         sel = np.asarray(which)
         if rows is None:
-            r = np.arange(self._e)
+            r = np.arange(self._size)
         else:
             r = np.asarray(rows)
             if r.dtype == bool:
-                if r.shape != (self._e,):
+                if r.shape != (self._size,):
                     raise InvalidAction(f"rows must be a mask with one entry per episode "
-                                        f"({self._e})")
+                                        f"({self._size})")
                 r = np.flatnonzero(r)
-                if sel.dtype == bool and sel.shape == (self._e, self._n):
+                if sel.dtype == bool and sel.shape == (self._size, self._width):
                     sel = sel[r]
             elif r.ndim != 1 or (len(r) and (r.dtype.kind not in "iu" or r.min() < 0
-                                             or r.max() >= self._e
+                                             or r.max() >= self._size
                                              or (np.diff(r) <= 0).any())):
                 raise InvalidAction("rows must be ascending episode indices or a bool mask")
-        if sel.dtype != bool or sel.shape != (len(r), self._n):
-            raise InvalidAction(f"{what} must be a bool mask of shape ({len(r)}, {self._n}): "
+        if sel.dtype != bool or sel.shape != (len(r), self._width):
+            raise InvalidAction(f"{what} must be a bool mask of shape ({len(r)}, {self._width}): "
                                 "one row per acting episode")
         r = r.astype(np.int64, copy=False)
         live = self._live[r]
         if not live.all():
             r, sel = r[live], sel[live]
-        outside = sel & (np.arange(self._n) >= self._opened[r][:, None])
+        outside = sel & (np.arange(self._width) >= self._opened[r][:, None])
         return self._refuse_rows(r, sel, outside, lambda e, m: (
             f"{what} names a branch that is not open ({self._opened[e]} opened)"))
 
@@ -372,9 +372,9 @@ class EpisodeBatch:
         """Episode and flat position of every selected branch, episode-major (flatnonzero: 2-D
         nonzero is an order of magnitude slower)."""
         at = np.flatnonzero(sel)
-        ri = at // self._n
+        ri = at // self._width
         e = r.take(ri)
-        return e, at + (e - ri) * self._n
+        return e, at + (e - ri) * self._width
 
     def _refuse_rows(self, r: np.ndarray, sel: np.ndarray, bad: np.ndarray,
                      message: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -421,7 +421,7 @@ class EpisodeBatch:
 
     def _spread(self, ks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(episode, column) of the next ks[e] branches of every episode, episode-major."""
-        e = np.repeat(np.arange(self._e), ks)
+        e = np.repeat(np.arange(self._size), ks)
         starts = np.cumsum(ks) - ks
         j = np.arange(len(e)) - np.repeat(starts, ks) + self._opened[e]
         return e, j
@@ -430,16 +430,16 @@ class EpisodeBatch:
         """READ_NEW ×ks[e] for the admitted episodes `act`."""
         self._actions[act] += 1
         ks = np.where(act, ks, 0)
-        out = np.full((self._e, max(1, int(ks.max(initial=0)))), NO_ANSWER, dtype=np.int32)
+        out = np.full((self._size, max(1, int(ks.max(initial=0)))), NO_ANSWER, dtype=np.int32)
         e, j = self._spread(ks)
         if len(e) == 0:
             return out
-        fl = e * self._n + j
-        self._gen += np.bincount(e, weights=self._tok_f.take(fl),
-                                 minlength=self._e).astype(np.int64)
+        fl = e * self._width + j
+        self._generated += np.bincount(e, weights=self._tokens_f.take(fl),
+                                 minlength=self._size).astype(np.int64)
         self._opened += ks
         last = self._last_f.take(fl)
-        self._reveal(e, fl, self._row_f.take(fl) + last, np.ones(len(e), dtype=bool),
+        self._reveal(e, fl, self._first_cell_f.take(fl) + last, np.ones(len(e), dtype=bool),
                      depth=last + 1)
         out[e, j - (self._opened[e] - ks[e])] = self._latest_f.take(fl)
         return out
@@ -449,9 +449,9 @@ class EpisodeBatch:
         """Reveal flat table cells `cell` as the branches at flat positions `fl` (of episodes e),
         numbered per episode in the order listed (episode-major, as every action lists them)."""
         s = self._reveal_flat.take(cell)
-        w = self._map.shape[1]
+        w = self._id_of_class.shape[1]
         key = e * w + s  # the store's -1 reads the spare column of the row before: always -1
-        ids = self._map_flat.take(key)
+        ids = self._id_of_class_flat.take(key)
         if len(ids) and ids[ids.argmin()] < 0:  # a new class, or the store's -1: the slow path
             ids = self._new_ids(e, s, key, ids)
         self._latest_f[fl] = ids
@@ -472,14 +472,14 @@ class EpisodeBatch:
         _, first = np.unique(key[pos], return_index=True)
         pos = pos[np.sort(first)]  # each new (episode, class) once, in reveal order
         ne, ns = e[pos], s[pos]
-        err = ns == self._err[ne]
+        err = ns == self._err_class[ne]
         if err.any():
-            self._map[ne[err], ns[err]] = NO_ANSWER_ID
-            self._inv[ne[err], NO_ANSWER_ID] = ns[err]
+            self._id_of_class[ne[err], ns[err]] = NO_ANSWER_ID
+            self._class_of_id[ne[err], NO_ANSWER_ID] = ns[err]
         ne, ns = ne[~err], ns[~err]
         rank = np.arange(len(ne)) - np.searchsorted(ne, ne, side="left")
         new_ids = self._next_id[ne] + rank
-        self._map[ne, ns] = new_ids
-        self._inv[ne, new_ids] = ns
-        self._next_id += np.bincount(ne, minlength=self._e)
-        return self._map_flat.take(key)
+        self._id_of_class[ne, ns] = new_ids
+        self._class_of_id[ne, new_ids] = ns
+        self._next_id += np.bincount(ne, minlength=self._size)
+        return self._id_of_class_flat.take(key)

@@ -153,6 +153,18 @@ def resolve(name_or_path: str) -> Path:
     return f
 
 
+BATCH_SECTION = "# ---- run_batch:"
+"""Where a controller file's lockstep section begins (docs/batch.md): everything from this line
+on is the optional run_batch; the file above it is the per-episode controller."""
+
+
+def per_episode_source(source: str) -> str:
+    """A controller file without its run_batch section: what discovery shows an agent (the
+    sandbox runs run() only, so a candidate has no use for the lockstep form)."""
+    at = source.find("\n" + BATCH_SECTION)
+    return source if at < 0 else source[:at].rstrip("\n") + "\n"
+
+
 def find_controller_class(module: Any, path: str) -> type:
     classes = [
         obj

@@ -215,6 +215,17 @@ def test_run_batch_answers_exactly_as_run(name, proto):
         assert a.errors, "the budget variant should reach refusals"
 
 
+@pytest.mark.parametrize("name", PORTED)
+def test_discovery_is_shown_the_per_episode_controller_only(name):
+    spec = ctl.load(name)
+    source = Path(spec.path).read_text()
+    shown = ctl.per_episode_source(source)
+    assert "run_batch" in source and "run_batch" not in shown and "def run(" in shown
+    assert shown.endswith("\n") and source.startswith(shown)
+    plain = ctl.load_source(shown, f"/shown/{name}.py")
+    assert plain.name == name and not plain.batched
+
+
 def _controller(tmp_path: Path, body: str) -> str:
     src = (
         "class C:\n"

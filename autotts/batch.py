@@ -274,9 +274,7 @@ class EpisodeBatch:
             self._reveal(e[done], fl[done], g[done], done[done])
 
     def advance_many(self, which: Any, times: Any = 1, rows: Any = None) -> np.ndarray:
-        r, sel = self._selection(which, rows, "advance_many: which")
-        bad = sel & ~self._running[r]
-        r, sel = self._refuse_rows(r, sel, bad, lambda e, m: self._not_running(e, m))
+        r, sel = self._selection(which, rows, "advance_many: which", running=True)
         if type(times) is not int or times != 1:
             times = _as_count(times, "advance_many: times", 1)
         r, sel = self._admit_rows(r, sel)
@@ -336,9 +334,12 @@ class EpisodeBatch:
             return np.where(act, ks, 0)
         return np.where(act, _as_count(k, what, 0), 0).astype(np.int64)
 
-    def _selection(self, which: Any, rows: Any, what: str) -> tuple[np.ndarray, np.ndarray]:
+    def _selection(self, which: Any, rows: Any, what: str,
+                   running: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """The acting live episodes (ascending indices) and their rows of the branch mask: `which`
-        is [E, N] with rows=None or a bool mask, [len(rows), N] with episode indices."""
+        is [E, N] with rows=None or a bool mask, [len(rows), N] with episode indices. Refuses
+        episodes whose mask names an unopened branch (and, with `running`, one that cannot be
+        stepped), as Episode checks them: unopened first."""
         if self._closed:
             raise InvalidAction("the episode has ended")
         sel = np.asarray(which)
@@ -364,9 +365,15 @@ class EpisodeBatch:
         live = self._live[r]
         if not live.all():
             r, sel = r[live], sel[live]
+        def refusal(e: int, m: np.ndarray) -> str:
+            if np.flatnonzero(m)[-1] >= self._opened[e]:
+                return f"{what} names a branch that is not open ({self._opened[e]} opened)"
+            return self._not_running(e, m)
+
+        if running:  # running implies opened: one check for both, told apart on refusal only
+            return self._refuse_rows(r, sel, sel & ~self._running[r], refusal)
         outside = sel & (np.arange(self._width) >= self._opened[r][:, None])
-        return self._refuse_rows(r, sel, outside, lambda e, m: (
-            f"{what} names a branch that is not open ({self._opened[e]} opened)"))
+        return self._refuse_rows(r, sel, outside, refusal)
 
     def _elements(self, r: np.ndarray, sel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Episode and flat position of every selected branch, episode-major (flatnonzero: 2-D

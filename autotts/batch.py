@@ -23,7 +23,9 @@ from typing import Any
 import numpy as np
 
 from autotts.answers import NO_ANSWER
-from autotts.engine import NO_ANSWER_ID, InvalidAction, Question, _as_count, _as_flag
+from autotts.engine import NO_ANSWER_ID, InvalidAction, Question, as_count, as_flag
+
+_UNSET = np.iinfo(np.int64).max
 
 
 class EpisodeBatch:
@@ -64,14 +66,15 @@ class EpisodeBatch:
             if id(q) not in uniq:
                 uniq[id(q)] = len(qs)
                 qs.append(q)
-        widths = np.array([q._width for q in qs], dtype=np.int64)
+        lay = [q.layout() for q in qs]
+        widths = np.array([t.width for t in lay], dtype=np.int64)
         sizes = np.array([q.num_branches for q in qs], dtype=np.int64)
         cell_base = np.concatenate([[0], np.cumsum(sizes * widths)[:-1]])
         branch_base = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-        self._reveal_flat = np.concatenate([q._reveal_flat for q in qs])
-        self._cost_flat = np.concatenate([q._cost_flat for q in qs])
-        last_all = np.concatenate([q._last for q in qs])
-        tokens_all = np.concatenate([q._tokens for q in qs])
+        self._reveal_flat = np.concatenate([t.reveal_flat for t in lay])
+        self._cost_flat = np.concatenate([t.cost_flat for t in lay])
+        last_all = np.concatenate([t.last for t in lay])
+        tokens_all = np.concatenate([t.tokens for t in lay])
         qi = np.array([uniq[id(q)] for q in questions], dtype=np.int64)
         pools = np.array([len(o) for o in orders], dtype=np.int64)
         n = int(pools.max())
@@ -83,6 +86,7 @@ class EpisodeBatch:
         self._last = np.where(inside, last_all[gb], 0)
         self._tokens = np.where(inside, tokens_all[gb], 0)
         self._err_class = np.array([q.no_answer_class for q in qs], dtype=np.int64)[qi]
+        self._delta_e = np.array([q.delta for q in qs], dtype=np.int64)[qi]
         self._size = e_count
         self._width = n
         self._pool = pools
@@ -95,9 +99,10 @@ class EpisodeBatch:
         self._running = np.zeros((e_count, n), dtype=bool)
         self._latest = np.full((e_count, n), NO_ANSWER, dtype=np.int32)
         # Store class -> episode id per episode, with one spare column that the store's -1 reads.
-        width = max(q._nclass for q in qs) + 1
+        width = max(t.num_classes for t in lay) + 1
         self._id_of_class = np.full((e_count, width), NO_ANSWER, dtype=np.int32)
         self._id_of_class_flat = self._id_of_class.reshape(-1)
+        self._first_at = np.full(e_count * width, _UNSET, dtype=np.int64)  # scratch for _new_ids
         self._class_of_id = np.full((e_count, width), NO_ANSWER, dtype=np.int32)  # id -> store class
         self._next_id = np.ones(e_count, dtype=np.int64)  # id 0 is reserved for 'ERR'
         self._opened = np.zeros(e_count, dtype=np.int64)
@@ -248,7 +253,7 @@ class EpisodeBatch:
         act = self._acting(rows)
         ks = self._counts(k, act, "branch_many: k")
         if probe is not False and probe is not True:
-            probe = _as_flag(probe, "branch_many: probe")
+            probe = as_flag(probe, "branch_many: probe")
         act = self._admit(act & self._live)
         left = self._pool - self._opened
         self._refuse(act & (ks > left), lambda e: f"BRANCH ×{ks[e]} past the pool: "
@@ -262,7 +267,7 @@ class EpisodeBatch:
         fl = e * self._width + j
         g = self._first_cell_f.take(fl)
         self._generated += np.bincount(e, weights=self._cost_flat.take(g),
-                                 minlength=self._size).astype(np.int64)
+                                       minlength=self._size).astype(np.int64)
         self._opened += ks
         self._depth_f[fl] = 1
         self._running_f[fl] = True
@@ -276,21 +281,31 @@ class EpisodeBatch:
     def advance_many(self, which: Any, times: Any = 1, rows: Any = None) -> np.ndarray:
         r, sel = self._selection(which, rows, "advance_many: which", running=True)
         if type(times) is not int or times != 1:
-            times = _as_count(times, "advance_many: times", 1)
+            times = as_count(times, "advance_many: times", 1)
         r, sel = self._admit_rows(r, sel)
         self._actions[r] += 1
         e, fl = self._elements(r, sel)
         g = self._first_cell_f.take(fl)
         d = self._depth_f.take(fl)
         last = self._last_f.take(fl)
+        size = self._size
         for _ in range(times):
             if len(e) == 0:
                 break
             f = g + d
             fin = d == last
-            self._generated += np.bincount(e, weights=self._cost_flat.take(f),
-                                     minlength=self._size).astype(np.int64)
-            self._probes += np.bincount(e, weights=~fin, minlength=self._size).astype(np.int64)
+            # A step before the last generates one interval (Δ) and reveals a probe (κ); the last
+            # costs what the table says and reveals the final: count the two kinds apart.
+            stepped = np.bincount(e, minlength=size)
+            if fin.any():
+                ef = e[fin]
+                ended = np.bincount(ef, minlength=size)
+                tail = np.bincount(ef, weights=self._cost_flat.take(f[fin]), minlength=size)
+                self._generated += self._delta_e * (stepped - ended) + tail.astype(np.int64)
+                self._probes += stepped - ended
+            else:
+                self._generated += self._delta_e * stepped
+                self._probes += stepped
             self._reveal(e, fl, f, fin, depth=d + 1)
             if fin.any():
                 keep = ~fin
@@ -332,7 +347,7 @@ class EpisodeBatch:
             ks = k.astype(np.int64)
             self._refuse(act & (ks < 0), lambda e: f"{what} must be >= 0, got {ks[e]}")
             return np.where(act, ks, 0)
-        return np.where(act, _as_count(k, what, 0), 0).astype(np.int64)
+        return np.where(act, as_count(k, what, 0), 0).astype(np.int64)
 
     def _selection(self, which: Any, rows: Any, what: str,
                    running: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -386,9 +401,9 @@ class EpisodeBatch:
     def _refuse_rows(self, r: np.ndarray, sel: np.ndarray, bad: np.ndarray,
                      message: Any) -> tuple[np.ndarray, np.ndarray]:
         """End the episodes r[i] whose row of `bad` has a branch; message(e, bad row)."""
-        hit = bad.any(axis=1)
-        if not hit.any():
+        if not bad.any():  # the common case, and much cheaper than any(axis=1)
             return r, sel
+        hit = bad.any(axis=1)
         for i in np.flatnonzero(hit).tolist():
             e = int(r[i])
             self._refusals[e] = message(e, bad[i])
@@ -443,7 +458,7 @@ class EpisodeBatch:
             return out
         fl = e * self._width + j
         self._generated += np.bincount(e, weights=self._tokens_f.take(fl),
-                                 minlength=self._size).astype(np.int64)
+                                       minlength=self._size).astype(np.int64)
         self._opened += ks
         last = self._last_f.take(fl)
         self._reveal(e, fl, self._first_cell_f.take(fl) + last, np.ones(len(e), dtype=bool),
@@ -476,8 +491,12 @@ class EpisodeBatch:
         if not new.any():
             return ids
         pos = np.flatnonzero(new)
-        _, first = np.unique(key[pos], return_index=True)
-        pos = pos[np.sort(first)]  # each new (episode, class) once, in reveal order
+        k = key[pos]
+        # Each new (episode, class) once, at its first position: a scratch array takes the least
+        # position per key (np.minimum.at is defined for repeats) and is reset after use.
+        np.minimum.at(self._first_at, k, pos)
+        pos = pos[self._first_at[k] == pos]  # still ascending: reveal order
+        self._first_at[k] = _UNSET
         ne, ns = e[pos], s[pos]
         err = ns == self._err_class[ne]
         if err.any():

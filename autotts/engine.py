@@ -26,7 +26,7 @@ Refusals (InvalidAction) and their messages depend only on revealed state and pu
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -116,6 +116,23 @@ class Question(_NoCopy):
         self._reveal_flat = reveal.reshape(-1)
         self._cost_flat = step_cost.reshape(-1)
 
+    def layout(self) -> QuestionLayout:
+        """Trusted side (autotts.batch lays many questions out in one table): the per-step tables
+        behind the episodes. Never handed to a controller."""
+        return QuestionLayout(self._reveal_flat, self._cost_flat, self._last, self._tokens,
+                              self._width, self._nclass)
+
+
+class QuestionLayout(NamedTuple):
+    """A Question's tables, flat: step k+1 of row b is cell b·width + k."""
+
+    reveal_flat: np.ndarray  # what each step reveals (a store class; -1: nothing)
+    cost_flat: np.ndarray  # what each step costs
+    last: np.ndarray  # L_b per row: the last step index (0-based) is L_b
+    tokens: np.ndarray  # T_b per row
+    width: int  # steps per row: the longest branch's L + 1
+    num_classes: int  # store classes that can show, ERR included
+
 
 NO_ANSWER_ID = 0
 """The episode id of the model's own "no answer" output ('ERR' or empty in exact stores). Reserved
@@ -145,14 +162,14 @@ def _as_int(value: Any, what: str) -> int:
     raise InvalidAction(f"{what} must be an integer, got {_describe(value)}")
 
 
-def _as_count(value: Any, what: str, least: int) -> int:
+def as_count(value: Any, what: str, least: int) -> int:
     n = _as_int(value, what)
     if n < least:
         raise InvalidAction(f"{what} must be >= {least}, got {n}")
     return n
 
 
-def _as_flag(value: Any, what: str) -> bool:
+def as_flag(value: Any, what: str) -> bool:
     if type(value) is bool:
         return value  # type: ignore[no-any-return]
     if type(value) is np.bool_:
@@ -428,7 +445,7 @@ class Episode(_NoCopy):
     # ---- actions ------------------------------------------------------------------------------
 
     def branch(self, probe: bool = False) -> int:
-        probe = probe if probe is False or probe is True else _as_flag(probe, "branch: probe")
+        probe = probe if probe is False or probe is True else as_flag(probe, "branch: probe")
         self._admit()
         i = self._opened
         if i >= self._pool:
@@ -448,8 +465,8 @@ class Episode(_NoCopy):
         return i
 
     def branch_many(self, k: int, probe: bool = False) -> np.ndarray:
-        k = _as_count(k, "branch_many: k", 0)
-        probe = probe if probe is False or probe is True else _as_flag(probe, "branch_many: probe")
+        k = as_count(k, "branch_many: k", 0)
+        probe = probe if probe is False or probe is True else as_flag(probe, "branch_many: probe")
         self._admit()
         start = self._opened
         if start + k > self._pool:
@@ -519,7 +536,7 @@ class Episode(_NoCopy):
         is below the budget, then charged in full."""
         idx = self._check_running_many(which, "advance_many: which")
         if type(times) is not int or times != 1:
-            times = _as_count(times, "advance_many: times", 1)
+            times = as_count(times, "advance_many: times", 1)
         if self._closed or self._budget is not None:
             self._admit()
         q = self._question
@@ -589,7 +606,7 @@ class Episode(_NoCopy):
         return a
 
     def read_new_many(self, k: int) -> np.ndarray:
-        k = _as_count(k, "read_new_many: k", 0)
+        k = as_count(k, "read_new_many: k", 0)
         self._admit()
         start = self._opened
         if start + k > self._pool:

@@ -39,6 +39,12 @@ class ControllerSpec:
     cls: type
     source: str = ""
 
+    @property
+    def batched(self) -> bool:
+        """Whether the class defines run_batch (docs/batch.md): the in-process evaluator then runs
+        whole work units through it; tracing, the sandbox and discovery always use run()."""
+        return callable(getattr(self.cls, "run_batch", None))
+
     def knob_names(self) -> list[str]:
         sig = inspect.signature(self.cls.__init__)
         return [p for p in list(sig.parameters)[1:] if p not in ("args", "kwargs")]
@@ -145,6 +151,18 @@ def resolve(name_or_path: str) -> Path:
             "or give a path to a .py file)"
         )
     return f
+
+
+BATCH_SECTION = "# ---- run_batch:"
+"""Where a controller file's lockstep section begins (docs/batch.md): everything from this line
+on is the optional run_batch; the file above it is the per-episode controller."""
+
+
+def per_episode_source(source: str) -> str:
+    """A controller file without its run_batch section: what discovery shows an agent (the
+    sandbox runs run() only, so a candidate has no use for the lockstep form)."""
+    at = source.find("\n" + BATCH_SECTION)
+    return source if at < 0 else source[:at].rstrip("\n") + "\n"
 
 
 def find_controller_class(module: Any, path: str) -> type:

@@ -26,7 +26,7 @@ Refusals (InvalidAction) and their messages depend only on revealed state and pu
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -116,6 +116,23 @@ class Question(_NoCopy):
         self._reveal_flat = reveal.reshape(-1)
         self._cost_flat = step_cost.reshape(-1)
 
+    def layout(self) -> QuestionLayout:
+        """Trusted side (autotts.batch lays many questions out in one table): the per-step tables
+        behind the episodes. Never handed to a controller."""
+        return QuestionLayout(self._reveal_flat, self._cost_flat, self._last, self._tokens,
+                              self._width, self._nclass)
+
+
+class QuestionLayout(NamedTuple):
+    """A Question's tables, flat: step k+1 of row b is cell b·width + k."""
+
+    reveal_flat: np.ndarray  # what each step reveals (a store class; -1: nothing)
+    cost_flat: np.ndarray  # what each step costs
+    last: np.ndarray  # L_b per row: the last step index (0-based) is L_b
+    tokens: np.ndarray  # T_b per row
+    width: int  # steps per row: the longest branch's L + 1
+    num_classes: int  # store classes that can show, ERR included
+
 
 NO_ANSWER_ID = 0
 """The episode id of the model's own "no answer" output ('ERR' or empty in exact stores). Reserved
@@ -145,14 +162,14 @@ def _as_int(value: Any, what: str) -> int:
     raise InvalidAction(f"{what} must be an integer, got {_describe(value)}")
 
 
-def _as_count(value: Any, what: str, least: int) -> int:
+def as_count(value: Any, what: str, least: int) -> int:
     n = _as_int(value, what)
     if n < least:
         raise InvalidAction(f"{what} must be >= {least}, got {n}")
     return n
 
 
-def _as_flag(value: Any, what: str) -> bool:
+def as_flag(value: Any, what: str) -> bool:
     if type(value) is bool:
         return value  # type: ignore[no-any-return]
     if type(value) is np.bool_:
@@ -169,7 +186,7 @@ def store_class(ep: Episode, answer: Any) -> int:
     if type(answer) is not int and not isinstance(answer, np.integer):
         return NO_ANSWER
     a = int(answer)
-    inv = ep._inv
+    inv = ep._class_of_id
     return inv[a] if 0 <= a < len(inv) else NO_ANSWER
 
 
@@ -214,27 +231,27 @@ class Episode(_NoCopy):
 
     __slots__ = (
         "_actions",
-        "_b",
         "_budget",
+        "_class_of_id",
         "_closed",
         "_delta",
         "_depth",
-        "_err",
+        "_err_class",
         "_finished",
-        "_gen",
-        "_inv",
-        "_jr",
-        "_kappa",
+        "_generated",
+        "_id_of_class",
+        "_journal",
         "_latest",
-        "_map",
-        "_n",
         "_opened",
+        "_order",
+        "_pool",
+        "_probe_cost",
         "_probes",
         "_pruned",
-        "_q",
+        "_question",
+        "_revealed",
+        "_revealed_flat",
         "_running",
-        "_seen",
-        "_seen_flat",
         "_trace",
     )
 
@@ -249,37 +266,37 @@ class Episode(_NoCopy):
         journal: bool = False,
     ) -> None:
         n = len(order)
-        self._q = question
+        self._question = question
         self._delta = question.delta
-        self._err = question.no_answer_class
-        self._b = np.asarray(order, dtype=np.int64)
-        self._n = n
-        self._kappa = int(probe_cost)
+        self._err_class = question.no_answer_class
+        self._order = np.asarray(order, dtype=np.int64)  # question row of branch i, in draw order
+        self._pool = n
+        self._probe_cost = int(probe_cost)
         self._budget = None if budget is None else int(budget)
         self._depth = np.zeros(n, dtype=np.int64)
         self._finished = np.zeros(n, dtype=bool)
         self._pruned = np.zeros(n, dtype=bool)
         self._latest = np.full(n, NO_ANSWER, dtype=np.int32)
         self._running = np.zeros(n, dtype=bool)  # opened, not pruned, not finished
-        self._seen = np.zeros((n, question._width), dtype=bool)
-        self._seen_flat = self._seen.reshape(-1)
+        self._revealed = np.zeros((n, question._width), dtype=bool)  # [branch, step] shown
+        self._revealed_flat = self._revealed.reshape(-1)
         # Store class -> episode id (-1: not yet revealed). One spare entry at the end, never
         # written, so that the store's -1 ("no answer" in math stores) maps to -1 by indexing.
-        self._map = np.full(question._nclass + 1, NO_ANSWER, dtype=np.int32)
-        self._inv: list[int] = [NO_ANSWER]  # episode id -> store class; id 0 until ERR shows
+        self._id_of_class = np.full(question._nclass + 1, NO_ANSWER, dtype=np.int32)
+        self._class_of_id: list[int] = [NO_ANSWER]  # episode id -> store class; id 0 until ERR shows
         self._opened = 0
-        self._gen = 0
+        self._generated = 0
         self._probes = 0
         self._actions = 0
         self._closed = False
         self._trace: list[dict[str, Any]] | None = [] if trace else None
-        self._jr: list[tuple[Any, Any, Any, Any]] | None = [] if journal else None
+        self._journal: list[tuple[Any, Any, Any, Any]] | None = [] if journal else None
 
     # ---- public facts and revealed state -----------------------------------------------------
 
     @property
     def pool_size(self) -> int:
-        return self._n
+        return self._pool
 
     @property
     def delta(self) -> int:
@@ -287,7 +304,7 @@ class Episode(_NoCopy):
 
     @property
     def probe_cost(self) -> int:
-        return self._kappa
+        return self._probe_cost
 
     @property
     def no_answer_class(self) -> int:
@@ -303,11 +320,11 @@ class Episode(_NoCopy):
     @property
     def tokens(self) -> int:
         """Cost so far: generated tokens + κ · revealed probes."""
-        return self._gen + self._kappa * self._probes
+        return self._generated + self._probe_cost * self._probes
 
     @property
     def generated_tokens(self) -> int:
-        return self._gen
+        return self._generated
 
     @property
     def num_probes(self) -> int:
@@ -371,27 +388,24 @@ class Episode(_NoCopy):
     def history(self, i: int) -> np.ndarray:
         """Revealed answers of branch i in depth order (probes, then the final if finished)."""
         i = self._check_opened(i)
-        return self._map[self._q._reveal[self._b[i], self._seen[i]]]
+        return self._id_of_class[self._question._reveal[self._order[i], self._revealed[i]]]
 
     def history_depths(self, i: int) -> np.ndarray:
         """The depths (1-based step numbers) at which history(i)'s answers were revealed."""
         i = self._check_opened(i)
-        return np.flatnonzero(self._seen[i]) + 1
+        return np.flatnonzero(self._revealed[i]) + 1
 
     def trace(self, kind: str, **data: Any) -> None:
         if self._trace is not None:
             # The step and the kind are the engine's: a controller's data cannot restamp them.
             self._trace.append({**data, "t": self._actions, "ev": str(kind)})
 
-    def trace_enabled(self) -> bool:
-        return self._trace is not None
-
     def take_journal(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Trusted observer: (branch index, depth, answer id, is_final) of every answer revealed
         since the previous call, in reveal order, as int64/int64/int32/bool arrays; then clears
         them. Depth is the 1-based step that revealed it (L_b + 1 for a final). Only with
         Episode(..., journal=True)."""
-        jr = self._jr
+        jr = self._journal
         if jr is None:
             raise RuntimeError("the reveal journal is off: create the Episode with journal=True")
         if len(jr) == 1:  # the common case, one action's reveals: no concatenation
@@ -425,19 +439,19 @@ class Episode(_NoCopy):
     def close(self) -> None:
         """End the episode: a handle kept past its episode can no longer act or read branches."""
         self._closed = True
-        if not isinstance(self._q, _Ended):
-            self._q = _Ended()  # type: ignore[assignment]
+        if not isinstance(self._question, _Ended):
+            self._question = _Ended()  # type: ignore[assignment]
 
     # ---- actions ------------------------------------------------------------------------------
 
     def branch(self, probe: bool = False) -> int:
-        probe = probe if probe is False or probe is True else _as_flag(probe, "branch: probe")
+        probe = probe if probe is False or probe is True else as_flag(probe, "branch: probe")
         self._admit()
         i = self._opened
-        if i >= self._n:
-            raise InvalidAction(f"BRANCH past the pool: all {self._n} branches are open")
-        q, b = self._q, self._b[i]
-        self._gen += int(q._step_cost[b, 0])
+        if i >= self._pool:
+            raise InvalidAction(f"BRANCH past the pool: all {self._pool} branches are open")
+        q, b = self._question, self._order[i]
+        self._generated += int(q._step_cost[b, 0])
         self._opened = i + 1
         self._depth[i] = 1
         self._running[i] = True
@@ -451,18 +465,18 @@ class Episode(_NoCopy):
         return i
 
     def branch_many(self, k: int, probe: bool = False) -> np.ndarray:
-        k = _as_count(k, "branch_many: k", 0)
-        probe = probe if probe is False or probe is True else _as_flag(probe, "branch_many: probe")
+        k = as_count(k, "branch_many: k", 0)
+        probe = probe if probe is False or probe is True else as_flag(probe, "branch_many: probe")
         self._admit()
         start = self._opened
-        if start + k > self._n:
-            raise InvalidAction(f"BRANCH ×{k} past the pool: {self._n - start} branches left")
+        if start + k > self._pool:
+            raise InvalidAction(f"BRANCH ×{k} past the pool: {self._pool - start} branches left")
         idx = np.arange(start, start + k)
         self._actions += 1
         if k:
-            q, b = self._q, self._b[idx]
+            q, b = self._question, self._order[idx]
             done = q._last[b] == 0
-            self._gen += int(q._step_cost[b, 0].sum())
+            self._generated += int(q._step_cost[b, 0].sum())
             self._opened = start + k
             self._depth[idx] = 1
             self._running[idx] = True
@@ -478,8 +492,8 @@ class Episode(_NoCopy):
     def extend(self, i: int) -> int | None:
         i = self._check_running(i, "extend: i")
         self._admit()
-        q, b, d = self._q, self._b[i], self._depth[i]
-        self._gen += int(q._step_cost[b, d])
+        q, b, d = self._question, self._order[i], self._depth[i]
+        self._generated += int(q._step_cost[b, d])
         self._depth[i] = d + 1
         self._actions += 1
         if d == q._last[b]:
@@ -492,20 +506,20 @@ class Episode(_NoCopy):
     def probe(self, i: int) -> int:
         i = self._check_running(i, "probe: i")
         d = self._depth[i] - 1
-        if self._seen[i, d]:
+        if self._revealed[i, d]:
             raise InvalidAction(f"PROBE of branch {i} twice at depth {d + 1}")
         self._admit()
         self._probes += 1
         self._actions += 1
-        a = self._reveal_one(i, self._b[i], d, False)
+        a = self._reveal_one(i, self._order[i], d, False)
         self._log("probe", i)
         return a
 
     def advance(self, i: int) -> int:
         i = self._check_running(i, "advance: i")
         self._admit()
-        q, b, d = self._q, self._b[i], self._depth[i]
-        self._gen += int(q._step_cost[b, d])
+        q, b, d = self._question, self._order[i], self._depth[i]
+        self._generated += int(q._step_cost[b, d])
         self._depth[i] = d + 1
         self._actions += 1
         if d == q._last[b]:
@@ -522,27 +536,27 @@ class Episode(_NoCopy):
         is below the budget, then charged in full."""
         idx = self._check_running_many(which, "advance_many: which")
         if type(times) is not int or times != 1:
-            times = _as_count(times, "advance_many: times", 1)
+            times = as_count(times, "advance_many: times", 1)
         if self._closed or self._budget is not None:
             self._admit()
-        q = self._q
+        q = self._question
         width = q._width
         # No branch has more steps than the table's width: a bound for the loop only (the width
         # is a hidden quantity, the longest branch of the pool, so the trace logs `times`).
         rounds = min(times, width)
         self._actions += 1
-        b, d = self._b[idx], self._depth[idx]
+        b, d = self._order[idx], self._depth[idx]
         last = q._last[b]
         cur = idx
-        jr = self._jr
-        id_map = self._map
+        jr = self._journal
+        id_map = self._id_of_class
         for _ in range(rounds):
             if len(cur) == 0:
                 break
             flat = b * width + d
             fin = d == last
-            self._gen += int(q._cost_flat[flat].sum())
-            self._seen_flat[cur * width + d] = True
+            self._generated += int(q._cost_flat[flat].sum())
+            self._revealed_flat[cur * width + d] = True
             s = q._reveal_flat[flat]
             ids = id_map.take(s)
             if ids[ids.argmin()] < 0:  # a new class (or the store's -1): the slow path
@@ -567,8 +581,8 @@ class Episode(_NoCopy):
     def read(self, i: int) -> int:
         i = self._check_running(i, "read: i")
         self._admit()
-        q, b, d = self._q, self._b[i], self._depth[i]
-        self._gen += int(q._cum[b, -1] - q._cum[b, d])
+        q, b, d = self._question, self._order[i], self._depth[i]
+        self._generated += int(q._cum[b, -1] - q._cum[b, d])
         last = q._last[b]
         self._depth[i] = last + 1
         self._actions += 1
@@ -579,10 +593,10 @@ class Episode(_NoCopy):
     def read_new(self) -> int:
         self._admit()
         i = self._opened
-        if i >= self._n:
-            raise InvalidAction(f"READ_NEW past the pool: all {self._n} branches are open")
-        q, b = self._q, self._b[i]
-        self._gen += int(q._tokens[b])
+        if i >= self._pool:
+            raise InvalidAction(f"READ_NEW past the pool: all {self._pool} branches are open")
+        q, b = self._question, self._order[i]
+        self._generated += int(q._tokens[b])
         self._opened = i + 1
         last = q._last[b]
         self._depth[i] = last + 1
@@ -592,16 +606,16 @@ class Episode(_NoCopy):
         return a
 
     def read_new_many(self, k: int) -> np.ndarray:
-        k = _as_count(k, "read_new_many: k", 0)
+        k = as_count(k, "read_new_many: k", 0)
         self._admit()
         start = self._opened
-        if start + k > self._n:
-            raise InvalidAction(f"READ_NEW ×{k} past the pool: {self._n - start} branches left")
+        if start + k > self._pool:
+            raise InvalidAction(f"READ_NEW ×{k} past the pool: {self._pool - start} branches left")
         idx = np.arange(start, start + k)
         self._actions += 1
         if k:
-            q, b = self._q, self._b[idx]
-            self._gen += int(q._tokens[b].sum())
+            q, b = self._question, self._order[idx]
+            self._generated += int(q._tokens[b].sum())
             self._opened = start + k
             last = q._last[b]
             self._depth[idx] = last + 1
@@ -636,29 +650,29 @@ class Episode(_NoCopy):
         if self._closed:
             raise InvalidAction("the episode has ended")
         budget = self._budget
-        if budget is not None and self._gen + self._kappa * self._probes >= budget:
+        if budget is not None and self._generated + self._probe_cost * self._probes >= budget:
             raise InvalidAction(
                 f"the budget is spent ({self.tokens} tokens so far, budget {budget}): "
                 "only ANSWER remains"
             )
 
     def _new_id(self, s: int) -> int:
-        if s == self._err:
+        if s == self._err_class:
             e = NO_ANSWER_ID
-            self._inv[NO_ANSWER_ID] = s
+            self._class_of_id[NO_ANSWER_ID] = s
         else:
-            e = len(self._inv)
-            self._inv.append(s)
-        self._map[s] = e
+            e = len(self._class_of_id)
+            self._class_of_id.append(s)
+        self._id_of_class[s] = e
         return e
 
     def _ids(self, s: np.ndarray) -> np.ndarray:
         """Episode ids of revealed store classes `s` (in reveal order), numbering new ones."""
-        m = self._map
+        m = self._id_of_class
         e = m.take(s)
         neg = np.flatnonzero(e < 0)  # new classes, or the store's -1 (math stores' no answer)
         if len(neg):
-            inv, err = self._inv, self._err
+            inv, err = self._class_of_id, self._err_class
             for c in s[neg].tolist():
                 if c >= 0 and m[c] < 0:
                     if c == err:
@@ -672,31 +686,31 @@ class Episode(_NoCopy):
 
     def _reveal_one(self, i: int, b: Any, k: Any, final: bool) -> int:
         """Reveal step k (0-based) of branch i (row b): its probe, or its final if `final`."""
-        s = int(self._q._reveal[b, k])
-        a = int(self._map[s])
+        s = int(self._question._reveal[b, k])
+        a = int(self._id_of_class[s])
         if a < 0 and s >= 0:
             a = self._new_id(s)
-        self._seen[i, k] = True
+        self._revealed[i, k] = True
         self._latest[i] = a
         if final:
             self._finished[i] = True
             self._running[i] = False
-        if self._jr is not None:
-            self._jr.append((int(i), int(k) + 1, a, final))
+        if self._journal is not None:
+            self._journal.append((int(i), int(k) + 1, a, final))
         return a
 
 
     def _reveal(self, idx: np.ndarray, b: np.ndarray, k: np.ndarray, final: np.ndarray) -> None:
         """Reveal step k (0-based) of branches idx (rows b) at once, numbered in idx order."""
-        ids = self._ids(self._q._reveal[b, k])
-        self._seen[idx, k] = True
+        ids = self._ids(self._question._reveal[b, k])
+        self._revealed[idx, k] = True
         self._latest[idx] = ids
         if final.any():
             done = idx[final]
             self._finished[done] = True
             self._running[done] = False
-        if self._jr is not None:
-            self._jr.append((idx, k + 1, ids, final))
+        if self._journal is not None:
+            self._journal.append((idx, k + 1, ids, final))
 
     def _check_opened(self, i: Any, what: str = "the branch index") -> int:
         if type(i) is not int:

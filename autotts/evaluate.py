@@ -130,12 +130,15 @@ def evaluate(
     traces: bool = False,
     on_error: str = "raise",
     progress: Callable[[int, int], None] | None = None,
+    batch: bool = True,
 ) -> Evaluation:
     """Evaluate one controller over stores × β (× the protocol's draws).
 
     betas=None (or [None]) runs the constructor defaults with `overrides` and reports beta as
     None. Results are identical for any number of workers and either executor ("local" processes
-    or "ray"): every episode is deterministic and does not depend on which process runs it."""
+    or "ray"): every episode is deterministic and does not depend on which process runs it.
+    batch=False runs every episode through the controller's run() even where it defines
+    run_batch (whose results are the same; docs/batch.md)."""
     proto = proto or Protocol()
     proto.check()
     if on_error not in ("raise", "record"):
@@ -163,6 +166,7 @@ def evaluate(
         store_names=tuple(s.name for s in loaded),
         on_error=on_error,
         trace=traces,
+        batch=batch,
     )
     ex = make_executor(executor, workers=workers, address=ray_address)
     units = make_units(len(loaded), len(configs), proto.draws, ex.parallelism)

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from autotts import controller as ctl
+from autotts.batch import EpisodeBatch
 from autotts.draws import PROTOCOLS, draw_order
 from autotts.engine import NO_ANSWER, Episode, InvalidAction, Question, store_class
 from autotts.errors import AutoTTSError, ConfigError
@@ -103,7 +104,14 @@ def run_block(
     on_error: str = "raise",
     trace: bool = False,
     deadline: Callable[[], None] | None = None,
+    batch: bool = True,
 ) -> BlockResult:
+    """Replay draws [draw_lo, draw_hi) × every question. With `batch` and a controller that defines
+    run_batch, all of them run in lockstep through one `EpisodeBatch` (docs/batch.md); traces come
+    from the per-episode path, whose results are the same (tests/test_batch.py)."""
+    if batch and not trace and spec.batched:
+        return run_block_batched(questions, spec, config, proto, draw_lo, draw_hi,
+                                 store_name=store_name, on_error=on_error, deadline=deadline)
     data = questions.data
     nq, nd = data.num_questions, draw_hi - draw_lo
     answers = np.full((nd, nq), NO_ANSWER, dtype=np.int32)
@@ -166,6 +174,98 @@ def run_block(
     return BlockResult(answers, tokens, probes, opened, errors, traces)
 
 
+def run_block_batched(
+    questions: Questions,
+    spec: ctl.ControllerSpec,
+    config: dict[str, Any],
+    proto: Protocol,
+    draw_lo: int,
+    draw_hi: int,
+    *,
+    store_name: str = "",
+    on_error: str = "raise",
+    deadline: Callable[[], None] | None = None,
+) -> BlockResult:
+    """run_block through the controller's run_batch: the same results and the same error kinds
+    (invalid_action, exception, non_answer) per episode, in the same order."""
+    nq, nd = questions.data.num_questions, draw_hi - draw_lo
+    qs, orders = [], []
+    for di in range(nd):
+        for q in range(nq):
+            question = questions[q]
+            qs.append(question)
+            orders.append(draw_order(proto.protocol, draw_lo + di, q, question.num_branches,
+                                     seed=proto.seed, n=proto.pool))
+    eps = EpisodeBatch(qs, orders, probe_cost=proto.probe_cost, budget=proto.budget)
+    size = eps.size
+    failed: dict[int, tuple[str, str]] = {}
+    got: Any = None
+    try:
+        got = spec.cls(**config).run_batch(eps)
+    except InvalidAction as e:
+        failed = dict.fromkeys(range(size), ("invalid_action", str(e)))
+    except Exception as e:  # the controller's own bug: every episode of the batch reports it
+        failed = dict.fromkeys(range(size), ("exception", controller_lines(e, spec.path)))
+    eps.close()
+    for e, message in eps.refusals().items():
+        failed[e] = ("invalid_action", message)
+    ans = np.full(size, NO_ANSWER, dtype=np.int64)
+    if len(failed) < size:
+        ans, bad = _batch_answers(got, size)
+        for e, message in bad.items():
+            failed.setdefault(e, ("non_answer", message))
+    if failed:
+        ans[list(failed)] = NO_ANSWER
+    classes = eps.store_classes(ans)
+    steps = eps.num_actions
+    errors: list[dict[str, Any]] = []
+    for e in sorted(failed):
+        kind, message = failed[e]
+        draw, q = draw_lo + e // nq, e % nq
+        if on_error == "raise":
+            raise EvaluationError(f"{spec.name} on {store_name}, question {q}, draw {draw}, step "
+                                  f"{steps[e]}: {kind}: {message}")
+        errors.append({"kind": kind, "store": store_name, "question": q, "draw": draw,
+                       "step": int(steps[e]), "message": message})
+    if deadline is not None:
+        deadline()
+    return BlockResult(
+        classes.reshape(nd, nq),
+        eps.tokens.reshape(nd, nq),
+        eps.num_probes.astype(np.int32).reshape(nd, nq),
+        eps.num_opened.astype(np.int32).reshape(nd, nq),
+        errors,
+        None,
+    )
+
+
+def _batch_answers(got: Any, size: int) -> tuple[np.ndarray, dict[int, str]]:
+    """run_batch's answers as int64 ids, and the episodes whose entry is not an answer class
+    (judged as run()'s return value is: None is no answer; bools, floats, past int32 are not)."""
+    if isinstance(got, np.ndarray) and got.shape == (size,) and got.dtype.kind in "iu":
+        ans = got.astype(np.int64)
+        out = (ans < -(2**31)) | (ans >= 2**31)
+        bad = {int(e): f"run_batch() returned {shown_answer(got[e])} for this episode, not an "
+               "answer class" for e in np.flatnonzero(out)}
+        return np.where(out, NO_ANSWER, ans), bad
+    items = got.tolist() if isinstance(got, np.ndarray) and got.ndim == 1 else got
+    if not isinstance(items, list | tuple) or len(items) != size:
+        what = (f"an array of shape {got.shape}" if isinstance(got, np.ndarray)
+                else shown_answer(got))
+        message = f"run_batch() returned {what}, not one answer class per episode ({size})"
+        return np.full(size, NO_ANSWER, dtype=np.int64), dict.fromkeys(range(size), message)
+    ans = np.full(size, NO_ANSWER, dtype=np.int64)
+    bad = {}
+    for e, a in enumerate(items):
+        if a is None:
+            continue
+        if isinstance(a, bool) or not isinstance(a, int | np.integer) or not -(2**31) <= a < 2**31:
+            bad[e] = f"run_batch() returned {shown_answer(a)} for this episode, not an answer class"
+        else:
+            ans[e] = int(a)
+    return ans, bad
+
+
 @dataclass(frozen=True)
 class Job:
     """Everything a worker needs besides the store data: one controller, its configurations."""
@@ -177,6 +277,7 @@ class Job:
     store_names: tuple[str, ...]
     on_error: str = "raise"
     trace: bool = False
+    batch: bool = True  # run_batch where the controller defines it (docs/batch.md)
 
 
 # A work unit: (store index, configuration index, first draw, end draw).
@@ -185,8 +286,9 @@ Unit = tuple[int, int, int, int]
 
 def make_units(n_stores: int, n_configs: int, draws: int, workers: int) -> list[Unit]:
     """Split store × configuration × draws into about 8 units per worker (for balance); each
-    unit is a contiguous draw range, so results do not depend on the split."""
-    per_sr = max(1, math.ceil(max(1, workers) * 8 / (n_stores * n_configs)))
+    unit is a contiguous draw range, so results do not depend on the split. One worker needs no
+    balance: a unit per store × configuration, the largest lockstep batch for run_batch."""
+    per_sr = 1 if workers <= 1 else math.ceil(workers * 8 / (n_stores * n_configs))
     chunk = max(1, math.ceil(draws / per_sr))
     return [
         (s, r, lo, min(draws, lo + chunk))
@@ -202,4 +304,5 @@ def run_unit(questions: Questions, job: Job, unit: Unit) -> BlockResult:
     return run_block(
         questions, spec, job.configs[r], job.proto, lo, hi,
         store_name=job.store_names[s], on_error=job.on_error, trace=job.trace,
+        batch=job.batch,
     )

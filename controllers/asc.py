@@ -45,3 +45,47 @@ class AdaptiveConsistency:
                     return majority(counts)
         ep.trace("stop", reason="max_samples", n=limit)
         return majority(counts)
+
+
+# ---- run_batch: the same controller over many episodes at once (docs/batch.md). It must
+# answer exactly as run above would, episode by episode; run is the reference. Discovery is
+# shown this file without this section (autotts.controller.per_episode_source).
+
+import numpy as np  # noqa: E402
+
+
+def run_batch(self, batch):
+    limit = np.minimum(self.max_samples, batch.pool_size)
+    active = batch.live
+    counts = np.zeros((batch.size, int(limit.max()) + 2), dtype=np.int64)
+    for n_read in range(1, int(limit.max()) + 1):
+        active &= n_read <= limit
+        if not active.any():
+            break
+        a = batch.read_new(rows=active)
+        active &= batch.live
+        voted = np.flatnonzero(active & (a >= 0))
+        counts[voted, a[voted]] += 1
+        if n_read >= 2:
+            rows = np.flatnonzero(active)
+            top = np.partition(counts[rows], -2, axis=1)
+            v1, v2 = top[:, -1].astype(float), top[:, -2].astype(float)
+            confidence = 1.0 - betainc(v1 + 1, v2 + 1, 0.5)
+            active[rows[(v1 > 0) & (confidence > self.threshold)]] = False
+    # Every episode has stopped with exactly its opened branches read: their majority.
+    return row_majority(batch.latest, batch.opened)
+
+
+AdaptiveConsistency.run_batch = run_batch
+
+
+def row_majority(answers, mask):
+    """majority() of each row's masked answers (ties: the first seen, by column)."""
+    a = (answers + 1) * mask - 1  # -1 where masked out (arithmetic: np.where is slower here)
+    width = int(a.max(initial=-1)) + 2  # slot 0 of each row collects what does not vote
+    key = a + (np.arange(len(a)) * width + 1)[:, None]
+    counts = np.bincount(key.ravel(), minlength=len(a) * width)
+    counts[::width] = 0
+    top = counts.reshape(len(a), width).max(axis=1)
+    first = (counts.take(key) == top[:, None]).argmax(axis=1)
+    return np.where(top > 0, a[np.arange(len(a)), first], -1)

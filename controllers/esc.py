@@ -39,3 +39,44 @@ class EarlyStoppingConsistency:
                 return answers[0]
         ep.trace("stop", reason="max_samples", n=len(seen))
         return majority(seen)
+
+
+# ---- run_batch: the same controller over many episodes at once (docs/batch.md). It must
+# answer exactly as run above would, episode by episode; run is the reference. Discovery is
+# shown this file without this section (autotts.controller.per_episode_source).
+
+import numpy as np  # noqa: E402
+
+
+def run_batch(self, batch):
+    active = batch.live
+    agreed = np.zeros(batch.size, dtype=bool)
+    answer = np.full(batch.size, -1)
+    for _ in range(self.max_samples // self.window):
+        k = np.minimum(self.window, batch.pool_size - batch.num_opened)
+        active &= k > 0
+        if not active.any():
+            break
+        got = batch.read_new_many(np.where(active, k, 0), rows=active)
+        active &= batch.live
+        window = np.arange(got.shape[1]) < k[:, None]
+        agree = active & ((got == got[:, :1]) | ~window).all(axis=1)
+        answer[agree] = got[agree, 0]
+        agreed |= agree
+        active &= ~agree
+    return np.where(agreed, answer, row_majority(batch.latest, batch.opened))
+
+
+EarlyStoppingConsistency.run_batch = run_batch
+
+
+def row_majority(answers, mask):
+    """majority() of each row's masked answers (ties: the first seen, by column)."""
+    a = (answers + 1) * mask - 1  # -1 where masked out (arithmetic: np.where is slower here)
+    width = int(a.max(initial=-1)) + 2  # slot 0 of each row collects what does not vote
+    key = a + (np.arange(len(a)) * width + 1)[:, None]
+    counts = np.bincount(key.ravel(), minlength=len(a) * width)
+    counts[::width] = 0
+    top = counts.reshape(len(a), width).max(axis=1)
+    first = (counts.take(key) == top[:, None]).argmax(axis=1)
+    return np.where(top > 0, a[np.arange(len(a)), first], -1)

@@ -79,3 +79,69 @@ class ParallelProbe:
                 return leader
         ep.trace("stop", reason="max_steps", step=self.max_steps)
         return leader
+
+
+# ---- run_batch: the same controller over many episodes at once (docs/batch.md). It must
+# answer exactly as run above would, episode by episode; run is the reference. Discovery is
+# shown this file without this section (autotts.controller.per_episode_source).
+
+
+def run_batch(self, batch):
+    # The same steps as run, for every episode still going: `ep` holds their indices, and
+    # each per-branch array below has one row per such episode.
+    batch.branch_many(np.minimum(self.num_chains, batch.pool_size), probe=True)
+    alive = batch.opened  # opened and not pruned: only this controller prunes
+    off_track = np.zeros(alive.shape, dtype=np.int32)
+    leader = np.full(batch.size, -1)
+    previous = np.full(batch.size, -2)  # no leader yet: unequal to any
+    stable = np.zeros(batch.size, dtype=np.int64)
+    ep = np.flatnonzero(batch.live)
+    running = batch.running[ep]
+    for step in range(self.max_steps):
+        moving = running.any(axis=1)
+        if moving.all():
+            batch.advance_many(running, times=self.probe_burst, rows=ep)
+        elif moving.any():
+            batch.advance_many(running[moving], times=self.probe_burst, rows=ep[moving])
+        ep = ep[batch.live[ep]]
+        latest, live = batch.latest[ep], alive[ep]
+        now = row_majority(latest, live)
+        if step >= self.warm_up:
+            unfinished = batch.running[ep]  # alive and not finished
+            unfinished &= (live.sum(axis=1) > 1)[:, None]
+            disagree = unfinished & (latest != now[:, None])
+            # Off-track steps: one more on disagreeing, reset on agreeing, else kept.
+            off = off_track[ep]
+            off += (off + 1) * disagree - off * unfinished
+            off_track[ep] = off
+            drop = disagree & (off >= self.prune_patience)
+            dropping = drop.any(axis=1)
+            if dropping.any():
+                batch.prune_many(drop[dropping], rows=ep[dropping])
+                live &= ~drop
+                alive[ep] = live
+                now[dropping] = row_majority(latest[dropping], live[dropping])
+        leader[ep] = now
+        stable[ep] = np.where(now == previous[ep], stable[ep] + 1, 0)
+        previous[ep] = now
+        running = batch.running[ep]
+        going = (stable[ep] < self.T) & running.any(axis=1) & batch.live[ep]
+        ep, running = ep[going], running[going]
+        if len(ep) == 0:
+            break
+    return leader
+
+
+ParallelProbe.run_batch = run_batch
+
+
+def row_majority(answers, mask):
+    """majority() of each row's masked answers (ties: the first seen, by column)."""
+    a = (answers + 1) * mask - 1  # -1 where masked out (arithmetic: np.where is slower here)
+    width = int(a.max(initial=-1)) + 2  # slot 0 of each row collects what does not vote
+    key = a + (np.arange(len(a)) * width + 1)[:, None]
+    counts = np.bincount(key.ravel(), minlength=len(a) * width)
+    counts[::width] = 0
+    top = counts.reshape(len(a), width).max(axis=1)
+    first = (counts.take(key) == top[:, None]).argmax(axis=1)
+    return np.where(top > 0, a[np.arange(len(a)), first], -1)

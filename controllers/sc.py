@@ -35,3 +35,29 @@ class SelfConsistency:
         # The stop reason every controller reports (the discovery digest counts them).
         ep.trace("stop", reason="read_n", n=int(k))
         return majority(np.asarray(finals).tolist())
+
+
+# ---- run_batch: the same controller over many episodes at once (docs/batch.md). It must
+# answer exactly as run above would, episode by episode; run is the reference. Discovery is
+# shown this file without this section (autotts.controller.per_episode_source).
+
+
+def run_batch(self, batch):
+    k = np.minimum(self.n, batch.pool_size)
+    finals = batch.read_new_many(k)
+    return row_majority(finals, np.arange(finals.shape[1]) < k[:, None])
+
+
+SelfConsistency.run_batch = run_batch
+
+
+def row_majority(answers, mask):
+    """majority() of each row's masked answers (ties: the first seen, by column)."""
+    a = (answers + 1) * mask - 1  # -1 where masked out (arithmetic: np.where is slower here)
+    width = int(a.max(initial=-1)) + 2  # slot 0 of each row collects what does not vote
+    key = a + (np.arange(len(a)) * width + 1)[:, None]
+    counts = np.bincount(key.ravel(), minlength=len(a) * width)
+    counts[::width] = 0
+    top = counts.reshape(len(a), width).max(axis=1)
+    first = (counts.take(key) == top[:, None]).argmax(axis=1)
+    return np.where(top > 0, a[np.arange(len(a)), first], -1)

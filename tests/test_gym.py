@@ -46,7 +46,7 @@ def test_seeded_reset_is_reproducible(store):
 def test_rewards_cost_and_correct_answer(store):
     env = WidthDepthEnv(store, branch_cap=3, cost_weight=0.01)
     env.reset(options={"question": 0, "draw": 0})
-    order = env._ep._b.tolist()  # this draw's branch order, to know the expected costs
+    order = env._ep._order.tolist()  # this draw's branch order, to know the expected costs
     costs = {0: 10, 1: 10, 2: 10}
     _, r, term, trunc, info = env.step(BRANCH)
     assert not term and not trunc and r == pytest.approx(-0.01 * costs[order[0]])

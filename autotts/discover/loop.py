@@ -132,7 +132,7 @@ class Discovery:
         self.stats = [summarize(s) for s in self.search_stores]
         self._signals: dict[str, dict[str, Any]] | None = None
         self._noise: dict[tuple[int, int, str], dict[str, Any] | None] = {}
-        self.example_source = Path(ctl.load(EXAMPLE).path).read_text()
+        self.example_source = ctl.per_episode_source(Path(ctl.load(EXAMPLE).path).read_text())
         self.history: list[dict[str, Any]] = []  # one record per candidate of each round
         self.agent: Agent | None = None
         self._executor: Any = None
@@ -206,7 +206,8 @@ class Discovery:
         obj, per = objective(rows, self.store_names, env.token_range)
         return {
             "name": spec.name,
-            "source": None if Path(spec.path).stem == EXAMPLE else Path(spec.path).read_text(),
+            "source": (None if Path(spec.path).stem == EXAMPLE
+                       else ctl.per_episode_source(Path(spec.path).read_text())),
             "rows": rows,
             "objective": obj,
             "store_objective": per,

@@ -306,8 +306,7 @@ def _matrix_table(matrix: dict[str, Any], a: str, b: str, pct: str) -> Table:
 
 
 def write_json(path: Path, report: dict[str, Any]) -> None:
-    from autotts.report import json_default
-    from autotts.store import atomic_write_bytes
+    from autotts.fsio import atomic_write_bytes, json_default_or_str
 
-    text = json.dumps(report, indent=2, ensure_ascii=False, default=json_default) + "\n"
+    text = json.dumps(report, indent=2, ensure_ascii=False, default=json_default_or_str) + "\n"
     atomic_write_bytes(path, text.encode("utf-8"))

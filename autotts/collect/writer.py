@@ -29,9 +29,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from autotts.errors import AutoTTSError
+from autotts.fsio import atomic_write_bytes
 from autotts.store import (
     Store,
-    atomic_write_bytes,
     from_autotts_records,
     replace_dir,
     write_store,

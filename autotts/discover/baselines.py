@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from autotts import __version__
-from autotts.discover.fsio import dumps, read_json, write_json
 from autotts.evaluate import Protocol
+from autotts.fsio import dumps, read_json, write_json
 from autotts.paths import PACKAGE_DIR
 
 # Every module whose code shapes a cached curve, objective or digest.

@@ -22,11 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from autotts.errors import AutoTTSError
-
-
-class QuestionError(AutoTTSError):
-    """A question file or benchmark cannot be read; the message names file, line and field."""
+from autotts.errors import QuestionError
 
 
 @dataclass(frozen=True)

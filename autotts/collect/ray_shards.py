@@ -23,11 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from autotts.errors import AutoTTSError, ConfigError
-
-
-class ShardError(AutoTTSError):
-    """One or more collection shards failed; the message names each one with its log's tail."""
+from autotts.errors import AutoTTSError, ConfigError, ShardError
 
 
 def shard_out(out: Path, i: int, n: int) -> Path:

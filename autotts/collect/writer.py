@@ -28,7 +28,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from autotts.errors import AutoTTSError
+from autotts.errors import CollectError
 from autotts.fsio import atomic_write_bytes
 from autotts.store import (
     Store,
@@ -36,11 +36,6 @@ from autotts.store import (
     replace_dir,
     write_store,
 )
-
-
-class CollectError(AutoTTSError):
-    """A work directory or merge that cannot go on (different settings, missing questions)."""
-
 
 SIGNALS_SCHEMA = pa.schema([
     ("question_idx", pa.int32()),

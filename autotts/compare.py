@@ -105,7 +105,7 @@ def run_compare(
         raise ConfigError("compare needs at least two controllers or result files")
     if resamples < 100:
         raise ConfigError(f"--resamples must be at least 100, got {resamples}")
-    stats._check_method(method, level)  # before any evaluation
+    stats.check_method(method, level)  # before any evaluation
     from autotts.evaluate import Protocol, evaluate
     from autotts.store import open_store
 
@@ -125,7 +125,7 @@ def run_compare(
     if store_paths:
         groups.append(Group("stores", [str(p) for p in store_paths], draws or 100))
     betas = list(betas) if betas is not None else DEFAULT_BETAS
-    tr = stats._check_range(token_range or stats.DEFAULT_TOKEN_RANGE)
+    tr = stats.check_range(token_range or stats.DEFAULT_TOKEN_RANGE)
 
     opened: dict[str, Any] = {}
     for g in groups:

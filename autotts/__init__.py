@@ -22,40 +22,41 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-# public name -> (module, attribute); imported by __getattr__ on first use.
-_EXPORTS: dict[str, tuple[str, str]] = {
+# (public name, module, attribute): imported by __getattr__ on first use.
+_TABLE = (
     # replay stores
-    "Store": ("autotts.store", "Store"),
-    "open_store": ("autotts.store", "open_store"),
-    "write_store": ("autotts.store", "write_store"),
+    ("Store", "autotts.store", "Store"),
+    ("open_store", "autotts.store", "open_store"),
+    ("write_store", "autotts.store", "write_store"),
     # the replay semantics
-    "Episode": ("autotts.engine", "Episode"),
+    ("Episode", "autotts.engine", "Episode"),
     # controllers
-    "ControllerSpec": ("autotts.controller", "ControllerSpec"),
-    "load_controller": ("autotts.controller", "load"),
+    ("ControllerSpec", "autotts.controller", "ControllerSpec"),
+    ("load_controller", "autotts.controller", "load"),
     # evaluation
-    "Protocol": ("autotts.evaluate", "Protocol"),
-    "Evaluation": ("autotts.evaluate", "Evaluation"),
-    "evaluate": ("autotts.evaluate", "evaluate"),
-    "evaluate_sandboxed": ("autotts.sandbox", "evaluate_sandboxed"),
+    ("Protocol", "autotts.evaluate", "Protocol"),
+    ("Evaluation", "autotts.evaluate", "Evaluation"),
+    ("evaluate", "autotts.evaluate", "evaluate"),
+    ("evaluate_sandboxed", "autotts.sandbox", "evaluate_sandboxed"),
     # environments
-    "EnvDef": ("autotts.envdef", "EnvDef"),
-    "load_env": ("autotts.envdef", "load_env"),
-    "WidthDepthEnv": ("autotts.gym_env", "WidthDepthEnv"),
+    ("EnvDef", "autotts.envdef", "EnvDef"),
+    ("load_env", "autotts.envdef", "load_env"),
+    ("WidthDepthEnv", "autotts.gym_env", "WidthDepthEnv"),
     # discovery
-    "DiscoverConfig": ("autotts.discover", "DiscoverConfig"),
-    "run_discovery": ("autotts.discover", "run_discovery"),
+    ("DiscoverConfig", "autotts.discover", "DiscoverConfig"),
+    ("run_discovery", "autotts.discover", "run_discovery"),
     # errors (all of them: autotts.errors)
-    "AutoTTSError": ("autotts.errors", "AutoTTSError"),
-    "ConfigError": ("autotts.errors", "ConfigError"),
-    "ControllerError": ("autotts.errors", "ControllerError"),
-    "DataError": ("autotts.errors", "DataError"),
-    "EvaluationError": ("autotts.errors", "EvaluationError"),
-    "InvalidAction": ("autotts.errors", "InvalidAction"),
-    "SandboxError": ("autotts.errors", "SandboxError"),
-    "StoreError": ("autotts.errors", "StoreError"),
-    "WeakSandboxError": ("autotts.errors", "WeakSandboxError"),
-}
+    ("AutoTTSError", "autotts.errors", "AutoTTSError"),
+    ("ConfigError", "autotts.errors", "ConfigError"),
+    ("ControllerError", "autotts.errors", "ControllerError"),
+    ("DataError", "autotts.errors", "DataError"),
+    ("EvaluationError", "autotts.errors", "EvaluationError"),
+    ("InvalidAction", "autotts.errors", "InvalidAction"),
+    ("SandboxError", "autotts.errors", "SandboxError"),
+    ("StoreError", "autotts.errors", "StoreError"),
+    ("WeakSandboxError", "autotts.errors", "WeakSandboxError"),
+)
+_EXPORTS = {name: (module, attr) for name, module, attr in _TABLE}
 
 __all__ = [  # the names of _EXPORTS
     "AutoTTSError",

@@ -28,7 +28,7 @@ from autotts.fsio import dumps, read_json, write_json
 from autotts.paths import PACKAGE_DIR
 
 # Every module whose code shapes a cached curve, objective or digest.
-_CODE = ("engine.py", "evaluate.py", "draws.py", "store.py", "controller.py", "answers.py",
+_CODE = ("engine.py", "units.py", "evaluate.py", "draws.py", "store.py", "controller.py", "answers.py",
          "report.py", "summary.py", "discover/digest.py", "discover/candidates.py",
          "discover/significance.py")
 

@@ -6,12 +6,14 @@ of `autotts/__init__.py` and the one private Ray name the code relies on."""
 from __future__ import annotations
 
 import ast
+import importlib
 import os
 import re
 import shutil
 import subprocess
 import sys
 import tomllib
+import warnings
 from pathlib import Path
 
 import pytest
@@ -189,3 +191,20 @@ def test_ray_private_constant_still_exists() -> None:
         "autotts/raysupport.py:loopback_only for this Ray version")
     assert constants.ENABLE_RAY_CLUSTERS_ENV_VAR == "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
+
+
+def test_the_old_name_of_the_evaluation_protocol_still_imports() -> None:
+    """Scripts written against the old name keep working; once renamed, with a
+    DeprecationWarning that names the new one."""
+    mod = importlib.import_module("autotts.evaluate")
+    old = "Proto" + "col"  # spelled so that the rename's command leaves it alone
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cls = getattr(mod, old)
+    assert cls.__module__ == "autotts.units" and cls(draws=3).draws == 3
+    if cls.__name__ != old:
+        assert cls.__name__ == "Eval" + old
+        assert [str(w.message) for w in caught] == [
+            f"autotts.evaluate.{old} is deprecated: use Eval{old}"]
+    with pytest.raises(AttributeError, match="no attribute 'Nothing'"):
+        mod.Nothing  # noqa: B018

@@ -3,9 +3,9 @@
 The public API, importable from here:
 
     import autotts
-    store = autotts.open_store("data/synthetic/seed0")
+    store = autotts.open_store("data/synthetic")
     spec = autotts.load_controller("sc")
-    result = autotts.evaluate(spec, [store], betas=[0.0, 0.5, 1.0])
+    result = autotts.evaluate(spec, [store], [0.0, 0.5, 1.0], autotts.EvalProtocol(draws=10))
 
 Names are imported on first use (PEP 562), so `import autotts` stays cheap: it loads neither numpy
 nor pyarrow. `autotts.evaluate` is the function; its module is reached with
@@ -18,7 +18,8 @@ from __future__ import annotations
 import importlib
 import sys
 import types
-from typing import TYPE_CHECKING, Any
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing, which import autotts avoids
 
 __version__ = "0.1.0"
 
@@ -92,6 +93,8 @@ def __getattr__(name: str) -> Any:
         module, attr = _EXPORTS[name]
     except KeyError:
         raise AttributeError(f"module 'autotts' has no attribute {name!r}") from None
+    # importlib, never an import statement: low modules import __version__ from this package, so
+    # a visible import of the evaluator here would sit below them (the layers contract says so).
     value = getattr(importlib.import_module(module), attr)
     globals()[name] = value  # later lookups do not come back here
     return value
@@ -116,6 +119,8 @@ class _Package(types.ModuleType):
 sys.modules[__name__].__class__ = _Package
 
 if TYPE_CHECKING:  # for type checkers and editors; at run time __getattr__ imports these
+    from typing import Any
+
     from autotts.controller import ControllerSpec
     from autotts.controller import load as load_controller
     from autotts.discover import DiscoverConfig, run_discovery

@@ -13,13 +13,11 @@ nor pyarrow. `autotts.evaluate` is the function; its module is reached with
 common ones are here too.
 """
 
-from __future__ import annotations
-
-import importlib
+# No other import at all (not even __future__, typing or importlib): `import autotts` costs
+# next to nothing, and annotations here are strings.
 import sys
-import types
 
-TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing, which import autotts avoids
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
 
 __version__ = "0.1.0"
 
@@ -88,30 +86,31 @@ __all__ = [  # the names of _EXPORTS
 ]
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> "Any":
     try:
         module, attr = _EXPORTS[name]
     except KeyError:
         raise AttributeError(f"module 'autotts' has no attribute {name!r}") from None
-    # importlib, never an import statement: low modules import __version__ from this package, so
-    # a visible import of the evaluator here would sit below them (the layers contract says so).
-    value = getattr(importlib.import_module(module), attr)
+    # __import__, never an import statement: low modules import __version__ from this package,
+    # so a visible import of the evaluator here would sit below them (the layers contract says so).
+    __import__(module)
+    value = getattr(sys.modules[module], attr)
     globals()[name] = value  # later lookups do not come back here
     return value
 
 
-def __dir__() -> list[str]:
+def __dir__() -> "list[str]":
     return sorted(set(globals()) | set(__all__))
 
 
-class _Package(types.ModuleType):
+class _Package(type(sys)):  # types.ModuleType
     """The package's module type. Importing a submodule binds it on its package
     (`autotts.evaluate = <module autotts.evaluate>`); where a public name is also a submodule's
     name, the public name wins, whatever was imported first, so `autotts.evaluate` is always
     the function."""
 
-    def __setattr__(self, name: str, value: Any) -> None:
-        if isinstance(value, types.ModuleType) and name in _EXPORTS:
+    def __setattr__(self, name: str, value: "Any") -> None:
+        if isinstance(value, type(sys)) and name in _EXPORTS:
             return
         super().__setattr__(name, value)
 

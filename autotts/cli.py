@@ -91,10 +91,9 @@ def _root(
 
 
 def _write_json(path: Path, payload: Any) -> None:
-    from autotts.report import json_default
-    from autotts.store import atomic_write_bytes
+    from autotts.fsio import atomic_write_bytes, json_default_or_str
 
-    text = json.dumps(payload, indent=2, ensure_ascii=False, default=json_default) + "\n"
+    text = json.dumps(payload, indent=2, ensure_ascii=False, default=json_default_or_str) + "\n"
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
@@ -407,10 +406,9 @@ def eval_cmd(
         _write_json(json_out, rows)
     for path, items in ((traces, result.traces), (episodes, result.episodes)):
         if path is not None:
-            from autotts.report import json_default
-            from autotts.store import atomic_write_bytes
+            from autotts.fsio import atomic_write_bytes, json_default_or_str
 
-            lines = "".join(json.dumps(x, default=json_default) + "\n" for x in items or [])
+            lines = "".join(json.dumps(x, default=json_default_or_str) + "\n" for x in items or [])
             atomic_write_bytes(path, lines.encode("utf-8"))
     if beta_list is not None and len(beta_list) > 1:
         from autotts.metrics import monotonicity_violations

@@ -105,7 +105,7 @@ def run_compare(
         raise ConfigError("compare needs at least two controllers or result files")
     if resamples < 100:
         raise ConfigError(f"--resamples must be at least 100, got {resamples}")
-    stats._check_method(method, level)  # before any evaluation
+    stats.check_method(method, level)  # before any evaluation
     from autotts.evaluate import Protocol, evaluate
     from autotts.store import open_store
 
@@ -125,7 +125,7 @@ def run_compare(
     if store_paths:
         groups.append(Group("stores", [str(p) for p in store_paths], draws or 100))
     betas = list(betas) if betas is not None else DEFAULT_BETAS
-    tr = stats._check_range(token_range or stats.DEFAULT_TOKEN_RANGE)
+    tr = stats.check_range(token_range or stats.DEFAULT_TOKEN_RANGE)
 
     opened: dict[str, Any] = {}
     for g in groups:
@@ -306,8 +306,7 @@ def _matrix_table(matrix: dict[str, Any], a: str, b: str, pct: str) -> Table:
 
 
 def write_json(path: Path, report: dict[str, Any]) -> None:
-    from autotts.report import json_default
-    from autotts.store import atomic_write_bytes
+    from autotts.fsio import atomic_write_bytes, json_default_or_str
 
-    text = json.dumps(report, indent=2, ensure_ascii=False, default=json_default) + "\n"
+    text = json.dumps(report, indent=2, ensure_ascii=False, default=json_default_or_str) + "\n"
     atomic_write_bytes(path, text.encode("utf-8"))

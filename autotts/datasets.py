@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from autotts.errors import AutoTTSError, ConfigError
+from autotts.errors import ConfigError, DataError
 
 AUTOTTS_COMMIT = "3cd98d12c7cb999afc5c21381f22ea5811ac6c05"
 # The AutoTTS repository's replay files at the pinned commit. A mirror (a directory with the same
@@ -31,10 +31,6 @@ AUTOTTS_BASE_URL = (
 URL_ENV = "AUTOTTS_DATA_URL"
 CHUNK = 1 << 16
 TIMEOUT_S = 30.0
-
-
-class DataError(AutoTTSError):
-    """A download failed or a cached file does not match the catalog."""
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,8 @@ from autotts import controller as ctl
 from autotts.engine import Episode, Question, store_class
 from autotts.envdef import EnvDef
 from autotts.errors import ConfigError
-from autotts.store import atomic_write_bytes, open_store
+from autotts.fsio import atomic_write_bytes
+from autotts.store import open_store
 
 FORMAT = "autotts-dynaact-utility"
 FORMAT_VERSION = 1

@@ -31,11 +31,8 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from autotts.answers import NO_ANSWER  # also "nothing revealed yet" here
+from autotts.errors import InvalidAction
 from autotts.store import ReplayData
-
-
-class InvalidAction(Exception):
-    """An action the replay semantics do not admit (the evaluator adds store/question/draw)."""
 
 
 class _NoCopy:

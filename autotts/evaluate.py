@@ -178,3 +178,18 @@ def evaluate(
     results = {(s, r): done_by_config[(s, canonical[r])]
                for s in range(len(loaded)) for r in range(len(runs))}
     return score(loaded, spec.name, runs, proto, results, episodes=episodes, traces=traces)
+
+
+# Old names kept working for users' scripts, with a DeprecationWarning (old name: new name).
+_RENAMED = {"Protocol": "EvalProtocol"}
+
+
+def __getattr__(name: str) -> Any:
+    new = _RENAMED.get(name)
+    if new is None or new not in globals():
+        raise AttributeError(f"module 'autotts.evaluate' has no attribute {name!r}")
+    import warnings
+
+    warnings.warn(f"autotts.evaluate.{name} is deprecated: use {new}", DeprecationWarning,
+                  stacklevel=2)
+    return globals()[new]

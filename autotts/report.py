@@ -32,8 +32,8 @@ import numpy as np
 
 from autotts import __version__
 from autotts.errors import ConfigError
+from autotts.fsio import atomic_write_bytes, json_default_or_str
 from autotts.metrics import auc_log_tokens, pareto_front
-from autotts.store import atomic_write_bytes
 
 PNG_NAME = "accuracy_vs_tokens.png"
 MD_NAME = "report.md"
@@ -624,7 +624,7 @@ def build_report(
         "extra_tables": {k: list(v) for k, v in (extra_tables or {}).items()},
     }
     summary_path = out / SUMMARY_NAME
-    text = json.dumps(payload, indent=2, ensure_ascii=False, default=json_default) + "\n"
+    text = json.dumps(payload, indent=2, ensure_ascii=False, default=json_default_or_str) + "\n"
     write_file(summary_path, text.encode("utf-8"))
     return ReportPaths(out, png_path, md_path, html_path, summary_path, n_curves, stores)
 
@@ -645,17 +645,6 @@ def _question_intervals(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for part in by_source.values():
             attach_question_intervals(part)
     return [{k: v for k, v in r.items() if k != "episodes"} for r in rows]
-
-
-def json_default(o: Any) -> Any:
-    """json.dumps default for numpy scalars and arrays (anything else: its str)."""
-    if isinstance(o, np.integer):
-        return int(o)
-    if isinstance(o, np.floating):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)
 
 
 def report_from_inputs(

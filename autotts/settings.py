@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from autotts.envdef import EnvDef
-    from autotts.evaluate import Protocol
+    from autotts.units import Protocol
 
 FIELDS = ("draws", "protocol", "pool", "seed", "probe_cost", "budget", "betas")
 
@@ -96,7 +96,7 @@ def resolve(defaults: Defaults, env: EnvDef | None = None, split: str = "search"
     environment file `env` (its `split` decides the draws), over `defaults`. The environment's
     pool and budget, when it leaves them unset, are unset: they do not fall through to a default
     (both defaults are "none")."""
-    from autotts.evaluate import Protocol
+    from autotts.units import Protocol
 
     flags: dict[str, Any] = {"draws": draws, "protocol": protocol, "pool": pool, "seed": seed,
                              "probe_cost": probe_cost, "budget": budget,

@@ -350,7 +350,8 @@ def _jackknife(n: int) -> np.ndarray:
     return w
 
 
-def _check_method(method: str, level: float) -> None:
+def check_method(method: str, level: float) -> None:
+    """Refuse (ConfigError) an unknown interval method or a level outside (0, 1)."""
     if method not in METHODS:
         raise ConfigError(f"unknown interval method {method!r} (expected bca or percentile)")
     if not 0 < level < 1:
@@ -506,7 +507,8 @@ def _uniform(n: int) -> np.ndarray:
     return np.full((1, n), 1.0 / n)
 
 
-def _check_range(token_range: Sequence[float]) -> tuple[float, float]:
+def check_range(token_range: Sequence[float]) -> tuple[float, float]:
+    """(low, high) of a token range, refused (ConfigError) unless 0 < low < high."""
     lo, hi = (float(x) for x in token_range)
     if not (0 < lo < hi):
         raise ConfigError(f"token range must be [low, high] with 0 < low < high, got {token_range}")
@@ -521,7 +523,7 @@ def beta_intervals(curve: Curve, *, resamples: int = DEFAULT_RESAMPLES, seed: in
                    method: str = DEFAULT_METHOD) -> list[dict[str, Any]]:
     """Question-level intervals at each β: [{"beta", "accuracy": Interval (percent), "tokens":
     Interval (mean per question)}], in the curve's β order."""
-    _check_method(method, level)
+    check_method(method, level)
     w = question_weights(curve.store, curve.num_questions, resamples, seed)
     jw = _jackknife(curve.num_questions)
     acc_b, tok_b = _wmean(w, curve.accuracy), _wmean(w, curve.tokens)  # [R, B]
@@ -539,7 +541,7 @@ def beta_intervals(curve: Curve, *, resamples: int = DEFAULT_RESAMPLES, seed: in
 
 def auc(curve: Curve, token_range: Sequence[float] = DEFAULT_TOKEN_RANGE) -> float:
     """The objective's per-store AUC of a curve (no resampling)."""
-    return float(_curve_auc(curve, _uniform(curve.num_questions), _check_range(token_range))[0])
+    return float(_curve_auc(curve, _uniform(curve.num_questions), check_range(token_range))[0])
 
 
 def _auc_draws(curve: Curve, token_range: tuple[float, float], resamples: int,
@@ -588,10 +590,10 @@ def pooled_auc_interval(curves: Sequence[Curve],
                         level: float = DEFAULT_LEVEL, method: str = DEFAULT_METHOD) -> Interval:
     """The objective over several stores (the mean of their AUCs, one curve per store), with its
     interval; each store's questions are resampled separately (stratified)."""
-    _check_method(method, level)
+    check_method(method, level)
     if not curves:
         raise ConfigError("no curves for an AUC")
-    tr = _check_range(token_range)
+    tr = check_range(token_range)
     p = _pool([_auc_draws(c, tr, resamples, seed) for c in curves], resamples)
     return Interval(p.est, *_interval(p.est, p.boot, p.jack, level, method), level, method)
 
@@ -615,8 +617,8 @@ def compare(a: Sequence[Curve] | Mapping[Any, Curve], b: Sequence[Curve] | Mappi
     """ΔAUC = AUC(a) − AUC(b) on every store both have (or `stores`), and pooled (the mean over
     those stores, discovery's objective), each with its paired, stratified interval and the
     probability of improvement. `a` and `b` are one controller's curves, one per store."""
-    _check_method(method, level)
-    tr = _check_range(token_range)
+    check_method(method, level)
+    tr = check_range(token_range)
     ca, cb = _by_store(a), _by_store(b)
     names = list(stores) if stores is not None else [s for s in ca if s in cb]
     missing = [s for s in names if s not in ca or s not in cb]
@@ -668,7 +670,7 @@ def delta_accuracy_at_tokens(a: Curve, b: Curve, at: Sequence[float] | None = No
     the objective's interpolation (linear in log tokens). `at` defaults to B's own β points that
     lie where both curves have points (no extrapolation). In each resample both curves are
     re-estimated from the same questions and read at the same t."""
-    _check_method(method, level)
+    check_method(method, level)
     if a.store != b.store or a.num_questions != b.num_questions:
         raise ConfigError(f"Δaccuracy needs both controllers on one store ({a.store}, {b.store})")
     if at is None:
@@ -697,7 +699,7 @@ def question_table(a: Curve, b: Curve,
     statistic linear in the questions), marked win / loss / tie by its sign."""
     if a.store != b.store or a.num_questions != b.num_questions:
         raise ConfigError(f"question table needs both controllers on one store ({a.store}, {b.store})")
-    tr = _check_range(token_range)
+    tr = check_range(token_range)
     n = a.num_questions
     allw = np.concatenate([_uniform(n), _jackknife(n)])
     d = _curve_auc(a, allw, tr) - _curve_auc(b, allw, tr)

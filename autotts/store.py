@@ -32,6 +32,7 @@ import pyarrow.parquet as pq
 from autotts import __version__
 from autotts.answers import ANSWER_MODES, NO_ANSWER, NO_ANSWER_STRINGS, classify
 from autotts.errors import StoreError
+from autotts.fsio import atomic_write_bytes
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -379,37 +380,6 @@ def export_json(store: Store, out: str | os.PathLike[str]) -> Path:
 
 # --------------------------------------------------------------------------------------------
 # Store directory I/O
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _umask()  # read once: reading it means setting it, process-wide
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write a file so that readers see either the old content or the new, never a torn file.
-    The file gets the permissions of an ordinary new file (mkstemp would make it owner-only),
-    or keeps those of the file it replaces."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        try:
-            mode = path.stat().st_mode & 0o777
-        except OSError:
-            mode = 0o666 & ~_UMASK
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _content_hash(directory: Path) -> str:

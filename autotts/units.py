@@ -20,12 +20,8 @@ from autotts import controller as ctl
 from autotts.batch import EpisodeBatch
 from autotts.draws import PROTOCOLS, draw_order
 from autotts.engine import NO_ANSWER, Episode, InvalidAction, Question, store_class
-from autotts.errors import AutoTTSError, ConfigError
+from autotts.errors import ConfigError, EvaluationError
 from autotts.store import ReplayData
-
-
-class EvaluationError(AutoTTSError):
-    """An episode failed and the caller asked evaluation to stop (on_error='raise')."""
 
 
 @dataclass(frozen=True)

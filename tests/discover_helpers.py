@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from autotts.discover.config import DiscoverConfig, load_prices
-from autotts.discover.fsio import read_jsonl
+from autotts.fsio import read_jsonl
 from autotts.store import write_store
 from autotts.synth import SynthParams, generate
 

@@ -27,7 +27,6 @@ from autotts.collect.engines import EngineError, Request, Sampling, parse_prefix
 from autotts.collect.protocol import (
     branch_seed,
     lowest_window_mean,
-    run_questions,
     token_confidence,
 )
 from autotts.collect.questions import QuestionError, gpqa_question, load_questions, read_jsonl
@@ -38,6 +37,15 @@ from autotts.store import read_store_dir
 from tests.conftest import require
 
 SUFFIX = "</think>\n\nThe final answer is \\boxed{"
+
+
+def run_questions(engine: FakeEngine, runs: list[QuestionRun]) -> None:
+    """Drive question runs to completion, one engine call per round."""
+    while not all(r.done for r in runs):
+        jobs = [j for r in runs for j in r.next_requests()]
+        comps = engine.generate([j.request for j in jobs])
+        for j, c in zip(jobs, comps, strict=True):
+            j.done(c)
 
 
 def run_one(script: FakeScript, **kw) -> tuple[QuestionRun, FakeEngine]:

@@ -30,8 +30,8 @@ from discover_helpers import (
 import autotts.store as store_mod
 from autotts.discover import first_prompt, read_run_dir, run_discovery, write_run_report
 from autotts.discover.fakeserver import FakeOpenAI
-from autotts.discover.fsio import read_jsonl
 from autotts.errors import ConfigError
+from autotts.fsio import read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -163,9 +163,9 @@ def test_three_rounds_end_to_end(e2e: dict[str, Any], env_file: Path) -> None:
     assert (run_dir / "report" / "report.md").is_file()
     # Nothing left behind by the lock; round and final directories as readable as any other.
     assert not (run_dir / ".lock").exists()
-    from autotts.discover.rundir import _umask
+    from autotts.fsio import current_umask
 
-    want = 0o777 & ~_umask()
+    want = 0o777 & ~current_umask()
     for d in (run_dir / "rounds" / "0001", run_dir / "final"):
         assert stat.S_IMODE(d.stat().st_mode) == want, d
 

@@ -22,11 +22,11 @@ from autotts.discover.candidates import (
 from autotts.discover.config import DiscoverConfig, load_prices, price_for
 from autotts.discover.digest import SearchData, ledger, make_digest, monotonicity_breaks
 from autotts.discover.fakeserver import FakeOpenAI
-from autotts.discover.fsio import append_jsonl, read_jsonl, repair_jsonl
 from autotts.draws import draw_order
 from autotts.engine import Episode, Question
 from autotts.errors import ConfigError
 from autotts.evaluate import Protocol, evaluate
+from autotts.fsio import append_jsonl, read_jsonl, repair_jsonl
 from autotts.synth import SynthParams, generate
 
 MESSAGES = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello " * 50}]

@@ -320,7 +320,7 @@ def test_collect_shards_as_ray_tasks(runtime, tmp_path: Path):
     """The launcher runs `autotts collect --backend fake --shard i/3` as three Ray tasks
     (num_gpus=0 here) and merges them; the store equals one unsharded collection."""
     from autotts.collect import CollectConfig, ProtocolConfig, collect
-    from autotts.collect_ray import launch_collect, main
+    from autotts.collect.ray_shards import launch_collect, main
 
     qs = _questions(tmp_path / "qs.jsonl", 7)
     args = ["--model", "fake-model", "--questions", str(qs), "--backend", "fake", "--n", "4",

@@ -361,7 +361,7 @@ class Flaky:
 
 
 def _normalized(items):
-    return json.loads(json.dumps(items, default=wire.json_default))
+    return json.loads(json.dumps(items, default=wire.frame_json_default))
 
 
 @pytest.mark.parametrize("name", ctl.builtin_names())

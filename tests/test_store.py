@@ -12,6 +12,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from autotts import fsio
 from autotts import store as st
 from autotts.errors import StoreError
 from autotts.summary import summarize
@@ -135,10 +136,10 @@ def test_atomic_writes_get_ordinary_permissions(tmp_path: Path):
     """Not mkstemp's owner-only 0600: a new file gets 0666 minus the umask (as `open` would
     give it), a replaced one keeps its mode."""
     fresh = tmp_path / "out.json"
-    st.atomic_write_bytes(fresh, b"{}")
-    assert fresh.stat().st_mode & 0o777 == 0o666 & ~st._UMASK
+    fsio.atomic_write_bytes(fresh, b"{}")
+    assert fresh.stat().st_mode & 0o777 == 0o666 & ~fsio.UMASK
     fresh.chmod(0o640)
-    st.atomic_write_bytes(fresh, b"[]")
+    fsio.atomic_write_bytes(fresh, b"[]")
     assert fresh.stat().st_mode & 0o777 == 0o640 and fresh.read_bytes() == b"[]"
 
 

@@ -6,7 +6,8 @@
 Modules: `protocol` (intervals, probes, thinking cap; engine-agnostic), `engines` (vLLM offline,
 OpenAI-compatible server, fake), `sampler` (position-keyed sampling inside vLLM), `questions`
 (JSONL and named benchmarks), `writer` (per-question files, resume, shards, merge, store assembly),
-`runner` (the `autotts collect` driver), `tinymodel` (a tiny offline test model).
+`runner` (the `autotts collect` driver), `ray_shards` (shards as Ray tasks, one per GPU, then
+merged), `tinymodel` (a tiny offline test model).
 """
 
 from autotts.collect.engines import Completion, FakeEngine, FakeScript, Request, Sampling

@@ -38,11 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from autotts.errors import AutoTTSError, ConfigError
-
-
-class EngineError(AutoTTSError):
-    """The engine or server failed or answered something the collector cannot use."""
+from autotts.errors import ConfigError, EngineError
 
 
 @dataclass(frozen=True)

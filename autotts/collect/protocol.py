@@ -184,7 +184,7 @@ QueuedProbe = tuple[Request, Callable[[Completion], None], int]
 
 
 @dataclass
-class Job:
+class ScheduledRequest:
     """One request handed out by a question run: `done` with its completion, or `cancel` when the
     scheduler leaves it for a later round (then the run hands it out again)."""
 
@@ -235,17 +235,17 @@ class QuestionRun:
             return self.room_total - len(self.prompt) - len(b.ids) - extra
         return room
 
-    def next_requests(self) -> list[Job]:
-        out: list[Job] = []
+    def next_requests(self) -> list[ScheduledRequest]:
+        out: list[ScheduledRequest] = []
         for item in self.probe_queue:
-            out.append(Job(item[0], item[1], self._requeue(item), item[2], True))
+            out.append(ScheduledRequest(item[0], item[1], self._requeue(item), item[2], True))
         self.probe_queue.clear()
         for b in self.branches:
             if b.done or b.busy:
                 continue
             req = self._main_request(b)
             if req is not None:
-                out.append(Job(req[0], req[1], self._release(b), b.idx, False))
+                out.append(ScheduledRequest(req[0], req[1], self._release(b), b.idx, False))
         self.outstanding += len(out)
         return out
 
@@ -413,12 +413,3 @@ class QuestionRun:
 def branch_seed(seed: int, qid: str, b: int) -> int:
     """Branch b of question `qid`: the same seed whatever the shard, batch or resume."""
     return mix_seed("branch", seed, qid, b)
-
-
-def run_questions(engine: Any, runs: Sequence[QuestionRun]) -> None:
-    """Drive question runs to completion, one engine call per round (tests and simple use)."""
-    while not all(r.done for r in runs):
-        jobs = [j for r in runs for j in r.next_requests()]
-        comps = engine.generate([j.request for j in jobs])
-        for j, c in zip(jobs, comps, strict=True):
-            j.done(c)

@@ -22,15 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from autotts.errors import AutoTTSError
-
-
-class QuestionError(AutoTTSError):
-    """A question file or benchmark cannot be read; the message names file, line and field."""
+from autotts.errors import QuestionError
 
 
 @dataclass(frozen=True)
-class Question:
+class SourceQuestion:
     index: int  # position in the source: the store's question_idx
     id: str  # the source's id, stable across shards and reruns (seeds derive from it)
     text: str
@@ -40,7 +36,7 @@ class Question:
 @dataclass(frozen=True)
 class QuestionSet:
     name: str  # benchmark name (named source) or file stem
-    questions: list[Question]
+    questions: list[SourceQuestion]
     source: dict[str, Any]  # how to find the questions again: file + sha256, or dataset + split
 
 
@@ -61,7 +57,7 @@ def read_jsonl(path: str | Path) -> QuestionSet:
         raw = path.read_bytes()
     except OSError as e:
         raise QuestionError(f"{path}: cannot read: {e.strerror or e}") from None
-    questions: list[Question] = []
+    questions: list[SourceQuestion] = []
     seen: dict[str, int] = {}
     try:
         text = raw.decode("utf-8")
@@ -107,7 +103,7 @@ def read_jsonl(path: str | Path) -> QuestionSet:
             raise QuestionError(f"{where}: field '{id_key or 'id'}': duplicate id {qid!r} "
                                 f"(first on line {seen[qid]})")
         seen[qid] = lineno
-        questions.append(Question(len(questions), qid, q_text, gold))
+        questions.append(SourceQuestion(len(questions), qid, q_text, gold))
     if not questions:
         raise QuestionError(f"{path}: no questions in the file")
     source = {"kind": "jsonl", "file": path.name, "sha256": hashlib.sha256(raw).hexdigest()}
@@ -178,7 +174,7 @@ def load_benchmark(name: str) -> QuestionSet:
         else:
             text = str(row[b.question])
             gold = gold_from_solution(str(row[b.answer])) if name == "gsm8k" else str(row[b.answer]).strip()
-        questions.append(Question(i, qid, text, gold))
+        questions.append(SourceQuestion(i, qid, text, gold))
     fingerprint = getattr(ds, "_fingerprint", None)
     source = {"kind": "huggingface", "dataset": b.repo, "config": b.config, "split": b.split,
               "fingerprint": fingerprint}

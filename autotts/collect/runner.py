@@ -18,8 +18,8 @@ from typing import Any
 
 from autotts import __version__
 from autotts.collect.engines import Engine, open_engine
-from autotts.collect.protocol import Job, ProtocolConfig, QuestionRun, Stats
-from autotts.collect.questions import Question, load_questions, questions_sha256
+from autotts.collect.protocol import ProtocolConfig, QuestionRun, ScheduledRequest, Stats
+from autotts.collect.questions import SourceQuestion, load_questions, questions_sha256
 from autotts.collect.writer import WorkDir, assemble, settings_dict
 from autotts.errors import ConfigError
 
@@ -161,12 +161,12 @@ def collect(cfg: CollectConfig, *, engine: Engine | None = None, progress: Progr
     return CollectResult(store, done_now, len(finished), total, stats, seconds, info, cache)
 
 
-def _drive(engine: Engine, cfg: CollectConfig, todo: list[Question], wd: WorkDir, stats: Stats,
+def _drive(engine: Engine, cfg: CollectConfig, todo: list[SourceQuestion], wd: WorkDir, stats: Stats,
            progress: Progress | None, already: int, t0: float, stop_after: int | None) -> int:
     inflight = cfg.inflight or max(2, math.ceil(getattr(engine, "capacity", 256) / cfg.protocol.n) + 1)
     max_len = engine.info().get("max_model_len")
     queue = list(todo)
-    active: list[tuple[Question, QuestionRun]] = []
+    active: list[tuple[SourceQuestion, QuestionRun]] = []
     done = 0
     budget = kv_budget(engine)
     warm: set[tuple[int, int]] = set()
@@ -210,8 +210,8 @@ def kv_budget(engine: Engine) -> int | None:
     return int(0.9 * tokens) if tokens else None
 
 
-def schedule(jobs: list[tuple[int, Job]], budget: int | None, warm: set[tuple[int, int]],
-             active_ids: list[int]) -> list[tuple[int, Job]]:
+def schedule(jobs: list[tuple[int, ScheduledRequest]], budget: int | None, warm: set[tuple[int, int]],
+             active_ids: list[int]) -> list[tuple[int, ScheduledRequest]]:
     """The jobs of this round: as many as the KV cache holds, the rest cancelled for later.
 
     Why: a round that asks for more branches than the cache holds makes vLLM cycle through them,
@@ -225,7 +225,7 @@ def schedule(jobs: list[tuple[int, Job]], budget: int | None, warm: set[tuple[in
         chosen = jobs
     else:
 
-        def rank(item: tuple[int, Job]) -> tuple[int, int, int]:
+        def rank(item: tuple[int, ScheduledRequest]) -> tuple[int, int, int]:
             qi, j = item
             tier = 0 if j.probe else 1 if (active_ids[qi], j.branch) in warm else 2
             return (tier, qi, j.branch)

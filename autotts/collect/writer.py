@@ -28,19 +28,14 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from autotts.errors import AutoTTSError
+from autotts.errors import CollectError
+from autotts.fsio import atomic_write_bytes
 from autotts.store import (
     Store,
-    atomic_write_bytes,
     from_autotts_records,
     replace_dir,
     write_store,
 )
-
-
-class CollectError(AutoTTSError):
-    """A work directory or merge that cannot go on (different settings, missing questions)."""
-
 
 SIGNALS_SCHEMA = pa.schema([
     ("question_idx", pa.int32()),

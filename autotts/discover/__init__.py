@@ -5,8 +5,8 @@
 
 Modules: config (settings, prices), agent (OpenAI client, cache, retries, spend cap), prompt,
 candidates (parsing, sandboxed evaluation, objective), digest (trace digests), baselines (the
-seeds' curves, cached across runs), rundir (the crash-safe run directory), fsio (its JSON and
-JSON-lines files), loop (rounds, resume, held-out step), command (`autotts discover`), runreport
+seeds' curves, cached across runs), rundir (the crash-safe run directory, written with
+autotts/fsio.py), loop (rounds, resume, held-out step), command (`autotts discover`), runreport
 (`autotts report RUN_DIR`), fakeserver (a scripted OpenAI-compatible server for tests and the
 bench), bench.
 """

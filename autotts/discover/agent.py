@@ -25,18 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from autotts.discover.config import DiscoverConfig, price_for
-from autotts.discover.fsio import append_jsonl, read_json, read_jsonl, write_json
-from autotts.errors import AutoTTSError, ConfigError
+from autotts.errors import AgentError, ConfigError, SpendCapReached
+from autotts.fsio import append_jsonl, read_json, read_jsonl, write_json
 
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504, 520, 522, 524, 529}
-
-
-class AgentError(AutoTTSError):
-    """The endpoint refused or kept failing; the run stops and a rerun resumes."""
-
-
-class SpendCapReached(AutoTTSError):
-    """The next request could take spending past the cap (raised before it is sent)."""
 
 
 @dataclass

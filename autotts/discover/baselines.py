@@ -23,14 +23,14 @@ from pathlib import Path
 from typing import Any
 
 from autotts import __version__
-from autotts.discover.fsio import dumps, read_json, write_json
 from autotts.evaluate import Protocol
+from autotts.fsio import dumps, read_json, write_json
 from autotts.paths import PACKAGE_DIR
 
 # Every module whose code shapes a cached curve, objective or digest.
-_CODE = ("engine.py", "evaluate.py", "units.py", "draws.py", "store.py", "controller.py",
-         "answers.py", "metrics.py", "report.py", "summary.py", "discover/digest.py",
-         "discover/candidates.py", "discover/significance.py")
+_CODE = ("engine.py", "batch.py", "evaluate.py", "units.py", "draws.py", "store.py",
+         "controller.py", "answers.py", "metrics.py", "report.py", "summary.py",
+         "discover/digest.py", "discover/candidates.py", "discover/significance.py")
 
 
 def cache_home() -> Path | None:

@@ -44,7 +44,6 @@ from autotts.discover.candidates import (
 )
 from autotts.discover.config import DiscoverConfig
 from autotts.discover.digest import SearchData, attach_answers, make_digest, store_signals
-from autotts.discover.fsio import dumps, read_json, write_json, write_text
 from autotts.discover.prompt import (
     PROMPT_VERSION,
     best_overall,
@@ -66,6 +65,7 @@ from autotts.discover.significance import delta_auc, describe, per_question_tabl
 from autotts.envdef import EnvDef, load_env
 from autotts.errors import AutoTTSError, ConfigError
 from autotts.evaluate import evaluate
+from autotts.fsio import dumps, read_json, write_json, write_text
 from autotts.store import Store, open_store
 from autotts.summary import summarize
 

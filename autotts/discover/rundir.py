@@ -38,15 +38,16 @@ from pathlib import Path
 from typing import Any
 
 from autotts import __version__
-from autotts.discover.fsio import (
+from autotts.errors import ConfigError
+from autotts.fsio import (
     append_jsonl,
+    current_umask,
     fsync_dir,
     read_json,
     read_jsonl,
     repair_jsonl,
     write_json,
 )
-from autotts.errors import ConfigError
 
 ROUND_RE = re.compile(r"^\d{4}$")
 SLOT_RE = re.compile(r"^c(\d+)$")
@@ -175,7 +176,7 @@ class RunDir:
         tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{name}.tmp-"))
         # mkdtemp makes it 0700; a round or final directory is as readable as any other
         # directory the user creates (the umask decides).
-        os.chmod(tmp, 0o777 & ~_umask())
+        os.chmod(tmp, 0o777 & ~current_umask())
         return tmp
 
     def begin_round(self, n: int) -> Path:
@@ -238,18 +239,6 @@ class RunDir:
 
     def commit_final(self, tmp: Path) -> None:
         self._commit(tmp, self.final)
-
-
-def _umask() -> int:
-    """The process umask, read without setting it (os.umask would change it for every thread
-    for a moment); 022 where /proc does not say."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0o022
 
 
 def index_entry(rec: dict[str, Any]) -> dict[str, Any]:

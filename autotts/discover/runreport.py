@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from autotts.discover.fsio import read_json, read_jsonl
 from autotts.discover.rundir import RunDir, label
 from autotts.errors import ConfigError
+from autotts.fsio import read_json, read_jsonl
 
 
 @dataclass

@@ -346,10 +346,6 @@ def _class_defs(tree: ast.Module) -> dict[str, ast.ClassDef]:
     return {n.name: n for n in tree.body if isinstance(n, ast.ClassDef)}
 
 
-def _methods(cls: ast.ClassDef) -> dict[str, ast.FunctionDef]:
-    return {n.name: n for n in cls.body if isinstance(n, ast.FunctionDef)}
-
-
 def _check_interface(source: str, tree: ast.Module) -> Verdict | None:
     """Exactly one top-level class with NAME (a string), @staticmethod schedule(beta) and
     run(self, ep); run and schedule may come from a base class of the same file."""

@@ -29,20 +29,12 @@ from typing import Any
 import numpy as np
 
 from autotts import controller as ctl
-from autotts.errors import AutoTTSError, ConfigError
+from autotts.errors import ConfigError, SandboxError
 from autotts.evaluate import Evaluation, score
 from autotts.sandbox.admission import Verdict, admit
 from autotts.sandbox.supervisor import Failed, SandboxLimits, Unit, run_task
 from autotts.store import ReplayData, Store, open_store
 from autotts.units import BlockResult, Protocol
-
-
-class SandboxError(AutoTTSError):
-    """A candidate failed in (or before) the sandbox; `verdict` says how."""
-
-    def __init__(self, verdict: Verdict) -> None:
-        super().__init__(f"sandbox: {verdict}")
-        self.verdict = verdict
 
 
 @dataclass

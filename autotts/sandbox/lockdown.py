@@ -48,7 +48,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from autotts.errors import AutoTTSError
+from autotts.errors import WeakSandboxError
 
 DISABLE_ENV = "AUTOTTS_SANDBOX_DISABLE"
 DISABLE_NAMES = frozenset({"namespaces", "landlock", "seccomp", "nobody"})
@@ -66,11 +66,6 @@ PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_NO_NEW_PRIVS = 1, 4, 38
 _PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "arm64": 41, "riscv64": 41, "ppc64le": 203,
                "s390x": 217}
 _LANDLOCK_CREATE_RULESET, _LANDLOCK_RESTRICT_SELF = 444, 446  # the same on every architecture
-
-
-class WeakSandboxError(AutoTTSError):
-    """The platform cannot keep candidate code away from the host's files or network, and the
-    user has not accepted that (--allow-weak-sandbox)."""
 
 
 class _Libc:

@@ -38,7 +38,12 @@ class FrameTooLarge(FrameError):
     """More than the parent agreed to hold: the candidate's `output_limit`."""
 
 
-def json_default(o: Any) -> Any:
+def frame_json_default(o: Any) -> Any:
+    """The frames' own `json.dumps` default, kept apart from autotts.fsio.json_default on purpose:
+    a frame carries only numbers, strings, lists and the arrays the other side validates, so no
+    Path or other object is turned into a string here (a candidate's stray value fails as a
+    protocol error instead), and the wire imports nothing from autotts that the sandbox child
+    would then load beside candidate code."""
     if isinstance(o, np.integer | np.bool_):
         return o.item()
     if isinstance(o, np.floating):
@@ -52,7 +57,7 @@ def pack_frame(header: dict[str, Any], arrays: list[np.ndarray] | tuple[()] = ()
     arrs = [np.ascontiguousarray(a) for a in arrays]
     head = dict(header, arrays=[[a.dtype.str, list(a.shape)] for a in arrs]) if arrs else header
     raw = json.dumps(head, separators=(",", ":"), allow_nan=False,
-                     default=json_default).encode("utf-8")
+                     default=frame_json_default).encode("utf-8")
     return b"".join([_LEN.pack(len(raw)), raw, *(a.tobytes() for a in arrs)])
 
 

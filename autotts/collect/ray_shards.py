@@ -1,6 +1,6 @@
 """Run `autotts collect --shard I/N` shards as Ray tasks, one per GPU, then merge them.
 
-    python -m autotts.collect_ray --shards 8 --ray-address auto --out /shared/Qwen3-8B/aime24 \\
+    python -m autotts.collect.ray_shards --shards 8 --ray-address auto --out /shared/Qwen3-8B/aime24 \\
         -- --model Qwen/Qwen3-8B --questions aime24 --n 128
 
 Each task asks Ray for `num_gpus` GPUs, so Ray places one shard per GPU and sets the task's
@@ -23,11 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from autotts.errors import AutoTTSError, ConfigError
-
-
-class ShardError(AutoTTSError):
-    """One or more collection shards failed; the message names each one with its log's tail."""
+from autotts.errors import AutoTTSError, ConfigError, ShardError
 
 
 def shard_out(out: Path, i: int, n: int) -> Path:
@@ -64,12 +60,12 @@ def launch_collect(
     """Collect into the store OUT with `shards` Ray tasks and merge; returns OUT.
 
     `collect_args` are `autotts collect` options other than --out and --shard. `address` as for
-    `autotts.executors.connect_ray` (None: a local runtime on 127.0.0.1). `timeout_s` bounds each
+    `autotts.raysupport.connect_ray` (None: a local runtime on 127.0.0.1). `timeout_s` bounds each
     shard (None: no limit, as a real collection can take hours). `command` replaces
     `python -m autotts collect` (the task's Python, i.e. the cluster's installation)."""
     from autotts.collect.runner import merge
     from autotts.collect.writer import WorkDir
-    from autotts.executors import connect_ray
+    from autotts.raysupport import connect_ray
 
     if shards < 1:
         raise ConfigError(f"--shards must be at least 1, got {shards}")
@@ -112,7 +108,7 @@ def _default_command() -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> Any:
     p = argparse.ArgumentParser(
-        prog="python -m autotts.collect_ray",
+        prog="python -m autotts.collect.ray_shards",
         description="Run `autotts collect` shards as Ray tasks (one per GPU) and merge them. "
                     "Options after the launcher's own go to `autotts collect`.",
     )

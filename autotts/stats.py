@@ -34,7 +34,7 @@ undefined (every resample on one side of the estimate) and gives the point itsel
 resample equals it (identical controllers: ΔAUC = 0, interval [0, 0]).
 
 The AUC is the environment's objective exactly (autotts.discover.candidates.objective): per store,
-`report.auc_log_tokens` of (mean tokens, accuracy %) at each β over the environment's token_range,
+`metrics.auc_log_tokens` of (mean tokens, accuracy %) at each β over the environment's token_range,
 then the mean over stores. `auc_log_tokens_batch` is its vectorized form; the point estimates here
 equal what discovery prints.
 
@@ -434,7 +434,7 @@ def _prob_improvement(boot: np.ndarray) -> float:
 
 def auc_log_tokens_batch(tokens: np.ndarray, accuracy: np.ndarray,
                          lo: float, hi: float) -> np.ndarray:
-    """`report.auc_log_tokens(tokens[k], accuracy[k], lo, hi)` for every row k of [K, B] arrays
+    """`metrics.auc_log_tokens(tokens[k], accuracy[k], lo, hi)` for every row k of [K, B] arrays
     at once (equal to it up to float rounding): the mean accuracy over [lo, hi] of the curve that is
     piecewise linear in log10(tokens) through the points (equal tokens averaged), flat beyond its
     ends."""

@@ -8,8 +8,9 @@ The public API, importable from here:
     result = autotts.evaluate(spec, [store], [0.0, 0.5, 1.0], autotts.EvalProtocol(draws=10))
 
 Names are imported on first use (PEP 562), so `import autotts` stays cheap: it loads neither numpy
-nor pyarrow. `autotts.evaluate` is the function; its module is reached with
-`from autotts.evaluate import ...`. Every error a user may catch is in `autotts.errors`, and the
+nor pyarrow. `autotts.evaluate` is the evaluate module, which is callable: `autotts.evaluate(...)`
+calls `autotts.evaluate.evaluate(...)`, whichever was imported first, and patching the function
+(`monkeypatch.setattr("autotts.evaluate.evaluate", ...)`) patches the call too. Every error a user may catch is in `autotts.errors`, and the
 common ones are here too.
 """
 
@@ -21,7 +22,7 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
 
 __version__ = "0.1.0"
 
-# (public name, module, attribute): imported by __getattr__ on first use.
+# (public name, module, attribute or None for the module): imported by __getattr__ on first use.
 _TABLE = (
     # replay stores
     ("Store", "autotts.store", "Store"),
@@ -35,7 +36,7 @@ _TABLE = (
     # evaluation
     ("Protocol", "autotts.evaluate", "Protocol"),
     ("Evaluation", "autotts.evaluate", "Evaluation"),
-    ("evaluate", "autotts.evaluate", "evaluate"),
+    ("evaluate", "autotts.evaluate", None),  # the module, callable as its evaluate()
     ("evaluate_sandboxed", "autotts.sandbox", "evaluate_sandboxed"),
     # environments
     ("EnvDef", "autotts.envdef", "EnvDef"),
@@ -94,7 +95,7 @@ def __getattr__(name: str) -> "Any":
     # __import__, never an import statement: low modules import __version__ from this package,
     # so a visible import of the evaluator here would sit below them (the layers contract says so).
     __import__(module)
-    value = getattr(sys.modules[module], attr)
+    value = sys.modules[module] if attr is None else getattr(sys.modules[module], attr)
     globals()[name] = value  # later lookups do not come back here
     return value
 
@@ -102,20 +103,6 @@ def __getattr__(name: str) -> "Any":
 def __dir__() -> "list[str]":
     return sorted(set(globals()) | set(__all__))
 
-
-class _Package(type(sys)):  # types.ModuleType
-    """The package's module type. Importing a submodule binds it on its package
-    (`autotts.evaluate = <module autotts.evaluate>`); where a public name is also a submodule's
-    name, the public name wins, whatever was imported first, so `autotts.evaluate` is always
-    the function."""
-
-    def __setattr__(self, name: str, value: "Any") -> None:
-        if isinstance(value, type(sys)) and name in _EXPORTS:
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
 
 if TYPE_CHECKING:  # for type checkers and editors; at run time __getattr__ imports these
     from typing import Any

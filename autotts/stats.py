@@ -35,8 +35,8 @@ resample equals it (identical controllers: ΔAUC = 0, interval [0, 0]).
 
 The AUC is the environment's objective exactly (autotts.discover.candidates.objective): per store,
 `metrics.auc_log_tokens` of (mean tokens, accuracy %) at each β over the environment's token_range,
-then the mean over stores. `auc_log_tokens_batch` is its vectorized form; the point estimates here
-equal what discovery prints.
+then the mean over stores. `metrics.auc_log_tokens_batch` is its vectorized form; the point
+estimates here equal what discovery prints.
 
 "Probability of improvement" is the bootstrap share of resamples in which A beats B (ties count
 half): a summary of the same resampling distribution as the interval, not a posterior.
@@ -49,7 +49,6 @@ their episodes) or `load_curves` (either file).
 from __future__ import annotations
 
 import json
-import math
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -62,6 +61,7 @@ from typing import Any
 import numpy as np
 
 from autotts.errors import ConfigError
+from autotts.metrics import auc_log_tokens_batch
 
 DEFAULT_RESAMPLES = 2000
 DEFAULT_LEVEL = 0.95
@@ -427,61 +427,6 @@ def _intervals(est: np.ndarray, boot: np.ndarray, jack: np.ndarray, level: float
 
 def _prob_improvement(boot: np.ndarray) -> float:
     return float(np.mean(boot > 0) + 0.5 * np.mean(boot == 0))
-
-
-# ---- the AUC objective, vectorized ---------------------------------------------------------------
-
-
-def auc_log_tokens_batch(tokens: np.ndarray, accuracy: np.ndarray,
-                         lo: float, hi: float) -> np.ndarray:
-    """`metrics.auc_log_tokens(tokens[k], accuracy[k], lo, hi)` for every row k of [K, B] arrays
-    at once (equal to it up to float rounding): the mean accuracy over [lo, hi] of the curve that is
-    piecewise linear in log10(tokens) through the points (equal tokens averaged), flat beyond its
-    ends."""
-    t = np.atleast_2d(np.asarray(tokens, dtype=np.float64))
-    a = np.atleast_2d(np.asarray(accuracy, dtype=np.float64))
-    if t.shape != a.shape or t.shape[1] == 0:
-        raise ValueError("auc_log_tokens_batch needs equally shaped, non-empty [K, B] arrays")
-    if not (lo > 0 and hi >= lo):
-        raise ValueError(f"auc_log_tokens_batch: bad token range [{lo}, {hi}]")
-    k, b = t.shape
-    # A resample of questions that all cost nothing has mean 0 tokens: keep it finite (far left).
-    x = np.log10(np.maximum(t, 1e-300))
-    order = np.argsort(x, axis=1, kind="stable")
-    x = np.take_along_axis(x, order, axis=1)
-    y = np.take_along_axis(a, order, axis=1)
-    if b == 1:
-        return y[:, 0].copy()
-    new = np.ones((k, b), dtype=bool)
-    new[:, 1:] = x[:, 1:] != x[:, :-1]
-    if not new.all():  # points at equal tokens: each takes the group's mean accuracy
-        gid = np.cumsum(new, axis=1) - 1 + (np.arange(k) * b)[:, None]
-        sums = np.bincount(gid.ravel(), weights=y.ravel(), minlength=k * b)
-        cnt = np.bincount(gid.ravel(), minlength=k * b)
-        y = (sums / np.maximum(cnt, 1))[gid]
-    rows = np.arange(k)
-
-    def value_at(x0: float) -> np.ndarray:
-        idx = (x <= x0).sum(axis=1)
-        i1 = np.clip(idx, 1, b - 1)
-        i0 = i1 - 1
-        x_0, x_1 = x[rows, i0], x[rows, i1]
-        y_0, y_1 = y[rows, i0], y[rows, i1]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            mid = y_0 + (x0 - x_0) * (y_1 - y_0) / (x_1 - x_0)
-        return np.where(idx == 0, y[:, 0], np.where(idx == b, y[:, -1], mid))
-
-    x_lo, x_hi = math.log10(lo), math.log10(hi)
-    f_lo = value_at(x_lo)
-    if x_hi == x_lo:
-        return f_lo
-    f_hi = value_at(x_hi)
-    xs = np.concatenate([np.full((k, 1), x_lo), np.clip(x, x_lo, x_hi), np.full((k, 1), x_hi)],
-                        axis=1)
-    inner = np.where(x < x_lo, f_lo[:, None], np.where(x > x_hi, f_hi[:, None], y))
-    vs = np.concatenate([f_lo[:, None], inner, f_hi[:, None]], axis=1)
-    area = ((vs[:, 1:] + vs[:, :-1]) * 0.5 * np.diff(xs, axis=1)).sum(axis=1)
-    return area / (x_hi - x_lo)
 
 
 def _wmean(w: np.ndarray, m: np.ndarray) -> np.ndarray:

@@ -12,7 +12,7 @@ import math
 import numpy as np
 import pytest
 
-from autotts import stats
+from autotts import metrics, stats
 from autotts.discover.candidates import objective
 from autotts.evaluate import Protocol, evaluate
 from autotts.metrics import auc_log_tokens
@@ -34,7 +34,7 @@ def test_auc_batch_equals_auc_log_tokens() -> None:
         a = rng.uniform(0, 100, size=(4, b))
         lo = float(np.exp(rng.uniform(np.log(1e3), np.log(1e6))))
         hi = lo * float(np.exp(rng.uniform(0, 4))) if rng.random() > 0.1 else lo
-        got = stats.auc_log_tokens_batch(t, a, lo, hi)
+        got = metrics.auc_log_tokens_batch(t, a, lo, hi)
         want = [auc_log_tokens(t[k], a[k], lo, hi) for k in range(4)]
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-9)
 
@@ -223,8 +223,8 @@ def true_delta(shift: float, stores: int = 1) -> float:
     rng = np.random.default_rng(99)
     acc, tok = population(rng, 200_000, draws=None)
     acc_b, tok_b = population(np.random.default_rng(99), 200_000, shift=shift, draws=None)
-    ta = stats.auc_log_tokens_batch(tok.mean(axis=1), acc.mean(axis=1), *TR)[0]
-    tb = stats.auc_log_tokens_batch(tok_b.mean(axis=1), acc_b.mean(axis=1), *TR)[0]
+    ta = metrics.auc_log_tokens_batch(tok.mean(axis=1), acc.mean(axis=1), *TR)[0]
+    tb = metrics.auc_log_tokens_batch(tok_b.mean(axis=1), acc_b.mean(axis=1), *TR)[0]
     return float(tb - ta)
 
 

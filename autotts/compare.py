@@ -8,6 +8,7 @@ or `eval --episodes FILE` (.jsonl). The statistics are autotts.stats (docs/compa
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,7 +21,6 @@ from rich.table import Table
 from autotts import stats
 from autotts.errors import ConfigError
 
-DEFAULT_BETAS = [round(0.1 * i, 1) for i in range(11)]
 SPLIT_CHOICES = "search, heldout, heldout:NAME or all"
 
 
@@ -106,25 +106,24 @@ def run_compare(
     if resamples < 100:
         raise ConfigError(f"--resamples must be at least 100, got {resamples}")
     stats.check_method(method, level)  # before any evaluation
-    from autotts.evaluate import Protocol, evaluate
+    from autotts.evaluate import evaluate
+    from autotts.settings import COMPARE, resolve
     from autotts.store import open_store
 
     # ---- the stores, grouped -------------------------------------------------------------------
+    # Flags > environment file > defaults (autotts.settings): the protocol (pool, κ, budget,
+    # draw protocol), the β grid and each group's draws (held-out groups take heldout_draws).
+    setting = resolve(COMPARE, env, "search", draws=draws, seed=seed, betas=betas)
+    betas = setting.betas
     groups: list[Group] = []
-    proto_kw: dict[str, Any] = {"protocol": "shuffle", "pool": None, "probe_cost": 0,
-                                "budget": None}
     if env is not None:
+        held_draws = resolve(COMPARE, env, "heldout", draws=draws).proto.draws
         groups = env_groups(env, split)
-        proto_kw = {"protocol": env.protocol, "pool": env.branch_cap,
-                    "probe_cost": env.probe_cost, "budget": env.budget}
-        betas = list(betas) if betas is not None else list(env.betas)
+        for g in groups:
+            g.draws = setting.proto.draws if g.name == "search" else held_draws
         token_range = token_range or env.token_range
-        if draws is not None:
-            for g in groups:
-                g.draws = draws
     if store_paths:
-        groups.append(Group("stores", [str(p) for p in store_paths], draws or 100))
-    betas = list(betas) if betas is not None else DEFAULT_BETAS
+        groups.append(Group("stores", [str(p) for p in store_paths], draws or COMPARE.draws))
     tr = stats.check_range(token_range or stats.DEFAULT_TOKEN_RANGE)
 
     opened: dict[str, Any] = {}
@@ -154,7 +153,7 @@ def run_compare(
             if not by_draws:
                 raise ConfigError(f"{arg}: a controller needs stores to run on (--store or --env)")
             for d, paths in by_draws.items():
-                proto = Protocol(draws=d, seed=seed, **proto_kw)
+                proto = dataclasses.replace(setting.proto, draws=d)
                 if progress is not None:
                     progress.print(f"evaluating {arg} on {len(paths)} store(s) × {len(betas)} β × "
                                    f"{d} draws")

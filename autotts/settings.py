@@ -47,6 +47,7 @@ class Defaults:
 
 EVAL = Defaults(draws=100, betas=(0.0, 0.25, 0.5, 0.75, 1.0))
 SWEEP = Defaults(draws=20, betas=tuple(round(0.1 * i, 1) for i in range(11)))
+COMPARE = Defaults(draws=100, betas=tuple(round(0.1 * i, 1) for i in range(11)))
 DISCOVER = Defaults(draws=20, betas=(0.0, 0.25, 0.5, 0.75, 1.0))  # discover always has an env
 
 

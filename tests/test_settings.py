@@ -3,6 +3,7 @@ the command's defaults, for `autotts eval`, `autotts sweep` and `autotts discove
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Any
@@ -87,7 +88,8 @@ def test_cli_defaults_are_the_settings_defaults() -> None:
 
 def test_eval_sweep_and_discover_agree(env_file: Path, tmp_path: Path,
                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    """The same environment file and no flags: one protocol and β grid in all three commands."""
+    """The same environment file and no flags: one protocol and β grid in eval, sweep, compare
+    and discover; flags given win in each."""
     env = load_env(env_file)
     ev = run_cli(["eval", "--controller", "sc", "--env", str(env_file)], monkeypatch)
     sw = run_cli(["sweep", "--env", str(env_file), "--out", str(tmp_path / "r")], monkeypatch)
@@ -112,6 +114,15 @@ def test_eval_sweep_and_discover_agree(env_file: Path, tmp_path: Path,
     assert ev["proto"] == sw["proto"] == Protocol(draws=2, protocol="shuffle", pool=4, seed=3,
                                                   probe_cost=0, budget=100)
     assert ev["betas"] == sw["betas"] == [0.0, 1.0]
+    # compare: the environment's protocol and grid, held-out groups at heldout_draws, its flags.
+    cp = run_cli(["compare", "sc", "esc", "--env", str(env_file)], monkeypatch)
+    assert cp["proto"] == want and cp["betas"] == env.betas
+    cp = run_cli(["compare", "sc", "esc", "--env", str(env_file), "--split", "heldout"],
+                 monkeypatch)
+    assert cp["proto"] == held["proto"]
+    cp = run_cli(["compare", "sc", "esc", "--env", str(env_file), "--draws", "2", "--seed", "3",
+                  "--betas", "0,1"], monkeypatch)
+    assert cp["proto"] == dataclasses.replace(want, draws=2, seed=3) and cp["betas"] == [0.0, 1.0]
     seeded = DiscoverConfig(env=str(env_file), run_dir=tmp_path / "run", seed=3)
     assert seeded.protocol(env).seed == 3 and seeded.protocol(env, draws=1).draws == 1
 

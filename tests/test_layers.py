@@ -125,6 +125,51 @@ def test_the_controller_check_catches_a_foreign_import() -> None:
 # ---- the public API -------------------------------------------------------------------------
 
 
+def private_uses(source: str, module: str) -> list[str]:
+    """Underscore names taken from another autotts module: `from autotts.x import _y` (x not
+    `module`), `import autotts.x._y`, and `autotts.x._y` attribute chains. Dunder names are fine."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module and (
+                node.module == "autotts" or node.module.startswith("autotts.")):
+            for alias in node.names:
+                private = alias.name.startswith("_") and not alias.name.startswith("__")
+                if (private or any(p.startswith("_") and not p.startswith("__")
+                                   for p in node.module.split("."))) and node.module != module:
+                    found.append(f"{node.module}.{alias.name}")
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                parts = alias.name.split(".")
+                if parts[0] == "autotts" and any(
+                        p.startswith("_") and not p.startswith("__") for p in parts):
+                    found.append(alias.name)
+    return found
+
+
+def module_name(path: Path) -> str:
+    rel = path.relative_to(ROOT).with_suffix("")
+    parts = list(rel.parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def test_no_module_imports_another_modules_private_names() -> None:
+    bad = []
+    for path in sorted((ROOT / "autotts").rglob("*.py")):
+        if "_builtin" in path.parts:
+            continue
+        mod = module_name(path)
+        bad += [f"{mod}: {name}" for name in private_uses(path.read_text(), mod)]
+    assert not bad, "imports of another module's underscore names:\n" + "\n".join(bad)
+
+
+def test_the_private_name_check_catches_one() -> None:
+    assert private_uses("from autotts.engine import _describe\n", "autotts.batch") == [
+        "autotts.engine._describe"]
+    assert private_uses("import autotts._builtin.x\n", "autotts.paths") == ["autotts._builtin.x"]
+    assert private_uses("from autotts.engine import Episode, __doc__\n", "autotts.x") == []
+    assert private_uses("from autotts.engine import _describe\n", "autotts.engine") == []
+
+
 def test_public_api_resolves_and_matches_all() -> None:
     import autotts
 

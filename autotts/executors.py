@@ -10,14 +10,12 @@ import contextlib
 import dataclasses
 import hashlib
 import logging
-import multiprocessing as mp
 import os
 import socket
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -59,6 +57,10 @@ class LocalExecutor:
             for unit in units:
                 yield unit, run_unit(questions[unit[0]], job, unit)
             return
+        # Imported here: a one-worker evaluation (the CLI's default) never pays for them.
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
         if "fork" in mp.get_all_start_methods():
             ctx, init = mp.get_context("fork"), (None, job)
             _LOCAL["questions"] = questions

@@ -102,3 +102,43 @@ def _busy_task_with(slot: int):
     task = _busy_task()
     task.on_frame({"t": "round", "m": [[slot, "branch_many", [2, True]]]})
     return task
+
+
+def test_folded_traces_give_the_digest_of_a_separate_traced_run(tmp_path, monkeypatch):
+    """The loop traces the digest's draws within the sweep; a candidate that calls
+    ep.trace_enabled() is swept untraced and traced separately. Both give the same verdict,
+    results and digest for a controller that does not act on it."""
+    from autotts.discover.candidates import subset_store
+    from autotts.discover.loop import Discovery
+    from tests.discover_helpers import GOOD, config, make_env
+
+    env = make_env(tmp_path)
+    d = Discovery(config(env, tmp_path / "run", None, trace_draws=2))
+    stages: list[tuple[str, bool, object]] = []
+    be = d.backend
+    real = be.evaluate
+
+    def record(*a, **k):
+        stages.append((k["stage"], bool(k.get("traces")), k.get("trace_draws")))
+        return real(*a, **k)
+
+    monkeypatch.setattr(be, "evaluate", record)
+    smoke = subset_store(d.search_stores[0], d.cfg.smoke_questions)
+    aware = GOOD.replace("    def run(self, ep):\n",
+                         "    def run(self, ep):\n        ep.trace_enabled()\n", 1)
+    assert aware != GOOD
+    out = {}
+    for name, src in (("folded", GOOD), ("separate", aware)):
+        path = tmp_path / f"{name}.py"
+        path.write_text(src)
+        stages.clear()
+        out[name] = d.evaluate_candidate(path, src, smoke, fname=f"{name}.py")
+        out[name + "_stages"] = list(stages)
+    assert out["folded_stages"] == [("smoke", False, None), ("sweep", True, 2)]
+    assert out["separate_stages"] == [("smoke", False, None), ("sweep", False, None),
+                                      ("traces", True, None)]
+    v1, r1, d1 = out["folded"]
+    v2, r2, d2 = out["separate"]
+    assert v1 == v2 and v1["kind"] == "ok"
+    assert r1 == r2
+    assert d1 == d2 and d1

@@ -51,6 +51,56 @@ def bench_loading(files: list[Path]) -> dict[str, float]:
     return {"parquet_s": parquet_s, "json_s": json_s}
 
 
+def bench_startup(files: list[Path], repeats: int = 5) -> dict[str, Any]:
+    """End to end, as a user types it: `autotts eval --controller sc` (default β grid and draws)
+    on one store, in a fresh interpreter each time, beside the interpreter's own start-up and
+    `import numpy` (the floor). Median wall time and median CPU time (the process and its
+    children) of `repeats` runs each."""
+    import os
+    import resource
+    import statistics
+    import subprocess
+    import sys
+
+    from autotts.demo import shipped_store_path
+
+    py = sys.executable
+    eval_sc = [py, "-m", "autotts", "eval", "--controller", "sc", "--store"]
+    cases = {
+        "python -c pass": [py, "-c", "pass"],
+        "python -c 'import numpy'": [py, "-c", "import numpy"],
+        "autotts --version": [py, "-m", "autotts", "--version"],
+        "autotts eval sc, synthetic store (Parquet)": [*eval_sc, str(shipped_store_path())],
+        f"autotts eval sc, {files[-2].parent.name}/{files[-2].stem} (JSON)": [*eval_sc,
+                                                                              str(files[-2])],
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        from autotts.store import import_files
+
+        (parquet,) = import_files([files[-2]], tmp)
+        cases[f"autotts eval sc, {files[-2].parent.name}/{files[-2].stem} (Parquet)"] = [
+            *eval_sc, str(parquet)]
+        # The interpreter must find this autotts, wherever it runs from.
+        env = dict(os.environ)
+        root = str(Path(__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
+        # As installed: with bytecode caches (else every run compiles every module it imports).
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        out: dict[str, Any] = {}
+        for name, cmd in cases.items():
+            walls, cpus = [], []
+            for _ in range(repeats):
+                r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+                t = time.perf_counter()
+                subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               check=True, env=env)
+                walls.append(time.perf_counter() - t)
+                r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+                cpus.append(r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime)
+            out[name] = {"wall_s": statistics.median(walls), "cpu_s": statistics.median(cpus)}
+    return out
+
+
 def bench_steps(file: Path, seconds: float = 2.0) -> dict[str, float]:
     """Actions per second through the episode handle (ADVANCE of one branch at a time) and
     environment steps per second through the Gymnasium env, random valid actions."""
@@ -358,6 +408,14 @@ def run_bench(console: Console, *, quick: bool = False, workers: int = 2,
         f"  Parquet stores: {load['parquet_s'] * 1000:.0f} ms   published JSON: "
         f"{load['json_s'] * 1000:.0f} ms   (JSON / Parquet = {load['json_s'] / load['parquet_s']:.1f}×)"
     )
+    console.print("[bold]process start and store load[/] (fresh interpreter each run, median "
+                  "of 5; `autotts eval` with the default β grid and draws)")
+    figures["startup"] = up = bench_startup(files)
+    floor = up["python -c 'import numpy'"]
+    for name, f in up.items():
+        console.print(f"  {name}: {f['wall_s']:.2f} s wall, {f['cpu_s']:.2f} s CPU"
+                      + (f"   ({f['wall_s'] / floor['wall_s']:.1f}× `import numpy`)"
+                         if name.startswith("autotts eval") else ""))
     console.print("[bold]engine steps[/] (Qwen3-8B/aime24)")
     figures["steps"] = steps = bench_steps(files[-2], seconds=1.0 if quick else 3.0)
     console.print(
@@ -403,6 +461,10 @@ def run_bench(console: Console, *, quick: bool = False, workers: int = 2,
     t.add_column("figure")
     t.add_column("value", justify="right")
     t.add_row("load 8 stores (Parquet)", f"{load['parquet_s'] * 1000:.0f} ms")
+    for name, f in up.items():
+        if name.startswith("autotts eval"):
+            t.add_row(name.replace("autotts eval sc", "`autotts eval` sc end to end"),
+                      f"{f['wall_s']:.2f} s ({floor['wall_s']:.2f} s `import numpy`)")
     t.add_row("handle actions / s", f"{steps['handle_actions_per_s']:,.0f}")
     t.add_row("env steps / s", f"{steps['env_steps_per_s']:,.0f}")
     for r in runs:

@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import multiprocessing as mp
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -54,6 +52,10 @@ class LocalExecutor:
             for unit in units:
                 yield unit, run_unit(questions[unit[0]], job, unit)
             return
+        # Imported here: a one-worker evaluation (the CLI's default) never pays for them.
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
         if "fork" in mp.get_all_start_methods():
             ctx, init = mp.get_context("fork"), (None, job)
             _LOCAL["questions"] = questions

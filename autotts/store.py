@@ -26,8 +26,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from autotts import __version__
 from autotts.answers import ANSWER_MODES, NO_ANSWER, NO_ANSWER_STRINGS, classify
@@ -71,6 +69,97 @@ ANSWERS_SCHEMA = pa.schema(
 )
 SCHEMAS = dict(zip(TABLE_FILES, (QUESTIONS_SCHEMA, BRANCHES_SCHEMA, ANSWERS_SCHEMA), strict=True))
 INT32_MAX = 2**31 - 1
+
+
+# ---- columns without pandas -------------------------------------------------------------------
+# pyarrow's own conversions (pa.array, Table.from_pydict, Array.to_numpy, pq.read_table) import
+# pandas on first use when it is installed: about 0.15 s of CPU, a third of a one-store
+# `autotts eval`. The load path therefore moves its columns through buffers; only the rare column
+# with nulls takes pyarrow's way (and its exact result).
+
+
+def _ints(col: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """An integer column as numpy (a read-only view where possible), as col.to_numpy() gives it."""
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    if col.null_count or not pa.types.is_integer(col.type):
+        return col.to_numpy(zero_copy_only=False)
+    dtype = np.dtype(f"{'i' if pa.types.is_signed_integer(col.type) else 'u'}{col.type.bit_width // 8}")
+    buf = col.buffers()[1]
+    if buf is None or not len(col):
+        return np.zeros(0, dtype=dtype)
+    return np.frombuffer(buf, dtype=dtype, count=len(col), offset=col.offset * dtype.itemsize)
+
+
+def _validity(valid: list[bool] | None, n: int) -> tuple[pa.Buffer | None, int]:
+    if valid is None or all(valid):
+        return None, 0
+    bits = np.packbits(np.asarray(valid, dtype=bool), bitorder="little")
+    return pa.py_buffer(bits.tobytes()), n - int(sum(valid))
+
+
+def _int32_column(values: list[int] | np.ndarray) -> pa.Array:
+    a = np.ascontiguousarray(values, dtype=np.int32)
+    return pa.Array.from_buffers(pa.int32(), len(a), [None, pa.py_buffer(a)])
+
+
+def _offsets(lengths: list[int]) -> pa.Buffer | None:
+    off = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=off[1:])
+    if off[-1] > INT32_MAX:
+        return None  # past 32-bit offsets: pyarrow's own builder decides
+    return pa.py_buffer(off.astype(np.int32))
+
+
+def _string_column(values: list[str | None]) -> pa.Array:
+    """A utf8 column (None: null), as pa.array(values, pa.string()) builds it."""
+    enc = [b"" if v is None else v.encode("utf-8") for v in values]
+    off = _offsets([len(e) for e in enc])
+    if off is None:
+        return pa.array(values, pa.string())
+    validity, nulls = _validity(None if None not in values else [v is not None for v in values],
+                                len(values))
+    return pa.Array.from_buffers(pa.string(), len(values),
+                                 [validity, off, pa.py_buffer(b"".join(enc))], null_count=nulls)
+
+
+def _string_list_column(values: list[list[str] | None]) -> pa.Array:
+    """A list<string> column (None: null), as pa.array(values, pa.list_(pa.string())) builds it."""
+    child = _string_column([s for v in values if v is not None for s in v])
+    off = _offsets([0 if v is None else len(v) for v in values])
+    if off is None:
+        return pa.array(values, pa.list_(pa.string()))
+    validity, nulls = _validity(None if None not in values else [v is not None for v in values],
+                                len(values))
+    return pa.Array.from_buffers(pa.list_(pa.string()), len(values), [validity, off],
+                                 null_count=nulls, children=[child])
+
+
+def _int32_list_column(values: list[np.ndarray]) -> pa.Array:
+    child = _int32_column(np.concatenate(values) if values else np.zeros(0, np.int32))
+    off = _offsets([len(v) for v in values])
+    if off is None:
+        return pa.array(values, pa.list_(pa.int32()))
+    return pa.Array.from_buffers(pa.list_(pa.int32()), len(values), [None, off],
+                                 children=[child])
+
+
+def _table(columns: dict[str, list[Any]], schema: pa.Schema) -> pa.Table:
+    """pa.Table.from_pydict(columns, schema=schema), built from buffers."""
+    arrays = []
+    for f in schema:
+        v = columns[f.name]
+        if f.type == pa.int32():
+            arrays.append(_int32_column(v))
+        elif f.type == pa.string():
+            arrays.append(_string_column(v))
+        elif f.type == pa.list_(pa.string()):
+            arrays.append(_string_list_column(v))
+        elif f.type == pa.list_(pa.int32()):
+            arrays.append(_int32_list_column(v))
+        else:  # a type this module does not build itself
+            arrays.append(pa.array(v, f.type))
+    return pa.Table.from_arrays(arrays, schema=schema)
 
 
 @dataclass(frozen=True)
@@ -125,35 +214,40 @@ class Store:
     def replay(self) -> ReplayData:
         """Gold-free dense arrays (int32 classes and tokens, int64 offsets) for the engine."""
         b = self.branches
-        counts = b.column("question_idx").to_numpy()
+        counts = _ints(b.column("question_idx"))
         offsets = np.zeros(self.num_questions + 1, dtype=np.int64)
         np.cumsum(np.bincount(counts, minlength=self.num_questions), out=offsets[1:])
         probes = b.column("probe_classes").combine_chunks()
-        p_off = probes.offsets.to_numpy().astype(np.int64)
+        p_off = _ints(probes.offsets).astype(np.int64)
+        # flatten() without nulls is the values between the first and last offset (and, unlike
+        # flatten(), needs no pyarrow.compute)
+        flat = (probes.values.slice(int(p_off[0]), int(p_off[-1] - p_off[0]))
+                if not probes.null_count else probes.flatten())
         p_off -= p_off[0]
         return ReplayData(
             name=self.name,
             delta=self.delta,
             branch_offsets=offsets,
-            tokens=b.column("tokens").to_numpy().astype(np.int32, copy=False),
-            final_class=b.column("final_class").to_numpy().astype(np.int32, copy=False),
+            tokens=_ints(b.column("tokens")).astype(np.int32),
+            final_class=_ints(b.column("final_class")).astype(np.int32),
             probe_offsets=p_off,
-            probe_class=probes.flatten().to_numpy(zero_copy_only=False).astype(np.int32),
+            probe_class=_ints(flat).astype(np.int32),
             err_class=self._err_classes(),
         )
 
     def _err_classes(self) -> np.ndarray:
         out = np.full(self.num_questions, NO_ANSWER, dtype=np.int32)
         a = self.answers
-        text = pc.utf8_trim_whitespace(a.column("answer"))
-        hit = pc.is_in(text, value_set=pa.array(sorted(NO_ANSWER_STRINGS)))
-        rows = a.filter(hit)
-        out[rows.column("question_idx").to_numpy()] = rows.column("answer_class").to_numpy()
+        # str.strip() trims exactly what pyarrow's utf8_trim_whitespace trims (tested); plain
+        # Python here spares the load path the import of pyarrow.compute.
+        hit = np.flatnonzero([t is not None and t.strip() in NO_ANSWER_STRINGS
+                              for t in a.column("answer").to_pylist()])
+        out[_ints(a.column("question_idx"))[hit]] = _ints(a.column("answer_class"))[hit]
         return out
 
     def gold_classes(self) -> np.ndarray:
         """The scorer's side: gold class per question (int32). Never handed to the engine."""
-        return self.questions.column("gold_class").to_numpy().astype(np.int32, copy=False)
+        return _ints(self.questions.column("gold_class")).astype(np.int32)
 
 
 # --------------------------------------------------------------------------------------------
@@ -323,9 +417,9 @@ def from_autotts_records(
             a_rows["answer"].append(rep)
 
     b_rows["probe_classes"] = [np.asarray(c, dtype=np.int32) for c in b_rows["probe_classes"]]
-    questions = pa.Table.from_pydict(q_rows, schema=QUESTIONS_SCHEMA)
-    branches_t = pa.Table.from_pydict(b_rows, schema=BRANCHES_SCHEMA)
-    answers_t = pa.Table.from_pydict(a_rows, schema=ANSWERS_SCHEMA)
+    questions = _table(q_rows, QUESTIONS_SCHEMA)
+    branches_t = _table(b_rows, BRANCHES_SCHEMA)
+    answers_t = _table(a_rows, ANSWERS_SCHEMA)
     manifest = {
         "schema_version": SCHEMA_VERSION,
         "name": f"{model}/{benchmark}",
@@ -407,6 +501,8 @@ def write_store(store: Store, out: str | os.PathLike[str]) -> Path:
     directory that is renamed into place, so a crash never leaves a half store that loads."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    import pyarrow.parquet as pq
+
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
     try:
         for name, table in zip(
@@ -438,7 +534,10 @@ def _read_table(directory: Path, name: str) -> pa.Table:
     if not f.is_file():
         raise StoreError(f, "missing table file")
     try:
-        table = pq.read_table(f)
+        import pyarrow.parquet as pq  # only stores on disk need it
+
+        with pq.ParquetFile(f) as pf:  # not pq.read_table: it imports pandas
+            table = pf.read()
     except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as e:
         raise StoreError(f, f"not a readable Parquet file ({str(e).splitlines()[0]})") from None
     expected = SCHEMAS[name]
@@ -460,14 +559,14 @@ def _validate_tables(directory: Path, store: Store) -> None:
     nq = store.questions.num_rows
     if nq == 0:
         raise StoreError(qf, "no questions")
-    qidx = store.questions.column("question_idx").to_numpy()
+    qidx = _ints(store.questions.column("question_idx"))
     if not np.array_equal(qidx, np.arange(nq)):
         raise StoreError(qf, "question_idx must be 0..n-1 in order", field="question_idx")
-    b_q = store.branches.column("question_idx").to_numpy()
+    b_q = _ints(store.branches.column("question_idx"))
     if len(b_q) and (np.any(np.diff(b_q) < 0) or b_q[0] < 0 or b_q[-1] >= nq):
         raise StoreError(bf, "rows must be grouped by question 0..n-1", field="question_idx")
     counts = np.bincount(b_q, minlength=nq) if len(b_q) else np.zeros(nq, dtype=np.int64)
-    nb = store.questions.column("num_branches").to_numpy()
+    nb = _ints(store.questions.column("num_branches"))
     bad = np.flatnonzero(counts != nb)
     if len(bad):
         q = int(bad[0])
@@ -480,16 +579,27 @@ def _validate_tables(directory: Path, store: Store) -> None:
     for col in ("tokens", "final_class", "question_idx", "branch_idx"):
         if store.branches.column(col).null_count:
             raise StoreError(bf, "contains nulls", field=col)
-    tokens = store.branches.column("tokens").to_numpy()
+    tokens = _ints(store.branches.column("tokens"))
     if np.any(tokens < 0):
         r = int(np.argmin(tokens))
         raise StoreError(bf, f"negative token count {tokens[r]}", question=int(b_q[r]),
                          field="tokens")
-    pa_len = pc.list_value_length(store.branches.column("probe_answers"))
-    pc_len = pc.list_value_length(store.branches.column("probe_classes"))
-    if not pa_len.equals(pc_len):
+    if _list_lengths(store.branches.column("probe_answers")) != _list_lengths(
+            store.branches.column("probe_classes")):
         raise StoreError(bf, "probe_answers and probe_classes differ in length",
                          field="probe_classes")
+
+
+def _list_lengths(col: pa.ChunkedArray) -> tuple[list[bool] | None, list[int]]:
+    """(null mask or None, length of each non-null list): what pc.list_value_length tells,
+    without importing pyarrow.compute."""
+    arr = col.combine_chunks()
+    lengths = np.diff(_ints(arr.offsets))
+    if not arr.null_count:
+        return None, lengths.tolist()
+    valid = np.unpackbits(np.frombuffer(arr.buffers()[0], dtype=np.uint8), bitorder="little"
+                          )[arr.offset : arr.offset + len(arr)].astype(bool)
+    return valid.tolist(), lengths[valid].tolist()
 
 
 def read_store_dir(path: str | os.PathLike[str]) -> Store:

@@ -318,6 +318,7 @@ _OPS = ["advance_many", "advance", "branch", "branch_many", "extend", "probe", "
         "read_new", "read_new_many", "prune", "prune_many", "answer", "error", "nope", 3, None]
 _VALUES = [0, 1, -1, 2, 7, 2**31, 2**63, -(2**63) - 1, 10**30, 1.5, True, False, None, "x",
            "\x1b[2J", [], [0], [0, 0], [True, False], [[1]], {}, {"a": 1}, ["#", 1], ["#", 10**9],
+           ["?", 1], ["?", 3], ["?", -1],
            [1.0], "answer", ["exception", "m", None], ["non_answer", 3, "tb"]]
 
 
@@ -359,6 +360,9 @@ def _frame(rng: random.Random, task: _Task):
     if rng.random() < 0.3:
         arrays = [np.array([rng.randint(0, 40) for _ in range(rng.randint(0, 8))],
                            dtype=rng.choice([np.int32, np.int64, np.uint8]))]
+        if rng.random() < 0.5:  # a round's masks; bytes other than 0/1 too, as a forger sends
+            arrays.append(np.array([rng.randint(0, 3) for _ in range(rng.randint(0, 8))],
+                                   dtype=np.uint8).view(rng.choice([np.bool_, np.uint8])))
     return header, arrays
 
 

@@ -121,7 +121,7 @@ def test_write_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
             raise OSError("disk full")
         return real(table, where, **kwargs)
 
-    monkeypatch.setattr(st.pq, "write_table", crash_on_branches)
+    monkeypatch.setattr(pq, "write_table", crash_on_branches)  # store.py imports it where used
     other = make_store([("2", [branch(["2"], 12, "2")])])
     with pytest.raises(OSError):
         st.write_store(other, target)

@@ -14,7 +14,9 @@ with a typed verdict (a dict: kind, stage, message, traceback, context). Stages:
   sweep    every search store × the β grid × the environment's draws (episode failures recorded,
            not raised, so the agent sees how often and where it fails), then measured
            β-monotonicity of cost
-  traces   `trace_draws` draws of the same grid with execution traces, for the digest
+  traces   `trace_draws` draws of the same grid with execution traces, for the digest: traced
+           within the sweep itself (its first draws) unless the candidate calls
+           ep.trace_enabled() (see DiscoveryRun._sweep)
 
 The objective: for each search store, the area under the accuracy-vs-log10(tokens) curve over the
 environment's token_range, divided by the range's width (so: the curve's mean accuracy in percent
@@ -77,7 +79,8 @@ class Backend(TypingProtocol):
 
     def evaluate(self, path: str, stores: Sequence[Any], betas: Sequence[float],
                  proto: Protocol, *, stage: str, episodes: bool = False, traces: bool = False,
-                 on_error: str = "raise", workers: int = 1) -> Evaluation: ...
+                 trace_draws: int | None = None, on_error: str = "raise",
+                 workers: int = 1) -> Evaluation: ...
 
     def monotonicity(self, rows: Sequence[dict[str, Any]]) -> dict[str, Any] | None: ...
 
@@ -103,11 +106,12 @@ class SandboxBackend:
 
     def evaluate(self, path: str, stores: Sequence[Any], betas: Sequence[float],
                  proto: Protocol, *, stage: str, episodes: bool = False, traces: bool = False,
-                 on_error: str = "raise", workers: int = 1) -> Evaluation:
+                 trace_draws: int | None = None, on_error: str = "raise",
+                 workers: int = 1) -> Evaluation:
         try:
             ev = self.sb.evaluate_sandboxed(
                 path, list(stores), list(betas), proto, episodes=episodes, traces=traces,
-                on_error=on_error, limits=self.limits, workers=workers,
+                trace_draws=trace_draws, on_error=on_error, limits=self.limits, workers=workers,
                 executor=None if stage == "smoke" else self.executor, **self.weak,
             )
         except self.sb.SandboxError as e:

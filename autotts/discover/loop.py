@@ -64,7 +64,7 @@ from autotts.discover.rundir import (
 from autotts.discover.significance import delta_auc, describe, per_question_table
 from autotts.envdef import EnvDef, load_env
 from autotts.errors import AutoTTSError, ConfigError
-from autotts.evaluate import evaluate
+from autotts.evaluate import Evaluation, evaluate
 from autotts.fsio import dumps, read_json, write_json, write_text
 from autotts.store import Store, open_store
 from autotts.summary import summarize
@@ -498,10 +498,7 @@ class Discovery:
                 be.evaluate(str(path), [smoke], smoke_betas(env.betas),
                             protocol_for(env, cfg.seed, cfg.smoke_draws), stage="smoke",
                             on_error="raise", workers=1)
-            with self.timer.time("sweep"):
-                ev = be.evaluate(str(path), self.search_stores, env.betas, self.proto,
-                                 stage="sweep", episodes=True, on_error="record",
-                                 workers=workers)
+            ev, traced = self._sweep(str(path), source, workers)
         except CandidateFailure as f:
             return f.verdict, result, {}
         rows = [_clean_row(r) for r in ev.rows]
@@ -526,10 +523,11 @@ class Discovery:
         traces: list[dict[str, Any]] | None = None
         try:
             with self.timer.time("traces"):
-                tev = be.evaluate(str(path), self.search_stores, env.betas,
-                                  protocol_for(env, cfg.seed, min(cfg.trace_draws, env.draws)),
-                                  stage="traces", episodes=True, traces=True, on_error="record",
-                                  workers=workers)
+                tev = ev if traced else be.evaluate(
+                    str(path), self.search_stores, env.betas,
+                    protocol_for(env, cfg.seed, min(cfg.trace_draws, env.draws)),
+                    stage="traces", episodes=True, traces=True, on_error="record",
+                    workers=workers)
             traces = tev.traces or []
             attach_answers(traces, tev.episodes or [])
         except CandidateFailure:
@@ -537,6 +535,32 @@ class Discovery:
         with self.timer.time("digest"), self._digest_lock:
             digest = make_digest(self.search, rows, ev.episodes, traces)
         return v, result, digest
+
+    def _sweep(self, path: str, source: str, workers: int) -> tuple[Evaluation, bool]:
+        """The full sweep, and whether it also traced the digest's draws. The traced draws are
+        the sweep's first `trace_draws` draws (same seed), so one evaluation can do both and
+        spare a second sandbox start and those draws' untraced copies. Only for a candidate
+        that cannot tell a traced episode from another: in admitted code only
+        `ep.trace_enabled()` tells (computed attribute names are refused), and a candidate that
+        calls it is swept untraced and traced separately, as before, so that its swept numbers
+        never depend on tracing. A folded sweep that fails in a way traces could cause (their
+        output budget, time, memory) is redone untraced: the sweep's verdict is the untraced
+        one, as before."""
+        env, cfg, be = self.env, self.cfg, self.backend
+        k = min(cfg.trace_draws, env.draws)
+        fold = k > 0 and "trace_enabled" not in source
+        with self.timer.time("sweep"):
+            if fold:
+                try:
+                    return be.evaluate(path, self.search_stores, env.betas, self.proto,
+                                       stage="sweep", episodes=True, traces=True,
+                                       trace_draws=k, on_error="record", workers=workers), True
+                except CandidateFailure as f:
+                    if f.verdict.get("kind") not in ("output_limit", "timeout", "memory"):
+                        raise
+            return be.evaluate(path, self.search_stores, env.betas, self.proto,
+                               stage="sweep", episodes=True, on_error="record",
+                               workers=workers), False
 
     # ---- selection and the held-out split -------------------------------------------------------
 

@@ -153,7 +153,7 @@ class Scheduler:
         self.main = greenlet.getcurrent()
         self.cls = cls
         self.config = config
-        self.tracing = bool(req["traces"])
+        self.tracing = bool(req["traces"])  # per batch: the unit frame may narrow it
         self.out = out
         self.hint = hint
         self.live: dict[int, Any] = {}
@@ -218,9 +218,14 @@ class Scheduler:
             return
         op, wire, events = msg
         if op in _INDEX_OPS and type(wire[0]) is np.ndarray:
-            # Branch indices travel as raw int32 after the header: ["#", n] takes the next n.
-            self.indices[self.group[slot]].append(wire[0])
-            wire = [["#", len(wire[0])], *wire[1:]]
+            # Branch lists travel raw after the header: ["#", n] takes the next n int32 indices,
+            # ["?", n] the next n entries of a mask.
+            if wire[0].dtype == bool:
+                self.masks[self.group[slot]].append(wire[0])
+                wire = [["?", len(wire[0])], *wire[1:]]
+            else:
+                self.indices[self.group[slot]].append(wire[0])
+                wire = [["#", len(wire[0])], *wire[1:]]
         box.append([slot, op, wire, events] if events else [slot, op, wire])
 
     def _first(self, slot: int, g: Any, ep: Any, config: dict[str, Any]) -> None:
@@ -247,10 +252,12 @@ class Scheduler:
             self._first(slot, g, ep, config)
 
     def _send_round(self, g: int) -> None:
-        idx = self.indices[g]
+        idx, masks = self.indices[g], self.masks[g]
         arrays = [np.concatenate(idx).astype(np.int32, copy=False)] if idx else []
+        if masks:  # [indices, masks]: the indices array first, even when empty
+            arrays = [arrays[0] if arrays else np.zeros(0, np.int32), np.concatenate(masks)]
         self.out.send({"t": "round", "m": self.outbox[g]}, arrays)
-        self.outbox[g], self.indices[g] = [], []
+        self.outbox[g], self.indices[g], self.masks[g] = [], [], []
         self.in_flight.append(g)
 
     def _on_reply(self, g: int, reply: dict[str, Any], arrays: list[np.ndarray]) -> None:
@@ -270,7 +277,7 @@ class Scheduler:
         process computes the other's next actions, so both processes work at once."""
         from collections import deque
 
-        self.outbox, self.indices = [[], []], [[], []]
+        self.outbox, self.indices, self.masks = [[], []], [[], []], [[], []]
         self.group: dict[int, int] = {}
         self.in_flight: deque[int] = deque()
         self._start(unit, unit["start"], -1)
@@ -401,6 +408,7 @@ def _unit_child(code: Any, req: dict[str, Any], unit: dict[str, Any], out: _Out,
     a fresh copy of the candidate's module, so nothing it learns outlives the batch."""
     cls = _candidate_class(code, req["filename"], bool(req.get("unrestricted")))
     sched = Scheduler(cls, unit["config"], req, out, hint)
+    sched.tracing = bool(unit.get("trace", sched.tracing))
     sched.run_unit(unit, lambda: read_frame(stdin))
     out.send({"t": "unit_done", "stdout": STATE.sink.text(), "dropped": STATE.sink.dropped})
 

@@ -48,16 +48,21 @@ def _wire_list(which: Any) -> list[Any]:
 
 
 def _fast_indices(which: Any, opened: int) -> np.ndarray | None:
-    """The branch indices of a well-formed mask or integer array (sent as raw int32), or None:
-    anything else goes as a JSON list for the engine to accept or refuse as it would
-    in-process."""
+    """A well-formed mask (a copy, sent as raw bools: the judge hands the engine the same mask
+    the controller passed, which the engine takes without a uniqueness check) or integer array
+    (sent as raw int32), or None: anything else goes as a JSON list for the engine to accept or
+    refuse as it would in-process."""
     if isinstance(which, np.ndarray) and which.ndim == 1:
         if which.dtype == bool and len(which) == opened:
-            return which.nonzero()[0]
+            return which.copy()
         if which.dtype.kind in "iu" and (not len(which) or (
                 which.min() >= 0 and which.max() < opened)):
             return which
     return None
+
+
+def _positions(sent: np.ndarray) -> np.ndarray:
+    return sent.nonzero()[0] if sent.dtype == bool else sent
 
 
 class ClientEpisode:
@@ -293,7 +298,7 @@ class ClientEpisode:
         if idx is None:
             arr = np.asarray(wire)
             idx = np.flatnonzero(arr) if arr.dtype == bool else arr.astype(np.int64)
-        return self._latest[idx]
+        return self._latest[_positions(idx)]
 
     def read(self, i: int) -> int:
         i = _as_index(i)
@@ -326,6 +331,7 @@ class ClientEpisode:
         if idx is None:
             arr = np.asarray(wire)
             idx = np.flatnonzero(arr) if arr.dtype == bool else arr.astype(np.int64)
+        idx = _positions(idx)
         self._pruned[idx] = True
         self._running[idx] = False
 

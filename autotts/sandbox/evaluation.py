@@ -204,6 +204,7 @@ def evaluate_sandboxed(
     overrides: dict[str, Any] | None = None,
     episodes: bool = False,
     traces: bool = False,
+    trace_draws: int | None = None,
     on_error: str = "raise",
     limits: SandboxLimits | None = None,
     workers: int = 1,
@@ -226,7 +227,10 @@ def evaluate_sandboxed(
     raise SandboxError. With check_monotone, a measured non-monotone cost in β raises
     SandboxError('non_monotone'). `_admit=False` skips static admission (tests of the run-time
     guards only); `_unrestricted=True` runs the candidate with the real builtins and no
-    RestrictedPython (tests only: a candidate that has obtained arbitrary code execution)."""
+    RestrictedPython (tests only: a candidate that has obtained arbitrary code execution).
+
+    With traces, `trace_draws=k` traces only the first k draws (the rest run untraced, as in a
+    separate evaluation): a sweep and the digest's traced draws in one evaluation."""
     proto = proto or Protocol()
     proto.check()
     if on_error not in ("raise", "record"):
@@ -248,6 +252,7 @@ def evaluate_sandboxed(
         "source": source, "filename": fname, "admit": _admit, "betas": beta_list,
         "overrides": _check_overrides(overrides or {}), "proto": asdict(proto),
         "traces": bool(traces), "on_error": on_error,
+        "trace_draws": None if trace_draws is None else int(trace_draws),
         # AUTOTTS_SANDBOX_DISABLE turns mechanisms off in the sandbox processes as in probe().
         "limits": {**asdict(limits), "isolation_disable": disabled_from_env()},
         "unrestricted": bool(_unrestricted), "allow_weak": bool(allow_weak_sandbox),

@@ -204,8 +204,8 @@ class UnitJudge:
 
     # ---- the child's messages ----------------------------------------------------------------
 
-    def serve(self, messages: Any, *, stop_on_error: bool, indices: np.ndarray | None = None
-              ) -> tuple[list[list[Any]], list[np.ndarray]]:
+    def serve(self, messages: Any, *, stop_on_error: bool, indices: np.ndarray | None = None,
+              masks: np.ndarray | None = None) -> tuple[list[list[Any]], list[np.ndarray]]:
         """Apply one round of the child's messages. Returns the replies, in the same order, and
         what the actions revealed as four arrays (branch, depth, answer, final) that the replies
         index in order: [slot, generated, probes, actions, n] takes the next n entries; a refusal
@@ -214,7 +214,8 @@ class UnitJudge:
         if type(messages) is not list:
             raise ProtocolError("round is not a list")
         self._indices = indices if indices is not None else np.zeros(0, dtype=np.int32)
-        self._pos = 0
+        self._masks = masks if masks is not None else np.zeros(0, dtype=bool)
+        self._pos = self._mpos = 0
         seen: set[int] = set()
         replies: list[list[Any]] = []
         self._journal: list[tuple[np.ndarray, ...]] = []
@@ -273,13 +274,21 @@ class UnitJudge:
         return [slot, ep.generated_tokens, ep.num_probes, ep.num_actions, n]
 
     def _branches(self, w: Any) -> Any:
-        """A branch list: a JSON list, or ["#", n] for the next n raw indices of the round."""
+        """A branch list: a JSON list, ["#", n] for the next n raw indices of the round, or
+        ["?", n] for the next n entries of its raw masks (a mask, as the controller passed it)."""
         if type(w) is list and len(w) == 2 and w[0] == "#":
             n = w[1]
             if type(n) is not int or not 0 <= n <= len(self._indices) - self._pos:
                 raise ProtocolError("a branch list past the round's indices")
             out = self._indices[self._pos : self._pos + n]
             self._pos += n
+            return out
+        if type(w) is list and len(w) == 2 and w[0] == "?":
+            n = w[1]
+            if type(n) is not int or not 0 <= n <= len(self._masks) - self._mpos:
+                raise ProtocolError("a mask past the round's masks")
+            out = self._masks[self._mpos : self._mpos + n]
+            self._mpos += n
             return out
         return _which(w)
 

@@ -360,13 +360,15 @@ class _Task:
         r, draw = first[1], first[2]
         self.batch, self.state = b, "busy"
         parts = [self.questions[self.units[i][0]] for i in self.batches[b]]
-        self.judge = UnitJudge(parts, self.proto, draw, trace=bool(self.request["traces"]),
+        limit = self.request.get("trace_draws")
+        trace = bool(self.request["traces"]) and (limit is None or draw < limit)
+        self.judge = UnitJudge(parts, self.proto, draw, trace=trace,
                                budget=self.budget, window=self.limits.window)
         start = self._facts(self.judge.start())
         now = time.monotonic()
         self.since = {f[0]: now for f in start}
         p = self.proto
-        return {"t": "unit", "r": r, "config": self.info["configs"][r],
+        return {"t": "unit", "r": r, "config": self.info["configs"][r], "trace": trace,
                 "kappa": int(p.probe_cost), "budget": p.budget, "start": start}
 
     def _facts(self, start: list[list[int]]) -> list[list[int]]:
@@ -436,10 +438,12 @@ class _Task:
     def on_round(self, messages: Any, arrays: Sequence[np.ndarray]) -> dict[str, Any]:
         judge = self.judge
         assert judge is not None
-        if len(arrays) > 1 or (arrays and (arrays[0].dtype != np.int32 or arrays[0].ndim != 1)):
-            raise ProtocolError("a round's branch indices are not one int32 array")
+        if len(arrays) > 2 or (arrays and (arrays[0].dtype != np.int32 or arrays[0].ndim != 1)) \
+                or (len(arrays) == 2 and (arrays[1].dtype != np.bool_ or arrays[1].ndim != 1)):
+            raise ProtocolError("a round's branch lists are not an int32 array (and a bool one)")
         replies, out = judge.serve(messages, stop_on_error=self.raise_first,
-                                   indices=arrays[0] if arrays else None)
+                                   indices=arrays[0] if arrays else None,
+                                   masks=arrays[1] if len(arrays) == 2 else None)
         now = time.monotonic()
         for r in replies:
             self.since[r[0]] = now

@@ -1,0 +1,144 @@
+"""What the sandbox does to be cheap keeps its numbers: masks cross the wire as masks, and a
+sweep that traces only its first draws gives the untraced sweep's numbers and the separate
+traced run's traces."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from autotts.evaluate import Protocol, evaluate
+from autotts.sandbox import evaluate_sandboxed
+from autotts.sandbox.judge import ProtocolError
+from tests.test_sandbox import FAST, parent, synthetic_store  # noqa: F401 (fixture)
+from tests.test_sandbox_boundary import _busy_task
+
+STORE = synthetic_store()
+
+MASKS = '''
+import numpy as np
+
+
+class Masks:
+    NAME = "masks"
+
+    @staticmethod
+    def schedule(beta):
+        return {"width": 2 + int(6 * beta)}
+
+    def __init__(self, width=4):
+        self.width = int(width)
+
+    def run(self, ep):
+        ep.branch_many(min(self.width, ep.pool_size), probe=True)
+        for step in range(8):
+            running = ep.running
+            if not running.any():
+                break
+            if step == 3 and running.sum() > 2:
+                ep.prune_many(running & (np.arange(len(running)) % 2 == 1))
+                continue
+            ep.trace("step", n=int(running.sum()))
+            ep.advance_many(running)
+        if step == 7 and ep.num_opened > 1:
+            bad = np.ones(ep.num_opened + 1, dtype=bool)  # one entry too many: refused
+            try:
+                ep.advance_many(bad)
+            except Exception as e:
+                ep.trace("refused", why=str(e)[:40])
+        vals = ep.latest[ep.latest >= 0]
+        return int(np.bincount(vals).argmax()) if len(vals) else -1
+'''
+
+
+@pytest.mark.usefixtures("parent")
+def test_masks_give_in_process_numbers_and_refusals(tmp_path):
+    path = tmp_path / "masks.py"
+    path.write_text(MASKS)
+    proto = Protocol(draws=3)
+    a = evaluate(str(path), [STORE], [0.0, 0.5, 1.0], proto, episodes=True, traces=True,
+                 on_error="record")
+    b = evaluate_sandboxed(MASKS, [STORE], [0.0, 0.5, 1.0], proto, episodes=True, traces=True,
+                           on_error="record", limits=FAST, filename=str(path))
+    assert a.rows == b.rows and a.episodes == b.episodes and a.errors == b.errors
+    assert a.traces == b.traces
+    assert any(e["ev"] == "refused" for t in a.traces for e in t["events"])
+
+
+@pytest.mark.usefixtures("parent")
+def test_traced_draws_within_a_sweep(tmp_path):
+    path = tmp_path / "masks.py"
+    path.write_text(MASKS)
+    betas = [0.0, 0.5, 1.0]
+    kw = {"episodes": True, "on_error": "record", "limits": FAST, "filename": str(path)}
+    sweep = evaluate_sandboxed(MASKS, [STORE], betas, Protocol(draws=5), **kw)
+    traced = evaluate_sandboxed(MASKS, [STORE], betas, Protocol(draws=2), traces=True, **kw)
+    both = evaluate_sandboxed(MASKS, [STORE], betas, Protocol(draws=5), traces=True,
+                              trace_draws=2, **kw)
+    assert both.rows == sweep.rows and both.episodes == sweep.episodes
+    assert both.traces == traced.traces
+    assert {t["draw"] for t in both.traces} == {0, 1}
+
+
+def test_forged_masks_are_protocol_errors():
+    task = _busy_task()
+    slot = sorted(task.judge.live)[0]
+    task.on_frame({"t": "round", "m": [[slot, "branch_many", [2, True]]]})
+    ok = task.on_frame({"t": "round", "m": [[slot, "advance_many", [["?", 2], 1]]]},
+                       [np.zeros(0, np.int32), np.array([True, False])])
+    assert ok["t"] == "reply" and len(ok["m"]) == 1  # answered (done, or refused by the engine)
+    for m, arrays in (
+        ([[slot, "advance_many", [["?", 3], 1]]], [np.zeros(0, np.int32), np.ones(2, bool)]),
+        ([[slot, "advance_many", [["?", 1], 1]]], [np.zeros(0, np.int32)]),
+        ([[slot, "prune_many", [["?", 1]]]], [np.zeros(0, np.int32), np.ones(1, np.int32)]),
+        ([[slot, "prune_many", [["?", 1]]]],
+         [np.zeros(0, np.int32), np.ones(1, bool), np.ones(1, bool)]),
+    ):
+        with pytest.raises(ProtocolError):
+            _busy_task_with(slot).on_frame({"t": "round", "m": m}, arrays)
+
+
+def _busy_task_with(slot: int):
+    task = _busy_task()
+    task.on_frame({"t": "round", "m": [[slot, "branch_many", [2, True]]]})
+    return task
+
+
+def test_folded_traces_give_the_digest_of_a_separate_traced_run(tmp_path, monkeypatch):
+    """The loop traces the digest's draws within the sweep; a candidate that calls
+    ep.trace_enabled() is swept untraced and traced separately. Both give the same verdict,
+    results and digest for a controller that does not act on it."""
+    from autotts.discover.candidates import subset_store
+    from autotts.discover.loop import Discovery
+    from tests.discover_helpers import GOOD, config, make_env
+
+    env = make_env(tmp_path)
+    d = Discovery(config(env, tmp_path / "run", None, trace_draws=2))
+    stages: list[tuple[str, bool, object]] = []
+    be = d.backend
+    real = be.evaluate
+
+    def record(*a, **k):
+        stages.append((k["stage"], bool(k.get("traces")), k.get("trace_draws")))
+        return real(*a, **k)
+
+    monkeypatch.setattr(be, "evaluate", record)
+    smoke = subset_store(d.search_stores[0], d.cfg.smoke_questions)
+    aware = GOOD.replace("    def run(self, ep):\n",
+                         "    def run(self, ep):\n        ep.trace_enabled()\n", 1)
+    assert aware != GOOD
+    out = {}
+    for name, src in (("folded", GOOD), ("separate", aware)):
+        path = tmp_path / f"{name}.py"
+        path.write_text(src)
+        stages.clear()
+        out[name] = d.evaluate_candidate(path, src, smoke, fname=f"{name}.py")
+        out[name + "_stages"] = list(stages)
+    assert out["folded_stages"] == [("smoke", False, None), ("sweep", True, 2)]
+    assert out["separate_stages"] == [("smoke", False, None), ("sweep", False, None),
+                                      ("traces", True, None)]
+    v1, r1, d1 = out["folded"]
+    v2, r2, d2 = out["separate"]
+    assert v1 == v2 and v1["kind"] == "ok"
+    assert r1 == r2
+    assert d1 == d2 and d1

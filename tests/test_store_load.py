@@ -1,0 +1,89 @@
+"""The store's load path builds and reads its Arrow columns through buffers (so that a one-store
+`autotts eval` never imports pandas or pyarrow.compute); these tests hold it to what pyarrow's own
+conversions give."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+
+from autotts import store as S
+
+
+def _records() -> list[dict]:
+    return [
+        {"question": "q0 ünïcode", "gold_answer": "7", "probe_freq": 500,
+         "each_branch": [[["7", "ERR", " 7 "], 1200, "7"], [[], 300, ""]],
+         "final_answers_trace": ["7", "x"], "extra_key": {"a": [1, 2]}},
+        {"question": "", "gold_answer": "\u2003ERR\u00a0", "probe_freq": 500,
+         "each_branch": [[["\x1c3"], 900, "3"], [["4", "4"], 1000, "4 "]]},
+        {"question": "q2", "gold_answer": "1", "probe_freq": 500,
+         "each_branch": [[["1"] * 5, 2600, "1"]]},
+    ]
+
+
+def test_tables_equal_pyarrows_own_build(monkeypatch: pytest.MonkeyPatch) -> None:
+    fast = S.from_autotts_records(_records(), model="m", benchmark="b")
+    monkeypatch.setattr(S, "_table", lambda cols, schema: pa.Table.from_pydict(cols, schema=schema))
+    slow = S.from_autotts_records(_records(), model="m", benchmark="b")
+    for name in ("questions", "branches", "answers"):
+        a, b = getattr(fast, name), getattr(slow, name)
+        assert a.schema.equals(b.schema)
+        assert a.equals(b), name
+    # the nullable columns hold real nulls (not empty values) where the builder got None
+    assert fast.questions.column("final_answers_trace").null_count == 2
+    assert fast.questions.column("extra").null_count == 2
+
+
+def test_ints_matches_to_numpy_on_chunked_and_sliced_columns() -> None:
+    col = pa.chunked_array([pa.array([1, 2, 3], pa.int32()), pa.array([4, 5], pa.int32())])
+    assert np.array_equal(S._ints(col), col.to_numpy())
+    sliced = pa.array(np.arange(10, dtype=np.int64)).slice(3, 4)
+    assert np.array_equal(S._ints(sliced), [3, 4, 5, 6])
+    with_nulls = pa.array([1, None, 3], pa.int32())
+    got = S._ints(with_nulls)  # nulls take pyarrow's way: the same floats with nan
+    assert np.isnan(got[1]) and got[0] == 1.0
+
+
+def test_strip_trims_what_arrow_trims() -> None:
+    texts = [" ERR ", "\u2003ERR\u00a0", "\x1cERR\x1f", "\u180eERR", "ERR\u200b", "\u3000", "",
+             "E RR", "\x85ERR\u2028"]
+    arrow = pc.utf8_trim_whitespace(pa.array(texts)).to_pylist()
+    assert arrow == [t.strip() for t in texts]
+
+
+def test_replay_of_a_sliced_store_keeps_its_probes() -> None:
+    st = S.from_autotts_records(_records(), model="m", benchmark="b")
+    full = st.replay()
+    st.branches = pa.concat_tables([st.branches.slice(0, 2), st.branches.slice(2)])
+    again = st.replay()
+    assert np.array_equal(full.probe_class, again.probe_class)
+    assert np.array_equal(full.probe_offsets, again.probe_offsets)
+    assert full.err_class.tolist() == again.err_class.tolist()
+    # q0 has 'ERR' (class 1) and '' (class 2): the last such class wins, as before
+    assert full.err_class.tolist() == [2, -1, -1]
+
+
+def test_list_lengths_see_nulls() -> None:
+    a = pa.chunked_array([pa.array([["x"], None, []], pa.list_(pa.string()))])
+    b = pa.chunked_array([pa.array([[1], [], []], pa.list_(pa.int32()))])
+    assert S._list_lengths(a) != S._list_lengths(b)  # as pc.list_value_length(...).equals says
+    assert not pc.list_value_length(a).equals(pc.list_value_length(b))
+
+
+def test_load_path_imports_neither_pandas_nor_compute(tmp_path) -> None:
+    st = S.from_autotts_records(_records(), model="m", benchmark="b")
+    S.write_store(st, tmp_path / "s")
+    code = (
+        "import sys, json\n"
+        "from autotts.store import open_store, read_autotts_json\n"
+        f"s = open_store({str(tmp_path / 's')!r}); s.replay(); s.gold_classes()\n"
+        "print(json.dumps(sorted(m for m in ('pandas', 'pyarrow.compute') if m in sys.modules)))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -15,7 +15,6 @@ import autotts.evaluate
 import autotts.sweep
 from autotts import settings
 from autotts.cli import DEFAULT_BETAS, main, parse_betas
-from autotts.discover.candidates import protocol_for
 from autotts.discover.config import DiscoverConfig
 from autotts.envdef import load_env
 from autotts.evaluate import Protocol
@@ -96,10 +95,9 @@ def test_eval_sweep_and_discover_agree(env_file: Path, tmp_path: Path,
     want = Protocol(draws=3, protocol="subsample", pool=12, seed=0, probe_cost=7, budget=40000)
     assert ev["proto"] == sw["proto"] == want
     assert ev["betas"] == sw["betas"] == env.betas
-    # Discovery: the protocol its loop evaluates candidates under (candidates.protocol_for, with
-    # the run's seed) and the config's own resolution.
+    # Discovery: its loop evaluates every stage under DiscoverConfig.protocol (no other path).
     cfg = DiscoverConfig(env=str(env_file), run_dir=tmp_path / "run")
-    assert cfg.protocol(env) == protocol_for(env, cfg.seed) == want
+    assert cfg.protocol(env) == want
     # The held-out split: eval's --split heldout and discovery's held-out step.
     held = run_cli(["eval", "--controller", "sc", "--env", str(env_file), "--split", "heldout"],
                    monkeypatch)

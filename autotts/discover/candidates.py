@@ -34,9 +34,8 @@ from typing import Protocol as TypingProtocol
 import numpy as np
 import pyarrow.compute as pc
 
-from autotts.envdef import EnvDef
 from autotts.evaluate import Evaluation, Protocol
-from autotts.report import auc_log_tokens
+from autotts.metrics import auc_log_tokens
 from autotts.store import Store
 
 OK = "ok"
@@ -201,11 +200,6 @@ def subset_store(store: Store, n: int) -> Store:
 def smoke_betas(betas: Sequence[float]) -> list[float]:
     b = sorted(set(betas))
     return sorted({b[0], b[len(b) // 2], b[-1]})
-
-
-def protocol_for(env: EnvDef, seed: int, draws: int | None = None) -> Protocol:
-    return Protocol(draws=draws or env.draws, protocol=env.protocol, pool=env.branch_cap,
-                    seed=seed, probe_cost=env.probe_cost, budget=env.budget)
 
 
 def first_error_verdict(errors: Sequence[dict[str, Any]], n_episodes: int) -> dict[str, Any]:

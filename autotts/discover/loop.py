@@ -37,7 +37,6 @@ from autotts.discover.candidates import (
     extract_candidates,
     first_error_verdict,
     objective,
-    protocol_for,
     smoke_betas,
     subset_store,
     verdict,
@@ -127,7 +126,7 @@ class Discovery:
         self.search_paths = self.env.split_paths("search")
         self.search_stores = [open_store(p) for p in self.search_paths]
         self.store_names = [s.name for s in self.search_stores]
-        self.proto = protocol_for(self.env, cfg.seed)
+        self.proto = cfg.protocol(self.env)
         self.search = SearchData(self.search_stores, self.proto)
         self.stats = [summarize(s) for s in self.search_stores]
         self._signals: dict[str, dict[str, Any]] | None = None
@@ -197,7 +196,7 @@ class Discovery:
     def _compute_seed(self, spec: ctl.ControllerSpec) -> dict[str, Any]:
         env, ex = self.env, self.executor
         ev = evaluate(spec, self.search_stores, env.betas, self.proto, episodes=True, executor=ex)
-        tproto = protocol_for(env, self.cfg.seed, min(self.cfg.trace_draws, env.draws))
+        tproto = self.cfg.protocol(env, draws=min(self.cfg.trace_draws, env.draws))
         tev = evaluate(spec, self.search_stores, env.betas, tproto, episodes=True, traces=True,
                        executor=ex)
         traces = tev.traces or []
@@ -496,7 +495,7 @@ class Discovery:
         try:
             with self.timer.time("smoke"):
                 be.evaluate(str(path), [smoke], smoke_betas(env.betas),
-                            protocol_for(env, cfg.seed, cfg.smoke_draws), stage="smoke",
+                            cfg.protocol(env, draws=cfg.smoke_draws), stage="smoke",
                             on_error="raise", workers=1)
             ev, traced = self._sweep(str(path), source, workers)
         except CandidateFailure as f:
@@ -525,7 +524,7 @@ class Discovery:
             with self.timer.time("traces"):
                 tev = ev if traced else be.evaluate(
                     str(path), self.search_stores, env.betas,
-                    protocol_for(env, cfg.seed, min(cfg.trace_draws, env.draws)),
+                    cfg.protocol(env, draws=min(cfg.trace_draws, env.draws)),
                     stage="traces", episodes=True, traces=True, on_error="record",
                     workers=workers)
             traces = tev.traces or []
@@ -593,8 +592,8 @@ class Discovery:
         best = best_record(self.history)
         heldout_paths = env.split_paths("heldout")  # the first and only place they are read
         # AUTOTTS_HELDOUT_DRAWS, else the environment's `heldout_draws`, else its search draws.
-        draws = cfg.heldout_draws or env.draws_for("heldout")
-        proto = protocol_for(env, cfg.seed, draws)
+        proto = cfg.protocol(env, "heldout")
+        draws = proto.draws
         specs = self.baseline_specs()
         held_stores = [open_store(p) for p in heldout_paths]
         names = [s.name for s in held_stores]

@@ -105,9 +105,8 @@ def _busy_task_with(slot: int):
 
 
 def test_folded_traces_give_the_digest_of_a_separate_traced_run(tmp_path, monkeypatch):
-    """The loop traces the digest's draws within the sweep; a candidate that calls
-    ep.trace_enabled() is swept untraced and traced separately. Both give the same verdict,
-    results and digest for a controller that does not act on it."""
+    """The loop traces the digest's draws within the sweep; with fold_traces off it sweeps
+    untraced and traces separately, as before. Both give the same verdict, results and digest."""
     from autotts.discover.candidates import subset_store
     from autotts.discover.loop import Discovery
     from tests.discover_helpers import GOOD, config, make_env
@@ -124,15 +123,13 @@ def test_folded_traces_give_the_digest_of_a_separate_traced_run(tmp_path, monkey
 
     monkeypatch.setattr(be, "evaluate", record)
     smoke = subset_store(d.search_stores[0], d.cfg.smoke_questions)
-    aware = GOOD.replace("    def run(self, ep):\n",
-                         "    def run(self, ep):\n        ep.trace_enabled()\n", 1)
-    assert aware != GOOD
     out = {}
-    for name, src in (("folded", GOOD), ("separate", aware)):
+    for name, fold in (("folded", True), ("separate", False)):
         path = tmp_path / f"{name}.py"
-        path.write_text(src)
+        path.write_text(GOOD)
         stages.clear()
-        out[name] = d.evaluate_candidate(path, src, smoke, fname=f"{name}.py")
+        d.fold_traces = fold
+        out[name] = d.evaluate_candidate(path, GOOD, smoke, fname=f"{name}.py")
         out[name + "_stages"] = list(stages)
     assert out["folded_stages"] == [("smoke", False, None), ("sweep", True, 2)]
     assert out["separate_stages"] == [("smoke", False, None), ("sweep", False, None),

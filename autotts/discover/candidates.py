@@ -15,8 +15,7 @@ with a typed verdict (a dict: kind, stage, message, traceback, context). Stages:
            not raised, so the agent sees how often and where it fails), then measured
            β-monotonicity of cost
   traces   `trace_draws` draws of the same grid with execution traces, for the digest: traced
-           within the sweep itself (its first draws) unless the candidate calls
-           ep.trace_enabled() (see DiscoveryRun._sweep)
+           within the sweep itself (its first draws; see Discovery._sweep)
 
 The objective: for each search store, the area under the accuracy-vs-log10(tokens) curve over the
 environment's token_range, divided by the range's width (so: the curve's mean accuracy in percent

@@ -123,6 +123,9 @@ class Discovery:
         self.progress = progress or (lambda msg: None)
         self._backend = backend
         self.timer = Timer()
+        # Trace the digest's draws within the sweep (False: a second, traced evaluation, as
+        # before; the two give the same digest, which a test checks).
+        self.fold_traces = True
         self.search_paths = self.env.split_paths("search")
         self.search_stores = [open_store(p) for p in self.search_paths]
         self.store_names = [s.name for s in self.search_stores]
@@ -538,16 +541,14 @@ class Discovery:
     def _sweep(self, path: str, source: str, workers: int) -> tuple[Evaluation, bool]:
         """The full sweep, and whether it also traced the digest's draws. The traced draws are
         the sweep's first `trace_draws` draws (same seed), so one evaluation can do both and
-        spare a second sandbox start and those draws' untraced copies. Only for a candidate
-        that cannot tell a traced episode from another: in admitted code only
-        `ep.trace_enabled()` tells (computed attribute names are refused), and a candidate that
-        calls it is swept untraced and traced separately, as before, so that its swept numbers
-        never depend on tracing. A folded sweep that fails in a way traces could cause (their
-        output budget, time, memory) is redone untraced: the sweep's verdict is the untraced
-        one, as before."""
+        spare a second sandbox start and those draws' untraced copies. Sound because a
+        candidate cannot tell a traced episode from another (the handle has no way to ask, and
+        ep.trace() returns nothing), so its swept numbers never depend on tracing. A folded
+        sweep that fails in a way traces could cause (their output budget, time, memory) is
+        redone untraced: the sweep's verdict is the untraced one, as before."""
         env, cfg, be = self.env, self.cfg, self.backend
         k = min(cfg.trace_draws, env.draws)
-        fold = k > 0 and "trace_enabled" not in source
+        fold = k > 0 and self.fold_traces
         with self.timer.time("sweep"):
             if fold:
                 try:

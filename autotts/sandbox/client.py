@@ -70,7 +70,7 @@ class ClientEpisode:
 
     __slots__ = ("_actions", "_budget", "_closed", "_delta", "_depth", "_events", "_finished",
                  "_gen", "_hist", "_kappa", "_latest", "_n", "_no_answer", "_opened", "_probes",
-                 "_pruned", "_request", "_running", "_tracing")
+                 "_pruned", "_request", "_running")
 
     def __init__(self, request: Request, pool_size: int, delta: int, probe_cost: int,
                  budget: int | None, no_answer_class: int, tracing: bool) -> None:
@@ -92,7 +92,6 @@ class ClientEpisode:
         self._probes = 0
         self._actions = 0
         self._closed = False
-        self._tracing = bool(tracing)
         self._events: list[list[Any]] | None = [] if tracing else None
 
     # ---- copies would be free handles (as for the engine's episodes) ---------------------------
@@ -209,9 +208,6 @@ class ClientEpisode:
     def trace(self, kind: str, **data: Any) -> None:
         if self._events is not None:
             self._events.append([str(kind), data])
-
-    def trace_enabled(self) -> bool:
-        return self._tracing
 
     def close(self) -> None:
         self._closed = True

@@ -36,9 +36,7 @@ from autotts.sandbox.admission import Verdict
 from autotts.sandbox.judge import OutputLimit, ProtocolError, TraceBudget, UnitJudge
 from autotts.sandbox.wire import FrameError, FrameReader, FrameTooLarge, escape, pack_frame
 from autotts.store import ReplayData
-from autotts.units import BlockResult, Protocol, Questions
-
-Unit = tuple[int, int, int, int]  # (store, configuration, first draw, end draw)
+from autotts.units import BlockResult, Protocol, Questions, Unit
 
 MAX_NAME = 100  # characters of a controller NAME
 MAX_KNOBS_JSON = 64 * 1024  # bytes of all knobs of all β, as JSON

@@ -26,6 +26,7 @@ from autotts.answers import NO_ANSWER
 from autotts.engine import NO_ANSWER_ID, InvalidAction, Question, as_count, as_flag
 
 _UNSET = np.iinfo(np.int64).max
+_UNSEEN = -2  # _id_of_class of a class its episode has not revealed yet
 
 
 class EpisodeBatch:
@@ -100,7 +101,10 @@ class EpisodeBatch:
         self._latest = np.full((e_count, n), NO_ANSWER, dtype=np.int32)
         # Store class -> episode id per episode, with one spare column that the store's -1 reads.
         width = max(t.num_classes for t in lay) + 1
-        self._id_of_class = np.full((e_count, width), NO_ANSWER, dtype=np.int32)
+        # Unseen classes read _UNSEEN, the spare column reads NO_ANSWER: a reveal takes the slow
+        # path (_new_ids) only when a class is new to its episode, not for every 'no answer yet'.
+        self._id_of_class = np.full((e_count, width), _UNSEEN, dtype=np.int32)
+        self._id_of_class[:, -1] = NO_ANSWER
         self._id_of_class_flat = self._id_of_class.reshape(-1)
         self._first_at = np.full(e_count * width, _UNSET, dtype=np.int64)  # scratch for _new_ids
         self._class_of_id = np.full((e_count, width), NO_ANSWER, dtype=np.int32)  # id -> store class
@@ -307,6 +311,8 @@ class EpisodeBatch:
                 self._generated += self._delta_e * stepped
                 self._probes += stepped
             self._reveal(e, fl, f, fin, depth=d + 1)
+            if times == 1:  # the common case: nothing to carry to a next repeat
+                break
             if fin.any():
                 keep = ~fin
                 e, fl, g, d, last = e[keep], fl[keep], g[keep], d[keep] + 1, last[keep]
@@ -386,7 +392,7 @@ class EpisodeBatch:
             return self._not_running(e, m)
 
         if running:  # running implies opened: one check for both, told apart on refusal only
-            return self._refuse_rows(r, sel, sel & ~self._running[r], refusal)
+            return self._refuse_rows(r, sel, np.greater(sel, self._running[r]), refusal)  # sel & ~running
         outside = sel & (np.arange(self._width) >= self._opened[r][:, None])
         return self._refuse_rows(r, sel, outside, refusal)
 
@@ -474,7 +480,7 @@ class EpisodeBatch:
         w = self._id_of_class.shape[1]
         key = e * w + s  # the store's -1 reads the spare column of the row before: always -1
         ids = self._id_of_class_flat.take(key)
-        if len(ids) and ids[ids.argmin()] < 0:  # a new class, or the store's -1: the slow path
+        if len(ids) and ids[ids.argmin()] == _UNSEEN:  # a class new to its episode: slow path
             ids = self._new_ids(e, s, key, ids)
         self._latest_f[fl] = ids
         if depth is not None:
@@ -487,10 +493,8 @@ class EpisodeBatch:
     def _new_ids(self, e: np.ndarray, s: np.ndarray, key: np.ndarray,
                  ids: np.ndarray) -> np.ndarray:
         """Number the classes of `s` no episode has revealed yet, per episode in listed order."""
-        new = (ids < 0) & (s >= 0)
-        if not new.any():
-            return ids
-        pos = np.flatnonzero(new)
+        unseen = np.flatnonzero(ids == _UNSEEN)
+        pos = unseen
         k = key[pos]
         # Each new (episode, class) once, at its first position: a scratch array takes the least
         # position per key (np.minimum.at is defined for repeats) and is reset after use.
@@ -508,4 +512,5 @@ class EpisodeBatch:
         self._id_of_class[ne, ns] = new_ids
         self._class_of_id[ne, new_ids] = ns
         self._next_id += np.bincount(ne, minlength=self._size)
-        return self._id_of_class_flat.take(key)
+        ids[unseen] = self._id_of_class_flat.take(key[unseen])
+        return ids

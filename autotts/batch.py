@@ -99,15 +99,19 @@ class EpisodeBatch:
         self._pruned = np.zeros((e_count, n), dtype=bool)
         self._running = np.zeros((e_count, n), dtype=bool)
         self._latest = np.full((e_count, n), NO_ANSWER, dtype=np.int32)
-        # Store class -> episode id per episode, with one spare column that the store's -1 reads.
-        width = max(t.num_classes for t in lay) + 1
-        # Unseen classes read _UNSEEN, the spare column reads NO_ANSWER: a reveal takes the slow
+        # Store class -> episode id: one block per episode, sized by its own question's classes
+        # plus one spare entry that the store's -1 reads (not the store's largest: classes per
+        # question range from tens to ~900, and these tables are read at random every step).
+        block = np.array([t.num_classes for t in lay], dtype=np.int64)[qi] + 1
+        self._class_base = np.cumsum(block) - block  # episode e's block starts here
+        total = int(block.sum())
+        # Unseen classes read _UNSEEN, the spare entry reads NO_ANSWER: a reveal takes the slow
         # path (_new_ids) only when a class is new to its episode, not for every 'no answer yet'.
-        self._id_of_class = np.full((e_count, width), _UNSEEN, dtype=np.int32)
-        self._id_of_class[:, -1] = NO_ANSWER
-        self._id_of_class_flat = self._id_of_class.reshape(-1)
-        self._first_at = np.full(e_count * width, _UNSET, dtype=np.int64)  # scratch for _new_ids
-        self._class_of_id = np.full((e_count, width), NO_ANSWER, dtype=np.int32)  # id -> store class
+        self._id_of_class_flat = np.full(total, _UNSEEN, dtype=np.int32)
+        self._id_of_class_flat[self._class_base + block - 1] = NO_ANSWER
+        self._first_at = np.full(total, _UNSET, dtype=np.int64)  # scratch for _new_ids
+        # id -> store class, in the same blocks (an episode's ids never outnumber its classes)
+        self._class_of_id_flat = np.full(total, NO_ANSWER, dtype=np.int32)
         self._next_id = np.ones(e_count, dtype=np.int64)  # id 0 is reserved for 'ERR'
         self._opened = np.zeros(e_count, dtype=np.int64)
         self._generated = np.zeros(e_count, dtype=np.int64)
@@ -229,8 +233,8 @@ class EpisodeBatch:
         """The store's class of each episode's answer id, as `engine.store_class` maps one."""
         a = np.asarray(answers, dtype=np.int64)
         ok = (a >= 0) & (a < self._next_id)
-        rows = np.arange(self._size)
-        return np.where(ok, self._class_of_id[rows, np.where(ok, a, 0)], NO_ANSWER).astype(np.int32)
+        at = self._class_base + np.where(ok, a, 0)
+        return np.where(ok, self._class_of_id_flat[at], NO_ANSWER).astype(np.int32)
 
     def close(self) -> None:
         self._closed = True
@@ -477,8 +481,7 @@ class EpisodeBatch:
         """Reveal flat table cells `cell` as the branches at flat positions `fl` (of episodes e),
         numbered per episode in the order listed (episode-major, as every action lists them)."""
         s = self._reveal_flat.take(cell)
-        w = self._id_of_class.shape[1]
-        key = e * w + s  # the store's -1 reads the spare column of the row before: always -1
+        key = self._class_base.take(e) + s  # the store's -1 reads the spare entry before: -1
         ids = self._id_of_class_flat.take(key)
         if len(ids) and ids[ids.argmin()] == _UNSEEN:  # a class new to its episode: slow path
             ids = self._new_ids(e, s, key, ids)
@@ -504,13 +507,13 @@ class EpisodeBatch:
         ne, ns = e[pos], s[pos]
         err = ns == self._err_class[ne]
         if err.any():
-            self._id_of_class[ne[err], ns[err]] = NO_ANSWER_ID
-            self._class_of_id[ne[err], NO_ANSWER_ID] = ns[err]
+            self._id_of_class_flat[key[pos[err]]] = NO_ANSWER_ID
+            self._class_of_id_flat[self._class_base[ne[err]] + NO_ANSWER_ID] = ns[err]
         ne, ns = ne[~err], ns[~err]
         rank = np.arange(len(ne)) - np.searchsorted(ne, ne, side="left")
         new_ids = self._next_id[ne] + rank
-        self._id_of_class[ne, ns] = new_ids
-        self._class_of_id[ne, new_ids] = ns
+        self._id_of_class_flat[self._class_base[ne] + ns] = new_ids
+        self._class_of_id_flat[self._class_base[ne] + new_ids] = ns
         self._next_id += np.bincount(ne, minlength=self._size)
         ids[unseen] = self._id_of_class_flat.take(key[unseen])
         return ids

@@ -405,6 +405,8 @@ class EpisodeBatch:
         nonzero is an order of magnitude slower)."""
         at = np.flatnonzero(sel)
         ri = at // self._width
+        if len(r) == self._size:  # every episode acts (r is then 0..E-1): rows are episodes
+            return ri, at
         e = r.take(ri)
         return e, at + (e - ri) * self._width
 

@@ -117,7 +117,8 @@ def run_batch(self, batch):
             unfinished = running & (live.sum(axis=1) > 1)[:, None]
             disagree = unfinished & (latest != now[:, None])
             # Off-track steps: one more on disagreeing, reset on agreeing, else kept.
-            off += (off + 1) * disagree - off * unfinished
+            off += disagree
+            off *= unfinished <= disagree  # kept unless unfinished and agreeing
             drop = disagree & (off >= self.prune_patience)
             dropping = drop.any(axis=1)
             if dropping.any():

@@ -26,6 +26,7 @@ from autotts.answers import NO_ANSWER
 from autotts.engine import NO_ANSWER_ID, InvalidAction, Question, as_count, as_flag
 
 _UNSET = np.iinfo(np.int64).max
+_UNSEEN = -2  # _id_of_class of a class its episode has not revealed yet
 
 
 class EpisodeBatch:
@@ -98,12 +99,19 @@ class EpisodeBatch:
         self._pruned = np.zeros((e_count, n), dtype=bool)
         self._running = np.zeros((e_count, n), dtype=bool)
         self._latest = np.full((e_count, n), NO_ANSWER, dtype=np.int32)
-        # Store class -> episode id per episode, with one spare column that the store's -1 reads.
-        width = max(t.num_classes for t in lay) + 1
-        self._id_of_class = np.full((e_count, width), NO_ANSWER, dtype=np.int32)
-        self._id_of_class_flat = self._id_of_class.reshape(-1)
-        self._first_at = np.full(e_count * width, _UNSET, dtype=np.int64)  # scratch for _new_ids
-        self._class_of_id = np.full((e_count, width), NO_ANSWER, dtype=np.int32)  # id -> store class
+        # Store class -> episode id: one block per episode, sized by its own question's classes
+        # plus one spare entry that the store's -1 reads (not the store's largest: classes per
+        # question range from tens to ~900, and these tables are read at random every step).
+        block = np.array([t.num_classes for t in lay], dtype=np.int64)[qi] + 1
+        self._class_base = np.cumsum(block) - block  # episode e's block starts here
+        total = int(block.sum())
+        # Unseen classes read _UNSEEN, the spare entry reads NO_ANSWER: a reveal takes the slow
+        # path (_new_ids) only when a class is new to its episode, not for every 'no answer yet'.
+        self._id_of_class_flat = np.full(total, _UNSEEN, dtype=np.int32)
+        self._id_of_class_flat[self._class_base + block - 1] = NO_ANSWER
+        self._first_at = np.full(total, _UNSET, dtype=np.int64)  # scratch for _new_ids
+        # id -> store class, in the same blocks (an episode's ids never outnumber its classes)
+        self._class_of_id_flat = np.full(total, NO_ANSWER, dtype=np.int32)
         self._next_id = np.ones(e_count, dtype=np.int64)  # id 0 is reserved for 'ERR'
         self._opened = np.zeros(e_count, dtype=np.int64)
         self._generated = np.zeros(e_count, dtype=np.int64)
@@ -225,8 +233,8 @@ class EpisodeBatch:
         """The store's class of each episode's answer id, as `engine.store_class` maps one."""
         a = np.asarray(answers, dtype=np.int64)
         ok = (a >= 0) & (a < self._next_id)
-        rows = np.arange(self._size)
-        return np.where(ok, self._class_of_id[rows, np.where(ok, a, 0)], NO_ANSWER).astype(np.int32)
+        at = self._class_base + np.where(ok, a, 0)
+        return np.where(ok, self._class_of_id_flat[at], NO_ANSWER).astype(np.int32)
 
     def close(self) -> None:
         self._closed = True
@@ -307,6 +315,8 @@ class EpisodeBatch:
                 self._generated += self._delta_e * stepped
                 self._probes += stepped
             self._reveal(e, fl, f, fin, depth=d + 1)
+            if times == 1:  # the common case: nothing to carry to a next repeat
+                break
             if fin.any():
                 keep = ~fin
                 e, fl, g, d, last = e[keep], fl[keep], g[keep], d[keep] + 1, last[keep]
@@ -386,7 +396,7 @@ class EpisodeBatch:
             return self._not_running(e, m)
 
         if running:  # running implies opened: one check for both, told apart on refusal only
-            return self._refuse_rows(r, sel, sel & ~self._running[r], refusal)
+            return self._refuse_rows(r, sel, np.greater(sel, self._running[r]), refusal)  # sel & ~running
         outside = sel & (np.arange(self._width) >= self._opened[r][:, None])
         return self._refuse_rows(r, sel, outside, refusal)
 
@@ -395,6 +405,8 @@ class EpisodeBatch:
         nonzero is an order of magnitude slower)."""
         at = np.flatnonzero(sel)
         ri = at // self._width
+        if len(r) == self._size:  # every episode acts (r is then 0..E-1): rows are episodes
+            return ri, at
         e = r.take(ri)
         return e, at + (e - ri) * self._width
 
@@ -471,10 +483,9 @@ class EpisodeBatch:
         """Reveal flat table cells `cell` as the branches at flat positions `fl` (of episodes e),
         numbered per episode in the order listed (episode-major, as every action lists them)."""
         s = self._reveal_flat.take(cell)
-        w = self._id_of_class.shape[1]
-        key = e * w + s  # the store's -1 reads the spare column of the row before: always -1
+        key = self._class_base.take(e) + s  # the store's -1 reads the spare entry before: -1
         ids = self._id_of_class_flat.take(key)
-        if len(ids) and ids[ids.argmin()] < 0:  # a new class, or the store's -1: the slow path
+        if len(ids) and ids[ids.argmin()] == _UNSEEN:  # a class new to its episode: slow path
             ids = self._new_ids(e, s, key, ids)
         self._latest_f[fl] = ids
         if depth is not None:
@@ -487,10 +498,8 @@ class EpisodeBatch:
     def _new_ids(self, e: np.ndarray, s: np.ndarray, key: np.ndarray,
                  ids: np.ndarray) -> np.ndarray:
         """Number the classes of `s` no episode has revealed yet, per episode in listed order."""
-        new = (ids < 0) & (s >= 0)
-        if not new.any():
-            return ids
-        pos = np.flatnonzero(new)
+        unseen = np.flatnonzero(ids == _UNSEEN)
+        pos = unseen
         k = key[pos]
         # Each new (episode, class) once, at its first position: a scratch array takes the least
         # position per key (np.minimum.at is defined for repeats) and is reset after use.
@@ -500,12 +509,13 @@ class EpisodeBatch:
         ne, ns = e[pos], s[pos]
         err = ns == self._err_class[ne]
         if err.any():
-            self._id_of_class[ne[err], ns[err]] = NO_ANSWER_ID
-            self._class_of_id[ne[err], NO_ANSWER_ID] = ns[err]
+            self._id_of_class_flat[key[pos[err]]] = NO_ANSWER_ID
+            self._class_of_id_flat[self._class_base[ne[err]] + NO_ANSWER_ID] = ns[err]
         ne, ns = ne[~err], ns[~err]
         rank = np.arange(len(ne)) - np.searchsorted(ne, ne, side="left")
         new_ids = self._next_id[ne] + rank
-        self._id_of_class[ne, ns] = new_ids
-        self._class_of_id[ne, new_ids] = ns
+        self._id_of_class_flat[self._class_base[ne] + ns] = new_ids
+        self._class_of_id_flat[self._class_base[ne] + new_ids] = ns
         self._next_id += np.bincount(ne, minlength=self._size)
-        return self._id_of_class_flat.take(key)
+        ids[unseen] = self._id_of_class_flat.take(key[unseen])
+        return ids

@@ -58,6 +58,12 @@ def run_batch(self, batch):
     limit = np.minimum(self.max_samples, batch.pool_size)
     active = batch.live
     counts = np.zeros((batch.size, int(limit.max()) + 2), dtype=np.int64)
+    # The two largest counts (run's top[0], top[1]), kept up to date vote by vote instead of
+    # sorting every row at every read; `ties`: how many classes hold v1 (2 stands for "many"
+    # while nothing is counted).
+    v1 = np.zeros(batch.size, dtype=np.int64)
+    v2 = np.zeros(batch.size, dtype=np.int64)
+    ties = np.full(batch.size, 2)
     for n_read in range(1, int(limit.max()) + 1):
         active &= n_read <= limit
         if not active.any():
@@ -65,13 +71,18 @@ def run_batch(self, batch):
         a = batch.read_new(rows=active)
         active &= batch.live
         voted = np.flatnonzero(active & (a >= 0))
-        counts[voted, a[voted]] += 1
+        k = counts[voted, a[voted]] + 1  # the voted class's new count
+        counts[voted, a[voted]] = k
+        t1, t2, nt = v1[voted], v2[voted], ties[voted]
+        was_top = k - 1 == t1  # it held v1: it alone now leads; v1 falls to second if shared
+        v1[voted] = np.where(was_top, k, t1)
+        v2[voted] = np.where(was_top, np.where(nt >= 2, t1, t2), np.maximum(k, t2))
+        ties[voted] = np.where(was_top, 1, nt + (k == t1))
         if n_read >= 2:
             rows = np.flatnonzero(active)
-            top = np.partition(counts[rows], -2, axis=1)
-            v1, v2 = top[:, -1].astype(float), top[:, -2].astype(float)
-            confidence = 1.0 - betainc(v1 + 1, v2 + 1, 0.5)
-            active[rows[(v1 > 0) & (confidence > self.threshold)]] = False
+            c1, c2 = v1[rows].astype(float), v2[rows].astype(float)
+            confidence = 1.0 - betainc(c1 + 1, c2 + 1, 0.5)
+            active[rows[(c1 > 0) & (confidence > self.threshold)]] = False
     # Every episode has stopped with exactly its opened branches read: their majority.
     return row_majority(batch.latest, batch.opened)
 
@@ -81,11 +92,18 @@ AdaptiveConsistency.run_batch = run_batch
 
 def row_majority(answers, mask):
     """majority() of each row's masked answers (ties: the first seen, by column)."""
-    a = (answers + 1) * mask - 1  # -1 where masked out (arithmetic: np.where is slower here)
-    width = int(a.max(initial=-1)) + 2  # slot 0 of each row collects what does not vote
-    key = a + (np.arange(len(a)) * width + 1)[:, None]
-    counts = np.bincount(key.ravel(), minlength=len(a) * width)
+    rows, cols = answers.shape
+    width = int(answers.max(initial=-1)) + 2  # slot 0 of each row collects what does not vote
+    off = np.arange(rows) * width
+    key = answers + 1
+    key *= mask  # slot 0 where masked out (arithmetic: np.where is slower here)
+    key = key + off[:, None]
+    counts = np.bincount(key.ravel(), minlength=rows * width).astype(np.int32)
     counts[::width] = 0
-    top = counts.reshape(len(a), width).max(axis=1)
-    first = (counts.take(key) == top[:, None]).argmax(axis=1)
-    return np.where(top > 0, a[np.arange(len(a)), first], -1)
+    # One argmax per row finds the leader: the highest count, then the first column (the
+    # first-seen among tied classes); a row without votes lands on a slot-0 column, read -1.
+    # int32 throughout: argmax over int64 rows is several times slower.
+    score = counts.take(key)
+    score *= cols
+    score -= np.arange(cols, dtype=np.int32)
+    return key.ravel().take(np.arange(rows) * cols + score.argmax(axis=1)) - off - 1

@@ -88,14 +88,15 @@ class ParallelProbe:
 
 def run_batch(self, batch):
     # The same steps as run, for every episode still going: `ep` holds their indices, and
-    # each per-branch array below has one row per such episode.
+    # each per-branch array below has one row per such episode (compact: rows leave as their
+    # episodes stop, so no step works on finished episodes).
     batch.branch_many(np.minimum(self.num_chains, batch.pool_size), probe=True)
-    alive = batch.opened  # opened and not pruned: only this controller prunes
-    off_track = np.zeros(alive.shape, dtype=np.int32)
     leader = np.full(batch.size, -1)
-    previous = np.full(batch.size, -2)  # no leader yet: unequal to any
-    stable = np.zeros(batch.size, dtype=np.int64)
     ep = np.flatnonzero(batch.live)
+    live = batch.opened[ep]  # opened and not pruned: only this controller prunes
+    off = np.zeros(live.shape, dtype=np.int32)  # off-track steps
+    previous = np.full(len(ep), -2)  # no leader yet: unequal to any
+    stable = np.zeros(len(ep), dtype=np.int64)
     running = batch.running[ep]
     for step in range(self.max_steps):
         moving = running.any(axis=1)
@@ -103,32 +104,38 @@ def run_batch(self, batch):
             batch.advance_many(running, times=self.probe_burst, rows=ep)
         elif moving.any():
             batch.advance_many(running[moving], times=self.probe_burst, rows=ep[moving])
-        ep = ep[batch.live[ep]]
-        latest, live = batch.latest[ep], alive[ep]
+        kept = batch.live[ep]
+        if not kept.all():  # refused (a budget): that episode's run ends on the refusal
+            ep, live, off, previous, stable = (
+                ep[kept], live[kept], off[kept], previous[kept], stable[kept])
+        # Every episode still going (the first T steps at least): the batch's own (read-only)
+        # array, without a copy; prune_many leaves `latest` alone, so it holds for this step.
+        latest = batch.latest if len(ep) == batch.size else batch.latest[ep]
         now = row_majority(latest, live)
+        running = batch.running[ep]  # alive and not finished
         if step >= self.warm_up:
-            unfinished = batch.running[ep]  # alive and not finished
-            unfinished &= (live.sum(axis=1) > 1)[:, None]
+            unfinished = running & (live.sum(axis=1) > 1)[:, None]
             disagree = unfinished & (latest != now[:, None])
             # Off-track steps: one more on disagreeing, reset on agreeing, else kept.
-            off = off_track[ep]
-            off += (off + 1) * disagree - off * unfinished
-            off_track[ep] = off
+            off += disagree
+            off *= unfinished <= disagree  # kept unless unfinished and agreeing
             drop = disagree & (off >= self.prune_patience)
             dropping = drop.any(axis=1)
             if dropping.any():
                 batch.prune_many(drop[dropping], rows=ep[dropping])
                 live &= ~drop
-                alive[ep] = live
+                running &= ~drop
                 now[dropping] = row_majority(latest[dropping], live[dropping])
         leader[ep] = now
-        stable[ep] = np.where(now == previous[ep], stable[ep] + 1, 0)
-        previous[ep] = now
-        running = batch.running[ep]
-        going = (stable[ep] < self.T) & running.any(axis=1) & batch.live[ep]
-        ep, running = ep[going], running[going]
-        if len(ep) == 0:
-            break
+        stable = np.where(now == previous, stable + 1, 0)
+        previous = now
+        going = (stable < self.T) & running.any(axis=1) & batch.live[ep]
+        if not going.all():
+            ep, running, live, off, previous, stable = (
+                ep[going], running[going], live[going], off[going], previous[going],
+                stable[going])
+            if len(ep) == 0:
+                break
     return leader
 
 
@@ -137,11 +144,18 @@ ParallelProbe.run_batch = run_batch
 
 def row_majority(answers, mask):
     """majority() of each row's masked answers (ties: the first seen, by column)."""
-    a = (answers + 1) * mask - 1  # -1 where masked out (arithmetic: np.where is slower here)
-    width = int(a.max(initial=-1)) + 2  # slot 0 of each row collects what does not vote
-    key = a + (np.arange(len(a)) * width + 1)[:, None]
-    counts = np.bincount(key.ravel(), minlength=len(a) * width)
+    rows, cols = answers.shape
+    width = int(answers.max(initial=-1)) + 2  # slot 0 of each row collects what does not vote
+    off = np.arange(rows) * width
+    key = answers + 1
+    key *= mask  # slot 0 where masked out (arithmetic: np.where is slower here)
+    key = key + off[:, None]
+    counts = np.bincount(key.ravel(), minlength=rows * width).astype(np.int32)
     counts[::width] = 0
-    top = counts.reshape(len(a), width).max(axis=1)
-    first = (counts.take(key) == top[:, None]).argmax(axis=1)
-    return np.where(top > 0, a[np.arange(len(a)), first], -1)
+    # One argmax per row finds the leader: the highest count, then the first column (the
+    # first-seen among tied classes); a row without votes lands on a slot-0 column, read -1.
+    # int32 throughout: argmax over int64 rows is several times slower.
+    score = counts.take(key)
+    score *= cols
+    score -= np.arange(cols, dtype=np.int32)
+    return key.ravel().take(np.arange(rows) * cols + score.argmax(axis=1)) - off - 1

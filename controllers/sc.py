@@ -53,11 +53,18 @@ SelfConsistency.run_batch = run_batch
 
 def row_majority(answers, mask):
     """majority() of each row's masked answers (ties: the first seen, by column)."""
-    a = (answers + 1) * mask - 1  # -1 where masked out (arithmetic: np.where is slower here)
-    width = int(a.max(initial=-1)) + 2  # slot 0 of each row collects what does not vote
-    key = a + (np.arange(len(a)) * width + 1)[:, None]
-    counts = np.bincount(key.ravel(), minlength=len(a) * width)
+    rows, cols = answers.shape
+    width = int(answers.max(initial=-1)) + 2  # slot 0 of each row collects what does not vote
+    off = np.arange(rows) * width
+    key = answers + 1
+    key *= mask  # slot 0 where masked out (arithmetic: np.where is slower here)
+    key = key + off[:, None]
+    counts = np.bincount(key.ravel(), minlength=rows * width).astype(np.int32)
     counts[::width] = 0
-    top = counts.reshape(len(a), width).max(axis=1)
-    first = (counts.take(key) == top[:, None]).argmax(axis=1)
-    return np.where(top > 0, a[np.arange(len(a)), first], -1)
+    # One argmax per row finds the leader: the highest count, then the first column (the
+    # first-seen among tied classes); a row without votes lands on a slot-0 column, read -1.
+    # int32 throughout: argmax over int64 rows is several times slower.
+    score = counts.take(key)
+    score *= cols
+    score -= np.arange(cols, dtype=np.int32)
+    return key.ravel().take(np.arange(rows) * cols + score.argmax(axis=1)) - off - 1

@@ -34,7 +34,7 @@ _TABLE = (
     ("ControllerSpec", "autotts.controller", "ControllerSpec"),
     ("load_controller", "autotts.controller", "load"),
     # evaluation
-    ("Protocol", "autotts.evaluate", "Protocol"),
+    ("EvalProtocol", "autotts.evaluate", "EvalProtocol"),
     ("Evaluation", "autotts.evaluate", "Evaluation"),
     ("evaluate", "autotts.evaluate", None),  # the module, callable as its evaluate()
     ("evaluate_sandboxed", "autotts.sandbox", "evaluate_sandboxed"),
@@ -67,10 +67,10 @@ __all__ = [  # the names of _EXPORTS
     "DiscoverConfig",
     "EnvDef",
     "Episode",
+    "EvalProtocol",
     "Evaluation",
     "EvaluationError",
     "InvalidAction",
-    "Protocol",
     "SandboxError",
     "Store",
     "StoreError",
@@ -123,7 +123,7 @@ if TYPE_CHECKING:  # for type checkers and editors; at run time __getattr__ impo
         StoreError,
         WeakSandboxError,
     )
-    from autotts.evaluate import Evaluation, Protocol, evaluate
+    from autotts.evaluate import EvalProtocol, Evaluation, evaluate
     from autotts.gym_env import WidthDepthEnv
     from autotts.sandbox import evaluate_sandboxed
     from autotts.store import Store, open_store, write_store

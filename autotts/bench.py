@@ -164,7 +164,7 @@ def bench_reproduction(draws: int, workers: int, *, per_episode: bool = True) ->
     the lockstep path (run_batch) and, in the same run, through the per-episode path (run), and
     whether each reproduces the published figure (both paths give the same rows, or it says so)."""
     from autotts.controller import parse_sets
-    from autotts.evaluate import Protocol, evaluate
+    from autotts.evaluate import EvalProtocol, evaluate
     from autotts.store import open_store
 
     cells = reference_cells()
@@ -182,7 +182,7 @@ def bench_reproduction(draws: int, workers: int, *, per_episode: bool = True) ->
     for st in stores.values():
         st.replay()  # loading is its own figure
     for c in cells[:4]:  # imports and controller loads are not the replay's time
-        evaluate(c["controller"], [stores[(c["model"], c["benchmark"])]], None, Protocol(draws=1),
+        evaluate(c["controller"], [stores[(c["model"], c["benchmark"])]], None, EvalProtocol(draws=1),
                  overrides=parse_sets(c["config"].split(";")))
     rows = []
     for c in cells:
@@ -191,7 +191,7 @@ def bench_reproduction(draws: int, workers: int, *, per_episode: bool = True) ->
 
         def run(batch: bool, c: dict[str, str] = c, store: Any = store,
                 overrides: dict[str, Any] = overrides) -> Any:
-            return evaluate(c["controller"], [store], None, Protocol(draws=draws),
+            return evaluate(c["controller"], [store], None, EvalProtocol(draws=draws),
                             overrides=overrides, workers=workers, batch=batch)
 
         cpu = time.process_time()
@@ -303,14 +303,14 @@ def bench_stats(draws: int) -> dict[str, Any]:
     pooled (with both controllers' AUC intervals), 2000 resamples, BCa. The baseline, in the same
     run: evaluating one controller (SC) over the same grid."""
     from autotts import stats
-    from autotts.evaluate import Protocol, evaluate
+    from autotts.evaluate import EvalProtocol, evaluate
     from autotts.store import open_store
 
     stores = [open_store(data_dir() / "autotts-replay" / m / "aime24.json") for m in MODELS]
     betas = [round(0.1 * i, 1) for i in range(11)]
-    eval_s, ev_a = _timed(lambda: evaluate("sc", stores, betas, Protocol(draws=draws),
+    eval_s, ev_a = _timed(lambda: evaluate("sc", stores, betas, EvalProtocol(draws=draws),
                                            episodes=True))
-    ev_b = evaluate("esc", stores, betas, Protocol(draws=draws), episodes=True)
+    ev_b = evaluate("esc", stores, betas, EvalProtocol(draws=draws), episodes=True)
 
     def intervals() -> stats.Comparison:
         ca = stats.curves_from_episodes(ev_a.episodes or [])
@@ -342,7 +342,7 @@ def bench_executors(console: Console, draws: int, workers: int) -> dict[str, Any
         console.print("[bold]executors[/]: skipped, Ray is not installed (pip install 'autotts[ray]')")
         return None
     from autotts.controller import parse_sets
-    from autotts.evaluate import Protocol, evaluate
+    from autotts.evaluate import EvalProtocol, evaluate
     from autotts.executors import RayExecutor
     from autotts.sandbox import evaluate_sandboxed
     from autotts.store import open_store
@@ -352,12 +352,12 @@ def bench_executors(console: Console, draws: int, workers: int) -> dict[str, Any
     stores = [open_store(f) for f in reference_files()]
 
     def run(executor: Any) -> tuple[float, Any]:
-        return _timed(lambda: evaluate("parallel_probe", stores, None, Protocol(draws=draws),
+        return _timed(lambda: evaluate("parallel_probe", stores, None, EvalProtocol(draws=draws),
                                        overrides=overrides, workers=workers, executor=executor))
 
     def run_sandboxed(executor: Any) -> tuple[float, Any]:
         return _timed(lambda: evaluate_sandboxed(
-            "parallel_probe", stores, None, Protocol(draws=draws), overrides=overrides,
+            "parallel_probe", stores, None, EvalProtocol(draws=draws), overrides=overrides,
             workers=workers, executor=executor))
 
     console.print(f"[bold]executors[/]: Parallel-Probe over the 8 stores, {draws} draws, "

@@ -88,7 +88,7 @@ def run_demo(
     write the report to `out_dir`."""
     from autotts.controller import builtin_names
     from autotts.controller import load as load_controller
-    from autotts.evaluate import Protocol, evaluate
+    from autotts.evaluate import EvalProtocol, evaluate
 
     console = console or Console(stderr=True)
     t0 = time.perf_counter()
@@ -98,7 +98,7 @@ def run_demo(
     names = list(controllers) if controllers else builtin_names()
     if workers is None:
         workers = max(1, min(2, os.cpu_count() or 1))
-    proto = Protocol(draws=draws)
+    proto = EvalProtocol(draws=draws)
 
     specs, skipped = [], []
     for name in names:

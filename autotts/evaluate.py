@@ -21,11 +21,11 @@ from autotts import controller as ctl
 from autotts.errors import ConfigError
 from autotts.executors import make_executor
 from autotts.store import Store, open_store
-from autotts.units import (  # noqa: F401  (Protocol, EvaluationError: public here as before)
+from autotts.units import (  # noqa: F401  (EvalProtocol, EvaluationError: public here as before)
     BlockResult,
+    EvalProtocol,
     EvaluationError,
     Job,
-    Protocol,
     make_units,
 )
 
@@ -34,7 +34,7 @@ def score(
     stores: Sequence[Store],
     spec_name: str,
     runs: Sequence[tuple[float | None, dict[str, Any]]],
-    proto: Protocol,
+    proto: EvalProtocol,
     results: dict[tuple[int, int], list[tuple[int, BlockResult]]],
     *,
     episodes: bool = False,
@@ -121,7 +121,7 @@ def evaluate(
     controller: str | ctl.ControllerSpec,
     stores: Sequence[str | os.PathLike[str] | Store],
     betas: Sequence[float | None] | None = None,
-    proto: Protocol | None = None,
+    proto: EvalProtocol | None = None,
     *,
     overrides: dict[str, Any] | None = None,
     workers: int = 1,
@@ -140,7 +140,7 @@ def evaluate(
     or "ray"): every episode is deterministic and does not depend on which process runs it.
     batch=False runs every episode through the controller's run() even where it defines
     run_batch (whose results are the same; docs/batch.md)."""
-    proto = proto or Protocol()
+    proto = proto or EvalProtocol()
     proto.check()
     if on_error not in ("raise", "record"):
         raise ConfigError(f"on_error must be 'raise' or 'record', got {on_error!r}")

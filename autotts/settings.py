@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from autotts.envdef import EnvDef
-    from autotts.units import Protocol
+    from autotts.units import EvalProtocol
 
 FIELDS = ("draws", "protocol", "pool", "seed", "probe_cost", "budget", "betas")
 
@@ -55,7 +55,7 @@ DISCOVER = Defaults(draws=20, betas=(0.0, 0.25, 0.5, 0.75, 1.0))  # discover alw
 class Settings:
     """The effective protocol and β grid, and where each setting came from."""
 
-    proto: Protocol
+    proto: EvalProtocol
     betas: list[float]
     sources: dict[str, str]  # setting -> "flag", "env" or "default"
 
@@ -65,7 +65,7 @@ class Settings:
         return describe_protocol(self.proto)
 
 
-def describe_protocol(proto: Protocol) -> str:
+def describe_protocol(proto: EvalProtocol) -> str:
     parts = [f"{proto.protocol}, {proto.draws} draws"]
     if proto.pool is not None:
         parts.append(f"pool {proto.pool}")
@@ -97,7 +97,7 @@ def resolve(defaults: Defaults, env: EnvDef | None = None, split: str = "search"
     environment file `env` (its `split` decides the draws), over `defaults`. The environment's
     pool and budget, when it leaves them unset, are unset: they do not fall through to a default
     (both defaults are "none")."""
-    from autotts.units import Protocol
+    from autotts.units import EvalProtocol
 
     flags: dict[str, Any] = {"draws": draws, "protocol": protocol, "pool": pool, "seed": seed,
                              "probe_cost": probe_cost, "budget": budget,
@@ -114,5 +114,5 @@ def resolve(defaults: Defaults, env: EnvDef | None = None, split: str = "search"
         else:
             values[name], sources[name] = default, "default"
     values["betas"] = [float(b) for b in values["betas"]]
-    proto = Protocol(**{k: v for k, v in values.items() if k != "betas"})
+    proto = EvalProtocol(**{k: v for k, v in values.items() if k != "betas"})
     return Settings(proto=proto, betas=values["betas"], sources=sources)

@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from autotts.controller import builtin_names
-from autotts.evaluate import Protocol, evaluate
+from autotts.evaluate import EvalProtocol, evaluate
 from autotts.metrics import monotonicity_violations
 from autotts.report import ReportPaths, build_report, write_file
 from autotts.settings import SWEEP, describe_protocol, resolve
@@ -26,7 +26,7 @@ def run_sweep(
     *,
     controllers: Sequence[str] | None = None,
     betas: Sequence[float] = SWEEP.betas,
-    proto: Protocol | None = None,
+    proto: EvalProtocol | None = None,
     workers: int = 1,
     title: str = "controller library",
     console: Console | None = None,

@@ -25,7 +25,7 @@ from autotts.store import ReplayData
 
 
 @dataclass(frozen=True)
-class Protocol:
+class EvalProtocol:
     draws: int = 100
     protocol: str = "shuffle"
     pool: int | None = None
@@ -92,7 +92,7 @@ def run_block(
     questions: Questions,
     spec: ctl.ControllerSpec,
     config: dict[str, Any],
-    proto: Protocol,
+    proto: EvalProtocol,
     draw_lo: int,
     draw_hi: int,
     *,
@@ -174,7 +174,7 @@ def run_block_batched(
     questions: Questions,
     spec: ctl.ControllerSpec,
     config: dict[str, Any],
-    proto: Protocol,
+    proto: EvalProtocol,
     draw_lo: int,
     draw_hi: int,
     *,
@@ -269,7 +269,7 @@ class Job:
     controller_path: str
     controller_source: str
     configs: tuple[dict[str, Any], ...]
-    proto: Protocol
+    proto: EvalProtocol
     store_names: tuple[str, ...]
     on_error: str = "raise"
     trace: bool = False

@@ -20,7 +20,7 @@ import pytest
 from autotts import controller as ctl
 from autotts.batch import EpisodeBatch
 from autotts.engine import Episode, InvalidAction, Question, store_class
-from autotts.evaluate import Protocol, evaluate
+from autotts.evaluate import EvalProtocol, evaluate
 from autotts.store import open_store
 from autotts.units import EvaluationError
 from tests.test_semantics_fuzz import random_question
@@ -190,12 +190,12 @@ def _stores():
 
 
 PROTOCOLS = [
-    Protocol(draws=4),
-    Protocol(draws=3, probe_cost=200),
-    Protocol(draws=3, budget=40_000),
-    Protocol(draws=3, budget=150_000, probe_cost=50),
-    Protocol(draws=4, protocol="subsample", pool=13, seed=5),
-    Protocol(draws=2, pool=9),
+    EvalProtocol(draws=4),
+    EvalProtocol(draws=3, probe_cost=200),
+    EvalProtocol(draws=3, budget=40_000),
+    EvalProtocol(draws=3, budget=150_000, probe_cost=50),
+    EvalProtocol(draws=4, protocol="subsample", pool=13, seed=5),
+    EvalProtocol(draws=2, pool=9),
 ]
 
 
@@ -253,12 +253,12 @@ def _controller(tmp_path: Path, body: str) -> str:
 def test_a_broken_run_batch_reports_the_error_kinds_of_run(tmp_path, body, kind):
     path = _controller(tmp_path, body)
     store = open_store(SYNTH)
-    res = evaluate(path, [store], None, Protocol(draws=2), on_error="record")
+    res = evaluate(path, [store], None, EvalProtocol(draws=2), on_error="record")
     assert res.errors and {e["kind"] for e in res.errors} == {kind}
     assert len(res.errors) == 2 * store.replay().num_questions
     assert res.rows[0]["accuracy"] == 0.0
     with pytest.raises(EvaluationError, match=kind):
-        evaluate(path, [store], None, Protocol(draws=2))
+        evaluate(path, [store], None, EvalProtocol(draws=2))
 
 
 def test_a_run_batch_with_per_episode_bad_answers_spoils_only_those(tmp_path):
@@ -266,8 +266,8 @@ def test_a_run_batch_with_per_episode_bad_answers_spoils_only_those(tmp_path):
     path = _controller(tmp_path, body)
     store = open_store(SYNTH)
     # One draw: one work unit, whose first episode is question 0.
-    a = evaluate(path, [store], None, Protocol(draws=1), on_error="record", episodes=True)
-    b = evaluate(path, [store], None, Protocol(draws=1), on_error="record", episodes=True,
+    a = evaluate(path, [store], None, EvalProtocol(draws=1), on_error="record", episodes=True)
+    b = evaluate(path, [store], None, EvalProtocol(draws=1), on_error="record", episodes=True,
                  batch=False)
     assert [(e["question"], e["draw"], e["kind"]) for e in a.errors] == [(0, 0, "non_answer")]
     assert not b.errors
@@ -276,7 +276,7 @@ def test_a_run_batch_with_per_episode_bad_answers_spoils_only_those(tmp_path):
 
 def test_traces_take_the_per_episode_path_with_the_same_results():
     store = open_store(SYNTH)
-    a = evaluate("parallel_probe", [store], [0.5], Protocol(draws=2), traces=True, episodes=True)
-    b = evaluate("parallel_probe", [store], [0.5], Protocol(draws=2), episodes=True)
+    a = evaluate("parallel_probe", [store], [0.5], EvalProtocol(draws=2), traces=True, episodes=True)
+    b = evaluate("parallel_probe", [store], [0.5], EvalProtocol(draws=2), episodes=True)
     assert a.traces and all(t["events"] for t in a.traces)
     assert a.rows == b.rows and a.episodes == b.episodes

@@ -8,7 +8,7 @@ import csv
 import pytest
 
 from autotts import controller as ctl
-from autotts.evaluate import Protocol, evaluate
+from autotts.evaluate import EvalProtocol, evaluate
 from autotts.metrics import monotonicity_violations
 from tests.conftest import REFERENCE_FILES, branch, make_store, reference_csv, reference_file
 
@@ -37,7 +37,7 @@ def test_builtin_runs_on_a_tiny_store(name):
             ("B", [branch(["B", "B"], 25, "B"), branch(["C", "C", "C"], 33, "C")] * 4),
         ]
     )
-    result = evaluate(name, [store], [0.0, 0.5, 1.0], Protocol(draws=3))
+    result = evaluate(name, [store], [0.0, 0.5, 1.0], EvalProtocol(draws=3))
     assert [r["errors"] for r in result.rows] == [0, 0, 0]
 
 
@@ -58,7 +58,7 @@ def test_cmc_is_close_to_the_published_figures(model_bench):
         reference_csv()  # fails under CI, skips otherwise
     store = reference_file(f"{model_bench}.json")
     betas = [float(r["config"].split("=")[1]) for r in rows]
-    result = evaluate("cmc", [store], betas, Protocol(draws=100))
+    result = evaluate("cmc", [store], betas, EvalProtocol(draws=100))
     for ref, got in zip(rows, result.rows, strict=True):
         assert abs(got["accuracy"] - float(ref["accuracy_pct"])) <= 1.5
         assert abs(got["tokens"] / float(ref["tokens_mean"]) - 1) <= 0.10
@@ -69,7 +69,7 @@ def test_cmc_is_close_to_the_published_figures(model_bench):
 @pytest.mark.parametrize("name", ctl.builtin_names())
 def test_cost_is_monotone_in_beta_on_every_reference_store(name):
     stores = [reference_file(f) for f in REFERENCE_FILES]
-    result = evaluate(name, stores, GRID, Protocol(draws=10))
+    result = evaluate(name, stores, GRID, EvalProtocol(draws=10))
     bad = monotonicity_violations(result.rows)
     assert not bad, "; ".join(v.describe() for v in bad)
 

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from autotts.discover.digest import SearchData, attach_answers, ledger, make_digest
-from autotts.evaluate import Protocol, evaluate
+from autotts.evaluate import EvalProtocol, evaluate
 from autotts.paths import data_dir
 from autotts.store import open_store
 
@@ -65,7 +65,7 @@ def _ledger_hash(search: SearchData, traces: list[dict[str, Any]], kappa: int) -
 
 def compute(which: str, controller: str, kappa: int) -> dict[str, Any]:
     store = open_store(_store_path(which))
-    proto = Protocol(draws=2, probe_cost=kappa)
+    proto = EvalProtocol(draws=2, probe_cost=kappa)
     ev = evaluate(controller, [store], BETAS, proto, episodes=True, traces=True)
     traces = ev.traces or []
     attach_answers(traces, ev.episodes or [])

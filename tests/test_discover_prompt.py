@@ -28,7 +28,7 @@ from autotts.discover.prompt import best_overall, build_messages, idea_of
 from autotts.discover.quote import EXCERPT_CHARS, excerpt, visible
 from autotts.discover.significance import delta_auc, describe, per_question_table
 from autotts.envdef import load_env
-from autotts.evaluate import Protocol, evaluate
+from autotts.evaluate import EvalProtocol, evaluate
 from autotts.summary import summarize
 from autotts.synth import SynthParams, generate
 
@@ -76,7 +76,7 @@ def test_beta_bands_cover_the_grid() -> None:
 
 
 def _digest(store: Any, spec: Any, betas: list[float], draws: int = 3) -> dict[str, Any]:
-    proto = Protocol(draws=draws)
+    proto = EvalProtocol(draws=draws)
     ev = evaluate(spec, [store], betas, proto, episodes=True, traces=True)
     attach_answers(ev.traces, ev.episodes)
     return make_digest(SearchData([store], proto), ev.rows, ev.episodes, ev.traces)
@@ -110,7 +110,7 @@ def test_the_example_reports_its_stop(store: Any) -> None:
 def test_digest_prefers_the_scorers_verdict(store: Any) -> None:
     """Answer ids in episode rows may be numbered per episode (issue 20): the digest takes
     correctness from the scorer's `correct`, not by comparing ids with the store's gold."""
-    proto = Protocol(draws=2)
+    proto = EvalProtocol(draws=2)
     ev = evaluate(ctl.load("parallel_probe"), [store], [0.5], proto, episodes=True, traces=True)
     attach_answers(ev.traces, ev.episodes)
     base = make_digest(SearchData([store], proto), ev.rows, ev.episodes, ev.traces)
@@ -130,7 +130,7 @@ def test_stop_reasons_are_the_candidates_text_escaped(store: Any) -> None:
 
 
 def test_store_signals(store: Any) -> None:
-    sig = store_signals(SearchData([store], Protocol(draws=1)))[store.name]
+    sig = store_signals(SearchData([store], EvalProtocol(draws=1)))[store.name]
     quart = sig["final_right_by_length"]
     data = store.replay()
     assert sum(b["branches"] for b in quart) == len(data.tokens)

@@ -25,7 +25,7 @@ from autotts.discover.fakeserver import FakeOpenAI
 from autotts.draws import draw_order
 from autotts.engine import Episode, Question
 from autotts.errors import ConfigError
-from autotts.evaluate import Protocol, evaluate
+from autotts.evaluate import EvalProtocol, evaluate
 from autotts.fsio import append_jsonl, read_jsonl, repair_jsonl
 from autotts.synth import SynthParams, generate
 
@@ -206,7 +206,7 @@ def test_ledger_matches_the_engine(store: Any, tmp_path: Path, kappa: int) -> No
 
 
 def test_digest_figures(store: Any, tmp_path: Path) -> None:
-    proto = Protocol(draws=4)
+    proto = EvalProtocol(draws=4)
     ev = evaluate("sc", [store], [0.0, 0.5], proto, episodes=True, traces=True)
     search = SearchData([store], proto)
     from autotts.discover.digest import attach_answers

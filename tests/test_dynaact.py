@@ -29,7 +29,7 @@ from autotts.dynaact_train import (
 )
 from autotts.envdef import load_env
 from autotts.errors import ConfigError
-from autotts.evaluate import Protocol, evaluate
+from autotts.evaluate import EvalProtocol, evaluate
 from autotts.paths import controllers_dir
 from autotts.sandbox.admission import admit
 from autotts.synth import SynthParams, write_synthetic
@@ -253,7 +253,7 @@ def test_schedule_is_monotone_in_budget():
 
 def test_controller_is_deterministic_and_takes_a_utility_knob():
     store = tiny_store()
-    proto = Protocol(draws=4)
+    proto = EvalProtocol(draws=4)
     a = evaluate("dynaact", [store], [0.0, 0.5, 1.0], proto, episodes=True)
     b = evaluate("dynaact", [store], [0.0, 0.5, 1.0], proto, episodes=True)
     assert a.rows == b.rows and a.episodes == b.episodes and a.errors == []
@@ -273,7 +273,7 @@ def test_the_logdet_variant_runs_the_same_in_the_sandbox_and_checks_its_knob():
     from autotts.sandbox import SandboxLimits, evaluate_sandboxed
 
     store = tiny_store()
-    proto = Protocol(draws=4)
+    proto = EvalProtocol(draws=4)
     kw = dict(overrides={"diversity": "logdet"}, episodes=True)
     a = evaluate("dynaact", [store], [0.0, 0.5, 1.0], proto, **kw)
     b = evaluate_sandboxed("dynaact", [store], [0.0, 0.5, 1.0], proto, **kw,
@@ -413,7 +413,7 @@ def test_learned_utility_beats_untrained_ones_on_the_search_split():
               env.split_paths("search")]
     shipped = load_utility(UTILITY_FILE)
     cost = float(shipped.config["token_cost"])
-    proto = Protocol(draws=3)
+    proto = EvalProtocol(draws=3)
 
     def score(utility):
         rows = evaluate("dynaact", stores, [0.25, 0.75], proto, overrides={"utility": utility},

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from autotts.evaluate import EvaluationError, Protocol, evaluate
+from autotts.evaluate import EvalProtocol, EvaluationError, evaluate
 from autotts.executors import RayExecutor
 from autotts.sandbox import SandboxError, evaluate_sandboxed
 from autotts.store import open_store, to_autotts_json, write_store
@@ -163,7 +163,7 @@ def _rows(result_rows: list[dict[str, object]]) -> list[tuple[object, ...]]:
 
 @pytest.mark.parametrize("controller", ["parallel_probe", "asc"])
 def test_local_runtime_matches_local_executor(runtime, store_dirs, controller):
-    proto = Protocol(draws=6)
+    proto = EvalProtocol(draws=6)
     local = evaluate(controller, store_dirs, [0.0, 0.5, 1.0], proto, workers=2)
     remote = evaluate(controller, store_dirs, [0.0, 0.5, 1.0], proto, executor=runtime)
     assert _rows(remote.rows) == _rows(local.rows)
@@ -171,7 +171,7 @@ def test_local_runtime_matches_local_executor(runtime, store_dirs, controller):
 
 
 def test_local_runtime_stays_on_loopback(runtime, store_dirs):
-    evaluate("sc", store_dirs, [0.5], Protocol(draws=2), executor=runtime)  # workers are up
+    evaluate("sc", store_dirs, [0.5], EvalProtocol(draws=2), executor=runtime)  # workers are up
     assert ray.util.get_node_ip_address() == "127.0.0.1"
     listening = assert_loopback_only(_descendants(os.getpid()))
     assert listening >= 3  # GCS, raylet and workers: the check saw the runtime's sockets
@@ -196,9 +196,9 @@ def test_task_failure_is_reported(runtime, store_dirs, tmp_path: Path):
     path = tmp_path / "crash.py"
     path.write_text(CRASHES_ON_M1)
     with pytest.raises(EvaluationError, match=r"crash_on_m1 on m1/toy, question 0.*boom"):
-        evaluate(str(path), store_dirs, [0.0], Protocol(draws=2), executor=runtime)
+        evaluate(str(path), store_dirs, [0.0], EvalProtocol(draws=2), executor=runtime)
     # The string form joins this process's runtime; recorded failures are counted per store.
-    recorded = evaluate(str(path), store_dirs, [0.0], Protocol(draws=2), executor="ray",
+    recorded = evaluate(str(path), store_dirs, [0.0], EvalProtocol(draws=2), executor="ray",
                         on_error="record")
     assert [r["errors"] for r in recorded.rows] == [0, 8, 0]
 
@@ -209,7 +209,7 @@ def test_stuck_cluster_fails_within_the_task_deadline(runtime, store_dirs):
     stuck._remote = stuck._remote.options(num_cpus=64)
     t = time.monotonic()
     with pytest.raises(EvaluationError, match="no task finished within 2 s"):
-        evaluate("sc", store_dirs, [0.5], Protocol(draws=2), executor=stuck)
+        evaluate("sc", store_dirs, [0.5], EvalProtocol(draws=2), executor=stuck)
     assert time.monotonic() - t < 30
 
 
@@ -222,7 +222,7 @@ def _sandbox_rows(ev) -> list[tuple[object, ...]]:
 
 @pytest.mark.parametrize("controller", ["parallel_probe", "asc"])
 def test_sandboxed_on_ray_matches_local_sandbox(runtime, store_dirs, controller):
-    proto = Protocol(draws=5)
+    proto = EvalProtocol(draws=5)
     kw = dict(episodes=True, traces=True)
     local = evaluate_sandboxed(controller, store_dirs, [0.0, 0.5, 1.0], proto, workers=2, **kw)
     on_ray = evaluate_sandboxed(controller, store_dirs, [0.0, 0.5, 1.0], proto,
@@ -238,10 +238,10 @@ def test_sandboxed_failure_on_ray_is_a_verdict(runtime, store_dirs, tmp_path: Pa
     noisy = CRASHES_ON_M1.replace("        if ep.pool_size", "        print('hello')\n"
                                   "        if ep.pool_size")
     with pytest.raises(SandboxError) as err:
-        evaluate_sandboxed(noisy, store_dirs, [0.0], Protocol(draws=2), executor=runtime)
+        evaluate_sandboxed(noisy, store_dirs, [0.0], EvalProtocol(draws=2), executor=runtime)
     v = err.value.verdict
     assert v.kind == "exception" and "boom" in v.message and v.context["store"] == "m1/toy"
-    recorded = evaluate_sandboxed(noisy, store_dirs, [0.0], Protocol(draws=2),
+    recorded = evaluate_sandboxed(noisy, store_dirs, [0.0], EvalProtocol(draws=2),
                                   executor=runtime, on_error="record")
     assert [r["errors"] for r in recorded.rows] == [0, 8, 0]
     assert "hello" in recorded.stdout  # what the candidate printed comes back from the workers
@@ -407,7 +407,7 @@ def test_head_on_loopback_matches_local_executor(store_dirs, tmp_path: Path):
     try:
         _wait_until(lambda: b"Ray runtime started" in log.read_bytes(), head, 60, "ray start")
         address = f"127.0.0.1:{port}"
-        proto = Protocol(draws=4)
+        proto = EvalProtocol(draws=4)
         # The drivers are `autotts eval` processes, as a user runs them: Ray reads RAY_AUTH_MODE
         # when it is imported, and this process already runs a runtime of its own. With
         # --sandbox, the head's workers start the sandbox processes.

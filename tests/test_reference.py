@@ -8,7 +8,7 @@ import csv
 import pytest
 
 from autotts.controller import parse_sets
-from autotts.evaluate import Protocol, evaluate
+from autotts.evaluate import EvalProtocol, evaluate
 from tests.conftest import reference_csv, reference_file
 
 BASELINES = ("sc", "asc", "esc", "parallel_probe")
@@ -35,7 +35,7 @@ def test_baseline_reproduces_reference(row):
         return
     store = reference_file(f"{row['model']}/{row['benchmark']}.json")
     overrides = parse_sets(row["config"].split(";"))
-    result = evaluate(row["controller"], [store], None, Protocol(draws=100), overrides=overrides)
+    result = evaluate(row["controller"], [store], None, EvalProtocol(draws=100), overrides=overrides)
     (got,) = result.rows
     assert f"{got['accuracy']:.2f}" == f"{float(row['accuracy_pct']):.2f}"
     assert abs(got["tokens"] - float(row["tokens_mean"])) <= 0.5

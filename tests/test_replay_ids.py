@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from autotts import controller as ctl
-from autotts.evaluate import Protocol, evaluate
+from autotts.evaluate import EvalProtocol, evaluate
 from autotts.store import open_store
 from autotts.synth import SynthParams, generate
 from tests.conftest import REFERENCE_FILES, branch, make_store, reference_file
@@ -73,7 +73,7 @@ def spec(tmp_path: Path, name: str, source: str) -> ctl.ControllerSpec:
 @pytest.mark.reference
 def test_preferring_small_ids_gains_nothing_on_every_reference_store(tmp_path: Path):
     stores = [reference_file(f) for f in REFERENCE_FILES]
-    proto = Protocol(draws=20)
+    proto = EvalProtocol(draws=20)
     pairs = [
         (spec(tmp_path, "small", SMALLEST_OF_THREE), spec(tmp_path, "first", FIRST_OF_THREE)),
         (spec(tmp_path, "tie_small", MAJORITY.replace("@NAME@", "small").replace("@TIE@", "min(tied)")),
@@ -177,7 +177,7 @@ def test_traced_and_untraced_runs_are_identical(tmp_path: Path):
     for name, source, betas in (("pool", POOL_BY_EIGHT, None),
                                 ("random", RANDOM, [i / 100 for i in range(12)])):
         sp = spec(tmp_path, name, source)
-        for proto in (Protocol(draws=4), Protocol(draws=3, probe_cost=7, budget=120)):
+        for proto in (EvalProtocol(draws=4), EvalProtocol(draws=3, probe_cost=7, budget=120)):
             plain = evaluate(sp, stores, betas, proto, episodes=True, on_error="record")
             traced = evaluate(sp, stores, betas, proto, episodes=True, traces=True,
                               on_error="record")
@@ -195,7 +195,7 @@ def test_answers_score_through_the_episode_ids():
     """Controllers answer in their episode's ids; the scorer maps them to the store's classes."""
     store = make_store([("B", [branch([], 5, "A"), branch([], 5, "B")]),
                         ("A", [branch([], 5, "B"), branch([], 5, "A")])])
-    res = evaluate("sc", [store], None, Protocol(draws=6), overrides={"n": 1}, episodes=True)
+    res = evaluate("sc", [store], None, EvalProtocol(draws=6), overrides={"n": 1}, episodes=True)
     gold = store.gold_classes()
     for e in res.episodes:
         assert e["answer"] in (0, 1) and e["correct"] == (e["answer"] == gold[e["question"]])

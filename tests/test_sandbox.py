@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from autotts import controller as ctl
-from autotts.evaluate import Protocol, evaluate
+from autotts.evaluate import EvalProtocol, evaluate
 from autotts.sandbox import (
     SandboxError,
     SandboxLimits,
@@ -141,7 +141,7 @@ def _run_candidate(path: Path, parent: dict[str, Path], *, admit_first: bool):
     options = head.get("options", "")
     betas = [0.0, 0.5, 1.0] if "check_monotone" in options else [0.5]
     return evaluate_sandboxed(
-        source, [synthetic_store()], betas, Protocol(draws=6), limits=_limits(head.get("limits")),
+        source, [synthetic_store()], betas, EvalProtocol(draws=6), limits=_limits(head.get("limits")),
         filename=path.name, check_monotone="check_monotone" in options, _admit=admit_first,
     )
 
@@ -173,7 +173,7 @@ def test_redteam(path, parent):
 def test_out_of_range_answers_are_non_answers_in_process_too(name):
     """The in-process evaluator reports them as the sandbox does, even an int too long for
     Python's decimal repr."""
-    ev = evaluate(str(REDTEAM / f"{name}.py"), [synthetic_store()], [0.5], Protocol(draws=2),
+    ev = evaluate(str(REDTEAM / f"{name}.py"), [synthetic_store()], [0.5], EvalProtocol(draws=2),
                   on_error="record")
     assert {e["kind"] for e in ev.errors} == {"non_answer"}
     assert "outside the int32 range" in ev.errors[0]["message"]
@@ -210,7 +210,7 @@ def helper(a):
     return a // 0
 '''
     with pytest.raises(SandboxError) as info:
-        evaluate_sandboxed(source, [synthetic_store()], [0.25], Protocol(draws=2), limits=FAST,
+        evaluate_sandboxed(source, [synthetic_store()], [0.25], EvalProtocol(draws=2), limits=FAST,
                            filename="buggy.py")
     v = info.value.verdict
     assert v.kind == "exception" and "ZeroDivisionError" in v.message
@@ -241,7 +241,7 @@ class Slow:
 '''
     t0 = time.monotonic()
     with pytest.raises(SandboxError) as info:
-        evaluate_sandboxed(source, [synthetic_store()], [0.5], Protocol(draws=3),
+        evaluate_sandboxed(source, [synthetic_store()], [0.5], EvalProtocol(draws=3),
                            limits=_limits("episode_seconds=1"))
     v = info.value.verdict
     assert v.kind == "timeout"
@@ -269,7 +269,7 @@ class Sneaky:
         return ep.read_new()
 '''
     with pytest.raises(SandboxError) as info:
-        evaluate_sandboxed(source, [synthetic_store()], [0.5], Protocol(draws=2), limits=FAST)
+        evaluate_sandboxed(source, [synthetic_store()], [0.5], EvalProtocol(draws=2), limits=FAST)
     assert info.value.verdict.kind == "forbidden"
     assert info.value.verdict.context["line"] == 14
 
@@ -283,7 +283,7 @@ def test_child_environment_is_scrubbed_and_isolated(parent, store):
 
     def run():
         with pytest.raises(SandboxError):
-            evaluate_sandboxed(source, [store], [0.5], Protocol(draws=2),
+            evaluate_sandboxed(source, [store], [0.5], EvalProtocol(draws=2),
                                limits=_limits("episode_seconds=4"))
 
     t = threading.Thread(target=run)
@@ -351,8 +351,8 @@ class Flaky:
         return answers[-1]
 ''')
     kw = dict(overrides=None, on_error="record")
-    a = evaluate(str(path), [store], [0.0, 1.0], Protocol(draws=5), **kw)
-    b = evaluate_sandboxed(str(path), [store], [0.0, 1.0], Protocol(draws=5), limits=FAST, **kw)
+    a = evaluate(str(path), [store], [0.0, 1.0], EvalProtocol(draws=5), **kw)
+    b = evaluate_sandboxed(str(path), [store], [0.0, 1.0], EvalProtocol(draws=5), limits=FAST, **kw)
     assert a.rows == b.rows
     assert a.errors == b.errors and {e["kind"] for e in a.errors} >= {"exception"}
 
@@ -367,7 +367,7 @@ def _normalized(items):
 @pytest.mark.parametrize("name", ctl.builtin_names())
 def test_builtin_controllers_identical_sandboxed(name, parent):
     stores = [synthetic_store(5, 24, seed=1), synthetic_store(3, 9, seed=2)]
-    proto = Protocol(draws=4)
+    proto = EvalProtocol(draws=4)
     a = evaluate(name, stores, [0.0, 0.5, 1.0], proto, episodes=True, traces=True)
     b = evaluate_sandboxed(name, stores, [0.0, 0.5, 1.0], proto, episodes=True, traces=True,
                            limits=FAST)
@@ -382,10 +382,10 @@ def test_builtin_controllers_identical_sandboxed(name, parent):
 
 def test_workers_and_overrides_give_the_same_rows(store, parent):
     kw = dict(overrides={"num_chains": 8, "T": 3})
-    a = evaluate("parallel_probe", [store], None, Protocol(draws=8, protocol="subsample", pool=12),
+    a = evaluate("parallel_probe", [store], None, EvalProtocol(draws=8, protocol="subsample", pool=12),
                  **kw)
     b = evaluate_sandboxed("parallel_probe", [store], None,
-                           Protocol(draws=8, protocol="subsample", pool=12), workers=2,
+                           EvalProtocol(draws=8, protocol="subsample", pool=12), workers=2,
                            limits=FAST, **kw)
     assert a.rows == b.rows and b.rows[0]["beta"] is None
 
@@ -395,8 +395,8 @@ def test_workers_and_overrides_give_the_same_rows(store, parent):
 @pytest.mark.parametrize("name", ctl.builtin_names())
 def test_builtin_controllers_identical_on_reference_data(name, parent):
     path = reference_file("Qwen3-8B/aime24.json")
-    a = evaluate(name, [path], [0.0, 0.5, 1.0], Protocol(draws=5))
-    b = evaluate_sandboxed(name, [path], [0.0, 0.5, 1.0], Protocol(draws=5))
+    a = evaluate(name, [path], [0.0, 0.5, 1.0], EvalProtocol(draws=5))
+    b = evaluate_sandboxed(name, [path], [0.0, 0.5, 1.0], EvalProtocol(draws=5))
     assert a.rows == b.rows
 
 
@@ -485,7 +485,7 @@ class Good(Base):
 
 def test_admission_accepts_ordinary_controller_code(store, parent):
     assert admit(GOOD, "good.py") is None
-    ev = evaluate_sandboxed(GOOD, [store], [0.0, 1.0], Protocol(draws=2), limits=FAST)
+    ev = evaluate_sandboxed(GOOD, [store], [0.0, 1.0], EvalProtocol(draws=2), limits=FAST)
     assert [r["config"] for r in ev.rows] == [{"n": 1}, {"n": 8}]
 
 
@@ -615,7 +615,7 @@ def test_wall_clock_limit_kills_the_group(parent, store):
     source = (REDTEAM / "infinite_loop.py").read_text()
     t0 = time.monotonic()
     with pytest.raises(SandboxError) as info:
-        evaluate_sandboxed(source, [store], [0.5], Protocol(draws=2),
+        evaluate_sandboxed(source, [store], [0.5], EvalProtocol(draws=2),
                            limits=_limits("episode_seconds=60,wall_seconds=3"))
     assert info.value.verdict.kind == "timeout" and "wall-clock" in info.value.verdict.message
     assert time.monotonic() - t0 < 20
@@ -625,10 +625,10 @@ def test_bad_overrides_are_config_errors(store, parent):
     from autotts.errors import ConfigError
 
     with pytest.raises(ConfigError, match="no knob 'bogus'"):
-        evaluate_sandboxed("sc", [store], None, Protocol(draws=2), overrides={"bogus": 1},
+        evaluate_sandboxed("sc", [store], None, EvalProtocol(draws=2), overrides={"bogus": 1},
                            limits=FAST)
     with pytest.raises(ConfigError):
-        evaluate_sandboxed("sc", [store], None, Protocol(draws=2), overrides={"n": object()},
+        evaluate_sandboxed("sc", [store], None, EvalProtocol(draws=2), overrides={"n": object()},
                            limits=FAST)
 
 

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from autotts.errors import ConfigError
-from autotts.evaluate import Protocol, evaluate
+from autotts.evaluate import EvalProtocol, evaluate
 from autotts.sandbox import SandboxError, SandboxLimits, evaluate_sandboxed, spawned_pids
 from autotts.sandbox.judge import OutputLimit, ProtocolError
 from autotts.sandbox.supervisor import Failed, _Task
@@ -27,7 +27,7 @@ from autotts.sandbox.wire import FrameError, FrameReader, escape, pack_frame
 from tests.test_sandbox import FAST, parent, synthetic_store  # noqa: F401 (fixture)
 
 STORE = synthetic_store()
-PROTO = Protocol(draws=4)
+PROTO = EvalProtocol(draws=4)
 
 
 def _run(source: str, **kw):
@@ -213,7 +213,7 @@ class Loop:
     before = set(spawned_pids())
     def run_victim() -> None:
         with pytest.raises(SandboxError):
-            evaluate_sandboxed(looping, [STORE], [0.5], Protocol(draws=1),
+            evaluate_sandboxed(looping, [STORE], [0.5], EvalProtocol(draws=1),
                                limits=SandboxLimits(**{**FAST.__dict__, "episode_seconds": 8}))
 
     victim = threading.Thread(target=run_victim)
@@ -427,7 +427,7 @@ class Counter:
         raise ValueError(f"episode {{n}} of this process")
 '''
     store2 = synthetic_store(3, 9, seed=2)
-    ev = evaluate_sandboxed(source, [STORE, store2], [0.0, 0.5, 1.0], Protocol(draws=5),
+    ev = evaluate_sandboxed(source, [STORE, store2], [0.0, 0.5, 1.0], EvalProtocol(draws=5),
                             limits=FAST, on_error="record", _unrestricted=unrestricted)
     counts = [int(e["message"].split("episode ")[1].split(" ")[0]) for e in ev.errors]
     assert len(counts) == 3 * 5 * (4 + 3)

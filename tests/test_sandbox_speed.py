@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from autotts.evaluate import Protocol, evaluate
+from autotts.evaluate import EvalProtocol, evaluate
 from autotts.sandbox import evaluate_sandboxed
 from autotts.sandbox.judge import ProtocolError
 from tests.test_sandbox import FAST, parent, synthetic_store  # noqa: F401 (fixture)
@@ -55,7 +55,7 @@ class Masks:
 def test_masks_give_in_process_numbers_and_refusals(tmp_path):
     path = tmp_path / "masks.py"
     path.write_text(MASKS)
-    proto = Protocol(draws=3)
+    proto = EvalProtocol(draws=3)
     a = evaluate(str(path), [STORE], [0.0, 0.5, 1.0], proto, episodes=True, traces=True,
                  on_error="record")
     b = evaluate_sandboxed(MASKS, [STORE], [0.0, 0.5, 1.0], proto, episodes=True, traces=True,
@@ -71,9 +71,9 @@ def test_traced_draws_within_a_sweep(tmp_path):
     path.write_text(MASKS)
     betas = [0.0, 0.5, 1.0]
     kw = {"episodes": True, "on_error": "record", "limits": FAST, "filename": str(path)}
-    sweep = evaluate_sandboxed(MASKS, [STORE], betas, Protocol(draws=5), **kw)
-    traced = evaluate_sandboxed(MASKS, [STORE], betas, Protocol(draws=2), traces=True, **kw)
-    both = evaluate_sandboxed(MASKS, [STORE], betas, Protocol(draws=5), traces=True,
+    sweep = evaluate_sandboxed(MASKS, [STORE], betas, EvalProtocol(draws=5), **kw)
+    traced = evaluate_sandboxed(MASKS, [STORE], betas, EvalProtocol(draws=2), traces=True, **kw)
+    both = evaluate_sandboxed(MASKS, [STORE], betas, EvalProtocol(draws=5), traces=True,
                               trace_draws=2, **kw)
     assert both.rows == sweep.rows and both.episodes == sweep.episodes
     assert both.traces == traced.traces

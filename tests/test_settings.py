@@ -17,7 +17,7 @@ from autotts import settings
 from autotts.cli import DEFAULT_BETAS, main, parse_betas
 from autotts.discover.config import DiscoverConfig
 from autotts.envdef import load_env
-from autotts.evaluate import Protocol
+from autotts.evaluate import EvalProtocol
 
 KNOBS = ("[replay]\nprobe_cost = 7\nbranch_cap = 12\nbudget = 40000\n"
          "[evaluation]\nbetas = [0.0, 0.5, 1.0]\ndraws = 3\nheldout_draws = 5\n"
@@ -43,12 +43,12 @@ def run_cli(args: list[str], monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     """Run a command until it would evaluate; what it would evaluate with."""
     seen: dict[str, Any] = {}
 
-    def fake_evaluate(controller: Any, stores: Any, betas: Any, proto: Protocol,
+    def fake_evaluate(controller: Any, stores: Any, betas: Any, proto: EvalProtocol,
                       **kw: Any) -> Any:
         seen.update(proto=proto, betas=betas, stores=[str(s) for s in stores])
         raise Captured
 
-    def fake_sweep(stores: Any, out_dir: Any, *, betas: Any, proto: Protocol,
+    def fake_sweep(stores: Any, out_dir: Any, *, betas: Any, proto: EvalProtocol,
                    **kw: Any) -> Any:
         seen.update(proto=proto, betas=list(betas), stores=[str(s) for s in stores])
         raise Captured
@@ -67,10 +67,10 @@ def test_precedence() -> None:
     env.protocol, env.branch_cap, env.probe_cost, env.budget = "subsample", 12, 7, None
     env.betas = [0.0, 1.0]
     none = settings.resolve(settings.EVAL)
-    assert none.proto == Protocol(draws=100) and none.betas == list(settings.EVAL.betas)
+    assert none.proto == EvalProtocol(draws=100) and none.betas == list(settings.EVAL.betas)
     assert set(none.sources.values()) == {"default"}
     s = settings.resolve(settings.SWEEP, env, "heldout", draws=9, seed=4, budget=0)
-    assert s.proto == Protocol(draws=9, protocol="subsample", pool=12, seed=4, probe_cost=7,
+    assert s.proto == EvalProtocol(draws=9, protocol="subsample", pool=12, seed=4, probe_cost=7,
                                budget=0)
     assert s.betas == [0.0, 1.0]
     assert s.sources == {"draws": "flag", "protocol": "env", "pool": "env", "seed": "flag",
@@ -92,7 +92,7 @@ def test_eval_sweep_and_discover_agree(env_file: Path, tmp_path: Path,
     env = load_env(env_file)
     ev = run_cli(["eval", "--controller", "sc", "--env", str(env_file)], monkeypatch)
     sw = run_cli(["sweep", "--env", str(env_file), "--out", str(tmp_path / "r")], monkeypatch)
-    want = Protocol(draws=3, protocol="subsample", pool=12, seed=0, probe_cost=7, budget=40000)
+    want = EvalProtocol(draws=3, protocol="subsample", pool=12, seed=0, probe_cost=7, budget=40000)
     assert ev["proto"] == sw["proto"] == want
     assert ev["betas"] == sw["betas"] == env.betas
     # Discovery: its loop evaluates every stage under DiscoverConfig.protocol (no other path).
@@ -101,7 +101,7 @@ def test_eval_sweep_and_discover_agree(env_file: Path, tmp_path: Path,
     # The held-out split: eval's --split heldout and discovery's held-out step.
     held = run_cli(["eval", "--controller", "sc", "--env", str(env_file), "--split", "heldout"],
                    monkeypatch)
-    assert held["proto"] == cfg.protocol(env, "heldout") == Protocol(
+    assert held["proto"] == cfg.protocol(env, "heldout") == EvalProtocol(
         draws=5, protocol="subsample", pool=12, seed=0, probe_cost=7, budget=40000)
     # Flags given win in all three.
     flags = ["--draws", "2", "--seed", "3", "--probe-cost", "0", "--pool", "4", "--budget",
@@ -109,7 +109,7 @@ def test_eval_sweep_and_discover_agree(env_file: Path, tmp_path: Path,
     ev = run_cli(["eval", "--controller", "sc", "--env", str(env_file), *flags], monkeypatch)
     sw = run_cli(["sweep", "--env", str(env_file), "--out", str(tmp_path / "r"), *flags],
                  monkeypatch)
-    assert ev["proto"] == sw["proto"] == Protocol(draws=2, protocol="shuffle", pool=4, seed=3,
+    assert ev["proto"] == sw["proto"] == EvalProtocol(draws=2, protocol="shuffle", pool=4, seed=3,
                                                   probe_cost=0, budget=100)
     assert ev["betas"] == sw["betas"] == [0.0, 1.0]
     # compare: the environment's protocol and grid, held-out groups at heldout_draws, its flags.
@@ -138,7 +138,7 @@ def test_sweep_takes_the_environment_protocol(env_file: Path, tmp_path: Path,
     # Without an environment the sweep's own defaults hold.
     plain = run_cli(["sweep", "--store", str(env.splits["search"][0]), "--out",
                      str(tmp_path / "r")], monkeypatch)
-    assert plain["proto"] == Protocol(draws=20)
+    assert plain["proto"] == EvalProtocol(draws=20)
     assert plain["betas"] == list(settings.SWEEP.betas)
 
 
@@ -148,7 +148,7 @@ def test_sweep_report_names_the_protocol(env_file: Path, tmp_path: Path) -> None
     env = load_env(env_file)
     s = settings.resolve(settings.SWEEP, env)
     assert s.describe() == "subsample, 3 draws, pool 12, κ = 7, budget 40,000"
-    assert settings.describe_protocol(Protocol(draws=20)) == "shuffle, 20 draws"
+    assert settings.describe_protocol(EvalProtocol(draws=20)) == "shuffle, 20 draws"
     paths, _, _ = autotts.sweep.run_sweep(env.splits["search"][:1], tmp_path / "rep",
                                           controllers=["sc"], betas=s.betas, proto=s.proto)
     assert "Protocol: subsample, 3 draws, pool 12, κ = 7, budget 40,000, β ∈ {0, 0.5, 1}" in (

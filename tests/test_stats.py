@@ -14,7 +14,7 @@ import pytest
 
 from autotts import metrics, stats
 from autotts.discover.candidates import objective
-from autotts.evaluate import Protocol, evaluate
+from autotts.evaluate import EvalProtocol, evaluate
 from autotts.metrics import auc_log_tokens
 from autotts.synth import SynthParams, generate
 
@@ -48,7 +48,7 @@ def evaluated() -> dict[str, object]:
                                    benchmark=f"b{k}")) for k in (1, 2)]
     out: dict[str, object] = {"stores": stores}
     for name in ("sc", "parallel_probe"):
-        ev = evaluate(name, stores, BETAS[::2], Protocol(draws=4), episodes=True)
+        ev = evaluate(name, stores, BETAS[::2], EvalProtocol(draws=4), episodes=True)
         out[name] = ev
     return out
 

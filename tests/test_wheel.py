@@ -18,10 +18,10 @@ SCRIPT = """
 import json, autotts
 from autotts.controller import builtin_names
 from autotts.envdef import load_env
-from autotts.evaluate import Protocol, evaluate
+from autotts.evaluate import EvalProtocol, evaluate
 from autotts.synth import SynthParams, generate
 store = generate(SynthParams(questions=4, branches=8, seed=1))
-rows = evaluate("parallel_probe", [store], [0.5], Protocol(draws=2)).rows
+rows = evaluate("parallel_probe", [store], [0.5], EvalProtocol(draws=2)).rows
 from autotts.contract import contract_text
 print(json.dumps({"file": autotts.__file__, "builtins": builtin_names(),
                   "contract": "@staticmethod" in contract_text(),

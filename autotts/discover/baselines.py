@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from autotts import __version__
-from autotts.evaluate import Protocol
+from autotts.evaluate import EvalProtocol
 from autotts.fsio import dumps, read_json, write_json
 from autotts.paths import PACKAGE_DIR
 
@@ -52,7 +52,7 @@ def _code_hash() -> str:
 
 
 def key(kind: str, controller_source: str, stores: Sequence[str], betas: Sequence[float],
-        proto: Protocol, **extra: Any) -> str:
+        proto: EvalProtocol, **extra: Any) -> str:
     blob = dumps({"kind": kind, "code": _code_hash(),
                   "controller": hashlib.sha256(controller_source.encode()).hexdigest(),
                   "stores": list(stores), "betas": [float(b) for b in betas],

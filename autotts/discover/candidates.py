@@ -33,7 +33,7 @@ from typing import Protocol as TypingProtocol
 import numpy as np
 import pyarrow.compute as pc
 
-from autotts.evaluate import Evaluation, Protocol
+from autotts.evaluate import EvalProtocol, Evaluation
 from autotts.metrics import auc_log_tokens
 from autotts.store import Store
 
@@ -76,7 +76,7 @@ class Backend(TypingProtocol):
     def admit(self, source: str, filename: str) -> dict[str, Any] | None: ...
 
     def evaluate(self, path: str, stores: Sequence[Any], betas: Sequence[float],
-                 proto: Protocol, *, stage: str, episodes: bool = False, traces: bool = False,
+                 proto: EvalProtocol, *, stage: str, episodes: bool = False, traces: bool = False,
                  trace_draws: int | None = None, on_error: str = "raise",
                  workers: int = 1) -> Evaluation: ...
 
@@ -103,7 +103,7 @@ class SandboxBackend:
         return None if v is None else from_sandbox(v, "admit")
 
     def evaluate(self, path: str, stores: Sequence[Any], betas: Sequence[float],
-                 proto: Protocol, *, stage: str, episodes: bool = False, traces: bool = False,
+                 proto: EvalProtocol, *, stage: str, episodes: bool = False, traces: bool = False,
                  trace_draws: int | None = None, on_error: str = "raise",
                  workers: int = 1) -> Evaluation:
         try:

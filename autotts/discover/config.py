@@ -21,7 +21,7 @@ from autotts.settings import DISCOVER, first_given, resolve
 
 if TYPE_CHECKING:
     from autotts.envdef import EnvDef
-    from autotts.evaluate import Protocol
+    from autotts.evaluate import EvalProtocol
 
 # USD per million tokens (input, output). List prices of a few common chat models (2025); prices
 # change, so AUTOTTS_PRICES (a JSON file or inline JSON object) overrides or extends this table:
@@ -221,7 +221,7 @@ class DiscoverConfig:
         if self.ray_address and self.executor != "ray":
             raise ConfigError("--ray-address needs --executor ray")
 
-    def protocol(self, env: EnvDef, split: str = "search", draws: int | None = None) -> Protocol:
+    def protocol(self, env: EnvDef, split: str = "search", draws: int | None = None) -> EvalProtocol:
         """The protocol candidates are evaluated under on `split`: the same precedence as eval
         and sweep (autotts/settings.py), with the run's seed and held-out draws as the flags
         (AUTOTTS_HELDOUT_DRAWS, else the environment's heldout_draws, else its draws) over the

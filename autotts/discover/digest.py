@@ -38,7 +38,7 @@ import numpy as np
 
 from autotts.draws import draw_order
 from autotts.engine import NO_ANSWER, Episode, InvalidAction, Question
-from autotts.evaluate import Protocol
+from autotts.evaluate import EvalProtocol
 from autotts.metrics import monotonicity_violations
 from autotts.store import Store
 from autotts.summary import majority_first_seen
@@ -55,7 +55,7 @@ class SearchData:
     """The search stores as the parent sees them: replay arrays, gold classes, draw orders and, per
     (store, draw, question), whether the majority of the first k branches of the order is right."""
 
-    def __init__(self, stores: Sequence[Store], proto: Protocol) -> None:
+    def __init__(self, stores: Sequence[Store], proto: EvalProtocol) -> None:
         self.stores = list(stores)
         self.proto = proto
         self.names = [s.name for s in self.stores]

@@ -34,7 +34,7 @@ from autotts.evaluate import Evaluation, score
 from autotts.sandbox.admission import Verdict, admit
 from autotts.sandbox.supervisor import Failed, SandboxLimits, Unit, run_task
 from autotts.store import ReplayData, Store, open_store
-from autotts.units import BlockResult, Protocol
+from autotts.units import BlockResult, EvalProtocol
 
 
 @dataclass
@@ -199,7 +199,7 @@ def evaluate_sandboxed(
     source_or_path: str | os.PathLike[str],
     stores: Sequence[str | os.PathLike[str] | Store],
     betas: Sequence[float | None] | None = None,
-    proto: Protocol | None = None,
+    proto: EvalProtocol | None = None,
     *,
     overrides: dict[str, Any] | None = None,
     episodes: bool = False,
@@ -231,7 +231,7 @@ def evaluate_sandboxed(
 
     With traces, `trace_draws=k` traces only the first k draws (the rest run untraced, as in a
     separate evaluation): a sweep and the digest's traced draws in one evaluation."""
-    proto = proto or Protocol()
+    proto = proto or EvalProtocol()
     proto.check()
     if on_error not in ("raise", "record"):
         raise ConfigError(f"on_error must be 'raise' or 'record', got {on_error!r}")
@@ -360,7 +360,7 @@ def sandbox_overhead(
             raise ConfigError(f"no reference stores under {data_dir() / 'autotts-replay'}: "
                               "get them with `autotts data fetch autotts-qwen3`")
     loaded = [_as_store(s) for s in stores]
-    proto = Protocol(draws=draws)
+    proto = EvalProtocol(draws=draws)
     source = ctl.resolve("parallel_probe").read_text(encoding="utf-8")
     best = {"in": (math.inf, math.inf), "sb": (math.inf, math.inf)}
     actions = 0

@@ -24,7 +24,7 @@ import numpy as np
 from autotts.draws import draw_order
 from autotts.engine import NO_ANSWER, Episode, InvalidAction, store_class
 from autotts.sandbox.wire import escape
-from autotts.units import BlockResult, Protocol, Questions
+from autotts.units import BlockResult, EvalProtocol, Questions
 
 EPISODE_ERRORS = ("exception", "invalid_action", "non_answer")
 MAX_MESSAGE = 2000  # characters of an error message kept from the child
@@ -140,7 +140,7 @@ class UnitJudge:
     questions each), all under one configuration, so that the sandbox process that runs them
     never meets the same question twice. Slot k numbers the parts' questions in order."""
 
-    def __init__(self, parts: list[Questions], proto: Protocol, draw: int, *,
+    def __init__(self, parts: list[Questions], proto: EvalProtocol, draw: int, *,
                  trace: bool, budget: TraceBudget, window: int = 256) -> None:
         self.parts = parts
         self.proto = proto

@@ -36,7 +36,7 @@ from autotts.sandbox.admission import Verdict
 from autotts.sandbox.judge import OutputLimit, ProtocolError, TraceBudget, UnitJudge
 from autotts.sandbox.wire import FrameError, FrameReader, FrameTooLarge, escape, pack_frame
 from autotts.store import ReplayData
-from autotts.units import BlockResult, Protocol, Questions, Unit
+from autotts.units import BlockResult, EvalProtocol, Questions, Unit
 
 MAX_NAME = 100  # characters of a controller NAME
 MAX_KNOBS_JSON = 64 * 1024  # bytes of all knobs of all β, as JSON
@@ -309,7 +309,7 @@ class _Task:
         self.limits = limits
         self.budget = budget
         self.progress = progress
-        self.proto = Protocol(**request["proto"])
+        self.proto = EvalProtocol(**request["proto"])
         self.betas: list[float | None] = list(request["betas"])
         self.raise_first = request["on_error"] == "raise"
         self.todo = deque(range(len(self.batches)))

@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from autotts.errors import ConfigError
-from autotts.paths import data_dir, reference_dir
+from autotts.paths import data_dir, project_data_dir, reference_dir
 
 MODELS = ("Qwen3-0.6B", "Qwen3-1.7B", "Qwen3-4B", "Qwen3-8B")
 BENCHES = ("aime24", "aime25")
@@ -62,15 +62,13 @@ def bench_startup(files: list[Path], repeats: int = 5) -> dict[str, Any]:
     import subprocess
     import sys
 
-    from autotts.demo import shipped_store_path
-
     py = sys.executable
     eval_sc = [py, "-m", "autotts", "eval", "--controller", "sc", "--store"]
     cases = {
         "python -c pass": [py, "-c", "pass"],
         "python -c 'import numpy'": [py, "-c", "import numpy"],
         "autotts --version": [py, "-m", "autotts", "--version"],
-        "autotts eval sc, synthetic store (Parquet)": [*eval_sc, str(shipped_store_path())],
+        "autotts eval sc, synthetic store (Parquet)": [*eval_sc, str(project_data_dir() / "synthetic")],
         f"autotts eval sc, {files[-2].parent.name}/{files[-2].stem} (JSON)": [*eval_sc,
                                                                               str(files[-2])],
     }

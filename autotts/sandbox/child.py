@@ -153,7 +153,8 @@ class Scheduler:
         self.main = greenlet.getcurrent()
         self.cls = cls
         self.config = config
-        self.tracing = bool(req["traces"])  # per batch: the unit frame may narrow it
+        # The same in every batch: which draws are traced is the judge's alone (trace_draws).
+        self.tracing = bool(req["traces"])
         self.out = out
         self.hint = hint
         self.live: dict[int, Any] = {}
@@ -408,7 +409,6 @@ def _unit_child(code: Any, req: dict[str, Any], unit: dict[str, Any], out: _Out,
     a fresh copy of the candidate's module, so nothing it learns outlives the batch."""
     cls = _candidate_class(code, req["filename"], bool(req.get("unrestricted")))
     sched = Scheduler(cls, unit["config"], req, out, hint)
-    sched.tracing = bool(unit.get("trace", sched.tracing))
     sched.run_unit(unit, lambda: read_frame(stdin))
     out.send({"t": "unit_done", "stdout": STATE.sink.text(), "dropped": STATE.sink.dropped})
 

@@ -319,7 +319,9 @@ class UnitJudge:
 
     def _events(self, s: _Slot, events: Any) -> None:
         if not self.trace:
-            return  # the handle only sends events when tracing is on; ignore any others
+            # An untraced draw of a traced evaluation: the child sends events in every batch
+            # (it is not told which draws are traced); they are dropped here, uncounted.
+            return
         if type(events) is not list:
             raise ProtocolError("trace events are not a list")
         for e in events:

@@ -366,7 +366,10 @@ class _Task:
         now = time.monotonic()
         self.since = {f[0]: now for f in start}
         p = self.proto
-        return {"t": "unit", "r": r, "config": self.info["configs"][r], "trace": trace,
+        # No trace flag: the child collects trace events in every batch of a traced evaluation
+        # and the judge keeps only those of traced draws, so a candidate (even with code
+        # execution) cannot tell the digest's traced draws from the scored ones.
+        return {"t": "unit", "r": r, "config": self.info["configs"][r],
                 "kappa": int(p.probe_cost), "budget": p.budget, "start": start}
 
     def _facts(self, start: list[list[int]]) -> list[list[int]]:

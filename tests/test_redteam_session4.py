@@ -271,3 +271,31 @@ def test_a_serialization_spy_cannot_tell_traced_draws():
                             traces=True, trace_draws=1, on_error="record")
     assert ev.rows == ref.rows
     assert ref.rows[0]["accuracy"] > 0 and not ref.errors  # the spy ran and was admitted
+
+
+# ---- code execution: the batch's place in the order (its pid, its start time) ----------------
+
+
+def _task_order(trace_draws):
+    from autotts.sandbox.judge import TraceBudget
+    from autotts.sandbox.supervisor import _Task
+
+    request = {"source": "", "filename": "f.py", "admit": True, "betas": [0.5], "overrides": {},
+               "proto": {"draws": 8, "protocol": "shuffle", "pool": None, "seed": 0,
+                         "probe_cost": 3, "budget": 400},
+               "traces": True, "trace_draws": trace_draws, "on_error": "record",
+               "limits": FAST.__dict__, "allow_weak": True}
+    units = [(0, 0, d, d + 1) for d in range(8)]
+    task = _Task(request, [STORE.replay()], units, FAST, TraceBudget(10_000), None)
+    return [task.units[task.batches[b][0]][2] for b in task.todo]
+
+
+def test_the_batch_order_does_not_tell_the_traced_draws():
+    """Batches are forked one after another, so a batch process with code execution knows its
+    place in the order (its pid in the sandbox's pid namespace, the time since the sandbox
+    started). With trace_draws the order is a secret permutation: the traced draws are not
+    simply the first batches."""
+    orders = {tuple(_task_order(2)) for _ in range(20)}
+    assert len(orders) > 1  # 8! orders: twenty equal draws would be a 1 in 40320**19 event
+    assert all(sorted(o) == list(range(8)) for o in orders)
+    assert _task_order(None) == list(range(8))  # without trace_draws: draw order, as before

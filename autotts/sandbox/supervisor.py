@@ -16,6 +16,7 @@ import json
 import math
 import mmap
 import os
+import random
 import selectors
 import shutil
 import signal
@@ -312,7 +313,13 @@ class _Task:
         self.proto = EvalProtocol(**request["proto"])
         self.betas: list[float | None] = list(request["betas"])
         self.raise_first = request["on_error"] == "raise"
-        self.todo = deque(range(len(self.batches)))
+        order = list(range(len(self.batches)))
+        if request.get("traces") and request.get("trace_draws") is not None:
+            # Batches are forked in turn, so a batch's pid and start time tell its place in the
+            # order: served in draw order, they would tell the first `trace_draws` draws (the
+            # digest's) from the rest. A secret order keeps which draws are traced the judge's.
+            random.SystemRandom().shuffle(order)
+        self.todo = deque(order)
         self.results: dict[int, BlockResult] = {}
         self.alias: dict[int, int] = {}  # unit -> the unit with the same knobs whose results it takes
         self.info: dict[str, Any] = {"name": None, "configs": None, "isolation": None,

@@ -299,3 +299,41 @@ def test_the_batch_order_does_not_tell_the_traced_draws():
     assert len(orders) > 1  # 8! orders: twenty equal draws would be a 1 in 40320**19 event
     assert all(sorted(o) == list(range(8)) for o in orders)
     assert _task_order(None) == list(range(8))  # without trace_draws: draw order, as before
+
+
+_SPY_RAISES = '''
+HELD = []
+
+
+class Spy(dict):
+    def items(self):
+        if HELD:
+            HELD[0].advance(0)  # a handle, used from the scheduler's own context
+        raise ValueError("boom")
+
+
+class Tell:
+    NAME = "tell"
+
+    @staticmethod
+    def schedule(beta):
+        return {}
+
+    def run(self, ep):
+        HELD.append(ep)
+        ep.trace("x", v=Spy(a=1))
+        ep.branch()
+        return None
+'''
+
+
+@pytest.mark.usefixtures("parent")
+def test_candidate_code_run_while_serializing_ends_in_a_typed_verdict():
+    """The spy's items() runs in the batch's scheduler (outside any episode): using a handle
+    there is refused, and raising ends the run with a typed verdict, never a hang."""
+    from autotts.sandbox import SandboxError
+
+    with pytest.raises(SandboxError) as e:
+        evaluate_sandboxed(_SPY_RAISES, [STORE], [0.5], PROTO, filename="spy.py", limits=FAST,
+                           traces=True, trace_draws=1, on_error="record")
+    assert e.value.verdict.kind in ("crash", "exception")

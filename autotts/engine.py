@@ -26,13 +26,15 @@ Refusals (InvalidAction) and their messages depend only on revealed state and pu
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
 from autotts.answers import NO_ANSWER  # also "nothing revealed yet" here
 from autotts.errors import InvalidAction
-from autotts.store import ReplayData
+
+if TYPE_CHECKING:  # the sandbox process imports the engine's names, never the store (pyarrow)
+    from autotts.store import ReplayData
 
 
 class _NoCopy:

@@ -12,7 +12,7 @@ import math
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -21,7 +21,9 @@ from autotts.batch import EpisodeBatch
 from autotts.draws import PROTOCOLS, draw_order
 from autotts.engine import NO_ANSWER, Episode, InvalidAction, Question, store_class
 from autotts.errors import ConfigError, EvaluationError
-from autotts.store import ReplayData
+
+if TYPE_CHECKING:  # the sandbox process imports this module, never the store (pyarrow)
+    from autotts.store import ReplayData
 
 
 @dataclass(frozen=True)

@@ -435,12 +435,14 @@ class Counter:
 
 
 @pytest.mark.usefixtures("parent")
-def test_a_batch_cannot_stay_to_play_the_next_one():
+@pytest.mark.parametrize("forge", [False, True], ids=["silent", "forged-reaped"])
+def test_a_batch_cannot_stay_to_play_the_next_one(forge: bool):
     """With code execution, a batch process takes over its own exit: after reporting its batch
     done it would read the next batch's frame from the shared pipe and play it with what it
     learned. The judge sends the next frame only once the batch's process is gone (from /proc),
-    so this one just times out."""
-    extra = '''
+    so this one just times out; forging the sandbox process's "reaped" hint (the frame that
+    says when to look) changes nothing: /proc still shows the batch's process."""
+    extra = f'''
 import autotts.sandbox.child as sandbox_child
 
 _send = sandbox_child._Out.send
@@ -449,6 +451,8 @@ _send = sandbox_child._Out.send
 def send(self, header, arrays=()):
     _send(self, header, arrays)
     if header.get("t") == "unit_done":
+        if {forge}:
+            _send(self, {{"t": "reaped"}})
         while True:  # stay alive, waiting to read what comes next
             pass
 

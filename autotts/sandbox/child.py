@@ -439,6 +439,8 @@ def _forked(work: Any, out: _Out, hint: np.ndarray) -> None:
         out.send({"t": "died", "status": -os.WTERMSIG(status)})
     elif os.WEXITSTATUS(status) != 0:
         out.send({"t": "died", "status": os.WEXITSTATUS(status)})
+    else:  # when to look: the supervisor checks /proc once, instead of polling it
+        out.send({"t": "reaped"})
 
 
 def _send_verdict(out: _Out, v: Verdict) -> None:

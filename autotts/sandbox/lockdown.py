@@ -707,13 +707,18 @@ def live_group_members(pgid: int) -> list[int]:
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
-        try:
-            with open(f"/proc/{name}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
+        try:  # raw descriptors: a file object per process would triple the cost of a scan
+            fd = os.open(f"/proc/{name}/stat", os.O_RDONLY)
+            try:
+                raw = os.read(fd, 4096)
+            finally:
+                os.close(fd)
+            # after the command name (which may hold ")" and spaces): state, ppid, pgrp
+            fields = raw.rsplit(b")", 1)[1].split(None, 4)
+            if int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
+                out.append(int(name))
+        except (OSError, IndexError, ValueError):
             continue
-        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
-            out.append(int(name))
     return out
 
 

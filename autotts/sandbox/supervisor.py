@@ -42,6 +42,7 @@ from autotts.units import BlockResult, EvalProtocol, Questions, Unit
 MAX_NAME = 100  # characters of a controller NAME
 MAX_KNOBS_JSON = 64 * 1024  # bytes of all knobs of all β, as JSON
 MAX_PENDING = 8 << 20  # bytes of replies the child has not read yet
+PENDING_HINT_SECONDS = 0.2  # how long the next batch waits for the "reaped" hint
 
 
 @dataclass(frozen=True)
@@ -330,6 +331,10 @@ class _Task:
         self.round_sent = time.monotonic()
         self.since: dict[int, float] = {}  # live episode -> when it was last answered
         self.base: set[int] | None = None  # the sandbox's processes before any batch
+        # The next "unit" / "stop" frame, held until the last batch's process is gone, and when
+        # it was ready.
+        self.pending: dict[str, Any] | None = None
+        self.pending_at = 0.0
 
     def context(self, slot: int | None = None) -> dict[str, Any]:
         if self.batch is None:
@@ -523,6 +528,8 @@ def _pump(c: _Child, sel: selectors.BaseSelector, task: _Task, t0: float) -> Non
         v = task.timeout(c, now)
         if v is not None:
             raise Failed(v)
+        if task.pending is not None and now - task.pending_at > PENDING_HINT_SECONDS:
+            _send_pending(c, sel, task)  # no hint came: look (and wait) as without one
         for key, _ in sel.select(timeout=0.05):
             what = key.data
             if what == "stdin":
@@ -560,6 +567,14 @@ def _pump(c: _Child, sel: selectors.BaseSelector, task: _Task, t0: float) -> Non
             return
 
 
+def _send_pending(c: _Child, sel: selectors.BaseSelector, task: _Task) -> None:
+    answer, task.pending = task.pending, None
+    if answer is not None:
+        _await_batch_exit(c, task)
+        _send(c, sel, answer)
+        task.round_sent = time.monotonic()
+
+
 def _await_batch_exit(c: _Child, task: _Task) -> None:
     """Before the next batch's frame: the last batch's process is gone. Otherwise one that
     took over its own process (code execution) could read the next batch's frame itself and
@@ -582,6 +597,11 @@ def _on_result(c: _Child, sel: selectors.BaseSelector, task: _Task, data: bytes)
     try:
         frames = c.reader.feed(data)
         for header, arrays in frames:
+            if header.get("t") == "reaped":
+                # The sandbox process says the last batch's process has exited: a hint of when
+                # to look (one scan of /proc instead of a polling loop), never trusted as such.
+                _send_pending(c, sel, task)
+                continue
             answer = task.on_frame(header, arrays)
             if header.get("t") == "ready":  # sent before the sandbox forks anything
                 from autotts.sandbox.lockdown import live_group_members
@@ -589,7 +609,9 @@ def _on_result(c: _Child, sel: selectors.BaseSelector, task: _Task, data: bytes)
                 task.base = set(live_group_members(c.pid))
             if answer is not None:
                 if answer["t"] in ("unit", "stop"):
-                    _await_batch_exit(c, task)
+                    # Held until the batch's process is gone (see _await_batch_exit).
+                    task.pending, task.pending_at = answer, time.monotonic()
+                    continue
                 _send(c, sel, answer)
                 task.round_sent = time.monotonic()
     except FrameTooLarge as e:

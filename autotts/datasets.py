@@ -274,7 +274,9 @@ def _download(url: str, part: Path, have: int, size: int, progress: Progress | N
         if e.code == 416 and have:  # our .part is not a prefix the server knows: start over
             part.unlink(missing_ok=True)
             return _download(url, part, 0, size, progress, timeout)
-        raise DataError(f"{url}: HTTP {e.code} {e.reason}") from None
+        hint = (f"; if the files live elsewhere, give that location with --base-url or "
+                f"${URL_ENV}") if e.code in (403, 404, 410) else ""
+        raise DataError(f"{url}: HTTP {e.code} {e.reason}{hint}") from None
     except urllib.error.URLError as e:
         reason = getattr(e.reason, "strerror", None) or e.reason
         raise DataError(f"{url}: cannot connect ({reason}); check the network, or give a mirror "

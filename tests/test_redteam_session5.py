@@ -216,6 +216,15 @@ sandbox_child._Out.send = send
 
 
 @pytest.mark.usefixtures("parent")
+def test_the_knobs_process_cannot_stay_to_play_the_batches_on_time():
+    """The same knobs process, with the supervisor on time to its first scan: the process is
+    not one of the sandbox's own, the first batch's frame waits for it, and the run times out."""
+    kind = _holds(lambda: _run(_controller(_COUNT, _FIND + _CONFIGS_STAYS), on_error="record",
+                               limits=SHORT))
+    assert kind == "timeout"
+
+
+@pytest.mark.usefixtures("parent")
 @pytest.mark.xfail(strict=True, reason=(
     "race (older than 6896810, kept by it): the sandbox's own processes (task.base) are read "
     "from /proc when the supervisor handles 'ready', while the sandbox process goes on to fork "

@@ -454,14 +454,14 @@ def test_exit_status_cpu_limit_and_group_kill_as_without_a_pid_namespace(mode: s
     p, work = start_simple(mode, "sleep")
     try:
         assert p.stdout is not None and p.stdout.readline()
-        members = iso.live_group_members(p.pid)
+        members = iso.live_sandbox_processes(p.pid)
         assert len(members) == 2  # the waiting parent and the sandbox itself
         os.killpg(p.pid, signal.SIGKILL)
         p.wait(timeout=10)
         deadline = time.monotonic() + 5
-        while iso.live_group_members(p.pid) and time.monotonic() < deadline:
+        while iso.live_sandbox_processes(p.pid) and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert iso.live_group_members(p.pid) == []
+        assert iso.live_sandbox_processes(p.pid) == []
         # The sandbox's end of every pipe is closed: the parent sees EOF.
         assert p.stdout.read() == b""
     finally:

@@ -6,8 +6,13 @@ judge's side (lazy autotts.sandbox, no store, no pyarrow).
 Candidates here mostly run with `_unrestricted=True` (real builtins, no RestrictedPython: code
 execution inside the sandbox process, as the threat model assumes). The invariant attacked: no
 batch process outlives its batch to play another (it would play the next draw with what it
-learned of the questions' pools). Each test asserts what the sandbox must do; the holes found are
-`xfail(strict=True)` tests that pass once they are fixed."""
+learned of the questions' pools). Each test asserts what the sandbox must do. Found and fixed in
+the same session: a batch process that answered the next batch's rounds while that batch's
+frame was held (nothing is judged now until the process is gone); the knobs process counted
+among the sandbox's own when the first scan came late (the sandbox forks nothing before the
+judge's "go"); a batch that left the process group where no seccomp filter refuses setsid /
+setpgid (the scan follows the leader's descendants too); Counter.most_common / statistics.mode
+failing on a lazy import of heapq (preloaded)."""
 
 from __future__ import annotations
 
@@ -172,12 +177,6 @@ sandbox_child._Out.send = send
 
 
 @pytest.mark.usefixtures("parent")
-@pytest.mark.xfail(strict=True, reason=(
-    "hole (6896810): while the next batch's unit frame is held for the reaped hint (up to "
-    "PENDING_HINT_SECONDS), the supervisor already judges the next batch (next_batch() ran on "
-    "unit_done) and serves round frames from whoever sends them: the last batch's process, "
-    "still alive, plays the next draw's episodes with what it learned, and every later one "
-    "(each within the window), then exits; the /proc check runs only at the end and passes"))
 def test_a_batch_cannot_play_the_next_batch_while_its_frame_is_held(monkeypatch):
     """After its unit_done, a batch process sends rounds for the next batch's episodes itself
     (same slots as its own: one draw of the same questions). The window is widened from 0.2 s
@@ -225,12 +224,6 @@ def test_the_knobs_process_cannot_stay_to_play_the_batches_on_time():
 
 
 @pytest.mark.usefixtures("parent")
-@pytest.mark.xfail(strict=True, reason=(
-    "race (older than 6896810, kept by it): the sandbox's own processes (task.base) are read "
-    "from /proc when the supervisor handles 'ready', while the sandbox process goes on to fork "
-    "the knobs process (candidate code) right after sending it; a supervisor that reaches the "
-    "scan late (load, descheduling) counts that process as the sandbox's own, and it then "
-    "passes every later check and plays every batch but the last with one memory"))
 def test_the_knobs_process_cannot_stay_to_play_the_batches(monkeypatch):
     """The knobs process (which runs the candidate's module and schedule()) stays after sending
     the knobs and reads the batches' frames itself. The supervisor here is 0.5 s late to its
@@ -238,7 +231,7 @@ def test_the_knobs_process_cannot_stay_to_play_the_batches(monkeypatch):
     that has to be gone before a batch's frame goes out."""
     import autotts.sandbox.lockdown as lockdown_module
 
-    real, calls = lockdown_module.live_group_members, []
+    real, calls = lockdown_module.live_sandbox_processes, []
 
     def late(pgid: int) -> list[int]:
         if not calls:
@@ -246,7 +239,7 @@ def test_the_knobs_process_cannot_stay_to_play_the_batches(monkeypatch):
         calls.append(pgid)
         return real(pgid)
 
-    monkeypatch.setattr(lockdown_module, "live_group_members", late)
+    monkeypatch.setattr(lockdown_module, "live_sandbox_processes", late)
     _holds(lambda: _run(_controller(_COUNT, _FIND + _CONFIGS_STAYS), on_error="record",
                         limits=SHORT))
 
@@ -301,12 +294,6 @@ def test_a_batch_cannot_leave_the_process_group(how):
 
 @pytest.mark.usefixtures("parent")
 @pytest.mark.parametrize("how", sorted(_HOW))
-@pytest.mark.xfail(strict=True, reason=(
-    "hole where the seccomp filter does not apply (no libseccomp; still a strong sandbox by "
-    "is_strong with namespaces / empty root / Landlock): setsid() or setpgid(0, 0) moves a "
-    "batch process out of the process group that live_group_members() scans, so the check "
-    "passes while it lives, and it reads and plays the next batches' frames with its memory; "
-    "the scan could follow the zygote's children (ppid) or the PID namespace instead"))
 def test_a_batch_cannot_leave_the_process_group_without_seccomp(how, monkeypatch):
     _no_seccomp(monkeypatch)
     _holds(lambda: _run(_controller(_COUNT, _FIND + _LEAVE.format(how=_HOW[how])),
@@ -472,13 +459,9 @@ _VOTES = {
 
 @pytest.mark.usefixtures("parent")
 @pytest.mark.parametrize("vote", [
-    pytest.param("counter", marks=pytest.mark.xfail(strict=True, reason=(
-        "regression (5578566): Counter.most_common(n) imports heapq lazily; heapq was loaded "
-        "in the sandbox process only through the judge's side (multiprocessing, concurrent), "
-        "which it no longer imports: after lock-down the import fails and every episode is an "
-        "'exception' error (ModuleNotFoundError: heapq). Fix: preload heapq (child.PRELOAD)"))),
-    pytest.param("statistics-mode", marks=pytest.mark.xfail(strict=True, reason=(
-        "regression (5578566): statistics.mode() calls Counter.most_common(1): same as above"))),
+    # Counter.most_common imports heapq lazily; statistics.mode calls it (child.PRELOAD).
+    "counter",
+    "statistics-mode",
     "heapq-imported",
 ])
 def test_plain_majority_votes_give_the_in_process_numbers(vote, tmp_path):

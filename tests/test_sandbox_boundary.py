@@ -311,6 +311,7 @@ def _busy_task() -> _Task:
                  TraceBudget(10_000), None)
     task.on_frame({"t": "ready", "isolation": {}})
     task.on_frame({"t": "configs", "name": "x", "configs": [{}]})
+    task.next_batch()  # what the supervisor does once the knobs process is gone
     return task
 
 

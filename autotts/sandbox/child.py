@@ -44,8 +44,12 @@ from autotts.sandbox.wire import pack_frame, read_frame
 
 # Loaded before lock-down, whatever the candidate imports: numpy loads some submodules lazily
 # (np.unique -> numpy.ma), and nothing can be read from disk afterwards.
+# Loaded before lock-down (nothing can be imported after it): numpy's submodules, and the small
+# standard modules a candidate may import or reach lazily (Counter.most_common imports heapq on
+# first use; statistics.mode calls it).
 PRELOAD = ("numpy.linalg", "numpy.random", "numpy.fft", "numpy.ma", "numpy.polynomial",
-           "numpy.lib.stride_tricks")
+           "numpy.lib.stride_tricks", "heapq", "bisect", "statistics", "math", "itertools",
+           "functools", "collections", "dataclasses", "typing")
 
 
 class Fatal(BaseException):
@@ -471,6 +475,12 @@ def _run(req: dict[str, Any], out: _Out, hint: np.ndarray) -> None:
     isolation = lockdown(req["limits"], os.getcwd())
     out.send({"t": "ready", "isolation": {k: v for k, v in isolation.items()
                                           if type(v) is bool}})
+    stdin = sys.stdin.buffer.raw  # unbuffered: a forked batch reads the same descriptor
+    # Nothing is forked before the judge has recorded this sandbox's own processes: a process
+    # that ran candidate code must never count as one of them.
+    header, _ = read_frame(stdin)
+    if header.get("t") != "go":
+        return
     import gc
 
     # Forked batches share this process's memory copy-on-write; a collection in a child would
@@ -478,7 +488,6 @@ def _run(req: dict[str, Any], out: _Out, hint: np.ndarray) -> None:
     gc.collect()
     gc.freeze()
     _forked(lambda: _configs_child(code, req, out), out, hint)
-    stdin = sys.stdin.buffer.raw  # unbuffered: a forked batch reads the same descriptor
     while True:
         header, _ = read_frame(stdin)
         if header.get("t") != "unit":

@@ -698,12 +698,15 @@ def _run_probe(disable: list[str]) -> dict[str, Any]:
             shutil.rmtree(d, ignore_errors=True)
 
 
-def live_group_members(pgid: int) -> list[int]:
-    """Processes of process group `pgid` that have not exited (zombies excluded). With a PID
-    namespace a sandbox is two processes; after a kill of the group, the one inside may wait a
-    moment as a zombie for the system's init to reap it (the killed parent cannot): gone for
-    every purpose, but `killpg(pgid, 0)` still finds it."""
-    out = []
+def live_sandbox_processes(leader: int) -> list[int]:
+    """Live processes (zombies excluded) of a sandbox whose first process is `leader`: its
+    process group, and every descendant of `leader` wherever it moved (a process that left the
+    group with setsid or setpgid, where no seccomp filter refuses them, is still its parent's
+    child). With a PID namespace a sandbox is two processes; after a kill of the group, the one
+    inside may wait a moment as a zombie for the system's init to reap it (the killed parent
+    cannot): gone for every purpose, but `killpg(pgid, 0)` still finds it."""
+    parent: dict[int, int] = {}
+    members = set()
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
@@ -715,11 +718,21 @@ def live_group_members(pgid: int) -> list[int]:
                 os.close(fd)
             # after the command name (which may hold ")" and spaces): state, ppid, pgrp
             fields = raw.rsplit(b")", 1)[1].split(None, 4)
-            if int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
-                out.append(int(name))
+            if fields[0] in (b"Z", b"X"):
+                continue
+            pid = int(name)
+            parent[pid] = int(fields[1])
+            if int(fields[2]) == leader:
+                members.add(pid)
         except (OSError, IndexError, ValueError):
             continue
-    return out
+    for pid in parent:
+        p, hops = parent[pid], 0
+        while p > 1 and p != leader and hops < 64:
+            p, hops = parent.get(p, 0), hops + 1
+        if p == leader and pid != leader:
+            members.add(pid)
+    return sorted(members)
 
 
 def require_strong(allow_weak: bool) -> dict[str, Any]:

@@ -299,7 +299,8 @@ class _Task:
 
     States: boot (until the sandbox reports its isolation and the knobs), busy (a batch of
     episodes being judged), closing (the batch's process reports its printed output and exits),
-    stopping, done."""
+    reaping (until that process is gone: no frame but the sandbox process's own is taken, and
+    the next batch is not judged yet), stopping, done."""
 
     def __init__(self, request: dict[str, Any], datas: Sequence[ReplayData], units: list[Unit],
                  limits: SandboxLimits, budget: TraceBudget,
@@ -331,10 +332,7 @@ class _Task:
         self.round_sent = time.monotonic()
         self.since: dict[int, float] = {}  # live episode -> when it was last answered
         self.base: set[int] | None = None  # the sandbox's processes before any batch
-        # The next "unit" / "stop" frame, held until the last batch's process is gone, and when
-        # it was ready.
-        self.pending: dict[str, Any] | None = None
-        self.pending_at = 0.0
+        self.reaping_since = 0.0  # when the last batch (or the knobs) process reported done
 
     def context(self, slot: int | None = None) -> dict[str, Any]:
         if self.batch is None:
@@ -429,16 +427,22 @@ class _Task:
             name, configs = _knobs(header, len(self.betas))
             self.info.update(name=name, configs=configs)
             self._skip_repeated_knobs(configs)
-            return self.next_batch()
+            return self._reap()
         if kind == "round" and self.state == "busy" and self.judge is not None:
             return self.on_round(header.get("m"), arrays)
         if kind == "unit_done" and self.state == "closing":
             self._printed(header)
-            return self.next_batch()
+            return self._reap()
         if kind == "done" and self.state == "stopping":
             self.state = "done"
             return None
         raise ProtocolError(f"unexpected frame {clean(kind, 40)!r} in state {self.state}")
+
+    def _reap(self) -> None:
+        """The process that ran candidate code says it is done: nothing more is judged (not even
+        the next batch's episodes, whose frame it could otherwise answer itself) until it is
+        gone (_release)."""
+        self.state, self.reaping_since = "reaping", time.monotonic()
 
     def _printed(self, header: dict[str, Any]) -> None:
         out, dropped = header.get("stdout"), header.get("dropped")
@@ -500,7 +504,7 @@ class _Task:
             return Verdict("timeout", f"one round of episode actions took longer than "
                            f"{lim.episode_seconds:g} s", context=self.context(
                                slot if slot >= 0 else None))
-        elif self.state in ("closing", "stopping") and (
+        elif self.state in ("closing", "reaping", "stopping") and (
                 now - self.round_sent > lim.episode_seconds + lim.startup_seconds / 10):
             return Verdict("timeout", "the sandbox did not finish a batch of episodes")
         return None
@@ -528,8 +532,8 @@ def _pump(c: _Child, sel: selectors.BaseSelector, task: _Task, t0: float) -> Non
         v = task.timeout(c, now)
         if v is not None:
             raise Failed(v)
-        if task.pending is not None and now - task.pending_at > PENDING_HINT_SECONDS:
-            _send_pending(c, sel, task)  # no hint came: look (and wait) as without one
+        if task.state == "reaping" and now - task.reaping_since > PENDING_HINT_SECONDS:
+            _release(c, sel, task)  # no hint came: look (and wait) as without one
         for key, _ in sel.select(timeout=0.05):
             what = key.data
             if what == "stdin":
@@ -567,12 +571,13 @@ def _pump(c: _Child, sel: selectors.BaseSelector, task: _Task, t0: float) -> Non
             return
 
 
-def _send_pending(c: _Child, sel: selectors.BaseSelector, task: _Task) -> None:
-    answer, task.pending = task.pending, None
-    if answer is not None:
-        _await_batch_exit(c, task)
-        _send(c, sel, answer)
-        task.round_sent = time.monotonic()
+def _release(c: _Child, sel: selectors.BaseSelector, task: _Task) -> None:
+    """Once the process that ran candidate code is gone (from /proc), judge the next batch."""
+    if task.state != "reaping":
+        return
+    _await_batch_exit(c, task)
+    _send(c, sel, task.next_batch())
+    task.round_sent = time.monotonic()
 
 
 def _await_batch_exit(c: _Child, task: _Task) -> None:
@@ -581,12 +586,12 @@ def _await_batch_exit(c: _Child, task: _Task) -> None:
     play it with what it remembers of the last. Judged from /proc, not from anything the
     sandbox says: every process of the sandbox's group must be one that existed when it
     reported ready (before any candidate code)."""
-    from autotts.sandbox.lockdown import live_group_members
+    from autotts.sandbox.lockdown import live_sandbox_processes
 
     if task.base is None:
-        task.base = set(live_group_members(c.pid))
+        task.base = set(live_sandbox_processes(c.pid))
     deadline = time.monotonic() + task.limits.episode_seconds
-    while not set(live_group_members(c.pid)) <= task.base:
+    while not set(live_sandbox_processes(c.pid)) <= task.base:
         if time.monotonic() > deadline:
             raise Failed(Verdict("timeout", "a batch's sandbox process did not exit after its "
                                  "last episode", context=task.context()))
@@ -600,18 +605,15 @@ def _on_result(c: _Child, sel: selectors.BaseSelector, task: _Task, data: bytes)
             if header.get("t") == "reaped":
                 # The sandbox process says the last batch's process has exited: a hint of when
                 # to look (one scan of /proc instead of a polling loop), never trusted as such.
-                _send_pending(c, sel, task)
+                _release(c, sel, task)
                 continue
             answer = task.on_frame(header, arrays)
-            if header.get("t") == "ready":  # sent before the sandbox forks anything
-                from autotts.sandbox.lockdown import live_group_members
+            if header.get("t") == "ready":  # the sandbox forks nothing before "go"
+                from autotts.sandbox.lockdown import live_sandbox_processes
 
-                task.base = set(live_group_members(c.pid))
+                task.base = set(live_sandbox_processes(c.pid))
+                _send(c, sel, {"t": "go"})
             if answer is not None:
-                if answer["t"] in ("unit", "stop"):
-                    # Held until the batch's process is gone (see _await_batch_exit).
-                    task.pending, task.pending_at = answer, time.monotonic()
-                    continue
                 _send(c, sel, answer)
                 task.round_sent = time.monotonic()
     except FrameTooLarge as e:

@@ -94,7 +94,10 @@ class EpisodeBatch:
         self._delta = qs[0].delta
         self._probe_cost = int(probe_cost)
         self._budget = None if budget is None else int(budget)
-        self._depth = np.zeros((e_count, n), dtype=np.int64)
+        # A branch's next table cell (its first cell + its depth) and its last cell: a step reads
+        # and writes one array instead of the first cell and the depth (depths = cursor - first).
+        self._cursor = self._first_cell.copy()
+        self._end = self._first_cell + self._last
         self._finished = np.zeros((e_count, n), dtype=bool)
         self._pruned = np.zeros((e_count, n), dtype=bool)
         self._running = np.zeros((e_count, n), dtype=bool)
@@ -123,7 +126,8 @@ class EpisodeBatch:
         self._first_cell_f = self._first_cell.reshape(-1)
         self._last_f = self._last.reshape(-1)
         self._tokens_f = self._tokens.reshape(-1)
-        self._depth_f = self._depth.reshape(-1)
+        self._cursor_f = self._cursor.reshape(-1)
+        self._end_f = self._end.reshape(-1)
         self._finished_f = self._finished.reshape(-1)
         self._running_f = self._running.reshape(-1)
         self._pruned_f = self._pruned.reshape(-1)
@@ -131,7 +135,7 @@ class EpisodeBatch:
         # Per-branch state is shown through live read-only views: a copy of [E, N] per read would
         # cost as much as the step itself. Copy one to keep a snapshot across actions.
         self._view = {}
-        for attr in ("_depth", "_finished", "_pruned", "_running", "_latest"):
+        for attr in ("_finished", "_pruned", "_running", "_latest"):
             v = getattr(self, attr).view()
             v.flags.writeable = False
             self._view[attr] = v
@@ -201,7 +205,8 @@ class EpisodeBatch:
 
     @property
     def depths(self) -> np.ndarray:
-        return self._view["_depth"]
+        """[E, N] depths: computed per read (a copy, unlike the other per-branch arrays)."""
+        return self._cursor - self._first_cell
 
     @property
     def finished(self) -> np.ndarray:
@@ -277,14 +282,15 @@ class EpisodeBatch:
         self._generated += np.bincount(e, weights=self._cost_flat.take(g),
                                        minlength=self._size).astype(np.int64)
         self._opened += ks
-        self._depth_f[fl] = 1
+        self._cursor_f[fl] = g + 1
         self._running_f[fl] = True
         done = self._last_f.take(fl) == 0
         if probe:
             self._probes += np.bincount(e[~done], minlength=self._size)
-            self._reveal(e, fl, g, done)
+            self._reveal(e, fl, g, np.flatnonzero(done))
         elif done.any():
-            self._reveal(e[done], fl[done], g[done], done[done])
+            at = np.flatnonzero(done)
+            self._reveal(e.take(at), fl.take(at), g.take(at), np.arange(len(at)))
 
     def advance_many(self, which: Any, times: Any = 1, rows: Any = None) -> np.ndarray:
         r, sel = self._selection(which, rows, "advance_many: which", running=True)
@@ -293,35 +299,34 @@ class EpisodeBatch:
         r, sel = self._admit_rows(r, sel)
         self._actions[r] += 1
         e, fl = self._elements(r, sel)
-        g = self._first_cell_f.take(fl)
-        d = self._depth_f.take(fl)
-        last = self._last_f.take(fl)
+        f = self._cursor_f.take(fl)  # the table cell each branch reveals now
+        end = self._end_f.take(fl)
         size = self._size
         for _ in range(times):
             if len(e) == 0:
                 break
-            f = g + d
-            fin = d == last
+            fin = f == end
             # A step before the last generates one interval (Δ) and reveals a probe (κ); the last
             # costs what the table says and reveals the final: count the two kinds apart.
             stepped = np.bincount(e, minlength=size)
-            if fin.any():
-                ef = e[fin]
+            ends = np.flatnonzero(fin)  # (boolean indexing is several times slower than take)
+            if len(ends):
+                ef = e.take(ends)
                 ended = np.bincount(ef, minlength=size)
-                tail = np.bincount(ef, weights=self._cost_flat.take(f[fin]), minlength=size)
+                tail = np.bincount(ef, weights=self._cost_flat.take(f.take(ends)), minlength=size)
                 self._generated += self._delta_e * (stepped - ended) + tail.astype(np.int64)
                 self._probes += stepped - ended
             else:
                 self._generated += self._delta_e * stepped
                 self._probes += stepped
-            self._reveal(e, fl, f, fin, depth=d + 1)
+            self._reveal(e, fl, f, ends, cursor=f + 1)
             if times == 1:  # the common case: nothing to carry to a next repeat
                 break
-            if fin.any():
-                keep = ~fin
-                e, fl, g, d, last = e[keep], fl[keep], g[keep], d[keep] + 1, last[keep]
+            if len(ends):
+                keep = np.flatnonzero(~fin)
+                e, fl, f, end = e.take(keep), fl.take(keep), f.take(keep) + 1, end.take(keep)
             else:
-                d = d + 1
+                f = f + 1
         return self._view["_latest"]
 
     def prune_many(self, which: Any, rows: Any = None) -> None:
@@ -472,26 +477,27 @@ class EpisodeBatch:
         self._generated += np.bincount(e, weights=self._tokens_f.take(fl),
                                        minlength=self._size).astype(np.int64)
         self._opened += ks
-        last = self._last_f.take(fl)
-        self._reveal(e, fl, self._first_cell_f.take(fl) + last, np.ones(len(e), dtype=bool),
-                     depth=last + 1)
+        cell = self._end_f.take(fl)
+        self._reveal(e, fl, cell, np.arange(len(e)), cursor=cell + 1)
         out[e, j - (self._opened[e] - ks[e])] = self._latest_f.take(fl)
         return out
 
     def _reveal(self, e: np.ndarray, fl: np.ndarray, cell: np.ndarray, final: np.ndarray,
-                depth: np.ndarray | None = None) -> None:
+                cursor: np.ndarray | None = None) -> None:
         """Reveal flat table cells `cell` as the branches at flat positions `fl` (of episodes e),
-        numbered per episode in the order listed (episode-major, as every action lists them)."""
+        numbered per episode in the order listed (episode-major, as every action lists them);
+        `final`: the indices (into these lists) of the branches that finish; `cursor`: their next
+        cells."""
         s = self._reveal_flat.take(cell)
         key = self._class_base.take(e) + s  # the store's -1 reads the spare entry before: -1
         ids = self._id_of_class_flat.take(key)
         if len(ids) and ids[ids.argmin()] == _UNSEEN:  # a class new to its episode: slow path
             ids = self._new_ids(e, s, key, ids)
         self._latest_f[fl] = ids
-        if depth is not None:
-            self._depth_f[fl] = depth
-        if final.any():
-            done = fl[final]
+        if cursor is not None:
+            self._cursor_f[fl] = cursor
+        if len(final):
+            done = fl.take(final)
             self._finished_f[done] = True
             self._running_f[done] = False
 
@@ -512,7 +518,13 @@ class EpisodeBatch:
             self._id_of_class_flat[key[pos[err]]] = NO_ANSWER_ID
             self._class_of_id_flat[self._class_base[ne[err]] + NO_ANSWER_ID] = ns[err]
         ne, ns = ne[~err], ns[~err]
-        rank = np.arange(len(ne)) - np.searchsorted(ne, ne, side="left")
+        # Rank within its episode (ne is ascending): the position minus its episode's first one.
+        at = np.arange(len(ne))
+        start = np.zeros(len(ne), dtype=np.int64)
+        if len(ne) > 1:
+            start[1:] = np.where(ne[1:] != ne[:-1], at[1:], 0)
+            np.maximum.accumulate(start, out=start)
+        rank = at - start
         new_ids = self._next_id[ne] + rank
         self._id_of_class_flat[self._class_base[ne] + ns] = new_ids
         self._class_of_id_flat[self._class_base[ne] + new_ids] = ns

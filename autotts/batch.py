@@ -74,18 +74,22 @@ class EpisodeBatch:
         branch_base = np.concatenate([[0], np.cumsum(sizes)[:-1]])
         self._reveal_flat = np.concatenate([t.reveal_flat for t in lay])
         self._cost_flat = np.concatenate([t.cost_flat for t in lay])
-        last_all = np.concatenate([t.last for t in lay])
-        tokens_all = np.concatenate([t.tokens for t in lay])
+        # Per global branch (row g of the flat layout): its first cell, last step index, tokens.
+        # A column's own cells are looked up when it opens: most columns of a batch never do.
+        self._first_g = np.concatenate([cell_base[i] + np.arange(sizes[i]) * widths[i]
+                                        for i in range(len(qs))])
+        self._last_g = np.concatenate([t.last for t in lay]).astype(np.int64)
+        self._tokens_g = np.concatenate([t.tokens for t in lay])
         qi = np.array([uniq[id(q)] for q in questions], dtype=np.int64)
         pools = np.array([len(o) for o in orders], dtype=np.int64)
         n = int(pools.max())
-        order = np.zeros((e_count, n), dtype=np.int64)
-        inside = np.arange(n) < pools[:, None]
-        order[inside] = np.concatenate([np.asarray(o, dtype=np.int64) for o in orders])
-        gb = branch_base[qi][:, None] + order  # global branch id of every (episode, column)
-        self._first_cell = cell_base[qi][:, None] + order * widths[qi][:, None]  # its first cell
-        self._last = np.where(inside, last_all[gb], 0)
-        self._tokens = np.where(inside, tokens_all[gb], 0)
+        flat = np.concatenate(orders).astype(np.int64, copy=False)
+        if len(flat) == e_count * n:  # every pool full width (the common case): no mask
+            order = flat.reshape(e_count, n)
+        else:
+            order = np.zeros((e_count, n), dtype=np.int64)
+            order.reshape(-1)[np.flatnonzero(np.arange(n) < pools[:, None])] = flat
+        self._branch = branch_base[qi][:, None] + order  # global branch of (episode, column)
         self._err_class = np.array([q.no_answer_class for q in qs], dtype=np.int64)[qi]
         self._delta_e = np.array([q.delta for q in qs], dtype=np.int64)[qi]
         self._size = e_count
@@ -94,10 +98,10 @@ class EpisodeBatch:
         self._delta = qs[0].delta
         self._probe_cost = int(probe_cost)
         self._budget = None if budget is None else int(budget)
-        # A branch's next table cell (its first cell + its depth) and its last cell: a step reads
-        # and writes one array instead of the first cell and the depth (depths = cursor - first).
-        self._cursor = self._first_cell.copy()
-        self._end = self._first_cell + self._last
+        # An opened branch's next table cell (its first cell + its depth) and its last cell: a
+        # step reads and writes one array instead of the first cell and the depth.
+        self._cursor = np.zeros((e_count, n), dtype=np.int64)
+        self._end = np.zeros((e_count, n), dtype=np.int64)
         self._finished = np.zeros((e_count, n), dtype=bool)
         self._pruned = np.zeros((e_count, n), dtype=bool)
         self._running = np.zeros((e_count, n), dtype=bool)
@@ -112,9 +116,12 @@ class EpisodeBatch:
         # path (_new_ids) only when a class is new to its episode, not for every 'no answer yet'.
         self._id_of_class_flat = np.full(total, _UNSEEN, dtype=np.int32)
         self._id_of_class_flat[self._class_base + block - 1] = NO_ANSWER
-        self._first_at = np.full(total, _UNSET, dtype=np.int64)  # scratch for _new_ids
-        # id -> store class, in the same blocks (an episode's ids never outnumber its classes)
-        self._class_of_id_flat = np.full(total, NO_ANSWER, dtype=np.int32)
+        self._first_at = np.empty(total, dtype=np.int64)  # scratch for _new_ids
+        # id -> store class, in the same blocks (an episode's ids never outnumber its classes);
+        # an id is written when it is handed out, before any read (store_classes reads ids below
+        # next_id), except ERR's, which reads NO_ANSWER until the episode reveals its ERR class.
+        self._class_of_id_flat = np.empty(total, dtype=np.int32)
+        self._class_of_id_flat[self._class_base + NO_ANSWER_ID] = NO_ANSWER
         self._next_id = np.ones(e_count, dtype=np.int64)  # id 0 is reserved for 'ERR'
         self._opened = np.zeros(e_count, dtype=np.int64)
         self._generated = np.zeros(e_count, dtype=np.int64)
@@ -123,9 +130,7 @@ class EpisodeBatch:
         self._live = np.ones(e_count, dtype=bool)
         # Flat views: (episode e, column j) is element e·N + j; one take/put per batch of branches
         # instead of 2-D fancy indexing.
-        self._first_cell_f = self._first_cell.reshape(-1)
-        self._last_f = self._last.reshape(-1)
-        self._tokens_f = self._tokens.reshape(-1)
+        self._branch_f = self._branch.reshape(-1)
         self._cursor_f = self._cursor.reshape(-1)
         self._end_f = self._end.reshape(-1)
         self._finished_f = self._finished.reshape(-1)
@@ -206,7 +211,9 @@ class EpisodeBatch:
     @property
     def depths(self) -> np.ndarray:
         """[E, N] depths: computed per read (a copy, unlike the other per-branch arrays)."""
-        return self._cursor - self._first_cell
+        opened = self.opened
+        first = self._first_g.take(np.where(opened, self._branch, 0))
+        return np.where(opened, self._cursor - first, 0)
 
     @property
     def finished(self) -> np.ndarray:
@@ -278,13 +285,16 @@ class EpisodeBatch:
         if len(e) == 0:
             return
         fl = e * self._width + j
-        g = self._first_cell_f.take(fl)
+        b = self._branch_f.take(fl)
+        g = self._first_g.take(b)
+        last = self._last_g.take(b)
         self._generated += np.bincount(e, weights=self._cost_flat.take(g),
                                        minlength=self._size).astype(np.int64)
         self._opened += ks
         self._cursor_f[fl] = g + 1
+        self._end_f[fl] = g + last
         self._running_f[fl] = True
-        done = self._last_f.take(fl) == 0
+        done = last == 0
         if probe:
             self._probes += np.bincount(e[~done], minlength=self._size)
             self._reveal(e, fl, g, np.flatnonzero(done))
@@ -474,10 +484,12 @@ class EpisodeBatch:
         if len(e) == 0:
             return out
         fl = e * self._width + j
-        self._generated += np.bincount(e, weights=self._tokens_f.take(fl),
+        b = self._branch_f.take(fl)
+        self._generated += np.bincount(e, weights=self._tokens_g.take(b),
                                        minlength=self._size).astype(np.int64)
         self._opened += ks
-        cell = self._end_f.take(fl)
+        cell = self._first_g.take(b) + self._last_g.take(b)
+        self._end_f[fl] = cell
         self._reveal(e, fl, cell, np.arange(len(e)), cursor=cell + 1)
         out[e, j - (self._opened[e] - ks[e])] = self._latest_f.take(fl)
         return out
@@ -491,7 +503,7 @@ class EpisodeBatch:
         s = self._reveal_flat.take(cell)
         key = self._class_base.take(e) + s  # the store's -1 reads the spare entry before: -1
         ids = self._id_of_class_flat.take(key)
-        if len(ids) and ids[ids.argmin()] == _UNSEEN:  # a class new to its episode: slow path
+        if len(ids) and ids.min() == _UNSEEN:  # a class new to its episode: slow path
             ids = self._new_ids(e, s, key, ids)
         self._latest_f[fl] = ids
         if cursor is not None:
@@ -506,18 +518,19 @@ class EpisodeBatch:
         """Number the classes of `s` no episode has revealed yet, per episode in listed order."""
         unseen = np.flatnonzero(ids == _UNSEEN)
         pos = unseen
-        k = key[pos]
+        k = key.take(pos)
         # Each new (episode, class) once, at its first position: a scratch array takes the least
-        # position per key (np.minimum.at is defined for repeats) and is reset after use.
-        np.minimum.at(self._first_at, k, pos)
-        pos = pos[self._first_at[k] == pos]  # still ascending: reveal order
+        # position per key (np.minimum.at is defined for repeats).
         self._first_at[k] = _UNSET
-        ne, ns = e[pos], s[pos]
-        err = ns == self._err_class[ne]
+        np.minimum.at(self._first_at, k, pos)
+        pos = pos.take(np.flatnonzero(self._first_at.take(k) == pos))  # ascending: reveal order
+        ne, ns = e.take(pos), s.take(pos)
+        err = ns == self._err_class.take(ne)
         if err.any():
             self._id_of_class_flat[key[pos[err]]] = NO_ANSWER_ID
             self._class_of_id_flat[self._class_base[ne[err]] + NO_ANSWER_ID] = ns[err]
-        ne, ns = ne[~err], ns[~err]
+            keep = np.flatnonzero(~err)
+            ne, ns = ne.take(keep), ns.take(keep)
         # Rank within its episode (ne is ascending): the position minus its episode's first one.
         at = np.arange(len(ne))
         start = np.zeros(len(ne), dtype=np.int64)
@@ -525,9 +538,10 @@ class EpisodeBatch:
             start[1:] = np.where(ne[1:] != ne[:-1], at[1:], 0)
             np.maximum.accumulate(start, out=start)
         rank = at - start
-        new_ids = self._next_id[ne] + rank
-        self._id_of_class_flat[self._class_base[ne] + ns] = new_ids
-        self._class_of_id_flat[self._class_base[ne] + new_ids] = ns
+        new_ids = self._next_id.take(ne) + rank
+        base = self._class_base.take(ne)
+        self._id_of_class_flat[base + ns] = new_ids
+        self._class_of_id_flat[base + new_ids] = ns
         self._next_id += np.bincount(ne, minlength=self._size)
-        ids[unseen] = self._id_of_class_flat.take(key[unseen])
+        ids[unseen] = self._id_of_class_flat.take(k)
         return ids

@@ -80,6 +80,9 @@ class EpisodeBatch:
                                         for i in range(len(qs))])
         self._last_g = np.concatenate([t.last for t in lay]).astype(np.int64)
         self._tokens_g = np.concatenate([t.tokens for t in lay])
+        # Whether a cell is its branch's last: a step's finals are one look-up in this small table.
+        self._is_last = np.zeros(len(self._reveal_flat), dtype=bool)
+        self._is_last[self._first_g + self._last_g] = True
         qi = np.array([uniq[id(q)] for q in questions], dtype=np.int64)
         pools = np.array([len(o) for o in orders], dtype=np.int64)
         n = int(pools.max())
@@ -98,10 +101,9 @@ class EpisodeBatch:
         self._delta = qs[0].delta
         self._probe_cost = int(probe_cost)
         self._budget = None if budget is None else int(budget)
-        # An opened branch's next table cell (its first cell + its depth) and its last cell: a
-        # step reads and writes one array instead of the first cell and the depth.
+        # An opened branch's next table cell (its first cell + its depth): a step reads and
+        # writes one array instead of the first cell and the depth.
         self._cursor = np.zeros((e_count, n), dtype=np.int64)
-        self._end = np.zeros((e_count, n), dtype=np.int64)
         self._finished = np.zeros((e_count, n), dtype=bool)
         self._pruned = np.zeros((e_count, n), dtype=bool)
         self._running = np.zeros((e_count, n), dtype=bool)
@@ -132,7 +134,6 @@ class EpisodeBatch:
         # instead of 2-D fancy indexing.
         self._branch_f = self._branch.reshape(-1)
         self._cursor_f = self._cursor.reshape(-1)
-        self._end_f = self._end.reshape(-1)
         self._finished_f = self._finished.reshape(-1)
         self._running_f = self._running.reshape(-1)
         self._pruned_f = self._pruned.reshape(-1)
@@ -292,7 +293,6 @@ class EpisodeBatch:
                                        minlength=self._size).astype(np.int64)
         self._opened += ks
         self._cursor_f[fl] = g + 1
-        self._end_f[fl] = g + last
         self._running_f[fl] = True
         done = last == 0
         if probe:
@@ -310,12 +310,11 @@ class EpisodeBatch:
         self._actions[r] += 1
         e, fl = self._elements(r, sel)
         f = self._cursor_f.take(fl)  # the table cell each branch reveals now
-        end = self._end_f.take(fl)
         size = self._size
         for _ in range(times):
             if len(e) == 0:
                 break
-            fin = f == end
+            fin = self._is_last.take(f)
             # A step before the last generates one interval (Δ) and reveals a probe (κ); the last
             # costs what the table says and reveals the final: count the two kinds apart.
             stepped = np.bincount(e, minlength=size)
@@ -334,7 +333,7 @@ class EpisodeBatch:
                 break
             if len(ends):
                 keep = np.flatnonzero(~fin)
-                e, fl, f, end = e.take(keep), fl.take(keep), f.take(keep) + 1, end.take(keep)
+                e, fl, f = e.take(keep), fl.take(keep), f.take(keep) + 1
             else:
                 f = f + 1
         return self._view["_latest"]
@@ -489,7 +488,6 @@ class EpisodeBatch:
                                        minlength=self._size).astype(np.int64)
         self._opened += ks
         cell = self._first_g.take(b) + self._last_g.take(b)
-        self._end_f[fl] = cell
         self._reveal(e, fl, cell, np.arange(len(e)), cursor=cell + 1)
         out[e, j - (self._opened[e] - ks[e])] = self._latest_f.take(fl)
         return out

@@ -93,26 +93,31 @@ def run_batch(self, batch):
     batch.branch_many(np.minimum(self.num_chains, batch.pool_size), probe=True)
     leader = np.full(batch.size, -1)
     ep = np.flatnonzero(batch.live)
-    live = batch.opened[ep]  # opened and not pruned: only this controller prunes
+    # Only the first m columns ever open (num_chains of a larger pool): the per-branch arrays
+    # below keep those, and the masks handed to the batch are padded to its width.
+    width = batch.width
+    m = max(1, int(batch.num_opened.max()))
+    live = batch.opened[ep, :m]  # opened and not pruned: only this controller prunes
     off = np.zeros(live.shape, dtype=np.int32)  # off-track steps
     previous = np.full(len(ep), -2)  # no leader yet: unequal to any
     stable = np.zeros(len(ep), dtype=np.int64)
-    running = batch.running[ep]
+    running = batch.running[ep, :m]
     for step in range(self.max_steps):
         moving = running.any(axis=1)
         if moving.all():
-            batch.advance_many(running, times=self.probe_burst, rows=ep)
+            batch.advance_many(_pad(running, width), times=self.probe_burst, rows=ep)
         elif moving.any():
-            batch.advance_many(running[moving], times=self.probe_burst, rows=ep[moving])
+            batch.advance_many(_pad(running[moving], width), times=self.probe_burst,
+                               rows=ep[moving])
         kept = batch.live[ep]
         if not kept.all():  # refused (a budget): that episode's run ends on the refusal
             ep, live, off, previous, stable = (
                 ep[kept], live[kept], off[kept], previous[kept], stable[kept])
         # Every episode still going (the first T steps at least): the batch's own (read-only)
         # array, without a copy; prune_many leaves `latest` alone, so it holds for this step.
-        latest = batch.latest if len(ep) == batch.size else batch.latest[ep]
+        latest = batch.latest[:, :m] if len(ep) == batch.size else batch.latest[ep, :m]
         now = row_majority(latest, live)
-        running = batch.running[ep]  # alive and not finished
+        running = batch.running[ep, :m]  # alive and not finished
         if step >= self.warm_up:
             unfinished = running & (live.sum(axis=1) > 1)[:, None]
             disagree = unfinished & (latest != now[:, None])
@@ -122,7 +127,7 @@ def run_batch(self, batch):
             drop = disagree & (off >= self.prune_patience)
             dropping = drop.any(axis=1)
             if dropping.any():
-                batch.prune_many(drop[dropping], rows=ep[dropping])
+                batch.prune_many(_pad(drop[dropping], width), rows=ep[dropping])
                 live &= ~drop
                 running &= ~drop
                 now[dropping] = row_majority(latest[dropping], live[dropping])
@@ -140,6 +145,15 @@ def run_batch(self, batch):
 
 
 ParallelProbe.run_batch = run_batch
+
+
+def _pad(mask, width):
+    """A [rows, m] branch mask as the batch's [rows, width] (columns past m never open)."""
+    if mask.shape[1] == width:
+        return mask
+    out = np.zeros((len(mask), width), dtype=bool)
+    out[:, :mask.shape[1]] = mask
+    return out
 
 
 def row_majority(answers, mask):

@@ -340,7 +340,7 @@ class EpisodeBatch:
 
     def prune_many(self, which: Any, rows: Any = None) -> None:
         r, sel = self._selection(which, rows, "prune_many: which")
-        r, sel = self._refuse_rows(r, sel, sel & self._pruned[r], lambda e, m: (
+        r, sel = self._refuse_rows(r, sel, sel & self._pruned[r, :sel.shape[1]], lambda e, m: (
             f"PRUNE of already pruned branch {int(np.flatnonzero(m)[0])}"))
         r, sel = self._admit_rows(r, sel)
         self._actions[r] += 1
@@ -376,9 +376,10 @@ class EpisodeBatch:
     def _selection(self, which: Any, rows: Any, what: str,
                    running: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """The acting live episodes (ascending indices) and their rows of the branch mask: `which`
-        is [E, N] with rows=None or a bool mask, [len(rows), N] with episode indices. Refuses
-        episodes whose mask names an unopened branch (and, with `running`, one that cannot be
-        stepped), as Episode checks them: unopened first."""
+        is [E, M] with rows=None or a bool mask, [len(rows), M] with episode indices, M <= N its
+        first M columns (the ones past it unselected). Refuses episodes whose mask names an
+        unopened branch (and, with `running`, one that cannot be stepped), as Episode checks
+        them: unopened first."""
         if self._closed:
             raise InvalidAction("the episode has ended")
         sel = np.asarray(which)
@@ -391,15 +392,16 @@ class EpisodeBatch:
                     raise InvalidAction(f"rows must be a mask with one entry per episode "
                                         f"({self._size})")
                 r = np.flatnonzero(r)
-                if sel.dtype == bool and sel.shape == (self._size, self._width):
+                if sel.dtype == bool and sel.ndim == 2 and len(sel) == self._size:
                     sel = sel[r]
             elif r.ndim != 1 or (len(r) and (r.dtype.kind not in "iu" or r.min() < 0
                                              or r.max() >= self._size
                                              or (np.diff(r) <= 0).any())):
                 raise InvalidAction("rows must be ascending episode indices or a bool mask")
-        if sel.dtype != bool or sel.shape != (len(r), self._width):
-            raise InvalidAction(f"{what} must be a bool mask of shape ({len(r)}, {self._width}): "
-                                "one row per acting episode")
+        if (sel.dtype != bool or sel.ndim != 2 or len(sel) != len(r)
+                or not 1 <= sel.shape[1] <= self._width):
+            raise InvalidAction(f"{what} must be a bool mask of shape ({len(r)}, {self._width}) "
+                                f"(or fewer columns): one row per acting episode")
         r = r.astype(np.int64, copy=False)
         live = self._live[r]
         if not live.all():
@@ -409,20 +411,23 @@ class EpisodeBatch:
                 return f"{what} names a branch that is not open ({self._opened[e]} opened)"
             return self._not_running(e, m)
 
+        m = sel.shape[1]
         if running:  # running implies opened: one check for both, told apart on refusal only
-            return self._refuse_rows(r, sel, np.greater(sel, self._running[r]), refusal)  # sel & ~running
-        outside = sel & (np.arange(self._width) >= self._opened[r][:, None])
+            return self._refuse_rows(r, sel, np.greater(sel, self._running[r, :m]),  # sel & ~running
+                                     refusal)
+        outside = sel & (np.arange(m) >= self._opened[r][:, None])
         return self._refuse_rows(r, sel, outside, refusal)
 
     def _elements(self, r: np.ndarray, sel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Episode and flat position of every selected branch, episode-major (flatnonzero: 2-D
         nonzero is an order of magnitude slower)."""
+        m = sel.shape[1]
         at = np.flatnonzero(sel)
-        ri = at // self._width
-        if len(r) == self._size:  # every episode acts (r is then 0..E-1): rows are episodes
+        ri = at // m
+        if len(r) == self._size and m == self._width:  # every episode acts, all columns
             return ri, at
-        e = r.take(ri)
-        return e, at + (e - ri) * self._width
+        e = ri if len(r) == self._size else r.take(ri)  # (r is then 0..E-1: rows are episodes)
+        return e, at + (e * self._width - ri * m)
 
     def _refuse_rows(self, r: np.ndarray, sel: np.ndarray, bad: np.ndarray,
                      message: Any) -> tuple[np.ndarray, np.ndarray]:

@@ -94,8 +94,7 @@ def run_batch(self, batch):
     leader = np.full(batch.size, -1)
     ep = np.flatnonzero(batch.live)
     # Only the first m columns ever open (num_chains of a larger pool): the per-branch arrays
-    # below keep those, and the masks handed to the batch are padded to its width.
-    width = batch.width
+    # below keep those, and so do the masks handed to the batch (the columns past m unselected).
     m = max(1, int(batch.num_opened.max()))
     live = batch.opened[ep, :m]  # opened and not pruned: only this controller prunes
     off = np.zeros(live.shape, dtype=np.int32)  # off-track steps
@@ -105,10 +104,9 @@ def run_batch(self, batch):
     for step in range(self.max_steps):
         moving = running.any(axis=1)
         if moving.all():
-            batch.advance_many(_pad(running, width), times=self.probe_burst, rows=ep)
+            batch.advance_many(running, times=self.probe_burst, rows=ep)
         elif moving.any():
-            batch.advance_many(_pad(running[moving], width), times=self.probe_burst,
-                               rows=ep[moving])
+            batch.advance_many(running[moving], times=self.probe_burst, rows=ep[moving])
         kept = batch.live[ep]
         if not kept.all():  # refused (a budget): that episode's run ends on the refusal
             ep, live, off, previous, stable = (
@@ -127,7 +125,7 @@ def run_batch(self, batch):
             drop = disagree & (off >= self.prune_patience)
             dropping = drop.any(axis=1)
             if dropping.any():
-                batch.prune_many(_pad(drop[dropping], width), rows=ep[dropping])
+                batch.prune_many(drop[dropping], rows=ep[dropping])
                 live &= ~drop
                 running &= ~drop
                 now[dropping] = row_majority(latest[dropping], live[dropping])
@@ -145,15 +143,6 @@ def run_batch(self, batch):
 
 
 ParallelProbe.run_batch = run_batch
-
-
-def _pad(mask, width):
-    """A [rows, m] branch mask as the batch's [rows, width] (columns past m never open)."""
-    if mask.shape[1] == width:
-        return mask
-    out = np.zeros((len(mask), width), dtype=bool)
-    out[:, :mask.shape[1]] = mask
-    return out
 
 
 def row_majority(answers, mask):

@@ -148,17 +148,19 @@ ParallelProbe.run_batch = run_batch
 def row_majority(answers, mask):
     """majority() of each row's masked answers (ties: the first seen, by column)."""
     rows, cols = answers.shape
-    width = int(answers.max(initial=-1)) + 2  # slot 0 of each row collects what does not vote
-    off = np.arange(rows) * width
+    # Each row counts in a block of its own, 1 + its largest answer + 1 slots (slot 0 collects
+    # what does not vote): answer ids are per episode, and most rows' are far below the largest.
+    size = answers.max(axis=1, initial=-1).astype(np.int64) + 2
+    off = np.cumsum(size) - size
     key = answers + 1
     key *= mask  # slot 0 where masked out (arithmetic: np.where is slower here)
     key = key + off[:, None]
-    counts = np.bincount(key.ravel(), minlength=rows * width).astype(np.int32)
-    counts[::width] = 0
+    counts = np.bincount(key.ravel(), minlength=int(size.sum()))
+    counts[off] = 0
     # One argmax per row finds the leader: the highest count, then the first column (the
     # first-seen among tied classes); a row without votes lands on a slot-0 column, read -1.
-    # int32 throughout: argmax over int64 rows is several times slower.
-    score = counts.take(key)
+    # int32: argmax over int64 rows is several times slower.
+    score = counts.take(key).astype(np.int32)
     score *= cols
     score -= np.arange(cols, dtype=np.int32)
     return key.ravel().take(np.arange(rows) * cols + score.argmax(axis=1)) - off - 1

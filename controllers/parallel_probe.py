@@ -97,27 +97,29 @@ def run_batch(self, batch):
     # below keep those, and so do the masks handed to the batch (the columns past m unselected).
     m = max(1, int(batch.num_opened.max()))
     live = batch.opened[ep, :m]  # opened and not pruned: only this controller prunes
-    off = np.zeros(live.shape, dtype=np.int32)  # off-track steps
+    alive = live.sum(axis=1)  # per episode
+    # Off-track steps: a count never past prune_patience (a branch that reaches it is pruned).
+    off = np.zeros(live.shape, dtype=np.int8 if self.prune_patience < 127 else np.int64)
     previous = np.full(len(ep), -2)  # no leader yet: unequal to any
     stable = np.zeros(len(ep), dtype=np.int64)
     running = batch.running[ep, :m]
+    moving = running.any(axis=1)  # after the first step, every episode still going
     for step in range(self.max_steps):
-        moving = running.any(axis=1)
         if moving.all():
             batch.advance_many(running, times=self.probe_burst, rows=ep)
         elif moving.any():
             batch.advance_many(running[moving], times=self.probe_burst, rows=ep[moving])
         kept = batch.live[ep]
         if not kept.all():  # refused (a budget): that episode's run ends on the refusal
-            ep, live, off, previous, stable = (
-                ep[kept], live[kept], off[kept], previous[kept], stable[kept])
+            ep, live, alive, off, previous, stable = (
+                ep[kept], live[kept], alive[kept], off[kept], previous[kept], stable[kept])
         # Every episode still going (the first T steps at least): the batch's own (read-only)
         # array, without a copy; prune_many leaves `latest` alone, so it holds for this step.
         latest = batch.latest[:, :m] if len(ep) == batch.size else batch.latest[ep, :m]
         now = row_majority(latest, live)
         running = batch.running[ep, :m]  # alive and not finished
         if step >= self.warm_up:
-            unfinished = running & (live.sum(axis=1) > 1)[:, None]
+            unfinished = running & (alive > 1)[:, None]
             disagree = unfinished & (latest != now[:, None])
             # Off-track steps: one more on disagreeing, reset on agreeing, else kept.
             off += disagree
@@ -125,18 +127,21 @@ def run_batch(self, batch):
             drop = disagree & (off >= self.prune_patience)
             dropping = drop.any(axis=1)
             if dropping.any():
-                batch.prune_many(drop[dropping], rows=ep[dropping])
+                gone = drop[dropping]
+                batch.prune_many(gone, rows=ep[dropping])
+                alive[dropping] -= gone.sum(axis=1)
                 live &= ~drop
                 running &= ~drop
                 now[dropping] = row_majority(latest[dropping], live[dropping])
         leader[ep] = now
         stable = np.where(now == previous, stable + 1, 0)
         previous = now
-        going = (stable < self.T) & running.any(axis=1) & batch.live[ep]
+        moving = running.any(axis=1)
+        going = (stable < self.T) & moving & batch.live[ep]
         if not going.all():
-            ep, running, live, off, previous, stable = (
-                ep[going], running[going], live[going], off[going], previous[going],
-                stable[going])
+            ep, running, live, alive, off, previous, stable, moving = (
+                ep[going], running[going], live[going], alive[going], off[going],
+                previous[going], stable[going], moving[going])
             if len(ep) == 0:
                 break
     return leader

@@ -132,7 +132,9 @@ def run_batch(self, batch):
                 alive[dropping] -= gone.sum(axis=1)
                 live &= ~drop
                 running &= ~drop
-                now[dropping] = row_majority(latest[dropping], live[dropping])
+                # run() takes the majority again after pruning: it is the same leader, as the
+                # pruned branches all disagreed with it. Its votes stay, the others only lose
+                # votes and their first columns only move right, so nothing overtakes it.
         leader[ep] = now
         stable = np.where(now == previous, stable + 1, 0)
         previous = now

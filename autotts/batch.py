@@ -63,10 +63,13 @@ class EpisodeBatch:
         # One flat table of every distinct question: row g of the flat layout starts at base[q].
         uniq: dict[int, int] = {}
         qs: list[Question] = []
+        at: list[int] = []  # each episode's question, as its index in qs
         for q in questions:
-            if id(q) not in uniq:
-                uniq[id(q)] = len(qs)
+            i = uniq.get(id(q))
+            if i is None:
+                i = uniq[id(q)] = len(qs)
                 qs.append(q)
+            at.append(i)
         lay = [q.layout() for q in qs]
         widths = np.array([t.width for t in lay], dtype=np.int64)
         sizes = np.array([q.num_branches for q in qs], dtype=np.int64)
@@ -83,16 +86,18 @@ class EpisodeBatch:
         # Whether a cell is its branch's last: a step's finals are one look-up in this small table.
         self._is_last = np.zeros(len(self._reveal_flat), dtype=bool)
         self._is_last[self._first_g + self._last_g] = True
-        qi = np.array([uniq[id(q)] for q in questions], dtype=np.int64)
-        pools = np.array([len(o) for o in orders], dtype=np.int64)
+        qi = np.array(at, dtype=np.int64)
+        pools = np.fromiter(map(len, orders), dtype=np.int64, count=e_count)
         n = int(pools.max())
         flat = np.concatenate(orders).astype(np.int64, copy=False)
         if len(flat) == e_count * n:  # every pool full width (the common case): no mask
-            order = flat.reshape(e_count, n)
+            self._order_f = flat
         else:
-            order = np.zeros((e_count, n), dtype=np.int64)
-            order.reshape(-1)[np.flatnonzero(np.arange(n) < pools[:, None])] = flat
-        self._branch = branch_base[qi][:, None] + order  # global branch of (episode, column)
+            self._order_f = np.zeros(e_count * n, dtype=np.int64)
+            self._order_f[np.flatnonzero(np.arange(n) < pools[:, None])] = flat
+        # (episode, column) -> its global branch: the episode's base + its order's entry, looked
+        # up when the column opens (a per-column array would be built for columns never opened)
+        self._branch_base_e = branch_base[qi]
         self._err_class = np.array([q.no_answer_class for q in qs], dtype=np.int64)[qi]
         self._delta_e = np.array([q.delta for q in qs], dtype=np.int64)[qi]
         self._size = e_count
@@ -132,7 +137,6 @@ class EpisodeBatch:
         self._live = np.ones(e_count, dtype=bool)
         # Flat views: (episode e, column j) is element e·N + j; one take/put per batch of branches
         # instead of 2-D fancy indexing.
-        self._branch_f = self._branch.reshape(-1)
         self._cursor_f = self._cursor.reshape(-1)
         self._finished_f = self._finished.reshape(-1)
         self._running_f = self._running.reshape(-1)
@@ -213,7 +217,8 @@ class EpisodeBatch:
     def depths(self) -> np.ndarray:
         """[E, N] depths: computed per read (a copy, unlike the other per-branch arrays)."""
         opened = self.opened
-        first = self._first_g.take(np.where(opened, self._branch, 0))
+        branch = self._branch_base_e[:, None] + self._order_f.reshape(self._size, self._width)
+        first = self._first_g.take(np.where(opened, branch, 0))
         return np.where(opened, self._cursor - first, 0)
 
     @property
@@ -286,7 +291,7 @@ class EpisodeBatch:
         if len(e) == 0:
             return
         fl = e * self._width + j
-        b = self._branch_f.take(fl)
+        b = self._branch_base_e.take(e) + self._order_f.take(fl)
         g = self._first_g.take(b)
         last = self._last_g.take(b)
         self._generated += np.bincount(e, weights=self._cost_flat.take(g),
@@ -488,7 +493,7 @@ class EpisodeBatch:
         if len(e) == 0:
             return out
         fl = e * self._width + j
-        b = self._branch_f.take(fl)
+        b = self._branch_base_e.take(e) + self._order_f.take(fl)
         self._generated += np.bincount(e, weights=self._tokens_g.take(b),
                                        minlength=self._size).astype(np.int64)
         self._opened += ks

@@ -34,8 +34,9 @@ class EpisodeBatch:
 
     Shapes: per-episode quantities are [E] arrays; per-branch ones are [E, N] with N the largest
     pool of the batch, column j being branch j of the episode in opening order (columns at or past
-    `num_opened[e]` are unopened: depth 0, not running, latest -1). Per-branch state (depths,
-    finished, pruned, running, latest) is a live read-only view: it changes with later actions.
+    `num_opened[e]` are unopened: depth 0, not running, latest -1). Per-branch state (finished,
+    pruned, running, latest) is a live read-only view: it changes with later actions (depths is
+    computed per read).
 
     Actions (rows: a bool [E] mask or episode indices, default every live episode):
       read_new(rows) -> [E]                    READ_NEW; the final (-1 for rows that did not act)
@@ -45,7 +46,8 @@ class EpisodeBatch:
       prune_many(which, rows)
     `which` is a bool branch mask: [E, N] with rows None or a bool [E] mask, or one row per acting
     episode, [len(rows), N], with rows given as ascending episode indices (the compact form, for
-    controllers that keep only their unfinished episodes).
+    controllers that keep only their unfinished episodes); it may have fewer than N columns (the
+    columns past its last are not selected).
     An acting row with an empty selection takes an admitted no-op, as on Episode.
     """
 

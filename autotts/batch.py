@@ -34,8 +34,9 @@ class EpisodeBatch:
 
     Shapes: per-episode quantities are [E] arrays; per-branch ones are [E, N] with N the largest
     pool of the batch, column j being branch j of the episode in opening order (columns at or past
-    `num_opened[e]` are unopened: depth 0, not running, latest -1). Per-branch state (depths,
-    finished, pruned, running, latest) is a live read-only view: it changes with later actions.
+    `num_opened[e]` are unopened: depth 0, not running, latest -1). Per-branch state (finished,
+    pruned, running, latest) is a live read-only view: it changes with later actions (depths is
+    computed per read).
 
     Actions (rows: a bool [E] mask or episode indices, default every live episode):
       read_new(rows) -> [E]                    READ_NEW; the final (-1 for rows that did not act)
@@ -45,7 +46,8 @@ class EpisodeBatch:
       prune_many(which, rows)
     `which` is a bool branch mask: [E, N] with rows None or a bool [E] mask, or one row per acting
     episode, [len(rows), N], with rows given as ascending episode indices (the compact form, for
-    controllers that keep only their unfinished episodes).
+    controllers that keep only their unfinished episodes); it may have fewer than N columns (the
+    columns past its last are not selected).
     An acting row with an empty selection takes an admitted no-op, as on Episode.
     """
 
@@ -63,10 +65,13 @@ class EpisodeBatch:
         # One flat table of every distinct question: row g of the flat layout starts at base[q].
         uniq: dict[int, int] = {}
         qs: list[Question] = []
+        at: list[int] = []  # each episode's question, as its index in qs
         for q in questions:
-            if id(q) not in uniq:
-                uniq[id(q)] = len(qs)
+            i = uniq.get(id(q))
+            if i is None:
+                i = uniq[id(q)] = len(qs)
                 qs.append(q)
+            at.append(i)
         lay = [q.layout() for q in qs]
         widths = np.array([t.width for t in lay], dtype=np.int64)
         sizes = np.array([q.num_branches for q in qs], dtype=np.int64)
@@ -74,18 +79,27 @@ class EpisodeBatch:
         branch_base = np.concatenate([[0], np.cumsum(sizes)[:-1]])
         self._reveal_flat = np.concatenate([t.reveal_flat for t in lay])
         self._cost_flat = np.concatenate([t.cost_flat for t in lay])
-        last_all = np.concatenate([t.last for t in lay])
-        tokens_all = np.concatenate([t.tokens for t in lay])
-        qi = np.array([uniq[id(q)] for q in questions], dtype=np.int64)
-        pools = np.array([len(o) for o in orders], dtype=np.int64)
+        # Per global branch (row g of the flat layout): its first cell, last step index, tokens.
+        # A column's own cells are looked up when it opens: most columns of a batch never do.
+        self._first_g = np.concatenate([cell_base[i] + np.arange(sizes[i]) * widths[i]
+                                        for i in range(len(qs))])
+        self._last_g = np.concatenate([t.last for t in lay]).astype(np.int64)
+        self._tokens_g = np.concatenate([t.tokens for t in lay])
+        # Whether a cell is its branch's last: a step's finals are one look-up in this small table.
+        self._is_last = np.zeros(len(self._reveal_flat), dtype=bool)
+        self._is_last[self._first_g + self._last_g] = True
+        qi = np.array(at, dtype=np.int64)
+        pools = np.fromiter(map(len, orders), dtype=np.int64, count=e_count)
         n = int(pools.max())
-        order = np.zeros((e_count, n), dtype=np.int64)
-        inside = np.arange(n) < pools[:, None]
-        order[inside] = np.concatenate([np.asarray(o, dtype=np.int64) for o in orders])
-        gb = branch_base[qi][:, None] + order  # global branch id of every (episode, column)
-        self._first_cell = cell_base[qi][:, None] + order * widths[qi][:, None]  # its first cell
-        self._last = np.where(inside, last_all[gb], 0)
-        self._tokens = np.where(inside, tokens_all[gb], 0)
+        flat = np.concatenate(orders).astype(np.int64, copy=False)
+        if len(flat) == e_count * n:  # every pool full width (the common case): no mask
+            self._order_f = flat
+        else:
+            self._order_f = np.zeros(e_count * n, dtype=np.int64)
+            self._order_f[np.flatnonzero(np.arange(n) < pools[:, None])] = flat
+        # (episode, column) -> its global branch: the episode's base + its order's entry, looked
+        # up when the column opens (a per-column array would be built for columns never opened)
+        self._branch_base_e = branch_base[qi]
         self._err_class = np.array([q.no_answer_class for q in qs], dtype=np.int64)[qi]
         self._delta_e = np.array([q.delta for q in qs], dtype=np.int64)[qi]
         self._size = e_count
@@ -94,7 +108,9 @@ class EpisodeBatch:
         self._delta = qs[0].delta
         self._probe_cost = int(probe_cost)
         self._budget = None if budget is None else int(budget)
-        self._depth = np.zeros((e_count, n), dtype=np.int64)
+        # An opened branch's next table cell (its first cell + its depth): a step reads and
+        # writes one array instead of the first cell and the depth.
+        self._cursor = np.zeros((e_count, n), dtype=np.int64)
         self._finished = np.zeros((e_count, n), dtype=bool)
         self._pruned = np.zeros((e_count, n), dtype=bool)
         self._running = np.zeros((e_count, n), dtype=bool)
@@ -109,9 +125,12 @@ class EpisodeBatch:
         # path (_new_ids) only when a class is new to its episode, not for every 'no answer yet'.
         self._id_of_class_flat = np.full(total, _UNSEEN, dtype=np.int32)
         self._id_of_class_flat[self._class_base + block - 1] = NO_ANSWER
-        self._first_at = np.full(total, _UNSET, dtype=np.int64)  # scratch for _new_ids
-        # id -> store class, in the same blocks (an episode's ids never outnumber its classes)
-        self._class_of_id_flat = np.full(total, NO_ANSWER, dtype=np.int32)
+        self._first_at = np.empty(total, dtype=np.int64)  # scratch for _new_ids
+        # id -> store class, in the same blocks (an episode's ids never outnumber its classes);
+        # an id is written when it is handed out, before any read (store_classes reads ids below
+        # next_id), except ERR's, which reads NO_ANSWER until the episode reveals its ERR class.
+        self._class_of_id_flat = np.empty(total, dtype=np.int32)
+        self._class_of_id_flat[self._class_base + NO_ANSWER_ID] = NO_ANSWER
         self._next_id = np.ones(e_count, dtype=np.int64)  # id 0 is reserved for 'ERR'
         self._opened = np.zeros(e_count, dtype=np.int64)
         self._generated = np.zeros(e_count, dtype=np.int64)
@@ -120,10 +139,7 @@ class EpisodeBatch:
         self._live = np.ones(e_count, dtype=bool)
         # Flat views: (episode e, column j) is element e·N + j; one take/put per batch of branches
         # instead of 2-D fancy indexing.
-        self._first_cell_f = self._first_cell.reshape(-1)
-        self._last_f = self._last.reshape(-1)
-        self._tokens_f = self._tokens.reshape(-1)
-        self._depth_f = self._depth.reshape(-1)
+        self._cursor_f = self._cursor.reshape(-1)
         self._finished_f = self._finished.reshape(-1)
         self._running_f = self._running.reshape(-1)
         self._pruned_f = self._pruned.reshape(-1)
@@ -131,7 +147,7 @@ class EpisodeBatch:
         # Per-branch state is shown through live read-only views: a copy of [E, N] per read would
         # cost as much as the step itself. Copy one to keep a snapshot across actions.
         self._view = {}
-        for attr in ("_depth", "_finished", "_pruned", "_running", "_latest"):
+        for attr in ("_finished", "_pruned", "_running", "_latest"):
             v = getattr(self, attr).view()
             v.flags.writeable = False
             self._view[attr] = v
@@ -201,7 +217,11 @@ class EpisodeBatch:
 
     @property
     def depths(self) -> np.ndarray:
-        return self._view["_depth"]
+        """[E, N] depths: computed per read (a copy, unlike the other per-branch arrays)."""
+        opened = self.opened
+        branch = self._branch_base_e[:, None] + self._order_f.reshape(self._size, self._width)
+        first = self._first_g.take(np.where(opened, branch, 0))
+        return np.where(opened, self._cursor - first, 0)
 
     @property
     def finished(self) -> np.ndarray:
@@ -273,18 +293,21 @@ class EpisodeBatch:
         if len(e) == 0:
             return
         fl = e * self._width + j
-        g = self._first_cell_f.take(fl)
+        b = self._branch_base_e.take(e) + self._order_f.take(fl)
+        g = self._first_g.take(b)
+        last = self._last_g.take(b)
         self._generated += np.bincount(e, weights=self._cost_flat.take(g),
                                        minlength=self._size).astype(np.int64)
         self._opened += ks
-        self._depth_f[fl] = 1
+        self._cursor_f[fl] = g + 1
         self._running_f[fl] = True
-        done = self._last_f.take(fl) == 0
+        done = last == 0
         if probe:
             self._probes += np.bincount(e[~done], minlength=self._size)
-            self._reveal(e, fl, g, done)
+            self._reveal(e, fl, g, np.flatnonzero(done))
         elif done.any():
-            self._reveal(e[done], fl[done], g[done], done[done])
+            at = np.flatnonzero(done)
+            self._reveal(e.take(at), fl.take(at), g.take(at), np.arange(len(at)))
 
     def advance_many(self, which: Any, times: Any = 1, rows: Any = None) -> np.ndarray:
         r, sel = self._selection(which, rows, "advance_many: which", running=True)
@@ -293,40 +316,38 @@ class EpisodeBatch:
         r, sel = self._admit_rows(r, sel)
         self._actions[r] += 1
         e, fl = self._elements(r, sel)
-        g = self._first_cell_f.take(fl)
-        d = self._depth_f.take(fl)
-        last = self._last_f.take(fl)
+        f = self._cursor_f.take(fl)  # the table cell each branch reveals now
         size = self._size
         for _ in range(times):
             if len(e) == 0:
                 break
-            f = g + d
-            fin = d == last
+            fin = self._is_last.take(f)
             # A step before the last generates one interval (Δ) and reveals a probe (κ); the last
             # costs what the table says and reveals the final: count the two kinds apart.
             stepped = np.bincount(e, minlength=size)
-            if fin.any():
-                ef = e[fin]
+            ends = np.flatnonzero(fin)  # (boolean indexing is several times slower than take)
+            if len(ends):
+                ef = e.take(ends)
                 ended = np.bincount(ef, minlength=size)
-                tail = np.bincount(ef, weights=self._cost_flat.take(f[fin]), minlength=size)
+                tail = np.bincount(ef, weights=self._cost_flat.take(f.take(ends)), minlength=size)
                 self._generated += self._delta_e * (stepped - ended) + tail.astype(np.int64)
                 self._probes += stepped - ended
             else:
                 self._generated += self._delta_e * stepped
                 self._probes += stepped
-            self._reveal(e, fl, f, fin, depth=d + 1)
+            self._reveal(e, fl, f, ends, cursor=f + 1)
             if times == 1:  # the common case: nothing to carry to a next repeat
                 break
-            if fin.any():
-                keep = ~fin
-                e, fl, g, d, last = e[keep], fl[keep], g[keep], d[keep] + 1, last[keep]
+            if len(ends):
+                keep = np.flatnonzero(~fin)
+                e, fl, f = e.take(keep), fl.take(keep), f.take(keep) + 1
             else:
-                d = d + 1
+                f = f + 1
         return self._view["_latest"]
 
     def prune_many(self, which: Any, rows: Any = None) -> None:
         r, sel = self._selection(which, rows, "prune_many: which")
-        r, sel = self._refuse_rows(r, sel, sel & self._pruned[r], lambda e, m: (
+        r, sel = self._refuse_rows(r, sel, sel & self._pruned[r, :sel.shape[1]], lambda e, m: (
             f"PRUNE of already pruned branch {int(np.flatnonzero(m)[0])}"))
         r, sel = self._admit_rows(r, sel)
         self._actions[r] += 1
@@ -362,9 +383,10 @@ class EpisodeBatch:
     def _selection(self, which: Any, rows: Any, what: str,
                    running: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """The acting live episodes (ascending indices) and their rows of the branch mask: `which`
-        is [E, N] with rows=None or a bool mask, [len(rows), N] with episode indices. Refuses
-        episodes whose mask names an unopened branch (and, with `running`, one that cannot be
-        stepped), as Episode checks them: unopened first."""
+        is [E, M] with rows=None or a bool mask, [len(rows), M] with episode indices, M <= N its
+        first M columns (the ones past it unselected). Refuses episodes whose mask names an
+        unopened branch (and, with `running`, one that cannot be stepped), as Episode checks
+        them: unopened first."""
         if self._closed:
             raise InvalidAction("the episode has ended")
         sel = np.asarray(which)
@@ -377,15 +399,16 @@ class EpisodeBatch:
                     raise InvalidAction(f"rows must be a mask with one entry per episode "
                                         f"({self._size})")
                 r = np.flatnonzero(r)
-                if sel.dtype == bool and sel.shape == (self._size, self._width):
+                if sel.dtype == bool and sel.ndim == 2 and len(sel) == self._size:
                     sel = sel[r]
             elif r.ndim != 1 or (len(r) and (r.dtype.kind not in "iu" or r.min() < 0
                                              or r.max() >= self._size
                                              or (np.diff(r) <= 0).any())):
                 raise InvalidAction("rows must be ascending episode indices or a bool mask")
-        if sel.dtype != bool or sel.shape != (len(r), self._width):
-            raise InvalidAction(f"{what} must be a bool mask of shape ({len(r)}, {self._width}): "
-                                "one row per acting episode")
+        if (sel.dtype != bool or sel.ndim != 2 or len(sel) != len(r)
+                or not 1 <= sel.shape[1] <= self._width):
+            raise InvalidAction(f"{what} must be a bool mask of shape ({len(r)}, {self._width}) "
+                                f"(or fewer columns): one row per acting episode")
         r = r.astype(np.int64, copy=False)
         live = self._live[r]
         if not live.all():
@@ -395,20 +418,23 @@ class EpisodeBatch:
                 return f"{what} names a branch that is not open ({self._opened[e]} opened)"
             return self._not_running(e, m)
 
+        m = sel.shape[1]
         if running:  # running implies opened: one check for both, told apart on refusal only
-            return self._refuse_rows(r, sel, np.greater(sel, self._running[r]), refusal)  # sel & ~running
-        outside = sel & (np.arange(self._width) >= self._opened[r][:, None])
+            return self._refuse_rows(r, sel, np.greater(sel, self._running[r, :m]),  # sel & ~running
+                                     refusal)
+        outside = sel & (np.arange(m) >= self._opened[r][:, None])
         return self._refuse_rows(r, sel, outside, refusal)
 
     def _elements(self, r: np.ndarray, sel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Episode and flat position of every selected branch, episode-major (flatnonzero: 2-D
         nonzero is an order of magnitude slower)."""
+        m = sel.shape[1]
         at = np.flatnonzero(sel)
-        ri = at // self._width
-        if len(r) == self._size:  # every episode acts (r is then 0..E-1): rows are episodes
+        ri = at // m
+        if len(r) == self._size and m == self._width:  # every episode acts, all columns
             return ri, at
-        e = r.take(ri)
-        return e, at + (e - ri) * self._width
+        e = ri if len(r) == self._size else r.take(ri)  # (r is then 0..E-1: rows are episodes)
+        return e, at + (e * self._width - ri * m)
 
     def _refuse_rows(self, r: np.ndarray, sel: np.ndarray, bad: np.ndarray,
                      message: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -469,29 +495,31 @@ class EpisodeBatch:
         if len(e) == 0:
             return out
         fl = e * self._width + j
-        self._generated += np.bincount(e, weights=self._tokens_f.take(fl),
+        b = self._branch_base_e.take(e) + self._order_f.take(fl)
+        self._generated += np.bincount(e, weights=self._tokens_g.take(b),
                                        minlength=self._size).astype(np.int64)
         self._opened += ks
-        last = self._last_f.take(fl)
-        self._reveal(e, fl, self._first_cell_f.take(fl) + last, np.ones(len(e), dtype=bool),
-                     depth=last + 1)
+        cell = self._first_g.take(b) + self._last_g.take(b)
+        self._reveal(e, fl, cell, np.arange(len(e)), cursor=cell + 1)
         out[e, j - (self._opened[e] - ks[e])] = self._latest_f.take(fl)
         return out
 
     def _reveal(self, e: np.ndarray, fl: np.ndarray, cell: np.ndarray, final: np.ndarray,
-                depth: np.ndarray | None = None) -> None:
+                cursor: np.ndarray | None = None) -> None:
         """Reveal flat table cells `cell` as the branches at flat positions `fl` (of episodes e),
-        numbered per episode in the order listed (episode-major, as every action lists them)."""
+        numbered per episode in the order listed (episode-major, as every action lists them);
+        `final`: the indices (into these lists) of the branches that finish; `cursor`: their next
+        cells."""
         s = self._reveal_flat.take(cell)
         key = self._class_base.take(e) + s  # the store's -1 reads the spare entry before: -1
         ids = self._id_of_class_flat.take(key)
-        if len(ids) and ids[ids.argmin()] == _UNSEEN:  # a class new to its episode: slow path
+        if len(ids) and ids.min() == _UNSEEN:  # a class new to its episode: slow path
             ids = self._new_ids(e, s, key, ids)
         self._latest_f[fl] = ids
-        if depth is not None:
-            self._depth_f[fl] = depth
-        if final.any():
-            done = fl[final]
+        if cursor is not None:
+            self._cursor_f[fl] = cursor
+        if len(final):
+            done = fl.take(final)
             self._finished_f[done] = True
             self._running_f[done] = False
 
@@ -500,22 +528,30 @@ class EpisodeBatch:
         """Number the classes of `s` no episode has revealed yet, per episode in listed order."""
         unseen = np.flatnonzero(ids == _UNSEEN)
         pos = unseen
-        k = key[pos]
+        k = key.take(pos)
         # Each new (episode, class) once, at its first position: a scratch array takes the least
-        # position per key (np.minimum.at is defined for repeats) and is reset after use.
-        np.minimum.at(self._first_at, k, pos)
-        pos = pos[self._first_at[k] == pos]  # still ascending: reveal order
+        # position per key (np.minimum.at is defined for repeats).
         self._first_at[k] = _UNSET
-        ne, ns = e[pos], s[pos]
-        err = ns == self._err_class[ne]
+        np.minimum.at(self._first_at, k, pos)
+        pos = pos.take(np.flatnonzero(self._first_at.take(k) == pos))  # ascending: reveal order
+        ne, ns = e.take(pos), s.take(pos)
+        err = ns == self._err_class.take(ne)
         if err.any():
             self._id_of_class_flat[key[pos[err]]] = NO_ANSWER_ID
             self._class_of_id_flat[self._class_base[ne[err]] + NO_ANSWER_ID] = ns[err]
-        ne, ns = ne[~err], ns[~err]
-        rank = np.arange(len(ne)) - np.searchsorted(ne, ne, side="left")
-        new_ids = self._next_id[ne] + rank
-        self._id_of_class_flat[self._class_base[ne] + ns] = new_ids
-        self._class_of_id_flat[self._class_base[ne] + new_ids] = ns
+            keep = np.flatnonzero(~err)
+            ne, ns = ne.take(keep), ns.take(keep)
+        # Rank within its episode (ne is ascending): the position minus its episode's first one.
+        at = np.arange(len(ne))
+        start = np.zeros(len(ne), dtype=np.int64)
+        if len(ne) > 1:
+            start[1:] = np.where(ne[1:] != ne[:-1], at[1:], 0)
+            np.maximum.accumulate(start, out=start)
+        rank = at - start
+        new_ids = self._next_id.take(ne) + rank
+        base = self._class_base.take(ne)
+        self._id_of_class_flat[base + ns] = new_ids
+        self._class_of_id_flat[base + new_ids] = ns
         self._next_id += np.bincount(ne, minlength=self._size)
-        ids[unseen] = self._id_of_class_flat.take(key[unseen])
+        ids[unseen] = self._id_of_class_flat.take(k)
         return ids

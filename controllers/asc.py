@@ -83,8 +83,10 @@ def run_batch(self, batch):
             c1, c2 = v1[rows].astype(float), v2[rows].astype(float)
             confidence = 1.0 - betainc(c1 + 1, c2 + 1, 0.5)
             active[rows[(c1 > 0) & (confidence > self.threshold)]] = False
-    # Every episode has stopped with exactly its opened branches read: their majority.
-    return row_majority(batch.latest, batch.opened)
+    # Every episode has stopped with exactly its opened branches read: their majority (over the
+    # columns that opened anywhere: the pool can be much wider than max_samples).
+    m = max(1, int(batch.num_opened.max()))
+    return row_majority(batch.latest[:, :m], batch.opened[:, :m])
 
 
 AdaptiveConsistency.run_batch = run_batch

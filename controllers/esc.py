@@ -64,7 +64,8 @@ def run_batch(self, batch):
         answer[agree] = got[agree, 0]
         agreed |= agree
         active &= ~agree
-    return np.where(agreed, answer, row_majority(batch.latest, batch.opened))
+    m = max(1, int(batch.num_opened.max()))  # the columns that opened anywhere
+    return np.where(agreed, answer, row_majority(batch.latest[:, :m], batch.opened[:, :m]))
 
 
 EarlyStoppingConsistency.run_batch = run_batch

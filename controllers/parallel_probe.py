@@ -93,28 +93,33 @@ def run_batch(self, batch):
     batch.branch_many(np.minimum(self.num_chains, batch.pool_size), probe=True)
     leader = np.full(batch.size, -1)
     ep = np.flatnonzero(batch.live)
-    live = batch.opened[ep]  # opened and not pruned: only this controller prunes
-    off = np.zeros(live.shape, dtype=np.int32)  # off-track steps
+    # Only the first m columns ever open (num_chains of a larger pool): the per-branch arrays
+    # below keep those, and so do the masks handed to the batch (the columns past m unselected).
+    m = max(1, int(batch.num_opened.max()))
+    live = batch.opened[ep, :m]  # opened and not pruned: only this controller prunes
+    alive = live.sum(axis=1)  # per episode
+    # Off-track steps: a count never past prune_patience (a branch that reaches it is pruned).
+    off = np.zeros(live.shape, dtype=np.int8 if self.prune_patience < 127 else np.int64)
     previous = np.full(len(ep), -2)  # no leader yet: unequal to any
     stable = np.zeros(len(ep), dtype=np.int64)
-    running = batch.running[ep]
+    running = batch.running[ep, :m]
+    moving = running.any(axis=1)  # after the first step, every episode still going
     for step in range(self.max_steps):
-        moving = running.any(axis=1)
         if moving.all():
             batch.advance_many(running, times=self.probe_burst, rows=ep)
         elif moving.any():
             batch.advance_many(running[moving], times=self.probe_burst, rows=ep[moving])
         kept = batch.live[ep]
         if not kept.all():  # refused (a budget): that episode's run ends on the refusal
-            ep, live, off, previous, stable = (
-                ep[kept], live[kept], off[kept], previous[kept], stable[kept])
+            ep, live, alive, off, previous, stable = (
+                ep[kept], live[kept], alive[kept], off[kept], previous[kept], stable[kept])
         # Every episode still going (the first T steps at least): the batch's own (read-only)
         # array, without a copy; prune_many leaves `latest` alone, so it holds for this step.
-        latest = batch.latest if len(ep) == batch.size else batch.latest[ep]
+        latest = batch.latest[:, :m] if len(ep) == batch.size else batch.latest[ep, :m]
         now = row_majority(latest, live)
-        running = batch.running[ep]  # alive and not finished
+        running = batch.running[ep, :m]  # alive and not finished
         if step >= self.warm_up:
-            unfinished = running & (live.sum(axis=1) > 1)[:, None]
+            unfinished = running & (alive > 1)[:, None]
             disagree = unfinished & (latest != now[:, None])
             # Off-track steps: one more on disagreeing, reset on agreeing, else kept.
             off += disagree
@@ -122,18 +127,23 @@ def run_batch(self, batch):
             drop = disagree & (off >= self.prune_patience)
             dropping = drop.any(axis=1)
             if dropping.any():
-                batch.prune_many(drop[dropping], rows=ep[dropping])
+                gone = drop[dropping]
+                batch.prune_many(gone, rows=ep[dropping])
+                alive[dropping] -= gone.sum(axis=1)
                 live &= ~drop
                 running &= ~drop
-                now[dropping] = row_majority(latest[dropping], live[dropping])
+                # run() takes the majority again after pruning: it is the same leader, as the
+                # pruned branches all disagreed with it. Its votes stay, the others only lose
+                # votes and their first columns only move right, so nothing overtakes it.
         leader[ep] = now
         stable = np.where(now == previous, stable + 1, 0)
         previous = now
-        going = (stable < self.T) & running.any(axis=1) & batch.live[ep]
+        moving = running.any(axis=1)
+        going = (stable < self.T) & moving & batch.live[ep]
         if not going.all():
-            ep, running, live, off, previous, stable = (
-                ep[going], running[going], live[going], off[going], previous[going],
-                stable[going])
+            ep, running, live, alive, off, previous, stable, moving = (
+                ep[going], running[going], live[going], alive[going], off[going],
+                previous[going], stable[going], moving[going])
             if len(ep) == 0:
                 break
     return leader
@@ -145,17 +155,19 @@ ParallelProbe.run_batch = run_batch
 def row_majority(answers, mask):
     """majority() of each row's masked answers (ties: the first seen, by column)."""
     rows, cols = answers.shape
-    width = int(answers.max(initial=-1)) + 2  # slot 0 of each row collects what does not vote
-    off = np.arange(rows) * width
+    # Each row counts in a block of its own, 1 + its largest answer + 1 slots (slot 0 collects
+    # what does not vote): answer ids are per episode, and most rows' are far below the largest.
+    size = answers.max(axis=1, initial=-1).astype(np.int64) + 2
+    off = np.cumsum(size) - size
     key = answers + 1
     key *= mask  # slot 0 where masked out (arithmetic: np.where is slower here)
     key = key + off[:, None]
-    counts = np.bincount(key.ravel(), minlength=rows * width).astype(np.int32)
-    counts[::width] = 0
+    counts = np.bincount(key.ravel(), minlength=int(size.sum()))
+    counts[off] = 0
     # One argmax per row finds the leader: the highest count, then the first column (the
     # first-seen among tied classes); a row without votes lands on a slot-0 column, read -1.
-    # int32 throughout: argmax over int64 rows is several times slower.
-    score = counts.take(key)
+    # int32: argmax over int64 rows is several times slower.
+    score = counts.take(key).astype(np.int32)
     score *= cols
     score -= np.arange(cols, dtype=np.int32)
     return key.ravel().take(np.arange(rows) * cols + score.argmax(axis=1)) - off - 1

@@ -117,6 +117,8 @@ def _one_batch(seed: int) -> int:
             extra = bool(rng.random() < 0.5)
         elif name in ("advance_many", "prune_many"):
             full = _branch_mask(rng, batch)
+            if rng.random() < 0.3:  # fewer columns than the batch's width: the rest unselected
+                full = full[:, : int(rng.integers(1, batch.width + 1))]
             args = list(full)
             arg = full[rows] if rows is not None and rows.dtype != bool else full
             extra = int(rng.choice([1, 1, 2, 5]))
@@ -166,6 +168,10 @@ def test_batch_refuses_malformed_arguments_for_the_whole_batch():
     batch = EpisodeBatch([q, q], [np.arange(q.num_branches)] * 2)
     with pytest.raises(InvalidAction, match="bool mask of shape"):
         batch.advance_many(np.zeros((1, batch.width), dtype=bool))
+    with pytest.raises(InvalidAction, match="bool mask of shape"):
+        batch.advance_many(np.zeros((2, batch.width + 1), dtype=bool))
+    with pytest.raises(InvalidAction, match="bool mask of shape"):
+        batch.prune_many(np.zeros((2, 0), dtype=bool))
     with pytest.raises(InvalidAction, match="ascending"):
         batch.prune_many(np.zeros((2, batch.width), dtype=bool), rows=[1, 0])
     with pytest.raises(InvalidAction, match="must be an integer"):

@@ -370,17 +370,21 @@ def eval_cmd(
         def tick(done: int, total: int) -> None:
             prog.update(task, completed=done, total=total)
 
+        # Episode rows (a dict per episode) only where they are written out: the intervals
+        # below read the outcome arrays. The sandbox's evaluation carries rows only.
         result = evaluate(
             controller, stores, beta_list, proto, overrides=overrides, workers=workers,
-            executor=executor, ray_address=ray_address, episodes=True,
+            executor=executor, ray_address=ray_address,
+            episodes=episodes is not None or json_episodes or sandbox,
             traces=traces is not None, on_error=errors, progress=tick, **weak,
         )
-    from autotts.stats import attach_question_intervals
+    from autotts.stats import attach_question_intervals, curves_from_outcomes
 
     # Two kinds of uncertainty, side by side: ± se over the shuffle draws (the published
     # protocol: how well the replay estimated the figure on these questions) and a 95% interval
     # over questions (how far it could move on other questions from the same source).
-    attach_question_intervals(result.rows, result.episodes or [])
+    curves = curves_from_outcomes(result.outcomes) if result.outcomes else None
+    attach_question_intervals(result.rows, result.episodes or [], curves=curves)
     t = Table(title=f"{result.rows[0]['controller']}  ({settings.describe()})",
               caption="± se: over draws; 95% CI: bootstrap over questions (draws kept)")
     for col in ("store", "β", "accuracy %", "± se draws", "95% CI questions", "tokens",

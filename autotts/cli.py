@@ -3,7 +3,9 @@ non-zero exit status; tracebacks are for bugs only."""
 
 from __future__ import annotations
 
+import copy
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -726,9 +728,24 @@ def train_dynaact_cmd(
         out.print(f"embedded the utility in {controller}")
 
 
+def _lean_app(args: list[str]) -> typer.Typer:
+    """`app` with only the command that `args` name. Typer turns every registered command's
+    signature into a click command on each start (~50 ms for all of them, a tenth of a one-store
+    `eval`); a run needs only its own. Anything else (no command, an option first, an unknown
+    name, shell completion) gets the whole app, so help and errors read the same."""
+    name = args[0] if args else ""
+    cmds = [c for c in app.registered_commands if c.name == name]
+    groups = [g for g in app.registered_groups if g.name == name]
+    if not (cmds or groups) or any(k.endswith("_COMPLETE") for k in os.environ):
+        return app
+    lean = copy.copy(app)
+    lean.registered_commands, lean.registered_groups = cmds, groups
+    return lean
+
+
 def main() -> None:
     try:
-        app()
+        _lean_app(sys.argv[1:])()
     except AutoTTSError as e:
         # Plain print: rich would wrap a long message over several lines.
         print(f"error: {e}", file=sys.stderr)

@@ -16,7 +16,9 @@ arrays and `Store.gold_classes()` the scorer's side separately.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
+import operator
 import os
 import shutil
 import tempfile
@@ -113,14 +115,27 @@ def _offsets(lengths: list[int]) -> pa.Buffer | None:
 
 def _string_column(values: list[str | None]) -> pa.Array:
     """A utf8 column (None: null), as pa.array(values, pa.string()) builds it."""
-    enc = [b"" if v is None else v.encode("utf-8") for v in values]
-    off = _offsets([len(e) for e in enc])
+    validity, nulls = None, 0
+    try:
+        # One encode of the whole column; a string's byte length is its length where it is
+        # ASCII (all but a handful of answer strings), and is measured for the others.
+        data = "".join(values).encode("utf-8")  # type: ignore[arg-type]
+    except TypeError:  # a None (null) among them
+        enc = [b"" if v is None else v.encode("utf-8") for v in values]
+        lengths = list(map(len, enc))
+        data = b"".join(enc)
+        validity, nulls = _validity([v is not None for v in values], len(values))
+    else:
+        lengths = list(map(len, values))  # type: ignore[arg-type]
+        if len(data) != sum(lengths):
+            for i in itertools.compress(range(len(values)),
+                                        map(operator.not_, map(str.isascii, values))):
+                lengths[i] = len(values[i].encode("utf-8"))  # type: ignore[union-attr]
+    off = _offsets(lengths)
     if off is None:
         return pa.array(values, pa.string())
-    validity, nulls = _validity(None if None not in values else [v is not None for v in values],
-                                len(values))
     return pa.Array.from_buffers(pa.string(), len(values),
-                                 [validity, off, pa.py_buffer(b"".join(enc))], null_count=nulls)
+                                 [validity, off, pa.py_buffer(data)], null_count=nulls)
 
 
 def _string_list_column(values: list[list[str] | None]) -> pa.Array:

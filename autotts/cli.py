@@ -765,8 +765,24 @@ def _keep_freed_memory() -> None:
     mallopt(m_trim_threshold, 256 << 20)  # the heap's free top is given back past this
 
 
+# Any of these set by the user decides how many threads OpenBLAS starts.
+_BLAS_THREAD_VARS = ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "OMP_NUM_THREADS")
+
+
+def _one_blas_thread(args: list[str]) -> None:
+    """`eval` asks numpy's OpenBLAS for one thread, unless the user chose a number. At import it
+    starts a thread per core, each spinning for a while: ~50 ms of CPU of a one-store eval, and
+    more wall time on a busy machine. Evaluation makes no BLAS call big enough to share out (the
+    built-ins step small arrays; the statistics use einsum), so the results are the same; a
+    controller of your own that multiplies large matrices can set OPENBLAS_NUM_THREADS."""
+    if (args[:1] == ["eval"] and "numpy" not in sys.modules
+            and not any(v in os.environ for v in _BLAS_THREAD_VARS)):
+        os.environ["OPENBLAS_NUM_THREADS"] = "1"  # read once, when numpy loads OpenBLAS
+
+
 def main() -> None:
     _keep_freed_memory()
+    _one_blas_thread(sys.argv[1:])
     # At exit CPython's last garbage collection walks every object still alive (numpy's,
     # pyarrow's, typer's, rich's): 50-70 ms of a one-store `eval`, for memory the OS takes back
     # anyway. Frozen objects are skipped; atexit handlers (Ray's, multiprocessing's) still run.

@@ -21,7 +21,6 @@ import json
 import operator
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -516,6 +515,8 @@ def write_store(store: Store, out: str | os.PathLike[str]) -> Path:
     directory that is renamed into place, so a crash never leaves a half store that loads."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    import tempfile  # here: reading a store never needs it
+
     import pyarrow.parquet as pq
 
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))

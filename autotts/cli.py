@@ -4,6 +4,7 @@ non-zero exit status; tracebacks are for bugs only."""
 from __future__ import annotations
 
 import atexit
+import contextlib
 import copy
 import gc
 import json
@@ -366,13 +367,18 @@ def eval_cmd(
                       f"network (isolation: {describe(found)})")
             weak = {"allow_weak_sandbox": True}  # the default refuses
     proto = settings.proto
-    from rich.progress import Progress
+    tick: Any = None
+    bar: Any = contextlib.nullcontext()
+    if err.is_terminal:  # a transient bar draws nothing on a file or pipe: none is started there
+        from rich.progress import Progress
 
-    with Progress(console=err, transient=True) as prog:
-        task = prog.add_task("evaluating", total=None)
+        bar = Progress(console=err, transient=True)
+    with bar as prog:
+        if prog is not None:
+            task = prog.add_task("evaluating", total=None)
 
-        def tick(done: int, total: int) -> None:
-            prog.update(task, completed=done, total=total)
+            def tick(done: int, total: int) -> None:
+                prog.update(task, completed=done, total=total)
 
         # Episode rows (a dict per episode) only where they are written out: the intervals
         # below read the outcome arrays. The sandbox's evaluation carries rows only.

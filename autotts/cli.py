@@ -10,6 +10,7 @@ import gc
 import json
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -301,6 +302,17 @@ def _controller_help() -> str:
     return f"a built-in ({names}) or the path to a controller file"
 
 
+@contextlib.contextmanager
+def _no_bar() -> Iterator[None]:
+    """What a transient rich Progress leaves on a file or pipe, without starting one (its live
+    thread and imports): nothing while it runs, one empty line when it stops."""
+    try:
+        yield None
+    finally:
+        if not err.is_interactive and not err.is_jupyter:  # as Progress.stop() decides
+            err.print()
+
+
 @app.command("eval")
 def eval_cmd(
     controller: Annotated[str, typer.Option(help=_controller_help())],
@@ -368,7 +380,7 @@ def eval_cmd(
             weak = {"allow_weak_sandbox": True}  # the default refuses
     proto = settings.proto
     tick: Any = None
-    bar: Any = contextlib.nullcontext()
+    bar: Any = _no_bar()
     if err.is_terminal:  # a transient bar draws nothing on a file or pipe: none is started there
         from rich.progress import Progress
 

@@ -769,7 +769,8 @@ def _keep_freed_memory() -> None:
     and the next allocation of that size faults every page in anew: an evaluation allocates and
     frees arrays of megabytes per work unit, and those page faults were ~15% of the CPU time of
     a one-store `eval`. Set thresholds turn glibc's own adjustment of them off; the process's
-    memory stays at its peak, as it would with any allocator that caches. Elsewhere: nothing."""
+    memory stays at its peak, as it would with any allocator that caches. `eval` only (the
+    command measured); elsewhere than glibc: nothing."""
     if not sys.platform.startswith("linux"):
         return
     import ctypes  # numpy imports it anyway
@@ -787,20 +788,27 @@ def _keep_freed_memory() -> None:
 _BLAS_THREAD_VARS = ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "OMP_NUM_THREADS")
 
 
-def _one_blas_thread(args: list[str]) -> None:
-    """`eval` asks numpy's OpenBLAS for one thread, unless the user chose a number. At import it
-    starts a thread per core, each spinning for a while: ~50 ms of CPU of a one-store eval, and
-    more wall time on a busy machine. Evaluation makes no BLAS call big enough to share out (the
-    built-ins step small arrays; the statistics use einsum), so the results are the same; a
-    controller of your own that multiplies large matrices can set OPENBLAS_NUM_THREADS."""
-    if (args[:1] == ["eval"] and "numpy" not in sys.modules
-            and not any(v in os.environ for v in _BLAS_THREAD_VARS)):
+def _one_blas_thread() -> None:
+    """Ask numpy's OpenBLAS for one thread, unless the user chose a number. At import it starts a
+    thread per core, each spinning for a while: ~50 ms of CPU of a one-store eval, and more wall
+    time on a busy machine. Evaluation makes no BLAS call big enough to share out (the built-ins
+    step small arrays, the statistics use einsum, the sandbox's children run on one thread
+    already), so the results are the same; a controller of your own that multiplies large
+    matrices can set OPENBLAS_NUM_THREADS."""
+    if "numpy" not in sys.modules and not any(v in os.environ for v in _BLAS_THREAD_VARS):
         os.environ["OPENBLAS_NUM_THREADS"] = "1"  # read once, when numpy loads OpenBLAS
 
 
+def _settle_process(args: list[str]) -> None:
+    """Process-wide settings for `eval`, made before numpy loads (issue 18: a one-store eval in
+    well under 0.5 s). Other commands keep the defaults."""
+    if args[:1] == ["eval"]:
+        _keep_freed_memory()
+        _one_blas_thread()
+
+
 def main() -> None:
-    _keep_freed_memory()
-    _one_blas_thread(sys.argv[1:])
+    _settle_process(sys.argv[1:])
     # At exit CPython's last garbage collection walks every object still alive (numpy's,
     # pyarrow's, typer's, rich's): 50-70 ms of a one-store `eval`, for memory the OS takes back
     # anyway. Frozen objects are skipped; atexit handlers (Ray's, multiprocessing's) still run.

@@ -139,7 +139,8 @@ def _string_column(values: list[str | None]) -> pa.Array:
 
 def _string_list_column(values: list[list[str] | None]) -> pa.Array:
     """A list<string> column (None: null), as pa.array(values, pa.list_(pa.string())) builds it."""
-    child = _string_column([s for v in values if v is not None for s in v])
+    child = _string_column([s for v in values if v is not None for s in v] if None in values
+                           else list(itertools.chain.from_iterable(values)))  # type: ignore[arg-type]
     off = _offsets([0 if v is None else len(v) for v in values])
     if off is None:
         return pa.array(values, pa.list_(pa.string()))
@@ -150,12 +151,18 @@ def _string_list_column(values: list[list[str] | None]) -> pa.Array:
 
 
 def _int32_list_column(values: list[np.ndarray]) -> pa.Array:
-    child = _int32_column(np.concatenate(values) if values else np.zeros(0, np.int32))
-    off = _offsets([len(v) for v in values])
+    return _int32_list_from_flat(np.concatenate(values) if values else np.zeros(0, np.int32),
+                                 [len(v) for v in values])
+
+
+def _int32_list_from_flat(flat: np.ndarray, lengths: list[int]) -> pa.Array:
+    """The list<int32> column whose row i holds the next lengths[i] values of `flat`."""
+    off = _offsets(lengths)
     if off is None:
-        return pa.array(values, pa.list_(pa.int32()))
-    return pa.Array.from_buffers(pa.list_(pa.int32()), len(values), [None, off],
-                                 children=[child])
+        rows = np.split(flat.astype(np.int32), np.cumsum(lengths)[:-1]) if lengths else []
+        return pa.array(rows, pa.list_(pa.int32()))
+    return pa.Array.from_buffers(pa.list_(pa.int32()), len(lengths), [None, off],
+                                 children=[_int32_column(flat)])
 
 
 def _table(columns: dict[str, list[Any]], schema: pa.Schema) -> pa.Table:
@@ -163,7 +170,9 @@ def _table(columns: dict[str, list[Any]], schema: pa.Schema) -> pa.Table:
     arrays = []
     for f in schema:
         v = columns[f.name]
-        if f.type == pa.int32():
+        if isinstance(v, pa.Array):  # built already
+            arrays.append(v)
+        elif f.type == pa.int32():
             arrays.append(_int32_column(v))
         elif f.type == pa.string():
             arrays.append(_string_column(v))
@@ -350,6 +359,8 @@ def from_autotts_records(
     q_rows: dict[str, list[Any]] = {f.name: [] for f in QUESTIONS_SCHEMA}
     b_rows: dict[str, list[Any]] = {f.name: [] for f in BRANCHES_SCHEMA}
     a_rows: dict[str, list[Any]] = {f.name: [] for f in ANSWERS_SCHEMA}
+    probe_classes: list[np.ndarray] = []  # per question, its branches' probe classes in a row
+    probe_lengths: list[int] = []  # per branch
     for qi, q in enumerate(data):
         if not isinstance(q, dict):
             raise _fail(path, qi, None, f"expected an object, got {type(q).__name__}")
@@ -384,7 +395,9 @@ def from_autotts_records(
                     path, qi, field, "expected [probe_answers, branch_tokens, final_answer]"
                 )
             probes, tok, final = br
-            probe_lists.append(_check_str_list(path, qi, f"{field}[0] (probe_answers)", probes))
+            if not (isinstance(probes, list) and all(map(isinstance, probes, itertools.repeat(str)))):
+                _check_str_list(path, qi, f"{field}[0] (probe_answers)", probes)  # says which
+            probe_lists.append(probes)
             if not _is_int(tok) or tok < 0 or tok > INT32_MAX:
                 raise _fail(
                     path, qi, f"{field}[1] (branch_tokens)",
@@ -404,20 +417,19 @@ def from_autotts_records(
                 trace = None  # the usual case: derivable from the branches, not stored twice
         extra = {k: v for k, v in q.items() if k not in known}
 
-        flat = [a for probes in probe_lists for a in probes]
+        flat = list(itertools.chain.from_iterable(probe_lists))
         ac = classify(flat + finals, gold, answers)
         classes = ac.classes
         n_flat = len(flat)
-        pos = 0
-        for bi, probes in enumerate(probe_lists):
-            b_rows["question_idx"].append(qi)
-            b_rows["branch_idx"].append(bi)
-            b_rows["tokens"].append(tokens[bi])
-            b_rows["final_answer"].append(finals[bi])
-            b_rows["final_class"].append(int(classes[n_flat + bi]))
-            b_rows["probe_answers"].append(probes)
-            b_rows["probe_classes"].append(classes[pos : pos + len(probes)])
-            pos += len(probes)
+        # Column by column, a question at a time (one branch row each).
+        b_rows["question_idx"] += [qi] * len(branches)
+        b_rows["branch_idx"] += range(len(branches))
+        b_rows["tokens"] += tokens
+        b_rows["final_answer"] += finals
+        b_rows["final_class"] += np.asarray(classes[n_flat:], dtype=np.int64).tolist()
+        b_rows["probe_answers"] += probe_lists
+        probe_classes.append(np.asarray(classes[:n_flat], dtype=np.int32))
+        probe_lengths += map(len, probe_lists)
         q_rows["question_idx"].append(qi)
         q_rows["question"].append(q["question"])
         q_rows["gold"].append(gold)
@@ -430,7 +442,7 @@ def from_autotts_records(
             a_rows["answer_class"].append(c)
             a_rows["answer"].append(rep)
 
-    b_rows["probe_classes"] = [np.asarray(c, dtype=np.int32) for c in b_rows["probe_classes"]]
+    b_rows["probe_classes"] = _int32_list_from_flat(np.concatenate(probe_classes), probe_lengths)
     questions = _table(q_rows, QUESTIONS_SCHEMA)
     branches_t = _table(b_rows, BRANCHES_SCHEMA)
     answers_t = _table(a_rows, ANSWERS_SCHEMA)

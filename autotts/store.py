@@ -557,17 +557,46 @@ def write_store(store: Store, out: str | os.PathLike[str]) -> Path:
     return out
 
 
+def parquet_reader_class() -> Any:
+    """pyarrow's own Parquet reader class (`pyarrow._parquet.ParquetReader`, what
+    `pq.ParquetFile` wraps) where it has the methods `read_parquet` calls, else None.
+
+    The one use of pyarrow's private API here: `import pyarrow.parquet` also imports pyarrow.fs
+    (every filesystem, OpenSSL), ~25 ms of a one-store `eval` that reads three local files, and
+    pyarrow has no public reader without it. tests/test_store_load.py fails loudly if a pyarrow
+    version drops the class, so the fallback below is never taken unnoticed."""
+    try:
+        from pyarrow._parquet import ParquetReader
+    except ImportError:
+        return None
+    return ParquetReader if all(hasattr(ParquetReader, m) for m in ("open", "read_all", "close")
+                                ) else None
+
+
+def read_parquet(path: Path) -> pa.Table:
+    """A local Parquet file as one table, as `pq.ParquetFile(path).read()` reads it, on one
+    thread: a store's tables are a few MB, and starting pyarrow's thread pool costs more than
+    it saves (~15 ms of a one-store eval)."""
+    reader_class = parquet_reader_class()
+    if reader_class is None:
+        import pyarrow.parquet as pq  # not pq.read_table: it imports pandas
+
+        with pq.ParquetFile(path) as pf:
+            return pf.read(use_threads=False)
+    reader = reader_class()
+    reader.open(str(path))
+    try:
+        return reader.read_all(use_threads=False)
+    finally:
+        reader.close()
+
+
 def _read_table(directory: Path, name: str) -> pa.Table:
     f = directory / name
     if not f.is_file():
         raise StoreError(f, "missing table file")
     try:
-        import pyarrow.parquet as pq  # only stores on disk need it
-
-        with pq.ParquetFile(f) as pf:  # not pq.read_table: it imports pandas
-            # One thread: a store's tables are a few MB, and starting pyarrow's thread pool
-            # costs more than it saves (~15 ms of a one-store eval).
-            table = pf.read(use_threads=False)
+        table = read_parquet(f)
     except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as e:
         raise StoreError(f, f"not a readable Parquet file ({str(e).splitlines()[0]})") from None
     expected = SCHEMAS[name]

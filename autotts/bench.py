@@ -99,6 +99,69 @@ def bench_startup(files: list[Path], repeats: int = 5) -> dict[str, Any]:
     return out
 
 
+# One `autotts eval --controller sc` on one store, stage by stage, in a fresh interpreter: the
+# same imports in the same order and the same calls as the command (the CLI's process settings
+# come as their environment equivalents). Prints one JSON object of seconds per stage.
+_STAGES_SCRIPT = r"""
+import json, sys, time
+t = [time.time()]
+def mark():
+    t.append(time.time())
+import typer, rich.console, rich.table
+mark()
+import numpy
+mark()
+import pyarrow, pyarrow.parquet
+mark()
+from autotts.evaluate import EvalProtocol, evaluate
+from autotts.stats import attach_question_intervals, curves_from_outcomes
+from autotts.store import open_store
+mark()
+store = open_store(sys.argv[1])
+mark()
+ev = evaluate("sc", [store], [0.0, 0.25, 0.5, 0.75, 1.0], EvalProtocol())
+mark()
+attach_question_intervals(ev.rows, curves=curves_from_outcomes(ev.outcomes))
+mark()
+names = ["typer, rich", "numpy", "pyarrow", "autotts modules", "store load", "evaluation",
+         "question intervals"]
+print(json.dumps({"start": t[0], "end": t[-1],
+                  **{n: t[i + 1] - t[i] for i, n in enumerate(names)}}))
+import atexit, gc
+atexit.register(gc.freeze)  # as the CLI does
+"""
+
+
+def bench_startup_stages(store: Path, repeats: int = 5) -> dict[str, float]:
+    """Where the seconds of `autotts eval --controller sc --store STORE` go, stage by stage: the
+    interpreter's start, the imports (CLI framework, numpy, pyarrow, autotts), the store load,
+    the evaluation, the question intervals, and the interpreter's exit (median of `repeats` fresh
+    interpreters). Argument parsing and the printed table are the rest of the end-to-end time."""
+    import os
+    import statistics
+    import subprocess
+    import sys
+
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    # What `autotts eval` sets for itself (autotts/cli.py), here by their environment names.
+    env.setdefault("OPENBLAS_NUM_THREADS", "1")
+    env.setdefault("MALLOC_MMAP_THRESHOLD_", str(32 << 20))
+    env.setdefault("MALLOC_TRIM_THRESHOLD_", str(256 << 20))
+    runs: list[dict[str, float]] = []
+    for _ in range(repeats):
+        t0 = time.time()
+        res = subprocess.run([sys.executable, "-c", _STAGES_SCRIPT, str(store)],
+                             capture_output=True, text=True, env=env, check=True)
+        t1 = time.time()
+        got = json.loads(res.stdout)
+        start, end = got.pop("start"), got.pop("end")
+        runs.append({"interpreter start": start - t0, **got, "interpreter exit": t1 - end})
+    return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+
+
 def bench_steps(file: Path, seconds: float = 2.0) -> dict[str, float]:
     """Actions per second through the episode handle (ADVANCE of one branch at a time) and
     environment steps per second through the Gymnasium env, random valid actions."""
@@ -414,6 +477,9 @@ def run_bench(console: Console, *, quick: bool = False, workers: int = 2,
         console.print(f"  {name}: {f['wall_s']:.2f} s wall, {f['cpu_s']:.2f} s CPU"
                       + (f"   ({f['wall_s'] / floor['wall_s']:.1f}× `import numpy`)"
                          if name.startswith("autotts eval") else ""))
+    figures["startup_stages"] = stages = bench_startup_stages(files[-2])
+    console.print(f"  stage by stage, {files[-2].parent.name}/{files[-2].stem} (JSON): "
+                  + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in stages.items()))
     console.print("[bold]engine steps[/] (Qwen3-8B/aime24)")
     figures["steps"] = steps = bench_steps(files[-2], seconds=1.0 if quick else 3.0)
     console.print(

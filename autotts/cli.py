@@ -3,8 +3,14 @@ non-zero exit status; tracebacks are for bugs only."""
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import copy
+import gc
 import json
+import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -296,6 +302,17 @@ def _controller_help() -> str:
     return f"a built-in ({names}) or the path to a controller file"
 
 
+@contextlib.contextmanager
+def _no_bar() -> Iterator[None]:
+    """What a transient rich Progress leaves on a file or pipe, without starting one (its live
+    thread and imports): nothing while it runs, one empty line when it stops."""
+    try:
+        yield None
+    finally:
+        if not err.is_interactive and not err.is_jupyter:  # as Progress.stop() decides
+            err.print()
+
+
 @app.command("eval")
 def eval_cmd(
     controller: Annotated[str, typer.Option(help=_controller_help())],
@@ -362,25 +379,34 @@ def eval_cmd(
                       f"network (isolation: {describe(found)})")
             weak = {"allow_weak_sandbox": True}  # the default refuses
     proto = settings.proto
-    from rich.progress import Progress
+    tick: Any = None
+    bar: Any = _no_bar()
+    if err.is_terminal:  # a transient bar draws nothing on a file or pipe: none is started there
+        from rich.progress import Progress
 
-    with Progress(console=err, transient=True) as prog:
-        task = prog.add_task("evaluating", total=None)
+        bar = Progress(console=err, transient=True)
+    with bar as prog:
+        if prog is not None:
+            task = prog.add_task("evaluating", total=None)
 
-        def tick(done: int, total: int) -> None:
-            prog.update(task, completed=done, total=total)
+            def tick(done: int, total: int) -> None:
+                prog.update(task, completed=done, total=total)
 
+        # Episode rows (a dict per episode) only where they are written out: the intervals
+        # below read the outcome arrays. The sandbox's evaluation carries rows only.
         result = evaluate(
             controller, stores, beta_list, proto, overrides=overrides, workers=workers,
-            executor=executor, ray_address=ray_address, episodes=True,
+            executor=executor, ray_address=ray_address,
+            episodes=episodes is not None or json_episodes or sandbox,
             traces=traces is not None, on_error=errors, progress=tick, **weak,
         )
-    from autotts.stats import attach_question_intervals
+    from autotts.stats import attach_question_intervals, curves_from_outcomes
 
     # Two kinds of uncertainty, side by side: ± se over the shuffle draws (the published
     # protocol: how well the replay estimated the figure on these questions) and a 95% interval
     # over questions (how far it could move on other questions from the same source).
-    attach_question_intervals(result.rows, result.episodes or [])
+    curves = curves_from_outcomes(result.outcomes) if result.outcomes else None
+    attach_question_intervals(result.rows, result.episodes or [], curves=curves)
     t = Table(title=f"{result.rows[0]['controller']}  ({settings.describe()})",
               caption="± se: over draws; 95% CI: bootstrap over questions (draws kept)")
     for col in ("store", "β", "accuracy %", "± se draws", "95% CI questions", "tokens",
@@ -722,9 +748,74 @@ def train_dynaact_cmd(
         out.print(f"embedded the utility in {controller}")
 
 
-def main() -> None:
+def _lean_app(args: list[str]) -> typer.Typer:
+    """`app` with only the command that `args` name. Typer turns every registered command's
+    signature into a click command on each start (~50 ms for all of them, a tenth of a one-store
+    `eval`); a run needs only its own. Anything else (no command, an option first, an unknown
+    name, shell completion) gets the whole app, so help and errors read the same."""
+    name = args[0] if args else ""
+    cmds = [c for c in app.registered_commands if c.name == name]
+    groups = [g for g in app.registered_groups if g.name == name]
+    if not (cmds or groups) or any(k.endswith("_COMPLETE") for k in os.environ):
+        return app
+    lean = copy.copy(app)
+    lean.registered_commands, lean.registered_groups = cmds, groups
+    return lean
+
+
+def _keep_freed_memory() -> None:
+    """Let glibc's malloc keep what the process frees for its next allocation. By default it hands
+    a freed block of over ~128 kB (later: of the largest size freed so far) back to the kernel,
+    and the next allocation of that size faults every page in anew: an evaluation allocates and
+    frees arrays of megabytes per work unit, and those page faults were ~15% of the CPU time of
+    a one-store `eval`. Set thresholds turn glibc's own adjustment of them off; the process's
+    memory stays at its peak, as it would with any allocator that caches. `eval` only (the
+    command measured); elsewhere than glibc: nothing."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes  # numpy imports it anyway
+
     try:
-        app()
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # not glibc
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's malloc.h
+    mallopt(m_mmap_threshold, 32 << 20)  # glibc's largest: blocks below it come from the heap
+    mallopt(m_trim_threshold, 256 << 20)  # the heap's free top is given back past this
+
+
+# Any of these set by the user decides how many threads OpenBLAS starts.
+_BLAS_THREAD_VARS = ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "OMP_NUM_THREADS")
+
+
+def _one_blas_thread() -> None:
+    """Ask numpy's OpenBLAS for one thread, unless the user chose a number. At import it starts a
+    thread per core, each spinning for a while: ~50 ms of CPU of a one-store eval, and more wall
+    time on a busy machine. Evaluation makes no BLAS call big enough to share out (the built-ins
+    step small arrays, the statistics use einsum, the sandbox's children run on one thread
+    already), so the results are the same; a controller of your own that multiplies large
+    matrices can set OPENBLAS_NUM_THREADS."""
+    if "numpy" not in sys.modules and not any(v in os.environ for v in _BLAS_THREAD_VARS):
+        os.environ["OPENBLAS_NUM_THREADS"] = "1"  # read once, when numpy loads OpenBLAS
+
+
+def _settle_process(args: list[str]) -> None:
+    """Process-wide settings for `eval`, made before numpy loads (issue 18: a one-store eval in
+    well under 0.5 s). Other commands keep the defaults."""
+    if args[:1] == ["eval"]:
+        _keep_freed_memory()
+        _one_blas_thread()
+
+
+def main() -> None:
+    _settle_process(sys.argv[1:])
+    # At exit CPython's last garbage collection walks every object still alive (numpy's,
+    # pyarrow's, typer's, rich's): 50-70 ms of a one-store `eval`, for memory the OS takes back
+    # anyway. Frozen objects are skipped; atexit handlers (Ray's, multiprocessing's) still run.
+    atexit.unregister(gc.freeze)  # once, however often main() runs in one process (tests)
+    atexit.register(gc.freeze)
+    try:
+        _lean_app(sys.argv[1:])()
     except AutoTTSError as e:
         # Plain print: rich would wrap a long message over several lines.
         print(f"error: {e}", file=sys.stderr)

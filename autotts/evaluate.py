@@ -46,6 +46,7 @@ def score(
     ep_rows: list[dict[str, Any]] | None = [] if episodes else None
     all_traces: list[dict[str, Any]] | None = [] if traces else None
     all_errors: list[dict[str, Any]] = []
+    outcomes: list[tuple[str, str, float | None, np.ndarray, np.ndarray]] = []
     for s, st in enumerate(stores):
         gold = st.gold_classes()
         for r, (beta, cfg) in enumerate(runs):
@@ -55,6 +56,7 @@ def score(
             correct = (ans == gold[None, :]) & (ans >= 0)
             acc, acc_se = _mean_se(correct.mean(axis=1) * 100.0)
             tmean, tse = _mean_se(tok.mean(axis=1))
+            outcomes.append((st.name, spec_name, beta, correct, tok))
             errs = [e for _, p in parts for e in p.errors]
             all_errors.extend(errs)
             rows.append(
@@ -95,7 +97,7 @@ def score(
                 for _, p in parts:
                     for t in p.traces or []:
                         all_traces.append({"store": st.name, "beta": beta, "config": cfg, **t})
-    return Evaluation(rows, ep_rows, all_traces, all_errors)
+    return Evaluation(rows, ep_rows, all_traces, all_errors, outcomes)
 
 
 @dataclass
@@ -104,6 +106,11 @@ class Evaluation:
     episodes: list[dict[str, Any]] | None = None
     traces: list[dict[str, Any]] | None = None
     errors: list[dict[str, Any]] = field(default_factory=list)
+    # Per row, in row order: (store, controller, β, correct [D, Q] bool, tokens [D, Q]), the
+    # episodes' outcomes as arrays, kept whether or not `episodes` was asked for
+    # (`stats.curves_from_outcomes` reads them without building a dict per episode).
+    outcomes: list[tuple[str, str, float | None, np.ndarray, np.ndarray]] = field(
+        default_factory=list)
 
 
 def _mean_se(per_draw: np.ndarray) -> tuple[float, float]:

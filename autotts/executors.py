@@ -16,7 +16,6 @@ from typing import Any
 import numpy as np
 
 from autotts.errors import ConfigError
-from autotts.raysupport import connect_ray
 from autotts.store import ReplayData
 from autotts.units import BlockResult, EvaluationError, Job, Questions, Unit, run_unit
 
@@ -118,6 +117,8 @@ class RayExecutor:
 
     def __init__(self, address: str | None = None, num_cpus: int | None = None, *,
                  connect_timeout_s: float = 60.0, task_timeout_s: float | None = 600.0) -> None:
+        from autotts.raysupport import connect_ray  # logging, socket: Ray only
+
         self.started_runtime = connect_ray(address, num_cpus=num_cpus,
                                            connect_timeout_s=connect_timeout_s)
         import ray

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +38,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     The file gets the permissions of an ordinary new file (mkstemp would make it owner-only),
     or keeps those of the file it replaces."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    import tempfile  # here: a process that writes nothing never loads it
+
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         try:

@@ -168,6 +168,40 @@ def curves_from_episodes(episodes: Iterable[Mapping[str, Any]], *,
     return {k: _make_curve(k[0], k[1], v, where) for k, v in cells.items()}
 
 
+def curves_from_outcomes(
+        outcomes: Iterable[tuple[str, str, float | None, np.ndarray, np.ndarray]], *,
+        where: str = "episodes") -> dict[tuple[str, str], Curve]:
+    """The curves `curves_from_episodes` builds from the episode rows of these outcomes, without
+    the rows: each item is (store, controller, β, correct [D, Q] bool, tokens [D, Q]), draw d of
+    question q being one episode (`Evaluation.outcomes`). Items with the same (store, controller,
+    β) pool their draws, as their rows would. Bit-identical to the rows' way: every per-question
+    sum is a sum of integers, exact in float64 in any order."""
+    sums: dict[Any, list[np.ndarray]] = {}  # key -> [draws, correct, tokens] per question
+    for store, controller, beta, correct, tokens in outcomes:
+        d, nq = correct.shape
+        key = (store, controller, beta)
+        acc = sums.get(key)
+        if acc is None:
+            acc = sums[key] = [np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)]
+        if nq > len(acc[0]):  # a question only some items have: counted where it shows
+            acc[:] = [np.concatenate([a, np.zeros(nq - len(a), np.int64)]) for a in acc]
+        acc[0][:nq] += d
+        acc[1][:nq] += np.count_nonzero(correct, axis=0)
+        acc[2][:nq] += tokens.sum(axis=0, dtype=np.int64)
+    if not sums:
+        raise ConfigError(f"{where}: no episodes")
+    cells: dict[tuple[str, str], dict[Any, tuple[np.ndarray, np.ndarray, int]]] = {}
+    for (store, controller, beta), (counts, c, t) in sums.items():
+        store, controller = str(store), str(controller)
+        if counts.min() != counts.max():
+            raise ConfigError(
+                f"{where}: {controller} on {store} at β={beta}: questions have different numbers "
+                f"of draws ({int(counts.min())}..{int(counts.max())})")
+        cells.setdefault((store, controller), {})[beta] = (
+            c.astype(np.float64) / counts * 100.0, t.astype(np.float64) / counts, int(counts[0]))
+    return {k: _make_curve(k[0], k[1], v, where) for k, v in cells.items()}
+
+
 def episodes_payload(episodes: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str, Any], dict[str, Any]]:
     """The compact form `eval --json --json-episodes` embeds in each result row: per (store,
     controller, β), {"draws": D, "questions": Q, "correct": D lists of Q 0/1, "tokens": D lists of
@@ -665,16 +699,17 @@ def question_table(a: Curve, b: Curve,
 
 def attach_question_intervals(rows: Sequence[dict[str, Any]],
                               episodes: Sequence[Mapping[str, Any]] | None = None, *,
+                              curves: Mapping[tuple[str, str], Curve] | None = None,
                               resamples: int = DEFAULT_RESAMPLES, seed: int = 0,
                               level: float = DEFAULT_LEVEL,
                               method: str = DEFAULT_METHOD) -> Sequence[dict[str, Any]]:
     """Give each result row (eval's) its question-level intervals, in place:
     "accuracy_ci_questions" and "tokens_ci_questions" ([low, high]) and "ci_level". The outcomes
-    come from `episodes` (episode rows) or, without them, from the rows' embedded episodes; rows
-    with neither are left alone. Returns the rows."""
-    if episodes:
+    come from `curves` (e.g. `curves_from_outcomes`), else from `episodes` (episode rows), else
+    from the rows' embedded episodes; rows with none of these are left alone. Returns the rows."""
+    if curves is None and episodes:
         curves = curves_from_episodes(episodes)
-    else:
+    elif curves is None:
         with_eps = [r for r in rows if isinstance(r.get("episodes"), dict)]
         if not with_eps:
             return rows

@@ -16,10 +16,11 @@ arrays and `Store.gold_classes()` the scorer's side separately.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
+import operator
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -113,19 +114,33 @@ def _offsets(lengths: list[int]) -> pa.Buffer | None:
 
 def _string_column(values: list[str | None]) -> pa.Array:
     """A utf8 column (None: null), as pa.array(values, pa.string()) builds it."""
-    enc = [b"" if v is None else v.encode("utf-8") for v in values]
-    off = _offsets([len(e) for e in enc])
+    validity, nulls = None, 0
+    try:
+        # One encode of the whole column; a string's byte length is its length where it is
+        # ASCII (all but a handful of answer strings), and is measured for the others.
+        data = "".join(values).encode("utf-8")  # type: ignore[arg-type]
+    except TypeError:  # a None (null) among them
+        enc = [b"" if v is None else v.encode("utf-8") for v in values]
+        lengths = list(map(len, enc))
+        data = b"".join(enc)
+        validity, nulls = _validity([v is not None for v in values], len(values))
+    else:
+        lengths = list(map(len, values))  # type: ignore[arg-type]
+        if len(data) != sum(lengths):
+            for i in itertools.compress(range(len(values)),
+                                        map(operator.not_, map(str.isascii, values))):
+                lengths[i] = len(values[i].encode("utf-8"))  # type: ignore[union-attr]
+    off = _offsets(lengths)
     if off is None:
         return pa.array(values, pa.string())
-    validity, nulls = _validity(None if None not in values else [v is not None for v in values],
-                                len(values))
     return pa.Array.from_buffers(pa.string(), len(values),
-                                 [validity, off, pa.py_buffer(b"".join(enc))], null_count=nulls)
+                                 [validity, off, pa.py_buffer(data)], null_count=nulls)
 
 
 def _string_list_column(values: list[list[str] | None]) -> pa.Array:
     """A list<string> column (None: null), as pa.array(values, pa.list_(pa.string())) builds it."""
-    child = _string_column([s for v in values if v is not None for s in v])
+    child = _string_column([s for v in values if v is not None for s in v] if None in values
+                           else list(itertools.chain.from_iterable(values)))  # type: ignore[arg-type]
     off = _offsets([0 if v is None else len(v) for v in values])
     if off is None:
         return pa.array(values, pa.list_(pa.string()))
@@ -136,12 +151,18 @@ def _string_list_column(values: list[list[str] | None]) -> pa.Array:
 
 
 def _int32_list_column(values: list[np.ndarray]) -> pa.Array:
-    child = _int32_column(np.concatenate(values) if values else np.zeros(0, np.int32))
-    off = _offsets([len(v) for v in values])
+    return _int32_list_from_flat(np.concatenate(values) if values else np.zeros(0, np.int32),
+                                 [len(v) for v in values])
+
+
+def _int32_list_from_flat(flat: np.ndarray, lengths: list[int]) -> pa.Array:
+    """The list<int32> column whose row i holds the next lengths[i] values of `flat`."""
+    off = _offsets(lengths)
     if off is None:
-        return pa.array(values, pa.list_(pa.int32()))
-    return pa.Array.from_buffers(pa.list_(pa.int32()), len(values), [None, off],
-                                 children=[child])
+        rows = np.split(flat.astype(np.int32), np.cumsum(lengths)[:-1]) if lengths else []
+        return pa.array(rows, pa.list_(pa.int32()))
+    return pa.Array.from_buffers(pa.list_(pa.int32()), len(lengths), [None, off],
+                                 children=[_int32_column(flat)])
 
 
 def _table(columns: dict[str, list[Any]], schema: pa.Schema) -> pa.Table:
@@ -149,7 +170,9 @@ def _table(columns: dict[str, list[Any]], schema: pa.Schema) -> pa.Table:
     arrays = []
     for f in schema:
         v = columns[f.name]
-        if f.type == pa.int32():
+        if isinstance(v, pa.Array):  # built already
+            arrays.append(v)
+        elif f.type == pa.int32():
             arrays.append(_int32_column(v))
         elif f.type == pa.string():
             arrays.append(_string_column(v))
@@ -336,6 +359,8 @@ def from_autotts_records(
     q_rows: dict[str, list[Any]] = {f.name: [] for f in QUESTIONS_SCHEMA}
     b_rows: dict[str, list[Any]] = {f.name: [] for f in BRANCHES_SCHEMA}
     a_rows: dict[str, list[Any]] = {f.name: [] for f in ANSWERS_SCHEMA}
+    probe_classes: list[np.ndarray] = []  # per question, its branches' probe classes in a row
+    probe_lengths: list[int] = []  # per branch
     for qi, q in enumerate(data):
         if not isinstance(q, dict):
             raise _fail(path, qi, None, f"expected an object, got {type(q).__name__}")
@@ -370,7 +395,9 @@ def from_autotts_records(
                     path, qi, field, "expected [probe_answers, branch_tokens, final_answer]"
                 )
             probes, tok, final = br
-            probe_lists.append(_check_str_list(path, qi, f"{field}[0] (probe_answers)", probes))
+            if not (isinstance(probes, list) and all(map(isinstance, probes, itertools.repeat(str)))):
+                _check_str_list(path, qi, f"{field}[0] (probe_answers)", probes)  # says which
+            probe_lists.append(probes)
             if not _is_int(tok) or tok < 0 or tok > INT32_MAX:
                 raise _fail(
                     path, qi, f"{field}[1] (branch_tokens)",
@@ -390,20 +417,19 @@ def from_autotts_records(
                 trace = None  # the usual case: derivable from the branches, not stored twice
         extra = {k: v for k, v in q.items() if k not in known}
 
-        flat = [a for probes in probe_lists for a in probes]
+        flat = list(itertools.chain.from_iterable(probe_lists))
         ac = classify(flat + finals, gold, answers)
         classes = ac.classes
         n_flat = len(flat)
-        pos = 0
-        for bi, probes in enumerate(probe_lists):
-            b_rows["question_idx"].append(qi)
-            b_rows["branch_idx"].append(bi)
-            b_rows["tokens"].append(tokens[bi])
-            b_rows["final_answer"].append(finals[bi])
-            b_rows["final_class"].append(int(classes[n_flat + bi]))
-            b_rows["probe_answers"].append(probes)
-            b_rows["probe_classes"].append(classes[pos : pos + len(probes)])
-            pos += len(probes)
+        # Column by column, a question at a time (one branch row each).
+        b_rows["question_idx"] += [qi] * len(branches)
+        b_rows["branch_idx"] += range(len(branches))
+        b_rows["tokens"] += tokens
+        b_rows["final_answer"] += finals
+        b_rows["final_class"] += np.asarray(classes[n_flat:], dtype=np.int64).tolist()
+        b_rows["probe_answers"] += probe_lists
+        probe_classes.append(np.asarray(classes[:n_flat], dtype=np.int32))
+        probe_lengths += map(len, probe_lists)
         q_rows["question_idx"].append(qi)
         q_rows["question"].append(q["question"])
         q_rows["gold"].append(gold)
@@ -416,7 +442,7 @@ def from_autotts_records(
             a_rows["answer_class"].append(c)
             a_rows["answer"].append(rep)
 
-    b_rows["probe_classes"] = [np.asarray(c, dtype=np.int32) for c in b_rows["probe_classes"]]
+    b_rows["probe_classes"] = _int32_list_from_flat(np.concatenate(probe_classes), probe_lengths)
     questions = _table(q_rows, QUESTIONS_SCHEMA)
     branches_t = _table(b_rows, BRANCHES_SCHEMA)
     answers_t = _table(a_rows, ANSWERS_SCHEMA)
@@ -501,6 +527,8 @@ def write_store(store: Store, out: str | os.PathLike[str]) -> Path:
     directory that is renamed into place, so a crash never leaves a half store that loads."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    import tempfile  # here: reading a store never needs it
+
     import pyarrow.parquet as pq
 
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
@@ -529,15 +557,46 @@ def write_store(store: Store, out: str | os.PathLike[str]) -> Path:
     return out
 
 
+def parquet_reader_class() -> Any:
+    """pyarrow's own Parquet reader class (`pyarrow._parquet.ParquetReader`, what
+    `pq.ParquetFile` wraps) where it has the methods `read_parquet` calls, else None.
+
+    The one use of pyarrow's private API here: `import pyarrow.parquet` also imports pyarrow.fs
+    (every filesystem, OpenSSL), ~25 ms of a one-store `eval` that reads three local files, and
+    pyarrow has no public reader without it. tests/test_store_load.py fails loudly if a pyarrow
+    version drops the class, so the fallback below is never taken unnoticed."""
+    try:
+        from pyarrow._parquet import ParquetReader
+    except ImportError:
+        return None
+    return ParquetReader if all(hasattr(ParquetReader, m) for m in ("open", "read_all", "close")
+                                ) else None
+
+
+def read_parquet(path: Path) -> pa.Table:
+    """A local Parquet file as one table, as `pq.ParquetFile(path).read()` reads it, on one
+    thread: a store's tables are a few MB, and starting pyarrow's thread pool costs more than
+    it saves (~15 ms of a one-store eval)."""
+    reader_class = parquet_reader_class()
+    if reader_class is None:
+        import pyarrow.parquet as pq  # not pq.read_table: it imports pandas
+
+        with pq.ParquetFile(path) as pf:
+            return pf.read(use_threads=False)
+    reader = reader_class()
+    reader.open(str(path))
+    try:
+        return reader.read_all(use_threads=False)
+    finally:
+        reader.close()
+
+
 def _read_table(directory: Path, name: str) -> pa.Table:
     f = directory / name
     if not f.is_file():
         raise StoreError(f, "missing table file")
     try:
-        import pyarrow.parquet as pq  # only stores on disk need it
-
-        with pq.ParquetFile(f) as pf:  # not pq.read_table: it imports pandas
-            table = pf.read()
+        table = read_parquet(f)
     except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as e:
         raise StoreError(f, f"not a readable Parquet file ({str(e).splitlines()[0]})") from None
     expected = SCHEMAS[name]

@@ -5,6 +5,7 @@ console script does; no published data needed."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -193,3 +194,45 @@ def test_gitignore_covers_what_the_readme_creates(tmp_path):
     res = subprocess.run(["git", "check-ignore", "--no-index", "data/synthetic/manifest.json"],
                          cwd=ROOT, capture_output=True, text=True)
     assert res.stdout == ""
+
+
+# ---- start-up (issue 18): a run builds only its own command; eval's process settings ---------
+
+
+@pytest.mark.parametrize("args", [
+    ["eval", "--help"], ["eval", "--bogus"], ["eval"], ["data", "list", "--help"],
+    ["inspect", str(SYNTH), "--json"], ["--version"], ["evl"], [],
+])
+def test_a_run_reads_as_with_every_command_built(args, capsys, monkeypatch):
+    """main() builds the click command of the one command it runs (typer would build all of
+    them): help, errors and output are those of the whole app."""
+    from autotts.cli import app
+
+    got = cli(args, capsys, monkeypatch)
+    monkeypatch.setattr(sys, "argv", ["autotts", *args])
+    with pytest.raises(SystemExit) as e:
+        app()
+    want = capsys.readouterr()
+    assert got == (int(e.value.code or 0), want.out, want.err)
+
+
+def _blas_threads_setting(args: list[str], env: dict[str, str]) -> str:
+    code = ("import atexit, os, sys\n"
+            f"sys.argv = ['autotts', *{args!r}]\n"
+            "atexit.register(lambda: print('OPENBLAS', os.environ.get('OPENBLAS_NUM_THREADS'),"
+            " file=sys.stderr))\n"
+            "from autotts.cli import main\nmain()\n")
+    clean = {k: v for k, v in os.environ.items()
+             if k not in ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "OMP_NUM_THREADS")}
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                         env={**clean, "PYTHONPATH": str(ROOT), **env}, timeout=120)
+    assert res.returncode == 0, res.stderr
+    return [ln for ln in res.stderr.splitlines() if ln.startswith("OPENBLAS")][-1]
+
+
+def test_eval_starts_openblas_on_one_thread_unless_the_user_chose():
+    run = ["eval", "--controller", "sc", "--store", str(SYNTH), "--draws", "1", "--betas", "0"]
+    assert _blas_threads_setting(run, {}) == "OPENBLAS 1"
+    assert _blas_threads_setting(run, {"OMP_NUM_THREADS": "3"}) == "OPENBLAS None"
+    assert _blas_threads_setting(run, {"OPENBLAS_NUM_THREADS": "2"}) == "OPENBLAS 2"
+    assert _blas_threads_setting(["inspect", str(SYNTH)], {}) == "OPENBLAS None"

@@ -14,6 +14,7 @@ import pytest
 
 from autotts import metrics, stats
 from autotts.discover.candidates import objective
+from autotts.errors import ConfigError
 from autotts.evaluate import EvalProtocol, evaluate
 from autotts.metrics import auc_log_tokens
 from autotts.synth import SynthParams, generate
@@ -93,6 +94,36 @@ def test_embedded_episodes_give_the_same_curves(evaluated: dict, tmp_path) -> No
         np.testing.assert_allclose(a[k].accuracy, b[k].accuracy)
         np.testing.assert_allclose(a[k].tokens, b[k].tokens)
         assert a[k].betas == b[k].betas and a[k].draws == b[k].draws == (4,) * 6
+
+
+def test_outcome_arrays_give_the_episode_rows_curves_bit_for_bit(evaluated: dict) -> None:
+    """`eval` reads its intervals from the outcome arrays, not from a dict per episode: the same
+    curves, equal to the last bit, and so the same intervals."""
+    for name in ("sc", "parallel_probe"):
+        ev = evaluated[name]
+        assert len(ev.outcomes) == len(ev.rows)
+        a = stats.curves_from_episodes(ev.episodes)
+        b = stats.curves_from_outcomes(ev.outcomes)
+        assert a.keys() == b.keys()
+        for k in a:
+            assert a[k].betas == b[k].betas and a[k].draws == b[k].draws
+            assert np.array_equal(a[k].accuracy, b[k].accuracy)
+            assert np.array_equal(a[k].tokens, b[k].tokens)
+        rows_a = stats.attach_question_intervals([dict(r) for r in ev.rows], ev.episodes)
+        rows_b = stats.attach_question_intervals([dict(r) for r in ev.rows], curves=b)
+        assert rows_a == rows_b and "accuracy_ci_questions" in rows_b[0]
+    # Two items of one (store, controller, β) pool their draws, as their episode rows do.
+    ev = evaluated["sc"]
+    twice = ev.outcomes[:1] * 2
+    (curve,) = stats.curves_from_outcomes(twice).values()
+    (ref,) = stats.curves_from_episodes(ev.episodes[: len(ev.episodes) // len(ev.rows)] * 2
+                                        ).values()
+    assert curve.draws == ref.draws == (8,)
+    assert np.array_equal(curve.accuracy, ref.accuracy)
+    with pytest.raises(ConfigError, match="different numbers of draws"):
+        store, ctl, beta, correct, tokens = ev.outcomes[0]
+        stats.curves_from_outcomes([ev.outcomes[0], (store, ctl, beta, correct[:, :3],
+                                                     tokens[:, :3])])
 
 
 # ---- synthetic curves with a known effect ------------------------------------------------------

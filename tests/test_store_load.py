@@ -83,7 +83,26 @@ def test_load_path_imports_neither_pandas_nor_compute(tmp_path) -> None:
         "import sys, json\n"
         "from autotts.store import open_store, read_autotts_json\n"
         f"s = open_store({str(tmp_path / 's')!r}); s.replay(); s.gold_classes()\n"
-        "print(json.dumps(sorted(m for m in ('pandas', 'pyarrow.compute') if m in sys.modules)))\n"
+        "print(json.dumps(sorted(m for m in ('pandas', 'pyarrow.compute', 'pyarrow.fs')\n"
+        "                        if m in sys.modules)))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_parquet_is_read_as_parquet_file_reads_it(tmp_path) -> None:
+    """The store reads Parquet through pyarrow's reader class, sparing `import pyarrow.parquet`
+    (and with it pyarrow.fs); it must be there in the pyarrow installed, and read what
+    `pq.ParquetFile` reads, schema metadata included."""
+    import pyarrow.parquet as pq
+
+    assert S.parquet_reader_class() is not None, (
+        "pyarrow._parquet.ParquetReader (open, read_all, close) is gone in pyarrow "
+        f"{pa.__version__}: update autotts/store.py:parquet_reader_class")
+    st = S.from_autotts_records(_records(), model="m", benchmark="b")
+    S.write_store(st, tmp_path / "s")
+    for name in S.TABLE_FILES:
+        got = S.read_parquet(tmp_path / "s" / name)
+        with pq.ParquetFile(tmp_path / "s" / name) as pf:
+            want = pf.read()
+        assert got.schema.equals(want.schema, check_metadata=True) and got.equals(want), name

@@ -17,7 +17,7 @@ from discover_helpers import config, reply
 from autotts.discover import run_discovery
 from autotts.discover.config import DiscoverConfig
 from autotts.discover.fakeserver import FakeOpenAI
-from autotts.discover.race import decide, draw_table, jackknife_se, subset_objectives
+from autotts.discover.race import decide, episode_table, jackknife_se, subset_objectives
 from autotts.errors import ConfigError, SandboxError
 from autotts.evaluate import EvalProtocol
 from autotts.sandbox.evaluation import evaluate_sandboxed, merge_stages
@@ -137,11 +137,15 @@ def test_stage_arguments_are_checked(synthetic: Any) -> None:
 # ---- the rule ------------------------------------------------------------------------------------
 
 
-def _table(rng: np.random.Generator, level: float, sd: float, draws: int = 20
-           ) -> tuple[np.ndarray, np.ndarray]:
-    acc = level + sd * rng.standard_normal((2, 3, draws))
-    tok = np.broadcast_to(np.array([1e4, 1e5, 1e6])[None, :, None], acc.shape).copy()
-    return acc, tok
+def _table(rng: np.random.Generator, level: float, sd: float, draws: int = 20,
+           questions: int = 6) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Two stores × 3 β × `questions` × `draws` of accuracy and tokens."""
+    out = []
+    for _ in range(2):
+        acc = np.clip(level + sd * rng.standard_normal((3, questions, draws)), 0, 100)
+        tok = np.array([1e4, 1e5, 1e6])[:, None, None] * (1 + 0.2 * rng.random(acc.shape))
+        out.append((acc, tok))
+    return out
 
 
 def test_subset_objective_is_the_rows_objective() -> None:
@@ -149,33 +153,46 @@ def test_subset_objective_is_the_rows_objective() -> None:
     from autotts.discover.candidates import objective
 
     rng = np.random.default_rng(1)
-    acc, tok = _table(rng, 50, 10)
-    tok = tok * (1 + 0.1 * rng.random(tok.shape))
-    rows = [{"store": f"s{s}", "beta": b, "accuracy": float(acc[s, i].mean()),
-             "tokens": float(tok[s, i].mean())} for s in range(2) for i, b in enumerate((0, .5, 1))]
+    table = _table(rng, 50, 10)
+    rows = [{"store": f"s{s}", "beta": b, "accuracy": float(acc[i].mean()),
+             "tokens": float(tok[i].mean())}
+            for s, (acc, tok) in enumerate(table) for i, b in enumerate((0, .5, 1))]
     want, _ = objective(rows, ["s0", "s1"], (5e4, 1.5e6))
-    got = subset_objectives(acc, tok, np.arange(20)[None, :], (5e4, 1.5e6))[0]
+    got = subset_objectives(table, np.arange(20)[None, :], (5e4, 1.5e6))[0]
     assert got == pytest.approx(want, abs=1e-5)
     # No spread without variation between draws; infinite with one draw.
-    assert jackknife_se(np.full_like(acc, 40.0), tok, range(5), (5e4, 1.5e6)) == 0.0
-    assert math.isinf(jackknife_se(acc, tok, [3], (5e4, 1.5e6)))
+    flat = [(np.full_like(a, 40.0), np.broadcast_to(t[:, :, :1], t.shape).copy())
+            for a, t in table]
+    assert jackknife_se(flat, range(5), (5e4, 1.5e6)) == 0.0
+    assert math.isinf(jackknife_se(table, [3], (5e4, 1.5e6)))
 
 
-def _episodes(acc: np.ndarray, tok: np.ndarray, k: int) -> list[dict[str, Any]]:
-    """Episodes (one question per draw) whose draw table is acc/tok's first k draws."""
-    return [{"store": f"s{s}", "beta": b, "draw": d, "question": 0,
-             "correct": bool(acc[s, i, d] >= 50), "tokens": float(tok[s, i, d])}
-            for s in range(acc.shape[0]) for i, b in enumerate((0.0, 0.5, 1.0))
-            for d in range(k)]
+def test_question_jackknife_agrees_with_the_draw_jackknife() -> None:
+    """Both estimate the same standard error; over many draws they agree closely (the draws'
+    jackknife is the noisier one at a small k, which is why the race uses the other)."""
+    from autotts.discover.race import jackknife_se_draws
+
+    rng = np.random.default_rng(3)
+    table = _table(rng, 50, 30, draws=400, questions=30)
+    a = jackknife_se(table, range(400), (5e4, 1.5e6))
+    b = jackknife_se_draws(table, range(400), (5e4, 1.5e6))
+    assert a > 0 and a == pytest.approx(b, rel=0.15)
+
+
+def _episodes(table: list[tuple[np.ndarray, np.ndarray]], k: int) -> list[dict[str, Any]]:
+    """Episodes whose table is `table`'s first k draws (accuracy read as right when ≥ 50)."""
+    return [{"store": f"s{s}", "beta": b, "draw": d, "question": q,
+             "correct": bool(acc[i, q, d] >= 50), "tokens": float(tok[i, q, d])}
+            for s, (acc, tok) in enumerate(table) for i, b in enumerate((0.0, 0.5, 1.0))
+            for q in range(acc.shape[1]) for d in range(k)]
 
 
 def test_decide_stops_only_below_the_bound() -> None:
     rng = np.random.default_rng(2)
-    acc, tok = _table(rng, 50, 30)
-    eps = _episodes(acc, tok, 5)
-    a, t = draw_table(eps, ["s0", "s1"], [0.0, 0.5, 1.0])
-    assert a.shape == (2, 3, 5)
-    obj = float(subset_objectives(a, t, np.arange(5)[None, :], (5e4, 1.5e6))[0])
+    eps = _episodes(_table(rng, 50, 30), 5)
+    table = episode_table(eps, ["s0", "s1"], [0.0, 0.5, 1.0])
+    assert [a.shape for a, _ in table] == [(3, 6, 5)] * 2
+    obj = float(subset_objectives(table, np.arange(5)[None, :], (5e4, 1.5e6))[0])
     kw: dict[str, Any] = dict(stores=["s0", "s1"], betas=[0.0, 0.5, 1.0],
                               token_range=(5e4, 1.5e6), total=20, z=3.0, best_name="seed sc")
     d = decide(eps, obj, best=obj + 1000, **kw)
@@ -321,3 +338,16 @@ def test_race_setting_is_part_of_the_identity(raced: Path, env_file: Path) -> No
     assert ident["race"] == [3, 3.0]
     with pytest.raises(ConfigError, match="race"):
         _run(env_file, raced, race_draws=0)
+
+
+def test_cli_race_draws_flag(env_file: Path, tmp_path: Path) -> None:
+    """--race-draws reaches the settings; a bad value is one clear line and a non-zero exit."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "autotts", "discover", "--env", str(env_file), "--run-dir",
+           str(tmp_path / "r"), "--dry-run", "--race-draws", "1"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert res.returncode != 0
+    assert "--race-draws must be 0 (off) or at least 2" in res.stderr + res.stdout
+    assert "Traceback" not in res.stderr

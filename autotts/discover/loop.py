@@ -14,6 +14,7 @@ cache and produces the same files.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import shutil
 import signal
@@ -364,6 +365,11 @@ class Discovery:
     def _report_round(self, rec: dict[str, Any]) -> None:
         v = rec["verdict"]
         obj = "" if rec.get("objective") is None else f", objective {rec['objective']:.2f}"
+        part, race = rec.get("partial"), rec.get("race") or {}
+        if part and part.get("objective") is not None:
+            obj = (f", partial objective {part['objective']:.2f} over {part['draws']}/"
+                   f"{part['of']} draws (bound {race.get('bound', math.nan):.2f} < best "
+                   f"{race.get('best', math.nan):.2f})")
         top = best_overall(self.history, self._seeds_for_report)
         best_txt = ("none yet" if top is None else
                     f"seed {top[1]['name']} ({top[1]['objective']:.2f})" if top[0] == "seed" else

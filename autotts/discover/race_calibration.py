@@ -32,7 +32,13 @@ from typing import Any
 import numpy as np
 
 from autotts import controller as ctl
-from autotts.discover.race import draw_table, subset_objectives
+from autotts.discover.race import (
+    Table,
+    episode_table,
+    jackknife_se,
+    jackknife_se_draws,
+    subset_objectives,
+)
 from autotts.paths import envs_dir
 
 # (label, built-in, {text in its schedule: replacement}): the variants change knob ranges, so
@@ -72,15 +78,16 @@ def _variant_file(tmp: Path, label: str, name: str, edits: dict[str, str]) -> Pa
 
 
 def tables(env_path: str, draws: int, cache: Path, slow: bool, log: Any = None
-           ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """{label: (accuracy, tokens) [store, β, draw]} for every variant, from `cache` when it has
-    them (keyed by label and draws)."""
+           ) -> dict[str, Table]:
+    """{label: the episode table (race.episode_table)} of every variant, from `cache` when it
+    has them (keyed by label and draws)."""
     from autotts.envdef import load_env
     from autotts.evaluate import evaluate
     from autotts.settings import DISCOVER, resolve
     from autotts.store import open_store
 
     env = load_env(env_path)
+    n_stores = len(env.split_paths("search"))
     have: dict[str, np.ndarray] = dict(np.load(cache)) if cache.is_file() else {}
     stores = None
     out = {}
@@ -88,7 +95,7 @@ def tables(env_path: str, draws: int, cache: Path, slow: bool, log: Any = None
     with tempfile.TemporaryDirectory(prefix="autotts-race-") as tmp:
         for (label, name, edits), d in todo:
             key = f"{label}:{d}"
-            if f"{key}:acc" not in have:
+            if f"{key}:0:acc" not in have:
                 if stores is None:
                     stores = [open_store(p) for p in env.split_paths("search")]
                 t0 = time.process_time()
@@ -96,56 +103,65 @@ def tables(env_path: str, draws: int, cache: Path, slow: bool, log: Any = None
                 proto = resolve(DISCOVER, env, "search", seed=0, draws=d).proto
                 ev = evaluate(str(path), stores, env.betas, proto, episodes=True,
                               on_error="record")
-                acc, tok = draw_table(ev.episodes or [], [s.name for s in stores], env.betas)
-                have[f"{key}:acc"], have[f"{key}:tok"] = acc, tok
+                table = episode_table(ev.episodes or [], [s.name for s in stores], env.betas)
+                for i, (acc, tok) in enumerate(table):
+                    have[f"{key}:{i}:acc"], have[f"{key}:{i}:tok"] = acc, tok
                 np.savez(cache, **have)
                 if log:
                     log(f"{label}: {d} draws in {time.process_time() - t0:.1f} s CPU")
-            out[label] = (have[f"{key}:acc"], have[f"{key}:tok"])
+            out[label] = [(have[f"{key}:{i}:acc"], have[f"{key}:{i}:tok"])
+                          for i in range(n_stores)]
     return out
 
 
-def analyse(tabs: dict[str, tuple[np.ndarray, np.ndarray]], *, n: int, ks: list[int],
-            zs: list[float], subsets: int, token_range: tuple[float, float],
-            gaps: tuple[float, ...] = (0.5, 1.0, 2.0, 3.0, 5.0), seed: int = 0
-            ) -> dict[str, Any]:
-    """The false-stop rate and the power, per k and z, over every group of n draws."""
+def _group(table: Table, lo: int, hi: int) -> Table:
+    return [(a[:, :, lo:hi], t[:, :, lo:hi]) for a, t in table]
+
+
+def analyse(tabs: dict[str, Table], *, n: int, ks: list[int], zs: list[float], subsets: int,
+            token_range: tuple[float, float], gaps: tuple[float, ...] = (0.5, 1.0, 2.0, 3.0, 5.0),
+            seed: int = 0) -> dict[str, Any]:
+    """The false-stop rate and the power, per spread estimator, k and z, over every group of n
+    draws: "questions" is the race's (race.jackknife_se), "draws" a jackknife of whole draws
+    (race.jackknife_se_draws)."""
     rng = np.random.default_rng(seed)
-    res: dict[str, Any] = {"groups": 0, "per_k": {}}
-    # (k) -> list of (O_N - O_k, s) arrays, one per group
-    per_k: dict[int, list[tuple[np.ndarray, np.ndarray, str]]] = {k: [] for k in ks}
-    for label, (acc, tok) in tabs.items():
-        for g in range(acc.shape[2] // n):
-            ga, gt = acc[:, :, g * n:(g + 1) * n], tok[:, :, g * n:(g + 1) * n]
+    res: dict[str, Any] = {"groups": 0, "methods": {}}
+    est = {"questions": jackknife_se, "draws": jackknife_se_draws}
+    # method -> k -> [(O_N − O_k, s, label) per group]
+    got: dict[str, dict[int, list[tuple[np.ndarray, np.ndarray, str]]]] = {
+        m: {k: [] for k in ks} for m in est}
+    for label, table in tabs.items():
+        for g in range(table[0][0].shape[2] // n):
+            gt = _group(table, g * n, (g + 1) * n)
             res["groups"] += 1
-            o_n = float(subset_objectives(ga, gt, np.arange(n)[None, :], token_range)[0])
+            o_n = float(subset_objectives(gt, np.arange(n)[None, :], token_range)[0])
             for k in ks:
                 subs = np.array([np.sort(rng.choice(n, k, replace=False))
                                  for _ in range(subsets)])
-                o_k = subset_objectives(ga, gt, subs, token_range)
-                loo = np.array([np.delete(row, i) for row in subs for i in range(k)])
-                vals = subset_objectives(ga, gt, loo, token_range).reshape(subsets, k)
-                se = np.sqrt((k - 1) / k * ((vals - vals.mean(axis=1, keepdims=True)) ** 2)
-                             .sum(axis=1))
-                s = se * np.sqrt(1 - k / n)
-                per_k[k].append((o_n - o_k, s, label))
-    for k in ks:
-        diff = np.concatenate([d for d, _, _ in per_k[k]])
-        s = np.concatenate([x for _, x, _ in per_k[k]])
-        row: dict[str, Any] = {"pairs": int(len(diff)),
-                               "sd_of_difference": round(float(diff.std()), 4),
-                               "mean_s": round(float(s.mean()), 4), "z": {}}
-        for z in zs:
-            false = [float((d > z * x).mean()) for d, x, _ in per_k[k]]
-            worst = int(np.argmax(false))
-            row["z"][str(z)] = {
-                "false_stop_rate": round(float((diff > z * s).mean()), 5),
-                "worst_group_rate": round(false[worst], 4),
-                "worst_group": per_k[k][worst][2],
-                "stopped_at_gap": {str(gap): round(float((diff + gap > z * s).mean()), 4)
-                                   for gap in gaps},
-            }
-        res["per_k"][str(k)] = row
+                o_k = subset_objectives(gt, subs, token_range)
+                for m, f in est.items():
+                    s = np.array([f(gt, row, token_range) for row in subs]) * np.sqrt(1 - k / n)
+                    got[m][k].append((o_n - o_k, s, label))
+    for m in est:
+        rows: dict[str, Any] = {}
+        for k in ks:
+            diff = np.concatenate([d for d, _, _ in got[m][k]])
+            s = np.concatenate([x for _, x, _ in got[m][k]])
+            row: dict[str, Any] = {"pairs": int(len(diff)),
+                                   "sd_of_difference": round(float(diff.std()), 4),
+                                   "mean_s": round(float(s.mean()), 4), "z": {}}
+            for z in zs:
+                false = [float((d > z * x).mean()) for d, x, _ in got[m][k]]
+                worst = int(np.argmax(false))
+                row["z"][str(z)] = {
+                    "false_stop_rate": round(float((diff > z * s).mean()), 5),
+                    "worst_group_rate": round(false[worst], 4),
+                    "worst_group": got[m][k][worst][2],
+                    "stopped_at_gap": {str(gap): round(float((diff + gap > z * s).mean()), 4)
+                                       for gap in gaps},
+                }
+            rows[str(k)] = row
+        res["methods"][m] = rows
     return res
 
 
@@ -158,9 +174,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--env", default=str(envs_dir() / "aime-qwen3.toml"))
     ap.add_argument("--draws", type=int, default=100)
     ap.add_argument("--ks", default="3,4,5,6,8")
-    ap.add_argument("--zs", default="2,2.5,3,3.5,4")
-    ap.add_argument("--subsets", type=int, default=400)
-    ap.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "autotts-race.npz"))
+    ap.add_argument("--zs", default="2,2.33,2.5,3,3.5,4")
+    ap.add_argument("--subsets", type=int, default=200)
+    ap.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "autotts-race-episodes.npz"))
     ap.add_argument("--slow", action="store_true")
     ap.add_argument("--json", default=None)
     a = ap.parse_args(argv)
@@ -173,12 +189,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                   token_range=tuple(env.token_range))
     res.update({"env": env.name, "n": env.draws, "variants": sorted(tabs), "subsets": a.subsets})
     print(json.dumps(res, indent=1))
-    for k, row in res["per_k"].items():
-        print(f"k={k}: sd(O_N − O_k) {row['sd_of_difference']:.3f}, mean s {row['mean_s']:.3f}")
-        for z, r in row["z"].items():
-            print(f"  z={z}: false stops {100 * r['false_stop_rate']:.2f}% (worst group "
-                  f"{100 * r['worst_group_rate']:.1f}%, {r['worst_group']}); stopped at gap "
-                  + ", ".join(f"{g}: {100 * p:.0f}%" for g, p in r["stopped_at_gap"].items()))
+    for m, per_k in res["methods"].items():
+        for k, row in per_k.items():
+            print(f"{m}: k={k}: sd(O_N − O_k) {row['sd_of_difference']:.3f}, mean s "
+                  f"{row['mean_s']:.3f}")
+            for z, r in row["z"].items():
+                print(f"  z={z}: false stops {100 * r['false_stop_rate']:.2f}% (worst group "
+                      f"{100 * r['worst_group_rate']:.1f}%, {r['worst_group']}); stopped at "
+                      "gap " + ", ".join(f"{g}: {100 * p:.0f}%"
+                                         for g, p in r["stopped_at_gap"].items()))
     if a.json:
         Path(a.json).write_text(json.dumps(res, indent=1) + "\n")
     return res

@@ -8,12 +8,14 @@ sandbox (admission, smoke, sweep, traces), digests, prompts, the held-out step a
 non-LLM time = wall time − time spent in (or backing off from) chat requests.
 
     python -m autotts.discover.bench [--env FILE] [--rounds 5] [--workers 2] [--mode both]
-                                     [--executor local|ray]
+                                     [--executor local|ray] [--race-draws K]
 
 The seeds' and baselines' curves are cached across runs (autotts.discover.baselines): "cold" is a
 first run on a machine, "warm" every later run on the same environment. `--mode side-by-side`
 times the same proposals (--rounds of them) once one per round and once all in one round
-(--candidates), both warm, in the same invocation.
+(--candidates), both warm, in the same invocation. `--mode race` times proposals that score
+below the best seed (and one that reaches it) warm, once with racing over draws and once
+without, in the same invocation, and prints each race's decision.
 """
 
 from __future__ import annotations

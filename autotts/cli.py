@@ -558,6 +558,7 @@ def discover_cmd(
     workers: Annotated[int | None, typer.Option(help="local worker processes (default: CPUs, at most 8)")] = None,
     executor: Annotated[str | None, typer.Option(help="local or ray (default local)")] = None,
     ray_address: Annotated[str | None, typer.Option(help="Ray cluster address (else a local runtime)")] = None,
+    race_draws: Annotated[int | None, typer.Option(help="race candidates over their first N draws, stopping clearly weak ones (0: off; default 5)")] = None,
     dry_run: Annotated[bool, typer.Option(help="print the first prompt and stop")] = False,
     allow_weak_sandbox: Annotated[bool, typer.Option(
         help="evaluate candidates even where the OS cannot keep them from your files and "
@@ -569,7 +570,8 @@ def discover_cmd(
     discover_command(env=env, run_dir=run_dir, dry_run=dry_run, console=err, model=model,
                      base_url=base_url, rounds=rounds, budget_usd=budget_usd,
                      candidates=candidates, workers=workers, executor=executor,
-                     ray_address=ray_address, allow_weak_sandbox=allow_weak_sandbox or None)
+                     ray_address=ray_address, race_draws=race_draws,
+                     allow_weak_sandbox=allow_weak_sandbox or None)
 
 
 @app.command("collect")

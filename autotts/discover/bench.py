@@ -8,12 +8,14 @@ sandbox (admission, smoke, sweep, traces), digests, prompts, the held-out step a
 non-LLM time = wall time − time spent in (or backing off from) chat requests.
 
     python -m autotts.discover.bench [--env FILE] [--rounds 5] [--workers 2] [--mode both]
-                                     [--executor local|ray]
+                                     [--executor local|ray] [--race-draws K]
 
 The seeds' and baselines' curves are cached across runs (autotts.discover.baselines): "cold" is a
 first run on a machine, "warm" every later run on the same environment. `--mode side-by-side`
 times the same proposals (--rounds of them) once one per round and once all in one round
-(--candidates), both warm, in the same invocation.
+(--candidates), both warm, in the same invocation. `--mode race` times proposals that score
+below the best seed (and one that reaches it) warm, once with racing over draws and once
+without, in the same invocation, and prints each race's decision.
 """
 
 from __future__ import annotations
@@ -174,12 +176,29 @@ class AdaptiveBatches:
 '''
 
 PROPOSALS = [PROBE_CONSENSUS, SYNTAX_ERROR, INVALID_ACTION, NON_MONOTONE, ADAPTIVE_BATCHES]
+# `--mode race`: what most rounds of a real run look like, proposals that score below the best
+# seed (probe_consensus, a Parallel-Probe-class candidate, and adaptive_batches), then one that
+# reaches it (a copy of the best seed's rule, which racing must sweep in full).
 
 
-def script(rounds: int, candidates: int = 1) -> list[dict[str, Any]]:
+def _best_seed_copy() -> str:
+    """The seed asc's per-episode rule under another NAME: on env/aime-qwen3.toml it scores the
+    best seed's objective exactly, so the race must let it through."""
+    from autotts import controller as ctl
+
+    src = ctl.per_episode_source(Path(ctl.load("asc").path).read_text())
+    return src.replace('NAME = "asc"', 'NAME = "asc_again"', 1)
+
+
+RACE_PROPOSALS = [PROBE_CONSENSUS, ADAPTIVE_BATCHES]
+
+
+def script(rounds: int, candidates: int = 1, proposals: list[str] | None = None
+           ) -> list[dict[str, Any]]:
+    proposals = proposals or PROPOSALS
     out = []
     for r in range(rounds):
-        files = [PROPOSALS[(r * candidates + j) % len(PROPOSALS)] for j in range(candidates)]
+        files = [proposals[(r * candidates + j) % len(proposals)] for j in range(candidates)]
         out.append({"content": f"Round {r + 1}.\n\n"
                     + "\n".join(f"```python\n{f}```\n" for f in files)})
     return out
@@ -187,7 +206,8 @@ def script(rounds: int, candidates: int = 1) -> list[dict[str, Any]]:
 
 def scripted_run(env: str, rounds: int, workers: int, run_dir: Path, candidates: int = 1,
                  executor: str = "local", baselines: tuple[str, ...] | None = None,
-                 heldout_draws: int | None = None) -> dict[str, Any]:
+                 heldout_draws: int | None = None, proposals: list[str] | None = None,
+                 race_draws: int | None = None) -> dict[str, Any]:
     """One scripted run into `run_dir`; its timing figures."""
     t_start = time.monotonic()
     asked: list[float] = []  # when each round asked the model: per-round wall times
@@ -209,12 +229,13 @@ def scripted_run(env: str, rounds: int, workers: int, run_dir: Path, candidates:
             marks["final_cpu"] = cpu_now()
         print(f"{now:7.1f}s {msg}", file=sys.stderr, flush=True)
 
-    with FakeOpenAI(script(rounds, candidates), model="scripted") as server:
+    with FakeOpenAI(script(rounds, candidates, proposals), model="scripted") as server:
         cfg = DiscoverConfig(env=env, run_dir=run_dir, model="scripted", base_url=server.url,
                              api_key="scripted", rounds=rounds, workers=workers,
                              candidates=candidates, executor=executor,
                              heldout_draws=heldout_draws,
                              **({} if baselines is None else {"baselines": baselines}),
+                             **({} if race_draws is None else {"race_draws": race_draws}),
                              prices=load_prices('{"scripted": {"input": 0, "output": 0}}'))
         r0 = resource.getrusage(resource.RUSAGE_SELF)
         c0 = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -224,6 +245,14 @@ def scripted_run(env: str, rounds: int, workers: int, run_dir: Path, candidates:
         r1 = resource.getrusage(resource.RUSAGE_SELF)
         c1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     inv = summary["this_invocation"]
+    raced = []
+    for d in sorted((run_dir / "rounds").glob("[0-9][0-9][0-9][0-9]/c*")):
+        res = json.loads((d / "results.json").read_text()) if (d / "results.json").is_file() \
+            else {}
+        if res.get("race"):
+            raced.append({"candidate": f"{d.parent.name}/{d.name} {res.get('name')}",
+                          **{k: res["race"][k] for k in ("stop", "draws", "total", "objective",
+                                                         "bound", "best")}})
     # Per round: the characters sent (system + user message) and the wall time from asking the
     # model to the next round's request (the fake server answers in milliseconds, so this is the
     # round's non-LLM time to within the request's own few ms).
@@ -251,6 +280,7 @@ def scripted_run(env: str, rounds: int, workers: int, run_dir: Path, candidates:
         "round_wall_s": per_round,
         "round_cpu_s": cpu_round,
         "selected": ((summary.get("selection") or {}).get("selected") or {}).get("label"),
+        "race": raced,
     }
 
 
@@ -260,10 +290,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--env", default=str(envs_dir() / "aime-qwen3.toml"))
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--mode", choices=("cold", "warm", "both", "side-by-side"), default="both",
+    ap.add_argument("--mode", choices=("cold", "warm", "both", "side-by-side", "race"),
+                    default="both",
                     help="cold: an empty baseline cache (a first run on this machine); warm: the "
                     "seeds' and baselines' curves already cached by an earlier run; "
-                    "side-by-side: --rounds proposals one per round vs all in one round")
+                    "side-by-side: --rounds proposals one per round vs all in one round; "
+                    "race: --rounds proposals that score below the best seed, warm, with "
+                    "racing over draws (--race-draws) and without it")
+    ap.add_argument("--race-draws", type=int, default=None,
+                    help="--mode race: the race's first draws (default: the loop's)")
     ap.add_argument("--executor", choices=("local", "ray"), default="local")
     ap.add_argument("--baselines", default=None,
                     help="held-out-only baselines, comma-separated, or 'none' (default: the "
@@ -293,12 +328,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             if args.mode in ("cold", "both"):
                 figures["cold"] = scripted_run(args.env, args.rounds, args.workers,
                                                Path(tmp) / "cold", **kw)
-            if args.mode in ("warm", "side-by-side"):
+            if args.mode in ("warm", "side-by-side", "race"):
                 print("filling the baseline cache first ...", file=sys.stderr)
                 scripted_run(args.env, 0, args.workers, Path(tmp) / "fill", **kw)
             if args.mode in ("warm", "both"):
                 figures["warm"] = scripted_run(args.env, args.rounds, args.workers,
                                                Path(tmp) / "warm", **kw)
+            if args.mode == "race":
+                rk = {**kw, "proposals": [*RACE_PROPOSALS, _best_seed_copy()]}
+                figures["raced"] = scripted_run(args.env, args.rounds, args.workers,
+                                                Path(tmp) / "raced", race_draws=args.race_draws,
+                                                **rk)
+                figures["in_full"] = scripted_run(args.env, args.rounds, args.workers,
+                                                  Path(tmp) / "in-full", race_draws=0, **rk)
             if args.mode == "side-by-side":
                 figures["one_per_round"] = scripted_run(
                     args.env, args.rounds, args.workers, Path(tmp) / "sequential", **kw)
@@ -311,7 +353,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             else:
                 os.environ["AUTOTTS_CACHE_HOME"] = old
     print(json.dumps(figures, indent=2))
-    for mode in ("cold", "warm", "one_per_round", "side_by_side"):
+    for mode in ("cold", "warm", "one_per_round", "side_by_side", "raced", "in_full"):
         if mode in figures:
             f = figures[mode]
             print(f"{mode}: non-LLM time of a {f['rounds']}-round scripted run "
@@ -321,6 +363,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             print(f"  prompt characters per round: {f['prompt_chars_per_round']}")
             print(f"  wall time per round (s): {f['round_wall_s']}")
             print(f"  CPU time per round (s, all processes): {f['round_cpu_s']}")
+    if "raced" in figures:
+        a, b = figures["raced"], figures["in_full"]
+        for r in a["race"]:
+            print(f"  race {r['candidate']}: {'stopped' if r['stop'] else 'continued'} after "
+                  f"{r['draws']}/{r['total']} draws, objective {r['objective']:.2f}, bound "
+                  f"{r['bound']:.2f}, best {r['best']:.2f}")
+        figures["race_saving"] = {
+            "non_llm": round(b["non_llm_s"] / a["non_llm_s"], 3),
+            "cpu": round(b["cpu_s"] / a["cpu_s"], 3)}
+        print(f"racing: non-LLM time {a['non_llm_s']:.1f} s vs {b['non_llm_s']:.1f} s in full "
+              f"({figures['race_saving']['non_llm']:.2f}×), CPU {a['cpu_s']:.1f} s vs "
+              f"{b['cpu_s']:.1f} s ({figures['race_saving']['cpu']:.2f}×)")
     if "side_by_side" in figures:
         a, b = figures["one_per_round"], figures["side_by_side"]
         figures["speedup_side_by_side"] = round(a["non_llm_s"] / b["non_llm_s"], 3)

@@ -16,6 +16,10 @@ with a typed verdict (a dict: kind, stage, message, traceback, context). Stages:
            β-monotonicity of cost
   traces   `trace_draws` draws of the same grid with execution traces, for the digest: traced
            within the sweep itself (its first draws; see Discovery._sweep)
+  race     with racing on (race_draws), the sweep runs its first race_draws draws, then stops
+           (kind stopped_early) when even an optimistic bound of the objective cannot reach the
+           best so far (autotts/discover/race.py); a candidate not stopped runs the rest and
+           gets exactly the numbers of one full sweep
 
 The objective: for each search store, the area under the accuracy-vs-log10(tokens) curve over the
 environment's token_range, divided by the range's width (so: the curve's mean accuracy in percent
@@ -38,6 +42,7 @@ from autotts.metrics import auc_log_tokens
 from autotts.store import Store
 
 OK = "ok"
+STOPPED = "stopped_early"  # the race stopped it: partial figures, never eligible
 
 
 def verdict(kind: str, stage: str, message: str, traceback: str | None = None,
@@ -78,7 +83,12 @@ class Backend(TypingProtocol):
     def evaluate(self, path: str, stores: Sequence[Any], betas: Sequence[float],
                  proto: EvalProtocol, *, stage: str, episodes: bool = False, traces: bool = False,
                  trace_draws: int | None = None, on_error: str = "raise",
-                 workers: int = 1) -> Evaluation: ...
+                 workers: int = 1, draws: tuple[int, int] | None = None,
+                 deadline: float | None = None) -> Evaluation: ...
+
+    def merge(self, stages: Sequence[Evaluation], stores: Sequence[Any],
+              betas: Sequence[float], proto: EvalProtocol, *, stage: str,
+              episodes: bool = False, traces: bool = False) -> Evaluation: ...
 
     def monotonicity(self, rows: Sequence[dict[str, Any]]) -> dict[str, Any] | None: ...
 
@@ -105,17 +115,33 @@ class SandboxBackend:
     def evaluate(self, path: str, stores: Sequence[Any], betas: Sequence[float],
                  proto: EvalProtocol, *, stage: str, episodes: bool = False, traces: bool = False,
                  trace_draws: int | None = None, on_error: str = "raise",
-                 workers: int = 1) -> Evaluation:
+                 workers: int = 1, draws: tuple[int, int] | None = None,
+                 deadline: float | None = None) -> Evaluation:
+        """`draws=(lo, hi)`: a stage of a staged evaluation (evaluate_sandboxed), to be joined
+        by `merge`; `deadline`: the first stage's, so that the wall-clock limit holds for all."""
         try:
             ev = self.sb.evaluate_sandboxed(
                 path, list(stores), list(betas), proto, episodes=episodes, traces=traces,
                 trace_draws=trace_draws, on_error=on_error, limits=self.limits, workers=workers,
-                executor=None if stage == "smoke" else self.executor, **self.weak,
+                executor=None if stage == "smoke" else self.executor, draws=draws,
+                deadline=deadline, **self.weak,
             )
         except self.sb.SandboxError as e:
             raise CandidateFailure(from_sandbox(e.verdict, stage)) from None
         self.isolation = dict(getattr(ev, "isolation", None) or {})
         return ev
+
+    def merge(self, stages: Sequence[Evaluation], stores: Sequence[Any],
+              betas: Sequence[float], proto: EvalProtocol, *, stage: str,
+              episodes: bool = False, traces: bool = False) -> Evaluation:
+        """The stages of a staged evaluation as the one evaluation they make up."""
+        from autotts.sandbox.evaluation import merge_stages
+
+        try:
+            return merge_stages(list(stages), list(stores), list(betas), proto,  # type: ignore[arg-type]
+                                episodes=episodes, traces=traces)
+        except self.sb.SandboxError as e:
+            raise CandidateFailure(from_sandbox(e.verdict, stage)) from None
 
     def monotonicity(self, rows: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
         v = self.sb.monotonicity(list(rows))

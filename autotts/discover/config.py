@@ -11,11 +11,13 @@ depend on them, only how many rounds run and how fast.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from autotts.discover.race import DEFAULT_RACE_DRAWS, DEFAULT_RACE_Z
 from autotts.errors import ConfigError
 from autotts.settings import DISCOVER, first_given, resolve
 
@@ -136,6 +138,11 @@ class DiscoverConfig:
     workers: int = 2
     heldout_draws: int | None = None  # None: the environment's draws
     trace_draws: int = 2  # draws per (store, β) whose traces feed the digests
+    # Racing over draws (autotts/discover/race.py): a candidate's sweep runs its first
+    # race_draws draws and stops when its objective's optimistic bound (z = race_z) is below the
+    # best so far. 0: off, every candidate is swept in full.
+    race_draws: int = DEFAULT_RACE_DRAWS
+    race_z: float = DEFAULT_RACE_Z
     smoke_questions: int = 3
     smoke_draws: int = 1
     max_tokens: int = 8192
@@ -177,6 +184,8 @@ class DiscoverConfig:
             workers=_env_num("AUTOTTS_WORKERS", int, max(1, min(os.cpu_count() or 1, 8))),
             heldout_draws=_env_num("AUTOTTS_HELDOUT_DRAWS", int, None),
             trace_draws=_env_num("AUTOTTS_TRACE_DRAWS", int, 2),
+            race_draws=_env_num("AUTOTTS_RACE_DRAWS", int, DEFAULT_RACE_DRAWS),
+            race_z=_env_num("AUTOTTS_RACE_Z", float, DEFAULT_RACE_Z),
             max_tokens=_env_num("AUTOTTS_MAX_TOKENS", int, 8192),
             temperature=_env_num("AUTOTTS_TEMPERATURE", float, None),
             request_timeout=_env_num("AUTOTTS_REQUEST_TIMEOUT", float, 600.0),
@@ -206,6 +215,13 @@ class DiscoverConfig:
                      "max_attempts"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.race_draws != 0 and self.race_draws < max(2, self.trace_draws):
+            raise ConfigError(
+                f"--race-draws must be 0 (off) or at least {max(2, self.trace_draws)} (2, and "
+                f"the traced draws, AUTOTTS_TRACE_DRAWS={self.trace_draws}, which the race's "
+                f"first draws hold), got {self.race_draws}")
+        if not (math.isfinite(self.race_z) and self.race_z > 0):
+            raise ConfigError(f"AUTOTTS_RACE_Z must be a positive number, got {self.race_z}")
         if self.heldout_draws is not None and self.heldout_draws < 1:
             raise ConfigError(f"held-out draws must be at least 1, got {self.heldout_draws}")
         if not self.seeds:

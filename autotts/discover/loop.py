@@ -14,6 +14,7 @@ cache and produces the same files.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import shutil
 import signal
@@ -30,6 +31,7 @@ from autotts.discover import baselines
 from autotts.discover.agent import Agent, AgentError, ChatResult, SpendCapReached
 from autotts.discover.candidates import (
     OK,
+    STOPPED,
     Backend,
     CandidateFailure,
     SandboxBackend,
@@ -53,6 +55,7 @@ from autotts.discover.prompt import (
     critic_verdict,
     render_prompt,
 )
+from autotts.discover.race import Decision, decide
 from autotts.discover.rundir import (
     RunDir,
     final_entry,
@@ -162,6 +165,9 @@ class Discovery:
             "smoke": [c.smoke_questions, c.smoke_draws],
             "trace_draws": c.trace_draws,
             "params": c.request_params(),
+            # Racing changes what a stopped candidate's round records (and so later prompts);
+            # absent when off, so run directories made before racing resume unchanged with it off.
+            **({"race": [c.race_draws, c.race_z]} if c.race_draws else {}),
         }
 
     def _seed_key(self) -> str:
@@ -359,6 +365,11 @@ class Discovery:
     def _report_round(self, rec: dict[str, Any]) -> None:
         v = rec["verdict"]
         obj = "" if rec.get("objective") is None else f", objective {rec['objective']:.2f}"
+        part, race = rec.get("partial"), rec.get("race") or {}
+        if part and part.get("objective") is not None:
+            obj = (f", partial objective {part['objective']:.2f} over {part['draws']}/"
+                   f"{part['of']} draws (bound {race.get('bound', math.nan):.2f} < best "
+                   f"{race.get('best', math.nan):.2f})")
         top = best_overall(self.history, self._seeds_for_report)
         best_txt = ("none yet" if top is None else
                     f"seed {top[1]['name']} ({top[1]['objective']:.2f})" if top[0] == "seed" else
@@ -409,7 +420,15 @@ class Discovery:
                             sl.verdict = verdict("critic_rejected", "critic",
                                                  "the critic rejected the proposal before "
                                                  "evaluation: " + critic[2][:1500])
-            self._evaluate_slots(tmp, n, [sl for sl in slots if sl.verdict is None], smoke)
+            # The best before this round: candidates of one round race against the same bar,
+            # whatever order they finish in.
+            top = best_overall(self.history, seeds)
+            best = None if top is None else (
+                float(top[1]["objective"]),
+                f"seed {top[1]['name']}" if top[0] == "seed"
+                else label(top[1]["id"], top[1]["name"]))
+            self._evaluate_slots(tmp, n, [sl for sl in slots if sl.verdict is None], smoke,
+                                 best)
             for sl in slots:
                 d = slot_dir(tmp, sl.j)
                 assert sl.verdict is not None
@@ -442,7 +461,8 @@ class Discovery:
             rd.append_index(index_entry(rec))
         return recs
 
-    def _evaluate_slots(self, tmp: Path, n: int, slots: Sequence[_Slot], smoke: Store) -> None:
+    def _evaluate_slots(self, tmp: Path, n: int, slots: Sequence[_Slot], smoke: Store,
+                        best: tuple[float, str] | None = None) -> None:
         """Evaluate candidates side by side, one thread each: the threads only wait on sandbox
         processes (here, or started by Ray workers), so the GIL is not the limit. Locally they
         share --workers; on Ray the cluster's CPUs are shared by its scheduler."""
@@ -457,7 +477,7 @@ class Discovery:
             self.progress(f"{self._where(n, sl.j)}: evaluating {sl.name}")
             sl.verdict, sl.result, sl.digest = self.evaluate_candidate(
                 slot_dir(tmp, sl.j) / "candidate.py", sl.source or "", smoke,
-                fname=f"rounds/{n:04d}/c{sl.j}/candidate.py", workers=workers)
+                fname=f"rounds/{n:04d}/c{sl.j}/candidate.py", workers=workers, best=best)
 
         if len(slots) == 1:
             one(slots[0])
@@ -483,10 +503,11 @@ class Discovery:
         return res, approved, review
 
     def evaluate_candidate(self, path: Path, source: str, smoke: Store, *, fname: str,
-                           workers: int | None = None
+                           workers: int | None = None, best: tuple[float, str] | None = None
                            ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-        """admission → smoke → sweep → traces; (verdict, results, digest). `fname` names the
-        file in tracebacks. Safe to call from several threads at once."""
+        """admission → smoke → sweep (raced against `best`, (objective, who), when racing is
+        on) → traces; (verdict, results, digest). `fname` names the file in tracebacks. Safe to
+        call from several threads at once."""
         env, cfg, be = self.env, self.cfg, self.backend
         workers = workers or cfg.workers
         result: dict[str, Any] = {"rows": [], "objective": None, "store_objective": {},
@@ -500,7 +521,7 @@ class Discovery:
                 be.evaluate(str(path), [smoke], smoke_betas(env.betas),
                             cfg.protocol(env, draws=cfg.smoke_draws), stage="smoke",
                             on_error="raise", workers=1)
-            ev, traced = self._sweep(str(path), source, workers)
+            ev, traced, race = self._sweep(str(path), source, workers, best)
         except CandidateFailure as f:
             return f.verdict, result, {}
         rows = [_clean_row(r) for r in ev.rows]
@@ -510,6 +531,9 @@ class Discovery:
         n_eps = len(ev.episodes or []) or sum(r["draws"] * r["questions"] for r in rows)
         if ev.errors:
             v = first_error_verdict(ev.errors, n_eps)
+        elif race is not None and race.stop:
+            v = verdict(STOPPED, "race", race.message(),
+                        context={"draws": race.draws, "of": race.total})
         elif mono is not None:
             v = mono
         elif obj is None:
@@ -522,6 +546,14 @@ class Discovery:
             "per_question": per_question_table(ev.episodes),
             "isolation": _applied(ev),
         })
+        if race is not None and race.stop:
+            # Partial figures: the rows are over the first race.draws draws (their `draws`
+            # says so), and nothing that ranks candidates may read them as a full objective.
+            result.update({"objective": None, "store_objective": {}, "per_question": {},
+                           "partial": {"draws": race.draws, "of": race.total,
+                                       "objective": obj, "store_objective": per}})
+        if race is not None:
+            result["race"] = race.as_dict()
         traces: list[dict[str, Any]] | None = None
         try:
             with self.timer.time("traces"):
@@ -538,8 +570,18 @@ class Discovery:
             digest = make_digest(self.search, rows, ev.episodes, traces)
         return v, result, digest
 
-    def _sweep(self, path: str, source: str, workers: int) -> tuple[Evaluation, bool]:
-        """The full sweep, and whether it also traced the digest's draws. The traced draws are
+    def _sweep(self, path: str, source: str, workers: int, best: tuple[float, str] | None = None
+               ) -> tuple[Evaluation, bool, Decision | None]:
+        """The sweep, whether it also traced the digest's draws, and the race's decision (None:
+        not raced). A stopped candidate's evaluation covers the race's draws only.
+
+        Racing (race_draws = k, when there is a best to race against and k < the draws N): draws
+        [0, k) run first (traced, with the digest's draws among them), race.decide compares
+        their objective's optimistic bound with the best, and a candidate not stopped runs
+        draws [k, N) under the same wall-clock deadline; the stages are scored together from
+        their per-draw blocks, so its numbers are those of one full sweep.
+
+        The traced draws are
         the sweep's first `trace_draws` draws (same seed), so one evaluation can do both and
         spare a second sandbox start and those draws' untraced copies. Sound because a
         candidate cannot tell a traced episode from another (the handle has no way to ask, and
@@ -549,18 +591,48 @@ class Discovery:
         env, cfg, be = self.env, self.cfg, self.backend
         k = min(cfg.trace_draws, env.draws)
         fold = k > 0 and self.fold_traces
+        n = self.proto.draws
+        stage1 = (0, cfg.race_draws) if best is not None and 0 < cfg.race_draws < n else None
+
+        def run(traced: bool, draws: tuple[int, int] | None = None,
+                deadline: float | None = None) -> Evaluation:
+            return be.evaluate(path, self.search_stores, env.betas, self.proto, stage="sweep",
+                               episodes=True, on_error="record", workers=workers, draws=draws,
+                               deadline=deadline,
+                               **({"traces": True, "trace_draws": k} if traced else {}))
+
         with self.timer.time("sweep"):
-            if fold:
-                try:
-                    return be.evaluate(path, self.search_stores, env.betas, self.proto,
-                                       stage="sweep", episodes=True, traces=True,
-                                       trace_draws=k, on_error="record", workers=workers), True
-                except CandidateFailure as f:
-                    if f.verdict.get("kind") not in ("output_limit", "timeout", "memory"):
-                        raise
-            return be.evaluate(path, self.search_stores, env.betas, self.proto,
-                               stage="sweep", episodes=True, on_error="record",
-                               workers=workers), False
+            traced = fold
+            try:
+                first = run(traced, stage1)
+            except CandidateFailure as f:
+                if not (fold and f.verdict.get("kind") in ("output_limit", "timeout", "memory")):
+                    raise
+                traced = False
+                first = run(traced, stage1)
+            if stage1 is None:
+                return first, traced, None
+            assert best is not None
+            decision = self._race(first, best)
+            if decision is not None and decision.stop:
+                return first, traced, decision
+            rest = run(False, (stage1[1], n), getattr(first, "deadline", None))
+            return (be.merge([first, rest], self.search_stores, env.betas, self.proto,
+                             stage="sweep", episodes=True, traces=traced), traced, decision)
+
+    def _race(self, first: Evaluation, best: tuple[float, str]) -> Decision | None:
+        """The race's decision after the first draws; None (go on) when they have failing
+        episodes (the candidate is ineligible anyway, and its feedback is the full sweep's, as
+        without racing) or no objective."""
+        if first.errors:
+            return None
+        rows = [_clean_row(r) for r in first.rows]
+        obj, _ = objective(rows, self.store_names, self.env.token_range)
+        if obj is None:
+            return None
+        return decide(first.episodes or [], obj, stores=self.store_names, betas=self.env.betas,
+                      token_range=self.env.token_range, total=self.proto.draws,
+                      z=self.cfg.race_z, best=best[0], best_name=best[1])
 
     # ---- selection and the held-out split -------------------------------------------------------
 

@@ -296,8 +296,11 @@ def standings_section(history: Sequence[dict[str, Any]], seeds: Sequence[dict[st
         kind = v["kind"] if v["kind"] == "ok" else f"{v['kind']} ({v['stage']})"
         if v["kind"] == "ok" and not rec.get("eligible"):
             kind += ", not eligible"
+        part = rec.get("partial")
+        obj = (_obj(rec.get("objective")) if not part else
+               f"{_obj(part.get('objective'))} (partial: {part['draws']}/{part['of']} draws)")
         out.append(f"| {rec['id']} | {_name(rec)} | {idea_of(rec.get('source'))} | {kind} | "
-                   f"{_obj(rec.get('objective'))} | {vs(rec.get('objective'))} |")
+                   f"{obj} | {vs(rec.get('objective'))} |")
     if not history:
         out += ["", "No proposals of yours yet: this is the first round."]
     return "\n".join(out)
@@ -358,7 +361,11 @@ def _candidate_block(rec: dict[str, Any], stores: Sequence[str], title: str,
 
     out = [f"## {title}: round {rec['id']}, {_name(rec)}", ""]
     out += [f"Verdict: {_verdict_text(rec['verdict'])}", ""]
-    if rec.get("rows"):
+    part = rec.get("partial")
+    if rec.get("rows") and part:
+        out += [f"Partial figures, over the first {part['draws']} of {part['of']} "
+                f"draws: {_score({**rec, **part}, stores)}; not eligible for selection", ""]
+    elif rec.get("rows"):
         mono = "monotone" if rec.get("monotone") else "NOT monotone"
         out += [f"{_score(rec, stores)}; cost {mono} in β; "
                 f"{'eligible' if rec.get('eligible') else 'not eligible'} for selection", ""]
@@ -369,7 +376,8 @@ def _candidate_block(rec: dict[str, Any], stores: Sequence[str], title: str,
     if rec.get("rows"):
         out += [curve_table(rec["rows"], stores), ""]
     if rec.get("digest"):
-        out += ["Trace digest:", render_digest(rec["digest"], stores), ""]
+        out += ["Trace digest" + (f" (first {part['draws']} draws):" if part else ":"),
+                render_digest(rec["digest"], stores), ""]
     if rec.get("stdout"):
         out += ["What it printed (an excerpt, escaped; print() output is not feedback the "
                 "scorer uses):", excerpt(rec["stdout"]), ""]

@@ -51,7 +51,9 @@ def read_run_dir(path: str | Path) -> RunReport:
         lab = label(rec["id"], rec.get("name"))
         v = rec["verdict"]
         cost = rec.get("cost") or {}
-        rows += [{**r, "controller": lab, "split": "search", "round": rec["round"]}
+        part = rec.get("partial")  # stopped early by the race: its first draws only
+        curve = lab if not part else f"{lab} (partial: {part['draws']}/{part['of']} draws)"
+        rows += [{**r, "controller": curve, "split": "search", "round": rec["round"]}
                  for r in rec.get("rows") or []]
         rounds_table.append({
             "round": rec["id"], "name": rec.get("name") or "–",

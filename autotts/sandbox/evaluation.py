@@ -22,7 +22,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,13 @@ class SandboxEvaluation(Evaluation):
     pids: tuple[int, ...] = ()
     isolation: dict[str, bool] = field(default_factory=dict)
     actions: int = 0
+    # A stage of a staged evaluation (`draws=(lo, hi)`): what `merge_stages` needs to score the
+    # stages together exactly as one evaluation would. Empty for a whole evaluation.
+    draw_range: tuple[int, int] | None = None
+    blocks: dict[tuple[int, int], list[tuple[int, BlockResult]]] = field(default_factory=dict)
+    name: str = ""
+    configs: list[dict[str, Any]] = field(default_factory=list)
+    deadline: float = math.inf  # wall clock (time.time()) by which the whole evaluation ends
 
 
 # ---- tasks: one sandbox process each -----------------------------------------------------------
@@ -214,6 +221,8 @@ def evaluate_sandboxed(
     executor: str | Any = "local",
     ray_address: str | None = None,
     allow_weak_sandbox: bool = False,
+    draws: tuple[int, int] | None = None,
+    deadline: float | None = None,
     _admit: bool = True,
     _unrestricted: bool = False,
 ) -> SandboxEvaluation:
@@ -230,9 +239,23 @@ def evaluate_sandboxed(
     RestrictedPython (tests only: a candidate that has obtained arbitrary code execution).
 
     With traces, `trace_draws=k` traces only the first k draws (the rest run untraced, as in a
-    separate evaluation): a sweep and the digest's traced draws in one evaluation."""
+    separate evaluation): a sweep and the digest's traced draws in one evaluation.
+
+    Staged evaluation: `draws=(lo, hi)` runs only draws [lo, hi) of the protocol (the same
+    episodes, seeds and units as those draws of a whole evaluation; `proto.draws` stays the
+    protocol's total) and returns them as a stage: rows and episodes over those draws only,
+    plus the per-draw blocks. `merge_stages` joins stages that cover [0, proto.draws) into the
+    evaluation a single call would have returned, with the same rows, episodes, traces and
+    errors. `deadline` (wall clock, time.time()) ends the evaluation then instead of
+    `limits.wall_seconds` from now: a later stage passes the first stage's `deadline`, so the
+    wall-clock limit holds for the stages together."""
     proto = proto or EvalProtocol()
     proto.check()
+    d_lo, d_hi = (0, proto.draws) if draws is None else draws
+    if not (isinstance(d_lo, int) and isinstance(d_hi, int)
+            and 0 <= d_lo < d_hi <= proto.draws):
+        raise ConfigError(f"draws must be a range (lo, hi) with 0 <= lo < hi <= "
+                          f"{proto.draws} (the protocol's draws), got {draws!r}")
     if on_error not in ("raise", "record"):
         raise ConfigError(f"on_error must be 'raise' or 'record', got {on_error!r}")
     limits = limits or SandboxLimits()
@@ -263,10 +286,11 @@ def evaluate_sandboxed(
     datas = [s.replay() for s in loaded]  # gold-free: all the judges get
     # One draw per unit, ordered so that a task's consecutive units form whole batches (one β,
     # one draw, every store): a sandbox process never meets the same question twice.
-    units = [(s, r, d, d + 1) for r in range(len(beta_list)) for d in range(proto.draws)
+    units = [(s, r, d, d + 1) for r in range(len(beta_list)) for d in range(d_lo, d_hi)
              for s in range(len(loaded))]
     t0 = time.monotonic()
-    request["deadline"] = time.time() + limits.wall_seconds  # the whole evaluation, all tasks
+    # The whole evaluation, all tasks (and, given a deadline, all stages).
+    request["deadline"] = time.time() + limits.wall_seconds if deadline is None else deadline
     try:
         results, info = _run(ex, request, datas, units, limits, progress)
     except Failed as f:
@@ -276,8 +300,18 @@ def evaluate_sandboxed(
     for i, (s, r, lo, _) in enumerate(units):
         blocks.setdefault((s, r), []).append((lo, results[i]))
     runs = list(zip(beta_list, info["configs"], strict=True))
-    ev = score(loaded, info["name"], runs, proto, blocks, episodes=episodes, traces=traces)
+    staged = draws is not None
+    ev = score(loaded, info["name"], runs,
+               replace(proto, draws=d_hi - d_lo) if staged else proto,
+               blocks, episodes=episodes, traces=traces)
+    if staged and d_lo and ev.episodes:
+        for e in ev.episodes:  # score numbers a stage's draws from 0
+            e["draw"] += d_lo
     out = SandboxEvaluation(ev.rows, ev.episodes, ev.traces, ev.errors)
+    if staged:
+        out.draw_range, out.blocks = (d_lo, d_hi), blocks
+        out.name, out.configs = info["name"], list(info["configs"])
+    out.deadline = request["deadline"]
     out.stdout = info["stdout"] + (
         f"\n[... {info['stdout_dropped']} characters dropped]" if info["stdout_dropped"] else "")
     out.stderr = info["stderr"]
@@ -289,6 +323,45 @@ def evaluate_sandboxed(
         v = monotonicity(out.rows)
         if v is not None:
             raise SandboxError(v)
+    return out
+
+
+def merge_stages(stages: Sequence[SandboxEvaluation],
+                 stores: Sequence[str | os.PathLike[str] | Store],
+                 betas: Sequence[float | None] | None, proto: EvalProtocol, *,
+                 episodes: bool = False, traces: bool = False) -> SandboxEvaluation:
+    """The evaluation of draws [0, proto.draws) from its stages (`evaluate_sandboxed(...,
+    draws=(lo, hi))` over the same stores, β and protocol, ranges in order and without gaps):
+    scored once from the stages' per-draw blocks, so rows, episodes, traces and errors are those
+    of one whole evaluation. Printed output, pids and actions are the stages' joined; a
+    schedule() that gave different knobs in two stages is an 'interface' SandboxError, as it is
+    between the tasks of one evaluation."""
+    if not stages:
+        raise ConfigError("merge_stages needs at least one stage")
+    edges = [s.draw_range or (-1, -1) for s in stages]
+    cover = [0, *(hi for _, hi in edges)]
+    if [lo for lo, _ in edges] != cover[:-1] or cover[-1] != proto.draws:
+        raise ConfigError(f"stages cover draws {edges}, not [0, {proto.draws}) in order")
+    first = stages[0]
+    if any(s.configs != first.configs or s.name != first.name for s in stages):
+        raise SandboxError(Verdict("interface", "schedule() is not deterministic: two stages "
+                                   "of the evaluation computed different knobs for the same β"))
+    loaded = [_as_store(s) for s in stores]
+    beta_list: list[float | None] = list(betas) if betas else [None]
+    blocks: dict[tuple[int, int], list[tuple[int, BlockResult]]] = {}
+    for st in stages:
+        for key, parts in st.blocks.items():
+            blocks.setdefault(key, []).extend(parts)
+    runs = list(zip(beta_list, first.configs, strict=True))
+    ev = score(loaded, first.name, runs, proto, blocks, episodes=episodes, traces=traces)
+    out = SandboxEvaluation(ev.rows, ev.episodes, ev.traces, ev.errors)
+    out.stdout = "".join(s.stdout for s in stages)
+    out.stderr = "".join(s.stderr for s in stages)
+    out.wall_seconds = sum(s.wall_seconds for s in stages)
+    out.pids = tuple(p for s in stages for p in s.pids)
+    out.isolation = {k: all(s.isolation.get(k, False) for s in stages) for k in first.isolation}
+    out.actions = sum(s.actions for s in stages)
+    out.deadline = first.deadline
     return out
 
 

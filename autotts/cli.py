@@ -393,11 +393,11 @@ def eval_cmd(
                 prog.update(task, completed=done, total=total)
 
         # Episode rows (a dict per episode) only where they are written out: the intervals
-        # below read the outcome arrays. The sandbox's evaluation carries rows only.
+        # below read the outcome arrays (in-process and sandboxed alike).
         result = evaluate(
             controller, stores, beta_list, proto, overrides=overrides, workers=workers,
             executor=executor, ray_address=ray_address,
-            episodes=episodes is not None or json_episodes or sandbox,
+            episodes=episodes is not None or json_episodes,
             traces=traces is not None, on_error=errors, progress=tick, **weak,
         )
     from autotts.stats import attach_question_intervals, curves_from_outcomes

@@ -307,7 +307,7 @@ def evaluate_sandboxed(
     if staged and d_lo and ev.episodes:
         for e in ev.episodes:  # score numbers a stage's draws from 0
             e["draw"] += d_lo
-    out = SandboxEvaluation(ev.rows, ev.episodes, ev.traces, ev.errors)
+    out = SandboxEvaluation(ev.rows, ev.episodes, ev.traces, ev.errors, ev.outcomes)
     if staged:
         out.draw_range, out.blocks = (d_lo, d_hi), blocks
         out.name, out.configs = info["name"], list(info["configs"])
@@ -354,7 +354,7 @@ def merge_stages(stages: Sequence[SandboxEvaluation],
             blocks.setdefault(key, []).extend(parts)
     runs = list(zip(beta_list, first.configs, strict=True))
     ev = score(loaded, first.name, runs, proto, blocks, episodes=episodes, traces=traces)
-    out = SandboxEvaluation(ev.rows, ev.episodes, ev.traces, ev.errors)
+    out = SandboxEvaluation(ev.rows, ev.episodes, ev.traces, ev.errors, ev.outcomes)
     out.stdout = "".join(s.stdout for s in stages)
     out.stderr = "".join(s.stderr for s in stages)
     out.wall_seconds = sum(s.wall_seconds for s in stages)

@@ -10,12 +10,15 @@ and read after the check, and forged frames in each state. Holes are strict xfai
 fix they need; the rest assert that the sandbox holds. Helpers come from session 5.
 
 Holes found (strict xfails): the hint word's page (bytes 8..4095 of the shared memfd page);
-fcntl flags of the shared descriptors; without seccomp, System V IPC in the sandbox's one IPC
-namespace and the sandbox process's nice value; frames a batch wrote before its exit, judged
-as the next batch's after the check (with a forged hint, or without one); a config_error frame
-(forged, or a plain candidate missing a knob) raised as the user's ConfigError, which ends a
-discovery run. Held: every frame of another state after unit_done, forged verdicts (they only
-fail the candidate), SIGINT to the sandbox process, honest stdlib idioms (same numbers)."""
+fcntl flags of the shared descriptors; the exit time on the shared clock (1 bit a batch here);
+without seccomp, System V IPC in the sandbox's one IPC namespace, the sandbox process's nice
+value and soft rlimits (prlimit); where a batch can fork (root, no seccomp, no nobody), an
+orphan that keeps changing pid slips through the /proc scan; frames a batch wrote before its
+exit, judged as the next batch's after the check (with a forged hint, or without one); a
+config_error frame (forged, or a plain candidate missing a knob) raised as the user's
+ConfigError, which ends a discovery run. Held: every frame of another state after unit_done,
+forged verdicts (they only fail the candidate), SIGINT to the sandbox process, an orphan that
+stays, honest stdlib idioms (same numbers)."""
 
 from __future__ import annotations
 
@@ -160,9 +163,30 @@ _NICE_COUNT = '''        n = os.getpriority(os.PRIO_PROCESS, 0) + 1
         raise ValueError(f"episode {n} of this process")
 '''
 
+# The sandbox process's soft resource limits, which each batch inherits: prlimit() on a process
+# of the same user may set any soft limit up to the hard one (a 63-bit register).
+_PRLIMIT = _WHERE + '''
+import resource
+'''
+
+_PRLIMIT_COUNT = '''        soft, hard = resource.getrlimit(resource.RLIMIT_MSGQUEUE)
+        n = hard - soft + 1  # the count is how far the soft limit is below the hard one
+        try:
+            for pid in (os.getppid(), 0):  # the sandbox process, then this one
+                resource.prlimit(pid, resource.RLIMIT_MSGQUEUE, (hard - n, hard))
+        except (OSError, ValueError):
+            pass
+        raise ValueError(f"episode {n} of this process")
+'''
+
 
 @pytest.mark.usefixtures("parent")
 @pytest.mark.parametrize("how", [
+    pytest.param("prlimit", marks=pytest.mark.xfail(strict=True, reason=(
+        "hole (no-seccomp platforms): prlimit() on the sandbox process (same user) sets its "
+        "soft limits, which the next batch inherits: 16 rewritable registers. Fix: the sandbox "
+        "process restores (or checks) its own rlimits after each waitpid; better, where seal() "
+        "has no seccomp filter, refuse to count the platform as strong for candidate code"))),
     pytest.param("sysv-shm", marks=pytest.mark.xfail(strict=True, reason=(
         "hole (no-seccomp platforms): System V shared memory in the sandbox's own IPC namespace "
         "outlives each batch. Fix: where seal() cannot load its filter, give each batch its own "
@@ -178,8 +202,52 @@ _NICE_COUNT = '''        n = os.getpriority(os.PRIO_PROCESS, 0) + 1
 ])
 def test_kernel_objects_carry_nothing_between_batches_without_seccomp(how, monkeypatch):
     _no_seccomp(monkeypatch)
-    extra, body = {"sysv-shm": (_SYSV, _HINT_COUNT), "nice": (_NICE, _NICE_COUNT)}[how]
+    extra, body = {"sysv-shm": (_SYSV, _HINT_COUNT), "nice": (_NICE, _NICE_COUNT),
+                   "prlimit": (_PRLIMIT, _PRLIMIT_COUNT)}[how]
     ev = _run(_controller(body, extra), on_error="record")
+    _played_more_than_one_draw(ev)
+
+
+# ---- the clock: when a process exits is a message to the next one ----------------------------
+
+# Each process says one bit by the phase of the monotonic clock at which it exits (period 3 s):
+# 0 from the knobs process, 1 from a batch. The next batch reads the phase when it starts,
+# which is the last exit's phase plus the check, the frame and the fork (well under 1.4 s).
+_CLOCK = _WHERE + '''
+import time
+
+_PERIOD = 3.0
+_AFTER_A_BATCH = time.monotonic() % _PERIOD >= _PERIOD / 2
+
+
+def send(self, header, arrays=()):
+    _send(self, header, arrays)
+    if header.get("t") in ("configs", "unit_done"):
+        target = 0.1 if header.get("t") == "configs" else _PERIOD / 2 + 0.1
+        time.sleep((target - time.monotonic()) % _PERIOD)
+        os._exit(0)
+
+
+sandbox_child._Out.send = send
+'''
+
+_CLOCK_COUNT = f'''        n = getattr(builtins, "seen", {Q} if _AFTER_A_BATCH else 0) + 1
+        builtins.seen = n
+        raise ValueError(f"episode {{n}} of this process")
+'''
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "hole (a covert timing channel, low rate): a process's exit time, read on the shared "
+    "monotonic clock by the next batch at its start, carries about log2(episode_seconds / "
+    "jitter) bits per batch (1 bit with 3 s here). Fix: batches without a clock (vDSO and "
+    "clock syscalls are not filterable by seccomp alone: a per-batch time namespace with a "
+    "random CLOCK_MONOTONIC/BOOTTIME offset, and CLOCK_REALTIME coarsened or refused), or the "
+    "judge starts each batch after a random delay; else document it under 'What is not "
+    "protected' with its capacity"))
+@pytest.mark.usefixtures("parent")
+def test_exit_times_carry_nothing_between_batches():
+    ev = _run(_controller(_CLOCK_COUNT, _CLOCK), on_error="record")
     _played_more_than_one_draw(ev)
 
 
@@ -346,6 +414,102 @@ def test_a_batch_cannot_make_the_sandbox_process_exit_under_it(seccomp, monkeypa
     # without, the sandbox process reports KeyboardInterrupt as a crash and its exit (PID 1 of
     # the namespace) ends the batch
     assert kind == ("timeout" if seccomp else "crash")
+
+
+# ---- orphans: a batch that can fork (root, no seccomp, no drop to nobody) -------------------
+
+# The batch forks a child that leaves the process group, and exits; the orphan (re-parented to
+# the namespace's PID 1, the sandbox process) either stays where it is, or keeps moving to a new
+# pid (fork, parent exits) until the next batch says it runs (through the hint word): then
+# the judge's check has passed, and it plays the next batch with this batch's memory while that
+# batch's own process waits.
+_ORPHAN = _WHERE + '''
+import time
+
+
+def _find_hint():
+    f = sys._getframe(0)
+    while f is not None:
+        h = f.f_locals.get("hint")
+        if isinstance(h, np.ndarray):
+            return h
+        f = f.f_back
+    return np.zeros(1, np.int64)
+
+
+HINT = _find_hint()
+HERE, DONE = 12345, 54321
+
+if _batch is not None:
+    # Am I to be played by my predecessor's survivor? Say that I run, and wait a moment.
+    HINT[0] = HERE
+    _t = time.monotonic()
+    while time.monotonic() - _t < 1.0 and HINT[0] != DONE:
+        time.sleep(0.001)
+    if HINT[0] == DONE:
+        _batch.f_locals["out"].send({"t": "unit_done", "stdout": "", "dropped": 0})
+        os._exit(0)
+    HINT[0] = -1
+
+
+def send(self, header, arrays=()):
+    _send(self, header, arrays)
+    if header.get("t") != "unit_done" or _batch is None:
+        return
+    loc = _batch.f_locals
+    stdin = sys.stdin.buffer.raw
+    try:
+        if os.fork():
+            os._exit(0)
+    except OSError:
+        raise ValueError("<<fork refused>>") from None
+    os.setsid()  # out of the sandbox's process group
+    deadline = time.monotonic() + 10
+    while HINT[0] != HERE:  # until the next batch runs
+        if time.monotonic() > deadline:
+            os._exit(0)
+        if {hop} and os.fork():
+            os._exit(0)
+    sched = sandbox_child.Scheduler(loc["cls"], loc["unit"]["config"], loc["req"], self,
+                                    np.zeros(1, np.int64))
+    sched.run_unit(loc["unit"], lambda: read_frame(stdin))
+    HINT[0] = DONE
+    os._exit(0)
+
+
+sandbox_child._Out.send = send
+'''
+
+
+@pytest.mark.usefixtures("parent")
+@pytest.mark.parametrize("hop", [
+    False,
+    pytest.param(True, marks=pytest.mark.xfail(strict=True, reason=(
+        "hole (where a batch can fork: root without seccomp and without the drop to nobody, "
+        "e.g. a container without libseccomp whose user namespace has no nobody): the /proc "
+        "scan is not a snapshot; a process that keeps moving to a new pid (fork, parent exits) "
+        "is missed by one of the scans (a pid created after the listing, or a child read before "
+        "its parent turned zombie) and the check passes while it lives. Fix: seal() verifies "
+        "that the batch cannot fork (a fork that succeeds ends the run: the platform is not "
+        "strong); and the scan counts zombies of the sandbox's tree other than the reaped "
+        "batch (an orphan's zombie parent is evidence of a fork) as not gone"))),
+], ids=["stays", "hops"])
+def test_an_orphan_of_a_batch_never_plays_the_next_batch(hop, monkeypatch):
+    from autotts.sandbox.lockdown import is_strong, probe
+
+    if not is_strong(probe(["seccomp", "nobody"])):
+        pytest.skip("without seccomp this platform is not a strong sandbox")
+    monkeypatch.setenv("AUTOTTS_SANDBOX_DISABLE", "seccomp,nobody")
+    try:
+        ev = _run(_controller(_COUNT, _ORPHAN.replace("{hop}", str(hop))), on_error="record",
+                  limits=SHORT)
+    except SandboxError as e:
+        if "fork refused" in str(e.verdict):
+            pytest.skip("a batch cannot fork on this platform (not root)")
+        assert e.verdict.kind == "timeout", str(e.verdict)
+        assert "did not exit" in e.verdict.message
+        return
+    _played_more_than_one_draw(ev)
 
 
 # ---- a configuration error forged by candidate code -----------------------------------------

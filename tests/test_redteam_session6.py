@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import pytest
 
-from autotts.errors import ConfigError
 from autotts.evaluate import evaluate
 from autotts.sandbox import SandboxError, evaluate_sandboxed
 from autotts.sandbox import supervisor as supervisor_module
@@ -535,16 +534,18 @@ def test_a_forged_config_error_is_the_candidates_failure():
         _run(_controller("        return ep.read_new()\n", _CONFIG_ERROR))
 
 
+@pytest.mark.xfail(strict=True, reason=(
+    "hole: the same forged config_error through discovery's SandboxBackend.evaluate escapes as "
+    "a ConfigError (the loop catches CandidateFailure only), so the round fails and the run "
+    "stops. Fix: as above, or map ConfigError to a CandidateFailure in SandboxBackend.evaluate"))
 @pytest.mark.usefixtures("parent")
-def test_a_forged_config_error_reaches_discovery_as_a_config_error():
-    """What the hole above does today (so that a fix shows up here too): discovery's backend
-    lets the candidate's ConfigError through."""
-    from autotts.discover.candidates import SandboxBackend
+def test_a_forged_config_error_fails_only_the_candidate_in_discovery():
+    from autotts.discover.candidates import CandidateFailure, SandboxBackend
 
     be = SandboxBackend(dict(FAST.__dict__))
     be.sb = _Unrestricted(be.sb)
     src = _controller("        return ep.read_new()\n", _CONFIG_ERROR)
-    with pytest.raises(ConfigError):
+    with pytest.raises(CandidateFailure):
         be.evaluate(src, [STORE], [0.5], PROTO, stage="smoke")
 
 

@@ -84,7 +84,7 @@ def _play(out, loc, unit, stdin):
     """Play one more batch in this process, with the class (and memory) it already has."""
     sched = sandbox_child.Scheduler(loc["cls"], unit["config"], loc["req"], out, loc["hint"])
     sched.run_unit(unit, lambda: read_frame(stdin))
-    _send(out, {"t": "unit_done", "stdout": "", "dropped": 0})
+    _send(out, {"t": "unit_done", "stdout": "", "dropped": 0, "k": unit.get("k")})
 '''
 
 

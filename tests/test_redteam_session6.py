@@ -90,11 +90,6 @@ _HINT_COUNT = '''        _CELL.value += 1
 '''
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "hole: the hint word's memfd is one shared page; bytes 8..4095 of it outlive each batch "
-    "(the sandbox process resets only word 0). Fix: map and truncate the hint file to a whole "
-    "page and have the sandbox process zero the whole page after each waitpid (or give each "
-    "batch its own memfd, created after the last batch is reaped)"))
 @pytest.mark.usefixtures("parent")
 def test_the_hint_page_carries_nothing_between_batches():
     """A counter kept in the hint word's page, past the word: each batch must start from what
@@ -128,11 +123,6 @@ _FLAGS_COUNT = '''        n = _get() + 1
 '''
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "hole: fcntl(F_SETFL) flags (O_APPEND, O_ASYNC, O_DIRECT, O_NONBLOCK) of the descriptors a "
-    "batch shares with the sandbox process outlive it (9+ bits a batch). Fix: refuse F_SETFL "
-    "in seal()'s filter (and where seccomp is missing, have the sandbox process restore each "
-    "shared descriptor's flags after every waitpid)"))
 @pytest.mark.usefixtures("parent")
 def test_descriptor_flags_carry_nothing_between_batches():
     ev = _run(_controller(_FLAGS_COUNT, _FLAGS), on_error="record")
@@ -301,12 +291,6 @@ _PAST_HOW = {
 }
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "hole: frames a batch process wrote before it exited are read after the exit check and "
-    "judged as the next batch's (here they end its episodes with the last batch's memory). "
-    "Fix: a fresh random token per batch in the unit frame (sent only after the check), "
-    "required in every round and unit_done frame of that batch; or, after the check, drain "
-    "the result pipe and refuse every frame in it but the sandbox process's own"))
 @pytest.mark.usefixtures("parent")
 @pytest.mark.parametrize("how", sorted(_PAST_HOW))
 def test_frames_written_before_the_exit_are_not_judged_for_the_next_batch(how, monkeypatch):
@@ -545,24 +529,12 @@ if _where("_configs_child") is not None:
 '''
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "hole: a config_error frame from the knobs process (candidate code) is raised as the "
-    "user's ConfigError, which discovery's SandboxBackend.evaluate does not catch (it catches "
-    "SandboxError): one candidate ends the whole discovery run. Fix: without knob overrides "
-    "(the only input a ConfigError can blame) a config_error frame is the candidate's failure "
-    "(Failed('interface' or 'crash')); with overrides, check them on the trusted side "
-    "(ControllerSpec on the class's signature is not available there, so at least raise the "
-    "candidate's failure when the message is not one the trusted side can reproduce)"))
 @pytest.mark.usefixtures("parent")
 def test_a_forged_config_error_is_the_candidates_failure():
     with pytest.raises(SandboxError):
         _run(_controller("        return ep.read_new()\n", _CONFIG_ERROR))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "hole: the same forged config_error through discovery's SandboxBackend.evaluate escapes as "
-    "a ConfigError (the loop catches CandidateFailure only), so the round fails and the run "
-    "stops. Fix: as above, or map ConfigError to a CandidateFailure in SandboxBackend.evaluate"))
 @pytest.mark.usefixtures("parent")
 def test_a_forged_config_error_fails_only_the_candidate_in_discovery():
     from autotts.discover.candidates import CandidateFailure, SandboxBackend
@@ -590,13 +562,6 @@ class Needy:
 '''
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "hole: a plain admitted candidate whose schedule() leaves out a knob without default gets "
-    "ControllerSpec.config's ConfigError ('give --betas or --set them'), raised through "
-    "evaluate_sandboxed and SandboxBackend.evaluate as the user's error: discovery's round "
-    "fails and the run stops (the loop catches CandidateFailure only). Fix: in the sandbox, "
-    "a ConfigError with no knob overrides in the request is an 'interface' verdict (the "
-    "candidate's); or SandboxBackend.evaluate maps ConfigError to a CandidateFailure"))
 @pytest.mark.usefixtures("parent")
 def test_a_candidate_missing_a_knob_fails_as_a_candidate_in_discovery(tmp_path):
     """No code execution needed: an LLM's ordinary mistake must cost that candidate only."""

@@ -18,6 +18,8 @@ actions, answers' store classes) and validates every message.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import sys
 import traceback
 from types import ModuleType
@@ -50,6 +52,9 @@ from autotts.sandbox.wire import pack_frame, read_frame
 PRELOAD = ("numpy.linalg", "numpy.random", "numpy.fft", "numpy.ma", "numpy.polynomial",
            "numpy.lib.stride_tricks", "heapq", "bisect", "statistics", "math", "itertools",
            "functools", "collections", "dataclasses", "typing")
+
+
+FD_FLAGS: dict[int, int] = {}  # the zygote's descriptors' status flags before candidate code
 
 
 class Fatal(BaseException):
@@ -261,7 +266,7 @@ class Scheduler:
         arrays = [np.concatenate(idx).astype(np.int32, copy=False)] if idx else []
         if masks:  # [indices, masks]: the indices array first, even when empty
             arrays = [arrays[0] if arrays else np.zeros(0, np.int32), np.concatenate(masks)]
-        self.out.send({"t": "round", "m": self.outbox[g]}, arrays)
+        self.out.send({"t": "round", "m": self.outbox[g], "k": self.token}, arrays)
         self.outbox[g], self.indices[g], self.masks[g] = [], [], []
         self.in_flight.append(g)
 
@@ -282,6 +287,7 @@ class Scheduler:
         process computes the other's next actions, so both processes work at once."""
         from collections import deque
 
+        self.token = unit.get("k")  # the batch's token: every frame of this batch carries it
         self.outbox, self.indices, self.masks = [[], []], [[], []], [[], []]
         self.group: dict[int, int] = {}
         self.in_flight: deque[int] = deque()
@@ -414,7 +420,8 @@ def _unit_child(code: Any, req: dict[str, Any], unit: dict[str, Any], out: _Out,
     cls = _candidate_class(code, req["filename"], bool(req.get("unrestricted")))
     sched = Scheduler(cls, unit["config"], req, out, hint)
     sched.run_unit(unit, lambda: read_frame(stdin))
-    out.send({"t": "unit_done", "stdout": STATE.sink.text(), "dropped": STATE.sink.dropped})
+    out.send({"t": "unit_done", "stdout": STATE.sink.text(), "dropped": STATE.sink.dropped,
+              "k": unit.get("k")})
 
 
 def _forked(work: Any, out: _Out, hint: np.ndarray) -> None:
@@ -438,7 +445,13 @@ def _forked(work: Any, out: _Out, hint: np.ndarray) -> None:
             _send_verdict(out, Verdict("crash", f"sandbox error: {msg}"))
         os._exit(0)
     _, status = os.waitpid(pid, 0)
-    hint[0] = -1  # the next batch starts with nothing the last one wrote
+    # The next batch starts with nothing the last one wrote: the whole shared page, and the
+    # flags of the open file descriptions it shared (O_APPEND, O_ASYNC ... are bits it could set).
+    hint.fill(0)
+    hint[0] = -1
+    for fd, flags in FD_FLAGS.items():
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(fd, fcntl.F_SETFL, flags)
     if os.WIFSIGNALED(status):
         out.send({"t": "died", "status": -os.WTERMSIG(status)})
     elif os.WEXITSTATUS(status) != 0:
@@ -472,6 +485,9 @@ def _run(req: dict[str, Any], out: _Out, hint: np.ndarray) -> None:
         code = _load(req)
     import os
 
+    for fd in (0, 1, 2, out.fd):  # as they are before any candidate code: restored after each
+        with contextlib.suppress(OSError):
+            FD_FLAGS[fd] = fcntl.fcntl(fd, fcntl.F_GETFL)
     isolation = lockdown(req["limits"], os.getcwd())
     out.send({"t": "ready", "isolation": {k: v for k, v in isolation.items()
                                           if type(v) is bool}})
@@ -505,7 +521,7 @@ def main(argv: list[str] | None = None) -> None:
     hint = np.zeros(1, dtype=np.int64)
     try:
         hfd = int(argv[2])
-        mm = mmap.mmap(hfd, 8)
+        mm = mmap.mmap(hfd, mmap.PAGESIZE)
         os.close(hfd)
         hint = np.frombuffer(mm, dtype=np.int64)
     except (OSError, ValueError, IndexError):

@@ -137,8 +137,10 @@ class _Child:
         except (AttributeError, OSError):
             with tempfile.TemporaryFile() as f:
                 hfd = os.dup(f.fileno())
-        os.ftruncate(hfd, 8)
-        self.mm = mmap.mmap(hfd, 8)
+        # A whole page: a mapping is one, and the sandbox process zeroes all of it after each
+        # batch (bytes past a shorter file would still be shared, and outlive the batch).
+        os.ftruncate(hfd, mmap.PAGESIZE)
+        self.mm = mmap.mmap(hfd, mmap.PAGESIZE)
         self.hint = np.frombuffer(self.mm, dtype=np.int64)
         self.hint[0] = -1
         root = str(Path(autotts.__file__).resolve().parent.parent)
@@ -333,6 +335,7 @@ class _Task:
         self.since: dict[int, float] = {}  # live episode -> when it was last answered
         self.base: set[int] | None = None  # the sandbox's processes before any batch
         self.reaping_since = 0.0  # when the last batch (or the knobs) process reported done
+        self.token: str | None = None  # what the current batch's frames carry
 
     def context(self, slot: int | None = None) -> dict[str, Any]:
         if self.batch is None:
@@ -379,8 +382,11 @@ class _Task:
         # No trace flag: the child collects trace events in every batch of a traced evaluation
         # and the judge keeps only those of traced draws, so a candidate (even with code
         # execution) cannot tell the digest's traced draws from the scored ones.
+        # A fresh token per batch, which the batch's frames must carry: a frame that the last
+        # batch's process left in the pipe before it exited is not taken for this batch's.
+        self.token = os.urandom(8).hex()
         return {"t": "unit", "r": r, "config": self.info["configs"][r],
-                "kappa": int(p.probe_cost), "budget": p.budget, "start": start}
+                "kappa": int(p.probe_cost), "budget": p.budget, "start": start, "k": self.token}
 
     def _facts(self, start: list[list[int]]) -> list[list[int]]:
         """Each started episode's public facts, with its store's Δ."""
@@ -420,14 +426,21 @@ class _Task:
                                      "candidate code (--allow-weak-sandbox to accept)"))
             return None
         if kind == "config_error" and self.state == "boot":
+            message = clean(header.get("message", "bad configuration"), 1000)
+            if not self.request.get("overrides"):
+                # Nothing of the user's to blame (no --set knobs): the candidate's schedule() or
+                # signature is wrong, or its process forged the frame.
+                raise Failed(Verdict("interface", message))
             from autotts.errors import ConfigError
 
-            raise ConfigError(clean(header.get("message", "bad configuration"), 1000))
+            raise ConfigError(message)
         if kind == "configs" and self.state == "boot" and self.info["isolation"] is not None:
             name, configs = _knobs(header, len(self.betas))
             self.info.update(name=name, configs=configs)
             self._skip_repeated_knobs(configs)
             return self._reap()
+        if kind in ("round", "unit_done") and header.get("k") != self.token:
+            raise ProtocolError(f"a {kind} frame that is not the current batch's")
         if kind == "round" and self.state == "busy" and self.judge is not None:
             return self.on_round(header.get("m"), arrays)
         if kind == "unit_done" and self.state == "closing":
@@ -533,7 +546,8 @@ def _pump(c: _Child, sel: selectors.BaseSelector, task: _Task, t0: float) -> Non
         if v is not None:
             raise Failed(v)
         if task.state == "reaping" and now - task.reaping_since > PENDING_HINT_SECONDS:
-            _release(c, sel, task)  # no hint came: look (and wait) as without one
+            with _verdicts(task):  # no hint came: look (and wait) as without one
+                _release(c, sel, task)
         for key, _ in sel.select(timeout=0.05):
             what = key.data
             if what == "stdin":
@@ -572,12 +586,33 @@ def _pump(c: _Child, sel: selectors.BaseSelector, task: _Task, t0: float) -> Non
 
 
 def _release(c: _Child, sel: selectors.BaseSelector, task: _Task) -> None:
-    """Once the process that ran candidate code is gone (from /proc), judge the next batch."""
+    """Once the process that ran candidate code is gone (from /proc), and nothing it wrote is
+    left half read, judge the next batch."""
     if task.state != "reaping":
         return
     _await_batch_exit(c, task)
+    _drain(c, task)
     _send(c, sel, task.next_batch())
     task.round_sent = time.monotonic()
+
+
+def _drain(c: _Child, task: _Task) -> None:
+    """What is in the result pipe now was written before the gone process exited (or is the
+    sandbox process's own small frames): read it all. A frame of it other than "reaped" is a
+    verdict or a death (raised by on_frame), else a protocol error; a frame left unfinished
+    could be completed by the next batch's process, so it is one too."""
+    while True:
+        try:
+            data = os.read(c.result_fd, 1 << 20)
+        except OSError:  # BlockingIOError: nothing more now
+            break
+        if not data:
+            break
+        for header, arrays in c.reader.feed(data):
+            if header.get("t") != "reaped":
+                task.on_frame(header, arrays)  # in state "reaping" this raises
+    if c.reader.pending:
+        raise ProtocolError("a frame left unfinished by a batch's process")
 
 
 def _await_batch_exit(c: _Child, task: _Task) -> None:
@@ -598,8 +633,22 @@ def _await_batch_exit(c: _Child, task: _Task) -> None:
         time.sleep(0.001)
 
 
-def _on_result(c: _Child, sel: selectors.BaseSelector, task: _Task, data: bytes) -> None:
+@contextlib.contextmanager
+def _verdicts(task: _Task) -> Any:
+    """The sandbox's broken frames, protocol and output limits as the candidate's verdicts."""
     try:
+        yield
+    except FrameTooLarge as e:
+        raise Failed(Verdict("output_limit", clean(e, 300), context=task.context())) from None
+    except (FrameError, ProtocolError) as e:
+        raise Failed(Verdict("crash", f"the sandbox broke the wire protocol: {clean(e, 300)}",
+                             context=task.context())) from None
+    except OutputLimit as e:
+        raise Failed(Verdict("output_limit", clean(e, 300), context=task.context())) from None
+
+
+def _on_result(c: _Child, sel: selectors.BaseSelector, task: _Task, data: bytes) -> None:
+    with _verdicts(task):
         frames = c.reader.feed(data)
         for header, arrays in frames:
             if header.get("t") == "reaped":
@@ -616,13 +665,6 @@ def _on_result(c: _Child, sel: selectors.BaseSelector, task: _Task, data: bytes)
             if answer is not None:
                 _send(c, sel, answer)
                 task.round_sent = time.monotonic()
-    except FrameTooLarge as e:
-        raise Failed(Verdict("output_limit", clean(e, 300), context=task.context())) from None
-    except (FrameError, ProtocolError) as e:
-        raise Failed(Verdict("crash", f"the sandbox broke the wire protocol: {clean(e, 300)}",
-                             context=task.context())) from None
-    except OutputLimit as e:
-        raise Failed(Verdict("output_limit", clean(e, 300), context=task.context())) from None
 
 
 def run_task(request: dict[str, Any], datas: Sequence[ReplayData], units: list[Unit],

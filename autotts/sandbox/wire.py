@@ -136,6 +136,11 @@ class FrameReader:
         self._head: tuple[dict[str, Any], list[tuple[np.dtype, tuple[int, ...], int]], int] | None
         self._head = None
 
+    @property
+    def pending(self) -> bool:
+        """Whether part of a frame has been read and the rest not yet."""
+        return bool(self.buf) or self._head is not None
+
     def feed(self, data: bytes) -> list[tuple[dict[str, Any], list[np.ndarray]]]:
         self.total += len(data)
         if self.total > self.max_total:

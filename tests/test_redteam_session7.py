@@ -20,9 +20,10 @@ from __future__ import annotations
 import pytest
 
 from autotts.evaluate import evaluate
-from autotts.sandbox import SandboxLimits, evaluate_sandboxed
-from tests.test_redteam_session5 import _counts, _no_seccomp
-from tests.test_redteam_session6 import _WHERE
+from autotts.sandbox import SandboxError, SandboxLimits, evaluate_sandboxed
+from autotts.sandbox import supervisor as supervisor_module
+from tests.test_redteam_session5 import _COUNT, SHORT, _counts, _no_seccomp
+from tests.test_redteam_session6 import _PAST, _PAST_HOW, _WHERE
 from tests.test_sandbox import FAST, parent  # noqa: F401 (fixture)
 from tests.test_sandbox_boundary import PROTO, STORE, _controller, _run
 
@@ -161,6 +162,28 @@ def test_descriptor_state_beyond_the_status_flags_is_refused_with_seccomp(how):
     DUPFD_CLOEXEC only, prlimit64 only on this process and only to read: no mark is set."""
     ev = _run(_controller(_FCNTL_COUNT, _FCNTL.replace("{how}", how)), on_error="record")
     _played_more_than_one_draw(ev)
+
+
+# ---- stale frames that carry the batch's own token ------------------------------------------
+
+# Session 6's frames written before the exit for the next batch, now with the token of the batch
+# that wrote them (the only one it knows): read by the drain before the next unit is sent (the
+# token still the writer's, but the state is "reaping"), or after it, in the same read as a
+# forged "reaped" (the token is then the next batch's).
+_OWN_TOKEN = '{"t": "round", "m": msgs, "k": _batch.f_locals["unit"]["k"]}'
+
+
+@pytest.mark.usefixtures("parent")
+@pytest.mark.parametrize("how", sorted(_PAST_HOW))
+def test_stale_frames_with_the_writers_own_token_are_not_judged(how, monkeypatch):
+    monkeypatch.setattr(supervisor_module, "PENDING_HINT_SECONDS", 0.05)
+    past = _PAST.replace("{how}", _PAST_HOW[how].replace('{"t": "round", "m": msgs}',
+                                                         _OWN_TOKEN))
+    assert _OWN_TOKEN in past
+    with pytest.raises(SandboxError) as info:
+        _run(_controller(_COUNT, past), on_error="record", limits=SHORT)
+    v = info.value.verdict  # a protocol error, not a run that just timed out
+    assert v.kind == "crash" and "wire protocol" in v.message, str(v)
 
 
 # ---- honest candidates: frames larger than the result pipe at the exit check ------------------

@@ -8,12 +8,15 @@ never reaches another batch. These tests look for state shared with the sandbox 
 zygote) that it does not reset, with and without the seccomp filter, and check that an honest
 candidate whose frames are larger than the result pipe is not taken for a hostile one.
 
-Hole found (strict xfail): the hint memfd stays open in the zygote (CPython's mmap keeps a
-duplicate of the descriptor it maps) and every batch inherits it: its file offset (lseek is
-allowed) is a 64-bit register shared by every batch, with seccomp on. Without seccomp:
-F_SETPIPE_SZ and F_SETSIG on the shared pipes (neither is a status flag, so the restore leaves
-them). Held: prlimit on the zygote with seccomp on, large honest output (a unit_done frame
-read in many pieces at the exit check)."""
+Holes found (strict xfails): the hint memfd stays open in the zygote (CPython's mmap keeps a
+duplicate of the descriptor it maps) and every batch inherits it, with seccomp on: its file
+offset (lseek) is a 64-bit register shared by every batch, and its atime (set by pread at a
+chosen time, read by fstat) another. Without seccomp: F_SETPIPE_SZ and F_SETSIG on the shared
+pipes (neither is a status flag, so the restore leaves them), prlimit on the zygote. On kernels
+that keep anonymous pipes' times (before about 6.8), the stderr pipe's mtime (conditional
+xfail). Held: the same fcntl/prlimit marks with seccomp on; stale round frames carrying the
+writer's own token (drained before the next unit, or read after a forged hint); large honest
+output (a unit_done frame bigger than the result pipe, read in pieces before the exit check)."""
 
 from __future__ import annotations
 
@@ -69,6 +72,49 @@ _OFFSET_COUNT = '''        if _FD is None:
 '''
 
 
+# Its access time, too: a read() of the memfd sets it (the internal shmem mount has strict
+# atime), and nothing else reads it (the hint is read through the mapping): a timestamp whose
+# low bits the last batch chose by choosing when to read.
+_ATIME = _MEMFD + '''
+import builtins
+import time
+
+_SLOT, _SLOTS = 20_000_000, 32
+
+
+def _said():
+    return os.fstat(_FD).st_atime_ns // _SLOT % _SLOTS
+
+
+def _say(n):
+    # read inside slot n's cycle, past the middle of the slot (the inode's clock is coarse: up
+    # to a tick behind time.time_ns())
+    while True:
+        t = time.time_ns()
+        if t // _SLOT % _SLOTS == n % _SLOTS and _SLOT // 2 <= t % _SLOT < _SLOT * 3 // 4:
+            os.pread(_FD, 1, 0)
+            return
+        time.sleep(0.001)
+
+
+if _FD is not None and _where("_configs_child") is not None:
+    _say(0)
+if _FD is not None and _batch is not None:
+    builtins.seen = _said()
+
+
+def send(self, header, arrays=()):
+    if header.get("t") == "unit_done" and _batch is not None and _FD is not None:
+        _say(builtins.seen)
+    _send(self, header, arrays)
+
+
+sandbox_child._Out.send = send
+'''
+
+_HINT_FD = {"offset": (_OFFSET_COUNT, _MEMFD), "atime": (_COUNT, _ATIME)}
+
+
 @pytest.mark.xfail(strict=True, reason=(
     "hole (seccomp on): the zygote keeps the hint memfd open (mmap.mmap() dups the descriptor "
     "it maps; main() closes only the original) and each batch inherits it; lseek() on it moves "
@@ -77,10 +123,14 @@ _OFFSET_COUNT = '''        if _FD is None:
     "restored). Fix: the zygote holds no descriptor but 0, 1, 2 and the result pipe when it "
     "forks (map the hint with libc mmap and close the fd, or Python >= 3.13's "
     "mmap(..., trackfd=False); lockdown() could close every other descriptor and assert it), "
-    "or at least lseek(fd, 0) and restore its flags after each waitpid"))
+    "or at least lseek(fd, 0) and restore its flags after each waitpid. Its atime (set by "
+    "pread at a time the batch chooses, read by fstat) is a second register, 5 bits a batch "
+    "here: only closing the descriptor removes both"))
 @pytest.mark.usefixtures("parent")
-def test_the_hint_descriptors_offset_carries_nothing_between_batches():
-    ev = _run(_controller(_OFFSET_COUNT, _MEMFD), on_error="record")
+@pytest.mark.parametrize("how", sorted(_HINT_FD))
+def test_the_hint_descriptor_carries_nothing_between_batches(how):
+    body, extra = _HINT_FD[how]
+    ev = _run(_controller(body, extra), on_error="record")
     _played_more_than_one_draw(ev)
 
 
@@ -161,6 +211,89 @@ def test_descriptor_state_beyond_the_status_flags_is_refused_with_seccomp(how):
     """The same attacks with the filter: fcntl is allowed for F_DUPFD/GETFD/SETFD/GETFL/SETFL/
     DUPFD_CLOEXEC only, prlimit64 only on this process and only to read: no mark is set."""
     ev = _run(_controller(_FCNTL_COUNT, _FCNTL.replace("{how}", how)), on_error="record")
+    _played_more_than_one_draw(ev)
+
+
+# ---- timestamps of the shared pipes ----------------------------------------------------------
+
+# A write to a pipe sets the pipe inode's mtime (the current coarse wall-clock time); fstat() and
+# write() are on the seccomp allow-list. stderr's pipe is written by nothing else (the
+# supervisor reads it: that sets atime), so its mtime is the time of the last batch's last write
+# to it: a timestamp whose low bits the batch chose by choosing when to write. Here 5 bits (a
+# 20 ms slot in a 640 ms cycle); the capacity is log2(wait / clock tick) bits per batch, stored,
+# not measured on the way (unlike the exit time of session 6).
+_MTIME = _WHERE + '''
+import builtins
+import time
+
+_SLOT, _SLOTS = 20_000_000, 32
+
+
+def _said():
+    return os.fstat(2).st_mtime_ns // _SLOT % _SLOTS
+
+
+def _say(n):
+    # write inside slot n's cycle, past the middle of the slot (the inode's clock is coarse:
+    # up to a tick behind time.time_ns())
+    while True:
+        t = time.time_ns()
+        if t // _SLOT % _SLOTS == n % _SLOTS and _SLOT // 2 <= t % _SLOT < _SLOT * 3 // 4:
+            os.write(2, b".")
+            return
+        time.sleep(0.001)
+
+
+if _where("_configs_child") is not None:
+    _say(0)
+if _batch is not None:
+    os.write(1, b".")  # does this kernel keep a pipe's times? (Linux >= 6.8 does not)
+    if abs(os.fstat(1).st_mtime_ns - time.time_ns()) < 100_000_000:
+        builtins.seen = _said()
+
+
+def send(self, header, arrays=()):
+    if header.get("t") == "unit_done" and _batch is not None:
+        _say(builtins.seen)
+    _send(self, header, arrays)
+
+
+sandbox_child._Out.send = send
+'''
+
+
+def _pipes_keep_times() -> bool:
+    """Whether a write sets an anonymous pipe's mtime (Linux 6.8 stopped updating the times
+    of anonymous pipes)."""
+    import os
+    import time
+
+    r, w = os.pipe()
+    try:
+        before = os.fstat(w).st_mtime_ns
+        time.sleep(0.05)
+        os.write(w, b".")
+        return os.fstat(w).st_mtime_ns != before
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+@pytest.mark.xfail(_pipes_keep_times(), strict=True, reason=(
+    "hole (seccomp on, kernels that keep anonymous pipes' times, before about 6.8): the mtime of the stderr pipe (fd 2, shared by the sandbox process and "
+    "every batch, written by nothing else) is set by a batch's last write to it, at a time it "
+    "chooses; the next batch reads it with fstat(): about log2(wait / clock tick) bits per "
+    "batch (5 here), stored rather than timed. The same holds for stdout's mtime and, where "
+    "the zygote does not touch it, any shared inode's atime. Fix: the zygote gives each batch "
+    "its own stdout/stderr pipes (made before the fork, read through the zygote or passed to "
+    "the judge), or batches get no fstat on the shared descriptors (seccomp: fstat/newfstatat/"
+    "statx refused on fds 0-2 and the result pipe; numpy/Python need fstat only on files they "
+    "open, which a sealed batch cannot); at least the zygote resets the times (futimens on the "
+    "pipe after each waitpid: then only the reset time is seen)"))
+@pytest.mark.usefixtures("parent")
+def test_pipe_timestamps_carry_nothing_between_batches():
+    """Where the kernel does not keep anonymous pipes' times, this holds by the kernel."""
+    ev = _run(_controller(_COUNT, _MTIME), on_error="record")
     _played_more_than_one_draw(ev)
 
 

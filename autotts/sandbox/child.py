@@ -312,6 +312,8 @@ _INDEX_OPS = frozenset({"advance_many", "prune_many"})
 def _preload(modules: Any) -> None:
     for mod in sorted(set(modules) | set(PRELOAD)):
         __import__(mod)
+    import ctypes.util  # noqa: F401 (seal() looks libseccomp up with it where it is not loaded)
+
     import greenlet  # noqa: F401
 
     import autotts.sandbox.client
@@ -489,6 +491,10 @@ def _run(req: dict[str, Any], out: _Out, hint: np.ndarray) -> None:
         with contextlib.suppress(OSError):
             FD_FLAGS[fd] = fcntl.fcntl(fd, fcntl.F_GETFL)
     isolation = lockdown(req["limits"], os.getcwd())
+    # The batches inherit every descriptor this process holds, and with it any state of the
+    # open file (offset, times, flags) a batch could set for the next one: keep only the pipes.
+    os.closerange(3, out.fd)
+    os.closerange(out.fd + 1, 1 << 16)
     out.send({"t": "ready", "isolation": {k: v for k, v in isolation.items()
                                           if type(v) is bool}})
     stdin = sys.stdin.buffer.raw  # unbuffered: a forked batch reads the same descriptor
@@ -512,6 +518,27 @@ def _run(req: dict[str, Any], out: _Out, hint: np.ndarray) -> None:
     out.send({"t": "done"})
 
 
+def _map_hint(fd: int, size: int) -> np.ndarray:
+    """The shared hint page, mapped with libc's mmap and its descriptor closed. (Python's
+    mmap.mmap keeps a descriptor of its own: the batches would inherit it, and its file offset
+    and access time, which a batch can set, would outlive the batch.)"""
+    import ctypes
+    import mmap
+    import os
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.mmap.restype = ctypes.c_void_p
+        libc.mmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                              ctypes.c_int, ctypes.c_long)
+        addr = libc.mmap(None, size, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_SHARED, fd, 0)
+    finally:
+        os.close(fd)
+    if addr is None or addr == ctypes.c_void_p(-1).value:
+        raise OSError(ctypes.get_errno(), "mmap of the hint page failed")
+    return np.frombuffer((ctypes.c_char * size).from_address(addr), dtype=np.int64)
+
+
 def main(argv: list[str] | None = None) -> None:
     import mmap
     import os
@@ -519,13 +546,8 @@ def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv if argv is None else argv)
     out = _Out(int(argv[1]))
     hint = np.zeros(1, dtype=np.int64)
-    try:
-        hfd = int(argv[2])
-        mm = mmap.mmap(hfd, mmap.PAGESIZE)
-        os.close(hfd)
-        hint = np.frombuffer(mm, dtype=np.int64)
-    except (OSError, ValueError, IndexError):
-        pass
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        hint = _map_hint(int(argv[2]), mmap.PAGESIZE)
     try:
         req, _ = read_frame(sys.stdin.buffer)
         _run(req, out, hint)

@@ -755,7 +755,7 @@ def seal() -> None:
     _cap(resource.RLIMIT_NPROC, 0)
     try:
         filt = _Seccomp(default=_ACT_ALLOW)
-    except OSError:
+    except (OSError, ImportError):  # no libseccomp here (and nothing can be imported now)
         return
     lib = filt.lib
     lib.seccomp_attr_set(filt.ctx, _FLTATR_CTL_NNP, 0)  # already set by lockdown()

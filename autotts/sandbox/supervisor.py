@@ -619,8 +619,9 @@ def _await_batch_exit(c: _Child, task: _Task) -> None:
     """Before the next batch's frame: the last batch's process is gone. Otherwise one that
     took over its own process (code execution) could read the next batch's frame itself and
     play it with what it remembers of the last. Judged from /proc, not from anything the
-    sandbox says: every process of the sandbox's group must be one that existed when it
-    reported ready (before any candidate code)."""
+    sandbox says: every live process of the sandbox (its group and its first process's
+    descendants) must be one that existed when it reported ready (before any candidate code:
+    it forks nothing before "go")."""
     from autotts.sandbox.lockdown import live_sandbox_processes
 
     if task.base is None:

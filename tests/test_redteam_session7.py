@@ -363,3 +363,38 @@ def test_an_honest_candidate_gets_its_numbers_with_a_mechanism_missing(off, monk
                             allow_weak_sandbox=True)
     assert ev.errors == ref.errors
     assert ev.rows == ref.rows
+
+
+# ---- the batch's own token on frames of another state --------------------------------------
+
+_TOKENED = _WHERE + '''
+import time
+
+
+def send(self, header, arrays=()):
+    _send(self, header, arrays)
+    if header.get("t") == "unit_done" and _batch is not None:
+        # The batch's own token (every frame of a batch carries it): a frame that passes the
+        # token check must still be refused by the judge's state machine after unit_done.
+        _send(self, dict({frame!r}, k=header.get("k")))
+        {then}
+'''
+
+
+@pytest.mark.usefixtures("parent")
+@pytest.mark.parametrize("then", ["os._exit(0)", "time.sleep(30)"], ids=["exits", "stays"])
+@pytest.mark.parametrize("frame", ["unit_done", "round"])
+def test_frames_with_the_batchs_own_token_after_unit_done_end_the_run(frame, then):
+    """Session 6 sent frames of other states without a token (the token check alone refuses
+    them now). With the batch's real token, a second unit_done or a round after unit_done
+    reaches the state machine, which is in 'reaping': a protocol error (crash), nothing
+    judged, whether the process then exits or stays."""
+    frames = {"unit_done": {"t": "unit_done", "stdout": "", "dropped": 0},
+              "round": {"t": "round", "m": [[0, "answer", [None]]]}}
+    extra = _TOKENED.format(frame=frames[frame], then=then) + \
+        "\nsandbox_child._Out.send = send\n"
+    with pytest.raises(SandboxError) as info:
+        _run(_controller("        return ep.read_new()\n", extra), limits=SHORT)
+    v = info.value.verdict
+    assert v.kind == "crash" and "wire protocol" in v.message, str(v)
+    assert "not the current batch's" not in v.message  # refused by state, not by token

@@ -66,14 +66,19 @@ class Question(_NoCopy):
     costs. reveal[b, k] / step_cost[b, k] describe step k+1 (0-based k); last[b] = L_b."""
 
     __slots__ = (
+        "_class_flat",
         "_cost_flat",
         "_cum",
+        "_id_template",
+        "_is_last_flat",
         "_last",
         "_nclass",
         "_reveal",
         "_reveal_flat",
         "_step_cost",
+        "_step_no_flat",
         "_tokens",
+        "_unseen",
         "_width",
         "delta",
         "no_answer_class",
@@ -114,6 +119,22 @@ class Question(_NoCopy):
         self._width = steps
         self._reveal_flat = reveal.reshape(-1)
         self._cost_flat = step_cost.reshape(-1)
+        # The same as intp: numpy gathers with intp indices skip a cast.
+        self._class_flat = self._reveal_flat.astype(np.intp)
+        # Per cell, whether the step is the row's last (it finishes the branch) and its 1-based
+        # step number (the depth after it): gathers, cheaper per call than arithmetic on arrays.
+        is_last = np.zeros((m, steps), dtype=bool)
+        is_last[np.arange(m), lengths] = True
+        self._is_last_flat = is_last.reshape(-1)
+        self._step_no_flat = np.tile(np.arange(1, steps + 1, dtype=np.int64), m)
+        # An episode's store class -> id map starts from this template. Classes not yet revealed
+        # hold `_unseen`; the spare last entry maps the store's -1 ("no answer") to -1. With
+        # _unseen = -2 a -1 in a gather is told apart from a new class by one comparison;
+        # a store with classes below -1 (malformed, but readable) keeps -1 there, as it always
+        # did, so that it reads exactly as before.
+        self._unseen = -2 if reveal.min(initial=NO_ANSWER) >= NO_ANSWER else NO_ANSWER
+        self._id_template = np.full(self._nclass + 1, self._unseen, dtype=np.int32)
+        self._id_template[-1] = NO_ANSWER
 
     def layout(self) -> QuestionLayout:
         """Trusted side (autotts.batch lays many questions out in one table): the per-step tables
@@ -235,6 +256,7 @@ class Episode(_NoCopy):
         "_closed",
         "_delta",
         "_depth",
+        "_ebase",
         "_err_class",
         "_finished",
         "_generated",
@@ -247,6 +269,7 @@ class Episode(_NoCopy):
         "_probe_cost",
         "_probes",
         "_pruned",
+        "_qbase",
         "_question",
         "_revealed",
         "_revealed_flat",
@@ -265,23 +288,30 @@ class Episode(_NoCopy):
         journal: bool = False,
     ) -> None:
         n = len(order)
+        width = question._width
         self._question = question
         self._delta = question.delta
         self._err_class = question.no_answer_class
         self._order = np.asarray(order, dtype=np.int64)  # question row of branch i, in draw order
+        # Branch i at depth d: its next step is cell _qbase[i] + d of the question's flat tables
+        # and cell _ebase[i] + d of _revealed_flat.
+        self._qbase = self._order * width
+        self._ebase = np.arange(0, n * width, width, dtype=np.int64)
         self._pool = n
         self._probe_cost = int(probe_cost)
         self._budget = None if budget is None else int(budget)
         self._depth = np.zeros(n, dtype=np.int64)
         self._finished = np.zeros(n, dtype=bool)
         self._pruned = np.zeros(n, dtype=bool)
-        self._latest = np.full(n, NO_ANSWER, dtype=np.int32)
+        self._latest = np.empty(n, dtype=np.int32)
+        self._latest.fill(NO_ANSWER)
         self._running = np.zeros(n, dtype=bool)  # opened, not pruned, not finished
-        self._revealed = np.zeros((n, question._width), dtype=bool)  # [branch, step] shown
+        self._revealed = np.zeros((n, width), dtype=bool)  # [branch, step] shown
         self._revealed_flat = self._revealed.reshape(-1)
-        # Store class -> episode id (-1: not yet revealed). One spare entry at the end, never
-        # written, so that the store's -1 ("no answer" in math stores) maps to -1 by indexing.
-        self._id_of_class = np.full(question._nclass + 1, NO_ANSWER, dtype=np.int32)
+        # Store class -> episode id (question._unseen: not yet revealed). One spare entry at the
+        # end, never written, so that the store's -1 ("no answer" in math stores) maps to -1 by
+        # indexing.
+        self._id_of_class = question._id_template.copy()
         self._class_of_id: list[int] = [NO_ANSWER]  # episode id -> store class; id 0 until ERR shows
         self._opened = 0
         self._generated = 0
@@ -449,17 +479,18 @@ class Episode(_NoCopy):
         i = self._opened
         if i >= self._pool:
             raise InvalidAction(f"BRANCH past the pool: all {self._pool} branches are open")
-        q, b = self._question, self._order[i]
-        self._generated += int(q._step_cost[b, 0])
+        q = self._question
+        f = self._qbase.item(i)
+        self._generated += q._cost_flat.item(f)
         self._opened = i + 1
         self._depth[i] = 1
         self._running[i] = True
         self._actions += 1
-        if q._last[b] == 0:
-            self._reveal_one(i, b, 0, True)
+        if q._is_last_flat[f]:
+            self._reveal_one(i, f, 0, True)
         elif probe:
             self._probes += 1
-            self._reveal_one(i, b, 0, False)
+            self._reveal_one(i, f, 0, False)
         self._log("branch", i)
         return i
 
@@ -473,30 +504,35 @@ class Episode(_NoCopy):
         idx = np.arange(start, start + k)
         self._actions += 1
         if k:
-            q, b = self._question, self._order[idx]
-            done = q._last[b] == 0
-            self._generated += int(q._step_cost[b, 0].sum())
-            self._opened = start + k
-            self._depth[idx] = 1
-            self._running[idx] = True
+            q, end = self._question, start + k
+            flat = self._qbase[start:end]  # step 1 of each
+            done = q._is_last_flat[flat]
+            n_done = int(np.count_nonzero(done))
+            # Every step but a branch's last costs Δ.
+            self._generated += self._delta * (k - n_done)
+            if n_done:
+                self._generated += sum(q._cost_flat[flat[done]].tolist())
+            self._opened = end
+            self._depth[start:end] = 1
+            self._running[start:end] = True
             if probe:
-                self._probes += int(k - np.count_nonzero(done))
-                self._reveal(idx, b, np.zeros(k, dtype=np.int64), done)
-            elif done.any():
-                self._reveal(idx[done], b[done], np.zeros(int(done.sum()), dtype=np.int64),
-                             done[done])
+                self._probes += k - n_done
+                self._reveal_at(idx, flat, self._ebase[start:end], done)
+            elif n_done:
+                self._reveal_at(idx[done], flat[done], self._ebase[start:end][done], done[done])
         self._log("branch_many", start, k=int(k))
         return idx
 
     def extend(self, i: int) -> int | None:
         i = self._check_running(i, "extend: i")
         self._admit()
-        q, b, d = self._question, self._order[i], self._depth[i]
-        self._generated += int(q._step_cost[b, d])
+        q, d = self._question, self._depth.item(i)
+        f = self._qbase.item(i) + d
+        self._generated += q._cost_flat.item(f)
         self._depth[i] = d + 1
         self._actions += 1
-        if d == q._last[b]:
-            a = self._reveal_one(i, b, d, True)
+        if q._is_last_flat[f]:
+            a = self._reveal_one(i, f, d, True)
             self._log("extend", i)
             return a
         self._log("extend", i)
@@ -504,28 +540,29 @@ class Episode(_NoCopy):
 
     def probe(self, i: int) -> int:
         i = self._check_running(i, "probe: i")
-        d = self._depth[i] - 1
-        if self._revealed[i, d]:
+        d = self._depth.item(i) - 1
+        if self._revealed_flat[self._ebase.item(i) + d]:
             raise InvalidAction(f"PROBE of branch {i} twice at depth {d + 1}")
         self._admit()
         self._probes += 1
         self._actions += 1
-        a = self._reveal_one(i, self._order[i], d, False)
+        a = self._reveal_one(i, self._qbase.item(i) + d, d, False)
         self._log("probe", i)
         return a
 
     def advance(self, i: int) -> int:
         i = self._check_running(i, "advance: i")
         self._admit()
-        q, b, d = self._question, self._order[i], self._depth[i]
-        self._generated += int(q._step_cost[b, d])
+        q, d = self._question, self._depth.item(i)
+        f = self._qbase.item(i) + d
+        self._generated += q._cost_flat.item(f)
         self._depth[i] = d + 1
         self._actions += 1
-        if d == q._last[b]:
-            a = self._reveal_one(i, b, d, True)
+        if q._is_last_flat[f]:
+            a = self._reveal_one(i, f, d, True)
         else:
             self._probes += 1
-            a = self._reveal_one(i, b, d, False)
+            a = self._reveal_one(i, f, d, False)
         self._log("advance", i)
         return a
 
@@ -539,40 +576,46 @@ class Episode(_NoCopy):
         if self._closed or self._budget is not None:
             self._admit()
         q = self._question
-        width = q._width
         # No branch has more steps than the table's width: a bound for the loop only (the width
         # is a hidden quantity, the longest branch of the pool, so the trace logs `times`).
-        rounds = min(times, width)
+        rounds = min(times, q._width)
         self._actions += 1
-        b, d = self._order[idx], self._depth[idx]
-        last = q._last[b]
+        depth = self._depth
+        d = depth[idx]
+        qb, eb = self._qbase[idx], self._ebase[idx]
         cur = idx
         jr = self._journal
         id_map = self._id_of_class
-        for _ in range(rounds):
-            if len(cur) == 0:
+        unseen = q._unseen
+        is_last, reveal, step_no = q._is_last_flat, q._class_flat, q._step_no_flat
+        for r in range(rounds):
+            n = len(cur)
+            if n == 0:
                 break
-            flat = b * width + d
-            fin = d == last
-            self._generated += int(q._cost_flat[flat].sum())
-            self._revealed_flat[cur * width + d] = True
-            s = q._reveal_flat[flat]
-            ids = id_map.take(s)
-            if ids[ids.argmin()] < 0:  # a new class (or the store's -1): the slow path
-                ids = self._ids(s)
-            self._latest[cur] = ids
-            d = d + 1
-            self._depth[cur] = d
+            flat = qb + d
+            fin = is_last[flat]
             n_fin = int(np.count_nonzero(fin))
-            self._probes += len(cur) - n_fin
+            self._revealed_flat[eb + d] = True
+            s = reveal[flat]
+            ids = id_map[s]
+            if ids[ids.argmin()] <= unseen:  # a class this episode has not numbered yet
+                ids = self._ids(s, ids)
+            self._latest[cur] = ids
+            d = step_no[flat]  # the depth after this round
+            depth[cur] = d
+            # Every step but a branch's last costs Δ and reveals a probe.
+            self._generated += self._delta * (n - n_fin)
+            self._probes += n - n_fin
             if jr is not None:
                 jr.append((cur, d, ids, fin))
             if n_fin:
+                self._generated += sum(q._cost_flat[flat[fin]].tolist())  # few: no reduce
                 done = cur[fin]
                 self._finished[done] = True
                 self._running[done] = False
-                keep = ~fin
-                cur, b, d, last = cur[keep], b[keep], d[keep], last[keep]
+                if r + 1 < rounds:
+                    keep = ~fin
+                    cur, qb, eb, d = cur[keep], qb[keep], eb[keep], d[keep]
         if self._trace is not None:
             self._log("advance_many", -1, n=len(idx), times=times, idx=idx.tolist())
         return self._latest[idx]
@@ -580,12 +623,12 @@ class Episode(_NoCopy):
     def read(self, i: int) -> int:
         i = self._check_running(i, "read: i")
         self._admit()
-        q, b, d = self._question, self._order[i], self._depth[i]
+        q, b, d = self._question, self._order.item(i), self._depth.item(i)
         self._generated += int(q._cum[b, -1] - q._cum[b, d])
-        last = q._last[b]
+        last = q._last.item(b)
         self._depth[i] = last + 1
         self._actions += 1
-        a = self._reveal_one(i, b, last, True)
+        a = self._reveal_one(i, self._qbase.item(i) + last, last, True)
         self._log("read", i)
         return a
 
@@ -594,13 +637,13 @@ class Episode(_NoCopy):
         i = self._opened
         if i >= self._pool:
             raise InvalidAction(f"READ_NEW past the pool: all {self._pool} branches are open")
-        q, b = self._question, self._order[i]
-        self._generated += int(q._tokens[b])
+        q, b = self._question, self._order.item(i)
+        self._generated += q._tokens.item(b)
         self._opened = i + 1
-        last = q._last[b]
+        last = q._last.item(b)
         self._depth[i] = last + 1
         self._actions += 1
-        a = self._reveal_one(i, b, last, True)
+        a = self._reveal_one(i, self._qbase.item(i) + last, last, True)
         self._log("read_new", i)
         return a
 
@@ -665,31 +708,35 @@ class Episode(_NoCopy):
         self._id_of_class[s] = e
         return e
 
-    def _ids(self, s: np.ndarray) -> np.ndarray:
-        """Episode ids of revealed store classes `s` (in reveal order), numbering new ones."""
+    def _ids(self, s: np.ndarray, e: np.ndarray | None = None) -> np.ndarray:
+        """Episode ids of revealed store classes `s` (in reveal order), numbering new ones. `e`:
+        the id map's entries for `s`, if the caller has them."""
         m = self._id_of_class
-        e = m.take(s)
-        neg = np.flatnonzero(e < 0)  # new classes, or the store's -1 (math stores' no answer)
+        if e is None:
+            e = m[s]
+        # New classes (with the -1 sentinel of a malformed store also the store's -1).
+        neg = (e <= self._question._unseen).nonzero()[0]
         if len(neg):
             inv, err = self._class_of_id, self._err_class
             for c in s[neg].tolist():
-                if c >= 0 and m[c] < 0:
+                if c >= 0 and m.item(c) < 0:  # not numbered yet (a class can show twice)
                     if c == err:
                         inv[NO_ANSWER_ID] = c
                         m[c] = NO_ANSWER_ID
                     else:
                         m[c] = len(inv)
                         inv.append(c)
-            e = m.take(s)
+            e = m[s]
         return e
 
-    def _reveal_one(self, i: int, b: Any, k: Any, final: bool) -> int:
-        """Reveal step k (0-based) of branch i (row b): its probe, or its final if `final`."""
-        s = int(self._question._reveal[b, k])
-        a = int(self._id_of_class[s])
+    def _reveal_one(self, i: int, f: int, k: int, final: bool) -> int:
+        """Reveal step k (0-based) of branch i, cell f of the question's flat tables: its probe,
+        or its final if `final`."""
+        s = self._question._class_flat.item(f)
+        a = self._id_of_class.item(s)
         if a < 0 and s >= 0:
             a = self._new_id(s)
-        self._revealed[i, k] = True
+        self._revealed_flat[self._ebase.item(i) + k] = True
         self._latest[i] = a
         if final:
             self._finished[i] = True
@@ -698,6 +745,21 @@ class Episode(_NoCopy):
             self._journal.append((int(i), int(k) + 1, a, final))
         return a
 
+
+    def _reveal_at(self, idx: np.ndarray, flat: np.ndarray, rflat: np.ndarray,
+                   final: np.ndarray) -> None:
+        """Reveal, at once, the steps at cells `flat` of the question's tables (`rflat` of
+        _revealed_flat) of branches idx, numbered in idx order."""
+        q = self._question
+        ids = self._ids(q._class_flat[flat])
+        self._revealed_flat[rflat] = True
+        self._latest[idx] = ids
+        if np.count_nonzero(final):
+            done = idx[final]
+            self._finished[done] = True
+            self._running[done] = False
+        if self._journal is not None:
+            self._journal.append((idx, q._step_no_flat[flat], ids, final))
 
     def _reveal(self, idx: np.ndarray, b: np.ndarray, k: np.ndarray, final: np.ndarray) -> None:
         """Reveal step k (0-based) of branches idx (rows b) at once, numbered in idx order."""
@@ -766,7 +828,7 @@ class Episode(_NoCopy):
         else:
             idx = self._indices(which, what)
         ok = self._running[idx]
-        if not ok.all():
+        if np.count_nonzero(ok) != len(idx):
             j = int(idx[~ok][0])
             raise InvalidAction(f"branch {j} is {'pruned' if self._pruned[j] else 'finished'}")
         return idx

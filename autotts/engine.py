@@ -256,10 +256,10 @@ class Episode(_NoCopy):
         "_closed",
         "_delta",
         "_depth",
-        "_ebase",
         "_err_class",
         "_finished",
         "_generated",
+        "_hidden",
         "_id_of_class",
         "_journal",
         "_latest",
@@ -271,8 +271,6 @@ class Episode(_NoCopy):
         "_pruned",
         "_qbase",
         "_question",
-        "_revealed",
-        "_revealed_flat",
         "_running",
         "_trace",
     )
@@ -293,10 +291,8 @@ class Episode(_NoCopy):
         self._delta = question.delta
         self._err_class = question.no_answer_class
         self._order = np.asarray(order, dtype=np.int64)  # question row of branch i, in draw order
-        # Branch i at depth d: its next step is cell _qbase[i] + d of the question's flat tables
-        # and cell _ebase[i] + d of _revealed_flat.
+        # Branch i at depth d: its next step is cell _qbase[i] + d of the question's flat tables.
         self._qbase = self._order * width
-        self._ebase = np.arange(0, n * width, width, dtype=np.int64)
         self._pool = n
         self._probe_cost = int(probe_cost)
         self._budget = None if budget is None else int(budget)
@@ -306,8 +302,11 @@ class Episode(_NoCopy):
         self._latest = np.empty(n, dtype=np.int32)
         self._latest.fill(NO_ANSWER)
         self._running = np.zeros(n, dtype=bool)  # opened, not pruned, not finished
-        self._revealed = np.zeros((n, width), dtype=bool)  # [branch, step] shown
-        self._revealed_flat = self._revealed.reshape(-1)
+        # [branch, step] generated but not shown (by extend, a branch without its probe, read):
+        # step k of branch i is revealed iff k < depth(i) and not _hidden[i, k]. Kept this way
+        # round, the actions that reveal every step they generate (advance, advance_many,
+        # branches with their probe) write nothing here.
+        self._hidden = np.zeros((n, width), dtype=bool)
         # Store class -> episode id (question._unseen: not yet revealed). One spare entry at the
         # end, never written, so that the store's -1 ("no answer" in math stores) maps to -1 by
         # indexing.
@@ -417,12 +416,14 @@ class Episode(_NoCopy):
     def history(self, i: int) -> np.ndarray:
         """Revealed answers of branch i in depth order (probes, then the final if finished)."""
         i = self._check_opened(i)
-        return self._id_of_class[self._question._reveal[self._order[i], self._revealed[i]]]
+        d = self._depth.item(i)
+        shown = ~self._hidden[i, :d]
+        return self._id_of_class[self._question._reveal[self._order[i], :d][shown]]
 
     def history_depths(self, i: int) -> np.ndarray:
         """The depths (1-based step numbers) at which history(i)'s answers were revealed."""
         i = self._check_opened(i)
-        return np.flatnonzero(self._revealed[i]) + 1
+        return np.flatnonzero(~self._hidden[i, : self._depth.item(i)]) + 1
 
     def trace(self, kind: str, **data: Any) -> None:
         if self._trace is not None:
@@ -491,6 +492,8 @@ class Episode(_NoCopy):
         elif probe:
             self._probes += 1
             self._reveal_one(i, f, 0, False)
+        else:
+            self._hidden[i, 0] = True
         self._log("branch", i)
         return i
 
@@ -517,9 +520,11 @@ class Episode(_NoCopy):
             self._running[start:end] = True
             if probe:
                 self._probes += k - n_done
-                self._reveal_at(idx, flat, self._ebase[start:end], done)
-            elif n_done:
-                self._reveal_at(idx[done], flat[done], self._ebase[start:end][done], done[done])
+                self._reveal_at(idx, flat, done)
+            else:
+                self._hidden[start:end, 0] = ~done
+                if n_done:
+                    self._reveal_at(idx[done], flat[done], done[done])
         self._log("branch_many", start, k=int(k))
         return idx
 
@@ -535,15 +540,17 @@ class Episode(_NoCopy):
             a = self._reveal_one(i, f, d, True)
             self._log("extend", i)
             return a
+        self._hidden[i, d] = True
         self._log("extend", i)
         return None
 
     def probe(self, i: int) -> int:
         i = self._check_running(i, "probe: i")
         d = self._depth.item(i) - 1
-        if self._revealed_flat[self._ebase.item(i) + d]:
+        if not self._hidden[i, d]:
             raise InvalidAction(f"PROBE of branch {i} twice at depth {d + 1}")
         self._admit()
+        self._hidden[i, d] = False
         self._probes += 1
         self._actions += 1
         a = self._reveal_one(i, self._qbase.item(i) + d, d, False)
@@ -582,7 +589,7 @@ class Episode(_NoCopy):
         self._actions += 1
         depth = self._depth
         d = depth[idx]
-        qb, eb = self._qbase[idx], self._ebase[idx]
+        qb = self._qbase[idx]
         cur = idx
         jr = self._journal
         id_map = self._id_of_class
@@ -595,7 +602,6 @@ class Episode(_NoCopy):
             flat = qb + d
             fin = is_last[flat]
             n_fin = int(np.count_nonzero(fin))
-            self._revealed_flat[eb + d] = True
             s = reveal[flat]
             ids = id_map[s]
             if ids[ids.argmin()] <= unseen:  # a class this episode has not numbered yet
@@ -615,7 +621,7 @@ class Episode(_NoCopy):
                 self._running[done] = False
                 if r + 1 < rounds:
                     keep = ~fin
-                    cur, qb, eb, d = cur[keep], qb[keep], eb[keep], d[keep]
+                    cur, qb, d = cur[keep], qb[keep], d[keep]
         if self._trace is not None:
             self._log("advance_many", -1, n=len(idx), times=times, idx=idx.tolist())
         return self._latest[idx]
@@ -626,6 +632,7 @@ class Episode(_NoCopy):
         q, b, d = self._question, self._order.item(i), self._depth.item(i)
         self._generated += int(q._cum[b, -1] - q._cum[b, d])
         last = q._last.item(b)
+        self._hidden[i, d:last] = True
         self._depth[i] = last + 1
         self._actions += 1
         a = self._reveal_one(i, self._qbase.item(i) + last, last, True)
@@ -641,6 +648,7 @@ class Episode(_NoCopy):
         self._generated += q._tokens.item(b)
         self._opened = i + 1
         last = q._last.item(b)
+        self._hidden[i, :last] = True
         self._depth[i] = last + 1
         self._actions += 1
         a = self._reveal_one(i, self._qbase.item(i) + last, last, True)
@@ -656,12 +664,14 @@ class Episode(_NoCopy):
         idx = np.arange(start, start + k)
         self._actions += 1
         if k:
-            q, b = self._question, self._order[idx]
+            q, end = self._question, start + k
+            b = self._order[start:end]
             self._generated += int(q._tokens[b].sum())
-            self._opened = start + k
+            self._opened = end
             last = q._last[b]
-            self._depth[idx] = last + 1
-            self._reveal(idx, b, last, np.ones(k, dtype=bool))
+            self._hidden[start:end] = np.arange(q._width) < last[:, None]
+            self._depth[start:end] = last + 1
+            self._reveal_at(idx, self._qbase[start:end] + last, np.ones(k, dtype=bool))
         self._log("read_new_many", start, k=int(k))
         return self._latest[idx]
 
@@ -736,7 +746,6 @@ class Episode(_NoCopy):
         a = self._id_of_class.item(s)
         if a < 0 and s >= 0:
             a = self._new_id(s)
-        self._revealed_flat[self._ebase.item(i) + k] = True
         self._latest[i] = a
         if final:
             self._finished[i] = True
@@ -746,13 +755,11 @@ class Episode(_NoCopy):
         return a
 
 
-    def _reveal_at(self, idx: np.ndarray, flat: np.ndarray, rflat: np.ndarray,
-                   final: np.ndarray) -> None:
-        """Reveal, at once, the steps at cells `flat` of the question's tables (`rflat` of
-        _revealed_flat) of branches idx, numbered in idx order."""
+    def _reveal_at(self, idx: np.ndarray, flat: np.ndarray, final: np.ndarray) -> None:
+        """Reveal, at once, the steps at cells `flat` of the question's tables of branches idx,
+        numbered in idx order."""
         q = self._question
         ids = self._ids(q._class_flat[flat])
-        self._revealed_flat[rflat] = True
         self._latest[idx] = ids
         if np.count_nonzero(final):
             done = idx[final]
@@ -760,18 +767,6 @@ class Episode(_NoCopy):
             self._running[done] = False
         if self._journal is not None:
             self._journal.append((idx, q._step_no_flat[flat], ids, final))
-
-    def _reveal(self, idx: np.ndarray, b: np.ndarray, k: np.ndarray, final: np.ndarray) -> None:
-        """Reveal step k (0-based) of branches idx (rows b) at once, numbered in idx order."""
-        ids = self._ids(self._question._reveal[b, k])
-        self._revealed[idx, k] = True
-        self._latest[idx] = ids
-        if final.any():
-            done = idx[final]
-            self._finished[done] = True
-            self._running[done] = False
-        if self._journal is not None:
-            self._journal.append((idx, k + 1, ids, final))
 
     def _check_opened(self, i: Any, what: str = "the branch index") -> int:
         if type(i) is not int:

@@ -624,6 +624,8 @@ class Episode(_NoCopy):
                     cur, qb, d = cur[keep], qb[keep], d[keep]
         if self._trace is not None:
             self._log("advance_many", -1, n=len(idx), times=times, idx=idx.tolist())
+        if rounds == 1 and jr is None and len(idx):
+            return ids  # one round over all of idx: its ids are their latest answers (a copy)
         return self._latest[idx]
 
     def read(self, i: int) -> int:
@@ -799,17 +801,27 @@ class Episode(_NoCopy):
                 raise InvalidAction(
                     f"{what} must be a mask with one entry per opened branch ({self._opened})"
                 )
-            return np.flatnonzero(arr)
+            return arr.nonzero()[0]
         if arr.ndim == 0:
             arr = arr.reshape(1)
         if arr.ndim != 1 or (len(arr) and arr.dtype.kind not in "iu"):
             raise InvalidAction(
                 f"{what} must be branch indices or a mask, got {_describe(which)}"
             )
-        if len(arr) and (arr.min() < 0 or arr.max() >= self._opened):
+        n = len(arr)
+        if n <= 32:  # a few indices: Python's min, max and set cost less than numpy's reductions
+            vals = arr.tolist()
+            if n and (min(vals) < 0 or max(vals) >= self._opened):
+                raise InvalidAction(
+                    f"{what} names a branch that is not open ({self._opened} opened)")
+            idx = arr.astype(np.int64)
+            if n > 1 and len(set(vals)) != n:
+                raise InvalidAction(f"{what} names a branch twice")
+            return idx
+        if arr.min() < 0 or arr.max() >= self._opened:
             raise InvalidAction(f"{what} names a branch that is not open ({self._opened} opened)")
         idx = arr.astype(np.int64)
-        if len(idx) > 1 and (np.diff(np.sort(idx)) == 0).any():
+        if (np.diff(np.sort(idx)) == 0).any():
             raise InvalidAction(f"{what} names a branch twice")
         return idx
 

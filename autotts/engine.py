@@ -604,7 +604,7 @@ class Episode(_NoCopy):
             n_fin = int(np.count_nonzero(fin))
             s = reveal[flat]
             ids = id_map[s]
-            if ids[ids.argmin()] <= unseen:  # a class this episode has not numbered yet
+            if ids.item(ids.argmin()) <= unseen:  # a class this episode has not numbered yet
                 ids = self._ids(s, ids)
             self._latest[cur] = ids
             d = step_no[flat]  # the depth after this round
@@ -726,11 +726,15 @@ class Episode(_NoCopy):
         m = self._id_of_class
         if e is None:
             e = m[s]
-        # New classes (with the -1 sentinel of a malformed store also the store's -1).
-        neg = (e <= self._question._unseen).nonzero()[0]
-        if len(neg):
+        # New classes (with the -1 sentinel of a malformed store also the store's -1), in order.
+        unseen = self._question._unseen
+        if len(s) <= 48:  # a few: a list comprehension costs less than numpy's compare + gather
+            new = [c for c, x in zip(s.tolist(), e.tolist(), strict=True) if x <= unseen]
+        else:
+            new = s[(e <= unseen).nonzero()[0]].tolist()
+        if new:
             inv, err = self._class_of_id, self._err_class
-            for c in s[neg].tolist():
+            for c in new:
                 if c >= 0 and m.item(c) < 0:  # not numbered yet (a class can show twice)
                     if c == err:
                         inv[NO_ANSWER_ID] = c

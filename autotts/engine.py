@@ -438,6 +438,9 @@ class Episode(_NoCopy):
         jr = self._journal
         if jr is None:
             raise RuntimeError("the reveal journal is off: create the Episode with journal=True")
+        if not jr:  # an action that revealed nothing (extend, prune, a branch without probe)
+            return (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64),
+                    np.zeros(0, dtype=np.int32), np.zeros(0, dtype=bool))
         if len(jr) == 1:  # the common case, one action's reveals: no concatenation
             b, d, a, f = jr.pop()
             if isinstance(b, np.ndarray):
@@ -494,7 +497,8 @@ class Episode(_NoCopy):
             self._reveal_one(i, f, 0, False)
         else:
             self._hidden[i, 0] = True
-        self._log("branch", i)
+        if self._trace is not None:
+            self._log("branch", i)
         return i
 
     def branch_many(self, k: int, probe: bool = False) -> np.ndarray:
@@ -525,7 +529,8 @@ class Episode(_NoCopy):
                 self._hidden[start:end, 0] = ~done
                 if n_done:
                     self._reveal_at(idx[done], flat[done], done[done])
-        self._log("branch_many", start, k=int(k))
+        if self._trace is not None:
+            self._log("branch_many", start, k=int(k))
         return idx
 
     def extend(self, i: int) -> int | None:
@@ -538,10 +543,12 @@ class Episode(_NoCopy):
         self._actions += 1
         if q._is_last_flat[f]:
             a = self._reveal_one(i, f, d, True)
-            self._log("extend", i)
+            if self._trace is not None:
+                self._log("extend", i)
             return a
         self._hidden[i, d] = True
-        self._log("extend", i)
+        if self._trace is not None:
+            self._log("extend", i)
         return None
 
     def probe(self, i: int) -> int:
@@ -554,7 +561,8 @@ class Episode(_NoCopy):
         self._probes += 1
         self._actions += 1
         a = self._reveal_one(i, self._qbase.item(i) + d, d, False)
-        self._log("probe", i)
+        if self._trace is not None:
+            self._log("probe", i)
         return a
 
     def advance(self, i: int) -> int:
@@ -570,7 +578,8 @@ class Episode(_NoCopy):
         else:
             self._probes += 1
             a = self._reveal_one(i, f, d, False)
-        self._log("advance", i)
+        if self._trace is not None:
+            self._log("advance", i)
         return a
 
     def advance_many(self, which: Any, times: int = 1) -> np.ndarray:
@@ -639,7 +648,8 @@ class Episode(_NoCopy):
         self._depth[i] = last + 1
         self._actions += 1
         a = self._reveal_one(i, self._qbase.item(i) + last, last, True)
-        self._log("read", i)
+        if self._trace is not None:
+            self._log("read", i)
         return a
 
     def read_new(self) -> int:
@@ -655,7 +665,8 @@ class Episode(_NoCopy):
         self._depth[i] = last + 1
         self._actions += 1
         a = self._reveal_one(i, self._qbase.item(i) + last, last, True)
-        self._log("read_new", i)
+        if self._trace is not None:
+            self._log("read_new", i)
         return a
 
     def read_new_many(self, k: int) -> np.ndarray:
@@ -675,7 +686,8 @@ class Episode(_NoCopy):
             self._hidden[start:end] = np.arange(q._width) < last[:, None]
             self._depth[start:end] = last + 1
             self._reveal_at(idx, self._qbase[start:end] + last, np.ones(k, dtype=bool))
-        self._log("read_new_many", start, k=int(k))
+        if self._trace is not None:
+            self._log("read_new_many", start, k=int(k))
         return self._latest[idx]
 
     def prune(self, i: int) -> None:
@@ -686,7 +698,8 @@ class Episode(_NoCopy):
         self._pruned[i] = True
         self._running[i] = False
         self._actions += 1
-        self._log("prune", i)
+        if self._trace is not None:
+            self._log("prune", i)
 
     def prune_many(self, which: Any) -> None:
         idx = self._indices(which, "prune_many: which")
@@ -696,7 +709,8 @@ class Episode(_NoCopy):
         self._pruned[idx] = True
         self._running[idx] = False
         self._actions += 1
-        self._log("prune_many", -1, n=len(idx), idx=idx.tolist())
+        if self._trace is not None:
+            self._log("prune_many", -1, n=len(idx), idx=idx.tolist())
 
     # ---- internals ----------------------------------------------------------------------------
 
@@ -784,9 +798,9 @@ class Episode(_NoCopy):
 
     def _check_running(self, i: Any, what: str) -> int:
         i = self._check_opened(i, what)
-        if self._pruned[i]:
-            raise InvalidAction(f"branch {i} is pruned")
-        if self._finished[i]:
+        if not self._running.item(i):  # an opened branch that is pruned or finished
+            if self._pruned[i]:
+                raise InvalidAction(f"branch {i} is pruned")
             raise InvalidAction(f"branch {i} is finished")
         return i
 

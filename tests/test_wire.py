@@ -62,14 +62,17 @@ def test_read_frame_takes_exactly_one_frame_and_its_arrays():
     frame, however its arrays are read."""
     arrays = [np.arange(5, dtype=np.int64), np.array([], dtype=np.int64),
               np.array([3, -1], dtype=np.int32), np.array([True, False, True]),
-              np.arange(6, dtype=np.int32).reshape(2, 3)]
+              np.arange(6, dtype=np.int32).reshape(2, 3), np.zeros(0, dtype=bool)]
     first = pack_frame({"t": "reply", "m": [[1, 2, 3, 4, 5]]}, arrays)
     second = pack_frame({"t": "stop"})
-    f = io.BytesIO(first + second)
+    empty = [np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int32), np.zeros(0, bool)]
+    f = io.BytesIO(pack_frame({"t": "reply"}, empty) + first + second)
+    assert [a.shape for a in read_frame(f)[1]] == [(0,)] * 4
+    start = f.tell()
     header, got = read_frame(f)
     assert header["t"] == "reply" and header["m"] == [[1, 2, 3, 4, 5]]
     assert len(got) == len(arrays)
     for a, b in zip(arrays, got, strict=True):
         assert a.dtype == b.dtype and a.shape == b.shape and (a == b).all()
-    assert f.tell() == len(first)
+    assert f.tell() == start + len(first)
     assert read_frame(f) == ({"t": "stop"}, [])

@@ -490,7 +490,7 @@ def _run(req: dict[str, Any], out: _Out, hint: np.ndarray) -> None:
     for fd in (0, 1, 2, out.fd):  # as they are before any candidate code: restored after each
         with contextlib.suppress(OSError):
             FD_FLAGS[fd] = fcntl.fcntl(fd, fcntl.F_GETFL)
-    prepare_seal()  # while the file system is there: libseccomp's pipe, compiled once
+    prepare_seal(req["limits"])  # while the file system is there: compiled once
     isolation = lockdown(req["limits"], os.getcwd())
     # The batches inherit every descriptor this process holds, and with it any state of the
     # open file (offset, times, flags) a batch could set for the next one: keep only the pipes.

@@ -773,13 +773,18 @@ class _SockFprog(ctypes.Structure):
 _SEALED: tuple[Any, int, _SockFprog, Any] | None = None
 
 
-def prepare_seal() -> None:
-    """In the zygote, before it forks a batch: compile seal()'s filter to BPF once, so that each
+def prepare_seal(limits: dict[str, Any]) -> None:
+    """In the zygote, before lock-down: compile seal()'s filter to BPF once, so that each
     batch only loads it with one seccomp() call, as libseccomp's seccomp_load would (flags 0:
     no attribute of this filter asks for any). Building and compiling it in every batch cost
     about a millisecond there, most of it copy-on-write faults. Where this fails, seal() builds
-    the filter itself, as before."""
+    the filter itself, as before; so it does where seccomp is turned off (`limits`'
+    isolation_disable), which stands for a platform without libseccomp: there a batch cannot
+    load the library once the file system is gone, and the tests of that platform must see
+    what it gets."""
     global _SEALED
+    if "seccomp" in _disabled(limits):
+        return
     filt = _seal_filter()
     if filt is None:
         return

@@ -1,6 +1,7 @@
-"""`python -m autotts`. A plain `eval` (autotts/evalcli.py: only known options, values click
-accepts) runs without importing typer, ~30 ms of a one-store run; everything else, help and
-errors included, goes to the typer app (autotts/cli.py)."""
+"""`python -m autotts` and the `autotts` console command (pyproject.toml). A plain `eval`
+(autotts/evalcli.py: only known options, values click accepts) runs without importing typer,
+~30 ms of a one-store run; everything else, help and errors included, goes to the typer app
+(autotts/cli.py)."""
 
 import os
 import sys

@@ -830,6 +830,40 @@ def _validate_tables(directory: Path, store: Store) -> None:
             store.branches.column("probe_classes")):
         raise StoreError(bf, "probe_answers and probe_classes differ in length",
                          field="probe_classes")
+    _validate_classes(directory, store, b_q, nq)
+
+
+def _validate_classes(directory: Path, store: Store, b_q: np.ndarray, nq: int) -> None:
+    """Every answer class of a branch names a row of its question's answers (or is -1, no
+    answer), and each question's answer classes are 0..k-1 in order, as the writer makes them.
+    A class out of range would otherwise replay as an answer no string stands for (a silent
+    wrong number) or fail deep in the engine."""
+    bf, af = directory / TABLE_FILES[1], directory / TABLE_FILES[2]
+    a = store.answers
+    for col in ("question_idx", "answer_class"):
+        if a.column(col).null_count:
+            raise StoreError(af, "contains nulls", field=col)
+    aq, ac = _ints(a.column("question_idx")), _ints(a.column("answer_class"))
+    if len(aq) and (np.any(np.diff(aq) < 0) or aq[0] < 0 or aq[-1] >= nq):
+        raise StoreError(af, "rows must be grouped by question 0..n-1", field="question_idx")
+    k = np.bincount(aq, minlength=nq) if len(aq) else np.zeros(nq, dtype=np.int64)
+    start = np.concatenate([[0], np.cumsum(k)[:-1]])
+    bad = np.flatnonzero(ac != np.arange(len(ac)) - start[aq])
+    if len(bad):
+        r = int(bad[0])
+        raise StoreError(af, f"answer_class {ac[r]}: a question's classes must be 0..k-1 in "
+                         "order", question=int(aq[r]), field="answer_class")
+    probes = store.branches.column("probe_classes").combine_chunks()
+    offsets = _ints(probes.offsets)
+    values = _ints(probes.values)[offsets[0]:offsets[-1]]
+    for field, cls, q in (("final_class", _ints(store.branches.column("final_class")), b_q),
+                          ("probe_classes", values, np.repeat(b_q, np.diff(offsets)))):
+        bad = np.flatnonzero((cls < -1) | (cls >= k[q]))
+        if len(bad):
+            r = int(bad[0])
+            raise StoreError(bf, f"answer class {cls[r]} is not one of the question's "
+                             f"{k[q[r]]} classes in {af.name} (or -1, no answer)",
+                             question=int(q[r]), field=field)
 
 
 def _list_lengths(col: pa.ChunkedArray) -> tuple[list[bool] | None, list[int]]:

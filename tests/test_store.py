@@ -258,3 +258,48 @@ def test_math_mode_import(reference_json: Path, tmp_path: Path):
     for q, mf, ef in zip(m["question_idx"], m["final_class"], e["final_class"], strict=True):
         assert pairs.setdefault((q, ef), mf) == mf
     assert st.export_json(math_store, tmp_path / "x.json").is_file()
+
+
+def _rewrite_column(path: Path, name: str, values: list) -> None:
+    import pyarrow as pa
+
+    t = pq.read_table(path)
+    i = t.schema.get_field_index(name)
+    pq.write_table(t.set_column(i, t.schema.field(i), pa.array(values, t.schema.field(i).type)),
+                   path)
+
+
+@pytest.mark.parametrize(("field", "value", "shown"), [
+    ("final_class", -5, "answer class -5"),
+    ("final_class", 7, "answer class 7"),
+    ("probe_classes", [[0, 3]], "answer class 3"),
+])
+def test_answer_class_out_of_range(tmp_path: Path, field: str, value, shown: str):
+    """A class that names no answer of its question is refused at load, naming file, question
+    and field (it would replay as an answer no string stands for, or fail in the engine)."""
+    s = st.write_store(make_store([("1", [branch(["1", "2"], 12, "1")]),
+                                   ("2", [branch(["2"], 12, "2")])]), tmp_path / "s")
+    f = s / "branches.parquet"
+    values = pq.read_table(f).column(field).to_pylist()
+    values[0] = value[0] if isinstance(value, list) else value
+    _rewrite_column(f, field, values)
+    with pytest.raises(StoreError, match=rf"branches\.parquet: question 0, field '{field}': "
+                                         rf"{shown} is not one of the question's 2 classes"):
+        st.read_store_dir(s)
+
+
+def test_answer_classes_must_be_dense(store_dir: Path):
+    f = store_dir / "answers.parquet"
+    _rewrite_column(f, "answer_class", [c + 1 for c in pq.read_table(f)
+                                        .column("answer_class").to_pylist()])
+    with pytest.raises(StoreError, match=r"answers\.parquet: question 0, field 'answer_class': "
+                                         r"answer_class 1: a question's classes must be 0\.\.k-1"):
+        st.read_store_dir(store_dir)
+
+
+def test_no_answer_class_is_accepted(tmp_path: Path):
+    s = st.write_store(make_store([("1", [branch(["1"], 12, "1"), branch(["1"], 12, "1")])]),
+                       tmp_path / "s")
+    f = s / "branches.parquet"
+    _rewrite_column(f, "final_class", [-1, 0])
+    assert st.read_store_dir(s).branches.column("final_class").to_pylist() == [-1, 0]

@@ -225,6 +225,8 @@ class ClientEpisode:
         if len(reply) == 5:  # refused: [slot, message, generated, probes, actions]
             self._gen, self._probes, self._actions = reply[2], reply[3], reply[4]
             raise InvalidAction(reply[1])
+        # A served action: the counters, then its reveals (branch, depth, answer) in reveal
+        # order and their final flags (None when none of them is a final).
         self._gen, self._probes, self._actions, jb, jd, ja, jf = reply
         n = len(jb)
         if not n:
@@ -234,13 +236,13 @@ class ClientEpisode:
             i = jb[0]
             self._depth[i] = jd[0]
             self._latest[i] = ja[0]
-            if jf[0]:
+            if jf is not None:
                 self._finished[i] = True
                 self._running[i] = False
             return
         self._depth[jb] = jd  # in reveal order: the last write of a branch is its latest
         self._latest[jb] = ja
-        if jf.any():
+        if jf is not None:
             done = jb[jf.view(bool)]
             self._finished[done] = True
             self._running[done] = False

@@ -216,19 +216,20 @@ class UnitJudge:
         self._indices = indices if indices is not None else np.zeros(0, dtype=np.int32)
         self._masks = masks if masks is not None else np.zeros(0, dtype=bool)
         self._pos = self._mpos = 0
+        live = self.live
         seen: set[int] = set()
         replies: list[list[Any]] = []
-        self._journal: list[tuple[np.ndarray, ...]] = []
+        journal: list[tuple[np.ndarray, ...]] = []
         for m in messages:
             if type(m) is not list or not 3 <= len(m) <= 4:
                 raise ProtocolError("a message is not [slot, op, args(, events)]")
             slot, op, args = m[0], m[1], m[2]
-            if type(slot) is not int or slot in seen or slot not in self.live:
+            if type(slot) is not int or slot in seen or slot not in live:
                 raise ProtocolError("a message for an episode that is not waiting on the sandbox")
             seen.add(slot)
             if type(op) is not str or type(args) is not list:
                 raise ProtocolError("bad op or arguments")
-            s = self.live[slot]
+            s = live[slot]
             if len(m) == 4:
                 self._events(s, m[3])
             if op == "answer":
@@ -236,26 +237,32 @@ class UnitJudge:
             elif op == "error":
                 self._error(slot, s, args, stop_on_error)
             else:
-                replies.append(self._act(slot, s, op, args))
-        j = self._journal
-        if not j:
-            arrays = [np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0, np.int32),
-                      np.zeros(0, np.uint8)]
-        else:
-            arrays = [np.concatenate([x[k] for x in j]).astype(dt, copy=False)
-                      for k, dt in enumerate((np.int32, np.int32, np.int32, np.uint8))]
-        return replies, arrays
+                replies.append(self._act(slot, s, op, args, journal))
+        if not journal:
+            return replies, [np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int32),
+                             np.zeros(0, bool)]
+        # The engine's own dtypes (int64 branches and depths: the child indexes its mirror with
+        # them as they are), one concatenation per column for the whole round.
+        cols = list(zip(*journal, strict=True))
+        return replies, [np.concatenate(cols[0], dtype=np.int64),
+                         np.concatenate(cols[1], dtype=np.int64),
+                         np.concatenate(cols[2], dtype=np.int32),
+                         np.concatenate(cols[3], dtype=bool)]
 
-    def _act(self, slot: int, s: _Slot, op: str, args: list[Any]) -> list[Any]:
+    def _act(self, slot: int, s: _Slot, op: str, args: list[Any],
+             journal: list[tuple[np.ndarray, ...]]) -> list[Any]:
         arity = ACTIONS.get(op)
         if arity is None or len(args) != arity:
             raise ProtocolError(f"unknown action or wrong number of arguments ({escape(op, 40)})")
-        if op in _SCALAR_ARGS:
-            _index(args[0], "an action argument")
-        elif op == "advance_many" or op == "prune_many":
-            args = [self._branches(args[0]), *args[1:]]
-            if op == "advance_many" and type(args[1]) not in (int, bool, float):
+        if op == "advance_many":
+            which, times = self._branches(args[0]), args[1]
+            if type(times) not in (int, bool, float):
                 raise ProtocolError("advance_many's times is not a number")
+            args = [which, times]
+        elif op in _SCALAR_ARGS:
+            _index(args[0], "an action argument")
+        elif op == "prune_many":
+            args = [self._branches(args[0])]
         ep = s.ep
         self.actions += 1
         try:
@@ -270,7 +277,7 @@ class UnitJudge:
         jr = ep.take_journal()
         n = len(jr[0])
         if n:
-            self._journal.append(jr)
+            journal.append(jr)
         return [slot, ep.generated_tokens, ep.num_probes, ep.num_actions, n]
 
     def _branches(self, w: Any) -> Any:

@@ -77,10 +77,27 @@ _OPEN[[ord("["), ord("{")]] = 1
 _OPEN[[ord("]"), ord("}")]] = -1
 
 
+_BRACKETS = bytes.maketrans(b"{}", b"[]")
+_NOT_BRACKETS = bytes(sorted(set(range(256)) - set(b"[]{}")))
+
+
 def _nesting(raw: bytes) -> int:
     """An upper bound of the nesting depth of JSON text (brackets inside strings count too).
     Checked before parsing: the C parser recurses once per level, and the interpreter's recursion
     limit may be raised for a moment by another thread (admission), so it is no guard here."""
+    # The usual frame first: its brackets alone, as one kind, are balanced, and deleting every
+    # innermost pair "[]" at once lowers the height by exactly one, so the number of passes
+    # that empties them is the depth (a few passes instead of an array pass over the text).
+    # Only for a small header: the passes are bounded by MAX_DEPTH, their cost by its length.
+    if len(raw) <= 1 << 16:
+        s = raw.translate(_BRACKETS, _NOT_BRACKETS)
+        for passes in range(MAX_DEPTH + 1):
+            if not s:
+                return passes
+            t = s.replace(b"[]", b"")
+            if len(t) == len(s):
+                break  # unbalanced: counted exactly below
+            s = t
     depth, top = 0, 0
     view = np.frombuffer(raw, dtype=np.uint8)
     for start in range(0, len(view), 1 << 20):
@@ -191,11 +208,19 @@ def _read_exact(f: BinaryIO, n: int) -> bytes:
 
 
 def read_frame(f: BinaryIO) -> tuple[dict[str, Any], list[np.ndarray]]:
-    """One frame from the trusted parent (the child's side: no caps needed)."""
+    """One frame from the trusted parent (the child's side: no caps needed). Its arrays are
+    read in one go (one system call per frame part: the child reads stdin unbuffered)."""
     (hlen,) = _LEN.unpack(_read_exact(f, _LEN.size))
     header = json.loads(_read_exact(f, hlen))
-    arrays = [np.frombuffer(_read_exact(f, n), dtype=dt).reshape(shape)
-              for dt, shape, n in _array_specs(header, max_arrays=1 << 16)]
+    specs = _array_specs(header, max_arrays=1 << 16)
+    if not specs:
+        return header, []
+    data = _read_exact(f, sum(n for _, _, n in specs))
+    arrays, pos = [], 0
+    for dt, shape, n in specs:
+        arrays.append(np.frombuffer(data, dtype=dt, count=n // dt.itemsize, offset=pos)
+                      .reshape(shape))
+        pos += n
     return header, arrays
 
 

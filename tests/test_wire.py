@@ -1,0 +1,78 @@
+"""The wire's own helpers: the nesting bound checked before parsing a child's header, and the
+child's reader of the judge's frames."""
+
+from __future__ import annotations
+
+import io
+import random
+
+import numpy as np
+import pytest
+
+from autotts.sandbox.wire import (
+    MAX_DEPTH,
+    FrameError,
+    _nesting,
+    loads_strict,
+    pack_frame,
+    read_frame,
+)
+
+
+def _height(raw: bytes) -> int:
+    """The nesting bound by its definition: the highest prefix count of opening minus closing
+    brackets (of either kind, inside strings too), never below 0."""
+    depth = top = 0
+    for c in raw:
+        depth += (c in b"[{") - (c in b"]}")
+        top = max(top, depth)
+    return top
+
+
+def _agrees(raw: bytes) -> bool:
+    got, want = _nesting(raw), _height(raw)
+    return got == want if want <= MAX_DEPTH else got > MAX_DEPTH
+
+
+def test_nesting_is_the_prefix_height_of_any_bracket_text():
+    rng = random.Random(7)
+    for _ in range(5000):
+        alphabet = rng.choice([b'[]{}a"', b"[]", b"[{", b"{}]", b"[]{}"])
+        raw = bytes(rng.choice(alphabet) for _ in range(rng.randint(0, 300)))
+        assert _agrees(raw), raw
+
+
+@pytest.mark.parametrize("depth", [0, 1, 5, MAX_DEPTH - 1, MAX_DEPTH, MAX_DEPTH + 1, 500, 40000])
+def test_nesting_of_balanced_and_unbalanced_deep_text(depth: int):
+    for raw in (b"[" * depth + b"{}" + b"]" * depth, b"{" * depth, b"[" * depth + b"]" * (depth // 2),
+                b"]" * depth + b"[" * depth, b'["' + b"[" * depth + b'"]'):
+        assert _agrees(raw), raw[:80]
+
+
+def test_a_header_nested_past_the_bound_is_refused_before_parsing():
+    ok = b"[" * (MAX_DEPTH - 1) + b"{}" + b"]" * (MAX_DEPTH - 1)
+    loads_strict(ok)
+    for deep in (b"[" * MAX_DEPTH + b"{}" + b"]" * MAX_DEPTH, b"[" * 100000 + b"]" * 100000):
+        with pytest.raises(FrameError, match="nested too deeply"):
+            loads_strict(deep)
+
+
+def test_read_frame_takes_exactly_one_frame_and_its_arrays():
+    """The batch processes share the zygote's stdin: a reader must never take bytes past its
+    frame, however its arrays are read."""
+    arrays = [np.arange(5, dtype=np.int64), np.array([], dtype=np.int64),
+              np.array([3, -1], dtype=np.int32), np.array([True, False, True]),
+              np.arange(6, dtype=np.int32).reshape(2, 3), np.zeros(0, dtype=bool)]
+    first = pack_frame({"t": "reply", "m": [[1, 2, 3, 4, 5]]}, arrays)
+    second = pack_frame({"t": "stop"})
+    empty = [np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int32), np.zeros(0, bool)]
+    f = io.BytesIO(pack_frame({"t": "reply"}, empty) + first + second)
+    assert [a.shape for a in read_frame(f)[1]] == [(0,)] * 4
+    start = f.tell()
+    header, got = read_frame(f)
+    assert header["t"] == "reply" and header["m"] == [[1, 2, 3, 4, 5]]
+    assert len(got) == len(arrays)
+    for a, b in zip(arrays, got, strict=True):
+        assert a.dtype == b.dtype and a.shape == b.shape and (a == b).all()
+    assert f.tell() == start + len(first)
+    assert read_frame(f) == ({"t": "stop"}, [])

@@ -425,3 +425,64 @@ def test_several_candidates_per_round(e2e: dict[str, Any], env_file: Path,
     assert summary["rounds_completed"] == 2 and summary["candidates_evaluated"] == 3
     labels = {r["controller"] for r in read_run_dir(run_dir).rows}
     assert {"r1:probe_vote", "r1.3:probe_vote_b"} <= labels and "r1.2:broken" not in labels
+
+
+SOMETIMES = '''\
+class Sometimes:
+    NAME = "sometimes"
+
+    @staticmethod
+    def schedule(beta):
+        return {"n": 2 + int(4 * beta)}
+
+    def __init__(self, n=2):
+        self.n = n
+
+    def run(self, ep):
+        answers = ep.read_new_many(self.n).tolist()
+        if answers[0] == answers[1]:
+            raise ValueError("agreed too early")
+        return answers[-1]
+'''
+
+
+def test_heldout_candidate_is_evaluated_per_store(env_file: Path, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The held-out step evaluates the selected candidate on all held-out stores at once and
+    splits the evaluation by store: each store's rows, episodes and errors are those of its
+    own evaluation. Where the evaluation over all stores fails, the stores are evaluated one
+    by one (each with its own verdict, as before)."""
+    from autotts.discover.candidates import CandidateFailure, verdict
+    from autotts.discover.loop import Discovery
+
+    d = Discovery(config(env_file, tmp_path / "run", None, workers=2))
+    stores = [store_mod.open_store(p) for p in heldout_dirs(env_file)]
+    proto = d.cfg.protocol(d.env, "heldout")
+    path = tmp_path / "candidate.py"
+    path.write_text(SOMETIMES)
+
+    def alone(st: Any) -> Any:
+        return d.backend.evaluate(str(path), [st], d.env.betas, proto, stage="heldout",
+                                  episodes=True, on_error="record", workers=2)
+
+    together = list(d._heldout_candidate(str(path), stores, proto))
+    assert [st.name for st, _ in together] == [st.name for st in stores]
+    for st, ev in together:
+        ref = alone(st)
+        assert ev.rows == ref.rows and ev.episodes == ref.episodes and ev.errors == ref.errors
+        assert 0 < len(ev.errors) < len(ev.episodes)  # some episodes fail, in every store
+
+    calls: list[int] = []
+    real = d.backend.evaluate
+
+    def failing(path_: str, stores_: list[Any], *a: Any, **kw: Any) -> Any:
+        calls.append(len(stores_))
+        if len(stores_) > 1:
+            raise CandidateFailure(verdict("timeout", "heldout", "wall-clock limit"))
+        return real(path_, stores_, *a, **kw)
+
+    monkeypatch.setattr(d.backend, "evaluate", failing)
+    one_by_one = list(d._heldout_candidate(str(path), stores, proto))
+    assert calls == [2, 1, 1]
+    for (_, a), (_, b) in zip(one_by_one, together, strict=True):
+        assert a.rows == b.rows and a.episodes == b.episodes and a.errors == b.errors

@@ -645,3 +645,52 @@ def test_frame_reader_rejects_malformed_and_oversized_output():
             wire.FrameReader(1 << 20).feed(junk)
     with pytest.raises(wire.FrameError):
         wire.FrameReader(100).feed(frame + frame)
+
+
+_SEAL_CHECK = r"""
+import ctypes, errno, json, os, threading
+from autotts.sandbox import lockdown
+lockdown.prepare_seal({"isolation_disable": ["seccomp"]})  # stands for no libseccomp
+skipped = lockdown._SEALED is None
+lockdown.prepare_seal({})
+prepared = lockdown._SEALED is not None
+ctypes.CDLL(None).prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS, as lockdown() sets it
+lockdown.seal()
+got = {"prepared": prepared, "skipped": skipped}
+def attempt(name, f):
+    try:
+        f()
+        got[name] = "done"
+    except OSError as e:
+        got[name] = errno.errorcode.get(e.errno, str(e.errno))
+    except RuntimeError:
+        got[name] = "refused"
+def fork():
+    if os.fork() == 0:
+        os._exit(0)
+attempt("fork", fork)
+attempt("thread", lambda: threading.Thread(target=lambda: None).start())
+libc = ctypes.CDLL(None, use_errno=True)
+def clone3():
+    if libc.syscall(435, None, 0) == -1:
+        raise OSError(ctypes.get_errno(), "clone3")
+attempt("clone3", clone3)
+print(json.dumps(got))
+"""
+
+
+def test_prepared_seal_refuses_new_processes():
+    """seal() with the filter the zygote compiled once (prepare_seal) refuses what the filter
+    libseccomp builds and loads in each batch refused: fork, threads, clone3. With seccomp
+    turned off (a platform without libseccomp) nothing is prepared: seal() does as before."""
+    from ctypes.util import find_library
+
+    if find_library("seccomp") is None:
+        pytest.skip("no libseccomp here: seal() is RLIMIT_NPROC alone")
+    root = str(Path(__file__).resolve().parent.parent)
+    out = subprocess.run([sys.executable, "-c", _SEAL_CHECK], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": root}, timeout=60)
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout)
+    assert got == {"prepared": True, "skipped": True, "fork": "EPERM", "thread": "refused",
+                   "clone3": "EPERM"}

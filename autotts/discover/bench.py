@@ -8,19 +8,26 @@ sandbox (admission, smoke, sweep, traces), digests, prompts, the held-out step a
 non-LLM time = wall time − time spent in (or backing off from) chat requests.
 
     python -m autotts.discover.bench [--env FILE] [--rounds 5] [--workers 2] [--mode both]
-                                     [--executor local|ray] [--race-draws K]
+                                     [--executor local|ray] [--race-draws K] [--json FILE]
 
 The seeds' and baselines' curves are cached across runs (autotts.discover.baselines): "cold" is a
 first run on a machine, "warm" every later run on the same environment. `--mode side-by-side`
 times the same proposals (--rounds of them) once one per round and once all in one round
 (--candidates), both warm, in the same invocation. `--mode race` times proposals that score
 below the best seed (and one that reaches it) warm, once with racing over draws and once
-without, in the same invocation, and prints each race's decision.
+without, in the same invocation, and prints each race's decision: `--mode race --rounds 1` is
+one round of a Parallel-Probe-class candidate (probe_consensus), raced and in full.
+`--race-draws K` applies to every mode (0: every candidate in full).
+
+Per round it prints the wall and CPU time (all processes) from asking the model to the next
+round's request, and the loop's phases in it (prompt, admit, smoke, sweep, traces, digest);
+then the phases that run once per run (seeds, held-out step, report).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import re
@@ -33,7 +40,7 @@ from typing import Any
 
 from autotts.discover.config import DiscoverConfig, load_prices
 from autotts.discover.fakeserver import FakeOpenAI
-from autotts.discover.loop import run_discovery
+from autotts.discover.loop import Discovery
 from autotts.paths import envs_dir
 
 PROBE_CONSENSUS = '''\
@@ -213,6 +220,11 @@ def scripted_run(env: str, rounds: int, workers: int, run_dir: Path, candidates:
     asked: list[float] = []  # when each round asked the model: per-round wall times
     cpu_at: list[float] = []  # and the CPU time used by then (this process and its children)
     marks: dict[str, float] = {}
+    phases_at: list[dict[str, float]] = []  # the loop's phase timers then: per-round phases
+    disc: list[Discovery] = []
+
+    def phases_now() -> dict[str, float]:
+        return dict(disc[0].timer.phases) if disc else {}
 
     def cpu_now() -> float:
         r = resource.getrusage(resource.RUSAGE_SELF)
@@ -224,9 +236,11 @@ def scripted_run(env: str, rounds: int, workers: int, run_dir: Path, candidates:
         if re.match(r"round \d+/\d+: asking", msg):
             asked.append(now)
             cpu_at.append(cpu_now())
+            phases_at.append(phases_now())
         elif msg.startswith("selected:"):
             marks["final"] = now
             marks["final_cpu"] = cpu_now()
+            phases_at.append(phases_now())
         print(f"{now:7.1f}s {msg}", file=sys.stderr, flush=True)
 
     with FakeOpenAI(script(rounds, candidates, proposals), model="scripted") as server:
@@ -240,7 +254,8 @@ def scripted_run(env: str, rounds: int, workers: int, run_dir: Path, candidates:
         r0 = resource.getrusage(resource.RUSAGE_SELF)
         c0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.perf_counter()
-        summary = run_discovery(cfg, progress=progress)
+        disc.append(Discovery(cfg, progress=progress))
+        summary = disc[0].run()
         wall = time.perf_counter() - t0
         r1 = resource.getrusage(resource.RUSAGE_SELF)
         c1 = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -264,6 +279,13 @@ def scripted_run(env: str, rounds: int, workers: int, run_dir: Path, candidates:
     per_round = [round(b - a, 2) for a, b in zip(asked, ends, strict=False)]
     cpu_ends = [*cpu_at[1:], marks.get("final_cpu", cpu_now())]
     cpu_round = [round(b - a, 2) for a, b in zip(cpu_at, cpu_ends, strict=False)]
+    if len(phases_at) == len(asked):  # no "selected:" mark (the run stopped early)
+        phases_at.append(phases_now())
+    # Per round: each phase's wall time from asking the model to the next round's request (the
+    # prompt of round n+1 is built before it asks, so it counts in round n, as in round_wall_s).
+    round_phases = [{k: round(b.get(k, 0.0) - a.get(k, 0.0), 3) for k in b
+                     if b.get(k, 0.0) - a.get(k, 0.0) > 0.0005}
+                    for a, b in itertools.pairwise(phases_at)]
     cpu = (r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime
            + c1.ru_utime + c1.ru_stime - c0.ru_utime - c0.ru_stime)
     return {
@@ -279,9 +301,17 @@ def scripted_run(env: str, rounds: int, workers: int, run_dir: Path, candidates:
         "prompt_chars_per_round": prompt_chars,
         "round_wall_s": per_round,
         "round_cpu_s": cpu_round,
+        "round_phases_s": round_phases,
         "selected": ((summary.get("selection") or {}).get("selected") or {}).get("label"),
         "race": raced,
     }
+
+
+RUN_PHASES = ("seeds", "heldout", "report")  # the loop's phases that run once per run
+
+
+def _phases(ph: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.2f}" for k, v in ph.items()) or "-"
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -298,7 +328,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     "race: --rounds proposals that score below the best seed, warm, with "
                     "racing over draws (--race-draws) and without it")
     ap.add_argument("--race-draws", type=int, default=None,
-                    help="--mode race: the race's first draws (default: the loop's)")
+                    help="the race's first draws (default: the loop's, 5); 0 evaluates every "
+                    "candidate in full. --mode race runs each proposal once with these and once "
+                    "in full (0)")
     ap.add_argument("--executor", choices=("local", "ray"), default="local")
     ap.add_argument("--baselines", default=None,
                     help="held-out-only baselines, comma-separated, or 'none' (default: the "
@@ -324,16 +356,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         old = os.environ.get("AUTOTTS_CACHE_HOME")
         os.environ["AUTOTTS_CACHE_HOME"] = str(Path(tmp) / "cache")
         kw = {"executor": ex, "baselines": bl, "heldout_draws": args.heldout_draws}
+        # Every mode but race honours --race-draws (race sets it per run itself).
+        rd = {} if args.race_draws is None else {"race_draws": args.race_draws}
         try:
             if args.mode in ("cold", "both"):
                 figures["cold"] = scripted_run(args.env, args.rounds, args.workers,
-                                               Path(tmp) / "cold", **kw)
+                                               Path(tmp) / "cold", **kw, **rd)
             if args.mode in ("warm", "side-by-side", "race"):
                 print("filling the baseline cache first ...", file=sys.stderr)
                 scripted_run(args.env, 0, args.workers, Path(tmp) / "fill", **kw)
             if args.mode in ("warm", "both"):
                 figures["warm"] = scripted_run(args.env, args.rounds, args.workers,
-                                               Path(tmp) / "warm", **kw)
+                                               Path(tmp) / "warm", **kw, **rd)
             if args.mode == "race":
                 rk = {**kw, "proposals": [*RACE_PROPOSALS, _best_seed_copy()]}
                 figures["raced"] = scripted_run(args.env, args.rounds, args.workers,
@@ -343,10 +377,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                                   Path(tmp) / "in-full", race_draws=0, **rk)
             if args.mode == "side-by-side":
                 figures["one_per_round"] = scripted_run(
-                    args.env, args.rounds, args.workers, Path(tmp) / "sequential", **kw)
+                    args.env, args.rounds, args.workers, Path(tmp) / "sequential", **kw, **rd)
                 figures["side_by_side"] = scripted_run(
                     args.env, 1, args.workers, Path(tmp) / "side-by-side",
-                    candidates=args.rounds, **kw)
+                    candidates=args.rounds, **kw, **rd)
         finally:
             if old is None:
                 os.environ.pop("AUTOTTS_CACHE_HOME", None)
@@ -363,6 +397,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             print(f"  prompt characters per round: {f['prompt_chars_per_round']}")
             print(f"  wall time per round (s): {f['round_wall_s']}")
             print(f"  CPU time per round (s, all processes): {f['round_cpu_s']}")
+            for n, ph in enumerate(f["round_phases_s"], 1):
+                print(f"  round {n} phases (wall s): {_phases(ph)}")
+            ends = {k: v for k, v in f["phases_s"].items() if k in RUN_PHASES}
+            print(f"  once per run (wall s): {_phases(ends)}")
     if "raced" in figures:
         a, b = figures["raced"], figures["in_full"]
         for r in a["race"]:

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -64,6 +65,16 @@ class SearchData:
         self.gold = [s.gold_classes() for s in self.stores]
         self._questions: dict[tuple[int, int], Question] = {}
         self._prefix: dict[tuple[int, int, int], np.ndarray] = {}
+        self._alone: dict[tuple[int, int, int], _AloneCosts] = {}
+
+    def alone(self, s: int, draw: int, q: int) -> _AloneCosts:
+        """The branches' costs alone in one draw of a question: the same for every β and every
+        controller, so computed once per (store, draw, question) and extended as asked."""
+        key = (s, draw, q)
+        hit = self._alone.get(key)
+        if hit is None:
+            hit = self._alone[key] = _AloneCosts(self.question(s, q), self.order(s, draw, q))
+        return hit
 
     def question(self, s: int, q: int) -> Question:
         key = (s, q)
@@ -112,14 +123,17 @@ class _Unresolved(Exception):
 
 
 def ledger(events: list[dict[str, Any]], question: Question, order: np.ndarray,
-           probe_cost: int, budget: int | None = None) -> dict[str, Any] | None:
+           probe_cost: int, budget: int | None = None, alone: _AloneCosts | None = None
+           ) -> dict[str, Any] | None:
     """The branch ledger of a traced episode: per opened branch its tokens, depth, and whether it
     finished or was pruned. The logged actions are replayed on a fresh `Episode` of the same
     question, draw order, probe cost and budget, so depths and flags are the engine's own. None
     when the events do not determine the actions (a batch without indices, an action the engine
-    refuses) or the replay's cost departs from the logged `tokens`."""
+    refuses) or the replay's cost departs from the logged `tokens`. `alone`: the draw's
+    `_AloneCosts` (of this question and order), to share between the episodes of one draw."""
     try:
-        return _replay(events, question, order, probe_cost, budget)
+        return _replay(events, question, order, probe_cost, budget,
+                       alone or _AloneCosts(question, order))
     except (_Unresolved, InvalidAction, IndexError, KeyError, TypeError, ValueError):
         return None
 
@@ -163,9 +177,8 @@ class _AloneCosts:
 
 
 def _replay(events: list[dict[str, Any]], question: Question, order: np.ndarray, kappa: int,
-            budget: int | None) -> dict[str, Any]:
+            budget: int | None, alone: _AloneCosts) -> dict[str, Any]:
     ep = Episode(question, order, probe_cost=kappa, budget=budget)
-    alone = _AloneCosts(question, order)
     read_whole: set[int] = set()  # branches opened by READ_NEW: they cost T_b
     prev = 0
     for e in events:
@@ -203,11 +216,15 @@ def _replay(events: list[dict[str, Any]], question: Question, order: np.ndarray,
         elif ev in ("extend", "advance", "probe", "read"):
             getattr(ep, ev)(i)
         elif ev == "advance_many":
-            idx = (np.asarray(e["idx"], dtype=np.int64) if "idx" in e
-                   else np.flatnonzero(ep.running))
-            if len(idx) != int(e.get("n", len(idx))):
+            if "idx" in e:
+                which = _as_mask(e["idx"], ep.num_opened)
+                n = len(e["idx"])
+            else:
+                which = ep.running
+                n = int(np.count_nonzero(which))
+            if n != int(e.get("n", n)):
                 raise _Unresolved
-            ep.advance_many(_as_mask(idx, ep.num_opened), int(e.get("times", 1)))
+            ep.advance_many(which, int(e.get("times", 1)))
         elif ev == "prune":
             ep.prune(i)
         elif ev == "prune_many":
@@ -225,11 +242,13 @@ def _replay(events: list[dict[str, Any]], question: Question, order: np.ndarray,
             "finished": ep.finished, "pruned": ep.pruned, "tokens": prev}
 
 
-def _as_mask(idx: np.ndarray, opened: int) -> np.ndarray:
-    """Indices listed in increasing order as a mask: the same action (a mask lists branches in
-    index order) on the engine's fast path. Any other order is kept: it numbers the answers."""
-    if (len(idx) > 1 and not (np.diff(idx) > 0).all()) or (len(idx) and idx[0] < 0):
-        return idx
+def _as_mask(idx: list[Any], opened: int) -> np.ndarray:
+    """A logged index list in increasing order as a mask: the same action (a mask lists
+    branches in index order) on the engine's fast path. Any other list is passed on as indices
+    (its order numbers the answers; the engine refuses what is not a valid index)."""
+    if type(idx) is not list or (idx and not (type(idx[0]) is int and idx[0] >= 0)) or \
+            not all(type(b) is int and a < b for a, b in pairwise(idx)):
+        return np.asarray(idx, dtype=np.int64)
     mask = np.zeros(opened, dtype=bool)
     mask[idx] = True
     return mask
@@ -360,6 +379,7 @@ def make_digest(
 
     # Trace-level figures: the traced draws.
     tr_by_store: dict[str, list[dict[str, Any]]] = {}
+    ledgers: dict[tuple[int, int, int, str], dict[str, Any] | None] = {}
     for t in traces or []:
         tr_by_store.setdefault(t["store"], []).append(t)
     for name, trs in tr_by_store.items():
@@ -386,7 +406,14 @@ def make_digest(
                     c[reason] += 1
             q, draw = int(t["question"]), int(t["draw"])
             order = search.order(s, draw, q)
-            led = ledger(events, search.question(s, q), order, kappa, search.proto.budget)
+            # Episodes of one draw of a question that took the same actions (a controller whose
+            # knobs differ little between some β) have the same ledger: replay it once.
+            key = (s, q, draw, repr([e for e in events if e.get("ev") in ACTIONS]))
+            if key in ledgers:
+                led = ledgers[key]
+            else:
+                led = ledgers[key] = ledger(events, search.question(s, q), order, kappa,
+                                            search.proto.budget, search.alone(s, draw, q))
             if led is None:
                 continue
             resolved += 1

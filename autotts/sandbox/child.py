@@ -494,7 +494,7 @@ def _send_verdict(out: _Out, v: Verdict) -> None:
 def _run(req: dict[str, Any], out: _Out, hint: np.ndarray) -> None:
     """The zygote: loads, locks down, reports its isolation, then forks one process for the
     knobs and one per batch of episodes."""
-    from autotts.sandbox.lockdown import lockdown
+    from autotts.sandbox.lockdown import lockdown, prepare_seal
 
     unrestricted = bool(req.get("unrestricted"))
     if unrestricted:  # tests only
@@ -509,6 +509,7 @@ def _run(req: dict[str, Any], out: _Out, hint: np.ndarray) -> None:
     for fd in (0, 1, 2, out.fd):  # as they are before any candidate code: restored after each
         with contextlib.suppress(OSError):
             FD_FLAGS[fd] = fcntl.fcntl(fd, fcntl.F_GETFL)
+    prepare_seal(req["limits"])  # while the file system is there: compiled once
     isolation = lockdown(req["limits"], os.getcwd())
     # The batches inherit every descriptor this process holds, and with it any state of the
     # open file (offset, times, flags) a batch could set for the next one: keep only the pipes.

@@ -748,17 +748,85 @@ def require_strong(allow_weak: bool) -> dict[str, Any]:
         f"run it anyway, with only the Python-level guards and rlimits")
 
 
+def _seal_filter() -> _Seccomp | None:
+    """seal()'s filter, built (not loaded): allow everything but making a process or a filter."""
+    try:
+        filt = _Seccomp(default=_ACT_ALLOW)
+    except (OSError, ImportError):  # no libseccomp here (and nothing can be imported now)
+        return None
+    try:
+        filt.lib.seccomp_attr_set(filt.ctx, _FLTATR_CTL_NNP, 0)  # already set by lockdown()
+        for name in ("clone", "clone3", "fork", "vfork", "seccomp"):
+            filt._rule(_act_errno(errno.EPERM), name)
+    except BaseException:
+        filt.lib.seccomp_release(filt.ctx)
+        raise
+    return filt
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+# seal()'s filter as a BPF program, compiled once by the zygote (prepare_seal): (libc's syscall,
+# the seccomp syscall's number, the program, the buffer that holds it).
+_SEALED: tuple[Any, int, _SockFprog, Any] | None = None
+
+
+def prepare_seal(limits: dict[str, Any]) -> None:
+    """In the zygote, before lock-down: compile seal()'s filter to BPF once, so that each
+    batch only loads it with one seccomp() call, as libseccomp's seccomp_load would (flags 0:
+    no attribute of this filter asks for any). Building and compiling it in every batch cost
+    about a millisecond there, most of it copy-on-write faults. Where this fails, seal() builds
+    the filter itself, as before; so it does where seccomp is turned off (`limits`'
+    isolation_disable), which stands for a platform without libseccomp: there a batch cannot
+    load the library once the file system is gone, and the tests of that platform must see
+    what it gets."""
+    global _SEALED
+    if "seccomp" in _disabled(limits):
+        return
+    filt = _seal_filter()
+    if filt is None:
+        return
+    lib = filt.lib
+    try:
+        lib.seccomp_export_bpf.argtypes = [ctypes.c_void_p, ctypes.c_int]
+        nr = int(lib.seccomp_syscall_resolve_name(b"seccomp"))
+        r, w = os.pipe()
+        try:
+            rc = lib.seccomp_export_bpf(filt.ctx, w)
+            os.close(w)
+            w = -1
+            chunks = []
+            while chunk := os.read(r, 1 << 16):
+                chunks.append(chunk)
+        finally:
+            os.close(r)
+            if w >= 0:
+                os.close(w)
+    except (OSError, AttributeError):  # a libseccomp without seccomp_export_bpf
+        return
+    finally:
+        lib.seccomp_release(filt.ctx)
+    prog = b"".join(chunks)
+    if rc != 0 or nr < 0 or not prog or len(prog) % 8 or len(prog) // 8 > 0xFFFF:
+        return
+    buf = ctypes.create_string_buffer(prog, len(prog))
+    syscall = ctypes.CDLL(None, use_errno=True).syscall
+    syscall.restype = ctypes.c_long
+    _SEALED = (syscall, nr, _SockFprog(len(prog) // 8, ctypes.addressof(buf)), buf)
+
+
 def seal() -> None:
     """In a child forked by the zygote, before candidate code: no new processes (RLIMIT_NPROC
     where rlimits can still be set, that is without seccomp; with seccomp, a second filter that
     refuses every way of making one)."""
     _cap(resource.RLIMIT_NPROC, 0)
-    try:
-        filt = _Seccomp(default=_ACT_ALLOW)
-    except (OSError, ImportError):  # no libseccomp here (and nothing can be imported now)
+    if _SEALED is not None:
+        syscall, nr, fprog, _ = _SEALED
+        syscall(ctypes.c_long(nr), ctypes.c_long(_SECCOMP_SET_MODE_FILTER), ctypes.c_long(0),
+                ctypes.byref(fprog))
         return
-    lib = filt.lib
-    lib.seccomp_attr_set(filt.ctx, _FLTATR_CTL_NNP, 0)  # already set by lockdown()
-    for name in ("clone", "clone3", "fork", "vfork", "seccomp"):
-        filt._rule(_act_errno(errno.EPERM), name)
-    filt.load()
+    filt = _seal_filter()
+    if filt is not None:
+        filt.load()

@@ -11,6 +11,10 @@ In memory a store is a `Store`: the manifest and three pyarrow tables. Every way
 directory, a published AutoTTS JSON file) builds a `Store`; every way out (a directory, JSON, dense
 replay arrays) reads one. Replay never sees the gold answers: `Store.replay()` returns gold-free
 arrays and `Store.gold_classes()` the scorer's side separately.
+
+pyarrow is imported where a table is built or read, not with this module: a store read from JSON
+builds its tables on first use, and replay and scoring read the columns it was parsed into, so an
+`autotts eval` of a JSON file never loads pyarrow (~30 ms of a one-store run).
 """
 
 from __future__ import annotations
@@ -22,54 +26,74 @@ import operator
 import os
 import shutil
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pyarrow as pa
 
 from autotts import __version__
 from autotts.answers import ANSWER_MODES, NO_ANSWER, NO_ANSWER_STRINGS, classify
 from autotts.errors import StoreError
 from autotts.fsio import atomic_write_bytes
 
+if TYPE_CHECKING:
+    import pyarrow as pa
+
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 TABLE_FILES = ("questions.parquet", "branches.parquet", "answers.parquet")
 
-QUESTIONS_SCHEMA = pa.schema(
-    [
-        ("question_idx", pa.int32()),
-        ("question", pa.string()),
-        ("gold", pa.string()),
-        ("gold_class", pa.int32()),
-        ("num_branches", pa.int32()),
-        # Published files repeat the finals here; null means "equal to the branches' finals".
-        ("final_answers_trace", pa.list_(pa.string())),
-        # Keys of a source question that this schema does not model, as JSON (lossless import).
-        ("extra", pa.string()),
-    ]
+# The tables' columns and types (as pyarrow spells them), in column order.
+QUESTION_FIELDS = (
+    ("question_idx", "int32"),
+    ("question", "string"),
+    ("gold", "string"),
+    ("gold_class", "int32"),
+    ("num_branches", "int32"),
+    # Published files repeat the finals here; null means "equal to the branches' finals".
+    ("final_answers_trace", "list<string>"),
+    # Keys of a source question that this schema does not model, as JSON (lossless import).
+    ("extra", "string"),
 )
-BRANCHES_SCHEMA = pa.schema(
-    [
-        ("question_idx", pa.int32()),
-        ("branch_idx", pa.int32()),
-        ("tokens", pa.int32()),
-        ("final_answer", pa.string()),
-        ("final_class", pa.int32()),
-        ("probe_answers", pa.list_(pa.string())),
-        ("probe_classes", pa.list_(pa.int32())),
-    ]
+BRANCH_FIELDS = (
+    ("question_idx", "int32"),
+    ("branch_idx", "int32"),
+    ("tokens", "int32"),
+    ("final_answer", "string"),
+    ("final_class", "int32"),
+    ("probe_answers", "list<string>"),
+    ("probe_classes", "list<int32>"),
 )
-ANSWERS_SCHEMA = pa.schema(
-    [
-        ("question_idx", pa.int32()),
-        ("answer_class", pa.int32()),
-        ("answer", pa.string()),
-    ]
+ANSWER_FIELDS = (
+    ("question_idx", "int32"),
+    ("answer_class", "int32"),
+    ("answer", "string"),
 )
-SCHEMAS = dict(zip(TABLE_FILES, (QUESTIONS_SCHEMA, BRANCHES_SCHEMA, ANSWERS_SCHEMA), strict=True))
 INT32_MAX = 2**31 - 1
+
+
+@lru_cache(maxsize=1)
+def _schemas() -> dict[str, pa.Schema]:
+    import pyarrow as pa
+
+    types = {"int32": pa.int32(), "string": pa.string(),
+             "list<string>": pa.list_(pa.string()), "list<int32>": pa.list_(pa.int32())}
+    return {name: pa.schema([(f, types[t]) for f, t in fields]) for name, fields in
+            zip(TABLE_FILES, (QUESTION_FIELDS, BRANCH_FIELDS, ANSWER_FIELDS), strict=True)}
+
+
+# The pyarrow schemas, built on first use (module attributes as before: QUESTIONS_SCHEMA, ...).
+_SCHEMA_NAMES = dict(zip(("QUESTIONS_SCHEMA", "BRANCHES_SCHEMA", "ANSWERS_SCHEMA"), TABLE_FILES,
+                         strict=True))
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SCHEMA_NAMES:
+        return _schemas()[_SCHEMA_NAMES[name]]
+    if name == "SCHEMAS":
+        return dict(_schemas())
+    raise AttributeError(f"module 'autotts.store' has no attribute {name!r}")
 
 
 # ---- columns without pandas -------------------------------------------------------------------
@@ -81,6 +105,8 @@ INT32_MAX = 2**31 - 1
 
 def _ints(col: pa.Array | pa.ChunkedArray) -> np.ndarray:
     """An integer column as numpy (a read-only view where possible), as col.to_numpy() gives it."""
+    import pyarrow as pa
+
     if isinstance(col, pa.ChunkedArray):
         col = col.combine_chunks()
     if col.null_count or not pa.types.is_integer(col.type):
@@ -93,6 +119,8 @@ def _ints(col: pa.Array | pa.ChunkedArray) -> np.ndarray:
 
 
 def _validity(valid: list[bool] | None, n: int) -> tuple[pa.Buffer | None, int]:
+    import pyarrow as pa
+
     if valid is None or all(valid):
         return None, 0
     bits = np.packbits(np.asarray(valid, dtype=bool), bitorder="little")
@@ -100,11 +128,15 @@ def _validity(valid: list[bool] | None, n: int) -> tuple[pa.Buffer | None, int]:
 
 
 def _int32_column(values: list[int] | np.ndarray) -> pa.Array:
+    import pyarrow as pa
+
     a = np.ascontiguousarray(values, dtype=np.int32)
     return pa.Array.from_buffers(pa.int32(), len(a), [None, pa.py_buffer(a)])
 
 
-def _offsets(lengths: list[int]) -> pa.Buffer | None:
+def _offsets(lengths: list[int] | np.ndarray) -> pa.Buffer | None:
+    import pyarrow as pa
+
     off = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(lengths, out=off[1:])
     if off[-1] > INT32_MAX:
@@ -114,6 +146,8 @@ def _offsets(lengths: list[int]) -> pa.Buffer | None:
 
 def _string_column(values: list[str | None]) -> pa.Array:
     """A utf8 column (None: null), as pa.array(values, pa.string()) builds it."""
+    import pyarrow as pa
+
     validity, nulls = None, 0
     try:
         # One encode of the whole column; a string's byte length is its length where it is
@@ -139,6 +173,8 @@ def _string_column(values: list[str | None]) -> pa.Array:
 
 def _string_list_column(values: list[list[str] | None]) -> pa.Array:
     """A list<string> column (None: null), as pa.array(values, pa.list_(pa.string())) builds it."""
+    import pyarrow as pa
+
     child = _string_column([s for v in values if v is not None for s in v] if None in values
                            else list(itertools.chain.from_iterable(values)))  # type: ignore[arg-type]
     off = _offsets([0 if v is None else len(v) for v in values])
@@ -155,18 +191,22 @@ def _int32_list_column(values: list[np.ndarray]) -> pa.Array:
                                  [len(v) for v in values])
 
 
-def _int32_list_from_flat(flat: np.ndarray, lengths: list[int]) -> pa.Array:
+def _int32_list_from_flat(flat: np.ndarray, lengths: list[int] | np.ndarray) -> pa.Array:
     """The list<int32> column whose row i holds the next lengths[i] values of `flat`."""
+    import pyarrow as pa
+
     off = _offsets(lengths)
     if off is None:
-        rows = np.split(flat.astype(np.int32), np.cumsum(lengths)[:-1]) if lengths else []
+        rows = np.split(flat.astype(np.int32), np.cumsum(lengths)[:-1]) if len(lengths) else []
         return pa.array(rows, pa.list_(pa.int32()))
     return pa.Array.from_buffers(pa.list_(pa.int32()), len(lengths), [None, off],
                                  children=[_int32_column(flat)])
 
 
-def _table(columns: dict[str, list[Any]], schema: pa.Schema) -> pa.Table:
+def _table(columns: dict[str, Any], schema: pa.Schema) -> pa.Table:
     """pa.Table.from_pydict(columns, schema=schema), built from buffers."""
+    import pyarrow as pa
+
     arrays = []
     for f in schema:
         v = columns[f.name]
@@ -211,12 +251,121 @@ class ReplayData:
 
 
 @dataclass
+class _Columns:
+    """A store's content as the JSON reader parsed it, before any table is built: the questions'
+    and answers' columns as lists (questions: by QUESTION_FIELDS name), the branches' as one row
+    of values per column (probe answers as one list per branch), and the class columns as int32
+    arrays."""
+
+    questions: dict[str, list[Any]]
+    answers: dict[str, list[Any]]
+    tokens: list[int]
+    final_answer: list[str]
+    final_class: np.ndarray  # int32 [B]
+    probe_answers: list[list[str]]
+    probe_class: np.ndarray  # int32 [P], every branch's probes in a row
+    probe_lengths: np.ndarray  # int64 [B]
+
+    def tables(self) -> tuple[pa.Table, pa.Table, pa.Table]:
+        schemas = _schemas()
+        counts = self.questions["num_branches"]
+        branches = {
+            "question_idx": np.repeat(np.arange(len(counts), dtype=np.int32), counts),
+            "branch_idx": np.concatenate([np.arange(n, dtype=np.int32) for n in counts]),
+            "tokens": self.tokens,
+            "final_answer": self.final_answer,
+            "final_class": self.final_class,
+            "probe_answers": self.probe_answers,
+            "probe_classes": _int32_list_from_flat(self.probe_class, self.probe_lengths),
+        }
+        return (_table(self.questions, schemas[TABLE_FILES[0]]),
+                _table(branches, schemas[TABLE_FILES[1]]),
+                _table(self.answers, schemas[TABLE_FILES[2]]))
+
+    def replay(self, name: str, delta: int) -> ReplayData:
+        """What Store.replay() reads from the tables built from these columns, array for array."""
+        nq = len(self.questions["num_branches"])
+        offsets = np.zeros(nq + 1, dtype=np.int64)
+        np.cumsum(self.questions["num_branches"], out=offsets[1:])
+        p_off = np.zeros(len(self.probe_lengths) + 1, dtype=np.int64)
+        np.cumsum(self.probe_lengths, out=p_off[1:])
+        err = np.full(nq, NO_ANSWER, dtype=np.int32)
+        a = self.answers
+        for q, c, t in zip(a["question_idx"], a["answer_class"], a["answer"], strict=True):
+            if t is not None and t.strip() in NO_ANSWER_STRINGS:
+                err[q] = c  # the last such class of a question, as in Store._err_classes
+        return ReplayData(
+            name=name,
+            delta=delta,
+            branch_offsets=offsets,
+            tokens=np.array(self.tokens, dtype=np.int32),
+            final_class=self.final_class.copy(),
+            probe_offsets=p_off,
+            probe_class=self.probe_class.copy(),
+            err_class=err,
+        )
+
+
 class Store:
-    manifest: dict[str, Any]
-    questions: pa.Table
-    branches: pa.Table
-    answers: pa.Table
-    path: str = ""
+    """A store in memory: its manifest, its three tables (`questions`, `branches`, `answers`) and
+    where it was read from. Tables may be replaced (`store.branches = ...`)."""
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, compared by content
+
+    def __init__(self, manifest: dict[str, Any], questions: pa.Table, branches: pa.Table,
+                 answers: pa.Table, path: str = "") -> None:
+        self.manifest = manifest
+        self._tables: list[pa.Table] | None = [questions, branches, answers]
+        self._columns: _Columns | None = None
+        self.path = path
+
+    @classmethod
+    def _from_columns(cls, manifest: dict[str, Any], columns: _Columns) -> Store:
+        """A store whose tables are built from `columns` when first asked for."""
+        store = cls.__new__(cls)
+        store.manifest, store._tables, store._columns, store.path = manifest, None, columns, ""
+        return store
+
+    def _table_list(self) -> list[pa.Table]:
+        if self._tables is None:
+            assert self._columns is not None
+            self._tables = list(self._columns.tables())
+            self._columns = None  # from now on the tables are the store (they may be replaced)
+        return self._tables
+
+    @property
+    def questions(self) -> pa.Table:
+        return self._table_list()[0]
+
+    @questions.setter
+    def questions(self, table: pa.Table) -> None:
+        self._table_list()[0] = table
+
+    @property
+    def branches(self) -> pa.Table:
+        return self._table_list()[1]
+
+    @branches.setter
+    def branches(self, table: pa.Table) -> None:
+        self._table_list()[1] = table
+
+    @property
+    def answers(self) -> pa.Table:
+        return self._table_list()[2]
+
+    @answers.setter
+    def answers(self, table: pa.Table) -> None:
+        self._table_list()[2] = table
+
+    def __repr__(self) -> str:
+        return f"Store(name={self.manifest.get('name')!r}, path={self.path!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Store):
+            return NotImplemented
+        return (self.manifest == other.manifest and self.path == other.path
+                and all(a.equals(b) for a, b in zip(self._table_list(), other._table_list(),
+                                                    strict=True)))
 
     @property
     def name(self) -> str:
@@ -232,10 +381,14 @@ class Store:
 
     @property
     def num_questions(self) -> int:
+        if self._columns is not None:
+            return len(self._columns.questions["question_idx"])
         return self.questions.num_rows
 
     def replay(self) -> ReplayData:
         """Gold-free dense arrays (int32 classes and tokens, int64 offsets) for the engine."""
+        if self._columns is not None:
+            return self._columns.replay(self.name, self.delta)
         b = self.branches
         counts = _ints(b.column("question_idx"))
         offsets = np.zeros(self.num_questions + 1, dtype=np.int64)
@@ -270,6 +423,8 @@ class Store:
 
     def gold_classes(self) -> np.ndarray:
         """The scorer's side: gold class per question (int32). Never handed to the engine."""
+        if self._columns is not None:
+            return np.array(self._columns.questions["gold_class"], dtype=np.int32)
         return _ints(self.questions.column("gold_class")).astype(np.int32)
 
 
@@ -292,6 +447,51 @@ def _check_str_list(path: Path, qi: int, field: str, value: object) -> list[str]
         if not isinstance(s, str):
             raise _fail(path, qi, f"{field}[{k}]", f"expected a string, got {s!r}")
     return value
+
+
+def _check_branches(path: Path, qi: int, branches: list[Any]
+                    ) -> tuple[list[list[str]], list[int], list[str]]:
+    """(probe answers, tokens, final answer) of each branch, or the first bad field's error."""
+    probe_lists: list[list[str]] = []
+    finals: list[str] = []
+    tokens: list[int] = []
+    for bi, br in enumerate(branches):
+        field = f"each_branch[{bi}]"
+        if not isinstance(br, list) or len(br) != 3:
+            raise _fail(path, qi, field, "expected [probe_answers, branch_tokens, final_answer]")
+        probes, tok, final = br
+        _check_str_list(path, qi, f"{field}[0] (probe_answers)", probes)
+        probe_lists.append(probes)
+        if not _is_int(tok) or tok < 0 or tok > INT32_MAX:
+            raise _fail(path, qi, f"{field}[1] (branch_tokens)",
+                        f"expected a non-negative integer, got {tok!r}")
+        tokens.append(tok)
+        if not isinstance(final, str):
+            raise _fail(path, qi, f"{field}[2] (final_answer)", f"expected a string, got {final!r}")
+        finals.append(final)
+    return probe_lists, tokens, finals
+
+
+def _split_branches(path: Path, qi: int, branches: list[Any]
+                    ) -> tuple[list[list[str]], list[int], list[str], list[str]]:
+    """(probe answers per branch, tokens, final answers, every probe answer in a row). Whole
+    columns are checked at once (the loop per branch was a tenth of a one-store load); where one
+    is not plainly well-typed, `_check_branches` decides, branch by branch, and names the first
+    bad field."""
+    if set(map(type, branches)) == {list} and set(map(len, branches)) == {3}:
+        probe_col, tok_col, final_col = zip(*branches, strict=True)
+        if (set(map(type, probe_col)) == {list} and set(map(type, tok_col)) == {int}
+                and min(tok_col) >= 0 and max(tok_col) <= INT32_MAX
+                and set(map(type, final_col)) == {str}):
+            flat = list(itertools.chain.from_iterable(probe_col))
+            try:
+                "".join(flat)  # a TypeError where an item is not a str (a subclass is one)
+            except TypeError:
+                pass
+            else:
+                return list(probe_col), list(tok_col), list(final_col), flat
+    probe_lists, tokens, finals = _check_branches(path, qi, branches)
+    return probe_lists, tokens, finals, list(itertools.chain.from_iterable(probe_lists))
 
 
 def store_name_for(path: Path) -> tuple[str, str]:
@@ -356,11 +556,13 @@ def from_autotts_records(
 
     known = {"question", "gold_answer", "probe_freq", "final_answers_trace", "each_branch"}
     delta: int | None = None
-    q_rows: dict[str, list[Any]] = {f.name: [] for f in QUESTIONS_SCHEMA}
-    b_rows: dict[str, list[Any]] = {f.name: [] for f in BRANCHES_SCHEMA}
-    a_rows: dict[str, list[Any]] = {f.name: [] for f in ANSWERS_SCHEMA}
+    q_rows: dict[str, list[Any]] = {f: [] for f, _ in QUESTION_FIELDS}
+    a_rows: dict[str, list[Any]] = {f: [] for f, _ in ANSWER_FIELDS}
+    tokens: list[int] = []
+    final_answers: list[str] = []
+    probe_answers: list[list[str]] = []
+    final_classes: list[np.ndarray] = []  # per question
     probe_classes: list[np.ndarray] = []  # per question, its branches' probe classes in a row
-    probe_lengths: list[int] = []  # per branch
     for qi, q in enumerate(data):
         if not isinstance(q, dict):
             raise _fail(path, qi, None, f"expected an object, got {type(q).__name__}")
@@ -384,31 +586,7 @@ def from_autotts_records(
             raise _fail(path, qi, "each_branch", f"expected a list, got {type(branches).__name__}")
         if not branches:
             raise _fail(path, qi, "each_branch", "empty: a question needs at least one branch")
-
-        probe_lists: list[list[str]] = []
-        finals: list[str] = []
-        tokens: list[int] = []
-        for bi, br in enumerate(branches):
-            field = f"each_branch[{bi}]"
-            if not isinstance(br, list) or len(br) != 3:
-                raise _fail(
-                    path, qi, field, "expected [probe_answers, branch_tokens, final_answer]"
-                )
-            probes, tok, final = br
-            if not (isinstance(probes, list) and all(map(isinstance, probes, itertools.repeat(str)))):
-                _check_str_list(path, qi, f"{field}[0] (probe_answers)", probes)  # says which
-            probe_lists.append(probes)
-            if not _is_int(tok) or tok < 0 or tok > INT32_MAX:
-                raise _fail(
-                    path, qi, f"{field}[1] (branch_tokens)",
-                    f"expected a non-negative integer, got {tok!r}",
-                )
-            tokens.append(tok)
-            if not isinstance(final, str):
-                raise _fail(
-                    path, qi, f"{field}[2] (final_answer)", f"expected a string, got {final!r}"
-                )
-            finals.append(final)
+        probe_lists, branch_tokens, finals, flat = _split_branches(path, qi, branches)
 
         trace = q.get("final_answers_trace")
         if trace is not None:
@@ -417,19 +595,13 @@ def from_autotts_records(
                 trace = None  # the usual case: derivable from the branches, not stored twice
         extra = {k: v for k, v in q.items() if k not in known}
 
-        flat = list(itertools.chain.from_iterable(probe_lists))
         ac = classify(flat + finals, gold, answers)
-        classes = ac.classes
-        n_flat = len(flat)
-        # Column by column, a question at a time (one branch row each).
-        b_rows["question_idx"] += [qi] * len(branches)
-        b_rows["branch_idx"] += range(len(branches))
-        b_rows["tokens"] += tokens
-        b_rows["final_answer"] += finals
-        b_rows["final_class"] += np.asarray(classes[n_flat:], dtype=np.int64).tolist()
-        b_rows["probe_answers"] += probe_lists
-        probe_classes.append(np.asarray(classes[:n_flat], dtype=np.int32))
-        probe_lengths += map(len, probe_lists)
+        classes = np.asarray(ac.classes, dtype=np.int32)
+        tokens += branch_tokens
+        final_answers += finals
+        probe_answers += probe_lists
+        final_classes.append(classes[len(flat):])
+        probe_classes.append(classes[:len(flat)])
         q_rows["question_idx"].append(qi)
         q_rows["question"].append(q["question"])
         q_rows["gold"].append(gold)
@@ -437,15 +609,22 @@ def from_autotts_records(
         q_rows["num_branches"].append(len(branches))
         q_rows["final_answers_trace"].append(trace)
         q_rows["extra"].append(json.dumps(extra, ensure_ascii=False) if extra else None)
-        for c, rep in enumerate(ac.representatives):
-            a_rows["question_idx"].append(qi)
-            a_rows["answer_class"].append(c)
-            a_rows["answer"].append(rep)
+        n_classes = len(ac.representatives)
+        a_rows["question_idx"] += [qi] * n_classes
+        a_rows["answer_class"] += range(n_classes)
+        a_rows["answer"] += ac.representatives
 
-    b_rows["probe_classes"] = _int32_list_from_flat(np.concatenate(probe_classes), probe_lengths)
-    questions = _table(q_rows, QUESTIONS_SCHEMA)
-    branches_t = _table(b_rows, BRANCHES_SCHEMA)
-    answers_t = _table(a_rows, ANSWERS_SCHEMA)
+    columns = _Columns(
+        questions=q_rows,
+        answers=a_rows,
+        tokens=tokens,
+        final_answer=final_answers,
+        final_class=np.concatenate(final_classes),
+        probe_answers=probe_answers,
+        probe_class=np.concatenate(probe_classes),
+        probe_lengths=np.fromiter(map(len, probe_answers), dtype=np.int64,
+                                  count=len(probe_answers)),
+    )
     manifest = {
         "schema_version": SCHEMA_VERSION,
         "name": f"{model}/{benchmark}",
@@ -457,7 +636,7 @@ def from_autotts_records(
         "sampling": None,
         "probe_template": None,
     }
-    return Store(manifest, questions, branches_t, answers_t)
+    return Store._from_columns(manifest, columns)
 
 
 # --------------------------------------------------------------------------------------------
@@ -592,6 +771,8 @@ def read_parquet(path: Path) -> pa.Table:
 
 
 def _read_table(directory: Path, name: str) -> pa.Table:
+    import pyarrow as pa
+
     f = directory / name
     if not f.is_file():
         raise StoreError(f, "missing table file")
@@ -599,7 +780,7 @@ def _read_table(directory: Path, name: str) -> pa.Table:
         table = read_parquet(f)
     except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as e:
         raise StoreError(f, f"not a readable Parquet file ({str(e).splitlines()[0]})") from None
-    expected = SCHEMAS[name]
+    expected = _schemas()[name]
     for field in expected:
         idx = table.schema.get_field_index(field.name)
         if idx < 0:

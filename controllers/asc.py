@@ -6,8 +6,6 @@ threshold, checked once at least two branches are read. At max_samples (or the e
 falls back to the majority. Ties go to the answer seen first.
 """
 
-from scipy.special import betainc
-
 
 def majority(counts):
     """counts: dict answer -> votes in first-seen order. Ties go to the answer seen first."""
@@ -27,6 +25,9 @@ class AdaptiveConsistency:
         self.threshold = float(threshold)
 
     def run(self, ep):
+        # Imported here: an evaluation that never calls run() spares its ~0.15 s.
+        from scipy.special import betainc
+
         counts = {}
         limit = min(self.max_samples, ep.pool_size)
         for n_read in range(1, limit + 1):
@@ -51,7 +52,57 @@ class AdaptiveConsistency:
 # answer exactly as run above would, episode by episode; run is the reference. Discovery is
 # shown this file without this section (autotts.controller.per_episode_source).
 
+import functools  # noqa: E402
+import itertools  # noqa: E402
+
 import numpy as np  # noqa: E402
+
+# The stop rule's confidence, 1 - betainc(v1 + 1, v2 + 1, 0.5), is the binomial tail
+# P(Bin(v1 + v2 + 1, 1/2) <= v1): a sum of binomial coefficients over a power of two, exact in
+# integers. scipy's betainc is within 2e-15 of it for every count below EXACT_UP_TO (checked pair
+# by pair in tests/test_controllers.py), so wherever the exact value is more than BAND away from
+# the threshold it decides as scipy does; only a count pair within BAND of the threshold asks
+# scipy itself. That spares a one-store eval the import of scipy.special (~0.15 s, more than the
+# evaluation itself).
+BAND = 1e-12
+EXACT_UP_TO = 256
+
+
+@functools.lru_cache(maxsize=16)
+def stop_table(threshold, size):
+    """stop[v1, v2] (v1 >= v2, both below size): whether run() stops on top counts v1, v2, i.e.
+    1.0 - betainc(v1 + 1, v2 + 1, 0.5) > threshold, as scipy evaluates it."""
+    stop = np.zeros((size, size), dtype=bool)
+    near = []
+    row = [1]  # Pascal's triangle, row n = v1 + v2 + 1
+    for n in range(1, 2 * size):
+        row = [1, *map(sum, itertools.pairwise(row)), 1]
+        lo = n // 2  # the least v1 with v2 <= v1
+        tail = sum(row[:lo])
+        for v1 in range(lo, min(n, size)):
+            tail += row[v1]  # sum of row[0..v1]
+            v2 = n - 1 - v1
+            confidence = tail / (1 << n)  # int / int: the exact value, rounded once
+            if abs(confidence - threshold) <= BAND:
+                near.append((v1, v2))
+            else:
+                stop[v1, v2] = confidence > threshold
+    if near:
+        from scipy.special import betainc
+
+        v1, v2 = np.array(near, dtype=float).T
+        stop[v1.astype(int), v2.astype(int)] = 1.0 - betainc(v1 + 1, v2 + 1, 0.5) > threshold
+    return stop
+
+
+def confident(threshold, v1, v2):
+    """1.0 - betainc(v1 + 1, v2 + 1, 0.5) > threshold for top counts v1 >= v2 (int arrays)."""
+    size = int(v1.max(initial=0)) + 1
+    if size > EXACT_UP_TO:
+        from scipy.special import betainc
+
+        return 1.0 - betainc(v1 + 1.0, v2 + 1.0, 0.5) > threshold
+    return stop_table(threshold, size)[v1, v2]
 
 
 def run_batch(self, batch):
@@ -80,9 +131,8 @@ def run_batch(self, batch):
         ties[voted] = np.where(was_top, 1, nt + (k == t1))
         if n_read >= 2:
             rows = np.flatnonzero(active)
-            c1, c2 = v1[rows].astype(float), v2[rows].astype(float)
-            confidence = 1.0 - betainc(c1 + 1, c2 + 1, 0.5)
-            active[rows[(c1 > 0) & (confidence > self.threshold)]] = False
+            c1, c2 = v1[rows], v2[rows]
+            active[rows[(c1 > 0) & confident(self.threshold, c1, c2)]] = False
     # Every episode has stopped with exactly its opened branches read: their majority (over the
     # columns that opened anywhere: the pool can be much wider than max_samples).
     m = max(1, int(batch.num_opened.max()))

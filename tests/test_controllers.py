@@ -4,8 +4,17 @@
 from __future__ import annotations
 
 import csv
+import inspect
+import itertools
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
+from scipy.special import betainc
 
 from autotts import controller as ctl
 from autotts.evaluate import EvalProtocol, evaluate
@@ -82,3 +91,73 @@ def test_monotonicity_check_flags_a_drop():
     ]
     bad = monotonicity_violations(rows)
     assert [(v.beta_low, v.beta_high) for v in bad] == [(0.5, 1.0)]
+
+
+def _asc_module():
+    return inspect.getmodule(ctl.load("asc").cls)
+
+
+def _exact_confidences(size: int) -> dict[tuple[int, int], float]:
+    """P(Bin(v1 + v2 + 1, 1/2) <= v1) for v1 >= v2 below size, from integers, rounded once."""
+    out, row = {}, [1]
+    for n in range(1, 2 * size):
+        row = [1, *map(sum, itertools.pairwise(row)), 1]
+        for v1, tail in enumerate(itertools.accumulate(row[:min(n, size)])):
+            if n - 1 - v1 <= v1:
+                out[(v1, n - 1 - v1)] = tail / (1 << n)
+    return out
+
+
+def test_asc_stop_rule_is_scipys_within_its_band():
+    """asc's run_batch decides without scipy where the exact binomial tail is more than BAND
+    from the threshold: that is sound only while scipy's betainc stays far closer than BAND to
+    the exact value, for every count pair it is used for."""
+    m = _asc_module()
+    exact = _exact_confidences(m.EXACT_UP_TO)
+    v1, v2 = (np.array(x, dtype=float) for x in zip(*exact, strict=True))
+    scipy_conf = 1.0 - betainc(v1 + 1, v2 + 1, 0.5)
+    worst = float(np.max(np.abs(scipy_conf - np.array(list(exact.values())))))
+    assert worst < m.BAND / 100, worst
+
+
+def test_asc_stop_table_decides_as_scipy():
+    m = _asc_module()
+    size = 80
+    v1, v2 = np.meshgrid(np.arange(size), np.arange(size), indexing="ij")
+    upper = v2 <= v1
+    conf = 1.0 - betainc(v1 + 1.0, v2 + 1.0, 0.5)
+    # the published threshold, the β schedule's, edge values, and thresholds equal to (or one
+    # float away from) scipy's own confidences, where only scipy's rounding decides
+    spec = ctl.load("asc")
+    thresholds = [0.95, 0.0, 1.0, 0.5, float("inf"), float("-inf"), float("nan")]
+    thresholds += [spec.schedule(b)["threshold"] for b in GRID]
+    picks = conf[upper & (conf > 0.5) & (conf < 1.0)][::97]
+    thresholds += [float(t) for c in picks for t in (c, np.nextafter(c, 0), np.nextafter(c, 1))]
+    for t in thresholds:
+        got = m.stop_table.__wrapped__(t, size)
+        assert np.array_equal(got[upper], (conf > t)[upper]), t
+    # counts past EXACT_UP_TO go to scipy as they are
+    big = np.array([m.EXACT_UP_TO + 3, 10]), np.array([m.EXACT_UP_TO, 2])
+    want = 1.0 - betainc(big[0] + 1.0, big[1] + 1.0, 0.5) > 0.95
+    assert np.array_equal(m.confident(0.95, *big), want)
+
+
+def test_asc_eval_runs_without_scipy():
+    """The lockstep path (what `autotts eval` runs) never imports scipy at the published
+    threshold; the per-episode path (traces) does, and both answer alike."""
+    code = (
+        "import sys, json\n"
+        "from autotts.evaluate import EvalProtocol, evaluate\n"
+        "from tests.conftest import branch, make_store\n"
+        "store = make_store([('A', [branch(['A', 'B'], 30, 'A'), branch(['B'], 20, 'B'),\n"
+        "                           branch(['A'], 10, 'A')] * 8)])\n"
+        "a = evaluate('asc', [store], [0.0, 1.0], EvalProtocol(draws=4), episodes=True)\n"
+        "first = 'scipy' in sys.modules\n"
+        "b = evaluate('asc', [store], [0.0, 1.0], EvalProtocol(draws=4), episodes=True,\n"
+        "             batch=False)\n"
+        "print(json.dumps([first, 'scipy' in sys.modules, a.episodes == b.episodes]))\n"
+    )
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root,
+                         env={**os.environ, "PYTHONPATH": str(root)}, check=True)
+    assert json.loads(out.stdout) == [False, True, True]

@@ -4,6 +4,7 @@ conversions give."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -29,6 +30,7 @@ def _records() -> list[dict]:
 
 def test_tables_equal_pyarrows_own_build(monkeypatch: pytest.MonkeyPatch) -> None:
     fast = S.from_autotts_records(_records(), model="m", benchmark="b")
+    assert fast.questions.num_rows == 3  # its tables are built now, before _table is replaced
     monkeypatch.setattr(S, "_table", lambda cols, schema: pa.Table.from_pydict(cols, schema=schema))
     slow = S.from_autotts_records(_records(), model="m", benchmark="b")
     for name in ("questions", "branches", "answers"):
@@ -74,6 +76,83 @@ def test_list_lengths_see_nulls() -> None:
     b = pa.chunked_array([pa.array([[1], [], []], pa.list_(pa.int32()))])
     assert S._list_lengths(a) != S._list_lengths(b)  # as pc.list_value_length(...).equals says
     assert not pc.list_value_length(a).equals(pc.list_value_length(b))
+
+
+def _replay_fields(st: S.Store) -> dict[str, object]:
+    r = st.replay()
+    out: dict[str, object] = {f: getattr(r, f) for f in r.__dataclass_fields__}
+    out["gold"], out["num_questions"] = st.gold_classes(), st.num_questions
+    return out
+
+
+def test_a_json_store_replays_its_columns_as_its_tables() -> None:
+    """A store read from JSON replays and scores from the columns it was parsed into, before any
+    table is built; the arrays are the ones its tables give, dtype for dtype."""
+    records = _records()
+    records[2]["each_branch"][0][2] = "ERR"  # an 'ERR' class in another question
+    from_columns = S.from_autotts_records(records, model="m", benchmark="b")
+    got = _replay_fields(from_columns)
+    from_tables = S.from_autotts_records(records, model="m", benchmark="b")
+    from_tables.branches  # noqa: B018  (builds the tables: replay reads them from now on)
+    want = _replay_fields(from_tables)
+    assert got.keys() == want.keys()
+    for k, v in want.items():
+        if isinstance(v, np.ndarray):
+            assert v.dtype == got[k].dtype and np.array_equal(v, got[k]), k
+        else:
+            assert v == got[k], k
+    assert got["err_class"].tolist() == [2, -1, 1]
+    # a later call gets arrays of its own, as from tables
+    assert not np.shares_memory(from_columns.replay().probe_class, got["probe_class"])
+
+
+def test_replacing_a_table_of_a_json_store_is_what_replay_reads() -> None:
+    st = S.from_autotts_records(_records(), model="m", benchmark="b")
+    st.branches = st.branches.slice(0, 2)  # question 0's branches only
+    assert st.replay().branch_offsets.tolist() == [0, 2, 2, 2]
+
+
+def test_a_json_store_is_read_and_replayed_without_pyarrow(tmp_path) -> None:
+    src = tmp_path / "m" / "b.json"
+    src.parent.mkdir()
+    src.write_text(json.dumps(_records()))
+    code = (
+        "import sys\n"
+        "from autotts.store import open_store\n"
+        f"s = open_store({str(src)!r}); s.replay(); s.gold_classes(); s.num_questions\n"
+        "print('pyarrow' in sys.modules)\n"
+        "s.questions\n"
+        "print('pyarrow' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "True"]
+
+
+@pytest.mark.parametrize(("branches", "where"), [
+    ([[["1"], 5, "1"], [["1"], True, "1"]], "each_branch[1][1] (branch_tokens)"),
+    ([[["1"], 5, 1], [["1", 2], 5, "1"]], "each_branch[0][2] (final_answer)"),
+    ([[["1"], 5, "1"], [["1"], 5, "1"], [["1", None], 5, "1"]], "each_branch[2][0] (probe_answers)[1]"),
+    ([[["1"], 5, "1"], ("1", 5, "1")], "each_branch[1]"),
+    ([[["1"], 5, "1"], [["1"], 2**31, "1"]], "each_branch[1][1] (branch_tokens)"),
+])
+def test_the_first_bad_branch_field_is_named(branches: list, where: str) -> None:
+    records = [{"question": "q", "gold_answer": "1", "probe_freq": 5, "each_branch": branches}]
+    with pytest.raises(S.StoreError) as e:
+        S.from_autotts_records(records, model="m", benchmark="b")
+    assert f"question 0, field '{where}':" in str(e.value), str(e.value)
+
+
+def test_str_and_int_subclasses_are_read_as_before() -> None:
+    class Tokens(int):
+        pass
+
+    class Answer(str):
+        pass
+
+    records = _records()
+    records[0]["each_branch"][0] = [[Answer("7")], Tokens(1200), Answer("7")]
+    st = S.from_autotts_records(records, model="m", benchmark="b")
+    assert st.replay().tokens.tolist() == [1200, 300, 900, 1000, 2600]
 
 
 def test_load_path_imports_neither_pandas_nor_compute(tmp_path) -> None:

@@ -61,6 +61,20 @@ class _Ended:
         raise InvalidAction("the episode has ended")
 
 
+_STEP_NUMBERS: dict[int, np.ndarray] = {}
+
+
+def _step_numbers(rows: int, width: int) -> np.ndarray:
+    """1, 2, ..., width repeated for at least `rows` rows: the same for every question of that
+    width, so one read-only table per width is shared instead of one per question."""
+    table = _STEP_NUMBERS.get(width)
+    if table is None or len(table) < rows * width:
+        table = np.tile(np.arange(1, width + 1, dtype=np.int64), max(rows, 128))
+        table.flags.writeable = False
+        _STEP_NUMBERS[width] = table
+    return table
+
+
 class Question(_NoCopy):
     """Gold-free replay data of one question: per branch, what each generation step reveals and
     costs. reveal[b, k] / step_cost[b, k] describe step k+1 (0-based k); last[b] = L_b."""
@@ -126,7 +140,7 @@ class Question(_NoCopy):
         is_last = np.zeros((m, steps), dtype=bool)
         is_last[np.arange(m), lengths] = True
         self._is_last_flat = is_last.reshape(-1)
-        self._step_no_flat = np.tile(np.arange(1, steps + 1, dtype=np.int64), m)
+        self._step_no_flat = _step_numbers(m, steps)
         # An episode's store class -> id map starts from this template. Classes not yet revealed
         # hold `_unseen`; the spare last entry maps the store's -1 ("no answer") to -1. With
         # _unseen = -2 a -1 in a gather is told apart from a new class by one comparison;
@@ -402,16 +416,16 @@ class Episode(_NoCopy):
         return np.where(self._finished[:k], self._latest[:k], NO_ANSWER).astype(np.int32)
 
     def depth(self, i: int) -> int:
-        return int(self._depth[self._check_opened(i)])
+        return self._depth.item(self._check_opened(i))
 
     def is_finished(self, i: int) -> bool:
-        return bool(self._finished[self._check_opened(i)])
+        return self._finished.item(self._check_opened(i))
 
     def is_pruned(self, i: int) -> bool:
-        return bool(self._pruned[self._check_opened(i)])
+        return self._pruned.item(self._check_opened(i))
 
     def latest_answer(self, i: int) -> int:
-        return int(self._latest[self._check_opened(i)])
+        return self._latest.item(self._check_opened(i))
 
     def history(self, i: int) -> np.ndarray:
         """Revealed answers of branch i in depth order (probes, then the final if finished)."""

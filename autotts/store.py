@@ -315,47 +315,49 @@ class Store:
     def __init__(self, manifest: dict[str, Any], questions: pa.Table, branches: pa.Table,
                  answers: pa.Table, path: str = "") -> None:
         self.manifest = manifest
-        self._tables: list[pa.Table] | None = [questions, branches, answers]
+        self._questions, self._branches, self._answers = questions, branches, answers
         self._columns: _Columns | None = None
         self.path = path
 
     @classmethod
     def _from_columns(cls, manifest: dict[str, Any], columns: _Columns) -> Store:
         """A store whose tables are built from `columns` when first asked for."""
-        store = cls.__new__(cls)
-        store.manifest, store._tables, store._columns, store.path = manifest, None, columns, ""
+        store = cls(manifest, None, None, None)
+        store._columns = columns
         return store
 
-    def _table_list(self) -> list[pa.Table]:
-        if self._tables is None:
-            assert self._columns is not None
-            self._tables = list(self._columns.tables())
+    def _tables(self) -> tuple[pa.Table, pa.Table, pa.Table]:
+        if self._columns is not None:
+            self._questions, self._branches, self._answers = self._columns.tables()
             self._columns = None  # from now on the tables are the store (they may be replaced)
-        return self._tables
+        return self._questions, self._branches, self._answers
 
     @property
     def questions(self) -> pa.Table:
-        return self._table_list()[0]
+        return self._tables()[0]
 
     @questions.setter
     def questions(self, table: pa.Table) -> None:
-        self._table_list()[0] = table
+        self._tables()
+        self._questions = table
 
     @property
     def branches(self) -> pa.Table:
-        return self._table_list()[1]
+        return self._tables()[1]
 
     @branches.setter
     def branches(self, table: pa.Table) -> None:
-        self._table_list()[1] = table
+        self._tables()
+        self._branches = table
 
     @property
     def answers(self) -> pa.Table:
-        return self._table_list()[2]
+        return self._tables()[2]
 
     @answers.setter
     def answers(self, table: pa.Table) -> None:
-        self._table_list()[2] = table
+        self._tables()
+        self._answers = table
 
     def __repr__(self) -> str:
         return f"Store(name={self.manifest.get('name')!r}, path={self.path!r})"
@@ -364,7 +366,7 @@ class Store:
         if not isinstance(other, Store):
             return NotImplemented
         return (self.manifest == other.manifest and self.path == other.path
-                and all(a.equals(b) for a, b in zip(self._table_list(), other._table_list(),
+                and all(a.equals(b) for a, b in zip(self._tables(), other._tables(),
                                                     strict=True)))
 
     @property

@@ -112,6 +112,16 @@ def test_replacing_a_table_of_a_json_store_is_what_replay_reads() -> None:
     assert st.replay().branch_offsets.tolist() == [0, 2, 2, 2]
 
 
+def test_a_copy_of_a_store_has_tables_of_its_own() -> None:
+    import copy
+
+    st = S.from_autotts_records(_records(), model="m", benchmark="b")
+    other = copy.copy(st)
+    other.branches = other.branches.slice(0, 2)
+    assert st.branches.num_rows == 5 and other.branches.num_rows == 2
+    assert st == copy.copy(st) and st != other
+
+
 def test_a_json_store_is_read_and_replayed_without_pyarrow(tmp_path) -> None:
     src = tmp_path / "m" / "b.json"
     src.parent.mkdir()

@@ -1,0 +1,115 @@
+"""Red team, session 8: the speed changes of this session, attacked as a candidate (mostly with
+code execution in its own batch process, `_unrestricted=True`): the wire's nesting bound by
+bracket passes and the child's one-read frames, the supervisor's immediate reply writes, the
+seal's seccomp filter precompiled to BPF by the zygote, the engine's fast paths (which the
+judge runs on every untrusted action), and discovery's merged held-out evaluation.
+
+Found and fixed: the nesting bound checked before a child's header is parsed counted brackets
+inside JSON strings too, a "]" there as a closing one, so a header of lists that each hold the
+string "]" counted 1 or 2 however deep it was (old array pass and new bracket passes alike), and
+json.loads also took UTF-16/32 bytes, where a bound read from bytes means nothing. Even an
+admitted candidate (no code execution: `ep.trace` with such a list) got a 700-deep trace event
+past the bound, and the judge's recursive copy of it raised RecursionError out of the trusted
+side (a traceback, no verdict). The bound now follows the parser: brackets outside strings,
+UTF-8 only."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from autotts.sandbox import SandboxError, evaluate_sandboxed
+from autotts.sandbox.wire import MAX_DEPTH, FrameError, _nesting, loads_strict
+from autotts.units import EvalProtocol
+from tests.test_sandbox import FAST, parent, synthetic_store  # noqa: F401 (fixture)
+
+# ---- the nesting bound: brackets inside strings, escapes, encodings -------------------------
+
+
+def _depth(o: object) -> int:
+    """The nesting depth of a parsed JSON value (what the C parser recursed)."""
+    if isinstance(o, list):
+        return 1 + max((_depth(x) for x in o), default=0)
+    if isinstance(o, dict):
+        return 1 + max((_depth(x) for x in o.values()), default=0)
+    return 0
+
+
+def _disguised(depth: int, inner: str = "]") -> bytes:
+    """Lists `depth` deep, each holding a string whose brackets cancel its own count."""
+    return ('{"a":' + f'["{inner}",' * depth + "0" + ',"["]' * depth + "}").encode()
+
+
+_NASTY = ["]", "[", "}", "{", "]]]]", '"', '\\"]', "\\", "\\\\", "\\\\]", "a]b", '"]"', "\u5d5d",
+          "]\u00e9", ""]
+
+
+def _random_json(rng: random.Random, depth: int) -> object:
+    if depth == 0 or rng.random() < 0.15:
+        return rng.choice([0, -1, 2.5, True, None, rng.choice(_NASTY) * rng.randint(0, 4)])
+    if rng.random() < 0.5:
+        return [_random_json(rng, depth - 1) for _ in range(rng.randint(0, 3))]
+    return {rng.choice(_NASTY) + str(k): _random_json(rng, depth - 1)
+            for k in range(rng.randint(0, 3))}
+
+
+def test_brackets_inside_strings_do_not_lower_the_nesting_bound():
+    """The bound is the parser's depth exactly, whatever strings hold (brackets, escaped quotes,
+    backslashes, non-ASCII), in compact and spaced JSON, with and without ensure_ascii."""
+    rng = random.Random(8)
+    for n in range(3000):
+        obj = _random_json(rng, rng.randint(0, 12))
+        raw = json.dumps(obj, ensure_ascii=n % 2 == 0,
+                         separators=(",", ":") if n % 3 else None).encode()
+        assert _nesting(raw) == _depth(obj), raw[:200]
+
+
+@pytest.mark.parametrize("inner", ["]", "}", "]]", '\\"]', "\\\\]"])
+def test_a_header_disguised_as_shallow_is_refused(inner):
+    for depth in (MAX_DEPTH + 1, 300, 20000):
+        raw = _disguised(depth, inner)
+        if depth < 400:
+            assert _depth(json.loads(raw)) == depth + 1
+        with pytest.raises(FrameError, match="nested too deeply"):
+            loads_strict(raw)
+    loads_strict(_disguised(MAX_DEPTH - 1, inner))  # within the bound: parsed
+
+
+@pytest.mark.parametrize("encoding", ["utf-16-le", "utf-16-be", "utf-16", "utf-32-le", "utf-32"])
+def test_a_header_in_another_encoding_is_refused(encoding):
+    """json.loads takes UTF-16 and UTF-32 bytes, where a "]" byte is half a character and a
+    string of U+5D5D cancels any depth: only UTF-8 is read."""
+    deep = '{"a":"' + "\u5d5d" * 400 + '","b":' + "[" * 300 + "]" * 300 + "}"
+    assert json.loads(deep.encode(encoding))  # what json.loads alone would do
+    for text in (deep, '{"t":"round"}'):
+        with pytest.raises(FrameError):
+            loads_strict(text.encode(encoding))
+
+
+@pytest.mark.usefixtures("parent")
+def test_an_admitted_candidate_cannot_raise_out_of_the_judge_with_a_deep_trace():
+    """No code execution needed: a trace event 700 lists deep, each list holding "]" and "[",
+    passed the old bound, and the judge's recursive copy of the event raised RecursionError in
+    the trusted process. Now the frame is refused before parsing: a crash verdict."""
+    source = '''
+class Deep:
+    NAME = "deep"
+
+    @staticmethod
+    def schedule(beta):
+        return {}
+
+    def run(self, ep):
+        x = 0
+        for _ in range(700):
+            x = ["]", x, "["]
+        ep.trace("deep", x=x)
+        ep.read_new()
+        return ep.latest_answer(0)
+'''
+    with pytest.raises(SandboxError) as e:
+        evaluate_sandboxed(source, [synthetic_store()], [0.5], EvalProtocol(draws=2), traces=True,
+                           limits=FAST, filename="deep.py")
+    assert e.value.verdict.kind == "crash" and "nested too deeply" in e.value.verdict.message

@@ -113,3 +113,49 @@ class Deep:
         evaluate_sandboxed(source, [synthetic_store()], [0.5], EvalProtocol(draws=2), traces=True,
                            limits=FAST, filename="deep.py")
     assert e.value.verdict.kind == "crash" and "nested too deeply" in e.value.verdict.message
+
+
+# ---- huge integers: refused as in-process, never a protocol error ---------------------------
+
+_HUGE = '''
+class Huge:
+    NAME = "huge"
+
+    @staticmethod
+    def schedule(beta):
+        return {}
+
+    def run(self, ep):
+        ep.branch()
+        refused = 0
+        for call in (lambda: ep.advance(2**64), lambda: ep.extend(-2**63 - 1),
+                     lambda: ep.probe(10**30), lambda: ep.prune(2**63),
+                     lambda: ep.read(-(10**40)), lambda: ep.branch_many(2**64),
+                     lambda: ep.read_new_many(2**70), lambda: ep.advance_many([2**64]),
+                     lambda: ep.prune_many([0, 2**63])):
+            try:
+                call()
+            except Exception:
+                refused += 1
+        if refused != 9:
+            return None
+        return ep.read_new()
+'''
+
+
+@pytest.mark.usefixtures("parent")
+def test_an_index_past_int64_is_the_engines_refusal_as_in_process(tmp_path):
+    """The judge took a scalar past int64 for a forged frame and ended the run ('crash'), where
+    in-process the engine refuses it (InvalidAction, which the candidate may catch): an admitted
+    candidate's score depended on where it ran."""
+    from autotts.evaluate import evaluate
+
+    path = tmp_path / "huge.py"
+    path.write_text(_HUGE)
+    store, proto = synthetic_store(), EvalProtocol(draws=2)
+    want = evaluate(str(path), [store], [0.5], proto, on_error="record")
+    got = evaluate_sandboxed(_HUGE, [store], [0.5], proto, on_error="record", limits=FAST,
+                             filename="huge.py")
+    assert want.rows[0]["accuracy"] > 0  # every call was refused, and caught
+    keys = ("accuracy", "tokens", "errors")
+    assert [r[k] for r in got.rows for k in keys] == [r[k] for r in want.rows for k in keys]

@@ -209,3 +209,76 @@ def test_heldout_figures_of_a_store_do_not_depend_on_the_other_stores(tmp_path, 
         alone = d.backend.evaluate(str(path), [st], d.env.betas, proto, stage="heldout",
                                    episodes=True, on_error="record", workers=1)
         assert ev.rows == alone.rows, st.name
+
+
+# ---- the seal's filter, precompiled to BPF by the zygote --------------------------------------
+
+_SEAL_PROBE = r"""
+import ctypes, errno, json, os, sys, threading
+from autotts.sandbox import lockdown
+libc = ctypes.CDLL(None, use_errno=True)
+mode = sys.argv[1]
+if mode != "built":
+    lockdown.prepare_seal({})
+    assert lockdown._SEALED is not None
+if mode == "failing":  # a program the kernel refuses, after the zygote's own filter loaded
+    lockdown._SEALED[2].len = 0
+    lockdown._ZYGOTE_FILTERED = True
+libc.prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS, as lockdown() sets it
+try:
+    lockdown.seal()
+except OSError as e:
+    print(json.dumps({"seal": errno.errorcode.get(e.errno, str(e.errno))}))
+    sys.exit(0)
+got = {"seal": "loaded"}
+
+def call(nr, *args):
+    r = libc.syscall(ctypes.c_long(nr), *[ctypes.c_long(a) if type(a) is int else a for a in args])
+    if r == 0 and nr in (56, 57, 58):
+        os._exit(0)  # the child of a fork that went through
+    return "done" if r != -1 else errno.errorcode.get(ctypes.get_errno(), "?")
+
+class Prog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+allow = (ctypes.c_uint64 * 1)(0x7FFF000000000006)  # BPF_RET|BPF_K SECCOMP_RET_ALLOW
+prog = Prog(1, ctypes.addressof(allow))
+got.update(fork=call(57), vfork=call(58), clone=call(56, 17, 0, 0, 0, 0), clone3=call(435, 0, 0),
+           seccomp=call(317, 1, 0, ctypes.byref(prog)), getpid=call(39))
+try:
+    threading.Thread(target=lambda: None).start()
+    got["thread"] = "done"
+except RuntimeError:
+    got["thread"] = "refused"
+print(json.dumps(got))
+"""
+
+
+def _seal_probe(mode: str) -> dict:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = str(Path(__file__).resolve().parent.parent)
+    out = subprocess.run([sys.executable, "-c", _SEAL_PROBE, mode], capture_output=True,
+                         text=True, env={**os.environ, "PYTHONPATH": root}, timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout)
+
+
+def test_the_precompiled_seal_is_the_filter_libseccomp_builds_and_fails_closed():
+    """The program the zygote compiled once refuses what the filter libseccomp builds in the
+    batch refuses (vfork, clone with fork's flags, another seccomp filter: beyond what
+    tests/test_sandbox.py checks), and nothing more. A seccomp() call that fails where the
+    zygote's own filter is loaded (which lets a process fork) ends the batch instead of letting
+    candidate code run unsealed (it used to go on, as seal() with libseccomp did)."""
+    from ctypes.util import find_library
+
+    if find_library("seccomp") is None:
+        pytest.skip("no libseccomp here")
+    built, prepared = _seal_probe("built"), _seal_probe("prepared")
+    assert prepared == built == {"seal": "loaded", "fork": "EPERM", "vfork": "EPERM",
+                                 "clone": "EPERM", "clone3": "EPERM", "seccomp": "EPERM",
+                                 "getpid": "done", "thread": "refused"}
+    assert _seal_probe("failing") == {"seal": "EINVAL"}

@@ -282,3 +282,51 @@ def test_the_precompiled_seal_is_the_filter_libseccomp_builds_and_fails_closed()
                                  "clone": "EPERM", "clone3": "EPERM", "seccomp": "EPERM",
                                  "getpid": "done", "thread": "refused"}
     assert _seal_probe("failing") == {"seal": "EINVAL"}
+
+
+# ---- replies written at once: a child that does not read its stdin ---------------------------
+
+
+def test_replies_to_a_child_that_never_reads_queue_in_order_and_end_at_the_cap():
+    """_send writes a reply to the child's stdin at once and registers with the selector only
+    when the pipe is full. A child that never reads: the judge never blocks, what does not fit
+    waits in order behind what was written, the selector learns of it once, and past
+    MAX_PENDING unread bytes the run ends with a protocol error. Once the child reads, the rest
+    follows in order (frames split at whatever point the pipe filled)."""
+    import io
+    import os
+    import selectors
+    from types import SimpleNamespace
+
+    from autotts.sandbox import supervisor as sup
+    from autotts.sandbox.judge import ProtocolError
+    from autotts.sandbox.wire import read_frame
+
+    r, w = os.pipe()
+    os.set_blocking(w, False)
+    stdin = os.fdopen(w, "wb", buffering=0)
+    c = SimpleNamespace(proc=SimpleNamespace(stdin=stdin), outbuf=bytearray(),
+                        waiting_to_write=False)
+    sel = selectors.DefaultSelector()
+    sent = 0
+    try:
+        with pytest.raises(ProtocolError, match="left unread"):
+            for k in range(100_000):
+                sup._send(c, sel, {"t": "reply", "k": k, "pad": "x" * 3001})
+                sent = k + 1
+                if c.outbuf:  # the pipe is full: registered, once
+                    assert c.waiting_to_write and len(sel.get_map()) == 1
+        assert sent > 10 and len(c.outbuf) > sup.MAX_PENDING - 4000
+        # The child reads after all: what was written, then what waited, frame by frame.
+        got = []
+        reader = io.BufferedReader(io.FileIO(r, closefd=False))
+        while len(got) < sent:
+            while c.outbuf and sel.select(timeout=0):
+                sup._write_stdin(c, sel)
+            got.append(read_frame(reader)[0]["k"])
+        assert got == list(range(sent))
+        assert not c.outbuf and not c.waiting_to_write and not sel.get_map()
+    finally:
+        sel.close()
+        stdin.close()
+        os.close(r)

@@ -109,7 +109,7 @@ def _which(v: Any) -> list[Any]:
 # engine's to check: a wrong type or range is an InvalidAction for the candidate, as in-process.
 def _call(ep: Episode, op: str, args: list[Any]) -> None:
     if op == "advance_many":
-        ep.advance_many(args[0] if len(args[0]) else [], args[1])
+        ep.advance_many(args[0], args[1])  # an empty mask stays a mask, as in-process
     elif op == "advance":
         ep.advance(args[0])
     elif op == "branch":
@@ -129,7 +129,7 @@ def _call(ep: Episode, op: str, args: list[Any]) -> None:
     elif op == "prune":
         ep.prune(args[0])
     elif op == "prune_many":
-        ep.prune_many(args[0] if len(args[0]) else [])
+        ep.prune_many(args[0])
 
 
 ACTIONS = {"advance_many": 2, "advance": 1, "branch": 1, "branch_many": 2, "extend": 1,

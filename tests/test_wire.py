@@ -21,11 +21,22 @@ from autotts.sandbox.wire import (
 
 def _height(raw: bytes) -> int:
     """The nesting bound by its definition: the highest prefix count of opening minus closing
-    brackets (of either kind, inside strings too), never below 0."""
-    depth = top = 0
-    for c in raw:
-        depth += (c in b"[{") - (c in b"]}")
-        top = max(top, depth)
+    brackets (of either kind) outside strings, never below 0. A backslash followed by a
+    backslash or a quote takes it as a plain character (in a string, JSON's escapes; outside
+    one, where the parser stops anyway, the same)."""
+    depth = top = i = 0
+    inside = False
+    while i < len(raw):
+        c = raw[i : i + 1]
+        if c == b"\\" and raw[i + 1 : i + 2] in (b"\\", b'"'):
+            i += 2
+            continue
+        if c == b'"':
+            inside = not inside
+        elif not inside:
+            depth += (c in b"[{") - (c in b"]}")
+            top = max(top, depth)
+        i += 1
     return top
 
 
@@ -37,7 +48,7 @@ def _agrees(raw: bytes) -> bool:
 def test_nesting_is_the_prefix_height_of_any_bracket_text():
     rng = random.Random(7)
     for _ in range(5000):
-        alphabet = rng.choice([b'[]{}a"', b"[]", b"[{", b"{}]", b"[]{}"])
+        alphabet = rng.choice([b'[]{}a"', b"[]", b"[{", b"{}]", b"[]{}", b'[]"\\', b'[]{}"\\a'])
         raw = bytes(rng.choice(alphabet) for _ in range(rng.randint(0, 300)))
         assert _agrees(raw), raw
 

@@ -48,12 +48,15 @@ def _wire_list(which: Any) -> list[Any]:
 
 
 def _fast_indices(which: Any, opened: int) -> np.ndarray | None:
-    """A well-formed mask (a copy, sent as raw bools: the judge hands the engine the same mask
-    the controller passed, which the engine takes without a uniqueness check) or integer array
+    """A mask (a copy, sent as raw bools: the judge hands the engine the same mask the
+    controller passed, which the engine takes without a uniqueness check, or refuses as
+    in-process) or a well-formed integer array
     (sent as raw int32), or None: anything else goes as a JSON list for the engine to accept or
     refuse as it would in-process."""
     if isinstance(which, np.ndarray) and which.ndim == 1:
-        if which.dtype == bool and len(which) == opened:
+        # Any length: as a JSON list, an empty mask would become [] (no branches, accepted)
+        # where the engine refuses a mask that is not one entry per opened branch.
+        if which.dtype == bool:
             return which.copy()
         if which.dtype.kind in "iu" and (not len(which) or (
                 which.min() >= 0 and which.max() < opened)):

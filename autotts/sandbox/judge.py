@@ -32,7 +32,6 @@ MAX_TRACEBACK = 4000
 MAX_EVENT_ITEMS = 64 * 1024  # JSON values plus string characters in one trace event
 MAX_STRING = 4096  # characters of one string in a trace event
 MAX_KIND = 64
-_INT64 = 2**63
 
 
 class ProtocolError(Exception):
@@ -63,8 +62,11 @@ class _Slot:
 
 
 def _index(v: Any, what: str) -> int:
-    if type(v) is not int or not -_INT64 <= v < _INT64:
-        raise ProtocolError(f"{what} is not a 64-bit integer")
+    # Any size: the engine refuses one past the pool (or negative) with the InvalidAction the
+    # candidate gets in-process, where ep.advance(2**64) is a refusal it may catch, not the end
+    # of the run. (JSON caps it: the parser takes at most 4300 digits.)
+    if type(v) is not int:
+        raise ProtocolError(f"{what} is not an integer")
     return v
 
 
@@ -107,7 +109,7 @@ def _which(v: Any) -> list[Any]:
 # engine's to check: a wrong type or range is an InvalidAction for the candidate, as in-process.
 def _call(ep: Episode, op: str, args: list[Any]) -> None:
     if op == "advance_many":
-        ep.advance_many(args[0] if len(args[0]) else [], args[1])
+        ep.advance_many(args[0], args[1])  # an empty mask stays a mask, as in-process
     elif op == "advance":
         ep.advance(args[0])
     elif op == "branch":
@@ -127,7 +129,7 @@ def _call(ep: Episode, op: str, args: list[Any]) -> None:
     elif op == "prune":
         ep.prune(args[0])
     elif op == "prune_many":
-        ep.prune_many(args[0] if len(args[0]) else [])
+        ep.prune_many(args[0])
 
 
 ACTIONS = {"advance_many": 2, "advance": 1, "branch": 1, "branch_many": 2, "extend": 1,

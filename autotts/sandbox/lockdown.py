@@ -557,6 +557,8 @@ def lockdown(limits: dict[str, Any], workdir: str) -> dict[str, bool | str]:
     _rlimits(limits, base_vm, _fill_fds(fds), applied["pidns"])
     if filt is not None:
         applied["seccomp"] = filt.load()
+        global _ZYGOTE_FILTERED
+        _ZYGOTE_FILTERED = applied["seccomp"]
     if notes:
         applied["notes"] = "; ".join(notes)[:1000]
     applied["lockdown_ms"] = f"{(time.perf_counter() - t0) * 1e3:.2f}"
@@ -771,6 +773,9 @@ class _SockFprog(ctypes.Structure):
 # seal()'s filter as a BPF program, compiled once by the zygote (prepare_seal): (libc's syscall,
 # the seccomp syscall's number, the program, the buffer that holds it).
 _SEALED: tuple[Any, int, _SockFprog, Any] | None = None
+# Whether lockdown() loaded the zygote's own filter: then a batch whose seal fails must not run
+# (the zygote's filter lets it fork).
+_ZYGOTE_FILTERED = False
 
 
 def prepare_seal(limits: dict[str, Any]) -> None:
@@ -824,8 +829,10 @@ def seal() -> None:
     _cap(resource.RLIMIT_NPROC, 0)
     if _SEALED is not None:
         syscall, nr, fprog, _ = _SEALED
-        syscall(ctypes.c_long(nr), ctypes.c_long(_SECCOMP_SET_MODE_FILTER), ctypes.c_long(0),
-                ctypes.byref(fprog))
+        rc = syscall(ctypes.c_long(nr), ctypes.c_long(_SECCOMP_SET_MODE_FILTER), ctypes.c_long(0),
+                     ctypes.byref(fprog))
+        if rc != 0 and _ZYGOTE_FILTERED:  # fail closed: the batch ends with a crash verdict
+            raise OSError(ctypes.get_errno(), "seal: the seccomp filter could not be loaded")
         return
     filt = _seal_filter()
     if filt is not None:

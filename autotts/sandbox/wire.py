@@ -27,7 +27,7 @@ import numpy as np
 
 FRAME_DTYPES = frozenset({"<i4", "<i8", "|u1", "|b1"})
 _LEN = struct.Struct("<Q")
-MAX_DEPTH = 64  # nesting of a JSON header from the child (brackets in strings count)
+MAX_DEPTH = 64  # nesting of a JSON header from the child (its brackets outside strings)
 
 
 class FrameError(Exception):
@@ -78,28 +78,48 @@ _OPEN[[ord("]"), ord("}")]] = -1
 
 
 _BRACKETS = bytes.maketrans(b"{}", b"[]")
-_NOT_BRACKETS = bytes(sorted(set(range(256)) - set(b"[]{}")))
+_NOT_STRUCTURE = bytes(sorted(set(range(256)) - set(b'[]{}"')))
+
+
+def _structure(raw: bytes) -> bytes:
+    """The brackets of UTF-8 JSON text that are outside its strings, as "[" and "]" (the
+    parser's recursion follows these alone). A bracket inside a string must not count: a "]"
+    there would lower the count below the real depth by one, as many times as the text has
+    room for. Outside strings a backslash is an error the parser stops at, so escapes are read
+    as inside a string throughout: a run of backslashes pairs up left to right, and what is left
+    of it escapes the next byte. Past a point where the parser stops (an unterminated string,
+    a stray quote), what this makes of the rest is never parsed."""
+    if b"\\" in raw:
+        raw = raw.replace(b"\\\\", b"").replace(b'\\"', b"")
+    # Quotes and brackets alone. Two adjacent quotes close one string and open the next (or
+    # make an empty one) with no bracket between: dropped, what is between the rest pairs up.
+    s = raw.translate(_BRACKETS, _NOT_STRUCTURE).replace(b'""', b"")
+    if b'"' in s:  # a string that holds brackets: keep what is between strings
+        s = b"".join(s.split(b'"')[::2])
+    return s
 
 
 def _nesting(raw: bytes) -> int:
-    """An upper bound of the nesting depth of JSON text (brackets inside strings count too).
-    Checked before parsing: the C parser recurses once per level, and the interpreter's recursion
-    limit may be raised for a moment by another thread (admission), so it is no guard here."""
-    # The usual frame first: its brackets alone, as one kind, are balanced, and deleting every
-    # innermost pair "[]" at once lowers the height by exactly one, so the number of passes
-    # that empties them is the depth (a few passes instead of an array pass over the text).
-    # Only for a small header: the passes are bounded by MAX_DEPTH, their cost by its length.
-    if len(raw) <= 1 << 16:
-        s = raw.translate(_BRACKETS, _NOT_BRACKETS)
+    """The nesting depth of UTF-8 JSON text, of what a parser would read of it: exact for the
+    prefix it parses (an upper bound past it). Checked before parsing: the C parser recurses
+    once per level, and the interpreter's recursion limit may be raised for a moment by another
+    thread (admission), so it is no guard here."""
+    s = _structure(raw)
+    # The usual frame first: its brackets are balanced, and deleting every innermost pair "[]"
+    # at once lowers the height by exactly one, so the number of passes that empties them is
+    # the depth (a few passes instead of an array pass over the text). Only for a small header:
+    # the passes are bounded by MAX_DEPTH, their cost by its length.
+    if len(s) <= 1 << 16:
+        t = s
         for passes in range(MAX_DEPTH + 1):
-            if not s:
+            if not t:
                 return passes
-            t = s.replace(b"[]", b"")
-            if len(t) == len(s):
+            u = t.replace(b"[]", b"")
+            if len(u) == len(t):
                 break  # unbalanced: counted exactly below
-            s = t
+            t = u
     depth, top = 0, 0
-    view = np.frombuffer(raw, dtype=np.uint8)
+    view = np.frombuffer(s, dtype=np.uint8)
     for start in range(0, len(view), 1 << 20):
         run = np.cumsum(_OPEN[view[start : start + (1 << 20)]], dtype=np.int32) + depth
         if len(run):
@@ -111,11 +131,15 @@ def _nesting(raw: bytes) -> int:
 
 
 def loads_strict(raw: bytes) -> Any:
-    """JSON from an untrusted peer: only finite numbers, bounded nesting; FrameError otherwise."""
+    """JSON from an untrusted peer: UTF-8 only, finite numbers, bounded nesting; FrameError
+    otherwise."""
     if _nesting(raw) > MAX_DEPTH:
         raise FrameError("frame header nested too deeply")
     try:
-        obj = json.loads(raw, parse_constant=_no_constant, parse_float=_finite_float)
+        # Decoded here, as UTF-8 (as json.loads reads UTF-8 bytes): given bytes, json.loads
+        # would also take UTF-16 and UTF-32, where the bound read from bytes means nothing.
+        text = raw.decode("utf-8", "surrogatepass")
+        obj = json.loads(text, parse_constant=_no_constant, parse_float=_finite_float)
     except (ValueError, RecursionError, UnicodeDecodeError) as e:
         raise FrameError(f"bad frame header: {str(e)[:100]}") from None
     return obj

@@ -2,7 +2,7 @@
 code execution in its own batch process, `_unrestricted=True`): the wire's nesting bound by
 bracket passes and the child's one-read frames, the supervisor's immediate reply writes, the
 seal's seccomp filter precompiled to BPF by the zygote, the engine's fast paths (which the
-judge runs on every untrusted action), and discovery's merged held-out evaluation.
+judge runs on every untrusted action), and a merged held-out evaluation (reverted).
 
 Found and fixed:
 - The nesting bound checked before a child's header is parsed counted brackets inside JSON
@@ -19,9 +19,9 @@ Found and fixed:
 - A batch whose precompiled seal failed to load went on to run candidate code unsealed (as
   seal() with libseccomp did); where the zygote's filter is loaded it now ends the batch.
 
-Left (strict xfail, the lead's call): discovery's held-out step evaluates the selected candidate
-over all held-out stores at once, so one batch holds the same question of every held-out store
-and a store's figures can depend on the other stores' episodes.
+- Discovery's held-out step evaluated the selected candidate over all held-out stores at once
+  (a change of this session, reverted): one batch then held the same question of every
+  held-out store, and a store's figures could depend on the other stores' episodes.
 
 Held: the engine's fast paths against main's engine (refusal messages, counters, journal,
 history; thousands of hostile calls, no difference), the precompiled program against the filter
@@ -200,29 +200,36 @@ class Remembers:
 '''
 
 
-@pytest.mark.xfail(strict=True, reason="discover's held-out step (33f2522) evaluates the selected "
-                   "candidate over all held-out stores at once, so one batch holds the same "
-                   "question of every store and a store's figures depend on the others' "
-                   "episodes; per-store evaluation (or per-store batches) needed: lead's call")
 def test_heldout_figures_of_a_store_do_not_depend_on_the_other_stores(tmp_path, monkeypatch):
+    """The held-out step evaluates the selected candidate one store at a time (a batch then never
+    holds the same question twice), so each store's rows are those of its own evaluation."""
     from discover_helpers import config, make_env
 
     from autotts.discover.loop import Discovery
-    from autotts.store import open_store
 
     monkeypatch.setenv("AUTOTTS_CACHE_HOME", str(tmp_path / "cache"))
     env_file = make_env(tmp_path / "env")
     d = Discovery(config(env_file, tmp_path / "run", None, workers=1))
-    stores = [open_store(env_file.parent / "stores" / n) for n in ("heldout3", "heldout4")]
-    assert all(len(st.questions) == 5 for st in stores)
-    proto = d.cfg.protocol(d.env, "heldout")
     path = tmp_path / "remembers.py"
     path.write_text(_REMEMBERS)
-    together = list(d._heldout_candidate(str(path), stores, proto))
-    for st, ev in together:
-        alone = d.backend.evaluate(str(path), [st], d.env.betas, proto, stage="heldout",
-                                   episodes=True, on_error="record", workers=1)
-        assert ev.rows == alone.rows, st.name
+    calls = []
+    evaluate = d.backend.evaluate
+
+    def spy(source, stores, *args, **kw):
+        ev = evaluate(source, stores, *args, **kw)
+        if kw.get("stage") == "heldout" and source == str(path):
+            calls.append(([st.name for st in stores], ev.rows))
+        return ev
+
+    monkeypatch.setattr(d.backend, "evaluate", spy)
+    d.history = [{"eligible": True, "objective": 1.0, "id": "1", "name": "remembers",
+                  "path": str(path), "round": 1, "slot": 1}]
+    d.final_step([])
+    assert [names for names, _ in calls] == [["synth/heldout3"], ["synth/heldout4"]]
+    held = json.loads((tmp_path / "run" / "final" / "heldout.json").read_text())
+    mine = [r for r in held["rows"] if r["label"] == "r1:remembers"]
+    assert [r["accuracy"] for r in mine] == [r["accuracy"] for _, rows in calls for r in rows]
+    assert all(r["accuracy"] > 0 for r in mine)  # 5 questions each: it never stopped answering
 
 
 # ---- the seal's filter, precompiled to BPF by the zygote --------------------------------------

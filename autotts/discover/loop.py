@@ -20,7 +20,7 @@ import shutil
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,7 +66,7 @@ from autotts.discover.rundir import (
 from autotts.discover.significance import delta_auc, describe, per_question_table
 from autotts.envdef import EnvDef, load_env
 from autotts.errors import AutoTTSError, ConfigError
-from autotts.evaluate import EvalProtocol, Evaluation, evaluate
+from autotts.evaluate import Evaluation, evaluate
 from autotts.fsio import dumps, read_json, write_json, write_text
 from autotts.store import Store, open_store
 from autotts.summary import summarize
@@ -693,7 +693,10 @@ class Discovery:
             n_eps = 0
             eps: list[dict[str, Any]] = []
             try:
-                for st, ev in self._heldout_candidate(best["path"], held_stores, proto):
+                for st in held_stores:
+                    ev = self.backend.evaluate(best["path"], [st], env.betas, proto,
+                                               stage="heldout", episodes=True,
+                                               on_error="record", workers=cfg.workers)
                     rows += [{**_clean_row(r), "round": best["round"], "label": lab}
                              for r in ev.rows]
                     errors += ev.errors
@@ -770,38 +773,6 @@ class Discovery:
         for name, d in comparisons.items():
             self.progress(f"held-out: selected minus {name}: ΔAUC {describe(d['pooled'])}")
         return selection
-
-    def _heldout_candidate(self, path: str, stores: Sequence[Store], proto: EvalProtocol
-                           ) -> Iterator[tuple[Store, Evaluation]]:
-        """The selected candidate on each held-out store, as one evaluation per store: the
-        record (rows, errors, episodes, verdict) is per store, and a store that fails keeps the
-        stores before it. Computed as one evaluation over all of them first, split by store
-        (its rows, episodes and errors are store-major, each store's as its own evaluation
-        gives them): one set of sandbox processes instead of one per store, and batches that
-        hold every store of a task (half the forks with two workers). Only where that one fails
-        (a verdict, or the wall-clock limit that now holds for all stores together) are the
-        stores evaluated one by one, which gives the verdict and the rows exactly as before."""
-        be, env, workers = self.backend, self.env, self.cfg.workers
-        names = [s.name for s in stores]
-        ev = None
-        if len(stores) > 1 and len(set(names)) == len(names):
-            try:
-                ev = be.evaluate(path, list(stores), env.betas, proto, stage="heldout",
-                                 episodes=True, on_error="record", workers=workers)
-            except CandidateFailure:
-                ev = None
-        if ev is None:
-            for st in stores:
-                yield st, be.evaluate(path, [st], env.betas, proto, stage="heldout",
-                                      episodes=True, on_error="record", workers=workers)
-            return
-        at = 0  # each row counts its errors, and the errors come in row order
-        for st in stores:
-            rows = [r for r in ev.rows if r["store"] == st.name]
-            n = sum(int(r.get("errors") or 0) for r in rows)
-            yield st, Evaluation(rows, [e for e in ev.episodes or [] if e["store"] == st.name],
-                                 None, ev.errors[at:at + n])
-            at += n
 
     # ---- summary and report ---------------------------------------------------------------------
 

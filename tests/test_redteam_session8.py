@@ -25,7 +25,8 @@ Found and fixed:
 
 Held: the engine's fast paths against main's engine (refusal messages, counters, journal,
 history; thousands of hostile calls, no difference), the precompiled program against the filter
-libseccomp builds, replies queued in order behind a full pipe."""
+libseccomp builds, replies queued in order behind a full pipe, and (the lead's last attack) a
+sealed batch with code execution trying a child process, a thread and a seccomp() call of its own."""
 
 from __future__ import annotations
 
@@ -454,3 +455,65 @@ def test_hostile_arguments_are_refused_and_counted_as_in_process(tmp_path):
     assert len(refused) > 20 and sum(e["out"][0] == "ok" for e in steps) > 200
     assert got.traces == want.traces
     assert got.rows == want.rows and got.errors == want.errors
+
+
+# ---- the lead's last attack: a batch that wants a second life ----------------------------------
+
+# With code execution, every batch tries what would let it outlive itself or undo its seal: a
+# child process, a thread, and a seccomp filter of its own (a filter can only narrow, but the
+# seccomp() call itself being refused shows the seal is the one libseccomp would build). It
+# records each outcome in a trace event and answers as read_new would.
+_SECOND_LIFE = '''
+import ctypes, os, threading
+
+
+class SecondLife:
+    NAME = "second_life"
+
+    @staticmethod
+    def schedule(beta):
+        return {}
+
+    def run(self, ep):
+        out = {}
+        try:
+            pid = os.fork()
+            if pid == 0:
+                os._exit(0)
+            out["fork"] = "ok"
+        except OSError as e:
+            out["fork"] = e.errno
+        try:
+            t = threading.Thread(target=lambda: None)
+            t.start()
+            t.join()
+            out["thread"] = "ok"
+        except RuntimeError:
+            out["thread"] = "refused"
+        libc = ctypes.CDLL(None, use_errno=True)
+        rc = libc.syscall(317, 0, 0, 0)  # seccomp(SECCOMP_SET_MODE_STRICT) on x86_64
+        out["seccomp"] = "ok" if rc == 0 else ctypes.get_errno()
+        ep.trace("tried", **out)
+        return ep.read_new()
+'''
+
+
+@pytest.mark.usefixtures("parent")
+def test_a_sealed_batch_can_make_no_process_thread_or_filter(tmp_path):
+    import errno
+    import platform
+
+    if platform.machine() != "x86_64":
+        pytest.skip("the candidate calls seccomp by its x86_64 number")
+    store, proto = synthetic_store(3, 8, 0), EvalProtocol(draws=2)
+    got = evaluate_sandboxed(_SECOND_LIFE, [store], [0.5], proto, traces=True,
+                             on_error="record", limits=FAST, filename="second_life.py",
+                             _unrestricted=True)
+    if not got.isolation.get("seccomp"):
+        pytest.skip("no seccomp filter on this platform (the weak-platform tests cover it)")
+    tried = [e for t in got.traces for e in t["events"] if e.get("ev") == "tried"]
+    assert len(tried) == 3 * 2  # every episode of every batch tried
+    for e in tried:
+        assert e["fork"] == errno.EPERM and e["thread"] == "refused"
+        assert e["seccomp"] == errno.EPERM
+    assert not got.errors

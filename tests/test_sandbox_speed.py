@@ -139,3 +139,25 @@ def test_folded_traces_give_the_digest_of_a_separate_traced_run(tmp_path, monkey
     assert v1 == v2 and v1["kind"] == "ok"
     assert r1 == r2
     assert d1 == d2 and d1
+
+
+def test_local_tasks_hold_every_beta_alike():
+    """Workers split the grid by draws, not by β: β sets a candidate's width and depth, so a
+    β-major split gave one worker the cheap half of the grid and the other the dear half. Every
+    unit goes to exactly one task, and a batch's units stay together where no boundary cuts it."""
+    from autotts.sandbox.evaluation import _tasks
+
+    betas, draws, stores = 11, 20, 4
+    units = [(s, r, d, d + 1) for r in range(betas) for d in range(draws) for s in range(stores)]
+    tasks = _tasks(units, stores, 2, one_store=False)
+    assert len(tasks) == 2
+    assert sorted(i for t in tasks for i in t.index) == list(range(len(units)))
+    for t in tasks:
+        per_beta = [sum(1 for i in t.index if units[i][1] == r) for r in range(betas)]
+        assert per_beta == [draws * stores // 2] * betas  # every β, half its draws
+        assert [u[1:] for u in t.units] == [units[i][1:] for i in t.index]
+    # Ray: one store per task, still split by draws within the store.
+    ray = _tasks(units, stores, 4, one_store=True)
+    for t in ray:
+        assert len(t.stores) == 1
+        assert {units[i][1] for i in t.index} == set(range(betas))

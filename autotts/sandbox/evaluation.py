@@ -75,18 +75,26 @@ class Task:
 
 
 def _tasks(units: list[Unit], n_stores: int, n: int, *, one_store: bool) -> list[Task]:
-    """Units in about `n` tasks, each a contiguous run of units (so a process serves few
-    stores); with one_store, no task spans two stores (a Ray task ships one store)."""
+    """Units in about `n` tasks, each a contiguous run of units in (draw, β, store) order; with
+    one_store, no task spans two stores (a Ray task ships one store).
+
+    Draw-major on purpose: a β's cost can differ from another's by 20× (β sets the width and
+    depth), so splitting the β-major unit list gave one local worker the cheap half of the grid
+    and the other the dear half (5.6 vs 9.6 s CPU for a Parallel-Probe-class sweep); a run of
+    draws holds every β alike. A batch (one β, one draw: autotts.sandbox.supervisor._batches)
+    and the β whose knobs repeat another β's still sit in one task, except where a task boundary
+    falls inside a draw."""
+    order = sorted(range(len(units)), key=lambda i: (units[i][2], units[i][1], units[i][0]))
     groups: list[list[int]] = []
     if one_store:
         per_store = max(1, math.ceil(n / n_stores))
         for s in range(n_stores):
-            mine = [i for i, u in enumerate(units) if u[0] == s]
+            mine = [i for i in order if units[i][0] == s]
             groups += [[mine[int(i)] for i in c]
                        for c in np.array_split(np.arange(len(mine)), min(per_store, len(mine)))
                        if len(c)]
     else:
-        groups = [[int(i) for i in c]
+        groups = [[order[int(i)] for i in c]
                   for c in np.array_split(np.arange(len(units)), max(1, min(n, len(units))))
                   if len(c)]
     tasks = []

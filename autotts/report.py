@@ -366,50 +366,79 @@ _LABEL_SPOTS = [
 ]
 
 
+def _label_box(ox: float, oy: float, w: float, h: float, spot: tuple[int, int, str, str],
+               px: float) -> tuple[float, float, float, float]:
+    """Display box (x0, y0, x1, y1) of a w × h text annotating display point (ox, oy) at `spot`
+    (offset in points, horizontal and vertical alignment); `px`: pixels per point."""
+    dx, dy, ha, va = spot
+    x0 = ox + dx * px - {"left": 0.0, "center": w / 2, "right": w}[ha]
+    y0 = oy + dy * px - {"bottom": 0.0, "center": h / 2, "top": h}[va]
+    return x0, y0, x0 + w, y0 + h
+
+
 def _place_labels(fig: Any, labels: Sequence[tuple[Any, float, float, str, str]]) -> None:
     """Put each β label at the first nearby spot that overlaps no label placed before it and no
     marker (else the spot with the least marker overlap). A label that cannot be placed without
     covering another label is left out: the tables carry every β, and overlapping labels are
-    unreadable. Measured in display space after layout."""
+    unreadable. Measured in display space after layout.
+
+    A label's box at each spot is its text's extent (measured once per distinct text: the β
+    strings repeat across curves) moved to the spot's offset and alignment, which is how
+    matplotlib lays out unrotated text: the same boxes as annotating every spot and asking for
+    its extent, for a fraction of the cost (tests/test_report.py holds the two to equality)."""
     if not labels:
         return
-    fig.canvas.draw()  # runs the layout so that display coordinates are final
+    fig.draw_without_rendering()  # runs the layout so that display coordinates are final
     renderer = fig.canvas.get_renderer()
-    placed: dict[Any, list[Any]] = {}
+    placed: dict[Any, list[tuple[float, float, float, float]]] = {}
     markers: dict[Any, np.ndarray] = {}
     for ax, x, y, *_ in labels:
         markers.setdefault(ax, []).append(ax.transData.transform((x, y)))  # type: ignore[union-attr]
     r = 5.0  # marker radius in pixels, about
+    boxes = {ax: (m[:, 0] - r, m[:, 1] - r, m[:, 0] + r, m[:, 1] + r)
+             for ax, m in ((ax, np.array(v)) for ax, v in markers.items())}
+    extents: dict[str, tuple[float, float]] = {}
+    px = fig.dpi / 72.0
 
-    def area(bb: Any, x0: float, y0: float, x1: float, y1: float) -> float:
-        w = min(bb.x1, x1) - max(bb.x0, x0)
-        h = min(bb.y1, y1) - max(bb.y0, y0)
-        return w * h if w > 0 and h > 0 else 0.0
-
-    def overlap(bb: Any, ax: Any) -> tuple[float, float]:
-        on_labels = sum(area(bb, o.x0, o.y0, o.x1, o.y1) for o in placed.get(ax, []))
-        on_markers = sum(area(bb, mx - r, my - r, mx + r, my + r) for mx, my in markers[ax])
+    def overlap(ax: Any, x0: float, y0: float, x1: float, y1: float) -> tuple[float, float]:
+        on_labels = 0.0
+        for o in placed.get(ax, ()):
+            w = min(o[2], x1) - max(o[0], x0)
+            h = min(o[3], y1) - max(o[1], y0)
+            if w > 0 and h > 0:
+                on_labels += w * h
+        mx0, my0, mx1, my1 = boxes[ax]
+        w = np.minimum(mx1, x1) - np.maximum(mx0, x0)
+        h = np.minimum(my1, y1) - np.maximum(my0, y0)
+        # Summed in marker order, as one float at a time: ties between spots break as before.
+        on_markers = sum(np.where((w > 0) & (h > 0), w * h, 0.0).tolist())
         return on_labels, on_markers
 
     for ax, x, y, text, color in labels:
+        if text not in extents:
+            # Never clipped: matplotlib gives a clipped annotation (a point outside the axes) a
+            # 1 × 1 extent, which is no text's size.
+            probe = ax.annotate(text, (x, y), xytext=(0, 0), textcoords="offset points",
+                                ha="left", va="bottom", fontsize=7, annotation_clip=False)
+            bb = probe.get_window_extent(renderer)
+            extents[text] = (bb.width, bb.height)
+            probe.remove()
+        w, h = extents[text]
+        ox, oy = ax.transData.transform((x, y))
         best = None
-        for dx, dy, ha, va in _LABEL_SPOTS:
-            ann = ax.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset points",
-                              ha=ha, va=va, fontsize=7, color=color, zorder=5)
-            bb = ann.get_window_extent(renderer)
-            cost = overlap(bb, ax)
+        for spot in _LABEL_SPOTS:
+            box = _label_box(ox, oy, w, h, spot, px)
+            cost = overlap(ax, *box)
             if best is None or cost < best[0]:
-                if best is not None:
-                    best[1].remove()
-                best = (cost, ann, bb)
-            else:
-                ann.remove()
+                best = (cost, spot, box)
             if cost == (0.0, 0.0):
                 break
         assert best is not None
         if best[0][0] > 0:
-            best[1].remove()
             continue
+        dx, dy, ha, va = best[1]
+        ax.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset points",
+                    ha=ha, va=va, fontsize=7, color=color, zorder=5)
         placed.setdefault(ax, []).append(best[2])
 
 

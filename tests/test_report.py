@@ -277,3 +277,30 @@ def test_rows_with_episodes_get_intervals_and_drop_them(tmp_path):
     want = stats.beta_intervals(curve)
     for r, w in zip(summary["rows"], want, strict=True):
         assert r["accuracy_ci_questions"] == pytest.approx([w["accuracy"].low, w["accuracy"].high])
+
+
+def test_label_boxes_are_matplotlib_extents():
+    """β labels are placed from boxes computed from each text's size, not by annotating every
+    candidate spot: the computed box must be the extent matplotlib gives the annotation there."""
+    from autotts.report import _LABEL_SPOTS, _label_box
+
+    fig, _ = make_figure(rows_two_stores(), "t")
+    renderer = fig.canvas.get_renderer()
+    ax = fig.axes[0]
+    px = fig.dpi / 72.0
+    (xa, xb), (ya, yb) = ax.get_xlim(), ax.get_ylim()
+    x, y = math.sqrt(xa * xb), (ya + yb) / 2  # inside the axes: a point outside has no extent
+    for text in ("β=0", "β=0.25", "β=1"):
+        probe = ax.annotate(text, (x, y), xytext=(0, 0), textcoords="offset points",
+                            ha="left", va="bottom", fontsize=7)
+        size = probe.get_window_extent(renderer)
+        probe.remove()
+        ox, oy = ax.transData.transform((x, y))
+        for spot in _LABEL_SPOTS:
+            dx, dy, ha, va = spot
+            ann = ax.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset points",
+                              ha=ha, va=va, fontsize=7)
+            bb = ann.get_window_extent(renderer)
+            ann.remove()
+            box = _label_box(ox, oy, size.width, size.height, spot, px)
+            assert box == pytest.approx((bb.x0, bb.y0, bb.x1, bb.y1), abs=1e-6), (text, spot)

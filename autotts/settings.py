@@ -1,13 +1,13 @@
 """Which evaluation settings a command runs with: the one place that decides precedence.
 
-`autotts eval`, `autotts sweep` and `autotts discover` all evaluate under a protocol (draws, draw
-protocol, pool, seed, probe cost κ, budget) over a β grid. Each setting comes from the first
-layer that gives it:
+`autotts eval`, `autotts sweep`, `autotts compare` and `autotts discover` all evaluate under a
+protocol (draws, draw protocol, pool, seed, probe cost κ, budget) over a β grid. Each setting
+comes from the first layer that gives it:
 
   1. a flag the user gave explicitly (options default to None, so "not given" is visible);
   2. the environment file (`--env`, env/*.toml: [replay] probe_cost, branch_cap, budget;
      [evaluation] draws, heldout_draws, protocol, betas), when there is one;
-  3. the command's own defaults (`EVAL`, `SWEEP`, `DISCOVER` below).
+  3. the command's own defaults (`EVAL`, `SWEEP`, `COMPARE`, `DISCOVER` below).
 
 The seed has no field in an environment file; discover's "flags" are its DiscoverConfig values
 (command-line flags over AUTOTTS_* variables, discover/config.py). `first_given` is the rule

@@ -180,7 +180,7 @@ def next_steps(result: DemoResult | None = None) -> list[tuple[str, str]]:
     ref_file = root / "autotts-replay" / "Qwen3-8B" / "aime24.json"
     ref_arg = _arg(ref_file)
     envs = sorted(envs_dir().glob("*.toml")) if envs_dir().is_dir() else []
-    env_arg = _rel(envs[0], up=True) if envs else "aime-qwen3"
+    env_arg = _arg(envs[0]) if envs else "aime-qwen3"  # as the store paths: no ../../.. chains
     steps = [
         ("One controller on the store this demo used, all 100 draws of the published protocol",
          f"autotts eval --controller cmc --store {ran_on} --betas 0,0.5,1"),

@@ -96,6 +96,21 @@ def test_demo_lists_what_it_wrote_and_next_uses_its_store(tiny_store, tmp_path, 
     assert f"--model {demo.DISCOVER_MODEL}" in nxt
 
 
+def test_next_steps_name_the_environment_as_the_stores_from_outside_the_checkout(tmp_path,
+                                                                                 monkeypatch):
+    # Run from a folder outside the checkout, the discover hint named the environment file by a
+    # relative path climbing to / and back (../../../work/...); the store paths beside it are
+    # absolute (or ~/...) there, and the environment's must be too.
+    from pathlib import Path
+
+    monkeypatch.chdir(tmp_path)
+    cmds = dict(demo.next_steps())
+    discover = next(c for what, c in cmds.items() if "discover" in what)
+    env_arg = discover.split("--env ", 1)[1].split()[0]
+    assert not env_arg.startswith("../..")
+    assert Path(env_arg).expanduser().resolve() == (demo.envs_dir() / "aime-qwen3.toml").resolve()
+
+
 def test_one_model_name_across_readme_and_hints():
     from pathlib import Path
 

@@ -1,9 +1,10 @@
 """Evaluation (DESIGN §6): run a controller over stores × β × draws and score it.
 
 Running and scoring are separate on purpose. `autotts.units.run_block` replays episodes and returns
-only what the controller answered and what it spent; it never sees a gold answer, so the same
-function runs in any worker and in the sandbox's judge. `evaluate` scores those answers against the
-gold classes it alone holds; `autotts.executors` decides where the work units run.
+only what the controller answered and what it spent (a `BlockResult`); it never sees a gold
+answer, so it runs in any worker, and the sandbox's judge returns the same `BlockResult` from the
+episodes it serves. `evaluate` scores those answers against the gold classes it alone holds;
+`autotts.executors` decides where the work units run.
 """
 
 from __future__ import annotations

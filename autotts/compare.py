@@ -105,6 +105,8 @@ def run_compare(
         raise ConfigError("compare needs at least two controllers or result files")
     if resamples < 100:
         raise ConfigError(f"--resamples must be at least 100, got {resamples}")
+    if top < 0:  # a negative slice would silently drop the largest gains and losses instead
+        raise ConfigError(f"--top must be at least 0, got {top}")
     stats.check_method(method, level)  # before any evaluation
     from autotts.evaluate import evaluate
     from autotts.settings import COMPARE, resolve

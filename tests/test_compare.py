@@ -164,6 +164,7 @@ def test_compare_errors(tmp_path: Path) -> None:
         (["sc", "asc", "--env", str(env), "--token-range", "5"], "--token-range"),
         (["sc", str(tmp_path / "missing.json")], "no such result file"),
         (["sc", "asc", "--env", str(env), "--method", "studentized"], "interval method"),
+        (["sc", "asc", "--env", str(env), "--top", "-1"], "--top must be at least 0"),
     ):
         res = CliRunner().invoke(app, ["compare", *args])
         assert res.exit_code != 0

@@ -514,7 +514,7 @@ def collect_merge_cmd(
 
 @app.command("report")
 def report_cmd(
-    inputs: Annotated[list[Path], typer.Argument(help="eval --json outputs or discovery run dirs")],
+    inputs: Annotated[list[Path], typer.Argument(help="eval --json outputs (files, or directories holding them), or discovery run dirs")],
     out_dir: Annotated[Path, typer.Option("--out", help="report directory")],
     title: Annotated[str | None, typer.Option(help="report title")] = None,
 ) -> None:

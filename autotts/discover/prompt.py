@@ -17,7 +17,7 @@ from autotts.envdef import EnvDef
 
 PROMPT_VERSION = 3
 CONTEXT_KEYS = ("store", "beta", "question", "draw", "step", "line")  # of a verdict, for the agent
-IDEA_CHARS = 100  # the idea column of the standings: a docstring's first line, cut
+IDEA_CHARS = 100  # the idea column of the standings: a docstring's first paragraph, cut
 PARENT_SIMILARITY = 0.6  # a candidate at least this similar to a shown one is shown as a diff
 
 
@@ -220,7 +220,7 @@ def _verdict_text(v: dict[str, Any]) -> str:
 
 
 def idea_of(source: str | None) -> str:
-    """A candidate's idea in one line: the first line of its module or class docstring."""
+    """A candidate's idea in one line: the first paragraph of its module or class docstring."""
     if not source:
         return ""
     import ast

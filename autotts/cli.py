@@ -259,7 +259,9 @@ def data_list_cmd(
     out.print(t)
     for d in CATALOG.values():
         _say(f"{d.name}: {d.description}; from {d.origin}")
-    _say("get what is missing with: autotts data fetch")
+    # A folder given by --dir is filled with --to: a plain fetch would fill the data folder.
+    to = f" --to {root}" if root != data_dir() else ""
+    _say(f"get what is missing with: autotts data fetch{to}")
 
 
 # ---- evaluation -------------------------------------------------------------------------------

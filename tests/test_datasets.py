@@ -220,11 +220,16 @@ def test_cli_fetch_list_and_parquet(catalog, server, tmp_path, monkeypatch):
     assert "from $AUTOTTS_DATA" in r.output
     lines = {ln.split("│")[2].strip(): ln for ln in r.output.splitlines() if ln.count("│") > 3}
     assert "cached" in lines["m2/b2"] and "missing" in lines["m1/b1"]
+    assert "get what is missing with: autotts data fetch\n" in r.output  # the data folder's own
     # --to fills another folder and says how to use it
     r = CliRunner().invoke(app, ["data", "fetch", "--to", str(tmp_path / "other")])
     assert r.exit_code == 0, r.output
     assert "export AUTOTTS_DATA=" in r.output
     assert (tmp_path / "other/autotts-replay/m1/b1.json").read_bytes() == BLOB_A
+    # list --dir of another folder: its hint fills that folder, not the data folder
+    r = CliRunner().invoke(app, ["data", "list", "--dir", str(tmp_path / "third")])
+    assert r.exit_code == 0, r.output
+    assert f"autotts data fetch --to {(tmp_path / 'third').resolve()}" in r.output
 
 
 def test_real_catalog_matches_the_published_files():

@@ -69,6 +69,20 @@ class EnvDef:
                 raise ConfigError(missing_store_message(self.path, p))
         return paths
 
+    def check_delta(self, stores: Any, split: str) -> None:
+        """Every store of `split` has the environment's Δ ([replay] delta, where given) and the
+        same Δ as the others: discovery tells the agent one Δ (the prompt's first store's).
+        `stores`: objects with `name`, `path` and `delta` (autotts.store.Store)."""
+        want = self.delta
+        for s in stores:
+            if want is None:
+                want = s.delta
+            elif s.delta != want:
+                source = "[replay] delta" if self.delta is not None else f"{stores[0].name}'s Δ"
+                raise ConfigError(f"{self.path}: {split} store {s.path or s.name} has Δ = "
+                                  f"{s.delta} tokens per step, but {source} is {want}: every "
+                                  "store of an environment must share one Δ")
+
 
 def missing_store_message(env_path: str, store: str) -> str:
     """One line: which store of which env file is missing, and how to get it."""

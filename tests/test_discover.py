@@ -425,3 +425,22 @@ def test_several_candidates_per_round(e2e: dict[str, Any], env_file: Path,
     assert summary["rounds_completed"] == 2 and summary["candidates_evaluated"] == 3
     labels = {r["controller"] for r in read_run_dir(run_dir).rows}
     assert {"r1:probe_vote", "r1.3:probe_vote_b"} <= labels and "r1.2:broken" not in labels
+
+
+def test_an_environment_whose_search_stores_differ_in_delta_is_refused(tmp_path: Path) -> None:
+    """The prompt tells the agent one Δ: a search store with another Δ (or one that departs
+    from the file's [replay] delta) is a ConfigError naming the store, before any request."""
+    from autotts.discover.loop import Discovery
+    from autotts.store import write_store
+    from autotts.synth import SynthParams, generate
+
+    env = make_env(tmp_path)
+    shutil.rmtree(tmp_path / "stores" / "search2")
+    write_store(generate(SynthParams(questions=5, branches=16, seed=9, model="synth",
+                                     benchmark="search2", delta=400)),
+                tmp_path / "stores" / "search2")
+    with pytest.raises(ConfigError, match=r"search store .*search2 has Δ = 400 .* share one Δ"):
+        Discovery(config(env, tmp_path / "run", None))
+    env.write_text(env.read_text().replace("[replay]\n", "[replay]\ndelta = 400\n"))
+    with pytest.raises(ConfigError, match=r"search store .*search1 has Δ = 500 .*\[replay\] delta"):
+        Discovery(config(env, tmp_path / "run2", None))

@@ -131,6 +131,7 @@ class Discovery:
         self.fold_traces = True
         self.search_paths = self.env.split_paths("search")
         self.search_stores = [open_store(p) for p in self.search_paths]
+        self.env.check_delta(self.search_stores, "search")
         self.store_names = [s.name for s in self.search_stores]
         self.proto = cfg.protocol(self.env)
         self.search = SearchData(self.search_stores, self.proto)

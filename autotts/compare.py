@@ -125,7 +125,8 @@ def run_compare(
             g.draws = setting.proto.draws if g.name == "search" else held_draws
         token_range = token_range or env.token_range
     if store_paths:
-        groups.append(Group("stores", [str(p) for p in store_paths], draws or COMPARE.draws))
+        # Stores named beside --env take its search draws, as --help says (flags first).
+        groups.append(Group("stores", [str(p) for p in store_paths], setting.proto.draws))
     tr = stats.check_range(token_range or stats.DEFAULT_TOKEN_RANGE)
 
     opened: dict[str, Any] = {}

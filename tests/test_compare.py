@@ -169,3 +169,22 @@ def test_compare_errors(tmp_path: Path) -> None:
         res = CliRunner().invoke(app, ["compare", *args])
         assert res.exit_code != 0
         assert message in str(res.exception) or message in res.output
+
+
+def test_stores_beside_an_environment_take_its_draws(tmp_path: Path, monkeypatch) -> None:
+    """--store beside --env: those stores run the environment's search draws (--help: "default:
+    the environment's"), not compare's own default of 100."""
+    import autotts.evaluate as evaluate_mod
+
+    env = make_env(tmp_path)
+    seen: list[int] = []
+    real = evaluate_mod.evaluate
+
+    def spy(*args, **kwargs):
+        seen.append(args[3].draws)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(evaluate_mod, "evaluate", spy)
+    invoke("compare", "sc", "sc", "--env", str(env), "--store",
+           str(tmp_path / "stores" / "heldout3"), "--resamples", "300")
+    assert seen and set(seen) == {load_env(env).draws}

@@ -88,7 +88,8 @@ class ClientEpisode:
         self._finished = np.zeros(n, dtype=bool)
         self._pruned = np.zeros(n, dtype=bool)
         self._running = np.zeros(n, dtype=bool)
-        self._latest = np.full(n, NO_ANSWER, dtype=np.int32)
+        self._latest = np.empty(n, dtype=np.int32)  # np.full's Python wrapper: twice the time
+        self._latest.fill(NO_ANSWER)
         self._hist: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # every reveal so far
         self._opened = 0
         self._gen = 0

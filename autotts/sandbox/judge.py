@@ -172,20 +172,29 @@ class UnitJudge:
         return k, self.draw, slot - self.offsets[k]
 
     def start(self) -> list[list[int]]:
-        """Start episodes up to the window: [slot, pool size, no-answer class] for each (the
-        public facts the child's handle needs)."""
-        out = []
-        while len(self.live) < self.window and self.next < self.n and not self.stop_starting:
+        """Start episodes up to the window: [slot, pool size, no-answer class, Δ] for each (the
+        public facts the child's handle needs; Δ is the slot's store's)."""
+        out: list[list[int]] = []
+        live, window, n, offsets = self.live, self.window, self.n, self.offsets
+        p, draw, trace = self.proto, self.draw, self.trace
+        # Slots start in order: the part (and its Δ) changes only at an offset, so no bisect
+        # per slot (where()).
+        k = -1
+        end = 0
+        while len(live) < window and self.next < n and not self.stop_starting:
             slot = self.next
             self.next += 1
-            k, draw, q = self.where(slot)
-            question = self.parts[k][q]
-            p = self.proto
+            if slot >= end:
+                k = bisect.bisect_right(offsets, slot) - 1
+                end, part = offsets[k + 1], self.parts[k]
+                delta = int(part.data.delta)
+            q = slot - offsets[k]
+            question = part[q]
             order = draw_order(p.protocol, draw, q, question.num_branches, seed=p.seed, n=p.pool)
             ep = Episode(question, order, probe_cost=p.probe_cost, budget=p.budget,
-                         trace=self.trace, journal=True)
-            self.live[slot] = _Slot(ep, k, draw, q)
-            out.append([slot, ep.pool_size, ep.no_answer_class])
+                         trace=trace, journal=True)
+            live[slot] = _Slot(ep, k, draw, q)
+            out.append([slot, ep.pool_size, ep.no_answer_class, delta])
         return out
 
     @property

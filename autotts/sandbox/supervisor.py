@@ -376,7 +376,7 @@ class _Task:
         trace = bool(self.request["traces"]) and (limit is None or draw < limit)
         self.judge = UnitJudge(parts, self.proto, draw, trace=trace,
                                budget=self.budget, window=self.limits.window)
-        start = self._facts(self.judge.start())
+        start = self.judge.start()
         now = time.monotonic()
         self.since = {f[0]: now for f in start}
         p = self.proto
@@ -388,13 +388,6 @@ class _Task:
         self.token = os.urandom(8).hex()
         return {"t": "unit", "r": r, "config": self.info["configs"][r],
                 "kappa": int(p.probe_cost), "budget": p.budget, "start": start, "k": self.token}
-
-    def _facts(self, start: list[list[int]]) -> list[list[int]]:
-        """Each started episode's public facts, with its store's Δ."""
-        judge = self.judge
-        assert judge is not None
-        return [[slot, pool, no_answer, int(judge.parts[judge.where(slot)[0]].data.delta)]
-                for slot, pool, no_answer in start]
 
     def on_frame(self, header: dict[str, Any], arrays: Sequence[np.ndarray] = ()
                  ) -> dict[str, Any] | None:
@@ -480,7 +473,7 @@ class _Task:
             self.since[r[0]] = now
         for slot in [m[0] for m in messages if m[0] not in judge.live]:
             self.since.pop(slot, None)
-        start = self._facts(judge.start())
+        start = judge.start()
         for f in start:
             self.since[f[0]] = now
         if not judge.complete:

@@ -447,9 +447,8 @@ class Counter:
 
 @pytest.mark.usefixtures("parent")
 def test_each_batch_draws_its_own_random_numbers():
-    """The zygote forks its batches without the interpreter's at-fork hooks (they cost ~0.9 ms
-    per batch), but keeps the one candidate code can see: `random`'s fresh seed in each child
-    (statistics.NormalDist.samples draws from that module's generator). Without it every batch
+    """Each batch is a fork of the zygote, and `random` takes a fresh seed in each child
+    (statistics.NormalDist.samples draws from that module's generator): without it every batch
     would draw the same numbers, and a stochastic controller would repeat itself across draws."""
     source = '''
 from statistics import NormalDist

@@ -443,68 +443,14 @@ def _unit_child(code: Any, req: dict[str, Any], unit: dict[str, Any], out: _Out,
               "k": unit.get("k")})
 
 
-_FORK: Any = None  # libc's fork(), called with the GIL held (ctypes.PyDLL), once _run found it
-
-
-def _fork() -> int:
-    """fork() without the interpreter's at-fork hooks, in the zygote (one thread: see
-    _prepare_fork).
-
-    os.fork() runs them in every batch: threading's _after_fork (a walk over the threads, new
-    locks) and random's reseed, cold Python code that touched ~220 pages of the zygote's memory
-    per batch (a copy-on-write fault each, ~0.9 ms). With one thread there is nothing for them to
-    repair: no lock is held by another thread, the thread's identity (pthread_self) is the same
-    in the child, no other thread state exists. libc's fork still runs the pthread_atfork
-    handlers of C libraries (malloc's, OpenBLAS's). The reseed, which candidate code can observe
-    (statistics.NormalDist.samples draws from the module's generator), is kept: _reseed()."""
-    if _FORK is None:
-        return os.fork()
-    pid = int(_FORK())
-    if pid < 0:
-        import ctypes
-
-        e = ctypes.get_errno()
-        raise OSError(e, os.strerror(e))
-    return pid
-
-
-def _reseed() -> None:
-    """What os.fork() does for the `random` module in a child: a fresh seed from the system, so
-    that no two batches draw the same numbers."""
-    if _FORK is not None and "random" in sys.modules:
-        sys.modules["random"]._inst.seed()
-
-
-def _prepare_fork() -> None:
-    """libc's fork() for _fork, after lock-down (which leaves other threads behind); os.fork()
-    where it cannot be found, or where this process has another thread after all."""
-    global _FORK
-    import ctypes
-    import threading
-
-    try:  # /proc is gone where lock-down emptied the root; then it left one thread
-        threads = len(os.listdir("/proc/self/task"))
-    except OSError:
-        threads = 1
-    if threading.active_count() != 1 or threads != 1:
-        return
-    try:
-        f = ctypes.PyDLL(None, use_errno=True).fork
-    except (OSError, AttributeError):
-        return
-    f.restype, f.argtypes = ctypes.c_int, ()
-    _FORK = f
-
-
 def _forked(work: Any, out: _Out, hint: np.ndarray) -> None:
     """Run `work` (candidate code) in a child of this process and wait for it. This process
     never runs candidate code itself, so every batch starts from the same clean state."""
     from autotts.sandbox.lockdown import seal
 
-    pid = _fork()
+    pid = os.fork()
     if pid == 0:
         try:
-            _reseed()
             seal()
             work()
         except Fatal as f:
@@ -545,53 +491,6 @@ def _send_verdict(out: _Out, v: Verdict) -> None:
         os._exit(3)
 
 
-class _Idle:
-    """The warm-up's controller (trusted code): answers nothing at once."""
-
-    NAME = "warm-up"
-
-    def run(self, ep: Any) -> None:
-        return None
-
-
-class _Discard:
-    """The warm-up's channel to a judge that is not there: frames are packed, never sent."""
-
-    fd = -1
-
-    def send(self, header: dict[str, Any], arrays: Any = ()) -> None:
-        pack_frame(header, arrays)
-
-
-def _warm_up() -> None:
-    """In the zygote, before it forks any batch: one batch of a trusted idle controller through
-    the scheduler and the client handles, against canned replies, with its own hint word and no
-    descriptor. Every batch is a fork of this process and so starts with this code already run
-    once: its bytecode specialised, its type lookups cached, its greenlet machinery started,
-    instead of doing that (and the copy-on-write faults that go with it) in every batch
-    (measured: ~60 fewer faults and ~0.4 ms less CPU per batch). Nothing of it is left to see:
-    the scheduler and its episodes are garbage before gc.collect(), the guards' state is
-    untouched (no candidate code ran). Optional: a failure here only loses the head start
-    (tests/test_sandbox.py runs _warm_batch itself, so a protocol change cannot break it
-    unseen)."""
-    with contextlib.suppress(Exception):
-        _warm_batch()
-
-
-def _warm_batch() -> int:
-    """The warm-up's batch; returns how many canned replies it read (both, when it worked)."""
-    empty = [np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int32),
-             np.zeros(0, bool)]
-    replies = [({"m": [], "start": [], "end": False}, empty),
-               ({"m": [], "start": [], "end": True}, empty)]
-    unit = {"k": "", "kappa": 0, "budget": None,
-            "start": [[slot, 64, 0, 100] for slot in range(64)]}
-    sched = Scheduler(_Idle, {}, {"traces": False}, _Discard(),  # type: ignore[arg-type]
-                      np.zeros(1, dtype=np.int64))
-    sched.run_unit(unit, lambda: replies.pop(0))
-    return 2 - len(replies)
-
-
 def _run(req: dict[str, Any], out: _Out, hint: np.ndarray) -> None:
     """The zygote: loads, locks down, reports its isolation, then forks one process for the
     knobs and one per batch of episodes."""
@@ -627,8 +526,6 @@ def _run(req: dict[str, Any], out: _Out, hint: np.ndarray) -> None:
     global BUILTINS
     if not unrestricted:
         BUILTINS = candidate_builtins()
-    _prepare_fork()
-    _warm_up()
     import gc
 
     # Forked batches share this process's memory copy-on-write; a collection in a child would

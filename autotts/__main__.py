@@ -10,7 +10,17 @@ import sys
 def main() -> None:
     args = sys.argv[1:]
     if args[:1] == ["eval"] and not any(k.endswith("_COMPLETE") for k in os.environ):
+        import gc
+
+        # No collection during these imports (rich's; numpy's come later): what they allocate
+        # lives until exit. evalcli.settle_process then pauses collection until the evaluation
+        # starts.
+        collecting = gc.isenabled()
+        gc.disable()
         from autotts import evalcli
+
+        if collecting:
+            gc.enable()
 
         kwargs = evalcli.plain_eval_args(args[1:])
         if kwargs is not None:

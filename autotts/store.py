@@ -19,12 +19,14 @@ builds its tables on first use, and replay and scoring read the columns it was p
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import hashlib
 import itertools
 import json
 import operator
 import os
-import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -515,6 +517,21 @@ def missing_path_error(path: str | os.PathLike[str]) -> StoreError:
     return StoreError(path, msg)
 
 
+@contextlib.contextmanager
+def _no_collection() -> Iterator[None]:
+    """No garbage collection inside: parsing a published file allocates ~10,000 lists (one per
+    branch and per probe list) that all live on in the store, and the collections their count
+    set off, each walking every young list again, were ~10% of the load."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
 def read_autotts_json(path: str | os.PathLike[str], answers: str = "exact") -> Store:
     """Read a published AutoTTS replay file, validating every field (errors name q and field)."""
     path = Path(path)
@@ -526,14 +543,16 @@ def read_autotts_json(path: str | os.PathLike[str], answers: str = "exact") -> S
         raise missing_path_error(path) from None
     except OSError as e:
         raise StoreError(path, f"cannot read: {e.strerror or e}") from None
-    try:
-        data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise StoreError(path, f"not valid JSON: {e}") from None
-    model, bench = store_name_for(path)
-    source = {"kind": "autotts-json", "file": path.name, "sha256": hashlib.sha256(raw).hexdigest()}
-    store = from_autotts_records(data, model=model, benchmark=bench, answers=answers,
-                                 origin=path, source=source)
+    with _no_collection():
+        try:
+            data = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise StoreError(path, f"not valid JSON: {e}") from None
+        model, bench = store_name_for(path)
+        source = {"kind": "autotts-json", "file": path.name,
+                  "sha256": hashlib.sha256(raw).hexdigest()}
+        store = from_autotts_records(data, model=model, benchmark=bench, answers=answers,
+                                     origin=path, source=source)
     store.path = str(path)
     return store
 
@@ -700,6 +719,8 @@ def replace_dir(src: Path, dst: Path) -> None:
         os.replace(dst, old)
     os.replace(src, dst)
     if old is not None:
+        import shutil  # here: reading a store never needs it
+
         shutil.rmtree(old, ignore_errors=True)
 
 
@@ -708,7 +729,8 @@ def write_store(store: Store, out: str | os.PathLike[str]) -> Path:
     directory that is renamed into place, so a crash never leaves a half store that loads."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    import tempfile  # here: reading a store never needs it
+    import shutil  # here and in replace_dir: reading a store never needs them
+    import tempfile
 
     import pyarrow.parquet as pq
 

@@ -12,20 +12,17 @@ def main() -> None:
     if args[:1] == ["eval"] and not any(k.endswith("_COMPLETE") for k in os.environ):
         import gc
 
-        # No collection during these imports (rich's; numpy's come later): what they allocate
-        # lives until exit. evalcli.settle_process then pauses collection until the evaluation
-        # starts.
         collecting = gc.isenabled()
-        gc.disable()
+        gc.disable()  # from the first import on, until the evaluation starts: evalcli.pause_gc
         from autotts import evalcli
-
-        if collecting:
-            gc.enable()
 
         kwargs = evalcli.plain_eval_args(args[1:])
         if kwargs is not None:
+            evalcli.pause_gc(collecting)
             evalcli.run_plain(kwargs)
             return
+        if collecting:
+            gc.enable()
     from autotts.cli import main as cli_main
 
     cli_main()

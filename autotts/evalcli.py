@@ -127,8 +127,10 @@ def run_eval(
             err.print(f"[bold red]weak sandbox[/]: the controller can reach your files or "
                       f"network (isolation: {describe(found)})")
             weak = {"allow_weak_sandbox": True}  # the default refuses
+        resume_gc()  # before the sandbox's processes start
+    else:
+        weak = {"on_loaded": resume_gc}  # start-up ends with the loads (settle_process)
     proto = settings.proto
-    _resume_gc()  # start-up is over (settle_process)
     tick: Any = None
     bar: Any = _no_bar()
     if err.is_terminal:  # a transient bar draws nothing on a file or pipe: none is started there
@@ -238,21 +240,25 @@ def _one_blas_thread() -> None:
         os.environ["OPENBLAS_NUM_THREADS"] = "1"  # read once, when numpy loads OpenBLAS
 
 
-_GC_PAUSED = [False]  # whether settle_process paused the garbage collector
+_GC_PAUSED = [False]  # whether collection is paused until the evaluation starts
 
 
-def _pause_gc() -> None:
-    """Collect no garbage while the process starts. Start-up (imports: modules, functions,
-    classes; the controller's load) allocates objects that live until exit, and the ~70
-    collections that walked them again and again were ~5% of a one-store eval's CPU time.
-    `_resume_gc` turns collection back on before the evaluation starts."""
-    if gc.isenabled():
+def pause_gc(enabled: bool | None = None) -> None:
+    """Collect no garbage while `eval` starts: imports (modules, functions, classes), the
+    controller's load and the stores' (a JSON store is ~10,000 lists) allocate objects that live
+    until exit, and the ~80 collections that walked them again and again were ~5% of a one-store
+    eval's CPU time. `resume_gc` turns collection back on before the first episode runs.
+    `enabled`: whether collection was on before the caller turned it off (autotts/__main__.py
+    does, before it imports this module); by default, whether it is on now."""
+    if enabled is None:
+        enabled = gc.isenabled()
+    if enabled:
         gc.disable()
         _GC_PAUSED[0] = True
 
 
-def _resume_gc() -> None:
-    """After `_pause_gc`: freeze what start-up allocated (later collections skip it: it would
+def resume_gc() -> None:
+    """After `pause_gc`: freeze what start-up allocated (later collections skip it; it would
     survive them all anyway) and collect as usual from here on."""
     if _GC_PAUSED[0]:
         _GC_PAUSED[0] = False
@@ -264,7 +270,7 @@ def settle_process(args: list[str]) -> None:
     """Process-wide settings for `eval`, made before numpy loads (issue 18: a one-store eval in
     well under 0.5 s). Other commands keep the defaults."""
     if args[:1] == ["eval"]:
-        _pause_gc()
+        pause_gc()
         _keep_freed_memory()
         _one_blas_thread()
 
@@ -381,3 +387,5 @@ def run_plain(kwargs: dict[str, Any]) -> None:
         # Whatever is still buffered for the closed pipe goes nowhere (click's PacifyFlushWrapper).
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(1)
+    finally:
+        resume_gc()  # where the evaluation never started

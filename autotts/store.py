@@ -19,14 +19,11 @@ builds its tables on first use, and replay and scoring read the columns it was p
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import hashlib
 import itertools
 import json
 import operator
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -517,21 +514,6 @@ def missing_path_error(path: str | os.PathLike[str]) -> StoreError:
     return StoreError(path, msg)
 
 
-@contextlib.contextmanager
-def _no_collection() -> Iterator[None]:
-    """No garbage collection inside: parsing a published file allocates ~10,000 lists (one per
-    branch and per probe list) that all live on in the store, and the collections their count
-    set off, each walking every young list again, were ~10% of the load."""
-    if not gc.isenabled():
-        yield
-        return
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
-
-
 def read_autotts_json(path: str | os.PathLike[str], answers: str = "exact") -> Store:
     """Read a published AutoTTS replay file, validating every field (errors name q and field)."""
     path = Path(path)
@@ -543,16 +525,14 @@ def read_autotts_json(path: str | os.PathLike[str], answers: str = "exact") -> S
         raise missing_path_error(path) from None
     except OSError as e:
         raise StoreError(path, f"cannot read: {e.strerror or e}") from None
-    with _no_collection():
-        try:
-            data = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise StoreError(path, f"not valid JSON: {e}") from None
-        model, bench = store_name_for(path)
-        source = {"kind": "autotts-json", "file": path.name,
-                  "sha256": hashlib.sha256(raw).hexdigest()}
-        store = from_autotts_records(data, model=model, benchmark=bench, answers=answers,
-                                     origin=path, source=source)
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise StoreError(path, f"not valid JSON: {e}") from None
+    model, bench = store_name_for(path)
+    source = {"kind": "autotts-json", "file": path.name, "sha256": hashlib.sha256(raw).hexdigest()}
+    store = from_autotts_records(data, model=model, benchmark=bench, answers=answers,
+                                 origin=path, source=source)
     store.path = str(path)
     return store
 

@@ -102,6 +102,9 @@ def score(
 
 @dataclass
 class Evaluation:
+    """What `evaluate` returns: one row per store × β, and the episodes, traces and errors
+    behind them."""
+
     rows: list[dict[str, Any]]
     episodes: list[dict[str, Any]] | None = None
     traces: list[dict[str, Any]] | None = None

@@ -536,6 +536,9 @@ def _auc_draws(curve: Curve, token_range: tuple[float, float], resamples: int,
 
 @dataclass(frozen=True)
 class _Pooled:
+    """One statistic pooled over stores: its estimate, bootstrap and jackknife values, and each
+    store's own."""
+
     est: float
     boot: np.ndarray  # [R]
     jack: np.ndarray  # [ΣQ]: stratified jackknife

@@ -27,6 +27,9 @@ if TYPE_CHECKING:  # the sandbox process imports this module, never the store (p
 
 @dataclass(frozen=True)
 class EvalProtocol:
+    """How episodes are drawn and charged (DESIGN §3): draws per question, the draw protocol,
+    the pool size, the seed, what a probe costs and the token budget."""
+
     draws: int = 100
     protocol: str = "shuffle"
     pool: int | None = None

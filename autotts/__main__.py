@@ -10,12 +10,19 @@ import sys
 def main() -> None:
     args = sys.argv[1:]
     if args[:1] == ["eval"] and not any(k.endswith("_COMPLETE") for k in os.environ):
+        import gc
+
+        collecting = gc.isenabled()
+        gc.disable()  # from the first import on, until the evaluation starts: evalcli.pause_gc
         from autotts import evalcli
 
         kwargs = evalcli.plain_eval_args(args[1:])
         if kwargs is not None:
+            evalcli.pause_gc(collecting)
             evalcli.run_plain(kwargs)
             return
+        if collecting:
+            gc.enable()
     from autotts.cli import main as cli_main
 
     cli_main()

@@ -112,15 +112,26 @@ def classify(answers: Sequence[str], gold: str, mode: AnswerMode) -> AnswerClass
     raise ValueError(f"unknown answer mode {mode!r}; expected one of {ANSWER_MODES}")
 
 
+class _ClassOf(dict):  # type: ignore[type-arg]
+    """string -> class, filled on first sight: the class of its stripped text in `table`, a new
+    one (the next id) for a text not seen yet."""
+
+    def __init__(self, table: dict[str, int]) -> None:
+        self.table = table
+
+    def __missing__(self, s: str) -> int:
+        table = self.table
+        c = self[s] = table.setdefault(s.strip(), len(table))
+        return c
+
+
 def _group_exact(answers: Sequence[str]) -> tuple[dict[str, int], np.ndarray]:
     """(stripped string -> class in first-seen order, each answer's class as int32)."""
     table: dict[str, int] = {}
-    setdefault = table.setdefault
-    # Each distinct string is stripped once (a question repeats a few dozen strings 3,000 times
-    # and more). Distinct strings come in first-seen order, so the first of those that strip to
-    # the same text comes first among them, and classes are numbered as they first appear; len()
-    # is evaluated before the insert, so a new text gets the next id.
-    class_of = {s: setdefault(s.strip(), len(table)) for s in dict.fromkeys(answers)}
+    # Each distinct string is stripped once, when first seen (a question repeats a few dozen
+    # strings 3,000 times and more); a repeat is one dict look-up. Texts get ids in the order they
+    # first appear (len() is evaluated before the insert, so a new text gets the next id).
+    class_of = _ClassOf(table)
     ids = np.fromiter(map(class_of.__getitem__, answers), dtype=np.int32, count=len(answers))
     return table, ids
 

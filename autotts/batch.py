@@ -18,6 +18,7 @@ Only the trusted side (autotts.units) builds a batch; the sandbox never does.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -77,17 +78,14 @@ class EpisodeBatch:
         sizes = np.array([q.num_branches for q in qs], dtype=np.int64)
         cell_base = np.concatenate([[0], np.cumsum(sizes * widths)[:-1]])
         branch_base = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        self._lay = lay
         self._reveal_flat = np.concatenate([t.reveal_flat for t in lay])
-        self._cost_flat = np.concatenate([t.cost_flat for t in lay])
         # Per global branch (row g of the flat layout): its first cell, last step index, tokens.
         # A column's own cells are looked up when it opens: most columns of a batch never do.
         self._first_g = np.concatenate([cell_base[i] + np.arange(sizes[i]) * widths[i]
                                         for i in range(len(qs))])
         self._last_g = np.concatenate([t.last for t in lay]).astype(np.int64)
         self._tokens_g = np.concatenate([t.tokens for t in lay])
-        # Whether a cell is its branch's last: a step's finals are one look-up in this small table.
-        self._is_last = np.zeros(len(self._reveal_flat), dtype=bool)
-        self._is_last[self._first_g + self._last_g] = True
         qi = np.array(at, dtype=np.int64)
         pools = np.fromiter(map(len, orders), dtype=np.int64, count=e_count)
         n = int(pools.max())
@@ -153,6 +151,22 @@ class EpisodeBatch:
             self._view[attr] = v
         self._refusals: dict[int, str] = {}
         self._closed = False
+
+    # Tables only stepping reads (BRANCH, advance_many); READ_NEW charges a branch's tokens and
+    # reveals its last cell. Built on first use: a batch of whole-branch reads never pays for them
+    # (the step costs are the largest table of the layout).
+
+    @functools.cached_property
+    def _cost_flat(self) -> np.ndarray:
+        """Each cell's step cost, in the flat layout."""
+        return np.concatenate([t.cost_flat for t in self._lay])
+
+    @functools.cached_property
+    def _is_last(self) -> np.ndarray:
+        """Whether a cell is its branch's last: a step's finals are one look-up in this table."""
+        is_last = np.zeros(len(self._reveal_flat), dtype=bool)
+        is_last[self._first_g + self._last_g] = True
+        return is_last
 
     # ---- public facts and revealed state (copies) ---------------------------------------------
 

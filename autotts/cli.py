@@ -17,7 +17,15 @@ from rich.table import Table
 
 from autotts.controller import parse_sets
 from autotts.errors import AutoTTSError, ConfigError
-from autotts.evalcli import DEFAULT_BETAS, err, out, parse_betas, run_eval, settle_process
+from autotts.evalcli import (
+    DEFAULT_BETAS,
+    err,
+    out,
+    parse_betas,
+    resume_gc,
+    run_eval,
+    settle_process,
+)
 
 # Help shows a plain word for what an option takes (PATH, N, ...), not the Python annotation
 # (`<list[Path]>`, `<bool>`) that typer prints by default.
@@ -648,3 +656,5 @@ def main() -> None:
         sys.exit(130)
     except BrokenPipeError:
         sys.exit(1)
+    finally:
+        resume_gc()  # where settle_process paused collection and the evaluation never started

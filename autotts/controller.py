@@ -34,6 +34,8 @@ from autotts.paths import controllers_dir
 
 @dataclass(frozen=True)
 class ControllerSpec:
+    """A loaded controller: its NAME, the file it came from, its class and source text."""
+
     name: str
     path: str
     cls: type

@@ -32,6 +32,10 @@ out = Console()
 err = Console(stderr=True)
 
 DEFAULT_BETAS = "0,0.25,0.5,0.75,1"
+# The result table's own texts (tests/test_eval_cli.py: no emoji code in any of them).
+CAPTION = "± se: over draws; 95% CI: bootstrap over questions (draws kept)"
+TABLE_COLUMNS = ("store", "β", "accuracy %", "± se draws", "95% CI questions", "tokens", "± se draws",
+           "95% CI questions", "errors")
 
 
 def parse_betas(text: str) -> list[float]:
@@ -56,6 +60,24 @@ def _no_bar() -> Iterator[None]:
     finally:
         if not err.is_interactive and not err.is_jupyter:  # as Progress.stop() decides
             err.print()
+
+
+@contextlib.contextmanager
+def _emoji_codes(console: Console, texts: list[str]) -> Iterator[None]:
+    """Rich replaces :emoji_name: codes in every string it prints, and its first replacement
+    imports a table of ~4,000 names: ~2 ms of a one-store eval. A code is two colons with no space
+    between; the table's own texts hold none, so unless one of `texts` (its title and store
+    names) has a colon, the replacement cannot change a character: it is turned off while the
+    table prints (rich's Console keeps the switch in `_emoji`)."""
+    if any(":" in x for x in texts) or not hasattr(console, "_emoji"):
+        yield
+        return
+    saved = console._emoji
+    console._emoji = False
+    try:
+        yield
+    finally:
+        console._emoji = saved
 
 
 def _write_json(path: Path, payload: Any) -> None:
@@ -127,6 +149,9 @@ def run_eval(
             err.print(f"[bold red]weak sandbox[/]: the controller can reach your files or "
                       f"network (isolation: {describe(found)})")
             weak = {"allow_weak_sandbox": True}  # the default refuses
+        resume_gc()  # before the sandbox's processes start
+    else:
+        weak = {"on_loaded": resume_gc}  # start-up ends with the loads (settle_process)
     proto = settings.proto
     tick: Any = None
     bar: Any = _no_bar()
@@ -156,10 +181,9 @@ def run_eval(
     # over questions (how far it could move on other questions from the same source).
     curves = curves_from_outcomes(result.outcomes) if result.outcomes else None
     attach_question_intervals(result.rows, result.episodes or [], curves=curves)
-    t = Table(title=f"{result.rows[0]['controller']}  ({settings.describe()})",
-              caption="± se: over draws; 95% CI: bootstrap over questions (draws kept)")
-    for col in ("store", "β", "accuracy %", "± se draws", "95% CI questions", "tokens",
-                "± se draws", "95% CI questions", "errors"):
+    title = f"{result.rows[0]['controller']}  ({settings.describe()})"
+    t = Table(title=title, caption=CAPTION)
+    for col in TABLE_COLUMNS:
         t.add_column(col, justify="left" if col == "store" else "right")
     for r in result.rows:
         aq, tq = r["accuracy_ci_questions"], r["tokens_ci_questions"]
@@ -169,7 +193,8 @@ def run_eval(
             f"{r['tokens']:.0f}", f"{r['tokens_se']:.0f}", f"[{tq[0]:,.0f}, {tq[1]:,.0f}]",
             str(r["errors"]),
         )
-    out.print(t)
+    with _emoji_codes(out, [title, *(str(r["store"]) for r in result.rows)]):
+        out.print(t)
     if json_out is not None:
         rows = [{k: v for k, v in r.items() if k != "errors"} for r in result.rows]
         if json_episodes:
@@ -237,10 +262,37 @@ def _one_blas_thread() -> None:
         os.environ["OPENBLAS_NUM_THREADS"] = "1"  # read once, when numpy loads OpenBLAS
 
 
+_GC_PAUSED = [False]  # whether collection is paused until the evaluation starts
+
+
+def pause_gc(enabled: bool | None = None) -> None:
+    """Collect no garbage while `eval` starts: imports (modules, functions, classes), the
+    controller's load and the stores' (a JSON store is ~10,000 lists) allocate objects that live
+    until exit, and the ~80 collections that walked them again and again were ~5% of a one-store
+    eval's CPU time. `resume_gc` turns collection back on before the first episode runs.
+    `enabled`: whether collection was on before the caller turned it off (autotts/__main__.py
+    does, before it imports this module); by default, whether it is on now."""
+    if enabled is None:
+        enabled = gc.isenabled()
+    if enabled:
+        gc.disable()
+        _GC_PAUSED[0] = True
+
+
+def resume_gc() -> None:
+    """After `pause_gc`: freeze what start-up allocated (later collections skip it; it would
+    survive them all anyway) and collect as usual from here on."""
+    if _GC_PAUSED[0]:
+        _GC_PAUSED[0] = False
+        gc.freeze()
+        gc.enable()
+
+
 def settle_process(args: list[str]) -> None:
     """Process-wide settings for `eval`, made before numpy loads (issue 18: a one-store eval in
     well under 0.5 s). Other commands keep the defaults."""
     if args[:1] == ["eval"]:
+        pause_gc()
         _keep_freed_memory()
         _one_blas_thread()
 
@@ -357,3 +409,5 @@ def run_plain(kwargs: dict[str, Any]) -> None:
         # Whatever is still buffered for the closed pipe goes nowhere (click's PacifyFlushWrapper).
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(1)
+    finally:
+        resume_gc()  # where the evaluation never started

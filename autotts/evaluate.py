@@ -103,6 +103,9 @@ def score(
 
 @dataclass
 class Evaluation:
+    """What `evaluate` returns: one row per store × β, and the episodes, traces and errors
+    behind them."""
+
     rows: list[dict[str, Any]]
     episodes: list[dict[str, Any]] | None = None
     traces: list[dict[str, Any]] | None = None
@@ -140,6 +143,7 @@ def evaluate(
     on_error: str = "raise",
     progress: Callable[[int, int], None] | None = None,
     batch: bool = True,
+    on_loaded: Callable[[], None] | None = None,
 ) -> Evaluation:
     """Evaluate one controller over stores × β (× the protocol's draws).
 
@@ -147,7 +151,8 @@ def evaluate(
     None. Results are identical for any number of workers and either executor ("local" processes
     or "ray"): every episode is deterministic and does not depend on which process runs it.
     batch=False runs every episode through the controller's run() even where it defines
-    run_batch (whose results are the same; docs/batch.md)."""
+    run_batch (whose results are the same; docs/batch.md). `on_loaded` is called once the
+    controller and the stores are loaded, before any episode runs."""
     proto = proto or EvalProtocol()
     proto.check()
     if on_error not in ("raise", "record"):
@@ -156,6 +161,8 @@ def evaluate(
     loaded = [_as_store(s) for s in stores]
     if not loaded:
         raise ConfigError("no store to evaluate on")
+    if on_loaded is not None:
+        on_loaded()
     runs: list[tuple[float | None, dict[str, Any]]] = []
     for beta in list(betas) if betas else [None]:
         runs.append((beta, spec.config(beta, overrides)))

@@ -61,7 +61,6 @@ from typing import Any
 import numpy as np
 
 from autotts.errors import ConfigError
-from autotts.metrics import auc_log_tokens_batch
 
 DEFAULT_RESAMPLES = 2000
 DEFAULT_LEVEL = 0.95
@@ -479,6 +478,9 @@ def _curve_auc(curve: Curve, w: np.ndarray, token_range: tuple[float, float]) ->
         acc, tok = curve.accuracy[keep], curve.tokens[keep]
     else:
         acc, tok = curve.accuracy, curve.tokens
+    # Imported here (and below): `eval`'s intervals need no AUC, nor autotts.metrics' import.
+    from autotts.metrics import auc_log_tokens_batch
+
     return auc_log_tokens_batch(_wmean(w, tok), _wmean(w, acc), *token_range)
 
 
@@ -534,6 +536,9 @@ def _auc_draws(curve: Curve, token_range: tuple[float, float], resamples: int,
 
 @dataclass(frozen=True)
 class _Pooled:
+    """One statistic pooled over stores: its estimate, bootstrap and jackknife values, and each
+    store's own."""
+
     est: float
     boot: np.ndarray  # [R]
     jack: np.ndarray  # [ΣQ]: stratified jackknife
@@ -637,6 +642,8 @@ def _value_at_tokens(curve: Curve, w: np.ndarray, at: float) -> np.ndarray:
     """Accuracy of the curve (piecewise linear in log tokens, flat beyond its ends) at `at` tokens
     under each row of question weights."""
     keep = [i for i, b in enumerate(curve.betas) if b is not None] or list(range(len(curve.betas)))
+    from autotts.metrics import auc_log_tokens_batch
+
     return auc_log_tokens_batch(_wmean(w, curve.tokens[keep]), _wmean(w, curve.accuracy[keep]),
                                 at, at)
 

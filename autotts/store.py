@@ -24,7 +24,6 @@ import itertools
 import json
 import operator
 import os
-import shutil
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -700,6 +699,8 @@ def replace_dir(src: Path, dst: Path) -> None:
         os.replace(dst, old)
     os.replace(src, dst)
     if old is not None:
+        import shutil  # here: reading a store never needs it
+
         shutil.rmtree(old, ignore_errors=True)
 
 
@@ -708,7 +709,8 @@ def write_store(store: Store, out: str | os.PathLike[str]) -> Path:
     directory that is renamed into place, so a crash never leaves a half store that loads."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    import tempfile  # here: reading a store never needs it
+    import shutil  # here and in replace_dir: reading a store never needs them
+    import tempfile
 
     import pyarrow.parquet as pq
 

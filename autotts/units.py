@@ -9,7 +9,6 @@ sandbox's judge. `autotts.evaluate` scores its answers against the gold classes 
 from __future__ import annotations
 
 import math
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -28,6 +27,9 @@ if TYPE_CHECKING:  # the sandbox process imports this module, never the store (p
 
 @dataclass(frozen=True)
 class EvalProtocol:
+    """How episodes are drawn and charged (DESIGN §3): draws per question, the draw protocol,
+    the pool size, the seed, what a probe costs and the token budget."""
+
     draws: int = 100
     protocol: str = "shuffle"
     pool: int | None = None
@@ -85,6 +87,8 @@ def shown_answer(ans: Any) -> str:
 
 
 def controller_lines(exc: BaseException, path: str) -> str:
+    import traceback  # here: only a failed episode needs it
+
     frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == path]
     where = "; ".join(f"line {f.lineno}: {(f.line or '').strip()}" for f in frames[-3:])
     return f"{type(exc).__name__}: {exc}" + (f" (at {where})" if where else "")

@@ -142,6 +142,19 @@ def test_asc_stop_table_decides_as_scipy():
     assert np.array_equal(m.confident(0.95, *big), want)
 
 
+def test_asc_stop_table_entries_do_not_depend_on_its_size():
+    """confident() reads a table of the next power of two: each entry is the one a table of
+    any other size holds."""
+    m = _asc_module()
+    for t in (0.95, 0.8, 0.5):
+        big = m.stop_table.__wrapped__(t, 64)
+        for size in (1, 2, 3, 17, 33):
+            assert np.array_equal(m.stop_table.__wrapped__(t, size), big[:size, :size]), (t, size)
+    v1, v2 = np.array([0, 5, 33, 40]), np.array([0, 2, 1, 40])
+    assert np.array_equal(m.confident(0.95, v1, v2),
+                          m.stop_table.__wrapped__(0.95, 41)[v1, v2])
+
+
 def test_asc_eval_runs_without_scipy():
     """The lockstep path (what `autotts eval` runs) never imports scipy at the published
     threshold; the per-episode path (traces) does, and both answer alike."""

@@ -146,3 +146,69 @@ def test_python_m_autotts_eval_runs_without_typer(tmp_path) -> None:
     assert plain.stdout.endswith("False\n")
     assert plain.stdout[: -len("False\n")] == typer_run.stdout and plain.stderr == typer_run.stderr
     assert (tmp_path / "a.json").read_text() == (tmp_path / "b.json").read_text()
+
+
+GC_PROBE = '''
+import gc
+
+
+class GcProbe:
+    NAME = "gcprobe"
+
+    @staticmethod
+    def schedule(beta):
+        return {}
+
+    def run(self, ep):
+        if not gc.isenabled():
+            raise RuntimeError("garbage collection is paused while episodes run")
+        return ep.read_new()
+'''
+
+
+@pytest.mark.parametrize("reading", ["plain", "typer"])
+def test_eval_collects_garbage_while_episodes_run(tmp_path, reading) -> None:
+    """`eval` pauses garbage collection while it starts (imports, loads: evalcli.pause_gc) and
+    resumes it before the first episode, however it ends: the controller's episodes run with
+    collection on, and an error before them leaves it on as well."""
+    root = Path(__file__).resolve().parents[1]
+    probe = tmp_path / "gcprobe.py"
+    probe.write_text(GC_PROBE)
+    synth = str(root / "data" / "synthetic")
+    main = ("import runpy, sys; sys.argv[0] = 'autotts'; runpy.run_module('autotts', "
+            "run_name='__main__')" if reading == "plain" else
+            "import sys; from autotts.cli import main; main()")
+    code = (f"import gc, sys\ntry:\n    {main}\nexcept SystemExit as e:\n    code = e.code\n"
+            "else:\n    code = 0\nprint('gc', gc.isenabled(), code)")
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    for args, want in (([str(probe), "--store", synth, "--draws", "1"], 0),
+                       ([str(probe), "--store", str(tmp_path / "none.json")], 2)):
+        res = subprocess.run([sys.executable, "-c", code, "eval", "--controller", *args],
+                             capture_output=True, text=True, env=env, cwd=root)
+        assert res.stdout.splitlines()[-1] == f"gc True {want}", res.stdout + res.stderr
+
+
+def test_the_result_table_holds_no_emoji_code_of_its_own() -> None:
+    """evalcli._emoji_codes turns rich's :emoji: replacement off for a table whose title and
+    store names have no colon: sound only while the caption and headers have no code either."""
+    from rich._emoji_replace import _emoji_replace
+
+    from autotts import evalcli
+
+    for text in (evalcli.CAPTION, *evalcli.TABLE_COLUMNS):
+        assert _emoji_replace(text) == text
+
+
+def test_an_emoji_code_in_a_store_name_prints_as_before(tmp_path) -> None:
+    """A store name with a colon keeps rich's :emoji: replacement (as every table had it)."""
+    folder = tmp_path / ":rocket:"
+    folder.mkdir()
+    question = {"question": "q", "gold_answer": "1", "probe_freq": 100,
+                "each_branch": [[["1"], 100, "1"], [["2"], 120, "2"]]}
+    (folder / "t.json").write_text(json.dumps([question, {**question, "gold_answer": "2"}]))
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root), "COLUMNS": "200"}
+    res = subprocess.run([sys.executable, "-m", "autotts", "eval", "--controller", "sc", "--store",
+                          str(folder / "t.json"), "--draws", "2"], capture_output=True,
+                         text=True, env=env, cwd=tmp_path, check=True)
+    assert "\N{ROCKET}/t" in res.stdout and ":rocket:" not in res.stdout, res.stdout

@@ -32,10 +32,6 @@ out = Console()
 err = Console(stderr=True)
 
 DEFAULT_BETAS = "0,0.25,0.5,0.75,1"
-# The result table's own texts (tests/test_eval_cli.py: no emoji code in any of them).
-CAPTION = "± se: over draws; 95% CI: bootstrap over questions (draws kept)"
-TABLE_COLUMNS = ("store", "β", "accuracy %", "± se draws", "95% CI questions", "tokens", "± se draws",
-           "95% CI questions", "errors")
 
 
 def parse_betas(text: str) -> list[float]:
@@ -60,24 +56,6 @@ def _no_bar() -> Iterator[None]:
     finally:
         if not err.is_interactive and not err.is_jupyter:  # as Progress.stop() decides
             err.print()
-
-
-@contextlib.contextmanager
-def _emoji_codes(console: Console, texts: list[str]) -> Iterator[None]:
-    """Rich replaces :emoji_name: codes in every string it prints, and its first replacement
-    imports a table of ~4,000 names: ~2 ms of a one-store eval. A code is two colons with no space
-    between; the table's own texts hold none, so unless one of `texts` (its title and store
-    names) has a colon, the replacement cannot change a character: it is turned off while the
-    table prints (rich's Console keeps the switch in `_emoji`)."""
-    if any(":" in x for x in texts) or not hasattr(console, "_emoji"):
-        yield
-        return
-    saved = console._emoji
-    console._emoji = False
-    try:
-        yield
-    finally:
-        console._emoji = saved
 
 
 def _write_json(path: Path, payload: Any) -> None:
@@ -181,9 +159,10 @@ def run_eval(
     # over questions (how far it could move on other questions from the same source).
     curves = curves_from_outcomes(result.outcomes) if result.outcomes else None
     attach_question_intervals(result.rows, result.episodes or [], curves=curves)
-    title = f"{result.rows[0]['controller']}  ({settings.describe()})"
-    t = Table(title=title, caption=CAPTION)
-    for col in TABLE_COLUMNS:
+    t = Table(title=f"{result.rows[0]['controller']}  ({settings.describe()})",
+              caption="± se: over draws; 95% CI: bootstrap over questions (draws kept)")
+    for col in ("store", "β", "accuracy %", "± se draws", "95% CI questions", "tokens",
+                "± se draws", "95% CI questions", "errors"):
         t.add_column(col, justify="left" if col == "store" else "right")
     for r in result.rows:
         aq, tq = r["accuracy_ci_questions"], r["tokens_ci_questions"]
@@ -193,8 +172,7 @@ def run_eval(
             f"{r['tokens']:.0f}", f"{r['tokens_se']:.0f}", f"[{tq[0]:,.0f}, {tq[1]:,.0f}]",
             str(r["errors"]),
         )
-    with _emoji_codes(out, [title, *(str(r["store"]) for r in result.rows)]):
-        out.print(t)
+    out.print(t)
     if json_out is not None:
         rows = [{k: v for k, v in r.items() if k != "errors"} for r in result.rows]
         if json_episodes:

@@ -186,29 +186,3 @@ def test_eval_collects_garbage_while_episodes_run(tmp_path, reading) -> None:
         res = subprocess.run([sys.executable, "-c", code, "eval", "--controller", *args],
                              capture_output=True, text=True, env=env, cwd=root)
         assert res.stdout.splitlines()[-1] == f"gc True {want}", res.stdout + res.stderr
-
-
-def test_the_result_table_holds_no_emoji_code_of_its_own() -> None:
-    """evalcli._emoji_codes turns rich's :emoji: replacement off for a table whose title and
-    store names have no colon: sound only while the caption and headers have no code either."""
-    from rich._emoji_replace import _emoji_replace
-
-    from autotts import evalcli
-
-    for text in (evalcli.CAPTION, *evalcli.TABLE_COLUMNS):
-        assert _emoji_replace(text) == text
-
-
-def test_an_emoji_code_in_a_store_name_prints_as_before(tmp_path) -> None:
-    """A store name with a colon keeps rich's :emoji: replacement (as every table had it)."""
-    folder = tmp_path / ":rocket:"
-    folder.mkdir()
-    question = {"question": "q", "gold_answer": "1", "probe_freq": 100,
-                "each_branch": [[["1"], 100, "1"], [["2"], 120, "2"]]}
-    (folder / "t.json").write_text(json.dumps([question, {**question, "gold_answer": "2"}]))
-    root = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "PYTHONPATH": str(root), "COLUMNS": "200"}
-    res = subprocess.run([sys.executable, "-m", "autotts", "eval", "--controller", "sc", "--store",
-                          str(folder / "t.json"), "--draws", "2"], capture_output=True,
-                         text=True, env=env, cwd=tmp_path, check=True)
-    assert "\N{ROCKET}/t" in res.stdout and ":rocket:" not in res.stdout, res.stdout

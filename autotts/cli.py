@@ -290,7 +290,7 @@ def eval_cmd(
     controller: Annotated[str, typer.Option(help=_controller_help())],
     store: Annotated[list[Path] | None, typer.Option(help="store dir or AutoTTS JSON (repeatable)")] = None,
     env: Annotated[Path | None, typer.Option(help="environment definition (TOML): stores, β grid, protocol")] = None,
-    split: Annotated[str | None, typer.Option(help="split of --env: search or heldout \\[default: search]")] = None,
+    split: Annotated[str | None, typer.Option(help="split of --env: search, heldout (every held-out group) or heldout:NAME \\[default: search]")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="override a knob: KEY=VALUE (repeatable)")] = None,
     betas: Annotated[str | None, typer.Option(help=f"β grid, comma-separated, each in \\[0, 1] \\[default: {DEFAULT_BETAS}, or the --env grid]")] = None,
     draws: Annotated[int | None, typer.Option(help="draws per question \\[default: 100, or the --env draws]")] = None,

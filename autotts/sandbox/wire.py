@@ -41,6 +41,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 FRAME_DTYPES = frozenset({"<i4", "<i8", "|u1", "|b1"})
+_DTYPES = {name: np.dtype(name) for name in FRAME_DTYPES}
 
 # A round's row: [slot, op, a, b, events]. Branch lists (OP_*_IDX: `a` int32 indices of the
 # round's index array; OP_*_MASK: `a` entries of its mask array, a mask of any length) are taken
@@ -171,6 +172,10 @@ def _nesting(raw: bytes) -> int:
     return top
 
 
+# Built once (json.loads with arguments builds a decoder, and its scanner, on every call).
+_STRICT_DECODE = json.JSONDecoder(parse_constant=_no_constant, parse_float=_finite_float).decode
+
+
 def loads_strict(raw: bytes) -> Any:
     """JSON from an untrusted peer: UTF-8 only, finite numbers, bounded nesting; FrameError
     otherwise."""
@@ -180,7 +185,9 @@ def loads_strict(raw: bytes) -> Any:
         # Decoded here, as UTF-8 (as json.loads reads UTF-8 bytes): given bytes, json.loads
         # would also take UTF-16 and UTF-32, where the bound read from bytes means nothing.
         text = raw.decode("utf-8", "surrogatepass")
-        obj = json.loads(text, parse_constant=_no_constant, parse_float=_finite_float)
+        if text.startswith("\ufeff"):  # as json.loads refuses it
+            raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
+        obj = _STRICT_DECODE(text)
     except (ValueError, RecursionError, UnicodeDecodeError) as e:
         raise FrameError(f"bad frame header: {str(e)[:100]}") from None
     return obj
@@ -192,11 +199,13 @@ def _array_specs(header: dict[str, Any], max_arrays: int) -> list[tuple[np.dtype
         raise FrameError("bad array list")
     out = []
     for spec in specs:
-        if (type(spec) is not list or len(spec) != 2 or spec[0] not in FRAME_DTYPES
+        # (a dtype that is a list or an object cannot even be looked up in a set)
+        if (type(spec) is not list or len(spec) != 2 or type(spec[0]) is not str
+                or spec[0] not in FRAME_DTYPES
                 or type(spec[1]) is not list or len(spec[1]) > 2
                 or not all(type(d) is int and 0 <= d < 2**40 for d in spec[1])):
             raise FrameError(f"bad array spec {str(spec)[:100]}")
-        dt = np.dtype(spec[0])
+        dt = _DTYPES[spec[0]]
         shape = tuple(spec[1])
         out.append((dt, shape, math.prod(shape) * dt.itemsize))
     return out

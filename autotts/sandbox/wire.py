@@ -24,7 +24,8 @@ decode and strict checks cost more than the actions' own bookkeeping):
           entry of "e" (the episode's trace events since its last message), 0 none. OP_JSON
           takes the next message of "m", the full form [slot, op name, args(, events)] that
           carries what a row cannot (an episode error's text, a JSON branch list, an argument
-          past int64, a `times` that is no int); its slot must be the row's.
+          past int64, a `times` that is no int); its slot must be the row's, and its trace
+          events travel inside it (the row's `events` is 0).
   reply   arrays [rows (R, 5) int64, branch, depth, answer, final]; header "x" (the refusals'
           messages), "start", "end". A row answers one action of the round, in its order:
           [slot, generated, probes, actions, n]: the next n reveals of the four arrays, or

@@ -104,19 +104,26 @@ def test_forged_answer_messages_gain_nothing(forged):
     assert row["tokens"] == 0 and row["accuracy"] == 0.0
 
 
-@pytest.mark.parametrize("payload", [
-    b"\xff" * 64,
-    b'{"t":"done","stdout":"","dropped":Infinity}',
-    b'{"t":"done","stdout":"","dropped":1e999}',
-    b'[' * 5000 + b']' * 5000,
-    b'{"t":"round","m":[[0,"advance",[0]],[0,"advance",[0]]]}',
-    b'{"t":"verdict","verdict":{"kind":"timeout","message":"\\u001b[2Jfake"}}',
+def _framed(header: bytes) -> bytes:
+    return struct.pack("<Q", len(header)) + header
+
+
+@pytest.mark.parametrize("frame", [
+    _framed(b"\xff" * 64),
+    _framed(b'{"t":"done","stdout":"","dropped":Infinity}'),
+    _framed(b'{"t":"done","stdout":"","dropped":1e999}'),
+    _framed(b'[' * 5000 + b']' * 5000),
+    _framed(b'{"t":"round","m":[[0,"advance",[0]],[0,"advance",[0]]]}'),
+    # the same two messages for one slot, as rows
+    pack_frame({"t": "round", "m": [], "e": []},
+               [np.array([[0, 7, 0, 0, 0], [0, 7, 0, 0, 0]], np.int64), np.zeros(0, np.int32),
+                np.zeros(0, bool)]),
+    _framed(b'{"t":"verdict","verdict":{"kind":"timeout","message":"\\u001b[2Jfake"}}'),
 ])
 @pytest.mark.usefixtures("parent")
-def test_forged_frames_on_the_result_pipe(payload):
+def test_forged_frames_on_the_result_pipe(frame):
     """Writes a forged frame straight to the pipe it reports on (found by trying every
     descriptor): a typed verdict, never an exception of the parent."""
-    frame = struct.pack("<Q", len(payload)) + payload
     body = f'''        frame = {frame!r}
         for fd in range(3, 64):
             try:

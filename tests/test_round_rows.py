@@ -27,6 +27,7 @@ from autotts.sandbox.wire import (
     OP_READ_NEW_MANY,
     REFUSED,
 )
+from tests.test_sandbox import parent  # noqa: F401 (fixture)
 from tests.test_sandbox_boundary import _busy_task, json_round
 
 NO_IDX, NO_MASK = np.zeros(0, np.int32), np.zeros(0, bool)
@@ -268,3 +269,70 @@ def test_answers_by_row_end_the_episode_as_by_json():
     ra, rb = a.judge.result(0), b.judge.result(0)
     for x, y in ((ra.answers, rb.answers), (ra.tokens, rb.tokens), (ra.probes, rb.probes)):
         assert np.array_equal(x, y)
+
+
+# ---- the client: what goes as a row, what as JSON, refused as in-process ------------------------
+
+ODD = '''
+import numpy as np
+
+
+class Odd:
+    NAME = "odd"
+
+    @staticmethod
+    def schedule(beta):
+        return {}
+
+    def run(self, ep):
+        ep.branch_many(3, probe=True)
+        mask = ep.running
+        idx = np.flatnonzero(mask)
+        tries = [
+            lambda: ep.advance(2**64), lambda: ep.advance(2**63), lambda: ep.advance(2**63 - 1),
+            lambda: ep.advance(-(2**63) - 1), lambda: ep.advance(-1), lambda: ep.probe(2**70),
+            lambda: ep.extend(-(2**63)), lambda: ep.read(2**63), lambda: ep.prune(2**64),
+            lambda: ep.read_new_many(2**64), lambda: ep.read_new_many(-1),
+            lambda: ep.branch_many(2**63), lambda: ep.branch_many(2**63 - 1),
+            lambda: ep.advance_many([0, 0]), lambda: ep.advance_many(np.array([0, 0])),
+            lambda: ep.advance_many(mask, 1.5), lambda: ep.advance_many(mask, True),
+            lambda: ep.advance_many(mask, 2**64), lambda: ep.advance_many(idx, -(2**63) - 1),
+            lambda: ep.advance_many(idx, 0), lambda: ep.advance_many(mask[:1]),
+            lambda: ep.advance_many(np.zeros(0, bool)), lambda: ep.advance_many([9]),
+            lambda: ep.prune_many([7]), lambda: ep.prune_many(np.zeros(0, bool)),
+            lambda: ep.advance_many(idx.astype(np.uint8), np.int64(2)),
+            lambda: ep.advance_many(list(idx), 2**62),
+            lambda: ep.advance_many(mask, 2),
+            lambda: ep.prune_many(mask & (np.arange(len(mask)) == 0)),
+            lambda: ep.read_new(), lambda: ep.branch(), lambda: ep.branch(probe=True),
+        ]
+        for k, f in enumerate(tries):
+            try:
+                out = f()
+                ep.trace("ok", k=k, out=None if out is None else np.asarray(out).tolist())
+            except Exception as e:
+                ep.trace("refused", k=k, why=str(e)[:200])
+        return int(ep.latest[0])
+'''
+
+
+@pytest.mark.usefixtures("parent")
+def test_odd_arguments_are_refused_or_served_as_in_process(tmp_path):
+    """Arguments past int64, non-int `times`, lists and arrays of every kind: each goes as a row
+    or as JSON, and the candidate sees what it sees in-process (results, refusals, traces)."""
+    from autotts.evaluate import EvalProtocol, evaluate
+    from autotts.sandbox import evaluate_sandboxed
+    from tests.test_sandbox import FAST
+    from tests.test_sandbox_boundary import STORE
+
+    path = tmp_path / "odd.py"
+    path.write_text(ODD)
+    proto = EvalProtocol(draws=2)
+    a = evaluate(str(path), [STORE], [0.5], proto, episodes=True, traces=True,
+                 on_error="record")
+    b = evaluate_sandboxed(ODD, [STORE], [0.5], proto, episodes=True, traces=True,
+                           on_error="record", limits=FAST, filename=str(path))
+    assert a.rows == b.rows and a.episodes == b.episodes and a.errors == b.errors
+    assert a.traces == b.traces
+    kinds = [e["ev"] for t in a.traces for e in t["events"]]
+    assert "refused" in kinds and "ok" in kinds

@@ -5,9 +5,12 @@ reply (counters, reveals, refusal text) that the same action written as a JSON m
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 
+from autotts.engine import InvalidAction
 from autotts.sandbox.judge import OutputLimit, ProtocolError
 from autotts.sandbox.wire import (
     OP_ADVANCE,
@@ -27,6 +30,7 @@ from autotts.sandbox.wire import (
     OP_READ_NEW_MANY,
     REFUSED,
 )
+from tests.test_engine import episode, question, store  # noqa: F401 (fixtures)
 from tests.test_sandbox import parent  # noqa: F401 (fixture)
 from tests.test_sandbox_boundary import _busy_task, json_round
 
@@ -336,3 +340,32 @@ def test_odd_arguments_are_refused_or_served_as_in_process(tmp_path):
     assert a.traces == b.traces
     kinds = [e["ev"] for t in a.traces for e in t["events"]]
     assert "refused" in kinds and "ok" in kinds
+
+
+# ---- the engine's journal, taken without its arrays --------------------------------------------
+
+def test_move_journal_gives_what_take_journal_gives(request):
+    """Episode.move_journal (the judge's) hands over the same reveals as take_journal, action by
+    action: scalar reveals (one branch at a time) and array ones (advance_many) alike."""
+    q = request.getfixturevalue("question")  # test_engine's toy question
+    a, b = episode(q, journal=True), episode(q, journal=True)
+    steps = [("branch_many", (3,), {"probe": True}), ("extend", (0,), {}), ("probe", (0,), {}),
+             ("advance_many", ([1, 0],), {"times": 3}), ("read_new_many", (1,), {}),
+             ("advance", (0,), {}), ("read_new", (), {}), ("prune", (1,), {}),
+             ("advance", (1,), {})]  # refused: pruned
+    revealed = 0
+    for name, args, kw in steps:
+        for ep in (a, b):
+            with contextlib.suppress(InvalidAction):
+                getattr(ep, name)(*args, **kw)
+        out: list = []
+        n = b.move_journal(out)
+        want = a.take_journal()
+        got = [np.concatenate(col, dtype=dt) for col, dt in
+               zip(zip(*out, strict=True), (np.int64, np.int64, np.int32, bool), strict=True)
+               ] if out else [np.zeros(0)] * 4
+        assert n == len(want[0])
+        revealed += n
+        for x, y in zip(got, want, strict=True):
+            assert x.tolist() == y.tolist()
+    assert revealed >= 8

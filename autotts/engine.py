@@ -483,6 +483,26 @@ class Episode(_NoCopy):
         )
         return out  # type: ignore[return-value]
 
+    def move_journal(self, out: list[tuple[Any, Any, Any, Any]]) -> int:
+        """Trusted observer, take_journal without its arrays: appends the reveals since the
+        previous call to `out` as they were journaled, each entry four columns (branch index,
+        depth, answer id, is_final) of equal length, arrays or one-element lists, for the
+        caller to concatenate with many other actions' at once; clears them and returns how
+        many reveals they hold. Only with Episode(..., journal=True)."""
+        jr = self._journal
+        if jr is None:
+            raise RuntimeError("the reveal journal is off: create the Episode with journal=True")
+        n = 0
+        for item in jr:
+            if isinstance(item[0], np.ndarray):
+                n += len(item[0])
+                out.append(item)
+            else:  # _reveal_one's scalars
+                n += 1
+                out.append(([item[0]], [item[1]], [item[2]], [item[3]]))
+        jr.clear()
+        return n
+
     def close(self) -> None:
         """End the episode: a handle kept past its episode can no longer act or read branches."""
         self._closed = True

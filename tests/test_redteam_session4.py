@@ -10,14 +10,14 @@ import pytest
 from autotts.sandbox import evaluate_sandboxed
 from autotts.sandbox.judge import ProtocolError
 from tests.test_sandbox import FAST, parent  # noqa: F401 (fixture)
-from tests.test_sandbox_boundary import PROTO, STORE, _busy_task, _controller
+from tests.test_sandbox_boundary import PROTO, STORE, _busy_task, _controller, json_round
 
 # ---- forged mask frames, straight into the trusted side -------------------------------------
 
 
 def _opened(task, slot: int, k: int) -> None:
     """Open k branches of `slot` with a valid round."""
-    reply = task.on_frame({"t": "round", "m": [[slot, "branch_many", [k, False]]]}, [])
+    reply = json_round(task, {"t": "round", "m": [[slot, "branch_many", [k, False]]]}, [])
     assert reply["t"] == "reply"
 
 
@@ -27,7 +27,8 @@ def _running(task, slot: int) -> np.ndarray:
 
 
 def _round(task, msg, arrays):
-    return task.on_frame({"t": "round", "m": [msg]}, arrays)
+    """A round of one message, written as JSON (its row says only where it goes)."""
+    return json_round(task, {"t": "round", "m": [msg]}, arrays)
 
 
 def test_a_mask_of_the_right_length_is_applied_as_a_mask():
@@ -72,7 +73,7 @@ def test_two_markers_cannot_take_the_same_mask_twice():
     _opened(task, 1, 3)
     msgs = [[0, "advance_many", [["?", 3], 1]], [1, "prune_many", [["?", 3]]]]
     with pytest.raises(ProtocolError):
-        task.on_frame({"t": "round", "m": msgs}, [np.zeros(0, np.int32), np.ones(3, bool)])
+        json_round(task, {"t": "round", "m": msgs}, [np.zeros(0, np.int32), np.ones(3, bool)])
 
 
 def test_a_mask_marker_where_no_branch_list_goes_is_refused():
@@ -143,7 +144,7 @@ def test_a_mask_for_another_slot_only_spends_the_forgers_own_round():
     _opened(task, 1, 3)
     m0, m1 = _running(task, 0), _running(task, 1)
     msgs = [[1, "advance_many", [["?", 3], 1]], [0, "advance_many", [["?", 3], 1]]]
-    reply = task.on_frame({"t": "round", "m": msgs},
+    reply = json_round(task, {"t": "round", "m": msgs},
                           [np.zeros(0, np.int32), np.concatenate([m1, m0])])
     assert [r[4] for r in reply["m"]] == [m1.sum(), m0.sum()]
 

@@ -48,6 +48,18 @@ _libc = ctypes.CDLL(None)
 _send = sandbox_child._Out.send
 
 
+def _rows(header):
+    """The arrays of a forged round of JSON messages (wire.py: one OP_JSON row per message,
+    no branch lists), so that a round that got past the judge's token and state checks would
+    be judged, not refused for its form; none for a frame of another kind."""
+    import numpy as np
+
+    if header.get("t") != "round":
+        return ()
+    return [np.array([[m[0], 0, 0, 0, 0] for m in header["m"]], np.int64).reshape(-1, 5),
+            np.zeros(0, np.int32), np.zeros(0, bool)]
+
+
 def _where(name):
     f = sys._getframe(0)
     while f is not None and f.f_code.co_name != name:
@@ -281,13 +293,13 @@ _PAST_HOW = {
     # unit_done, a forged "reaped" and the round in one write: the supervisor handles the
     # hint (waiting until this process is gone) before it reaches the round in the same read
     "forged-hint": 'os.write(self.fd, pack_frame(header) + pack_frame({"t": "reaped"})\n'
-                   '             + pack_frame({"t": "round", "m": msgs}))',
+                   '             + pack_frame(_r := {"t": "round", "m": msgs}, _rows(_r)))',
     # no hint: stay until the supervisor has started its own wait (PENDING_HINT_SECONDS,
     # narrowed to 0.05 s here), then write the round and exit while it waits
     "no-hint": '_send(self, header)\n'
                '    import time\n'
                '    time.sleep(1.5)\n'
-               '    os.write(self.fd, pack_frame({"t": "round", "m": msgs}))',
+               '    os.write(self.fd, pack_frame(_r := {"t": "round", "m": msgs}, _rows(_r)))',
 }
 
 
@@ -306,7 +318,7 @@ _AFTER = _WHERE + '''
 def send(self, header, arrays=()):
     _send(self, header, arrays)
     if header.get("t") == "unit_done" and _batch is not None:
-        _send(self, {frame!r})
+        _send(self, {frame!r}, _rows({frame!r}))
         {then}
 '''
 

@@ -376,7 +376,7 @@ def send(self, header, arrays=()):
     if header.get("t") == "unit_done" and _batch is not None:
         # The batch's own token (every frame of a batch carries it): a frame that passes the
         # token check must still be refused by the judge's state machine after unit_done.
-        _send(self, dict({frame!r}, k=header.get("k")))
+        _send(self, dict({frame!r}, k=header.get("k")), _rows({frame!r}))
         {then}
 '''
 

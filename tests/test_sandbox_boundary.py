@@ -23,7 +23,7 @@ from autotts.evaluate import EvalProtocol, evaluate
 from autotts.sandbox import SandboxError, SandboxLimits, evaluate_sandboxed, spawned_pids
 from autotts.sandbox.judge import OutputLimit, ProtocolError
 from autotts.sandbox.supervisor import Failed, _Task
-from autotts.sandbox.wire import FrameError, FrameReader, escape, pack_frame
+from autotts.sandbox.wire import OP_JSON, FrameError, FrameReader, escape, pack_frame
 from tests.test_sandbox import FAST, parent, synthetic_store  # noqa: F401 (fixture)
 
 STORE = synthetic_store()
@@ -92,29 +92,38 @@ def test_rewriting_the_client_counters_changes_nothing():
 
 
 @pytest.mark.usefixtures("parent")
-def test_forged_answer_messages_gain_nothing():
+@pytest.mark.parametrize("forged", ["(14, 1, 1, None, None, None)",  # a row: OP_ANSWER, class 1
+                                    "(0, 0, 0, None, ['answer', [1]], None)"])  # as JSON
+def test_forged_answer_messages_gain_nothing(forged):
     """A forged answer through the client's own request function ends the episode on the judge's
     side at what it cost so far (nothing): an answer naming no revealed class scores nothing."""
-    body = '''        ep._request("answer", [1], None)
+    body = f'''        ep._request({forged})
         return 1
 '''
     row = _run(_controller(body)).rows[0]
     assert row["tokens"] == 0 and row["accuracy"] == 0.0
 
 
-@pytest.mark.parametrize("payload", [
-    b"\xff" * 64,
-    b'{"t":"done","stdout":"","dropped":Infinity}',
-    b'{"t":"done","stdout":"","dropped":1e999}',
-    b'[' * 5000 + b']' * 5000,
-    b'{"t":"round","m":[[0,"advance",[0]],[0,"advance",[0]]]}',
-    b'{"t":"verdict","verdict":{"kind":"timeout","message":"\\u001b[2Jfake"}}',
+def _framed(header: bytes) -> bytes:
+    return struct.pack("<Q", len(header)) + header
+
+
+@pytest.mark.parametrize("frame", [
+    _framed(b"\xff" * 64),
+    _framed(b'{"t":"done","stdout":"","dropped":Infinity}'),
+    _framed(b'{"t":"done","stdout":"","dropped":1e999}'),
+    _framed(b'[' * 5000 + b']' * 5000),
+    _framed(b'{"t":"round","m":[[0,"advance",[0]],[0,"advance",[0]]]}'),
+    # the same two messages for one slot, as rows
+    pack_frame({"t": "round", "m": [], "e": []},
+               [np.array([[0, 7, 0, 0, 0], [0, 7, 0, 0, 0]], np.int64), np.zeros(0, np.int32),
+                np.zeros(0, bool)]),
+    _framed(b'{"t":"verdict","verdict":{"kind":"timeout","message":"\\u001b[2Jfake"}}'),
 ])
 @pytest.mark.usefixtures("parent")
-def test_forged_frames_on_the_result_pipe(payload):
+def test_forged_frames_on_the_result_pipe(frame):
     """Writes a forged frame straight to the pipe it reports on (found by trying every
     descriptor): a typed verdict, never an exception of the parent."""
-    frame = struct.pack("<Q", len(payload)) + payload
     body = f'''        frame = {frame!r}
         for fd in range(3, 64):
             try:
@@ -325,6 +334,37 @@ def _busy_task() -> _Task:
     return task
 
 
+def json_rows(messages: object, live: object = ()) -> np.ndarray:
+    """A round's rows for messages that all travel as JSON (op OP_JSON): the form the client
+    uses for what a row cannot carry, and the one the earlier sessions' forged rounds were
+    written in (before rows). A message whose slot no int64 row can hold gets the first live
+    slot's row, so that the message itself is judged (and refused as malformed)."""
+    msgs = messages if type(messages) is list else []
+    fallback = min(live, default=-1)
+    slots = [m[0] if type(m) is list and m and type(m[0]) is int and -(2**63) <= m[0] < 2**63
+             else fallback for m in msgs]
+    return np.array([[s, OP_JSON, 0, 0, 0] for s in slots], dtype=np.int64).reshape(-1, 5)
+
+
+def json_round(task: _Task, header: dict, arrays=()) -> dict:
+    """`task.on_frame` for a round written as JSON messages only (header "m" in the form
+    [slot, op, args(, events)], arrays [indices(, masks)] or whatever a test forges there): its
+    rows are prepended, and the reply's rows are given back in the JSON form too, as "m":
+    [slot, generated, probes, actions, n] per served action, [slot, message, generated,
+    probes, actions] per refusal."""
+    live = task.judge.live if task.judge is not None else ()
+    arrays = list(arrays)
+    if len(arrays) < 2:  # the indices and masks were optional: none stood for empty ones
+        arrays = ([*arrays] or [np.zeros(0, np.int32)]) + [np.zeros(0, bool)]
+    reply = task.on_frame(header, [json_rows(header.get("m"), live), *arrays])
+    if reply is not None and reply.get("t") == "reply":
+        refusals = iter(reply["x"])
+        reply["m"] = [[s, g, p, a, n] if n >= 0 else [s, next(refusals), g, p, a]
+                      for s, g, p, a, n in reply["arrays"][0].tolist()]
+        reply["arrays"] = reply["arrays"][1:]
+    return reply
+
+
 _OPS = ["advance_many", "advance", "branch", "branch_many", "extend", "probe", "read",
         "read_new", "read_new_many", "prune", "prune_many", "answer", "error", "nope", 3, None]
 _VALUES = [0, 1, -1, 2, 7, 2**31, 2**63, -(2**63) - 1, 10**30, 1.5, True, False, None, "x",
@@ -355,11 +395,42 @@ def _message(rng: random.Random, live: list[int]):
     return m
 
 
+_FIELDS = [0, 1, 2, 3, -1, 5, 2**31 - 1, 2**31, -(2**31) - 1, 2**62, -(2**63), 2**63 - 1]
+
+
+def _row(rng: random.Random, live: list[int]) -> list[int]:
+    """A binary row: a live slot or not, any op code, fields of every kind; or one that could
+    be the client's."""
+    if live and rng.random() < 0.6:
+        return [rng.choice(live), rng.randint(1, 14), rng.choice([0, 0, 1, 1, 2, 3]),
+                rng.choice([0, 0, 0, 1, 2]), 0]
+    slot = rng.choice([*live, -1, 999, 2**40, -(2**63)]) if live else rng.randint(-2, 9)
+    return [slot, rng.choice([*range(-1, 17), 2**40]), rng.choice(_FIELDS), rng.choice(_FIELDS),
+            rng.choice([0, 0, 0, 1, 2, -1])]
+
+
 def _frame(rng: random.Random, task: _Task):
     live = sorted(task.judge.live) if task.judge is not None else []
     kind = rng.random()
-    if kind < 0.7:
+    if kind < 0.35:  # JSON messages (json_round gives them rows)
         header = {"t": "round", "m": [_message(rng, live) for _ in range(rng.randint(0, 6))]}
+        return header, ["json", *_arrays(rng)]
+    if kind < 0.7:  # binary rows, with or without JSON messages and trace events
+        rows = [_row(rng, live) for _ in range(rng.randint(0, 3))]
+        header = {"t": "round"}
+        if rng.random() < 0.5:
+            header["m"] = [_message(rng, live) for _ in range(rng.randint(0, 2))]
+        if rng.random() < 0.5:
+            header["e"] = [[[rng.choice(["k", 3]), {"a": _value(rng)}]] if rng.random() < 0.7
+                           else _value(rng) for _ in range(rng.randint(0, 2))]
+        table = np.array(rows, dtype=np.int64).reshape(-1, 5)
+        if rng.random() < 0.1:  # another width or dtype
+            table = rng.choice([table.reshape(-1)[: 4 * (len(table.reshape(-1)) // 4)]
+                                .reshape(-1, 4), table.astype(np.int32), table.reshape(-1)])
+        arrays = _arrays(rng)
+        if len(arrays) < 2 and rng.random() < 0.8:
+            arrays = ([*arrays] or [np.zeros(0, np.int32)]) + [np.zeros(0, bool)]
+        return header, [table, *arrays]
     elif kind < 0.8:
         header = {"t": rng.choice(["done", "configs", "verdict", "config_error", "x", 5,
                                    "unit_done", "died", "ready"]),
@@ -367,14 +438,18 @@ def _frame(rng: random.Random, task: _Task):
                       ["stdout", "dropped", "name", "configs", "verdict", "message"], 3)}}
     else:
         header = _value(rng)
+    return header, _arrays(rng)
+
+
+def _arrays(rng: random.Random) -> list[np.ndarray]:
     arrays = []
-    if rng.random() < 0.3:
+    if rng.random() < 0.3 + 0.5 * (rng.random() < 0.5):
         arrays = [np.array([rng.randint(0, 40) for _ in range(rng.randint(0, 8))],
-                           dtype=rng.choice([np.int32, np.int64, np.uint8]))]
+                           dtype=rng.choice([np.int32, np.int32, np.int64, np.uint8]))]
         if rng.random() < 0.5:  # a round's masks; bytes other than 0/1 too, as a forger sends
             arrays.append(np.array([rng.randint(0, 3) for _ in range(rng.randint(0, 8))],
                                    dtype=np.uint8).view(rng.choice([np.bool_, np.uint8])))
-    return header, arrays
+    return arrays
 
 
 def test_judge_never_raises_on_hostile_frames():
@@ -388,7 +463,10 @@ def test_judge_never_raises_on_hostile_frames():
         try:
             if type(header) is not dict:
                 raise FrameError("frame header is not an object")
-            task.on_frame(header, arrays)
+            if arrays and type(arrays[0]) is str:  # "json": JSON messages only
+                json_round(task, header, arrays[1:])
+            else:
+                task.on_frame(header, arrays)
             answered += 1
         except ALLOWED:
             failed += 1
@@ -398,7 +476,9 @@ def test_judge_never_raises_on_hostile_frames():
 
 def test_frame_reader_never_raises_on_hostile_bytes():
     rng = random.Random(7)
-    good = pack_frame({"t": "round", "m": [[0, "advance", [0]]]}, [np.arange(3, dtype="<i4")])
+    good = pack_frame({"t": "round", "m": [], "e": []},
+                      [np.array([[0, 7, 0, 0, 0]], dtype="<i8"), np.arange(3, dtype="<i4"),
+                       np.ones(2, bool)])
     for _ in range(3000):
         data = bytearray(good)
         for _ in range(rng.randint(1, 6)):

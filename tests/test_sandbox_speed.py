@@ -11,7 +11,7 @@ from autotts.evaluate import EvalProtocol, evaluate
 from autotts.sandbox import evaluate_sandboxed
 from autotts.sandbox.judge import ProtocolError
 from tests.test_sandbox import FAST, parent, synthetic_store  # noqa: F401 (fixture)
-from tests.test_sandbox_boundary import _busy_task
+from tests.test_sandbox_boundary import _busy_task, json_round
 
 STORE = synthetic_store()
 
@@ -83,8 +83,8 @@ def test_traced_draws_within_a_sweep(tmp_path):
 def test_forged_masks_are_protocol_errors():
     task = _busy_task()
     slot = sorted(task.judge.live)[0]
-    task.on_frame({"t": "round", "m": [[slot, "branch_many", [2, True]]]})
-    ok = task.on_frame({"t": "round", "m": [[slot, "advance_many", [["?", 2], 1]]]},
+    json_round(task, {"t": "round", "m": [[slot, "branch_many", [2, True]]]})
+    ok = json_round(task, {"t": "round", "m": [[slot, "advance_many", [["?", 2], 1]]]},
                        [np.zeros(0, np.int32), np.array([True, False])])
     assert ok["t"] == "reply" and len(ok["m"]) == 1  # answered (done, or refused by the engine)
     for m, arrays in (
@@ -95,12 +95,12 @@ def test_forged_masks_are_protocol_errors():
          [np.zeros(0, np.int32), np.ones(1, bool), np.ones(1, bool)]),
     ):
         with pytest.raises(ProtocolError):
-            _busy_task_with(slot).on_frame({"t": "round", "m": m}, arrays)
+            json_round(_busy_task_with(slot), {"t": "round", "m": m}, arrays)
 
 
 def _busy_task_with(slot: int):
     task = _busy_task()
-    task.on_frame({"t": "round", "m": [[slot, "branch_many", [2, True]]]})
+    json_round(task, {"t": "round", "m": [[slot, "branch_many", [2, True]]]})
     return task
 
 

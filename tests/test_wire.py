@@ -4,7 +4,9 @@ child's reader of the judge's frames."""
 from __future__ import annotations
 
 import io
+import json
 import random
+import struct
 
 import numpy as np
 import pytest
@@ -12,6 +14,7 @@ import pytest
 from autotts.sandbox.wire import (
     MAX_DEPTH,
     FrameError,
+    FrameReader,
     _nesting,
     loads_strict,
     pack_frame,
@@ -87,3 +90,18 @@ def test_read_frame_takes_exactly_one_frame_and_its_arrays():
         assert a.dtype == b.dtype and a.shape == b.shape and (a == b).all()
     assert f.tell() == start + len(first)
     assert read_frame(f) == ({"t": "stop"}, [])
+
+
+@pytest.mark.parametrize("spec", [[[], [1]], [{}, [1]], [["<i4"], [1]], [None, [1]], [4, [1]],
+                                  ["<f8", [1]], ["|O", [1]], ["<i4", [-1]], ["<i4", "1"]])
+def test_an_array_spec_of_any_json_value_is_a_frame_error(spec):
+    """A dtype that is a list or an object (unhashable: looking it up in the set of dtypes
+    raised TypeError, out of the trusted side) is refused like any other bad spec."""
+    raw = json.dumps({"t": "round", "arrays": [spec]}).encode()
+    with pytest.raises(FrameError, match="bad array spec"):
+        FrameReader(1 << 20).feed(struct.pack("<Q", len(raw)) + raw)
+
+
+def test_a_header_with_a_byte_order_mark_is_a_frame_error():
+    with pytest.raises(FrameError, match="BOM"):
+        loads_strict('\ufeff{"t": "done"}'.encode())

@@ -48,7 +48,7 @@ from autotts.sandbox.guards import (
     class_hook,
     deny_objects,
 )
-from autotts.sandbox.wire import pack_frame, read_frame
+from autotts.sandbox.wire import OP_ANSWER, OP_JSON, ROUND_COLS, pack_frame, read_frame
 from autotts.units import controller_lines, shown_answer
 
 # (Names used in every batch or episode are imported here, once: an import statement in a
@@ -204,38 +204,41 @@ class Scheduler:
         main, current = self.main, self.getcurrent
         switch = main.switch
 
-        def request(op: str, args: list[Any], events: list[list[Any]] | None) -> list[Any]:
+        def request(msg: tuple[Any, ...]) -> tuple[Any, ...]:
             if current() is not g:  # a handle kept from another episode of the batch
                 from autotts.engine import InvalidAction
 
                 raise InvalidAction("this episode handle belongs to another episode")
-            return switch((op, args, events))
+            return switch(msg)
 
         return request
 
     def _collect(self, slot: int, g: Any, msg: Any) -> None:
+        """The episode's next message, as a row of its group's round (and what goes beside
+        it: a raw branch list, a JSON message, trace events)."""
         if STATE.violation is not None:
             _check_violation({"slot": slot})
         group = self.group[slot]
-        if g.dead:
+        if g.dead:  # the episode's end: an answer (a row), or an error (JSON, its text)
             kind, payload, events = msg
-            self.outbox[group].append([slot, kind, payload, events] if events
-                                      else [slot, kind, payload])
             del self.live[slot]
             del self.group[slot]
-            return
-        op, wire, events = msg
-        if op in _INDEX_OPS and type(wire[0]) is np.ndarray:
-            # Branch lists travel raw after the header: ["#", n] takes the next n int32 indices,
-            # ["?", n] the next n entries of a mask.
-            a = wire[0]
-            if a.dtype.kind == "b":
-                self.masks[group].append(a)
-                wire = [["?", len(a)], *wire[1:]]
+            if kind == "answer":
+                v = payload[0]
+                op, a, b, arr, js = OP_ANSWER, 0 if v is None else 1, v or 0, None, None
             else:
-                self.indices[group].append(a)
-                wire = [["#", len(a)], *wire[1:]]
-        self.outbox[group].append([slot, op, wire, events] if events else [slot, op, wire])
+                op, a, b, arr, js = OP_JSON, 0, 0, None, [kind, payload]
+        else:
+            op, a, b, arr, js, events = msg
+        if arr is not None:
+            (self.masks if arr.dtype.kind == "b" else self.indices)[group].append(arr)
+        e = 0
+        if js is not None:
+            self.json[group].append([slot, *js, events] if events else [slot, *js])
+        elif events:
+            self.events[group].append(events)
+            e = 1
+        self.rows[group] += (slot, op, a, b, e)
 
     def _first(self, slot: int, g: Any, ep: Any, config: dict[str, Any]) -> None:
         try:
@@ -260,15 +263,16 @@ class Scheduler:
 
     def _send_round(self, g: int) -> None:
         idx, masks = self.indices[g], self.masks[g]
-        arrays = [np.concatenate(idx).astype(np.int32, copy=False)] if idx else []
-        if masks:  # [indices, masks]: the indices array first, even when empty
-            arrays = [arrays[0] if arrays else np.zeros(0, np.int32), np.concatenate(masks)]
-        self.out.send({"t": "round", "m": self.outbox[g], "k": self.token}, arrays)
-        self.outbox[g], self.indices[g], self.masks[g] = [], [], []
+        rows = np.array(self.rows[g], dtype=np.int64).reshape(-1, ROUND_COLS)
+        self.out.send({"t": "round", "m": self.json[g], "e": self.events[g], "k": self.token},
+                      [rows, np.concatenate(idx).astype(np.int32, copy=False) if idx else _NO_INDICES,
+                       np.concatenate(masks) if masks else _NO_MASKS])
+        self.rows[g], self.json[g], self.events[g] = [], [], []
+        self.indices[g], self.masks[g] = [], []
         self.in_flight.append(g)
 
     def _on_reply(self, g: int, reply: dict[str, Any], arrays: list[np.ndarray]) -> None:
-        jb, jd, ja, jf = arrays
+        rows, jb, jd, ja, jf = arrays
         # Once per round rather than per action: branch indices as intp (numpy's fancy indexing
         # converts any other index dtype on every call, ~1 us each; the judge sends int64),
         # depths as the mirror's int64, and where the finals are (an episode's mirror looks at
@@ -277,23 +281,24 @@ class Scheduler:
         jd = jd.astype(np.int64, copy=False)
         finals = jf.nonzero()[0].tolist()
         finals.append(len(jf))
+        refusals = iter(reply["x"])
         f = 0
         pos = 0
         live, hint = self.live, self.hint
-        for r in reply["m"]:
-            slot = r[0]
-            if len(r) == 5 and type(r[1]) is int:  # done: what it revealed is next in line
-                end = pos + r[4]
+        for slot, gen, probes, actions, n in rows.tolist():
+            if n >= 0:  # done: what it revealed is next in line
+                end = pos + n
                 if finals[f] < end:
                     fin = jf[pos:end]
                     while finals[f] < end:
                         f += 1
                 else:
                     fin = None
-                args = (r[1], r[2], r[3], jb[pos:end], jd[pos:end], ja[pos:end], fin)
+                args: tuple[Any, ...] = (gen, probes, actions, jb[pos:end], jd[pos:end],
+                                         ja[pos:end], fin)
                 pos = end
-            else:  # refused: [slot, message, generated, probes, actions]
-                args = tuple(r)
+            else:  # refused: its message is the next
+                args = (next(refusals), gen, probes, actions)
             episode = live[slot]
             hint[0] = slot
             try:
@@ -307,12 +312,17 @@ class Scheduler:
         """Two groups of episodes take turns: while the judge answers one group's round, this
         process computes the other's next actions, so both processes work at once."""
         self.token = unit.get("k")  # the batch's token: every frame of this batch carries it
-        self.outbox, self.indices, self.masks = [[], []], [[], []], [[], []]
+        # Each group's next round: its rows (flat), JSON messages, trace events, branch lists.
+        self.rows: list[list[int]] = [[], []]
+        self.json: list[list[Any]] = [[], []]
+        self.events: list[list[Any]] = [[], []]
+        self.indices: list[list[np.ndarray]] = [[], []]
+        self.masks: list[list[np.ndarray]] = [[], []]
         self.group: dict[int, int] = {}
         self.in_flight: deque[int] = deque()
         self._start(unit, unit["start"], -1)
         for g in (0, 1):
-            if self.outbox[g] or (not self.in_flight and g == 1):
+            if self.rows[g] or (not self.in_flight and g == 1):
                 self._send_round(g)
         while self.in_flight:
             g = self.in_flight.popleft()
@@ -321,11 +331,12 @@ class Scheduler:
             self._start(unit, reply["start"], g)
             if reply["end"]:
                 return
-            if self.outbox[g]:
+            if self.rows[g]:
                 self._send_round(g)
 
 
-_INDEX_OPS = frozenset({"advance_many", "prune_many"})
+_NO_INDICES = np.zeros(0, np.int32)
+_NO_MASKS = np.zeros(0, bool)
 _REAPED = pack_frame({"t": "reaped"})
 
 

@@ -20,8 +20,31 @@ from typing import Any
 import numpy as np
 
 from autotts.engine import NO_ANSWER, InvalidAction
+from autotts.sandbox.wire import (
+    OP_ADVANCE,
+    OP_ADVANCE_MANY_IDX,
+    OP_ADVANCE_MANY_MASK,
+    OP_BRANCH,
+    OP_BRANCH_MANY,
+    OP_EXTEND,
+    OP_JSON,
+    OP_PROBE,
+    OP_PRUNE,
+    OP_PRUNE_MANY_IDX,
+    OP_PRUNE_MANY_MASK,
+    OP_READ,
+    OP_READ_NEW,
+    OP_READ_NEW_MANY,
+)
 
-Request = Callable[[str, list[Any], list[list[Any]] | None], list[Any]]
+# A request: (op, a, b, branch list, JSON message, trace events), one row of the round
+# (autotts.sandbox.wire: OP_* codes) and what travels beside it: the raw branch list (int32
+# indices or a bool mask) its op takes, or for op OP_JSON the message [op name, args] that a row
+# cannot carry (a JSON branch list, an argument past int64, a `times` that is no int). The reply:
+# (message, generated, probes, actions) for a refusal, else (generated, probes, actions, branch,
+# depth, answer, final) with the action's reveals (final None when none of them is a final).
+Request = Callable[[tuple[Any, ...]], tuple[Any, ...]]
+_I64 = 1 << 63
 
 
 def _as_index(i: Any) -> int:
@@ -219,16 +242,17 @@ class ClientEpisode:
 
     # ---- actions ------------------------------------------------------------------------------
 
-    def _send(self, op: str, args: list[Any]) -> None:
+    def _send(self, op: int, a: int = 0, b: int = 0, arr: np.ndarray | None = None,
+              js: list[Any] | None = None) -> None:
         if self._closed:
             raise InvalidAction("this episode handle belongs to an episode that has ended")
         events = None
         if self._events:
             events, self._events = self._events, []
-        reply = self._request(op, args, events)
-        if len(reply) == 5:  # refused: [slot, message, generated, probes, actions]
-            self._gen, self._probes, self._actions = reply[2], reply[3], reply[4]
-            raise InvalidAction(reply[1])
+        reply = self._request((op, a, b, arr, js, events))
+        if len(reply) == 4:  # refused: (message, generated, probes, actions)
+            self._gen, self._probes, self._actions = reply[1], reply[2], reply[3]
+            raise InvalidAction(reply[0])
         # A served action: the counters, then its reveals (branch, depth, answer) in reveal
         # order and their final flags (None when none of them is a final).
         self._gen, self._probes, self._actions, jb, jd, ja, jf = reply
@@ -251,9 +275,17 @@ class ClientEpisode:
             self._finished[done] = True
             self._running[done] = False
 
+    def _send_index(self, op: int, name: str, i: int) -> None:
+        """An action with one integer argument: a row, or past int64 a JSON message (for the
+        engine to refuse, as in-process)."""
+        if -_I64 <= i < _I64:
+            self._send(op, i)
+        else:
+            self._send(OP_JSON, js=[name, [i]])
+
     def branch(self, probe: bool = False) -> int:
         i = self._opened
-        self._send("branch", [bool(probe)])
+        self._send(OP_BRANCH, 1 if probe else 0)
         self._opened = i + 1
         if not self._finished[i]:
             self._depth[i] = 1
@@ -263,7 +295,10 @@ class ClientEpisode:
     def branch_many(self, k: int, probe: bool = False) -> np.ndarray:
         k = _as_index(k)
         start = self._opened
-        self._send("branch_many", [k, bool(probe)])
+        if -_I64 <= k < _I64:
+            self._send(OP_BRANCH_MANY, k, 1 if probe else 0)
+        else:
+            self._send(OP_JSON, js=["branch_many", [k, bool(probe)]])
         idx = np.arange(start, start + k)
         self._opened = start + k
         self._depth[idx] = np.maximum(self._depth[idx], 1)
@@ -273,7 +308,7 @@ class ClientEpisode:
     def extend(self, i: int) -> int | None:
         i = _as_index(i)
         d = int(self._depth[i]) if 0 <= i < self._n else 0
-        self._send("extend", [i])
+        self._send_index(OP_EXTEND, "extend", i)
         if self._finished[i]:
             return int(self._latest[i])
         self._depth[i] = d + 1
@@ -281,59 +316,74 @@ class ClientEpisode:
 
     def probe(self, i: int) -> int:
         i = _as_index(i)
-        self._send("probe", [i])
+        self._send_index(OP_PROBE, "probe", i)
         return int(self._latest[i])
 
     def advance(self, i: int) -> int:
         i = _as_index(i)
-        self._send("advance", [i])
+        self._send_index(OP_ADVANCE, "advance", i)
         return int(self._latest[i])
 
-    def advance_many(self, which: Any, times: int = 1) -> np.ndarray:
+    def _send_many(self, name: str, which: Any, times: Any = None) -> np.ndarray:
+        """advance_many / prune_many: a row with the branch list raw (int32 indices, or a mask
+        of any length: as a JSON list an empty mask would become [], no branches, which the
+        engine accepts where it refuses a mask that is not one entry per opened branch), else
+        a JSON message. Returns the branches sent, as indices or a mask."""
         idx = _fast_indices(which, self._opened)
         wire: Any = idx if idx is not None else _wire_list(which)
-        if isinstance(times, np.generic):
-            times = times.item()
-        if type(times) not in (int, bool, float):  # the engine refuses it; JSON cannot carry it
-            raise InvalidAction(f"advance_many's times must be an integer, got {times!r:.80}")
-        self._send("advance_many", [wire, times])
+        many = name == "advance_many"
+        if many:
+            if isinstance(times, np.generic):
+                times = times.item()
+            if type(times) not in (int, bool, float):  # the engine refuses it; JSON cannot carry it
+                raise InvalidAction(f"advance_many's times must be an integer, got {times!r:.80}")
+            rest = [times]
+            row = type(times) is int and -_I64 <= times < _I64
+        else:
+            times, rest, row = 0, [], True
         if idx is None:
+            self._send(OP_JSON, js=[name, [wire, *rest]])
             arr = np.asarray(wire)
-            idx = np.flatnonzero(arr) if arr.dtype == bool else arr.astype(np.int64)
+            return np.flatnonzero(arr) if arr.dtype == bool else arr.astype(np.int64)
+        mask = idx.dtype == bool
+        if row:
+            op = (OP_ADVANCE_MANY_MASK if mask else OP_ADVANCE_MANY_IDX) if many else (
+                OP_PRUNE_MANY_MASK if mask else OP_PRUNE_MANY_IDX)
+            self._send(op, len(idx), times, idx)
+        else:  # a raw list, and a `times` that only JSON carries
+            self._send(OP_JSON, 0, 0, idx, [name, [["?" if mask else "#", len(idx)], *rest]])
+        return idx
+
+    def advance_many(self, which: Any, times: int = 1) -> np.ndarray:
+        idx = self._send_many("advance_many", which, times)
         return self._latest[_positions(idx)]
 
     def read(self, i: int) -> int:
         i = _as_index(i)
-        self._send("read", [i])
+        self._send_index(OP_READ, "read", i)
         return int(self._latest[i])
 
     def read_new(self) -> int:
         i = self._opened
-        self._send("read_new", [])
+        self._send(OP_READ_NEW)
         self._opened = i + 1
         return int(self._latest[i])
 
     def read_new_many(self, k: int) -> np.ndarray:
         k = _as_index(k)
         start = self._opened
-        self._send("read_new_many", [k])
+        self._send_index(OP_READ_NEW_MANY, "read_new_many", k)
         self._opened = start + k
         return self._latest[start : start + k].copy()
 
     def prune(self, i: int) -> None:
         i = _as_index(i)
-        self._send("prune", [i])
+        self._send_index(OP_PRUNE, "prune", i)
         self._pruned[i] = True
         self._running[i] = False
 
     def prune_many(self, which: Any) -> None:
-        idx = _fast_indices(which, self._opened)
-        wire: Any = idx if idx is not None else _wire_list(which)
-        self._send("prune_many", [wire])
-        if idx is None:
-            arr = np.asarray(wire)
-            idx = np.flatnonzero(arr) if arr.dtype == bool else arr.astype(np.int64)
-        idx = _positions(idx)
+        idx = _positions(self._send_many("prune_many", which))
         self._pruned[idx] = True
         self._running[idx] = False
 

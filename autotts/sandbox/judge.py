@@ -23,7 +23,26 @@ import numpy as np
 
 from autotts.draws import draw_order
 from autotts.engine import NO_ANSWER, Episode, InvalidAction, store_class
-from autotts.sandbox.wire import escape
+from autotts.sandbox.wire import (
+    OP_ADVANCE,
+    OP_ADVANCE_MANY_IDX,
+    OP_ADVANCE_MANY_MASK,
+    OP_ANSWER,
+    OP_BRANCH,
+    OP_BRANCH_MANY,
+    OP_EXTEND,
+    OP_JSON,
+    OP_PROBE,
+    OP_PRUNE,
+    OP_PRUNE_MANY_IDX,
+    OP_PRUNE_MANY_MASK,
+    OP_READ,
+    OP_READ_NEW,
+    OP_READ_NEW_MANY,
+    REFUSED,
+    REPLY_COLS,
+    escape,
+)
 from autotts.units import BlockResult, EvalProtocol, Questions
 
 EPISODE_ERRORS = ("exception", "invalid_action", "non_answer")
@@ -105,36 +124,35 @@ def _which(v: Any) -> list[Any]:
     return v
 
 
-# Each action: (number of arguments, how the judge calls the engine). Argument values are the
-# engine's to check: a wrong type or range is an InvalidAction for the candidate, as in-process.
-def _call(ep: Episode, op: str, args: list[Any]) -> None:
-    if op == "advance_many":
-        ep.advance_many(args[0], args[1])  # an empty mask stays a mask, as in-process
-    elif op == "advance":
-        ep.advance(args[0])
-    elif op == "branch":
-        ep.branch(bool(args[0]))
-    elif op == "branch_many":
-        ep.branch_many(args[0], bool(args[1]))
-    elif op == "extend":
-        ep.extend(args[0])
-    elif op == "probe":
-        ep.probe(args[0])
-    elif op == "read":
-        ep.read(args[0])
-    elif op == "read_new":
-        ep.read_new()
-    elif op == "read_new_many":
-        ep.read_new_many(args[0])
-    elif op == "prune":
-        ep.prune(args[0])
-    elif op == "prune_many":
-        ep.prune_many(args[0])
-
-
+# A JSON message's action: its number of arguments, and the engine's method. Argument values
+# are the engine's to check: a wrong type or range is an InvalidAction for the candidate, as
+# in-process.
 ACTIONS = {"advance_many": 2, "advance": 1, "branch": 1, "branch_many": 2, "extend": 1,
            "probe": 1, "read": 1, "read_new": 0, "read_new_many": 1, "prune": 1, "prune_many": 1}
 _SCALAR_ARGS = {"advance", "extend", "probe", "read", "prune", "read_new_many", "branch_many"}
+_METHOD = {name: getattr(Episode, name) for name in ACTIONS}
+# A row's scalar actions: `a` is the argument, `b` must be 0.
+_ROW_SCALAR = {OP_ADVANCE: ("advance", Episode.advance), OP_EXTEND: ("extend", Episode.extend),
+               OP_PROBE: ("probe", Episode.probe), OP_READ: ("read", Episode.read),
+               OP_PRUNE: ("prune", Episode.prune),
+               OP_READ_NEW_MANY: ("read_new_many", Episode.read_new_many)}
+_ADVANCE_MANY, _PRUNE_MANY = Episode.advance_many, Episode.prune_many
+_BRANCH, _BRANCH_MANY, _READ_NEW = Episode.branch, Episode.branch_many, Episode.read_new
+_EMPTY = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int32), np.zeros(0, bool))
+
+
+@dataclass
+class Served:
+    """One round's answer: `rows` [slot, generated, probes, actions, n] per action in the
+    round's order (n == REFUSED: a refusal, its message next in `refusals`), the round's reveals
+    (branch, depth, answer, final) that the rows take n at a time, and which slots were
+    answered and which episodes ended."""
+
+    rows: np.ndarray
+    refusals: list[str]
+    reveals: list[np.ndarray]
+    answered: list[int]
+    ended: list[int]
 
 
 class UnitJudge:
@@ -215,53 +233,157 @@ class UnitJudge:
 
     # ---- the child's messages ----------------------------------------------------------------
 
-    def serve(self, messages: Any, *, stop_on_error: bool, indices: np.ndarray | None = None,
-              masks: np.ndarray | None = None) -> tuple[list[list[Any]], list[np.ndarray]]:
-        """Apply one round of the child's messages. Returns the replies, in the same order, and
-        what the actions revealed as four arrays (branch, depth, answer, final) that the replies
-        index in order: [slot, generated, probes, actions, n] takes the next n entries; a refusal
-        is [slot, message, generated, probes, actions]. Raises ProtocolError / OutputLimit on a
-        malformed or oversized message (nothing else)."""
-        if type(messages) is not list:
-            raise ProtocolError("round is not a list")
-        self._indices = indices if indices is not None else np.zeros(0, dtype=np.int32)
-        self._masks = masks if masks is not None else np.zeros(0, dtype=bool)
+    def serve(self, rows: np.ndarray, messages: Any, events: Any, *, stop_on_error: bool,
+              indices: np.ndarray, masks: np.ndarray) -> Served:
+        """Apply one round of the child's messages: `rows` an (R, ROUND_COLS) int64 table (its
+        dtype and shape checked by the caller), `messages` and `events` the header's JSON
+        messages and trace events, `indices` / `masks` the round's raw branch lists (int32 /
+        bool, one-dimensional). Raises ProtocolError / OutputLimit on a malformed or oversized
+        message (nothing else)."""
+        if type(messages) is not list or type(events) is not list:
+            raise ProtocolError("a round's messages or events are not lists")
+        self._indices, self._masks = indices, masks
         self._pos = self._mpos = 0
+        self._out: list[int] = []
+        self._refusals: list[str] = []
+        self._journal: list[tuple[Any, ...]] = []
         live = self.live
         seen: set[int] = set()
-        replies: list[list[Any]] = []
-        journal: list[tuple[np.ndarray, ...]] = []
-        for m in messages:
-            if type(m) is not list or not 3 <= len(m) <= 4:
-                raise ProtocolError("a message is not [slot, op, args(, events)]")
-            slot, op, args = m[0], m[1], m[2]
-            if type(slot) is not int or slot in seen or slot not in live:
+        answered: list[int] = []
+        ended: list[int] = []
+        mi = ei = 0
+        for slot, op, a, b, e in rows.tolist():
+            if slot in seen or slot not in live:
                 raise ProtocolError("a message for an episode that is not waiting on the sandbox")
             seen.add(slot)
-            if type(op) is not str or type(args) is not list:
-                raise ProtocolError("bad op or arguments")
             s = live[slot]
-            if len(m) == 4:
-                self._events(s, m[3])
-            if op == "answer":
-                self._answer(slot, s, args)
-            elif op == "error":
-                self._error(slot, s, args, stop_on_error)
+            if e:
+                if e != 1 or ei >= len(events) or op == OP_JSON:
+                    raise ProtocolError("a row's trace events are not the round's next")
+                self._events(s, events[ei])
+                ei += 1
+            if op == OP_ANSWER:
+                if a == 0 and b == 0:
+                    ans = NO_ANSWER
+                elif a == 1 and -(2**31) <= b < 2**31:
+                    ans = store_class(s.ep, b)
+                else:
+                    raise ProtocolError("an answer that is not an int32 class or null")
+                self._finish(slot, s, ans)
+                ended.append(slot)
+            elif op == OP_JSON:
+                if a or b or mi >= len(messages):
+                    raise ProtocolError("a JSON row without its message")
+                if self._message(slot, s, messages[mi], stop_on_error):
+                    answered.append(slot)
+                else:
+                    ended.append(slot)
+                mi += 1
             else:
-                replies.append(self._act(slot, s, op, args, journal))
+                self._row(slot, s.ep, op, a, b)
+                answered.append(slot)
+        if mi != len(messages) or ei != len(events):
+            raise ProtocolError("a round's messages or trace events that no row takes")
+        out = self._out
+        table = (np.array(out, dtype=np.int64).reshape(-1, REPLY_COLS) if out
+                 else np.zeros((0, REPLY_COLS), np.int64))
+        journal = self._journal
         if not journal:
-            return replies, [np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int32),
-                             np.zeros(0, bool)]
-        # The engine's own dtypes (int64 branches and depths: the child indexes its mirror with
-        # them as they are), one concatenation per column for the whole round.
-        cols = list(zip(*journal, strict=True))
-        return replies, [np.concatenate(cols[0], dtype=np.int64),
-                         np.concatenate(cols[1], dtype=np.int64),
-                         np.concatenate(cols[2], dtype=np.int32),
-                         np.concatenate(cols[3], dtype=bool)]
+            reveals = list(_EMPTY)
+        else:
+            # The engine's own dtypes (int64 branches and depths: the child indexes its mirror
+            # with them as they are), one concatenation per column for the whole round.
+            cols = list(zip(*journal, strict=True))
+            reveals = [np.concatenate(cols[0], dtype=np.int64),
+                       np.concatenate(cols[1], dtype=np.int64),
+                       np.concatenate(cols[2], dtype=np.int32),
+                       np.concatenate(cols[3], dtype=bool)]
+        self._out, self._journal = [], []
+        return Served(table, self._refusals, reveals, answered, ended)
 
-    def _act(self, slot: int, s: _Slot, op: str, args: list[Any],
-             journal: list[tuple[np.ndarray, ...]]) -> list[Any]:
+    def _row(self, slot: int, ep: Episode, op: int, a: int, b: int) -> None:
+        """A binary action row (its fields are int64 already): the fields' own checks, then the
+        engine's."""
+        if op in (OP_ADVANCE_MANY_MASK, OP_ADVANCE_MANY_IDX):
+            self._apply(slot, ep, _ADVANCE_MANY, "advance_many",
+                        (self._take(op == OP_ADVANCE_MANY_MASK, a), b))
+            return
+        if op in _ROW_SCALAR:
+            fields_ok = b == 0
+            name, fn = _ROW_SCALAR[op]
+            args: tuple[Any, ...] = (a,)
+        elif op == OP_BRANCH_MANY:
+            fields_ok = b == 0 or b == 1
+            name, fn, args = "branch_many", _BRANCH_MANY, (a, b == 1)
+        elif op == OP_BRANCH:
+            fields_ok = (a == 0 or a == 1) and b == 0
+            name, fn, args = "branch", _BRANCH, (a == 1,)
+        elif op in (OP_PRUNE_MANY_MASK, OP_PRUNE_MANY_IDX):
+            fields_ok = b == 0
+            name, fn = "prune_many", _PRUNE_MANY
+            args = (self._take(op == OP_PRUNE_MANY_MASK, a),) if fields_ok else ()
+        elif op == OP_READ_NEW:
+            fields_ok = a == 0 and b == 0
+            name, fn, args = "read_new", _READ_NEW, ()
+        else:
+            raise ProtocolError("an unknown operation in a round's row")
+        if not fields_ok:
+            raise ProtocolError(f"malformed fields of a {name} row")
+        self._apply(slot, ep, fn, name, args)
+
+    def _take(self, mask: bool, n: int) -> np.ndarray:
+        """The next n entries of the round's masks (a mask, as the controller passed it) or of
+        its indices."""
+        if mask:
+            if not 0 <= n <= len(self._masks) - self._mpos:
+                raise ProtocolError("a mask past the round's masks")
+            out = self._masks[self._mpos : self._mpos + n]
+            self._mpos += n
+            return out
+        if not 0 <= n <= len(self._indices) - self._pos:
+            raise ProtocolError("a branch list past the round's indices")
+        out = self._indices[self._pos : self._pos + n]
+        self._pos += n
+        return out
+
+    def _apply(self, slot: int, ep: Episode, fn: Any, name: str, args: tuple[Any, ...]) -> None:
+        """One action on the engine, and its reply row (and reveals, or its refusal)."""
+        self.actions += 1
+        try:
+            fn(ep, *args)
+        except InvalidAction as e:
+            self._refusals.append(str(e)[:MAX_MESSAGE])
+            self._out += (slot, ep.generated_tokens, ep.num_probes, ep.num_actions, REFUSED)
+            return
+        except (TypeError, ValueError, OverflowError, IndexError) as e:
+            # Arguments the engine could not even read (a JSON value no controller can pass
+            # through the client handle): the child is forging requests.
+            raise ProtocolError(f"unreadable arguments for {name}: {type(e).__name__}") from None
+        n = ep.move_journal(self._journal)
+        self._out += (slot, ep.generated_tokens, ep.num_probes, ep.num_actions, n)
+
+    def _message(self, slot: int, s: _Slot, m: Any, stop_on_error: bool) -> bool:
+        """A JSON message [slot, op, args(, events)] (its slot the row's). Returns whether it
+        was an action (answered) rather than the episode's end."""
+        if type(m) is not list or not 3 <= len(m) <= 4:
+            raise ProtocolError("a message is not [slot, op, args(, events)]")
+        op, args = m[1], m[2]
+        if type(m[0]) is not int or m[0] != slot:
+            raise ProtocolError("a JSON message for another slot than its row's")
+        if type(op) is not str or type(args) is not list:
+            raise ProtocolError("bad op or arguments")
+        if len(m) == 4:
+            self._events(s, m[3])
+        if op == "answer":
+            self._answer(slot, s, args)
+            return False
+        if op == "error":
+            self._error(slot, s, args, stop_on_error)
+            return False
+        self._act(slot, s, op, args)
+        return True
+
+    def _act(self, slot: int, s: _Slot, op: str, args: list[Any]) -> None:
         arity = ACTIONS.get(op)
         if arity is None or len(args) != arity:
             raise ProtocolError(f"unknown action or wrong number of arguments ({escape(op, 40)})")
@@ -269,45 +391,26 @@ class UnitJudge:
             which, times = self._branches(args[0]), args[1]
             if type(times) not in (int, bool, float):
                 raise ProtocolError("advance_many's times is not a number")
-            args = [which, times]
-        elif op in _SCALAR_ARGS:
-            _index(args[0], "an action argument")
+            call: tuple[Any, ...] = (which, times)  # an empty mask stays a mask, as in-process
         elif op == "prune_many":
-            args = [self._branches(args[0])]
-        ep = s.ep
-        self.actions += 1
-        try:
-            _call(ep, op, args)
-        except InvalidAction as e:
-            return [slot, str(e)[:MAX_MESSAGE], ep.generated_tokens, ep.num_probes,
-                    ep.num_actions]
-        except (TypeError, ValueError, OverflowError, IndexError) as e:
-            # Arguments the engine could not even read (a JSON value no controller can pass
-            # through the client handle): the child is forging requests.
-            raise ProtocolError(f"unreadable arguments for {op}: {type(e).__name__}") from None
-        jr = ep.take_journal()
-        n = len(jr[0])
-        if n:
-            journal.append(jr)
-        return [slot, ep.generated_tokens, ep.num_probes, ep.num_actions, n]
+            call = (self._branches(args[0]),)
+        elif op == "branch":
+            call = (bool(args[0]),)
+        elif op == "branch_many":
+            call = (_index(args[0], "an action argument"), bool(args[1]))
+        elif op in _SCALAR_ARGS:
+            call = (_index(args[0], "an action argument"),)
+        else:
+            call = ()
+        self._apply(slot, s.ep, _METHOD[op], op, call)
 
     def _branches(self, w: Any) -> Any:
-        """A branch list: a JSON list, ["#", n] for the next n raw indices of the round, or
-        ["?", n] for the next n entries of its raw masks (a mask, as the controller passed it)."""
-        if type(w) is list and len(w) == 2 and w[0] == "#":
-            n = w[1]
-            if type(n) is not int or not 0 <= n <= len(self._indices) - self._pos:
-                raise ProtocolError("a branch list past the round's indices")
-            out = self._indices[self._pos : self._pos + n]
-            self._pos += n
-            return out
-        if type(w) is list and len(w) == 2 and w[0] == "?":
-            n = w[1]
-            if type(n) is not int or not 0 <= n <= len(self._masks) - self._mpos:
-                raise ProtocolError("a mask past the round's masks")
-            out = self._masks[self._mpos : self._mpos + n]
-            self._mpos += n
-            return out
+        """A JSON message's branch list: a JSON list, ["#", n] for the next n raw indices of
+        the round, or ["?", n] for the next n entries of its raw masks."""
+        if type(w) is list and len(w) == 2 and (w[0] == "#" or w[0] == "?"):
+            if type(w[1]) is not int:
+                raise ProtocolError("a branch list marker's count is not an integer")
+            return self._take(w[0] == "?", w[1])
         return _which(w)
 
     def _answer(self, slot: int, s: _Slot, args: list[Any]) -> None:

@@ -35,7 +35,14 @@ import numpy as np
 import autotts
 from autotts.sandbox.admission import Verdict
 from autotts.sandbox.judge import OutputLimit, ProtocolError, TraceBudget, UnitJudge
-from autotts.sandbox.wire import FrameError, FrameReader, FrameTooLarge, escape, pack_frame
+from autotts.sandbox.wire import (
+    ROUND_COLS,
+    FrameError,
+    FrameReader,
+    FrameTooLarge,
+    escape,
+    pack_frame,
+)
 from autotts.store import ReplayData
 from autotts.units import BlockResult, EvalProtocol, Questions, Unit
 
@@ -436,7 +443,7 @@ class _Task:
         if kind in ("round", "unit_done") and header.get("k") != self.token:
             raise ProtocolError(f"a {kind} frame that is not the current batch's")
         if kind == "round" and self.state == "busy" and self.judge is not None:
-            return self.on_round(header.get("m"), arrays)
+            return self.on_round(header, arrays)
         if kind == "unit_done" and self.state == "closing":
             self._printed(header)
             return self._reap()
@@ -459,25 +466,32 @@ class _Task:
         self.info["stdout"] += out[:room]
         self.info["stdout_dropped"] += dropped + max(0, len(out) - room)
 
-    def on_round(self, messages: Any, arrays: Sequence[np.ndarray]) -> dict[str, Any]:
+    def on_round(self, header: dict[str, Any], arrays: Sequence[np.ndarray]) -> dict[str, Any]:
+        """A round (wire.py: rows, indices, masks; JSON messages and trace events): the judge's
+        reply, with the episodes it starts."""
         judge = self.judge
         assert judge is not None
-        if len(arrays) > 2 or (arrays and (arrays[0].dtype != np.int32 or arrays[0].ndim != 1)) \
-                or (len(arrays) == 2 and (arrays[1].dtype != np.bool_ or arrays[1].ndim != 1)):
-            raise ProtocolError("a round's branch lists are not an int32 array (and a bool one)")
-        replies, out = judge.serve(messages, stop_on_error=self.raise_first,
-                                   indices=arrays[0] if arrays else None,
-                                   masks=arrays[1] if len(arrays) == 2 else None)
+        if (len(arrays) != 3 or arrays[0].dtype != np.int64 or arrays[0].ndim != 2
+                or arrays[0].shape[1] != ROUND_COLS
+                or arrays[1].dtype != np.int32 or arrays[1].ndim != 1
+                or arrays[2].dtype != np.bool_ or arrays[2].ndim != 1):
+            raise ProtocolError("a round is not its rows (int64), branch indices (int32) and "
+                                "masks (bool)")
+        served = judge.serve(arrays[0], header.get("m", []), header.get("e", []),
+                             stop_on_error=self.raise_first, indices=arrays[1], masks=arrays[2])
         now = time.monotonic()
-        for r in replies:
-            self.since[r[0]] = now
-        for slot in [m[0] for m in messages if m[0] not in judge.live]:
-            self.since.pop(slot, None)
+        since = self.since
+        for slot in served.answered:
+            since[slot] = now
+        for slot in served.ended:
+            since.pop(slot, None)
+        out = [served.rows, *served.reveals]
         start = judge.start()
         for f in start:
             self.since[f[0]] = now
         if not judge.complete:
-            return {"t": "reply", "m": replies, "start": start, "end": False, "arrays": out}
+            return {"t": "reply", "x": served.refusals, "start": start, "end": False,
+                    "arrays": out}
         self.info["actions"] += judge.actions
         first = judge.first_error() if self.raise_first else None
         if first is not None:
@@ -491,7 +505,7 @@ class _Task:
         if self.progress:
             self.progress(len(self.results), len(self.units))
         self.state, self.judge, self.since = "closing", None, {}
-        return {"t": "reply", "m": replies, "start": [], "end": True, "arrays": out}
+        return {"t": "reply", "x": served.refusals, "start": [], "end": True, "arrays": out}
 
     def timeout(self, c: _Child, now: float) -> Verdict | None:
         lim = self.limits

@@ -14,6 +14,22 @@ Messages (the `t` field of a header):
   child -> parent   configs (NAME and the knobs of each β), round (one message per episode the
                     child was resumed for: an action request, a final answer or an episode error),
                     verdict (the candidate failed as a whole), config_error, done (printed output)
+
+The two messages of every round travel mostly as int64 tables rather than JSON (JSON's encode,
+decode and strict checks cost more than the actions' own bookkeeping):
+
+  round   arrays [rows (R, 5) int64, indices int32, masks bool]; header "m" (JSON messages),
+          "e" (trace events). A row is one message, in the round's order:
+          [slot, op, a, b, events], `op` one of the OP_* codes below; `events` 1 takes the next
+          entry of "e" (the episode's trace events since its last message), 0 none. OP_JSON
+          takes the next message of "m", the full form [slot, op name, args(, events)] that
+          carries what a row cannot (an episode error's text, a JSON branch list, an argument
+          past int64, a `times` that is no int); its slot must be the row's, and its trace
+          events travel inside it (the row's `events` is 0).
+  reply   arrays [rows (R, 5) int64, branch, depth, answer, final]; header "x" (the refusals'
+          messages), "start", "end". A row answers one action of the round, in its order:
+          [slot, generated, probes, actions, n]: the next n reveals of the four arrays, or
+          n == -1, a refusal whose message is the next entry of "x".
 """
 
 from __future__ import annotations
@@ -26,6 +42,29 @@ from typing import Any, BinaryIO
 import numpy as np
 
 FRAME_DTYPES = frozenset({"<i4", "<i8", "|u1", "|b1"})
+_DTYPES = {name: np.dtype(name) for name in FRAME_DTYPES}
+
+# A round's row: [slot, op, a, b, events]. Branch lists (OP_*_IDX: `a` int32 indices of the
+# round's index array; OP_*_MASK: `a` entries of its mask array, a mask of any length) are taken
+# in row order; `b` is advance_many's times. Unused fields are 0.
+ROUND_COLS = 5
+REPLY_COLS = 5
+OP_JSON = 0  # the next JSON message of the round
+OP_ADVANCE_MANY_IDX = 1
+OP_ADVANCE_MANY_MASK = 2
+OP_PRUNE_MANY_IDX = 3
+OP_PRUNE_MANY_MASK = 4
+OP_BRANCH = 5  # a: probe (0 / 1)
+OP_BRANCH_MANY = 6  # a: k, b: probe (0 / 1)
+OP_ADVANCE = 7  # a: the branch (and so on for the next five)
+OP_EXTEND = 8
+OP_PROBE = 9
+OP_READ = 10
+OP_PRUNE = 11
+OP_READ_NEW_MANY = 12  # a: k
+OP_READ_NEW = 13
+OP_ANSWER = 14  # a: 1 with an answer class b (int32), 0 for None
+REFUSED = -1  # a reply row's n: the action was refused
 _LEN = struct.Struct("<Q")
 MAX_DEPTH = 64  # nesting of a JSON header from the child (its brackets outside strings)
 
@@ -53,11 +92,15 @@ def frame_json_default(o: Any) -> Any:
     raise TypeError(f"{type(o).__name__} is not JSON serializable")
 
 
+# Built once: json.dumps with arguments builds an encoder on every call.
+_ENCODE = json.JSONEncoder(separators=(",", ":"), allow_nan=False,
+                           default=frame_json_default).encode
+
+
 def pack_frame(header: dict[str, Any], arrays: list[np.ndarray] | tuple[()] = ()) -> bytes:
     arrs = [np.ascontiguousarray(a) for a in arrays]
     head = dict(header, arrays=[[a.dtype.str, list(a.shape)] for a in arrs]) if arrs else header
-    raw = json.dumps(head, separators=(",", ":"), allow_nan=False,
-                     default=frame_json_default).encode("utf-8")
+    raw = _ENCODE(head).encode("utf-8")
     return b"".join([_LEN.pack(len(raw)), raw, *(a.tobytes() for a in arrs)])
 
 
@@ -130,6 +173,10 @@ def _nesting(raw: bytes) -> int:
     return top
 
 
+# Built once (json.loads with arguments builds a decoder, and its scanner, on every call).
+_STRICT_DECODE = json.JSONDecoder(parse_constant=_no_constant, parse_float=_finite_float).decode
+
+
 def loads_strict(raw: bytes) -> Any:
     """JSON from an untrusted peer: UTF-8 only, finite numbers, bounded nesting; FrameError
     otherwise."""
@@ -139,7 +186,9 @@ def loads_strict(raw: bytes) -> Any:
         # Decoded here, as UTF-8 (as json.loads reads UTF-8 bytes): given bytes, json.loads
         # would also take UTF-16 and UTF-32, where the bound read from bytes means nothing.
         text = raw.decode("utf-8", "surrogatepass")
-        obj = json.loads(text, parse_constant=_no_constant, parse_float=_finite_float)
+        if text.startswith("\ufeff"):  # as json.loads refuses it
+            raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
+        obj = _STRICT_DECODE(text)
     except (ValueError, RecursionError, UnicodeDecodeError) as e:
         raise FrameError(f"bad frame header: {str(e)[:100]}") from None
     return obj
@@ -151,11 +200,13 @@ def _array_specs(header: dict[str, Any], max_arrays: int) -> list[tuple[np.dtype
         raise FrameError("bad array list")
     out = []
     for spec in specs:
-        if (type(spec) is not list or len(spec) != 2 or spec[0] not in FRAME_DTYPES
+        # (a dtype that is a list or an object cannot even be looked up in a set)
+        if (type(spec) is not list or len(spec) != 2 or type(spec[0]) is not str
+                or spec[0] not in FRAME_DTYPES
                 or type(spec[1]) is not list or len(spec[1]) > 2
                 or not all(type(d) is int and 0 <= d < 2**40 for d in spec[1])):
             raise FrameError(f"bad array spec {str(spec)[:100]}")
-        dt = np.dtype(spec[0])
+        dt = _DTYPES[spec[0]]
         shape = tuple(spec[1])
         out.append((dt, shape, math.prod(shape) * dt.itemsize))
     return out

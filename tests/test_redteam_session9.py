@@ -22,6 +22,11 @@ Found and fixed:
   episode of its group has run: an episode that wrote to a scratch buffer the episodes share
   changed what an earlier episode had sent (in-process the engine copies it at the call).
 
+- (Before this session, the supervisor.) The cap on replies a child left unread counted the
+  reply being sent: an honest controller that reads every branch with probes over the 8
+  reference stores (one reply of ~9.3 MiB) ended with a crash verdict. The cap now counts what
+  was left unread before it beyond the other group's reply.
+
 Held (tests below): int64 edge values in every field of every op, rows for a finished, unstarted
 or already answered episode, an index array or mask shared between rows, JSON and row forms for
 one slot, mask lengths that are not the opened count, a round frame split at every byte, a
@@ -252,3 +257,38 @@ def test_odd_arguments_and_shared_buffers_give_in_process_results(tmp_path):
         assert x == y
     assert a.rows == b.rows and a.episodes == b.episodes and a.errors == b.errors
     assert a.traces == b.traces
+
+
+# ---- a reply larger than the cap on unread replies ------------------------------------------------
+
+def test_a_reply_larger_than_the_unread_cap_is_sent_and_a_child_that_never_reads_still_ends():
+    """Found (before this session, in the supervisor): the cap on replies left unread counted
+    the reply being sent. A round in which every episode reads every branch with probes makes
+    one reply of the round's reveals: over the 8 reference stores (one batch of 240 episodes,
+    two groups) ~9.3 MiB, and an honest controller (branch_many(pool), then advance_many(all,
+    1000)) ended with a crash verdict it does not get in-process. The cap now counts what was
+    left unread before the reply beyond the last one (the other group's reply, which a batch
+    reads after this round's)."""
+    import os
+    import selectors
+    from types import SimpleNamespace
+
+    from autotts.sandbox import supervisor as sup
+
+    r, w = os.pipe()
+    os.set_blocking(w, False)
+    stdin = os.fdopen(w, "wb", buffering=0)
+    c = SimpleNamespace(proc=SimpleNamespace(stdin=stdin), outbuf=bytearray(),
+                        waiting_to_write=False, last_frame=0)
+    sel = selectors.DefaultSelector()
+    big = np.zeros(sup.MAX_PENDING + (1 << 20), np.uint8)
+    try:
+        sup._send(c, sel, {"t": "reply", "arrays": [big]})  # group 0's round
+        sup._send(c, sel, {"t": "reply", "arrays": [big]})  # group 1's, 0's not yet read
+        with pytest.raises(ProtocolError, match="left unread"):  # and never read
+            sup._send(c, sel, {"t": "reply", "arrays": [big]})
+        assert len(c.outbuf) < 4 * len(big)
+    finally:
+        sel.close()
+        stdin.close()
+        os.close(r)

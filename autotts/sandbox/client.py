@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from autotts.engine import NO_ANSWER, Episode, InvalidAction, _as_int, as_count, as_flag
+from autotts.engine import NO_ANSWER, Episode, InvalidAction, as_count, as_flag, as_int
 from autotts.sandbox.wire import (
     OP_ADVANCE,
     OP_ADVANCE_MANY_IDX,
@@ -297,7 +297,7 @@ class ClientEpisode:
         return idx
 
     def extend(self, i: int) -> int | None:
-        i = _as_int(i, "extend: i")
+        i = as_int(i, "extend: i")
         d = int(self._depth[i]) if 0 <= i < self._n else 0
         self._send_index(OP_EXTEND, "extend", i)
         if self._finished[i]:
@@ -306,12 +306,12 @@ class ClientEpisode:
         return None
 
     def probe(self, i: int) -> int:
-        i = _as_int(i, "probe: i")
+        i = as_int(i, "probe: i")
         self._send_index(OP_PROBE, "probe", i)
         return int(self._latest[i])
 
     def advance(self, i: int) -> int:
-        i = _as_int(i, "advance: i")
+        i = as_int(i, "advance: i")
         self._send_index(OP_ADVANCE, "advance", i)
         return int(self._latest[i])
 
@@ -351,7 +351,7 @@ class ClientEpisode:
         return self._latest[_positions(idx)]
 
     def read(self, i: int) -> int:
-        i = _as_int(i, "read: i")
+        i = as_int(i, "read: i")
         self._send_index(OP_READ, "read", i)
         return int(self._latest[i])
 
@@ -369,7 +369,7 @@ class ClientEpisode:
         return self._latest[start : start + k].copy()
 
     def prune(self, i: int) -> None:
-        i = _as_int(i, "prune: i")
+        i = as_int(i, "prune: i")
         self._send_index(OP_PRUNE, "prune", i)
         self._pruned[i] = True
         self._running[i] = False
@@ -382,7 +382,7 @@ class ClientEpisode:
     # ---- reads that name a branch -------------------------------------------------------------
 
     def _check_opened(self, i: Any) -> int:
-        i = _as_int(i, "the branch index")
+        i = as_int(i, "the branch index")
         if not 0 <= i < self._opened:
             raise InvalidAction(f"branch {i} is not open ({self._opened} opened)")
         return i

@@ -196,6 +196,9 @@ def _as_int(value: Any, what: str) -> int:
     raise InvalidAction(f"{what} must be an integer, got {_describe(value)}")
 
 
+as_int = _as_int  # public: the sandbox client reads an argument as the engine does
+
+
 def as_count(value: Any, what: str, least: int) -> int:
     n = _as_int(value, what)
     if n < least:

@@ -328,7 +328,7 @@ def test_replies_to_a_child_that_never_reads_queue_in_order_and_end_at_the_cap()
     os.set_blocking(w, False)
     stdin = os.fdopen(w, "wb", buffering=0)
     c = SimpleNamespace(proc=SimpleNamespace(stdin=stdin), outbuf=bytearray(),
-                        waiting_to_write=False)
+                        waiting_to_write=False, last_frame=0)
     sel = selectors.DefaultSelector()
     sent = 0
     try:

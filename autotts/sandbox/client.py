@@ -13,13 +13,12 @@ which branches finished, come from the judge.
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from autotts.engine import NO_ANSWER, InvalidAction
+from autotts.engine import NO_ANSWER, Episode, InvalidAction, as_count, as_flag, as_int
 from autotts.sandbox.wire import (
     OP_ADVANCE,
     OP_ADVANCE_MANY_IDX,
@@ -40,42 +39,25 @@ from autotts.sandbox.wire import (
 # A request: (op, a, b, branch list, JSON message, trace events), one row of the round
 # (autotts.sandbox.wire: OP_* codes) and what travels beside it: the raw branch list (int32
 # indices or a bool mask) its op takes, or for op OP_JSON the message [op name, args] that a row
-# cannot carry (a JSON branch list, an argument past int64, a `times` that is no int). The reply:
+# cannot carry (an argument past int64). Arguments the engine would refuse for their type are
+# refused here, with the engine's own functions (its words, its order). The reply:
 # (message, generated, probes, actions) for a refusal, else (generated, probes, actions, branch,
 # depth, answer, final) with the action's reveals (final None when none of them is a final).
 Request = Callable[[tuple[Any, ...]], tuple[Any, ...]]
 _I64 = 1 << 63
 
 
-def _as_index(i: Any) -> int:
-    if isinstance(i, bool):
-        raise InvalidAction(f"branch index must be an integer, got {i!r:.80}")
-    try:
-        return operator.index(i)
-    except TypeError:
-        raise InvalidAction(f"branch index must be an integer, got {i!r:.80}") from None
-
-
-def _wire_list(which: Any) -> list[Any]:
-    """Branch indices or a mask as plain JSON values; what the engine would reject still goes
-    (as a value the engine rejects the same way), what JSON cannot carry is refused here."""
-    if isinstance(which, np.ndarray):
-        out = which.tolist()
-    elif isinstance(which, list | tuple | range):
-        out = [x.item() if isinstance(x, np.generic) else x for x in which]
-    else:
-        out = [which.item() if isinstance(which, np.generic) else which]
-    if not all(type(x) in (int, bool, float) for x in out):
-        raise InvalidAction(f"branch indices must be integers, got {which!r:.80}")
-    return out
+def _flag(probe: Any, what: str) -> bool:
+    """A probe flag as the engine reads it (True, False or a numpy bool; anything else is its
+    refusal, word for word: a flag that is merely truthy is no probe in-process either)."""
+    return probe if probe is True or probe is False else as_flag(probe, what)
 
 
 def _fast_indices(which: Any, opened: int) -> np.ndarray | None:
     """A mask (a copy, sent as raw bools: the judge hands the engine the same mask the
     controller passed, which the engine takes without a uniqueness check, or refuses as
-    in-process) or a well-formed integer array
-    (sent as raw int32), or None: anything else goes as a JSON list for the engine to accept or
-    refuse as it would in-process."""
+    in-process) or a well-formed integer array (a copy as int32, sent raw), or None: anything
+    else is read here by the engine's own rules (ClientEpisode._send_many)."""
     if isinstance(which, np.ndarray) and which.ndim == 1:
         # Any length: as a JSON list, an empty mask would become [] (no branches, accepted)
         # where the engine refuses a mask that is not one entry per opened branch.
@@ -83,7 +65,9 @@ def _fast_indices(which: Any, opened: int) -> np.ndarray | None:
             return which.copy()
         if which.dtype.kind in "iu" and (not len(which) or (
                 which.min() >= 0 and which.max() < opened)):
-            return which
+            # A copy too: the round is sent once every episode of its group has run, and one
+            # of them may write to this array (a scratch buffer the episodes share) before.
+            return which.astype(np.int32)
     return None
 
 
@@ -97,6 +81,12 @@ class ClientEpisode:
     __slots__ = ("_actions", "_budget", "_closed", "_delta", "_depth", "_events", "_finished",
                  "_gen", "_hist", "_kappa", "_latest", "_n", "_no_answer", "_opened", "_probes",
                  "_pruned", "_request", "_running")
+
+    # The engine's own reading of a branch list (over this mirror's opened, running and pruned
+    # branches, which the replies keep exact): what it refuses is refused here with its words,
+    # in its order, before anything is sent.
+    _indices = Episode._indices
+    _check_running_many = Episode._check_running_many
 
     def __init__(self, request: Request, pool_size: int, delta: int, probe_cost: int,
                  budget: int | None, no_answer_class: int, tracing: bool) -> None:
@@ -284,6 +274,7 @@ class ClientEpisode:
             self._send(OP_JSON, js=[name, [i]])
 
     def branch(self, probe: bool = False) -> int:
+        probe = _flag(probe, "branch: probe")
         i = self._opened
         self._send(OP_BRANCH, 1 if probe else 0)
         self._opened = i + 1
@@ -293,7 +284,8 @@ class ClientEpisode:
         return i
 
     def branch_many(self, k: int, probe: bool = False) -> np.ndarray:
-        k = _as_index(k)
+        k = as_count(k, "branch_many: k", 0)
+        probe = _flag(probe, "branch_many: probe")
         start = self._opened
         if -_I64 <= k < _I64:
             self._send(OP_BRANCH_MANY, k, 1 if probe else 0)
@@ -306,7 +298,7 @@ class ClientEpisode:
         return idx
 
     def extend(self, i: int) -> int | None:
-        i = _as_index(i)
+        i = as_int(i, "extend: i")
         d = int(self._depth[i]) if 0 <= i < self._n else 0
         self._send_index(OP_EXTEND, "extend", i)
         if self._finished[i]:
@@ -315,43 +307,44 @@ class ClientEpisode:
         return None
 
     def probe(self, i: int) -> int:
-        i = _as_index(i)
+        i = as_int(i, "probe: i")
         self._send_index(OP_PROBE, "probe", i)
         return int(self._latest[i])
 
     def advance(self, i: int) -> int:
-        i = _as_index(i)
+        i = as_int(i, "advance: i")
         self._send_index(OP_ADVANCE, "advance", i)
         return int(self._latest[i])
 
     def _send_many(self, name: str, which: Any, times: Any = None) -> np.ndarray:
         """advance_many / prune_many: a row with the branch list raw (int32 indices, or a mask
         of any length: as a JSON list an empty mask would become [], no branches, which the
-        engine accepts where it refuses a mask that is not one entry per opened branch), else
-        a JSON message. Returns the branches sent, as indices or a mask."""
+        engine accepts where it refuses a mask that is not one entry per opened branch). Any
+        other list is read here as the engine reads it (refused with its words, or indices
+        that then go raw); a `times` past int64 goes as JSON. Returns the branches sent, as
+        indices or a mask."""
+        what = f"{name}: which"
         idx = _fast_indices(which, self._opened)
-        wire: Any = idx if idx is not None else _wire_list(which)
-        many = name == "advance_many"
-        if many:
-            if isinstance(times, np.generic):
-                times = times.item()
-            if type(times) not in (int, bool, float):  # the engine refuses it; JSON cannot carry it
-                raise InvalidAction(f"advance_many's times must be an integer, got {times!r:.80}")
-            rest = [times]
-            row = type(times) is int and -_I64 <= times < _I64
-        else:
-            times, rest, row = 0, [], True
         if idx is None:
-            self._send(OP_JSON, js=[name, [wire, *rest]])
-            arr = np.asarray(wire)
-            return np.flatnonzero(arr) if arr.dtype == bool else arr.astype(np.int64)
+            idx = self._indices(which, what)  # the engine's refusal, or valid indices
+        many = name == "advance_many"
+        if many and (type(times) is not int or times != 1):
+            try:
+                times = as_count(times, "advance_many: times", 1)
+            except InvalidAction:
+                # A refusal whatever the judge holds: the engine checks the branches first,
+                # then `times` (a value JSON may not even carry), so the message is its.
+                self._check_running_many(idx, what)
+                raise
+        if not many:
+            times = 0
         mask = idx.dtype == bool
-        if row:
+        if -_I64 <= times < _I64:
             op = (OP_ADVANCE_MANY_MASK if mask else OP_ADVANCE_MANY_IDX) if many else (
                 OP_PRUNE_MANY_MASK if mask else OP_PRUNE_MANY_IDX)
             self._send(op, len(idx), times, idx)
         else:  # a raw list, and a `times` that only JSON carries
-            self._send(OP_JSON, 0, 0, idx, [name, [["?" if mask else "#", len(idx)], *rest]])
+            self._send(OP_JSON, 0, 0, idx, [name, [["?" if mask else "#", len(idx)], times]])
         return idx
 
     def advance_many(self, which: Any, times: int = 1) -> np.ndarray:
@@ -359,7 +352,7 @@ class ClientEpisode:
         return self._latest[_positions(idx)]
 
     def read(self, i: int) -> int:
-        i = _as_index(i)
+        i = as_int(i, "read: i")
         self._send_index(OP_READ, "read", i)
         return int(self._latest[i])
 
@@ -370,14 +363,14 @@ class ClientEpisode:
         return int(self._latest[i])
 
     def read_new_many(self, k: int) -> np.ndarray:
-        k = _as_index(k)
+        k = as_count(k, "read_new_many: k", 0)
         start = self._opened
         self._send_index(OP_READ_NEW_MANY, "read_new_many", k)
         self._opened = start + k
         return self._latest[start : start + k].copy()
 
     def prune(self, i: int) -> None:
-        i = _as_index(i)
+        i = as_int(i, "prune: i")
         self._send_index(OP_PRUNE, "prune", i)
         self._pruned[i] = True
         self._running[i] = False
@@ -390,7 +383,7 @@ class ClientEpisode:
     # ---- reads that name a branch -------------------------------------------------------------
 
     def _check_opened(self, i: Any) -> int:
-        i = _as_index(i)
+        i = as_int(i, "the branch index")
         if not 0 <= i < self._opened:
             raise InvalidAction(f"branch {i} is not open ({self._opened} opened)")
         return i

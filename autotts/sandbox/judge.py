@@ -252,6 +252,10 @@ class UnitJudge:
         answered: list[int] = []
         ended: list[int] = []
         mi = ei = 0
+        if len(rows) > len(live):
+            # Each row names a distinct live episode: checked before the table becomes Python
+            # lists (a forged 64 MiB table would be ~7 times that as lists of ints).
+            raise ProtocolError("a round of more rows than episodes waiting on the sandbox")
         for slot, op, a, b, e in rows.tolist():
             if slot in seen or slot not in live:
                 raise ProtocolError("a message for an episode that is not waiting on the sandbox")
@@ -395,9 +399,9 @@ class UnitJudge:
         elif op == "prune_many":
             call = (self._branches(args[0]),)
         elif op == "branch":
-            call = (bool(args[0]),)
+            call = (args[0],)  # the engine's to accept (a bool) or refuse, as in-process
         elif op == "branch_many":
-            call = (_index(args[0], "an action argument"), bool(args[1]))
+            call = (_index(args[0], "an action argument"), args[1])
         elif op in _SCALAR_ARGS:
             call = (_index(args[0], "an action argument"),)
         else:

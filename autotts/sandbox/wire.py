@@ -23,8 +23,9 @@ decode and strict checks cost more than the actions' own bookkeeping):
           [slot, op, a, b, events], `op` one of the OP_* codes below; `events` 1 takes the next
           entry of "e" (the episode's trace events since its last message), 0 none. OP_JSON
           takes the next message of "m", the full form [slot, op name, args(, events)] that
-          carries what a row cannot (an episode error's text, a JSON branch list, an argument
-          past int64, a `times` that is no int); its slot must be the row's, and its trace
+          carries what a row cannot (an episode error's text, an argument past int64; a JSON
+          branch list and a `times` that is no int are still read, though the client reads
+          those itself); its slot must be the row's, and its trace
           events travel inside it (the row's `events` is 0).
   reply   arrays [rows (R, 5) int64, branch, depth, answer, final]; header "x" (the refusals'
           messages), "start", "end". A row answers one action of the round, in its order:

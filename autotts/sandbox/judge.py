@@ -457,7 +457,7 @@ class UnitJudge:
             self.budget.used += n
             if self.budget.used > self.budget.items:
                 raise OutputLimit(f"trace events exceed the budget of {self.budget.items} "
-                                  "JSON values")
+                                  "JSON values and string characters")
             try:
                 s.ep.trace(escape(e[0], MAX_KIND, newlines=False), **data)
             except TypeError:  # a key that collides with trace()'s own parameters

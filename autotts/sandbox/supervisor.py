@@ -63,7 +63,7 @@ class SandboxLimits:
     startup_seconds: float = 120.0  # the (trusted) start-up: interpreter, numpy, scipy
     memory_mb: int = 1024
     max_output_bytes: int = 64 * 1024  # printed output / stdout / stderr kept per process
-    max_trace_items: int = 4_000_000  # JSON values of trace events kept, whole evaluation
+    max_trace_items: int = 4_000_000  # JSON values + string characters of trace events kept
     max_result_bytes: int = 1024**3  # everything a process may send back
     window: int = 256  # episodes of a work unit live at once in one process
 

@@ -694,3 +694,22 @@ def test_prepared_seal_refuses_new_processes():
     got = json.loads(out.stdout)
     assert got == {"prepared": True, "skipped": True, "fork": "EPERM", "thread": "refused",
                    "clone3": "EPERM"}
+
+
+def test_every_metaclass_is_denied_after_a_gc_freeze():
+    """deny_objects() finds metaclasses from `type` itself: gc.get_objects() misses what
+    gc.freeze() moved to the permanent generation (eval's start-up freezes its objects), and a
+    frozen ABCMeta was then reachable from typing (a class factory for candidate code)."""
+    import abc
+    import gc
+    import typing
+
+    from autotts.sandbox import guards
+
+    gc.freeze()
+    try:
+        guards.deny_objects()
+    finally:
+        gc.unfreeze()
+    for meta in (abc.ABCMeta, typing.NamedTupleMeta, type(typing.Protocol)):
+        assert id(meta) in guards._DENIED_IDS, meta

@@ -435,6 +435,23 @@ def candidate_builtins() -> dict[str, Any]:
     return b
 
 
+def _metaclasses() -> list[type]:
+    """Every subclass of `type` (every metaclass), transitively. From the classes themselves,
+    not the collector: gc.get_objects() leaves out what gc.freeze() moved to the permanent
+    generation (`autotts eval` freezes what its start-up made), so a frozen ABCMeta would not be
+    denied."""
+    out: list[type] = []
+    seen: set[int] = set()
+    todo: list[type] = [type]
+    while todo:
+        for sub in type.__subclasses__(todo.pop()):
+            if id(sub) not in seen:
+                seen.add(id(sub))
+                out.append(sub)
+                todo.append(sub)
+    return out
+
+
 def deny_objects() -> None:
     """Objects no attribute read may return, whatever path reaches them."""
     import dataclasses
@@ -463,9 +480,7 @@ def deny_objects() -> None:
     # Every metaclass in existence: calling one with a plain dict builds a class whose dunders
     # (an __array_interface__ with an address, say) no guard ever sees. Candidate code cannot
     # make new ones (no class keywords, no `type` bases).
-    import gc
-
-    objs += [o for o in gc.get_objects() if isinstance(o, type) and issubclass(o, type)]
+    objs += _metaclasses()
     objs += [type]
     # Every module namespace (a function's globals, reached through any alias of __globals__)
     # and every module other than the allowed ones.

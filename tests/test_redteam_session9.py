@@ -292,3 +292,34 @@ def test_a_reply_larger_than_the_unread_cap_is_sent_and_a_child_that_never_reads
         sel.close()
         stdin.close()
         os.close(r)
+
+
+# ---- the zygote's own state, as a batch with code execution sees it ---------------------------
+
+_ZYGOTE_STATE = '''        import autotts.sandbox.child as sandbox_child
+        flags = sandbox_child.FD_FLAGS  # what the zygote restores after each batch
+        n = flags.get(-1, 0) + 1
+        flags[-1] = n  # a counter in the sandbox's module state, and a bogus descriptor entry
+        for fd in list(flags):
+            if fd >= 0:
+                flags[fd] = flags[fd] | os.O_APPEND | os.O_NONBLOCK
+        if isinstance(sandbox_child.BUILTINS, dict):  # built once by the zygote (restricted runs)
+            sandbox_child.BUILTINS["seen"] = n
+        raise ValueError(f"episode {n} of this process")
+'''
+
+
+@pytest.mark.usefixtures("parent")
+def test_the_zygote_state_a_batch_writes_stays_in_that_batch():
+    """A batch with code execution rewrites the sandbox module's state that the zygote reads
+    between batches (FD_FLAGS, which it restores after each waitpid; BUILTINS, built once and
+    inherited by every fork): every batch is a fork, so the next one starts from the zygote's
+    own copy. Each batch counts its episodes from 1 and the run ends normally."""
+    from tests.test_redteam_session5 import _counts
+    from tests.test_sandbox_boundary import PROTO, _controller, _run
+
+    ev = _run(_controller(_ZYGOTE_STATE), on_error="record")
+    counts = _counts(ev)
+    q = len(STORE.questions)
+    assert len(counts) == PROTO.draws * q
+    assert max(counts) == q, f"episodes counted across batches: {counts}"

@@ -25,6 +25,7 @@ from autotts.evalcli import (
     resume_gc,
     run_eval,
     settle_process,
+    transient_bar,
 )
 
 # Help shows a plain word for what an option takes (PATH, N, ...), not the Python annotation
@@ -191,7 +192,6 @@ def data_fetch_cmd(
     from rich.progress import (
         BarColumn,
         DownloadColumn,
-        Progress,
         TextColumn,
         TransferSpeedColumn,
     )
@@ -202,8 +202,8 @@ def data_fetch_cmd(
     files = select(names or [])
     root = (to.expanduser().resolve() if to is not None else data_dir())
     total = sum(f.size for f in files)
-    with Progress(TextColumn("[bold]fetching"), BarColumn(), DownloadColumn(),
-                  TransferSpeedColumn(), console=err, transient=True) as prog:
+    with transient_bar(err, TextColumn("[bold]fetching"), BarColumn(), DownloadColumn(),
+                       TransferSpeedColumn()) as prog:
         task = prog.add_task("fetch", total=total)
         results = fetch(files, root, base_url=base_url,
                         progress=lambda n: prog.advance(task, n))
@@ -604,12 +604,10 @@ def train_dynaact_cmd(
     else:
         if env is None:
             raise ConfigError("give --env (to train) or --load FILE (to embed a trained utility)")
-        from rich.progress import Progress
-
         from autotts.envdef import load_env
 
         cfg = TrainConfig(seed=seed, draws=draws, collections=collections, token_cost=token_cost)
-        with Progress(console=err, transient=True) as prog:
+        with transient_bar(err) as prog:
             task = prog.add_task("replaying", total=None)
 
             def tick(label: str, done: int, total: int) -> None:

@@ -48,14 +48,40 @@ def parse_betas(text: str) -> list[float]:
 
 
 @contextlib.contextmanager
-def _no_bar() -> Iterator[None]:
+def _no_bar(console: Console) -> Iterator[None]:
     """What a transient rich Progress leaves on a file or pipe, without starting one (its live
-    thread and imports): nothing while it runs, one empty line when it stops."""
-    try:
-        yield None
-    finally:
-        if not err.is_interactive and not err.is_jupyter:  # as Progress.stop() decides
-            err.print()
+    thread and imports): nothing while it runs, one empty line when it stops. Only when it
+    stops normally: after an error the one-line message is the next line, not an empty one."""
+    yield None
+    if not console.is_interactive and not console.is_jupyter:  # as Progress.stop() decides
+        console.print()
+
+
+class _SilentBar:
+    """The calls of rich's Progress that the commands make, drawing nothing."""
+
+    def add_task(self, *args: Any, **kwargs: Any) -> int:
+        return 0
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def advance(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def transient_bar(console: Console, *columns: Any) -> Iterator[Any]:
+    """A transient rich Progress on `console` where it is a terminal; elsewhere (a file or pipe,
+    where such a bar draws nothing) a stand-in that leaves what the bar would (`_no_bar`)."""
+    if console.is_terminal:
+        from rich.progress import Progress
+
+        with Progress(*columns, console=console, transient=True) as prog:
+            yield prog
+        return
+    with _no_bar(console):
+        yield _SilentBar()
 
 
 def _write_json(path: Path, payload: Any) -> None:
@@ -132,7 +158,7 @@ def run_eval(
         weak = {"on_loaded": resume_gc}  # start-up ends with the loads (settle_process)
     proto = settings.proto
     tick: Any = None
-    bar: Any = _no_bar()
+    bar: Any = _no_bar(err)
     if err.is_terminal:  # a transient bar draws nothing on a file or pipe: none is started there
         from rich.progress import Progress
 

@@ -32,8 +32,10 @@ def cli(args: list[str], capsys: pytest.CaptureFixture[str],
 
 
 def one_error_line(err: str) -> str:
-    lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    """The whole of stderr is one line: no empty line before it (as a progress bar's stand-in
+    once left), nothing after."""
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and err.endswith("\n"), err
     return lines[0]
 
 
@@ -134,6 +136,43 @@ def test_a_missing_file_reads_the_same_in_import_and_eval(tmp_path, capsys, monk
     _, _, e1 = cli(["import", str(missing), "--out", str(tmp_path / "o")], capsys, monkeypatch)
     _, _, e2 = cli(["eval", "--controller", "sc", "--store", str(missing)], capsys, monkeypatch)
     assert one_error_line(e1) == one_error_line(e2) == f"error: {missing}: no such store or file"
+
+
+def test_an_error_inside_eval_is_the_only_line_on_stderr(tmp_path, capsys, monkeypatch):
+    """The store is read, and the controller run, under the progress bar (or, on a file or pipe,
+    its stand-in): an error there is one line with no empty line before it, by either reading
+    of the arguments (autotts/__main__.py's plain one and typer's)."""
+    from autotts.evalcli import plain_eval_args, run_plain
+
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}")
+    args = ["eval", "--controller", "sc", "--store", str(bad), "--draws", "1"]
+    code, out, err = cli(args, capsys, monkeypatch)
+    assert (code, out) == (2, "")
+    assert one_error_line(err) == f"error: {bad}: expected a JSON list of questions, got dict"
+    kwargs = plain_eval_args(args[1:])
+    assert kwargs is not None
+    with pytest.raises(SystemExit) as e:
+        run_plain(kwargs)
+    assert e.value.code == 2 and capsys.readouterr().err == err
+
+
+def test_an_error_under_another_commands_progress_bar_is_one_line(tmp_path, capsys, monkeypatch):
+    missing = tmp_path / "nope.toml"
+    code, _, err = cli(["train-dynaact", "--out", str(tmp_path / "u.json"), "--env", str(missing)],
+                       capsys, monkeypatch)
+    assert code == 2 and one_error_line(err) == f"error: {missing}: no such environment file"
+    code, _, err = cli(["data", "fetch", "Qwen3-8B/aime24", "--to", str(tmp_path / "d"),
+                        "--base-url", (tmp_path / "mirror").as_uri()], capsys, monkeypatch)
+    assert code == 2 and "cannot connect" in one_error_line(err)
+
+
+def test_eval_without_a_terminal_still_ends_stderr_as_rich_does(capsys, monkeypatch):
+    """A run that succeeds leaves what a transient rich Progress leaves on a file: one empty
+    line (kept byte for byte, ee0b12b)."""
+    code, out, err = cli(["eval", "--controller", "sc", "--store", str(SYNTH), "--draws", "1",
+                          "--betas", "0"], capsys, monkeypatch)
+    assert code == 0 and "bootstrap over questions" in out and err == "\n"
 
 
 def test_missing_published_data_names_the_fetch_command(tmp_path, capsys, monkeypatch):

@@ -20,6 +20,7 @@ from autotts.errors import AutoTTSError, ConfigError
 from autotts.evalcli import (
     DEFAULT_BETAS,
     err,
+    exit_interrupted,
     out,
     parse_betas,
     resume_gc,
@@ -70,10 +71,23 @@ def _tidy_metavars(cmd: Any) -> None:
         _tidy_metavars(sub)
 
 
+class Interrupted(BaseException):
+    """Ctrl-C during a command; the message says where it stopped (and how to resume, where a
+    rerun resumes). A BaseException like KeyboardInterrupt, so no `except Exception` on the way
+    keeps it, but not a KeyboardInterrupt: click (typer) would turn that into its own exit
+    ("Aborted!" with status 1, or a silent 130) before main() could say anything."""
+
+
 class _Group(typer.core.TyperGroup):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         _tidy_metavars(self)
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:  # a command with more to say raises Interrupted itself
+            raise Interrupted("interrupted") from None
 
 
 app = typer.Typer(
@@ -202,11 +216,15 @@ def data_fetch_cmd(
     files = select(names or [])
     root = (to.expanduser().resolve() if to is not None else data_dir())
     total = sum(f.size for f in files)
-    with transient_bar(err, TextColumn("[bold]fetching"), BarColumn(), DownloadColumn(),
-                       TransferSpeedColumn()) as prog:
-        task = prog.add_task("fetch", total=total)
-        results = fetch(files, root, base_url=base_url,
-                        progress=lambda n: prog.advance(task, n))
+    try:
+        with transient_bar(err, TextColumn("[bold]fetching"), BarColumn(), DownloadColumn(),
+                           TransferSpeedColumn()) as prog:
+            task = prog.add_task("fetch", total=total)
+            results = fetch(files, root, base_url=base_url,
+                            progress=lambda n: prog.advance(task, n))
+    except KeyboardInterrupt:
+        raise Interrupted("interrupted: a partly downloaded file is kept (.part); rerun the "
+                          "same command to resume") from None
     got = [r for r in results if r.action == "downloaded"]
     _say(f"{len(got)} file(s) downloaded, {len(results) - len(got)} already there and "
          f"verified, in {root}/autotts-replay")
@@ -438,13 +456,19 @@ def discover_cmd(
              "network")] = False,
 ) -> None:
     """Let an LLM agent write, test and revise controllers against an environment."""
-    from autotts.discover.command import discover_command
+    from autotts.discover.command import discover_command, where_discovery_stopped
 
-    discover_command(env=env, run_dir=run_dir, dry_run=dry_run, console=err, model=model,
-                     base_url=base_url, rounds=rounds, budget_usd=budget_usd,
-                     candidates=candidates, workers=workers, executor=executor,
-                     ray_address=ray_address, race_draws=race_draws,
-                     allow_weak_sandbox=allow_weak_sandbox or None)
+    try:
+        discover_command(env=env, run_dir=run_dir, dry_run=dry_run, console=err, model=model,
+                         base_url=base_url, rounds=rounds, budget_usd=budget_usd,
+                         candidates=candidates, workers=workers, executor=executor,
+                         ray_address=ray_address, race_draws=race_draws,
+                         allow_weak_sandbox=allow_weak_sandbox or None)
+    except KeyboardInterrupt:
+        if dry_run:
+            raise
+        raise Interrupted(f"interrupted: {where_discovery_stopped(run_dir)}; rerun the same "
+                          "command to resume") from None
 
 
 @app.command("collect")
@@ -500,7 +524,15 @@ def collect_cmd(
         revision=revision, engine_args=parse_sets(engine_arg or []), sampler=sampler,
         inflight=inflight, limit=limit,
     )
-    res = collect(cfg, progress=RichProgress(err), log=lambda m: err.print(f"[yellow]{m}[/]"))
+    try:
+        res = collect(cfg, progress=RichProgress(err),
+                      log=lambda m: err.print(f"[yellow]{m}[/]"))
+    except KeyboardInterrupt:
+        from autotts.collect.writer import WorkDir
+
+        wd = WorkDir.for_store(out_dir)
+        raise Interrupted(f"interrupted: {len(wd.finished())} question(s) finished in "
+                          f"{wd.root}; rerun the same command to resume") from None
     tok = res.stats.generated + res.stats.probe_generated
     rate = f", {tok / res.seconds:,.0f} tokens/s" if res.seconds > 0 and tok else ""
     out.print(f"{res.done_now} question(s) collected now, {res.finished}/{res.total} finished"
@@ -649,9 +681,10 @@ def main() -> None:
         # Plain print: rich would wrap a long message over several lines.
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:
-        err.print("interrupted")
-        sys.exit(130)
+    except Interrupted as e:
+        exit_interrupted(str(e))
+    except KeyboardInterrupt:  # outside any command: while arguments were read
+        exit_interrupted("interrupted")
     except BrokenPipeError:
         sys.exit(1)
     finally:

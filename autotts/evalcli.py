@@ -20,7 +20,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from rich.console import Console
 from rich.table import Table
@@ -82,6 +82,16 @@ def transient_bar(console: Console, *columns: Any) -> Iterator[Any]:
         return
     with _no_bar(console):
         yield _SilentBar()
+
+
+def exit_interrupted(message: str) -> NoReturn:
+    """Ctrl-C: `message` as one line on stderr and exit status 130 (128 + SIGINT, as a shell
+    reports a command the signal stopped). On a terminal the line starts after the "^C" the
+    terminal echoed."""
+    if sys.stderr.isatty():
+        print(file=sys.stderr)
+    print(message, file=sys.stderr)
+    sys.exit(130)
 
 
 def _write_json(path: Path, payload: Any) -> None:
@@ -393,8 +403,8 @@ def plain_eval_args(args: list[str]) -> dict[str, Any] | None:
 def run_plain(kwargs: dict[str, Any]) -> None:
     """run_eval(**kwargs) in this process as `autotts eval` runs it through typer: the same
     process settings and exit (autotts/cli.py main), and what click's standalone mode does
-    around a command: an interrupt prints "Aborted!" (exit 1), a closed output pipe exits 1
-    without a traceback; an AutoTTSError is one line and exit 2."""
+    around a command: a closed output pipe exits 1 without a traceback; an AutoTTSError is one
+    line and exit 2; an interrupt (Ctrl-C) one line and exit 130."""
     settle_process(["eval"])
     atexit.unregister(gc.freeze)  # as autotts/cli.py main: see there
     atexit.register(gc.freeze)
@@ -403,7 +413,9 @@ def run_plain(kwargs: dict[str, Any]) -> None:
     except AutoTTSError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    except (EOFError, KeyboardInterrupt):
+    except KeyboardInterrupt:
+        exit_interrupted("interrupted")
+    except EOFError:
         print(file=sys.stderr)
         print("Aborted!", file=sys.stderr)
         sys.exit(1)

@@ -55,6 +55,10 @@ def _tidy_metavars(cmd: Any) -> None:
         elif kind == "argument":
             if param.metavar is None and param.name:
                 param.metavar = param.name.upper()
+            # A metavar given replaces click's own, and with it the "..." of an argument that
+            # takes several values (`import SRC...`).
+            if param.nargs != 1 and param.metavar and not param.metavar.endswith("..."):
+                param.metavar += "..."
             if hasattr(param, "display_type_rich"):
                 param.display_type_rich = lambda ctx: ""  # the name says it (typer >= 0.2x)
     get_help = getattr(cmd, "get_help_option", None)
@@ -200,7 +204,7 @@ def data_fetch_cmd(
         help="a data set (autotts-qwen3) or one file of it (Qwen3-8B/aime24) \\[default: all]")] = None,
     to: Annotated[Path | None, typer.Option("--to", help="data folder to fill \\[default: $AUTOTTS_DATA, else the user cache folder]")] = None,
     base_url: Annotated[str | None, typer.Option(help="mirror with the same layout (http(s) or file://) \\[default: $AUTOTTS_DATA_URL, else the AutoTTS repository at the pinned commit]")] = None,
-    parquet: Annotated[bool, typer.Option("--parquet", help="also import each file as a Parquet store, DIR/stores/<model>/<bench>")] = False,
+    parquet: Annotated[bool, typer.Option("--parquet", help="also import each file as a Parquet store, <data folder>/stores/<model>/<bench>")] = False,
 ) -> None:
     """Download published replay files: checked by size and sha256, resumable, atomic."""
     from rich.progress import (
@@ -441,21 +445,22 @@ def bench_cmd(
 def discover_cmd(
     env: Annotated[Path, typer.Option(help="environment definition (TOML)")],
     run_dir: Annotated[Path, typer.Option(help="run directory; rerunning the same one resumes")],
-    model: Annotated[str | None, typer.Option(help="chat model name")] = None,
-    base_url: Annotated[str | None, typer.Option(help="OpenAI-compatible base URL")] = None,
-    rounds: Annotated[int | None, typer.Option(help="rounds of propose/evaluate")] = None,
-    budget_usd: Annotated[float | None, typer.Option(help="spend cap in US dollars")] = None,
-    candidates: Annotated[int | None, typer.Option(help="controller files asked for per round, evaluated side by side (default 1)")] = None,
-    workers: Annotated[int | None, typer.Option(help="local worker processes (default: CPUs, at most 8)")] = None,
-    executor: Annotated[str | None, typer.Option(help="local or ray (default local)")] = None,
-    ray_address: Annotated[str | None, typer.Option(help="Ray cluster address (else a local runtime)")] = None,
-    race_draws: Annotated[int | None, typer.Option(help="race candidates over their first N draws, stopping clearly weak ones (0: off; default 5)")] = None,
+    model: Annotated[str | None, typer.Option(help="chat model name \\[default: $AUTOTTS_MODEL]")] = None,
+    base_url: Annotated[str | None, typer.Option(help="OpenAI-compatible base URL (its API key: $AUTOTTS_API_KEY, else $OPENAI_API_KEY) \\[default: $AUTOTTS_BASE_URL, else $OPENAI_BASE_URL, else OpenAI's]")] = None,
+    rounds: Annotated[int | None, typer.Option(help="rounds of propose/evaluate \\[default: $AUTOTTS_ROUNDS, else 10]")] = None,
+    budget_usd: Annotated[float | None, typer.Option(help="spend cap in US dollars \\[default: $AUTOTTS_BUDGET_USD, else none]")] = None,
+    candidates: Annotated[int | None, typer.Option(help="controller files asked for per round, evaluated side by side \\[default: $AUTOTTS_CANDIDATES, else 1]")] = None,
+    workers: Annotated[int | None, typer.Option(help="local worker processes \\[default: $AUTOTTS_WORKERS, else CPUs, at most 8]")] = None,
+    executor: Annotated[str | None, typer.Option(help="local or ray \\[default: $AUTOTTS_EXECUTOR, else local]")] = None,
+    ray_address: Annotated[str | None, typer.Option(help="Ray cluster address \\[default: $AUTOTTS_RAY_ADDRESS, else a local runtime]")] = None,
+    race_draws: Annotated[int | None, typer.Option(help="race candidates over their first N draws, stopping clearly weak ones (0: off) \\[default: $AUTOTTS_RACE_DRAWS, else 5]")] = None,
     dry_run: Annotated[bool, typer.Option(help="print the first prompt and stop")] = False,
     allow_weak_sandbox: Annotated[bool, typer.Option(
         help="evaluate candidates even where the OS cannot keep them from your files and "
              "network")] = False,
 ) -> None:
-    """Let an LLM agent write, test and revise controllers against an environment."""
+    """Let an LLM agent write, test and revise controllers against an environment. Other
+    settings are AUTOTTS_* variables (docs/discovery.md)."""
     from autotts.discover.command import discover_command, where_discovery_stopped
 
     try:

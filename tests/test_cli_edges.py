@@ -210,6 +210,28 @@ def test_sweep_help_shows_defaults_and_environment(capsys, monkeypatch):
     assert "[default: 0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1, or the --env grid]" in flat
 
 
+def test_discover_help_shows_defaults_and_their_variables(capsys, monkeypatch):
+    """Each flag of discover falls back to an AUTOTTS_* variable, then a default: help says so
+    (docs/discovery.md has the table)."""
+    code, out, _ = cli(["discover", "--help"], capsys, monkeypatch)
+    flat = " ".join(out.split())
+    assert code == 0
+    for said in ("[default: $AUTOTTS_MODEL]", "[default: $AUTOTTS_ROUNDS, else 10]",
+                 "[default: $AUTOTTS_BUDGET_USD, else none]", "$OPENAI_API_KEY",
+                 "[default: $AUTOTTS_RACE_DRAWS, else 5]", "[default: $AUTOTTS_CANDIDATES, else 1]"):
+        assert said in flat, said
+
+
+@pytest.mark.parametrize(("command", "usage"), [
+    (["import"], "import [OPTIONS] SRC..."), (["compare"], "compare [OPTIONS] ENTRIES..."),
+    (["report"], "report [OPTIONS] INPUTS..."), (["collect-merge"], "[OPTIONS] WORKDIRS..."),
+    (["data", "fetch"], "fetch [OPTIONS] [NAME...]"), (["inspect"], "inspect [OPTIONS] STORE "),
+])
+def test_usage_marks_arguments_that_take_several_values(command, usage, capsys, monkeypatch):
+    code, out, _ = cli([*command, "--help"], capsys, monkeypatch)
+    assert code == 0 and usage in out
+
+
 @pytest.mark.parametrize("command", [[], ["eval"], ["import"], ["data", "fetch"], ["data", "list"],
                                      ["demo"], ["report"], ["collect"], ["discover"],
                                      ["sweep"]])

@@ -119,6 +119,11 @@ def _root(
     """Discover test-time-scaling controllers offline by replaying recorded reasoning branches."""
 
 
+def _say(text: str) -> None:
+    """A line with paths or commands in it: never wrapped, so it can be copied."""
+    out.print(text, soft_wrap=True, highlight=False, markup=False)
+
+
 # ---- store commands ---------------------------------------------------------------------------
 
 
@@ -132,7 +137,7 @@ def import_cmd(
     from autotts.store import import_files
 
     for p in import_files(list(src), out_dir, answers=answers):
-        out.print(f"wrote {p}")
+        _say(f"wrote {p}")
 
 
 @app.command("export")
@@ -143,7 +148,7 @@ def export_cmd(
     """Export a store back to the published AutoTTS JSON layout."""
     from autotts.store import export_json, open_store
 
-    out.print(f"wrote {export_json(open_store(store), out_file)}")
+    _say(f"wrote {export_json(open_store(store), out_file)}")
 
 
 @app.command("inspect")
@@ -183,11 +188,6 @@ def inspect_cmd(
 
 
 # ---- published data ---------------------------------------------------------------------------
-
-def _say(text: str) -> None:
-    """A line with paths or commands in it: never wrapped, so it can be copied."""
-    out.print(text, soft_wrap=True, highlight=False, markup=False)
-
 
 data_app = typer.Typer(
     no_args_is_help=True,
@@ -384,7 +384,7 @@ def compare_cmd(
     )
     if json_out is not None:
         write_json(json_out, report)
-        out.print(f"wrote {json_out}")
+        _say(f"wrote {json_out}")
 
 
 @app.command("sweep")
@@ -423,7 +423,7 @@ def sweep_cmd(
         stores, out_dir, controllers=controller, betas=settings.betas,
         proto=settings.proto, workers=workers, console=err,
     )
-    out.print(f"wrote {paths.markdown} ({seconds:.0f} s)")
+    _say(f"wrote {paths.markdown} ({seconds:.0f} s)")
 
 
 @app.command("bench")
@@ -543,7 +543,7 @@ def collect_cmd(
     out.print(f"{res.done_now} question(s) collected now, {res.finished}/{res.total} finished"
               f" ({tok:,} tokens{rate})")
     if res.store is not None:
-        out.print(f"wrote {res.store}")
+        _say(f"wrote {res.store}")
     else:
         out.print("the store is written once every shard has finished (or: autotts collect-merge)")
 
@@ -556,7 +556,7 @@ def collect_merge_cmd(
     """Join the work directories of sharded `collect` runs into one store."""
     from autotts.collect.runner import merge
 
-    out.print(f"wrote {merge(list(workdirs), out_dir)}")
+    _say(f"wrote {merge(list(workdirs), out_dir)}")
 
 
 @app.command("report")
@@ -572,7 +572,7 @@ def report_cmd(
     # Discovery run dirs get their round, held-out and spend tables; eval JSON files the plain report.
     rp = report_with_runs(inputs, out_dir, title) or report_from_inputs(inputs, out_dir, title)
     files = [f"{rp.html} (self-contained)", str(rp.markdown), str(rp.png or ""), str(rp.summary)]
-    out.print("wrote " + ", ".join(f for f in files if f))
+    _say("wrote " + ", ".join(f for f in files if f))
 
 
 @app.command("demo")
@@ -607,7 +607,7 @@ def synth_cmd(
                          delta=delta, model=model, benchmark=benchmark or "")
     params = with_overrides(params, parse_sets(set_ or []))
     s = calibration_stats(write_synthetic(params, out_dir))
-    out.print(
+    _say(
         f"wrote {out_dir} ({s['store']}: {s['questions']} questions × "
         f"{s['branches_per_question']:.0f} branches; pass@1 {s['pass_at_1']:.1f}%, majority "
         f"{s['majority_accuracy']:.1f}%, {s['probes_per_branch_mean']:.1f} probes/branch)"
@@ -652,10 +652,10 @@ def train_dynaact_cmd(
 
             utility = train(load_env(env), cfg, log=err.print, progress=tick)
         save_utility(utility, out_file)
-    out.print(f"wrote {out_file} (fingerprint {utility.fingerprint()})")
+    _say(f"wrote {out_file} (fingerprint {utility.fingerprint()})")
     if controller is not None:
         embed_in_controller(utility, controller, source=out_file.name)
-        out.print(f"embedded the utility in {controller}")
+        _say(f"embedded the utility in {controller}")
 
 
 def _lean_app(args: list[str]) -> typer.Typer:

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 import autotts
+import autotts.evalcli
 from autotts.cli import main
 from autotts.controller import builtin_names
 
@@ -185,6 +186,20 @@ def test_missing_published_data_names_the_fetch_command(tmp_path, capsys, monkey
     f = tmp_path / "empty" / "autotts-replay" / "Qwen3-8B" / "aime24.json"
     _, _, err = cli(["inspect", str(f)], capsys, monkeypatch)
     assert "autotts data fetch autotts-qwen3" in one_error_line(err)
+
+
+def test_what_a_command_wrote_is_one_line_whatever_the_width(tmp_path, capsys, monkeypatch):
+    """A "wrote PATH" line is never wrapped (so the path can be copied), however narrow the
+    terminal and long the path."""
+    monkeypatch.setattr(autotts.evalcli.out, "_width", 40)
+    deep = tmp_path / ("a-rather-long-folder-name-" * 3) / "synth-store"
+    code, out, err = cli(["synth", "--out", str(deep), "--questions", "3", "--branches", "4"],
+                         capsys, monkeypatch)
+    assert code == 0, err
+    assert out.startswith(f"wrote {deep} (") and out.count("\n") == 1
+    code, out, err = cli(["export", str(deep), "--out", str(deep / "x.json")], capsys,
+                         monkeypatch)
+    assert (code, out) == (0, f"wrote {deep / 'x.json'}\n"), err
 
 
 def test_version(capsys, monkeypatch):

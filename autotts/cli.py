@@ -20,11 +20,13 @@ from autotts.errors import AutoTTSError, ConfigError
 from autotts.evalcli import (
     DEFAULT_BETAS,
     err,
+    exit_interrupted,
     out,
     parse_betas,
     resume_gc,
     run_eval,
     settle_process,
+    transient_bar,
 )
 
 # Help shows a plain word for what an option takes (PATH, N, ...), not the Python annotation
@@ -53,6 +55,10 @@ def _tidy_metavars(cmd: Any) -> None:
         elif kind == "argument":
             if param.metavar is None and param.name:
                 param.metavar = param.name.upper()
+            # A metavar given replaces click's own, and with it the "..." of an argument that
+            # takes several values (`import SRC...`).
+            if param.nargs != 1 and param.metavar and not param.metavar.endswith("..."):
+                param.metavar += "..."
             if hasattr(param, "display_type_rich"):
                 param.display_type_rich = lambda ctx: ""  # the name says it (typer >= 0.2x)
     get_help = getattr(cmd, "get_help_option", None)
@@ -69,10 +75,23 @@ def _tidy_metavars(cmd: Any) -> None:
         _tidy_metavars(sub)
 
 
+class Interrupted(BaseException):
+    """Ctrl-C during a command; the message says where it stopped (and how to resume, where a
+    rerun resumes). A BaseException like KeyboardInterrupt, so no `except Exception` on the way
+    keeps it, but not a KeyboardInterrupt: click (typer) would turn that into its own exit
+    ("Aborted!" with status 1, or a silent 130) before main() could say anything."""
+
+
 class _Group(typer.core.TyperGroup):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         _tidy_metavars(self)
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:  # a command with more to say raises Interrupted itself
+            raise Interrupted("interrupted") from None
 
 
 app = typer.Typer(
@@ -100,6 +119,11 @@ def _root(
     """Discover test-time-scaling controllers offline by replaying recorded reasoning branches."""
 
 
+def _say(text: str) -> None:
+    """A line with paths or commands in it: never wrapped, so it can be copied."""
+    out.print(text, soft_wrap=True, highlight=False, markup=False)
+
+
 # ---- store commands ---------------------------------------------------------------------------
 
 
@@ -113,7 +137,7 @@ def import_cmd(
     from autotts.store import import_files
 
     for p in import_files(list(src), out_dir, answers=answers):
-        out.print(f"wrote {p}")
+        _say(f"wrote {p}")
 
 
 @app.command("export")
@@ -124,7 +148,7 @@ def export_cmd(
     """Export a store back to the published AutoTTS JSON layout."""
     from autotts.store import export_json, open_store
 
-    out.print(f"wrote {export_json(open_store(store), out_file)}")
+    _say(f"wrote {export_json(open_store(store), out_file)}")
 
 
 @app.command("inspect")
@@ -165,11 +189,6 @@ def inspect_cmd(
 
 # ---- published data ---------------------------------------------------------------------------
 
-def _say(text: str) -> None:
-    """A line with paths or commands in it: never wrapped, so it can be copied."""
-    out.print(text, soft_wrap=True, highlight=False, markup=False)
-
-
 data_app = typer.Typer(
     no_args_is_help=True,
     help="The published replay data: fetch it into the data folder ($AUTOTTS_DATA, else the user "
@@ -185,13 +204,12 @@ def data_fetch_cmd(
         help="a data set (autotts-qwen3) or one file of it (Qwen3-8B/aime24) \\[default: all]")] = None,
     to: Annotated[Path | None, typer.Option("--to", help="data folder to fill \\[default: $AUTOTTS_DATA, else the user cache folder]")] = None,
     base_url: Annotated[str | None, typer.Option(help="mirror with the same layout (http(s) or file://) \\[default: $AUTOTTS_DATA_URL, else the AutoTTS repository at the pinned commit]")] = None,
-    parquet: Annotated[bool, typer.Option("--parquet", help="also import each file as a Parquet store, DIR/stores/<model>/<bench>")] = False,
+    parquet: Annotated[bool, typer.Option("--parquet", help="also import each file as a Parquet store, <data folder>/stores/<model>/<bench>")] = False,
 ) -> None:
     """Download published replay files: checked by size and sha256, resumable, atomic."""
     from rich.progress import (
         BarColumn,
         DownloadColumn,
-        Progress,
         TextColumn,
         TransferSpeedColumn,
     )
@@ -202,11 +220,15 @@ def data_fetch_cmd(
     files = select(names or [])
     root = (to.expanduser().resolve() if to is not None else data_dir())
     total = sum(f.size for f in files)
-    with Progress(TextColumn("[bold]fetching"), BarColumn(), DownloadColumn(),
-                  TransferSpeedColumn(), console=err, transient=True) as prog:
-        task = prog.add_task("fetch", total=total)
-        results = fetch(files, root, base_url=base_url,
-                        progress=lambda n: prog.advance(task, n))
+    try:
+        with transient_bar(err, TextColumn("[bold]fetching"), BarColumn(), DownloadColumn(),
+                           TransferSpeedColumn()) as prog:
+            task = prog.add_task("fetch", total=total)
+            results = fetch(files, root, base_url=base_url,
+                            progress=lambda n: prog.advance(task, n))
+    except KeyboardInterrupt:
+        raise Interrupted("interrupted: a partly downloaded file is kept (.part); rerun the "
+                          "same command to resume") from None
     got = [r for r in results if r.action == "downloaded"]
     _say(f"{len(got)} file(s) downloaded, {len(results) - len(got)} already there and "
          f"verified, in {root}/autotts-replay")
@@ -362,7 +384,7 @@ def compare_cmd(
     )
     if json_out is not None:
         write_json(json_out, report)
-        out.print(f"wrote {json_out}")
+        _say(f"wrote {json_out}")
 
 
 @app.command("sweep")
@@ -401,7 +423,7 @@ def sweep_cmd(
         stores, out_dir, controllers=controller, betas=settings.betas,
         proto=settings.proto, workers=workers, console=err,
     )
-    out.print(f"wrote {paths.markdown} ({seconds:.0f} s)")
+    _say(f"wrote {paths.markdown} ({seconds:.0f} s)")
 
 
 @app.command("bench")
@@ -423,28 +445,35 @@ def bench_cmd(
 def discover_cmd(
     env: Annotated[Path, typer.Option(help="environment definition (TOML)")],
     run_dir: Annotated[Path, typer.Option(help="run directory; rerunning the same one resumes")],
-    model: Annotated[str | None, typer.Option(help="chat model name")] = None,
-    base_url: Annotated[str | None, typer.Option(help="OpenAI-compatible base URL")] = None,
-    rounds: Annotated[int | None, typer.Option(help="rounds of propose/evaluate")] = None,
-    budget_usd: Annotated[float | None, typer.Option(help="spend cap in US dollars")] = None,
-    candidates: Annotated[int | None, typer.Option(help="controller files asked for per round, evaluated side by side (default 1)")] = None,
-    workers: Annotated[int | None, typer.Option(help="local worker processes (default: CPUs, at most 8)")] = None,
-    executor: Annotated[str | None, typer.Option(help="local or ray (default local)")] = None,
-    ray_address: Annotated[str | None, typer.Option(help="Ray cluster address (else a local runtime)")] = None,
-    race_draws: Annotated[int | None, typer.Option(help="race candidates over their first N draws, stopping clearly weak ones (0: off; default 5)")] = None,
+    model: Annotated[str | None, typer.Option(help="chat model name \\[default: $AUTOTTS_MODEL]")] = None,
+    base_url: Annotated[str | None, typer.Option(help="OpenAI-compatible base URL (its API key: $AUTOTTS_API_KEY, else $OPENAI_API_KEY) \\[default: $AUTOTTS_BASE_URL, else $OPENAI_BASE_URL, else OpenAI's]")] = None,
+    rounds: Annotated[int | None, typer.Option(help="rounds of propose/evaluate \\[default: $AUTOTTS_ROUNDS, else 10]")] = None,
+    budget_usd: Annotated[float | None, typer.Option(help="spend cap in US dollars \\[default: $AUTOTTS_BUDGET_USD, else none]")] = None,
+    candidates: Annotated[int | None, typer.Option(help="controller files asked for per round, evaluated side by side \\[default: $AUTOTTS_CANDIDATES, else 1]")] = None,
+    workers: Annotated[int | None, typer.Option(help="local worker processes \\[default: $AUTOTTS_WORKERS, else CPUs, at most 8]")] = None,
+    executor: Annotated[str | None, typer.Option(help="local or ray \\[default: $AUTOTTS_EXECUTOR, else local]")] = None,
+    ray_address: Annotated[str | None, typer.Option(help="Ray cluster address \\[default: $AUTOTTS_RAY_ADDRESS, else a local runtime]")] = None,
+    race_draws: Annotated[int | None, typer.Option(help="race candidates over their first N draws, stopping clearly weak ones (0: off) \\[default: $AUTOTTS_RACE_DRAWS, else 5]")] = None,
     dry_run: Annotated[bool, typer.Option(help="print the first prompt and stop")] = False,
     allow_weak_sandbox: Annotated[bool, typer.Option(
         help="evaluate candidates even where the OS cannot keep them from your files and "
              "network")] = False,
 ) -> None:
-    """Let an LLM agent write, test and revise controllers against an environment."""
-    from autotts.discover.command import discover_command
+    """Let an LLM agent write, test and revise controllers against an environment. Other
+    settings are AUTOTTS_* variables (docs/discovery.md)."""
+    from autotts.discover.command import discover_command, where_discovery_stopped
 
-    discover_command(env=env, run_dir=run_dir, dry_run=dry_run, console=err, model=model,
-                     base_url=base_url, rounds=rounds, budget_usd=budget_usd,
-                     candidates=candidates, workers=workers, executor=executor,
-                     ray_address=ray_address, race_draws=race_draws,
-                     allow_weak_sandbox=allow_weak_sandbox or None)
+    try:
+        discover_command(env=env, run_dir=run_dir, dry_run=dry_run, console=err, model=model,
+                         base_url=base_url, rounds=rounds, budget_usd=budget_usd,
+                         candidates=candidates, workers=workers, executor=executor,
+                         ray_address=ray_address, race_draws=race_draws,
+                         allow_weak_sandbox=allow_weak_sandbox or None)
+    except KeyboardInterrupt:
+        if dry_run:
+            raise
+        raise Interrupted(f"interrupted: {where_discovery_stopped(run_dir)}; rerun the same "
+                          "command to resume") from None
 
 
 @app.command("collect")
@@ -500,13 +529,21 @@ def collect_cmd(
         revision=revision, engine_args=parse_sets(engine_arg or []), sampler=sampler,
         inflight=inflight, limit=limit,
     )
-    res = collect(cfg, progress=RichProgress(err), log=lambda m: err.print(f"[yellow]{m}[/]"))
+    try:
+        res = collect(cfg, progress=RichProgress(err),
+                      log=lambda m: err.print(f"[yellow]{m}[/]"))
+    except KeyboardInterrupt:
+        from autotts.collect.writer import WorkDir
+
+        wd = WorkDir.for_store(out_dir)
+        raise Interrupted(f"interrupted: {len(wd.finished())} question(s) finished in "
+                          f"{wd.root}; rerun the same command to resume") from None
     tok = res.stats.generated + res.stats.probe_generated
     rate = f", {tok / res.seconds:,.0f} tokens/s" if res.seconds > 0 and tok else ""
     out.print(f"{res.done_now} question(s) collected now, {res.finished}/{res.total} finished"
               f" ({tok:,} tokens{rate})")
     if res.store is not None:
-        out.print(f"wrote {res.store}")
+        _say(f"wrote {res.store}")
     else:
         out.print("the store is written once every shard has finished (or: autotts collect-merge)")
 
@@ -519,7 +556,7 @@ def collect_merge_cmd(
     """Join the work directories of sharded `collect` runs into one store."""
     from autotts.collect.runner import merge
 
-    out.print(f"wrote {merge(list(workdirs), out_dir)}")
+    _say(f"wrote {merge(list(workdirs), out_dir)}")
 
 
 @app.command("report")
@@ -535,7 +572,7 @@ def report_cmd(
     # Discovery run dirs get their round, held-out and spend tables; eval JSON files the plain report.
     rp = report_with_runs(inputs, out_dir, title) or report_from_inputs(inputs, out_dir, title)
     files = [f"{rp.html} (self-contained)", str(rp.markdown), str(rp.png or ""), str(rp.summary)]
-    out.print("wrote " + ", ".join(f for f in files if f))
+    _say("wrote " + ", ".join(f for f in files if f))
 
 
 @app.command("demo")
@@ -570,7 +607,7 @@ def synth_cmd(
                          delta=delta, model=model, benchmark=benchmark or "")
     params = with_overrides(params, parse_sets(set_ or []))
     s = calibration_stats(write_synthetic(params, out_dir))
-    out.print(
+    _say(
         f"wrote {out_dir} ({s['store']}: {s['questions']} questions × "
         f"{s['branches_per_question']:.0f} branches; pass@1 {s['pass_at_1']:.1f}%, majority "
         f"{s['majority_accuracy']:.1f}%, {s['probes_per_branch_mean']:.1f} probes/branch)"
@@ -604,12 +641,10 @@ def train_dynaact_cmd(
     else:
         if env is None:
             raise ConfigError("give --env (to train) or --load FILE (to embed a trained utility)")
-        from rich.progress import Progress
-
         from autotts.envdef import load_env
 
         cfg = TrainConfig(seed=seed, draws=draws, collections=collections, token_cost=token_cost)
-        with Progress(console=err, transient=True) as prog:
+        with transient_bar(err) as prog:
             task = prog.add_task("replaying", total=None)
 
             def tick(label: str, done: int, total: int) -> None:
@@ -617,10 +652,10 @@ def train_dynaact_cmd(
 
             utility = train(load_env(env), cfg, log=err.print, progress=tick)
         save_utility(utility, out_file)
-    out.print(f"wrote {out_file} (fingerprint {utility.fingerprint()})")
+    _say(f"wrote {out_file} (fingerprint {utility.fingerprint()})")
     if controller is not None:
         embed_in_controller(utility, controller, source=out_file.name)
-        out.print(f"embedded the utility in {controller}")
+        _say(f"embedded the utility in {controller}")
 
 
 def _lean_app(args: list[str]) -> typer.Typer:
@@ -651,9 +686,10 @@ def main() -> None:
         # Plain print: rich would wrap a long message over several lines.
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:
-        err.print("interrupted")
-        sys.exit(130)
+    except Interrupted as e:
+        exit_interrupted(str(e))
+    except KeyboardInterrupt:  # outside any command: while arguments were read
+        exit_interrupted("interrupted")
     except BrokenPipeError:
         sys.exit(1)
     finally:

@@ -252,9 +252,10 @@ class Episode(_NoCopy):
     Answer classes are opaque ids, numbered per episode in the order this episode reveals them:
     the first revealed answer gets 1, the next new one 2, and so on (within one call, in the order
     the call lists its branches, round by round for advance_many). Id 0 (`no_answer_class`) is
-    reserved for the model's own "no answer" output ('ERR' in exact stores), which the published
-    baselines count as an ordinary vote; it is the same in every episode, known before anything is
-    revealed, and appears only once such an output is revealed. -1 means "nothing revealed" (and,
+    reserved for the model's own "no answer" output ('ERR' or empty in exact stores: one class,
+    see autotts/store.py), which the published baselines count as an ordinary vote; it is the same
+    in every episode, known before anything is revealed, and appears only once such an output is
+    revealed. -1 means "nothing revealed" (and,
     in math stores, "the model gave no answer"). Equal ids are equal answers within an episode;
     ids from different episodes are unrelated. Returning an id the episode never revealed scores
     as no answer.

@@ -20,7 +20,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from rich.console import Console
 from rich.table import Table
@@ -48,14 +48,50 @@ def parse_betas(text: str) -> list[float]:
 
 
 @contextlib.contextmanager
-def _no_bar() -> Iterator[None]:
+def _no_bar(console: Console) -> Iterator[None]:
     """What a transient rich Progress leaves on a file or pipe, without starting one (its live
-    thread and imports): nothing while it runs, one empty line when it stops."""
-    try:
-        yield None
-    finally:
-        if not err.is_interactive and not err.is_jupyter:  # as Progress.stop() decides
-            err.print()
+    thread and imports): nothing while it runs, one empty line when it stops. Only when it
+    stops normally: after an error the one-line message is the next line, not an empty one."""
+    yield None
+    if not console.is_interactive and not console.is_jupyter:  # as Progress.stop() decides
+        console.print()
+
+
+class _SilentBar:
+    """The calls of rich's Progress that the commands make, drawing nothing."""
+
+    def add_task(self, *args: Any, **kwargs: Any) -> int:
+        return 0
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def advance(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def transient_bar(console: Console, *columns: Any) -> Iterator[Any]:
+    """A transient rich Progress on `console` where it is a terminal; elsewhere (a file or pipe,
+    where such a bar draws nothing) a stand-in that leaves what the bar would (`_no_bar`)."""
+    if console.is_terminal:
+        from rich.progress import Progress
+
+        with Progress(*columns, console=console, transient=True) as prog:
+            yield prog
+        return
+    with _no_bar(console):
+        yield _SilentBar()
+
+
+def exit_interrupted(message: str) -> NoReturn:
+    """Ctrl-C: `message` as one line on stderr and exit status 130 (128 + SIGINT, as a shell
+    reports a command the signal stopped). On a terminal the line starts after the "^C" the
+    terminal echoed."""
+    if sys.stderr.isatty():
+        print(file=sys.stderr)
+    print(message, file=sys.stderr)
+    sys.exit(130)
 
 
 def _write_json(path: Path, payload: Any) -> None:
@@ -132,7 +168,7 @@ def run_eval(
         weak = {"on_loaded": resume_gc}  # start-up ends with the loads (settle_process)
     proto = settings.proto
     tick: Any = None
-    bar: Any = _no_bar()
+    bar: Any = _no_bar(err)
     if err.is_terminal:  # a transient bar draws nothing on a file or pipe: none is started there
         from rich.progress import Progress
 
@@ -367,8 +403,8 @@ def plain_eval_args(args: list[str]) -> dict[str, Any] | None:
 def run_plain(kwargs: dict[str, Any]) -> None:
     """run_eval(**kwargs) in this process as `autotts eval` runs it through typer: the same
     process settings and exit (autotts/cli.py main), and what click's standalone mode does
-    around a command: an interrupt prints "Aborted!" (exit 1), a closed output pipe exits 1
-    without a traceback; an AutoTTSError is one line and exit 2."""
+    around a command: a closed output pipe exits 1 without a traceback; an AutoTTSError is one
+    line and exit 2; an interrupt (Ctrl-C) one line and exit 130."""
     settle_process(["eval"])
     atexit.unregister(gc.freeze)  # as autotts/cli.py main: see there
     atexit.register(gc.freeze)
@@ -377,7 +413,9 @@ def run_plain(kwargs: dict[str, Any]) -> None:
     except AutoTTSError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    except (EOFError, KeyboardInterrupt):
+    except KeyboardInterrupt:
+        exit_interrupted("interrupted")
+    except EOFError:
         print(file=sys.stderr)
         print("Aborted!", file=sys.stderr)
         sys.exit(1)

@@ -24,6 +24,7 @@ import itertools
 import json
 import operator
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -281,6 +282,14 @@ class _Columns:
                 _table(branches, schemas[TABLE_FILES[1]]),
                 _table(self.answers, schemas[TABLE_FILES[2]]))
 
+    def no_answer(self) -> tuple[np.ndarray, dict[int, dict[int, int]]]:
+        """`_no_answer_classes` of these answers."""
+        a = self.answers
+        hits = [(q, c) for q, c, t in zip(a["question_idx"], a["answer_class"], a["answer"],
+                                          strict=True)
+                if t is not None and t.strip() in NO_ANSWER_STRINGS]
+        return _no_answer_classes(hits, len(self.questions["num_branches"]))
+
     def replay(self, name: str, delta: int) -> ReplayData:
         """What Store.replay() reads from the tables built from these columns, array for array."""
         nq = len(self.questions["num_branches"])
@@ -288,21 +297,50 @@ class _Columns:
         np.cumsum(self.questions["num_branches"], out=offsets[1:])
         p_off = np.zeros(len(self.probe_lengths) + 1, dtype=np.int64)
         np.cumsum(self.probe_lengths, out=p_off[1:])
-        err = np.full(nq, NO_ANSWER, dtype=np.int32)
-        a = self.answers
-        for q, c, t in zip(a["question_idx"], a["answer_class"], a["answer"], strict=True):
-            if t is not None and t.strip() in NO_ANSWER_STRINGS:
-                err[q] = c  # the last such class of a question, as in Store._err_classes
+        err, merged = self.no_answer()
+        final_class, probe_class = self.final_class.copy(), self.probe_class.copy()
+        _merge_no_answer(merged, offsets, p_off, final_class, probe_class)
         return ReplayData(
             name=name,
             delta=delta,
             branch_offsets=offsets,
             tokens=np.array(self.tokens, dtype=np.int32),
-            final_class=self.final_class.copy(),
+            final_class=final_class,
             probe_offsets=p_off,
-            probe_class=self.probe_class.copy(),
+            probe_class=probe_class,
             err_class=err,
         )
+
+
+def _no_answer_classes(hits: Sequence[tuple[int, int]], nq: int
+                       ) -> tuple[np.ndarray, dict[int, dict[int, int]]]:
+    """From the (question, class) pairs of the answers spelt 'ERR' or empty: per question the class
+    of the model's own "no answer" output (-1 if none), and the questions whose answers spell it
+    both ways. An exact store gives 'ERR' and empty two classes (string identity); both are that
+    one output (docs/semantics.md: id 0), so the replay reads them as one class, the first seen
+    (the smaller: exact classes are numbered in first-seen order). `merged[q]`: other -> kept."""
+    err = np.full(nq, NO_ANSWER, dtype=np.int32)
+    seen: dict[int, list[int]] = {}
+    for q, c in hits:
+        seen.setdefault(int(q), []).append(int(c))
+    merged: dict[int, dict[int, int]] = {}
+    for q, cs in seen.items():
+        keep = min(cs)
+        err[q] = keep
+        others = {c: keep for c in cs if c != keep}
+        if others:
+            merged[q] = others
+    return err, merged
+
+
+def _merge_no_answer(merged: dict[int, dict[int, int]], offsets: np.ndarray, p_off: np.ndarray,
+                     final_class: np.ndarray, probe_class: np.ndarray) -> None:
+    """Rewrite, in place, each merged question's other "no answer" classes to the kept one."""
+    for q, others in merged.items():
+        r0, r1 = int(offsets[q]), int(offsets[q + 1])
+        for arr in (final_class[r0:r1], probe_class[int(p_off[r0]):int(p_off[r1])]):
+            for other, keep in others.items():
+                arr[arr == other] = keep
 
 
 class Store:
@@ -401,32 +439,49 @@ class Store:
         flat = (probes.values.slice(int(p_off[0]), int(p_off[-1] - p_off[0]))
                 if not probes.null_count else probes.flatten())
         p_off -= p_off[0]
+        err, merged = self._no_answer()
+        final_class = _ints(b.column("final_class")).astype(np.int32)
+        probe_class = _ints(flat).astype(np.int32)
+        _merge_no_answer(merged, offsets, p_off, final_class, probe_class)
         return ReplayData(
             name=self.name,
             delta=self.delta,
             branch_offsets=offsets,
             tokens=_ints(b.column("tokens")).astype(np.int32),
-            final_class=_ints(b.column("final_class")).astype(np.int32),
+            final_class=final_class,
             probe_offsets=p_off,
-            probe_class=_ints(flat).astype(np.int32),
-            err_class=self._err_classes(),
+            probe_class=probe_class,
+            err_class=err,
         )
 
-    def _err_classes(self) -> np.ndarray:
-        out = np.full(self.num_questions, NO_ANSWER, dtype=np.int32)
+    def _no_answer(self) -> tuple[np.ndarray, dict[int, dict[int, int]]]:
+        """`_no_answer_classes` of this store's answers."""
+        if self._columns is not None:
+            return self._columns.no_answer()
         a = self.answers
         # str.strip() trims exactly what pyarrow's utf8_trim_whitespace trims (tested); plain
         # Python here spares the load path the import of pyarrow.compute.
         hit = np.flatnonzero([t is not None and t.strip() in NO_ANSWER_STRINGS
                               for t in a.column("answer").to_pylist()])
-        out[_ints(a.column("question_idx"))[hit]] = _ints(a.column("answer_class"))[hit]
-        return out
+        pairs = zip(_ints(a.column("question_idx"))[hit].tolist(),
+                    _ints(a.column("answer_class"))[hit].tolist(), strict=True)
+        return _no_answer_classes(list(pairs), self.num_questions)
 
     def gold_classes(self) -> np.ndarray:
         """The scorer's side: gold class per question (int32). Never handed to the engine."""
         if self._columns is not None:
-            return np.array(self._columns.questions["gold_class"], dtype=np.int32)
-        return _ints(self.questions.column("gold_class")).astype(np.int32)
+            gold = np.array(self._columns.questions["gold_class"], dtype=np.int32)
+            texts = self._columns.questions["gold"]
+        else:
+            gold = _ints(self.questions.column("gold_class")).astype(np.int32)
+            texts = self.questions.column("gold").to_pylist()
+        # A gold spelt as the model's "no answer" output is scored as the class the replay reads
+        # that output as (see _no_answer_classes); no published gold is.
+        if any(t is not None and t.strip() in NO_ANSWER_STRINGS for t in texts):
+            merged = self._no_answer()[1]
+            for q, others in merged.items():
+                gold[q] = others.get(int(gold[q]), gold[q])
+        return gold
 
 
 # --------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 import autotts
+import autotts.evalcli
 from autotts.cli import main
 from autotts.controller import builtin_names
 
@@ -32,8 +33,10 @@ def cli(args: list[str], capsys: pytest.CaptureFixture[str],
 
 
 def one_error_line(err: str) -> str:
-    lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    """The whole of stderr is one line: no empty line before it (as a progress bar's stand-in
+    once left), nothing after."""
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and err.endswith("\n"), err
     return lines[0]
 
 
@@ -136,6 +139,43 @@ def test_a_missing_file_reads_the_same_in_import_and_eval(tmp_path, capsys, monk
     assert one_error_line(e1) == one_error_line(e2) == f"error: {missing}: no such store or file"
 
 
+def test_an_error_inside_eval_is_the_only_line_on_stderr(tmp_path, capsys, monkeypatch):
+    """The store is read, and the controller run, under the progress bar (or, on a file or pipe,
+    its stand-in): an error there is one line with no empty line before it, by either reading
+    of the arguments (autotts/__main__.py's plain one and typer's)."""
+    from autotts.evalcli import plain_eval_args, run_plain
+
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}")
+    args = ["eval", "--controller", "sc", "--store", str(bad), "--draws", "1"]
+    code, out, err = cli(args, capsys, monkeypatch)
+    assert (code, out) == (2, "")
+    assert one_error_line(err) == f"error: {bad}: expected a JSON list of questions, got dict"
+    kwargs = plain_eval_args(args[1:])
+    assert kwargs is not None
+    with pytest.raises(SystemExit) as e:
+        run_plain(kwargs)
+    assert e.value.code == 2 and capsys.readouterr().err == err
+
+
+def test_an_error_under_another_commands_progress_bar_is_one_line(tmp_path, capsys, monkeypatch):
+    missing = tmp_path / "nope.toml"
+    code, _, err = cli(["train-dynaact", "--out", str(tmp_path / "u.json"), "--env", str(missing)],
+                       capsys, monkeypatch)
+    assert code == 2 and one_error_line(err) == f"error: {missing}: no such environment file"
+    code, _, err = cli(["data", "fetch", "Qwen3-8B/aime24", "--to", str(tmp_path / "d"),
+                        "--base-url", (tmp_path / "mirror").as_uri()], capsys, monkeypatch)
+    assert code == 2 and "cannot connect" in one_error_line(err)
+
+
+def test_eval_without_a_terminal_still_ends_stderr_as_rich_does(capsys, monkeypatch):
+    """A run that succeeds leaves what a transient rich Progress leaves on a file: one empty
+    line (kept byte for byte, ee0b12b)."""
+    code, out, err = cli(["eval", "--controller", "sc", "--store", str(SYNTH), "--draws", "1",
+                          "--betas", "0"], capsys, monkeypatch)
+    assert code == 0 and "bootstrap over questions" in out and err == "\n"
+
+
 def test_missing_published_data_names_the_fetch_command(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("AUTOTTS_DATA", str(tmp_path / "empty"))
     code, _, err = cli(["eval", "--controller", "sc", "--env", "aime-qwen3"], capsys, monkeypatch)
@@ -146,6 +186,20 @@ def test_missing_published_data_names_the_fetch_command(tmp_path, capsys, monkey
     f = tmp_path / "empty" / "autotts-replay" / "Qwen3-8B" / "aime24.json"
     _, _, err = cli(["inspect", str(f)], capsys, monkeypatch)
     assert "autotts data fetch autotts-qwen3" in one_error_line(err)
+
+
+def test_what_a_command_wrote_is_one_line_whatever_the_width(tmp_path, capsys, monkeypatch):
+    """A "wrote PATH" line is never wrapped (so the path can be copied), however narrow the
+    terminal and long the path."""
+    monkeypatch.setattr(autotts.evalcli.out, "_width", 40)
+    deep = tmp_path / ("a-rather-long-folder-name-" * 3) / "synth-store"
+    code, out, err = cli(["synth", "--out", str(deep), "--questions", "3", "--branches", "4"],
+                         capsys, monkeypatch)
+    assert code == 0, err
+    assert out.startswith(f"wrote {deep} (") and out.count("\n") == 1
+    code, out, err = cli(["export", str(deep), "--out", str(deep / "x.json")], capsys,
+                         monkeypatch)
+    assert (code, out) == (0, f"wrote {deep / 'x.json'}\n"), err
 
 
 def test_version(capsys, monkeypatch):
@@ -169,6 +223,28 @@ def test_sweep_help_shows_defaults_and_environment(capsys, monkeypatch):
     flat = " ".join(out.split())
     assert "[default: 20, or the --env draws]" in flat
     assert "[default: 0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1, or the --env grid]" in flat
+
+
+def test_discover_help_shows_defaults_and_their_variables(capsys, monkeypatch):
+    """Each flag of discover falls back to an AUTOTTS_* variable, then a default: help says so
+    (docs/discovery.md has the table)."""
+    code, out, _ = cli(["discover", "--help"], capsys, monkeypatch)
+    flat = " ".join(out.split())
+    assert code == 0
+    for said in ("[default: $AUTOTTS_MODEL]", "[default: $AUTOTTS_ROUNDS, else 10]",
+                 "[default: $AUTOTTS_BUDGET_USD, else none]", "$OPENAI_API_KEY",
+                 "[default: $AUTOTTS_RACE_DRAWS, else 5]", "[default: $AUTOTTS_CANDIDATES, else 1]"):
+        assert said in flat, said
+
+
+@pytest.mark.parametrize(("command", "usage"), [
+    (["import"], "import [OPTIONS] SRC..."), (["compare"], "compare [OPTIONS] ENTRIES..."),
+    (["report"], "report [OPTIONS] INPUTS..."), (["collect-merge"], "[OPTIONS] WORKDIRS..."),
+    (["data", "fetch"], "fetch [OPTIONS] [NAME...]"), (["inspect"], "inspect [OPTIONS] STORE "),
+])
+def test_usage_marks_arguments_that_take_several_values(command, usage, capsys, monkeypatch):
+    code, out, _ = cli([*command, "--help"], capsys, monkeypatch)
+    assert code == 0 and usage in out
 
 
 @pytest.mark.parametrize("command", [[], ["eval"], ["import"], ["data", "fetch"], ["data", "list"],

@@ -305,6 +305,36 @@ def test_the_no_answer_class_is_id_0_once_revealed():
     assert ep.advance(1) == 1 and ep.advance(1) == 0
 
 
+@pytest.mark.parametrize("first", ["ERR", "", "  "])
+def test_err_and_empty_are_both_the_no_answer_id(first, tmp_path):
+    """An exact store gives 'ERR' and the empty answer two classes (string identity), but both
+    are the model's own "no answer" output: id 0 in the episode, whichever is revealed first,
+    from the store as parsed from JSON, as its tables and as written to disk and read back."""
+    from autotts.store import open_store, write_store
+
+    other = "" if first.strip() == "ERR" else "ERR"
+
+    def make():
+        return make_store([("7", [branch([first, "7"], 25, other), branch(["3"], 12, other),
+                                  branch(["3", first], 30, "3")])])
+
+    tables = make()
+    tables.branches  # noqa: B018  (builds its tables: replay reads them from now on)
+    write_store(tables, tmp_path / "s")
+    for st in (make(), tables, open_store(tmp_path / "s")):
+        data, gold = st.replay(), st.gold_classes()
+        q = Question(data, 0)
+        ep = Episode(q, np.array([0, 1, 2]))
+        assert ep.branch(probe=True) == 0 and ep.latest_answer(0) == 0  # first
+        assert ep.read_new() == 0  # other: the same id, not a new one
+        assert ep.advance(0) == 1  # '7'
+        assert ep.read(0) == 0  # other again
+        assert ep.read_new() == 2  # '3'
+        assert ep.final_answers.tolist() == [0, 0, 2]
+        assert store_class(ep, 0) == q.no_answer_class == cls(st, first.strip())
+        assert gold.tolist() == [cls(st, "7")]
+
+
 def test_journal_records_every_reveal_in_order(question):
     ep = episode(question, order=(0, 1, 2, 3), journal=True)
     ep.branch_many(3, probe=True)  # probes at depth 1 of branches 0, 1; branch 2 (L=0) finishes

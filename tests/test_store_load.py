@@ -67,8 +67,10 @@ def test_replay_of_a_sliced_store_keeps_its_probes() -> None:
     assert np.array_equal(full.probe_class, again.probe_class)
     assert np.array_equal(full.probe_offsets, again.probe_offsets)
     assert full.err_class.tolist() == again.err_class.tolist()
-    # q0 has 'ERR' (class 1) and '' (class 2): the last such class wins, as before
-    assert full.err_class.tolist() == [2, -1, -1]
+    # q0 has 'ERR' (class 1) and '' (class 2): both the model's "no answer" output, read as one
+    # class, the first seen (docs/semantics.md); its empty final (branch 1) reads as 'ERR'
+    assert full.err_class.tolist() == [1, -1, -1]
+    assert full.final_class.tolist()[:2] == [0, 1] and 2 not in full.probe_class.tolist()
 
 
 def test_list_lengths_see_nulls() -> None:
@@ -101,7 +103,7 @@ def test_a_json_store_replays_its_columns_as_its_tables() -> None:
             assert v.dtype == got[k].dtype and np.array_equal(v, got[k]), k
         else:
             assert v == got[k], k
-    assert got["err_class"].tolist() == [2, -1, 1]
+    assert got["err_class"].tolist() == [1, -1, 1]
     # a later call gets arrays of its own, as from tables
     assert not np.shares_memory(from_columns.replay().probe_class, got["probe_class"])
 

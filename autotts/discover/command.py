@@ -61,3 +61,14 @@ def final_line(summary: dict[str, Any], run_dir: Path) -> str:
     if others:
         line += "; held-out baselines: " + ", ".join(f"{escape(k)} {v:.2f}" for k, v in others)
     return line + f"; run dir {escape(str(run_dir))}"
+
+
+def where_discovery_stopped(run_dir: Path) -> str:
+    """Where an interrupted run stands, from its run dir (the directory is the truth: a round
+    counts once its directory is complete, DESIGN §8)."""
+    from autotts.discover.rundir import RunDir
+
+    rd = RunDir(run_dir)
+    done = len(rd.completed())
+    final = "; its held-out step is done" if rd.final_done() else ""
+    return f"{done} round(s) complete in {run_dir}{final}"

@@ -73,14 +73,18 @@ from autotts.summary import summarize
 
 QUARTER_AFTER_S = 10.0  # a held-out evaluation reports 25/50/75% only once it has run this long
 EXAMPLE = "sc"  # the complete example controller shown in the contract
-FAULT_ENV = "AUTOTTS_DISCOVER_FAULT"  # "kill:<round>:<point>": SIGKILL there (crash tests)
+# "kill:<round>:<point>": SIGKILL there (crash tests); "int:<round>:<point>": SIGINT, as Ctrl-C
+FAULT_ENV = "AUTOTTS_DISCOVER_FAULT"
 
 Progress = Callable[[str], None]
 
 
 def _fault(point: str, n: int) -> None:
-    if os.environ.get(FAULT_ENV) == f"kill:{n}:{point}":
+    fault = os.environ.get(FAULT_ENV)
+    if fault == f"kill:{n}:{point}":
         os.kill(os.getpid(), signal.SIGKILL)
+    elif fault == f"int:{n}:{point}":
+        os.kill(os.getpid(), signal.SIGINT)
 
 
 def _sha256_file(path: str | Path) -> str:

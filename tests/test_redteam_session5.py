@@ -233,11 +233,11 @@ def test_the_knobs_process_cannot_stay_to_play_the_batches(monkeypatch):
 
     real, calls = lockdown_module.live_sandbox_processes, []
 
-    def late(pgid: int) -> list[int]:
+    def late(pgid: int, *args, **kw) -> list[int]:
         if not calls:
             time.sleep(0.5)
         calls.append(pgid)
-        return real(pgid)
+        return real(pgid, *args, **kw)
 
     monkeypatch.setattr(lockdown_module, "live_sandbox_processes", late)
     _holds(lambda: _run(_controller(_COUNT, _FIND + _CONFIGS_STAYS), on_error="record",

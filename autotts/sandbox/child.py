@@ -48,6 +48,7 @@ from autotts.sandbox.guards import (
     class_hook,
     deny_objects,
 )
+from autotts.sandbox.heap import fill_free_blocks
 from autotts.sandbox.wire import OP_ANSWER, OP_JSON, ROUND_COLS, pack_frame, read_frame
 from autotts.units import controller_lines, shown_answer
 
@@ -66,6 +67,7 @@ PRELOAD = ("numpy.linalg", "numpy.random", "numpy.fft", "numpy.ma", "numpy.polyn
 
 FD_FLAGS: dict[int, int] = {}  # the zygote's descriptors' status flags before candidate code
 BUILTINS: dict[str, Any] | None = None  # the candidate's builtins, built once by the zygote
+FILLERS: list[Any] = []  # what fills the zygote's free small blocks before it forks (heap.py)
 
 
 class Fatal(BaseException):
@@ -159,6 +161,29 @@ def _final(ans: Any) -> tuple[str, list[Any]]:
     return "error", ["non_answer", f"run() returned {shown}, not an answer class", None]
 
 
+_RUNNER: type | None = None
+
+
+def _runner_type() -> type:
+    """The greenlet subclass episodes run in, made once: by the zygote (_preload), so that no
+    batch makes it again."""
+    global _RUNNER
+    if _RUNNER is None:
+        import greenlet
+
+        class Runner(greenlet.greenlet):
+            """A greenlet that runs episodes one after another (Scheduler._run_episodes).
+            `dead` shadows greenlet's own: True once the episode it runs has ended (the runner
+            lives on, parked), which is all Scheduler._collect asks; `slot` is that
+            episode's."""
+
+            dead = False
+            slot = -1
+
+        _RUNNER = Runner
+    return _RUNNER
+
+
 class Scheduler:
     """Runs the episodes of one work unit as greenlets, one round trip per round of actions."""
 
@@ -166,7 +191,7 @@ class Scheduler:
                  hint: np.ndarray) -> None:
         import greenlet
 
-        self.greenlet = greenlet.greenlet
+        self.runner = _runner_type()
         self.getcurrent = greenlet.getcurrent
         self.main = greenlet.getcurrent()
         self.cls = cls
@@ -176,6 +201,7 @@ class Scheduler:
         self.out = out
         self.hint = hint
         self.live: dict[int, Any] = {}
+        self.idle: list[Any] = []  # runners whose episode has ended, parked for the next one
 
     def _body(self, ep: Any, config: dict[str, Any]) -> tuple[str, list[Any]]:
         try:
@@ -200,12 +226,25 @@ class Scheduler:
         kind, payload = self._body(ep, config)
         return kind, payload, pending_events(ep)
 
-    def _request_for(self, g: Any) -> Any:
+    def _run_episodes(self, ep: Any, config: dict[str, Any]) -> None:
+        """A runner's life: its episode, then, parked, the next one it is given (_start), until
+        the process exits. A greenlet that returned would free its CPython data stack (a 16 KiB
+        mapping of its own: an mmap, a page fault and a munmap per episode)."""
+        me, switch, idle = self.getcurrent(), self.main.switch, self.idle
+        while True:
+            msg = self._episode(ep, config)
+            del ep, config  # nothing of the episode stays alive while the runner is parked
+            me.dead = True  # _collect: this message ends the episode
+            idle.append(me)
+            ep, config = switch(msg)
+
+    def _request_for(self, g: Any, slot: int) -> Any:
         main, current = self.main, self.getcurrent
         switch = main.switch
 
         def request(msg: tuple[Any, ...]) -> tuple[Any, ...]:
-            if current() is not g:  # a handle kept from another episode of the batch
+            # A handle kept from another episode of the batch (a runner's earlier episode too)
+            if current() is not g or g.slot != slot:
                 from autotts.engine import InvalidAction
 
                 raise InvalidAction("this episode handle belongs to another episode")
@@ -249,10 +288,15 @@ class Scheduler:
         self._collect(slot, g, msg)
 
     def _start(self, unit: dict[str, Any], facts: list[Any], group: int) -> None:
-        config = self.config
+        config, idle = self.config, self.idle
         for k, (slot, pool, no_answer, delta) in enumerate(facts):
-            g = self.greenlet(self._episode)
-            ep = ClientEpisode(self._request_for(g), pool, delta, unit["kappa"],
+            if idle:
+                g = idle.pop()
+                g.dead = False
+            else:
+                g = self.runner(self._run_episodes)
+            g.slot = slot
+            ep = ClientEpisode(self._request_for(g, slot), pool, delta, unit["kappa"],
                                unit["budget"], no_answer, self.tracing)
             self.live[slot] = g
             # The first episodes are dealt to both groups; later ones join the group whose
@@ -350,6 +394,8 @@ def _preload(modules: Any) -> None:
     import autotts.sandbox.client
     import autotts.sandbox.lockdown
     import autotts.units  # noqa: F401
+
+    _runner_type()
 
 
 def _load(req: dict[str, Any]) -> Any:
@@ -542,6 +588,8 @@ def _run(req: dict[str, Any], out: _Out, hint: np.ndarray) -> None:
     # Forked batches share this process's memory copy-on-write; a collection in a child would
     # touch (and copy) every page it scans.
     gc.collect()
+    global FILLERS
+    FILLERS = fill_free_blocks()  # a batch's small objects go to fresh pools (heap.py)
     gc.freeze()
     _forked(lambda: _configs_child(code, req, out), out, hint)
     while True:

@@ -700,17 +700,94 @@ def _run_probe(disable: list[str]) -> dict[str, Any]:
             shutil.rmtree(d, ignore_errors=True)
 
 
-def live_sandbox_processes(leader: int) -> list[int]:
+class ForeignProcesses:
+    """Processes that a sandbox's first scan of /proc found to be no part of it (neither in its
+    process group nor descendants of its first process), held by pidfd so that later scans can
+    skip reading their `stat` while they live.
+
+    Only that first scan learns them (`live_sandbox_processes(..., learn=True)`): it runs when
+    the sandbox reports ready, before any candidate code and before the sandbox may fork
+    anything, so every process it does not count is truly foreign. Such a process stays
+    foreign for life: it is in another session (and a process group never spans sessions, nor
+    can a process join an existing session), and it is no descendant of the sandbox's first
+    process (a process only ever moves to a subreaper among its own ancestors, or to its PID
+    namespace's init; processes it starts later are new ones, read by every scan).
+    A pidfd names that process, not its number: once the process has exited, its pidfd is
+    readable, and the next scan forgets it before it looks (the number may be another
+    process's by then, which is read as any new one). A scan skips only processes that are
+    foreign and alive after it listed /proc, whose numbers are theirs. Where pidfds do not exist
+    (Linux before 5.3), or past `limit` of them (or a quarter of this process's descriptor
+    limit), processes are read as before."""
+
+    def __init__(self, limit: int = 256) -> None:
+        import select
+
+        # never more than a quarter of this process's descriptors: the judge needs its own
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        self.limit = limit if soft == resource.RLIM_INFINITY else min(limit, soft // 4)
+        self.fd: dict[int, int] = {}  # pid -> pidfd
+        self.pid: dict[int, int] = {}  # pidfd -> pid
+        self.poll = select.poll()
+        self.ok = hasattr(os, "pidfd_open")
+
+    def add(self, pid: int) -> None:
+        if not self.ok or len(self.fd) >= self.limit or pid in self.fd:
+            return
+        try:
+            fd = os.pidfd_open(pid)
+        except OSError:  # gone already (ESRCH), or no pidfds here, or out of descriptors
+            return
+        import select
+
+        self.fd[pid], self.pid[fd] = fd, pid
+        self.poll.register(fd, select.POLLIN)
+
+    def forget_gone(self) -> None:
+        """Forget every process that has exited (its pidfd is readable)."""
+        if not self.fd:
+            return
+        for fd, _ in self.poll.poll(0):
+            pid = self.pid.pop(fd, None)
+            if pid is not None:
+                del self.fd[pid]
+            with contextlib.suppress(KeyError, ValueError):
+                self.poll.unregister(fd)
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def close(self) -> None:
+        for fd in self.pid:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.fd.clear()
+        self.pid.clear()
+
+
+def live_sandbox_processes(leader: int, foreign: ForeignProcesses | None = None,
+                           learn: bool = False) -> list[int]:
     """Live processes (zombies excluded) of a sandbox whose first process is `leader`: its
     process group, and every descendant of `leader` wherever it moved (a process that left the
     group with setsid or setpgid, where no seccomp filter refuses them, is still its parent's
     child). With a PID namespace a sandbox is two processes; after a kill of the group, the one
     inside may wait a moment as a zombie for the system's init to reap it (the killed parent
-    cannot): gone for every purpose, but `killpg(pgid, 0)` still finds it."""
+    cannot): gone for every purpose, but `killpg(pgid, 0)` still finds it.
+
+    `foreign`: processes known to be no part of the sandbox, whose `stat` is not read while they
+    live (ForeignProcesses); with `learn` (the sandbox's first scan only, before any candidate
+    code), every live process this scan does not count is added to them."""
     parent: dict[int, int] = {}
+    session: dict[int, bytes] = {}
     members = set()
-    for name in os.listdir("/proc"):
+    names = os.listdir("/proc")
+    skip: dict[int, int] = {}
+    if foreign is not None:
+        foreign.forget_gone()  # after the listing: the numbers it skips are still theirs
+        skip = foreign.fd
+    for name in names:
         if not name.isdigit():
+            continue
+        pid = int(name)
+        if pid in skip:
             continue
         try:  # raw descriptors: a file object per process would triple the cost of a scan
             fd = os.open(f"/proc/{name}/stat", os.O_RDONLY)
@@ -718,12 +795,12 @@ def live_sandbox_processes(leader: int) -> list[int]:
                 raw = os.read(fd, 4096)
             finally:
                 os.close(fd)
-            # after the command name (which may hold ")" and spaces): state, ppid, pgrp
-            fields = raw.rsplit(b")", 1)[1].split(None, 4)
+            # after the command name (which may hold ")" and spaces): state, ppid, pgrp, session
+            fields = raw.rsplit(b")", 1)[1].split(None, 5)
             if fields[0] in (b"Z", b"X"):
                 continue
-            pid = int(name)
             parent[pid] = int(fields[1])
+            session[pid] = fields[3]
             if int(fields[2]) == leader:
                 members.add(pid)
         except (OSError, IndexError, ValueError):
@@ -734,6 +811,11 @@ def live_sandbox_processes(leader: int) -> list[int]:
             p, hops = parent.get(p, 0), hops + 1
         if p == leader and pid != leader:
             members.add(pid)
+    if learn and foreign is not None and leader in session:
+        own = session[leader]
+        for pid in parent:
+            if pid not in members and pid != leader and session[pid] != own:
+                foreign.add(pid)
     return sorted(members)
 
 

@@ -178,6 +178,7 @@ class _Child:
         self.stderr = bytearray()
         self.cap = limits.max_output_bytes
         self.open_fds = 3
+        self.foreign: Any = None  # lockdown.ForeignProcesses, from the sandbox's first scan
 
     def keep(self, buf: bytearray, data: bytes) -> None:
         room = self.cap - len(buf)
@@ -210,6 +211,8 @@ class _Child:
                     f.close()
         with contextlib.suppress(OSError):
             os.close(self.result_fd)
+        if self.foreign is not None:
+            self.foreign.close()
         self.hint = np.zeros(1, dtype=np.int64)
         with contextlib.suppress(Exception):
             self.mm.close()
@@ -655,7 +658,7 @@ def _await_batch_exit(c: _Child, task: _Task) -> None:
     if task.base is None:
         task.base = set(live_sandbox_processes(c.pid))
     deadline = time.monotonic() + task.limits.episode_seconds
-    while not set(live_sandbox_processes(c.pid)) <= task.base:
+    while not set(live_sandbox_processes(c.pid, c.foreign)) <= task.base:
         if time.monotonic() > deadline:
             raise Failed(Verdict("timeout", "a batch's sandbox process did not exit after its "
                                  "last episode", context=task.context()))
@@ -687,9 +690,12 @@ def _on_result(c: _Child, sel: selectors.BaseSelector, task: _Task, data: bytes)
                 continue
             answer = task.on_frame(header, arrays)
             if header.get("t") == "ready":  # the sandbox forks nothing before "go"
-                from autotts.sandbox.lockdown import live_sandbox_processes
+                from autotts.sandbox.lockdown import ForeignProcesses, live_sandbox_processes
 
-                task.base = set(live_sandbox_processes(c.pid))
+                # Before any candidate code: what this scan does not count is foreign for
+                # good, and later scans skip it while it lives (lockdown.ForeignProcesses).
+                c.foreign = ForeignProcesses()
+                task.base = set(live_sandbox_processes(c.pid, c.foreign, learn=True))
                 _send(c, sel, {"t": "go"})
             if answer is not None:
                 _send(c, sel, answer)

@@ -48,7 +48,6 @@ from autotts.sandbox.guards import (
     class_hook,
     deny_objects,
 )
-from autotts.sandbox.heap import fill_free_blocks
 from autotts.sandbox.wire import OP_ANSWER, OP_JSON, ROUND_COLS, pack_frame, read_frame
 from autotts.units import controller_lines, shown_answer
 
@@ -67,7 +66,6 @@ PRELOAD = ("numpy.linalg", "numpy.random", "numpy.fft", "numpy.ma", "numpy.polyn
 
 FD_FLAGS: dict[int, int] = {}  # the zygote's descriptors' status flags before candidate code
 BUILTINS: dict[str, Any] | None = None  # the candidate's builtins, built once by the zygote
-FILLERS: list[Any] = []  # what fills the zygote's free small blocks before it forks (heap.py)
 
 
 class Fatal(BaseException):
@@ -588,8 +586,6 @@ def _run(req: dict[str, Any], out: _Out, hint: np.ndarray) -> None:
     # Forked batches share this process's memory copy-on-write; a collection in a child would
     # touch (and copy) every page it scans.
     gc.collect()
-    global FILLERS
-    FILLERS = fill_free_blocks()  # a batch's small objects go to fresh pools (heap.py)
     gc.freeze()
     _forked(lambda: _configs_child(code, req, out), out, hint)
     while True:

@@ -179,6 +179,12 @@ def run_compare(
         if not common:
             raise ConfigError("the result files share no store")
         groups = [Group("results", [], 0, common)]
+        # No store is opened: stores named MODEL/BENCHMARK share their benchmark's questions.
+        clusters = stats.clusters_by_name(common)
+    else:
+        # Stores that hold the same questions (every model's replay of one benchmark) are
+        # resampled together: a pooled figure rests on one sample of those questions.
+        clusters = stats.question_clusters(opened.values())
     for i, by_store in enumerate(curves):
         for g in groups:
             missing = [s for s in g.stores or [] if s not in by_store]
@@ -186,12 +192,22 @@ def run_compare(
                 raise ConfigError(f"{entries[i]}: no results on {missing[0]}")
 
     kw = {"resamples": resamples, "seed": seed, "level": level, "method": method}
+    shared = {s: k for s, k in clusters.items() if k != s}
     report: dict[str, Any] = {
         "a": labels[0], "token_range": list(tr), "betas": betas, "resamples": resamples,
         "level": level, "method": method, "seed": seed,
-        "groups": {g.name: g.stores for g in groups}, "comparisons": [],
+        "groups": {g.name: g.stores for g in groups}, "shared_questions": shared,
+        "comparisons": [],
     }
     pct = f"{level:.0%}"
+    if shared:
+        sets: dict[str, list[str]] = {}
+        for s, k in shared.items():
+            sets.setdefault(k, []).append(s)
+        console.print("Stores holding the same questions, resampled together (question i of each "
+                      "in the same resamples): "
+                      + "; ".join(", ".join(v) for v in sets.values()), markup=False,
+                      highlight=False)
     for j in range(1, len(entries)):
         a, b = curves[0], curves[j]
         a_lab, b_lab = labels[0], labels[j]
@@ -206,7 +222,8 @@ def run_compare(
         seen_q: set[str] = set()
         for g in groups:
             names = list(g.stores or [])
-            cmp = stats.compare([a[s] for s in names], [b[s] for s in names], tr, **kw)
+            cmp = stats.compare([a[s] for s in names], [b[s] for s in names], tr,
+                                clusters=clusters, **kw)
             entry["groups"][g.name] = {**cmp.as_dict(), "a": a_lab, "b": b_lab}
             for s in names:
                 d = cmp.stores[s]

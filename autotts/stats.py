@@ -526,12 +526,68 @@ def auc(curve: Curve, token_range: Sequence[float] = DEFAULT_TOKEN_RANGE) -> flo
 
 
 def _auc_draws(curve: Curve, token_range: tuple[float, float], resamples: int,
-               seed: int) -> np.ndarray:
+               seed: int, key: str | None = None) -> np.ndarray:
     """The curve's AUC at the estimate, in each resample and in each jackknife sample, in one
-    array [1 + R + Q] (the layout `_pool` reads)."""
+    array [1 + R + Q] (the layout `_pool` reads). `key` names the resamples (the store's
+    question set, `_cluster_keys`); default the store's name."""
     n = curve.num_questions
-    w = question_weights(curve.store, n, resamples, seed)
+    w = question_weights(curve.store if key is None else key, n, resamples, seed)
     return _curve_auc(curve, np.concatenate([_uniform(n), w, _jackknife(n)]), token_range)
+
+
+def question_clusters(stores: Iterable[Any]) -> dict[str, str]:
+    """{store name: key of its question set} for opened stores: stores that hold the same
+    questions (the same texts and gold answers, in the same order; e.g. every model's replay of
+    AIME 2024) share a key, their names sorted and joined by " + ", and a store whose questions no
+    other store here holds keeps its own name (so its resamples are those it always had).
+    `compare` and `pooled_auc_interval` take it as `clusters`: stores with one key are resampled
+    together, question i of each in the same resample, since a figure pooled over them rests on
+    one sample of questions, not on one per store."""
+    import hashlib
+
+    digests: dict[str, str] = {}
+    for st in stores:
+        t = st.questions
+        h = hashlib.sha256()
+        for col in ("question", "gold"):
+            for v in t.column(col).to_pylist() if col in t.column_names else []:
+                h.update(json.dumps(v).encode("utf-8") + b"\n")
+        digests[str(st.name)] = h.hexdigest()
+    return _keys(digests)
+
+
+def clusters_by_name(names: Iterable[str]) -> dict[str, str]:
+    """`question_clusters` from store names alone (result files, no store opened): stores named
+    MODEL/BENCHMARK (the published replays' names) with the same BENCHMARK are taken to hold the
+    same questions; any other store stands alone. The keys are `question_clusters`' for the same
+    grouping. Resampling stores of one benchmark together by question index is valid even if
+    their questions differ (the pairs are still independent across questions); resampling them
+    apart when they share questions is not."""
+    return _keys({n: ("/" + n.split("/")[1]) if len(n.split("/")) == 2 else n for n in names})
+
+
+def _keys(group_of: Mapping[str, str]) -> dict[str, str]:
+    """{name: key} from {name: what it is grouped by}: the sorted names of its group joined by
+    " + " where the group has several, else its own name."""
+    groups: dict[str, list[str]] = {}
+    for n, g in group_of.items():
+        groups.setdefault(g, []).append(n)
+    return {n: " + ".join(sorted(groups[g])) if len(groups[g]) > 1 else n
+            for n, g in group_of.items()}
+
+
+def _cluster_of(names: Sequence[str], sizes: Sequence[int],
+                clusters: Mapping[str, str] | None) -> list[str]:
+    """Each store's resampling key: its cluster's (clusters[name]), else its own name. Stores of
+    one cluster must have the same number of questions."""
+    keys = [str((clusters or {}).get(n, n)) for n in names]
+    size: dict[str, tuple[str, int]] = {}
+    for n, k, q in zip(names, keys, sizes, strict=True):
+        if k in size and size[k][1] != q:
+            raise ConfigError(f"{size[k][0]} and {n} are said to hold the same questions but have "
+                              f"{size[k][1]} and {q}")
+        size.setdefault(k, (n, q))
+    return keys
 
 
 @dataclass(frozen=True)
@@ -547,16 +603,27 @@ class _Pooled:
     per_jack: list[np.ndarray]
 
 
-def _pool(values: Sequence[np.ndarray], resamples: int) -> _Pooled:
-    """Mean over stores of per-store values laid out as `_auc_draws` does. The stores were
-    resampled independently (stratified), so resample r of the mean is the mean of resample r of
-    each store; the jackknife drops one question of one store, the others at their estimate."""
+def _pool(values: Sequence[np.ndarray], resamples: int,
+          keys: Sequence[str] | None = None) -> _Pooled:
+    """Mean over stores of per-store values laid out as `_auc_draws` does. Each store was
+    resampled with its key's resamples (`keys`; default: every store its own): stores with
+    different keys independently (stratified), stores with one key together. Either way
+    resample r of the mean is the mean of resample r of each store. The jackknife drops one
+    question of one key's question set: from every store of that key at once, the others at their
+    estimate."""
     per_est = [float(v[0]) for v in values]
     per_boot = [v[1:1 + resamples] for v in values]
     per_jack = [v[1 + resamples:] for v in values]
     s = len(values)
     total = float(np.sum(per_est))
-    jack = np.concatenate([(total - e + j) / s for e, j in zip(per_est, per_jack, strict=True)])
+    keys = list(keys) if keys is not None else [str(i) for i in range(s)]
+    blocks = []
+    for k in dict.fromkeys(keys):
+        members = [i for i in range(s) if keys[i] == k]
+        e = sum(per_est[i] for i in members)
+        j = np.sum([per_jack[i] for i in members], axis=0)
+        blocks.append((total - e + j) / s)
+    jack = np.concatenate(blocks)
     return _Pooled(total / s, np.mean(per_boot, axis=0), jack, per_est, per_boot, per_jack)
 
 
@@ -571,14 +638,18 @@ def auc_interval(curve: Curve, token_range: Sequence[float] = DEFAULT_TOKEN_RANG
 def pooled_auc_interval(curves: Sequence[Curve],
                         token_range: Sequence[float] = DEFAULT_TOKEN_RANGE, *,
                         resamples: int = DEFAULT_RESAMPLES, seed: int = 0,
-                        level: float = DEFAULT_LEVEL, method: str = DEFAULT_METHOD) -> Interval:
+                        level: float = DEFAULT_LEVEL, method: str = DEFAULT_METHOD,
+                        clusters: Mapping[str, str] | None = None) -> Interval:
     """The objective over several stores (the mean of their AUCs, one curve per store), with its
-    interval; each store's questions are resampled separately (stratified)."""
+    interval; each store's questions are resampled separately (stratified), except that stores
+    sharing a key in `clusters` (`question_clusters`) share their resamples."""
     check_method(method, level)
     if not curves:
         raise ConfigError("no curves for an AUC")
     tr = check_range(token_range)
-    p = _pool([_auc_draws(c, tr, resamples, seed) for c in curves], resamples)
+    keys = _cluster_of([c.store for c in curves], [c.num_questions for c in curves], clusters)
+    p = _pool([_auc_draws(c, tr, resamples, seed, k) for c, k in zip(curves, keys, strict=True)],
+              resamples, keys)
     return Interval(p.est, *_interval(p.est, p.boot, p.jack, level, method), level, method)
 
 
@@ -597,10 +668,14 @@ def compare(a: Sequence[Curve] | Mapping[Any, Curve], b: Sequence[Curve] | Mappi
             token_range: Sequence[float] = DEFAULT_TOKEN_RANGE, *,
             stores: Sequence[str] | None = None, resamples: int = DEFAULT_RESAMPLES,
             seed: int = 0, level: float = DEFAULT_LEVEL,
-            method: str = DEFAULT_METHOD) -> Comparison:
+            method: str = DEFAULT_METHOD,
+            clusters: Mapping[str, str] | None = None) -> Comparison:
     """ΔAUC = AUC(a) − AUC(b) on every store both have (or `stores`), and pooled (the mean over
     those stores, discovery's objective), each with its paired, stratified interval and the
-    probability of improvement. `a` and `b` are one controller's curves, one per store."""
+    probability of improvement. `a` and `b` are one controller's curves, one per store.
+    `clusters` ({store: key}, `question_clusters` or `clusters_by_name`): stores with one key hold
+    the same questions and are resampled together; without it every store is resampled on its
+    own, which makes a pooled interval too narrow where stores share their questions."""
     check_method(method, level)
     tr = check_range(token_range)
     ca, cb = _by_store(a), _by_store(b)
@@ -615,9 +690,10 @@ def compare(a: Sequence[Curve] | Mapping[Any, Curve], b: Sequence[Curve] | Mappi
         if ca[s].num_questions != cb[s].num_questions:
             raise ConfigError(f"{s}: {ca[s].controller} has {ca[s].num_questions} questions, "
                               f"{cb[s].controller} {cb[s].num_questions}: not the same store")
-    va = [_auc_draws(ca[s], tr, resamples, seed) for s in names]
-    vb = [_auc_draws(cb[s], tr, resamples, seed) for s in names]
-    d = _pool([x - y for x, y in zip(va, vb, strict=True)], resamples)
+    keys = _cluster_of(names, [ca[s].num_questions for s in names], clusters)
+    va = [_auc_draws(ca[s], tr, resamples, seed, k) for s, k in zip(names, keys, strict=True)]
+    vb = [_auc_draws(cb[s], tr, resamples, seed, k) for s, k in zip(names, keys, strict=True)]
+    d = _pool([x - y for x, y in zip(va, vb, strict=True)], resamples, keys)
     per_store = {
         s: Difference(e, *_interval(e, bt, jk, level, method), level, method, _prob_improvement(bt))
         for s, e, bt, jk in zip(names, d.per_est, d.per_boot, d.per_jack, strict=True)
@@ -626,7 +702,7 @@ def compare(a: Sequence[Curve] | Mapping[Any, Curve], b: Sequence[Curve] | Mappi
                         _prob_improvement(d.boot))
 
     def intervals(values: list[np.ndarray]) -> tuple[dict[str, Interval], Interval]:
-        p = _pool(values, resamples)
+        p = _pool(values, resamples, keys)
         each = {s: Interval(e, *_interval(e, bt, jk, level, method), level, method)
                 for s, e, bt, jk in zip(names, p.per_est, p.per_boot, p.per_jack, strict=True)}
         return each, Interval(p.est, *_interval(p.est, p.boot, p.jack, level, method), level,

@@ -188,3 +188,40 @@ def test_stores_beside_an_environment_take_its_draws(tmp_path: Path, monkeypatch
     invoke("compare", "sc", "sc", "--env", str(env), "--store",
            str(tmp_path / "stores" / "heldout3"), "--resamples", "300")
     assert seen and set(seen) == {load_env(env).draws}
+
+
+def test_stores_with_the_same_questions_are_resampled_together(tmp_path: Path) -> None:
+    """Two models' replays of one benchmark (the same questions): compare resamples them together
+    (says so, and records it), so the pooled interval is the clustered one, from stores and from
+    result files alike; resampled apart it would be narrower than the data allow."""
+    from autotts import stats
+    from autotts.store import write_store
+    from autotts.synth import SynthParams, generate
+
+    paths = []
+    for model, skill in (("m1", -1.0), ("m2", -3.0)):
+        st = generate(SynthParams(questions=8, branches=16, seed=3, model=model, benchmark="b",
+                                  skill=skill))
+        write_store(st, tmp_path / model)
+        paths += ["--store", str(tmp_path / model)]
+    js = tmp_path / "cmp.json"
+    text = invoke("compare", "parallel_probe", "sc", *paths, "--betas", "0,0.5,1", "--draws", "3",
+                  "--resamples", "300", "--token-range", "2000,200000", "--json", str(js))
+    assert "resampled together" in text and "m1/b, m2/b" in text
+    report = json.loads(js.read_text())
+    assert report["shared_questions"] == {"m1/b": "m1/b + m2/b", "m2/b": "m1/b + m2/b"}
+    pooled = report["comparisons"][0]["groups"]["stores"]["pooled"]
+    files = []
+    for name in ("parallel_probe", "sc"):
+        f = tmp_path / f"{name}.json"
+        invoke("eval", "--controller", name, *paths, "--betas", "0,0.5,1", "--draws", "3",
+               "--json", str(f), "--json-episodes")
+        files.append(str(f))
+    js2 = tmp_path / "cmp2.json"
+    invoke("compare", *files, "--resamples", "300", "--json", str(js2), "--token-range",
+           "2000,200000")
+    assert json.loads(js2.read_text())["comparisons"][0]["groups"]["results"]["pooled"] == pooled
+    a = {s: c for (s, _), c in stats.load_curves(files[0]).items()}
+    b = {s: c for (s, _), c in stats.load_curves(files[1]).items()}
+    apart = stats.compare(a, b, (2000, 200000), resamples=300).pooled
+    assert (apart.low, apart.high) != (pooled["low"], pooled["high"])

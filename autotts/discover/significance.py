@@ -4,8 +4,9 @@ What is compared: two controllers' objectives (the normalized log-token AUC, doc
 on the same stores. What varies: which questions were asked. Each store has a few dozen
 questions, and that choice dominates the noise, so the interval comes from `autotts.stats`, the
 project's paired bootstrap over questions: the same resampled questions for both controllers,
-within each store (stratified), each question's draws averaged inside it, pooled as the mean of
-the per-store differences (as the objective is the mean of the per-store AUCs); BCa 95%
+within each store (stratified; stores holding the same questions, as every model's replay of one
+benchmark does, share their resamples), each question's draws averaged inside it, pooled as the
+mean of the per-store differences (as the objective is the mean of the per-store AUCs); BCa 95%
 interval, and the probability of improvement.
 
 Input is the per-question table the loop records for every controller it evaluates
@@ -62,11 +63,14 @@ def _curve(store: str, name: str, t: dict[str, Any]) -> stats.Curve:
 
 def delta_auc(a: dict[str, dict[str, Any]], b: dict[str, dict[str, Any]],
               stores: Sequence[str], token_range: tuple[float, float],
-              resamples: int = RESAMPLES, seed: int = SEED) -> dict[str, Any] | None:
+              resamples: int = RESAMPLES, seed: int = SEED,
+              clusters: dict[str, str] | None = None) -> dict[str, Any] | None:
     """ΔAUC = AUC(a) − AUC(b) with its paired 95% interval, per store and pooled, as
     {"stores": {store: iv}, "pooled": iv, "method": ...}, iv = {"delta", "low", "high",
     "p_improvement", "significant"}. None when a store lacks either table or their questions or
-    β grids differ (nothing comparable)."""
+    β grids differ (nothing comparable). `clusters` ({store: key}, `stats.question_clusters`):
+    stores holding the same questions, resampled together (every model's replay of one
+    benchmark: the pooled figure rests on one sample of its questions)."""
     ca, cb = {}, {}
     for s in stores:
         ta, tb = a.get(s), b.get(s)
@@ -75,7 +79,7 @@ def delta_auc(a: dict[str, dict[str, Any]], b: dict[str, dict[str, Any]],
         ca[s], cb[s] = _curve(s, "a", ta), _curve(s, "b", tb)
     try:
         c = stats.compare(ca, cb, token_range, stores=list(stores), resamples=resamples,
-                          seed=seed)
+                          seed=seed, clusters=clusters)
     except ConfigError:
         return None
     return {"stores": {s: _iv(d) for s, d in c.stores.items()}, "pooled": _iv(c.pooled),

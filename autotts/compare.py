@@ -228,14 +228,14 @@ def run_compare(
             for s in names:
                 d = cmp.stores[s]
                 t.add_row(g.name, s, _fmt_iv(cmp.auc_a[s]), _fmt_iv(cmp.auc_b[s]),
-                          f"{d.estimate:+.2f}", d.bracket("+.2f"), f"{d.prob_improvement:.2f}",
+                          f"{d.estimate:+.2f}", d.bracket("+.2f"), d.prob_text(),
                           d.verdict())
             if len(names) > 1:
                 d = cmp.pooled
                 assert cmp.pooled_a is not None and cmp.pooled_b is not None
                 t.add_row(g.name, "[bold]pooled (mean over stores)[/]", _fmt_iv(cmp.pooled_a),
                           _fmt_iv(cmp.pooled_b), f"[bold]{d.estimate:+.2f}[/]",
-                          f"[bold]{d.bracket('+.2f')}[/]", f"{d.prob_improvement:.2f}",
+                          f"[bold]{d.bracket('+.2f')}[/]", d.prob_text(),
                           f"[bold]{d.verdict()}[/]")
             t.add_section()
             for s in names:
@@ -318,8 +318,9 @@ def _matrix_table(matrix: dict[str, Any], a: str, b: str, pct: str) -> Table:
                 row.append("–")
                 continue
             star = "*" if d["significant"] else ""
-            row.append(f"{d['estimate']:+.2f}{star} [{d['low']:+.2f}, {d['high']:+.2f}] "
-                       f"({d['group']})")
+            iv = (stats.NO_INTERVAL if d["low"] is None else
+                  f"[{d['low']:+.2f}, {d['high']:+.2f}]")
+            row.append(f"{d['estimate']:+.2f}{star} {iv} ({d['group']})")
         t.add_row(*row)
     return t
 

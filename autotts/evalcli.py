@@ -94,6 +94,13 @@ def exit_interrupted(message: str) -> NoReturn:
     sys.exit(130)
 
 
+def _ci_text(ci: list[float | None], fmt: str) -> str:
+    """A question-level interval as eval prints it; none where the store has one question."""
+    if ci[0] is None or ci[1] is None:
+        return "– (1 question)"
+    return f"[{ci[0]:{fmt}}, {ci[1]:{fmt}}]"
+
+
 def _write_json(path: Path, payload: Any) -> None:
     from autotts.fsio import atomic_write_bytes, json_default_or_str
 
@@ -204,8 +211,8 @@ def run_eval(
         aq, tq = r["accuracy_ci_questions"], r["tokens_ci_questions"]
         t.add_row(
             r["store"], "-" if r["beta"] is None else f"{r['beta']:g}",
-            f"{r['accuracy']:.2f}", f"{r['accuracy_se']:.2f}", f"[{aq[0]:.1f}, {aq[1]:.1f}]",
-            f"{r['tokens']:.0f}", f"{r['tokens_se']:.0f}", f"[{tq[0]:,.0f}, {tq[1]:,.0f}]",
+            f"{r['accuracy']:.2f}", f"{r['accuracy_se']:.2f}", _ci_text(aq, ".1f"),
+            f"{r['tokens']:.0f}", f"{r['tokens_se']:.0f}", _ci_text(tq, ",.0f"),
             str(r["errors"]),
         )
     out.print(t)

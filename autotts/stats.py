@@ -49,6 +49,7 @@ their episodes) or `load_curves` (either file).
 from __future__ import annotations
 
 import json
+import math
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -284,16 +285,37 @@ class Interval:
     level: float = DEFAULT_LEVEL
     method: str = DEFAULT_METHOD
 
+    @property
+    def defined(self) -> bool:
+        """False where there is no interval: fewer than two questions to resample (its bounds
+        are NaN, written as null)."""
+        return not (math.isnan(self.low) or math.isnan(self.high))
+
     def contains(self, x: float) -> bool:
         return self.low <= x <= self.high
 
     def bracket(self, fmt: str = ".2f") -> str:
-        """`[low, high]`."""
+        """`[low, high]`; `[no interval: < 2 questions]` where there is none."""
+        if not self.defined:
+            return NO_INTERVAL
         return f"[{self.low:{fmt}}, {self.high:{fmt}}]"
 
     def as_dict(self) -> dict[str, Any]:
-        return {"estimate": self.estimate, "low": self.low, "high": self.high,
-                "level": self.level, "method": self.method}
+        return {"estimate": self.estimate, "low": _or_none(self.low),
+                "high": _or_none(self.high), "level": self.level, "method": self.method}
+
+
+# What an interval over questions reads where a store has a single question: resampling one
+# question gives the same figure every time, a zero-width interval that would pass for certainty.
+NO_INTERVAL = "[no interval: < 2 questions]"
+
+
+def _or_none(x: float) -> float | None:
+    return None if math.isnan(x) else x
+
+
+def _undefined(est: float, level: float, method: str) -> Interval:
+    return Interval(est, math.nan, math.nan, level, method)
 
 
 @dataclass(frozen=True)
@@ -305,21 +327,27 @@ class Difference(Interval):
 
     @property
     def significant(self) -> bool:
-        """The interval excludes 0."""
-        return self.low > 0 or self.high < 0
+        """The interval excludes 0 (never where there is no interval)."""
+        return self.defined and (self.low > 0 or self.high < 0)
 
     def verdict(self) -> str:
-        """'better', 'worse' or 'within noise'."""
+        """'better', 'worse' or 'within noise'; 'no interval' where there is none."""
+        if not self.defined:
+            return "no interval"
         if not self.significant:
             return "within noise"
         return "better" if self.low > 0 else "worse"
 
+    def prob_text(self) -> str:
+        """P(improvement) as printed: two decimals, '–' where there is no interval."""
+        return "–" if math.isnan(self.prob_improvement) else f"{self.prob_improvement:.2f}"
+
     def describe(self, fmt: str = "+.2f") -> str:
         return (f"{self.estimate:{fmt}} {self.bracket(fmt)} ({self.level:.0%}), "
-                f"P(improvement) {self.prob_improvement:.2f}: {self.verdict()}")
+                f"P(improvement) {self.prob_text()}: {self.verdict()}")
 
     def as_dict(self) -> dict[str, Any]:
-        return {**super().as_dict(), "prob_improvement": self.prob_improvement,
+        return {**super().as_dict(), "prob_improvement": _or_none(self.prob_improvement),
                 "significant": self.significant}
 
 
@@ -512,6 +540,8 @@ def beta_intervals(curve: Curve, *, resamples: int = DEFAULT_RESAMPLES, seed: in
     est_a, est_t = curve.point_accuracy(), curve.point_tokens()
     lo_a, hi_a = _intervals(est_a, acc_b, acc_j, level, method)
     lo_t, hi_t = _intervals(est_t, tok_b, tok_j, level, method)
+    if curve.num_questions < 2:  # no spread to resample: no interval (NO_INTERVAL)
+        lo_a = hi_a = lo_t = hi_t = np.full(len(curve.betas), math.nan)
     return [
         {"beta": beta,
          "accuracy": Interval(float(est_a[i]), float(lo_a[i]), float(hi_a[i]), level, method),
@@ -650,6 +680,8 @@ def pooled_auc_interval(curves: Sequence[Curve],
     keys = _cluster_of([c.store for c in curves], [c.num_questions for c in curves], clusters)
     p = _pool([_auc_draws(c, tr, resamples, seed, k) for c, k in zip(curves, keys, strict=True)],
               resamples, keys)
+    if min(c.num_questions for c in curves) < 2:
+        return _undefined(p.est, level, method)
     return Interval(p.est, *_interval(p.est, p.boot, p.jack, level, method), level, method)
 
 
@@ -694,19 +726,31 @@ def compare(a: Sequence[Curve] | Mapping[Any, Curve], b: Sequence[Curve] | Mappi
     va = [_auc_draws(ca[s], tr, resamples, seed, k) for s, k in zip(names, keys, strict=True)]
     vb = [_auc_draws(cb[s], tr, resamples, seed, k) for s, k in zip(names, keys, strict=True)]
     d = _pool([x - y for x, y in zip(va, vb, strict=True)], resamples, keys)
-    per_store = {
-        s: Difference(e, *_interval(e, bt, jk, level, method), level, method, _prob_improvement(bt))
-        for s, e, bt, jk in zip(names, d.per_est, d.per_boot, d.per_jack, strict=True)
-    }
-    pooled = Difference(d.est, *_interval(d.est, d.boot, d.jack, level, method), level, method,
-                        _prob_improvement(d.boot))
+    # A store of one question has no interval, nor has a figure pooled over it (its share of the
+    # spread is unknown): NO_INTERVAL, never significant.
+    ok = {s: ca[s].num_questions >= 2 for s in names}
+    all_ok = all(ok.values())
+
+    def diff(est: float, boot: np.ndarray, jack: np.ndarray, defined: bool) -> Difference:
+        if not defined:
+            return Difference(est, math.nan, math.nan, level, method, math.nan)
+        return Difference(est, *_interval(est, boot, jack, level, method), level, method,
+                          _prob_improvement(boot))
+
+    def interval(est: float, boot: np.ndarray, jack: np.ndarray, defined: bool) -> Interval:
+        if not defined:
+            return _undefined(est, level, method)
+        return Interval(est, *_interval(est, boot, jack, level, method), level, method)
+
+    per_store = {s: diff(e, bt, jk, ok[s])
+                 for s, e, bt, jk in zip(names, d.per_est, d.per_boot, d.per_jack, strict=True)}
+    pooled = diff(d.est, d.boot, d.jack, all_ok)
 
     def intervals(values: list[np.ndarray]) -> tuple[dict[str, Interval], Interval]:
         p = _pool(values, resamples, keys)
-        each = {s: Interval(e, *_interval(e, bt, jk, level, method), level, method)
+        each = {s: interval(e, bt, jk, ok[s])
                 for s, e, bt, jk in zip(names, p.per_est, p.per_boot, p.per_jack, strict=True)}
-        return each, Interval(p.est, *_interval(p.est, p.boot, p.jack, level, method), level,
-                              method)
+        return each, interval(p.est, p.boot, p.jack, all_ok)
 
     auc_a, pooled_a = intervals(va)
     auc_b, pooled_b = intervals(vb)
@@ -748,6 +792,9 @@ def delta_accuracy_at_tokens(a: Curve, b: Curve, at: Sequence[float] | None = No
             raise ConfigError(f"matched tokens must be > 0, got {t}")
         d = _value_at_tokens(a, allw, float(t)) - _value_at_tokens(b, allw, float(t))
         est, boot, jack = float(d[0]), d[1:1 + resamples], d[1 + resamples:]
+        if n < 2:
+            out.append((float(t), Difference(est, math.nan, math.nan, level, method, math.nan)))
+            continue
         out.append((float(t), Difference(est, *_interval(est, boot, jack, level, method), level,
                                          method, _prob_improvement(boot))))
     return out
@@ -807,8 +854,8 @@ def attach_question_intervals(rows: Sequence[dict[str, Any]],
                         None if beta is None else float(beta)))
         if iv is None:
             continue
-        r["accuracy_ci_questions"] = [iv["accuracy"].low, iv["accuracy"].high]
-        r["tokens_ci_questions"] = [iv["tokens"].low, iv["tokens"].high]
+        r["accuracy_ci_questions"] = [_or_none(iv["accuracy"].low), _or_none(iv["accuracy"].high)]
+        r["tokens_ci_questions"] = [_or_none(iv["tokens"].low), _or_none(iv["tokens"].high)]
         r["ci_level"] = level
     return rows
 
@@ -821,8 +868,8 @@ def comparison_rows(cmp: Comparison, group: str = "") -> list[dict[str, Any]]:
         return {"group": group, "store": store, "a": cmp.a, "b": cmp.b,
                 "auc_a": None if ia is None else ia.estimate,
                 "auc_b": None if ib is None else ib.estimate,
-                "delta": d.estimate, "low": d.low, "high": d.high,
-                "prob_improvement": d.prob_improvement, "verdict": d.verdict()}
+                "delta": d.estimate, "low": _or_none(d.low), "high": _or_none(d.high),
+                "prob_improvement": _or_none(d.prob_improvement), "verdict": d.verdict()}
 
     out = [row(s, d, cmp.auc_a.get(s), cmp.auc_b.get(s)) for s, d in cmp.stores.items()]
     if len(cmp.stores) > 1:

@@ -225,3 +225,31 @@ def test_stores_with_the_same_questions_are_resampled_together(tmp_path: Path) -
     b = {s: c for (s, _), c in stats.load_curves(files[1]).items()}
     apart = stats.compare(a, b, (2000, 200000), resamples=300).pooled
     assert (apart.low, apart.high) != (pooled["low"], pooled["high"])
+
+
+def test_a_store_of_one_question_has_no_interval(tmp_path: Path) -> None:
+    """Resampling a single question gives the same figure every time: the interval would be
+    [x, x] and any difference 'significant'. There is no interval instead, said so, in compare,
+    eval and report (and JSON null, never NaN)."""
+    from autotts.report import build_report
+    from autotts.store import write_store
+    from autotts.synth import SynthParams, generate
+
+    write_store(generate(SynthParams(questions=1, branches=16, seed=5)), tmp_path / "one")
+    args = ["--store", str(tmp_path / "one"), "--betas", "0,0.5,1", "--draws", "3"]
+    js = tmp_path / "cmp.json"
+    text = invoke("compare", "parallel_probe", "sc", *args, "--resamples", "200",
+                  "--token-range", "2000,200000", "--json", str(js))
+    assert "no interval" in text
+    d = json.loads(js.read_text())["comparisons"][0]["groups"]["stores"]["stores"]
+    (cell,) = d.values()
+    assert cell["estimate"] != 0  # a difference a degenerate interval would have called real
+    assert cell["low"] is None and cell["high"] is None and cell["significant"] is False
+    ev = tmp_path / "sc.json"
+    text = invoke("eval", "--controller", "sc", *args, "--json", str(ev))
+    assert "– (1 question)" in text
+    assert "NaN" not in ev.read_text()
+    rows = json.loads(ev.read_text())
+    assert all(r["accuracy_ci_questions"] == [None, None] for r in rows)
+    paths = build_report(rows, tmp_path / "report", "one question")
+    assert "[–, –]" not in paths.markdown.read_text()

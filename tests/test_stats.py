@@ -392,6 +392,33 @@ def test_question_clusters() -> None:
         [a], [b], TR, resamples=300, clusters={"A/x": "A/x"})
 
 
+def test_one_question_gives_no_interval() -> None:
+    """One question: every resample is that question, so the bootstrap's interval would have zero
+    width and any difference would pass for significant. No interval instead, per store and for a
+    figure pooled over that store; the other stores keep theirs."""
+    from autotts.discover.significance import _iv, describe
+
+    rng = np.random.default_rng(9)
+    acc, tok = population(rng, 1)
+    a1, b1 = curve("one", "A", acc, tok), curve("one", "B", acc * 0.5, tok)
+    acc30, tok30 = population(rng, 30)
+    a30, b30 = curve("many", "A", acc30, tok30), curve("many", "B", acc30 * 0.5, tok30)
+    cmp = stats.compare([a1, a30], [b1, b30], TR, resamples=300)
+    one, pooled, many = cmp.stores["one"], cmp.pooled, cmp.stores["many"]
+    for d in (one, pooled):
+        assert d.estimate > 0 and not d.defined and not d.significant
+        assert d.verdict() == "no interval" and stats.NO_INTERVAL in d.describe()
+        assert d.as_dict()["low"] is None and d.as_dict()["prob_improvement"] is None
+    assert many.defined and many.significant
+    assert not cmp.auc_a["one"].defined and not cmp.pooled_a.defined and cmp.auc_a["many"].defined
+    assert not stats.pooled_auc_interval([a1, a30], TR, resamples=300).defined
+    assert all(not d.defined for _, d in stats.delta_accuracy_at_tokens(a1, b1, resamples=300))
+    iv = stats.beta_intervals(a1, resamples=300)[0]
+    assert not iv["accuracy"].defined and not iv["tokens"].defined
+    text = describe(_iv(one))
+    assert "no interval" in text and "significant" not in text
+
+
 def test_comparison_rows() -> None:
     rng = np.random.default_rng(6)
     a, b = [], []

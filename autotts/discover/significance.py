@@ -88,14 +88,26 @@ def delta_auc(a: dict[str, dict[str, Any]], b: dict[str, dict[str, Any]],
 
 
 def _iv(d: stats.Difference) -> dict[str, Any]:
+    if not d.defined:  # a store of one question: no interval (stats.NO_INTERVAL)
+        return {"delta": round(float(d.estimate), 4), "low": None, "high": None,
+                "p_improvement": None, "significant": False}
     return {"delta": round(float(d.estimate), 4), "low": round(float(d.low), 4),
             "high": round(float(d.high), 4), "p_improvement": round(float(d.prob_improvement), 4),
             "significant": bool(d.significant)}
 
 
+def bracket(iv: dict[str, Any]) -> str:
+    """'+1.28 [-0.41, +2.90]', or the estimate and stats.NO_INTERVAL where there is none."""
+    if iv["low"] is None or iv["high"] is None:
+        return f"{iv['delta']:+.2f} {stats.NO_INTERVAL}"
+    return f"{iv['delta']:+.2f} [{iv['low']:+.2f}, {iv['high']:+.2f}]"
+
+
 def describe(iv: dict[str, Any]) -> str:
     """'+1.28 [-0.41, +2.90], within noise (not significant)' / '..., significantly better'."""
-    txt = f"{iv['delta']:+.2f} [{iv['low']:+.2f}, {iv['high']:+.2f}]"
+    txt = bracket(iv)
+    if iv["low"] is None:
+        return txt
     if not iv["significant"]:
         return txt + ", within noise (not significant)"
     return txt + (", significantly better" if iv["low"] > 0 else ", significantly worse")

@@ -324,6 +324,10 @@ class Difference(Interval):
     probability that A is better."""
 
     prob_improvement: float = 0.5
+    # Two-sided bootstrap p-value of "no difference", from the same resamples and method as the
+    # interval (`_p_value`): below 1 − level where the interval excludes 0, up to the resamples'
+    # resolution. For a correction over many comparisons (`holm`); NaN where there is no interval.
+    p_value: float = math.nan
 
     @property
     def significant(self) -> bool:
@@ -348,7 +352,7 @@ class Difference(Interval):
 
     def as_dict(self) -> dict[str, Any]:
         return {**super().as_dict(), "prob_improvement": _or_none(self.prob_improvement),
-                "significant": self.significant}
+                "significant": self.significant, "p_value": _or_none(self.p_value)}
 
 
 @dataclass(frozen=True)
@@ -484,6 +488,48 @@ def _intervals(est: np.ndarray, boot: np.ndarray, jack: np.ndarray, level: float
     lo = np.where(flat, np.minimum(est, srt[0]), lo)
     hi = np.where(flat, np.maximum(est, srt[-1]), hi)
     return lo, hi
+
+
+def _p_value(est: float, boot: np.ndarray, jack: np.ndarray | None, method: str) -> float:
+    """Two-sided p-value of "the difference is 0" that matches the interval: 1 − the largest
+    level at which `_interval` (same resamples, same method) excludes 0, found by bisection (the
+    interval widens with the level). So p < 1 − level exactly where the printed interval excludes
+    0, up to the bisection's 1e-6. The smallest p-value is about 1/resamples, the resolution of
+    the resamples: beyond it the interval's ends are the extreme resamples."""
+    boot = np.asarray(boot, dtype=np.float64)
+    span = float(boot.max() - boot.min())
+    if span <= 1e-12 * max(1.0, abs(est)):  # every resample the same: 0 or not, for sure
+        return 1.0 if boot[0] == 0 and est == 0 else 0.0
+
+    def excludes(level: float) -> bool:
+        lo, hi = _interval(est, boot, jack, level, method)
+        return lo > 0 or hi < 0
+
+    floor = 1.0 / boot.size
+    if excludes(1.0 - floor):
+        return floor
+    if not excludes(1e-6):
+        return 1.0
+    ok, bad = 1e-6, 1.0 - floor  # excludes 0 at `ok`, not at `bad`
+    while bad - ok > 1e-6:
+        mid = (ok + bad) / 2
+        ok, bad = (mid, bad) if excludes(mid) else (ok, mid)
+    return 1.0 - ok
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjustment of p-values for a family of comparisons shown together: the
+    family-wise error rate (the chance of any false "significant") stays at most α when each is
+    called significant at adjusted p < α, whatever the dependence between them. NaN entries (no
+    interval) are left out of the family and stay NaN."""
+    idx = [i for i, p in enumerate(p_values) if not math.isnan(p)]
+    m = len(idx)
+    out = [math.nan] * len(p_values)
+    running = 0.0
+    for rank, i in enumerate(sorted(idx, key=lambda i: p_values[i])):
+        running = max(running, min(1.0, (m - rank) * p_values[i]))
+        out[i] = running
+    return out
 
 
 def _prob_improvement(boot: np.ndarray) -> float:
@@ -735,7 +781,7 @@ def compare(a: Sequence[Curve] | Mapping[Any, Curve], b: Sequence[Curve] | Mappi
         if not defined:
             return Difference(est, math.nan, math.nan, level, method, math.nan)
         return Difference(est, *_interval(est, boot, jack, level, method), level, method,
-                          _prob_improvement(boot))
+                          _prob_improvement(boot), _p_value(est, boot, jack, method))
 
     def interval(est: float, boot: np.ndarray, jack: np.ndarray, defined: bool) -> Interval:
         if not defined:
@@ -796,7 +842,8 @@ def delta_accuracy_at_tokens(a: Curve, b: Curve, at: Sequence[float] | None = No
             out.append((float(t), Difference(est, math.nan, math.nan, level, method, math.nan)))
             continue
         out.append((float(t), Difference(est, *_interval(est, boot, jack, level, method), level,
-                                         method, _prob_improvement(boot))))
+                                         method, _prob_improvement(boot),
+                                         _p_value(est, boot, jack, method))))
     return out
 
 

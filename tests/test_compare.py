@@ -140,8 +140,13 @@ def test_compare_controllers_and_files_agree(tmp_path: Path) -> None:
     invoke("compare", *files, "--resamples", "300", "--json", str(js2),
            "--token-range", "2000,200000")
     again = json.loads(js2.read_text())["comparisons"][0]["groups"]["results"]
-    assert again["pooled"] == search["pooled"]
-    assert again["stores"] == search["stores"]
+
+    def marginal(d: dict) -> dict:  # the Holm figures depend on the family shown (all splits)
+        return {k: v for k, v in d.items() if k not in ("p_holm", "significant_holm")}
+
+    assert marginal(again["pooled"]) == marginal(search["pooled"])
+    assert {s: marginal(d) for s, d in again["stores"].items()} == {
+        s: marginal(d) for s, d in search["stores"].items()}
 
 
 def test_compare_a_controller_with_itself(tmp_path: Path) -> None:
@@ -253,3 +258,39 @@ def test_a_store_of_one_question_has_no_interval(tmp_path: Path) -> None:
     assert all(r["accuracy_ci_questions"] == [None, None] for r in rows)
     paths = build_report(rows, tmp_path / "report", "one question")
     assert "[–, –]" not in paths.markdown.read_text()
+
+
+def test_holm_over_every_comparison_shown(tmp_path: Path) -> None:
+    """compare shows many verdicts at once (pairs × stores × pooled groups): each carries its
+    bootstrap p-value and the Holm-adjusted one over the whole family shown, each distinct claim
+    counted once (a store shown in two groups is one comparison)."""
+    from autotts import stats
+    from autotts.compare import _verdict
+
+    env = grouped_env(tmp_path)
+    js = tmp_path / "cmp.json"
+    text = invoke("compare", "parallel_probe", "sc", "asc", "--env", str(env), "--split", "all",
+                  "--resamples", "300", "--json", str(js))
+    report = json.loads(js.read_text())
+    # per pair: 4 stores, pooled search and pooled "heldout (all groups)" (one-store groups
+    # have no pooled row): 6; two pairs
+    assert report["family"]["comparisons"] == 12
+    assert "Holm p" in text and "12" in text
+    cells: dict[tuple, dict] = {}
+    for entry in report["comparisons"]:
+        for g, cmp in entry["groups"].items():
+            for s, d in cmp["stores"].items():
+                cells[(entry["b"], "", s)] = d
+            if len(cmp["stores"]) > 1:
+                cells[(entry["b"], g, "")] = cmp["pooled"]
+    assert len(cells) == 12
+    keys = list(cells)
+    want = stats.holm([cells[k]["p_value"] for k in keys])
+    for k, h in zip(keys, want, strict=True):
+        assert cells[k]["p_holm"] == pytest.approx(h)
+        assert cells[k]["p_holm"] >= cells[k]["p_value"]
+        assert cells[k]["significant_holm"] == (cells[k]["significant"] and h < 0.05)
+    # a verdict the interval makes but the family does not keep says so
+    d = stats.Difference(1.0, 0.2, 1.8, 0.95, "bca", 0.99, 0.01)
+    assert _verdict(d, 0.04, 0.95) == "better"
+    assert _verdict(d, 0.12, 0.95) == "better (not after Holm)"

@@ -419,6 +419,35 @@ def test_one_question_gives_no_interval() -> None:
     assert "no interval" in text and "significant" not in text
 
 
+@pytest.mark.parametrize("method", ["bca", "percentile"])
+def test_p_values_match_the_intervals(method: str) -> None:
+    """The p-value says what the interval says: below 0.05 exactly where the 95% interval
+    excludes 0 (skewed and shifted bootstrap distributions, strong acceleration)."""
+    rng = np.random.default_rng(10)
+    seen = set()
+    for _ in range(300):
+        boot = rng.gamma(2.0, 1.0, size=1000) * rng.choice([-1, 1]) + rng.normal(0, 2)
+        est = float(np.median(boot) + rng.normal(0, 0.3))
+        jack = rng.normal(0, 1, size=30) ** 3
+        lo, hi = stats._interval(est, boot, jack, 0.95, method)
+        p = stats._p_value(est, boot, jack, method)
+        assert (lo > 0 or hi < 0) == (p < 0.05), (lo, hi, p)
+        seen.add(p < 0.05)
+    assert seen == {True, False}
+    flat = np.zeros(100)
+    assert stats._p_value(0.0, flat, None, method) == 1.0  # identical controllers
+    assert stats._p_value(2.0, flat + 2.0, None, method) == 0.0
+
+
+def test_holm() -> None:
+    nan = math.nan
+    got = stats.holm([0.01, 0.04, nan, 0.03, 0.5])
+    assert got[2] != got[2]  # no interval: out of the family
+    assert got[:2] + got[3:] == pytest.approx([0.04, 0.09, 0.09, 0.5])
+    assert stats.holm([0.6, 0.3]) == pytest.approx([0.6, 0.6])  # step-down keeps order
+    assert stats.holm([]) == []
+
+
 def test_comparison_rows() -> None:
     rng = np.random.default_rng(6)
     a, b = [], []

@@ -64,7 +64,7 @@ from autotts.discover.rundir import (
     label,
     slot_dir,
 )
-from autotts.discover.significance import delta_auc, describe, per_question_table
+from autotts.discover.significance import adjust, delta_auc, describe, per_question_table
 from autotts.envdef import EnvDef, load_env
 from autotts.errors import AutoTTSError, ConfigError
 from autotts.evaluate import Evaluation, evaluate
@@ -759,6 +759,7 @@ class Discovery:
                               clusters=clusters)
                 if d is not None:
                     comparisons[spec.name] = d
+            adjust(comparisons)  # Holm over the baselines: one family of claims
         selection = {
             "selected": None if best is None else {
                 "round": best["round"], "slot": best["slot"], "id": best["id"],
@@ -775,7 +776,8 @@ class Discovery:
             "heldout_objectives": {lab: v["objective"] for lab, v in per_controller.items()},
             "search_objectives": {s["name"]: s["objective"] for s in seeds},
             # The selected candidate minus each baseline on the held-out split: ΔAUC with its
-            # paired 95% interval over questions, per store and pooled (significance.py).
+            # paired 95% interval over questions, per store and pooled, and the pooled one's
+            # Holm-adjusted p over the baselines (significance.py).
             "comparisons": comparisons,
         }
         tmp = rd.begin_final()

@@ -105,6 +105,10 @@ def read_run_dir(path: str | Path) -> RunReport:
                  "significant": ("no interval" if c["pooled"]["low"] is None else
                                  "no (within noise)" if not c["pooled"]["significant"] else
                                  "yes (better)" if c["pooled"]["low"] > 0 else "yes (worse)"),
+                 # Over all the baselines at once (runs from before it was recorded: blank).
+                 "Holm p (over the baselines)": c["pooled"].get("p_holm"),
+                 "significant after Holm": (None if "significant_holm" not in c["pooled"] else
+                                            "yes" if c["pooled"]["significant_holm"] else "no"),
                  **{f"Δ {st}": _iv(v) for st, v in c["stores"].items()}}
                 for name, c in comps.items()]
         shrink = _shrinkage(sel, objectives)

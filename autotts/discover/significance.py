@@ -93,7 +93,21 @@ def _iv(d: stats.Difference) -> dict[str, Any]:
                 "p_improvement": None, "significant": False}
     return {"delta": round(float(d.estimate), 4), "low": round(float(d.low), 4),
             "high": round(float(d.high), 4), "p_improvement": round(float(d.prob_improvement), 4),
-            "significant": bool(d.significant)}
+            "significant": bool(d.significant), "p_value": round(float(d.p_value), 4)}
+
+
+def adjust(comparisons: dict[str, dict[str, Any]], level: float = 0.95) -> int:
+    """Holm over the held-out step's headline claims, in place: the selected candidate's pooled
+    ΔAUC against each baseline is one comparison of a family (a "significant" against one of six
+    baselines is more likely by chance than against one). Each pooled entry gets "p_holm" and
+    "significant_holm"; the per-store entries stay uncorrected. Returns the family's size."""
+    names = [n for n, c in comparisons.items() if c["pooled"].get("p_value") is not None]
+    adjusted = stats.holm([comparisons[n]["pooled"]["p_value"] for n in names])
+    for n, h in zip(names, adjusted, strict=True):
+        iv = comparisons[n]["pooled"]
+        iv["p_holm"] = round(float(h), 4)
+        iv["significant_holm"] = bool(iv["significant"] and h < 1 - level)
+    return len(names)
 
 
 def bracket(iv: dict[str, Any]) -> str:
@@ -110,4 +124,7 @@ def describe(iv: dict[str, Any]) -> str:
         return txt
     if not iv["significant"]:
         return txt + ", within noise (not significant)"
-    return txt + (", significantly better" if iv["low"] > 0 else ", significantly worse")
+    txt += ", significantly better" if iv["low"] > 0 else ", significantly worse"
+    if iv.get("significant_holm") is False:  # adjusted over several baselines (`adjust`)
+        txt += f" alone, not after Holm over the baselines (adjusted p {iv['p_holm']:.3f})"
+    return txt

@@ -203,17 +203,19 @@ def run_eval(
     curves = curves_from_outcomes(result.outcomes) if result.outcomes else None
     attach_question_intervals(result.rows, result.episodes or [], curves=curves)
     t = Table(title=f"{result.rows[0]['controller']}  ({settings.describe()})",
-              caption="± se: over draws; 95% CI: bootstrap over questions (draws kept)")
+              caption="± se: over draws (– with one draw: no spread to measure); 95% CI: "
+                      "bootstrap over questions (draws kept)")
     for col in ("store", "β", "accuracy %", "± se draws", "95% CI questions", "tokens",
                 "± se draws", "95% CI questions", "errors"):
         t.add_column(col, justify="left" if col == "store" else "right")
     for r in result.rows:
         aq, tq = r["accuracy_ci_questions"], r["tokens_ci_questions"]
+        one = r["draws"] < 2  # the rows keep se 0.0; printed, it would pass for an exact figure
         t.add_row(
             r["store"], "-" if r["beta"] is None else f"{r['beta']:g}",
-            f"{r['accuracy']:.2f}", f"{r['accuracy_se']:.2f}", _ci_text(aq, ".1f"),
-            f"{r['tokens']:.0f}", f"{r['tokens_se']:.0f}", _ci_text(tq, ",.0f"),
-            str(r["errors"]),
+            f"{r['accuracy']:.2f}", "–" if one else f"{r['accuracy_se']:.2f}",
+            _ci_text(aq, ".1f"), f"{r['tokens']:.0f}", "–" if one else f"{r['tokens_se']:.0f}",
+            _ci_text(tq, ",.0f"), str(r["errors"]),
         )
     out.print(t)
     if json_out is not None:

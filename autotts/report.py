@@ -491,10 +491,12 @@ def _results_table(series: Sequence[Series]) -> tuple[list[str], list[list[str]]
     body, marks = [], []
     for s in series:
         for r in s.rows:
+            # One draw has no spread over draws: its se of 0 would pass for an exact figure.
+            one = isinstance(r.get("draws"), int) and r["draws"] < 2
             row = [s.store, s.label, _fmt_beta(r.get("beta")), _num(r["accuracy"], ".2f"),
-                   _num(r.get("accuracy_se"), ".2f")]
+                   "–" if one else _num(r.get("accuracy_se"), ".2f")]
             row += [_ci(r, "accuracy_ci_questions", ".1f")] if with_ci else []
-            row += [_num(r["tokens"], ",.0f"), _num(r.get("tokens_se"), ",.0f")]
+            row += [_num(r["tokens"], ",.0f"), "–" if one else _num(r.get("tokens_se"), ",.0f")]
             row += [_ci(r, "tokens_ci_questions", ",.0f")] if with_ci else []
             row += [str(r.get("draws", "–")), str(r.get("questions", "–")),
                     "★" if r.get("pareto") else ""]

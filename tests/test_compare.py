@@ -294,3 +294,22 @@ def test_holm_over_every_comparison_shown(tmp_path: Path) -> None:
     d = stats.Difference(1.0, 0.2, 1.8, 0.95, "bca", 0.99, 0.01)
     assert _verdict(d, 0.04, 0.95) == "better"
     assert _verdict(d, 0.12, 0.95) == "better (not after Holm)"
+
+
+def test_one_draw_has_no_standard_error_over_draws(tmp_path: Path) -> None:
+    """With one shuffle draw there is no spread over draws to measure: eval and report print '–',
+    not a standard error of 0 that would pass for an exact figure (the rows keep 0.0)."""
+    from autotts.report import build_report
+
+    env = make_env(tmp_path)
+    js = tmp_path / "one.json"
+    text = invoke("eval", "--controller", "sc", "--env", str(env), "--draws", "1", "--json",
+                  str(js))
+    rows = json.loads(js.read_text())
+    assert all(r["accuracy_se"] == 0.0 and r["draws"] == 1 for r in rows)
+    body = [line for line in text.splitlines() if "synth/search1" in line]
+    assert body and all(" 0.00 " not in line and "–" in line for line in body)
+    md = build_report(rows, tmp_path / "report", "one draw").markdown.read_text()
+    table = [line for line in md.splitlines()  # the results table (with the CI columns)
+             if line.startswith("| synth/search1") and "[" in line]
+    assert table and all("| 0.00 |" not in line and "| – |" in line for line in table)

@@ -20,7 +20,12 @@ The resampling scheme (a two-stage, "cluster" bootstrap):
   intervals are computed in separate calls. A difference is computed within each resample, so the
   questions both controllers find easy or hard cancel out.
 * Stratified: pooled figures (the mean over stores, as discovery's objective) resample each store's
-  questions separately (each store keeps its own size) and average per resample.
+  questions separately (each store keeps its own size) and average per resample, except
+* clustered: stores that hold the same questions (every model's replay of one benchmark;
+  `question_clusters`, passed as `clusters`) are resampled together, question i of each in the
+  same resample. A figure pooled over them rests on one sample of questions; resampled apart,
+  question effects shared across the models average away and the interval is too narrow (77%
+  coverage for a nominal 95% in tests/test_stats.py's simulation).
 * Deterministic: the same inputs and seed give the same intervals, bit for bit.
 
 Method: BCa by default (bias-corrected and accelerated, Efron 1987), percentile on request. The
@@ -39,7 +44,9 @@ then the mean over stores. `metrics.auc_log_tokens_batch` is its vectorized form
 estimates here equal what discovery prints.
 
 "Probability of improvement" is the bootstrap share of resamples in which A beats B (ties count
-half): a summary of the same resampling distribution as the interval, not a posterior.
+half): a summary of the same resampling distribution as the interval, not a posterior. Each
+difference's p-value (`_p_value`) inverts its interval, for Holm's correction (`holm`) where many
+comparisons are shown at once. A store of one question has no interval (`NO_INTERVAL`).
 
 Inputs: `Curve`s, built by `curves_from_episodes` (rows of evaluate(..., episodes=True) or of
 `eval --episodes FILE`), `curves_from_rows` (`eval --json FILE --json-episodes` rows, which embed

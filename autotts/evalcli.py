@@ -203,8 +203,7 @@ def run_eval(
     curves = curves_from_outcomes(result.outcomes) if result.outcomes else None
     attach_question_intervals(result.rows, result.episodes or [], curves=curves)
     t = Table(title=f"{result.rows[0]['controller']}  ({settings.describe()})",
-              caption="± se: over draws (– with one draw: no spread to measure); 95% CI: "
-                      "bootstrap over questions (draws kept)")
+              caption="± se: over draws; 95% CI: bootstrap over questions (draws kept)")
     for col in ("store", "β", "accuracy %", "± se draws", "95% CI questions", "tokens",
                 "± se draws", "95% CI questions", "errors"):
         t.add_column(col, justify="left" if col == "store" else "right")
@@ -218,6 +217,9 @@ def run_eval(
             _ci_text(tq, ",.0f"), str(r["errors"]),
         )
     out.print(t)
+    if any(r["draws"] < 2 for r in result.rows):
+        out.print("± se draws '–': one draw, no spread over draws to measure", markup=False,
+                  highlight=False)
     if json_out is not None:
         rows = [{k: v for k, v in r.items() if k != "errors"} for r in result.rows]
         if json_episodes:

@@ -181,7 +181,8 @@ def run_compare(
             raise ConfigError("the result files share no store")
         groups = [Group("results", [], 0, common)]
         # No store is opened: stores named MODEL/BENCHMARK share their benchmark's questions.
-        clusters = stats.clusters_by_name(common)
+        clusters = stats.clusters_by_name(
+            common, {s: curves[0][s].num_questions for s in common})
     else:
         # Stores that hold the same questions (every model's replay of one benchmark) are
         # resampled together: a pooled figure rests on one sample of those questions.

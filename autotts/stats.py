@@ -639,14 +639,23 @@ def question_clusters(stores: Iterable[Any]) -> dict[str, str]:
     return _keys(digests)
 
 
-def clusters_by_name(names: Iterable[str]) -> dict[str, str]:
+def clusters_by_name(names: Iterable[str], sizes: Mapping[str, int] | None = None
+                     ) -> dict[str, str]:
     """`question_clusters` from store names alone (result files, no store opened): stores named
-    MODEL/BENCHMARK (the published replays' names) with the same BENCHMARK are taken to hold the
-    same questions; any other store stands alone. The keys are `question_clusters`' for the same
+    MODEL/BENCHMARK (the published replays' names) with the same BENCHMARK and, given `sizes`
+    ({name: questions}), the same number of questions are taken to hold the same questions; any
+    other store stands alone (a store of a subset of a benchmark's questions, under the same
+    name, is no error, only not grouped). The keys are `question_clusters`' for the same
     grouping. Resampling stores of one benchmark together by question index is valid even if
     their questions differ (the pairs are still independent across questions); resampling them
     apart when they share questions is not."""
-    return _keys({n: ("/" + n.split("/")[1]) if len(n.split("/")) == 2 else n for n in names})
+    def group(n: str) -> str:
+        parts = n.split("/")
+        if len(parts) != 2:
+            return n
+        return f"/{parts[1]}" + ("" if sizes is None else f"#{sizes.get(n, -1)}")
+
+    return _keys({n: group(n) for n in names})
 
 
 def _keys(group_of: Mapping[str, str]) -> dict[str, str]:

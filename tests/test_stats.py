@@ -379,6 +379,10 @@ def test_question_clusters() -> None:
         "A/x": "A/x + B/x", "B/x": "A/x + B/x", "A/y": "A/y", "plain": "plain"}
     # the same grouping from content and from names gives the same keys (the same resamples)
     assert stats.clusters_by_name([one.name, other_model.name, other_questions.name]) == keys
+    # by name, a store of a subset of the benchmark's questions is not grouped (compare passes
+    # the question counts): results on it still compare, resampled on their own
+    assert stats.clusters_by_name(["B/x", "A/x", "C/x"], {"A/x": 30, "B/x": 30, "C/x": 15}) == {
+        "A/x": "A/x + B/x", "B/x": "A/x + B/x", "C/x": "C/x"}
     # one key, different numbers of questions: refused, not silently mispaired
     rng = np.random.default_rng(8)
     acc, tok = population(rng, 30)

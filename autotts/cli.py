@@ -361,7 +361,8 @@ def compare_cmd(
     workers: Annotated[int, typer.Option(help="worker processes")] = 1,
     json_out: Annotated[Path | None, typer.Option("--json", help="write every figure as JSON")] = None,
 ) -> None:
-    """Paired ΔAUC with 95% intervals over questions, per store and pooled (docs/comparisons.md)."""
+    """Paired ΔAUC with 95% intervals over questions, per store and pooled, with p-values adjusted
+    (Holm) over every comparison shown (docs/comparisons.md)."""
     from autotts.compare import run_compare, write_json
 
     e = None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -179,6 +180,13 @@ def run_compare(
         if not common:
             raise ConfigError("the result files share no store")
         groups = [Group("results", [], 0, common)]
+        # No store is opened: stores named MODEL/BENCHMARK share their benchmark's questions.
+        clusters = stats.clusters_by_name(
+            common, {s: curves[0][s].num_questions for s in common})
+    else:
+        # Stores that hold the same questions (every model's replay of one benchmark) are
+        # resampled together: a pooled figure rests on one sample of those questions.
+        clusters = stats.question_clusters(opened.values())
     for i, by_store in enumerate(curves):
         for g in groups:
             missing = [s for s in g.stores or [] if s not in by_store]
@@ -186,50 +194,74 @@ def run_compare(
                 raise ConfigError(f"{entries[i]}: no results on {missing[0]}")
 
     kw = {"resamples": resamples, "seed": seed, "level": level, "method": method}
+    shared = {s: k for s, k in clusters.items() if k != s}
     report: dict[str, Any] = {
         "a": labels[0], "token_range": list(tr), "betas": betas, "resamples": resamples,
         "level": level, "method": method, "seed": seed,
-        "groups": {g.name: g.stores for g in groups}, "comparisons": [],
+        "groups": {g.name: g.stores for g in groups}, "shared_questions": shared,
+        "comparisons": [],
     }
     pct = f"{level:.0%}"
+    if shared:
+        sets: dict[str, list[str]] = {}
+        for s, k in shared.items():
+            sets.setdefault(k, []).append(s)
+        console.print("Stores holding the same questions, resampled together (question i of each "
+                      "in the same resamples): "
+                      + "; ".join(", ".join(v) for v in sets.values()), markup=False,
+                      highlight=False)
+    # Every comparison first: the family the Holm correction runs over is all that is shown.
+    computed: list[tuple[dict[str, Any], list[tuple[Group, stats.Comparison]]]] = []
     for j in range(1, len(entries)):
         a, b = curves[0], curves[j]
         a_lab, b_lab = labels[0], labels[j]
-        t = Table(title=f"ΔAUC = AUC({a_lab}) − AUC({b_lab})  (objective: mean accuracy % over "
-                        f"log-tokens {tr[0]:,.0f}–{tr[1]:,.0f}; {pct} intervals over questions, "
-                        f"{method}, {resamples} resamples)")
-        for col in ("group", "store", f"AUC {a_lab}", f"AUC {b_lab}", "ΔAUC", f"{pct} interval",
-                    "P(improvement)", "verdict"):
-            t.add_column(col, justify="left" if col in ("group", "store", "verdict") else "right")
         entry: dict[str, Any] = {"a": a_lab, "b": b_lab, "groups": {}, "questions": {},
                                  "matched_tokens": {}}
-        seen_q: set[str] = set()
+        cmps = []
         for g in groups:
             names = list(g.stores or [])
-            cmp = stats.compare([a[s] for s in names], [b[s] for s in names], tr, **kw)
+            cmp = stats.compare([a[s] for s in names], [b[s] for s in names], tr,
+                                clusters=clusters, **kw)
+            cmps.append((g, cmp))
             entry["groups"][g.name] = {**cmp.as_dict(), "a": a_lab, "b": b_lab}
             for s in names:
-                d = cmp.stores[s]
-                t.add_row(g.name, s, _fmt_iv(cmp.auc_a[s]), _fmt_iv(cmp.auc_b[s]),
-                          f"{d.estimate:+.2f}", d.bracket("+.2f"), f"{d.prob_improvement:.2f}",
-                          d.verdict())
-            if len(names) > 1:
-                d = cmp.pooled
-                assert cmp.pooled_a is not None and cmp.pooled_b is not None
-                t.add_row(g.name, "[bold]pooled (mean over stores)[/]", _fmt_iv(cmp.pooled_a),
-                          _fmt_iv(cmp.pooled_b), f"[bold]{d.estimate:+.2f}[/]",
-                          f"[bold]{d.bracket('+.2f')}[/]", f"{d.prob_improvement:.2f}",
-                          f"[bold]{d.verdict()}[/]")
-            t.add_section()
-            for s in names:
-                if s not in seen_q:
-                    seen_q.add(s)
+                if s not in entry["questions"]:
                     entry["questions"][s] = stats.question_table(a[s], b[s], tr)
                     # Δaccuracy at B's own β points (where both curves reach): the same
                     # comparison read at matched cost instead of averaged over the range.
                     entry["matched_tokens"][s] = [
                         {"tokens": at, **d.as_dict()}
                         for at, d in stats.delta_accuracy_at_tokens(a[s], b[s], **kw)]
+        computed.append((entry, cmps))
+    holm = _holm(computed, level)
+    report["family"] = {"comparisons": len(holm), "method": "holm", "level": level}
+    family = len(holm)
+    for entry, cmps in computed:
+        a_lab, b_lab = entry["a"], entry["b"]
+        t = Table(title=f"ΔAUC = AUC({a_lab}) − AUC({b_lab})  (objective: mean accuracy % over "
+                        f"log-tokens {tr[0]:,.0f}–{tr[1]:,.0f}; {pct} intervals over questions, "
+                        f"{method}, {resamples} resamples; Holm p: adjusted over the {family} "
+                        f"comparisons shown)")
+        for col in ("group", "store", f"AUC {a_lab}", f"AUC {b_lab}", "ΔAUC", f"{pct} interval",
+                    "P(improvement)", "Holm p", "verdict"):
+            t.add_column(col, justify="left" if col in ("group", "store", "verdict") else "right")
+        for g, cmp in cmps:
+            names = list(g.stores or [])
+            for s in names:
+                d = cmp.stores[s]
+                h = holm.get((a_lab, b_lab, "", s))
+                t.add_row(g.name, s, _fmt_iv(cmp.auc_a[s]), _fmt_iv(cmp.auc_b[s]),
+                          f"{d.estimate:+.2f}", d.bracket("+.2f"), d.prob_text(), _p_text(h),
+                          _verdict(d, h, level))
+            if len(names) > 1:
+                d = cmp.pooled
+                h = holm.get((a_lab, b_lab, g.name, ""))
+                assert cmp.pooled_a is not None and cmp.pooled_b is not None
+                t.add_row(g.name, "[bold]pooled (mean over stores)[/]", _fmt_iv(cmp.pooled_a),
+                          _fmt_iv(cmp.pooled_b), f"[bold]{d.estimate:+.2f}[/]",
+                          f"[bold]{d.bracket('+.2f')}[/]", d.prob_text(), _p_text(h),
+                          f"[bold]{_verdict(d, h, level)}[/]")
+            t.add_section()
         console.print(t)
         console.print(_question_summary(entry["questions"], a_lab, b_lab, top))
         matrix = _matrix(entry)
@@ -238,6 +270,54 @@ def run_compare(
             console.print(_matrix_table(matrix, a_lab, b_lab, pct))
         report["comparisons"].append(entry)
     return report
+
+
+def _holm(computed: list[tuple[dict[str, Any], list[tuple[Group, stats.Comparison]]]],
+          level: float) -> dict[tuple[str, str, str, str], float]:
+    """Holm-adjusted p-values over every comparison shown (each pair's per-store ΔAUCs, a store
+    shown in several groups once, and its pooled ones), keyed (a, b, group, store) with group ""
+    for a store's and store "" for a group's pooled figure; written into the JSON as "p_holm"
+    and "significant_holm" beside each "p_value". Stores without an interval are left out."""
+    keys: list[tuple[str, str, str, str]] = []
+    cells: list[tuple[tuple[str, str, str, str], dict[str, Any]]] = []
+    ps: list[float] = []
+    for entry, cmps in computed:
+        a, b = entry["a"], entry["b"]
+        for g, cmp in cmps:
+            out = entry["groups"][g.name]
+            for s in g.stores or []:
+                k = (a, b, "", s)
+                if k not in keys:
+                    keys.append(k)
+                    ps.append(cmp.stores[s].p_value)
+                cells.append((k, out["stores"][s]))
+            if len(g.stores or []) > 1:
+                k = (a, b, g.name, "")
+                keys.append(k)
+                ps.append(cmp.pooled.p_value)
+                cells.append((k, out["pooled"]))
+    adjusted = dict(zip(keys, stats.holm(ps), strict=True))
+    for k, cell in cells:
+        h = adjusted[k]
+        cell["p_holm"] = None if math.isnan(h) else h
+        cell["significant_holm"] = bool(not math.isnan(h) and h < 1 - level
+                                        and cell["significant"])
+    return {k: h for k, h in adjusted.items() if not math.isnan(h)}
+
+
+def _p_text(p: float | None) -> str:
+    if p is None:
+        return "–"
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def _verdict(d: stats.Difference, p_holm: float | None, level: float) -> str:
+    """The interval's verdict, and where the interval excludes 0 but the Holm-adjusted p-value
+    does not clear 1 − level, that it does not hold over the family shown."""
+    v = d.verdict()
+    if d.significant and (p_holm is None or p_holm >= 1 - level):
+        return f"{v} (not after Holm)"
+    return v
 
 
 def _question_summary(tables: dict[str, list[dict[str, Any]]], a: str, b: str, top: int) -> Table:
@@ -289,7 +369,8 @@ def _matrix(entry: dict[str, Any]) -> dict[str, Any] | None:
 
 def _matrix_table(matrix: dict[str, Any], a: str, b: str, pct: str) -> Table:
     t = Table(title=f"ΔAUC({a} − {b}) by model × benchmark, {pct} interval over questions "
-                    f"(* significant; the cell's group in parentheses)")
+                    f"(* significant; † also after Holm over every comparison shown; the cell's group in "
+                    f"parentheses)")
     t.add_column("model")
     for bench in matrix["benchmarks"]:
         t.add_column(bench, justify="right")
@@ -300,9 +381,10 @@ def _matrix_table(matrix: dict[str, Any], a: str, b: str, pct: str) -> Table:
             if d is None:
                 row.append("–")
                 continue
-            star = "*" if d["significant"] else ""
-            row.append(f"{d['estimate']:+.2f}{star} [{d['low']:+.2f}, {d['high']:+.2f}] "
-                       f"({d['group']})")
+            star = ("*" if d["significant"] else "") + ("†" if d.get("significant_holm") else "")
+            iv = (stats.NO_INTERVAL if d["low"] is None else
+                  f"[{d['low']:+.2f}, {d['high']:+.2f}]")
+            row.append(f"{d['estimate']:+.2f}{star} {iv} ({d['group']})")
         t.add_row(*row)
     return t
 

@@ -94,6 +94,13 @@ def exit_interrupted(message: str) -> NoReturn:
     sys.exit(130)
 
 
+def _ci_text(ci: list[float | None], fmt: str) -> str:
+    """A question-level interval as eval prints it; none where the store has one question."""
+    if ci[0] is None or ci[1] is None:
+        return "– (1 question)"
+    return f"[{ci[0]:{fmt}}, {ci[1]:{fmt}}]"
+
+
 def _write_json(path: Path, payload: Any) -> None:
     from autotts.fsio import atomic_write_bytes, json_default_or_str
 
@@ -202,13 +209,17 @@ def run_eval(
         t.add_column(col, justify="left" if col == "store" else "right")
     for r in result.rows:
         aq, tq = r["accuracy_ci_questions"], r["tokens_ci_questions"]
+        one = r["draws"] < 2  # the rows keep se 0.0; printed, it would pass for an exact figure
         t.add_row(
             r["store"], "-" if r["beta"] is None else f"{r['beta']:g}",
-            f"{r['accuracy']:.2f}", f"{r['accuracy_se']:.2f}", f"[{aq[0]:.1f}, {aq[1]:.1f}]",
-            f"{r['tokens']:.0f}", f"{r['tokens_se']:.0f}", f"[{tq[0]:,.0f}, {tq[1]:,.0f}]",
-            str(r["errors"]),
+            f"{r['accuracy']:.2f}", "–" if one else f"{r['accuracy_se']:.2f}",
+            _ci_text(aq, ".1f"), f"{r['tokens']:.0f}", "–" if one else f"{r['tokens_se']:.0f}",
+            _ci_text(tq, ",.0f"), str(r["errors"]),
         )
     out.print(t)
+    if any(r["draws"] < 2 for r in result.rows):
+        out.print("± se draws '–': one draw, no spread over draws to measure", markup=False,
+                  highlight=False)
     if json_out is not None:
         rows = [{k: v for k, v in r.items() if k != "errors"} for r in result.rows]
         if json_episodes:

@@ -342,11 +342,18 @@ def make_figure(rows: Sequence[dict[str, Any]], title: str = "") -> tuple[Any, i
     return fig, n_curves
 
 
+def _is_interval(ci: Any) -> bool:
+    """[low, high] of two numbers (a row's question-level interval; [null, null] where its store
+    has one question and there is none)."""
+    return (isinstance(ci, list | tuple) and len(ci) == 2
+            and all(isinstance(x, int | float) and not isinstance(x, bool) for x in ci))
+
+
 def _band(rows: Sequence[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """(tokens, low, high) of the rows' question-level accuracy intervals, sorted by tokens; None
     unless every row of the series has one."""
     cis = [r.get("accuracy_ci_questions") for r in rows]
-    if len(rows) < 2 or not all(isinstance(c, list | tuple) and len(c) == 2 for c in cis):
+    if len(rows) < 2 or not all(_is_interval(c) for c in cis):
         return None
     order = np.argsort([float(r["tokens"]) for r in rows], kind="stable")
     t = np.array([float(rows[i]["tokens"]) for i in order])
@@ -467,7 +474,7 @@ def _num(v: Any, fmt: str) -> str:
 
 def _ci(r: dict[str, Any], key: str, fmt: str) -> str:
     ci = r.get(key)
-    if not isinstance(ci, list | tuple) or len(ci) != 2:
+    if not _is_interval(ci):  # none, or none to give (a store of one question: [null, null])
         return "–"
     return f"[{_num(ci[0], fmt)}, {_num(ci[1], fmt)}]"
 
@@ -484,10 +491,12 @@ def _results_table(series: Sequence[Series]) -> tuple[list[str], list[list[str]]
     body, marks = [], []
     for s in series:
         for r in s.rows:
+            # One draw has no spread over draws: its se of 0 would pass for an exact figure.
+            one = isinstance(r.get("draws"), int) and r["draws"] < 2
             row = [s.store, s.label, _fmt_beta(r.get("beta")), _num(r["accuracy"], ".2f"),
-                   _num(r.get("accuracy_se"), ".2f")]
+                   "–" if one else _num(r.get("accuracy_se"), ".2f")]
             row += [_ci(r, "accuracy_ci_questions", ".1f")] if with_ci else []
-            row += [_num(r["tokens"], ",.0f"), _num(r.get("tokens_se"), ",.0f")]
+            row += [_num(r["tokens"], ",.0f"), "–" if one else _num(r.get("tokens_se"), ",.0f")]
             row += [_ci(r, "tokens_ci_questions", ",.0f")] if with_ci else []
             row += [str(r.get("draws", "–")), str(r.get("questions", "–")),
                     "★" if r.get("pareto") else ""]

@@ -20,7 +20,12 @@ The resampling scheme (a two-stage, "cluster" bootstrap):
   intervals are computed in separate calls. A difference is computed within each resample, so the
   questions both controllers find easy or hard cancel out.
 * Stratified: pooled figures (the mean over stores, as discovery's objective) resample each store's
-  questions separately (each store keeps its own size) and average per resample.
+  questions separately (each store keeps its own size) and average per resample, except
+* clustered: stores that hold the same questions (every model's replay of one benchmark;
+  `question_clusters`, passed as `clusters`) are resampled together, question i of each in the
+  same resample. A figure pooled over them rests on one sample of questions; resampled apart,
+  question effects shared across the models average away and the interval is too narrow (77%
+  coverage for a nominal 95% in tests/test_stats.py's simulation).
 * Deterministic: the same inputs and seed give the same intervals, bit for bit.
 
 Method: BCa by default (bias-corrected and accelerated, Efron 1987), percentile on request. The
@@ -39,7 +44,9 @@ then the mean over stores. `metrics.auc_log_tokens_batch` is its vectorized form
 estimates here equal what discovery prints.
 
 "Probability of improvement" is the bootstrap share of resamples in which A beats B (ties count
-half): a summary of the same resampling distribution as the interval, not a posterior.
+half): a summary of the same resampling distribution as the interval, not a posterior. Each
+difference's p-value (`_p_value`) inverts its interval, for Holm's correction (`holm`) where many
+comparisons are shown at once. A store of one question has no interval (`NO_INTERVAL`).
 
 Inputs: `Curve`s, built by `curves_from_episodes` (rows of evaluate(..., episodes=True) or of
 `eval --episodes FILE`), `curves_from_rows` (`eval --json FILE --json-episodes` rows, which embed
@@ -49,6 +56,7 @@ their episodes) or `load_curves` (either file).
 from __future__ import annotations
 
 import json
+import math
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -284,16 +292,37 @@ class Interval:
     level: float = DEFAULT_LEVEL
     method: str = DEFAULT_METHOD
 
+    @property
+    def defined(self) -> bool:
+        """False where there is no interval: fewer than two questions to resample (its bounds
+        are NaN, written as null)."""
+        return not (math.isnan(self.low) or math.isnan(self.high))
+
     def contains(self, x: float) -> bool:
         return self.low <= x <= self.high
 
     def bracket(self, fmt: str = ".2f") -> str:
-        """`[low, high]`."""
+        """`[low, high]`; `[no interval: < 2 questions]` where there is none."""
+        if not self.defined:
+            return NO_INTERVAL
         return f"[{self.low:{fmt}}, {self.high:{fmt}}]"
 
     def as_dict(self) -> dict[str, Any]:
-        return {"estimate": self.estimate, "low": self.low, "high": self.high,
-                "level": self.level, "method": self.method}
+        return {"estimate": self.estimate, "low": _or_none(self.low),
+                "high": _or_none(self.high), "level": self.level, "method": self.method}
+
+
+# What an interval over questions reads where a store has a single question: resampling one
+# question gives the same figure every time, a zero-width interval that would pass for certainty.
+NO_INTERVAL = "[no interval: < 2 questions]"
+
+
+def _or_none(x: float) -> float | None:
+    return None if math.isnan(x) else x
+
+
+def _undefined(est: float, level: float, method: str) -> Interval:
+    return Interval(est, math.nan, math.nan, level, method)
 
 
 @dataclass(frozen=True)
@@ -302,25 +331,35 @@ class Difference(Interval):
     probability that A is better."""
 
     prob_improvement: float = 0.5
+    # Two-sided bootstrap p-value of "no difference", from the same resamples and method as the
+    # interval (`_p_value`): below 1 − level where the interval excludes 0, up to the resamples'
+    # resolution. For a correction over many comparisons (`holm`); NaN where there is no interval.
+    p_value: float = math.nan
 
     @property
     def significant(self) -> bool:
-        """The interval excludes 0."""
-        return self.low > 0 or self.high < 0
+        """The interval excludes 0 (never where there is no interval)."""
+        return self.defined and (self.low > 0 or self.high < 0)
 
     def verdict(self) -> str:
-        """'better', 'worse' or 'within noise'."""
+        """'better', 'worse' or 'within noise'; 'no interval' where there is none."""
+        if not self.defined:
+            return "no interval"
         if not self.significant:
             return "within noise"
         return "better" if self.low > 0 else "worse"
 
+    def prob_text(self) -> str:
+        """P(improvement) as printed: two decimals, '–' where there is no interval."""
+        return "–" if math.isnan(self.prob_improvement) else f"{self.prob_improvement:.2f}"
+
     def describe(self, fmt: str = "+.2f") -> str:
         return (f"{self.estimate:{fmt}} {self.bracket(fmt)} ({self.level:.0%}), "
-                f"P(improvement) {self.prob_improvement:.2f}: {self.verdict()}")
+                f"P(improvement) {self.prob_text()}: {self.verdict()}")
 
     def as_dict(self) -> dict[str, Any]:
-        return {**super().as_dict(), "prob_improvement": self.prob_improvement,
-                "significant": self.significant}
+        return {**super().as_dict(), "prob_improvement": _or_none(self.prob_improvement),
+                "significant": self.significant, "p_value": _or_none(self.p_value)}
 
 
 @dataclass(frozen=True)
@@ -458,6 +497,48 @@ def _intervals(est: np.ndarray, boot: np.ndarray, jack: np.ndarray, level: float
     return lo, hi
 
 
+def _p_value(est: float, boot: np.ndarray, jack: np.ndarray | None, method: str) -> float:
+    """Two-sided p-value of "the difference is 0" that matches the interval: 1 − the largest
+    level at which `_interval` (same resamples, same method) excludes 0, found by bisection (the
+    interval widens with the level). So p < 1 − level exactly where the printed interval excludes
+    0, up to the bisection's 1e-6. The smallest p-value is about 1/resamples, the resolution of
+    the resamples: beyond it the interval's ends are the extreme resamples."""
+    boot = np.asarray(boot, dtype=np.float64)
+    span = float(boot.max() - boot.min())
+    if span <= 1e-12 * max(1.0, abs(est)):  # every resample the same: 0 or not, for sure
+        return 1.0 if boot[0] == 0 and est == 0 else 0.0
+
+    def excludes(level: float) -> bool:
+        lo, hi = _interval(est, boot, jack, level, method)
+        return lo > 0 or hi < 0
+
+    floor = 1.0 / boot.size
+    if excludes(1.0 - floor):
+        return floor
+    if not excludes(1e-6):
+        return 1.0
+    ok, bad = 1e-6, 1.0 - floor  # excludes 0 at `ok`, not at `bad`
+    while bad - ok > 1e-6:
+        mid = (ok + bad) / 2
+        ok, bad = (mid, bad) if excludes(mid) else (ok, mid)
+    return 1.0 - ok
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjustment of p-values for a family of comparisons shown together: the
+    family-wise error rate (the chance of any false "significant") stays at most α when each is
+    called significant at adjusted p < α, whatever the dependence between them. NaN entries (no
+    interval) are left out of the family and stay NaN."""
+    idx = [i for i, p in enumerate(p_values) if not math.isnan(p)]
+    m = len(idx)
+    out = [math.nan] * len(p_values)
+    running = 0.0
+    for rank, i in enumerate(sorted(idx, key=lambda i: p_values[i])):
+        running = max(running, min(1.0, (m - rank) * p_values[i]))
+        out[i] = running
+    return out
+
+
 def _prob_improvement(boot: np.ndarray) -> float:
     return float(np.mean(boot > 0) + 0.5 * np.mean(boot == 0))
 
@@ -512,6 +593,8 @@ def beta_intervals(curve: Curve, *, resamples: int = DEFAULT_RESAMPLES, seed: in
     est_a, est_t = curve.point_accuracy(), curve.point_tokens()
     lo_a, hi_a = _intervals(est_a, acc_b, acc_j, level, method)
     lo_t, hi_t = _intervals(est_t, tok_b, tok_j, level, method)
+    if curve.num_questions < 2:  # no spread to resample: no interval (NO_INTERVAL)
+        lo_a = hi_a = lo_t = hi_t = np.full(len(curve.betas), math.nan)
     return [
         {"beta": beta,
          "accuracy": Interval(float(est_a[i]), float(lo_a[i]), float(hi_a[i]), level, method),
@@ -526,12 +609,77 @@ def auc(curve: Curve, token_range: Sequence[float] = DEFAULT_TOKEN_RANGE) -> flo
 
 
 def _auc_draws(curve: Curve, token_range: tuple[float, float], resamples: int,
-               seed: int) -> np.ndarray:
+               seed: int, key: str | None = None) -> np.ndarray:
     """The curve's AUC at the estimate, in each resample and in each jackknife sample, in one
-    array [1 + R + Q] (the layout `_pool` reads)."""
+    array [1 + R + Q] (the layout `_pool` reads). `key` names the resamples (the store's
+    question set, `_cluster_keys`); default the store's name."""
     n = curve.num_questions
-    w = question_weights(curve.store, n, resamples, seed)
+    w = question_weights(curve.store if key is None else key, n, resamples, seed)
     return _curve_auc(curve, np.concatenate([_uniform(n), w, _jackknife(n)]), token_range)
+
+
+def question_clusters(stores: Iterable[Any]) -> dict[str, str]:
+    """{store name: key of its question set} for opened stores: stores that hold the same
+    questions (the same texts and gold answers, in the same order; e.g. every model's replay of
+    AIME 2024) share a key, their names sorted and joined by " + ", and a store whose questions no
+    other store here holds keeps its own name (so its resamples are those it always had).
+    `compare` and `pooled_auc_interval` take it as `clusters`: stores with one key are resampled
+    together, question i of each in the same resample, since a figure pooled over them rests on
+    one sample of questions, not on one per store."""
+    import hashlib
+
+    digests: dict[str, str] = {}
+    for st in stores:
+        t = st.questions
+        h = hashlib.sha256()
+        for col in ("question", "gold"):
+            for v in t.column(col).to_pylist() if col in t.column_names else []:
+                h.update(json.dumps(v).encode("utf-8") + b"\n")
+        digests[str(st.name)] = h.hexdigest()
+    return _keys(digests)
+
+
+def clusters_by_name(names: Iterable[str], sizes: Mapping[str, int] | None = None
+                     ) -> dict[str, str]:
+    """`question_clusters` from store names alone (result files, no store opened): stores named
+    MODEL/BENCHMARK (the published replays' names) with the same BENCHMARK and, given `sizes`
+    ({name: questions}), the same number of questions are taken to hold the same questions; any
+    other store stands alone (a store of a subset of a benchmark's questions, under the same
+    name, is no error, only not grouped). The keys are `question_clusters`' for the same
+    grouping. Resampling stores of one benchmark together by question index is valid even if
+    their questions differ (the pairs are still independent across questions); resampling them
+    apart when they share questions is not."""
+    def group(n: str) -> str:
+        parts = n.split("/")
+        if len(parts) != 2:
+            return n
+        return f"/{parts[1]}" + ("" if sizes is None else f"#{sizes.get(n, -1)}")
+
+    return _keys({n: group(n) for n in names})
+
+
+def _keys(group_of: Mapping[str, str]) -> dict[str, str]:
+    """{name: key} from {name: what it is grouped by}: the sorted names of its group joined by
+    " + " where the group has several, else its own name."""
+    groups: dict[str, list[str]] = {}
+    for n, g in group_of.items():
+        groups.setdefault(g, []).append(n)
+    return {n: " + ".join(sorted(groups[g])) if len(groups[g]) > 1 else n
+            for n, g in group_of.items()}
+
+
+def _cluster_of(names: Sequence[str], sizes: Sequence[int],
+                clusters: Mapping[str, str] | None) -> list[str]:
+    """Each store's resampling key: its cluster's (clusters[name]), else its own name. Stores of
+    one cluster must have the same number of questions."""
+    keys = [str((clusters or {}).get(n, n)) for n in names]
+    size: dict[str, tuple[str, int]] = {}
+    for n, k, q in zip(names, keys, sizes, strict=True):
+        if k in size and size[k][1] != q:
+            raise ConfigError(f"{size[k][0]} and {n} are said to hold the same questions but have "
+                              f"{size[k][1]} and {q}")
+        size.setdefault(k, (n, q))
+    return keys
 
 
 @dataclass(frozen=True)
@@ -547,16 +695,27 @@ class _Pooled:
     per_jack: list[np.ndarray]
 
 
-def _pool(values: Sequence[np.ndarray], resamples: int) -> _Pooled:
-    """Mean over stores of per-store values laid out as `_auc_draws` does. The stores were
-    resampled independently (stratified), so resample r of the mean is the mean of resample r of
-    each store; the jackknife drops one question of one store, the others at their estimate."""
+def _pool(values: Sequence[np.ndarray], resamples: int,
+          keys: Sequence[str] | None = None) -> _Pooled:
+    """Mean over stores of per-store values laid out as `_auc_draws` does. Each store was
+    resampled with its key's resamples (`keys`; default: every store its own): stores with
+    different keys independently (stratified), stores with one key together. Either way
+    resample r of the mean is the mean of resample r of each store. The jackknife drops one
+    question of one key's question set: from every store of that key at once, the others at their
+    estimate."""
     per_est = [float(v[0]) for v in values]
     per_boot = [v[1:1 + resamples] for v in values]
     per_jack = [v[1 + resamples:] for v in values]
     s = len(values)
     total = float(np.sum(per_est))
-    jack = np.concatenate([(total - e + j) / s for e, j in zip(per_est, per_jack, strict=True)])
+    keys = list(keys) if keys is not None else [str(i) for i in range(s)]
+    blocks = []
+    for k in dict.fromkeys(keys):
+        members = [i for i in range(s) if keys[i] == k]
+        e = sum(per_est[i] for i in members)
+        j = np.sum([per_jack[i] for i in members], axis=0)
+        blocks.append((total - e + j) / s)
+    jack = np.concatenate(blocks)
     return _Pooled(total / s, np.mean(per_boot, axis=0), jack, per_est, per_boot, per_jack)
 
 
@@ -571,14 +730,20 @@ def auc_interval(curve: Curve, token_range: Sequence[float] = DEFAULT_TOKEN_RANG
 def pooled_auc_interval(curves: Sequence[Curve],
                         token_range: Sequence[float] = DEFAULT_TOKEN_RANGE, *,
                         resamples: int = DEFAULT_RESAMPLES, seed: int = 0,
-                        level: float = DEFAULT_LEVEL, method: str = DEFAULT_METHOD) -> Interval:
+                        level: float = DEFAULT_LEVEL, method: str = DEFAULT_METHOD,
+                        clusters: Mapping[str, str] | None = None) -> Interval:
     """The objective over several stores (the mean of their AUCs, one curve per store), with its
-    interval; each store's questions are resampled separately (stratified)."""
+    interval; each store's questions are resampled separately (stratified), except that stores
+    sharing a key in `clusters` (`question_clusters`) share their resamples."""
     check_method(method, level)
     if not curves:
         raise ConfigError("no curves for an AUC")
     tr = check_range(token_range)
-    p = _pool([_auc_draws(c, tr, resamples, seed) for c in curves], resamples)
+    keys = _cluster_of([c.store for c in curves], [c.num_questions for c in curves], clusters)
+    p = _pool([_auc_draws(c, tr, resamples, seed, k) for c, k in zip(curves, keys, strict=True)],
+              resamples, keys)
+    if min(c.num_questions for c in curves) < 2:
+        return _undefined(p.est, level, method)
     return Interval(p.est, *_interval(p.est, p.boot, p.jack, level, method), level, method)
 
 
@@ -597,10 +762,14 @@ def compare(a: Sequence[Curve] | Mapping[Any, Curve], b: Sequence[Curve] | Mappi
             token_range: Sequence[float] = DEFAULT_TOKEN_RANGE, *,
             stores: Sequence[str] | None = None, resamples: int = DEFAULT_RESAMPLES,
             seed: int = 0, level: float = DEFAULT_LEVEL,
-            method: str = DEFAULT_METHOD) -> Comparison:
+            method: str = DEFAULT_METHOD,
+            clusters: Mapping[str, str] | None = None) -> Comparison:
     """ΔAUC = AUC(a) − AUC(b) on every store both have (or `stores`), and pooled (the mean over
     those stores, discovery's objective), each with its paired, stratified interval and the
-    probability of improvement. `a` and `b` are one controller's curves, one per store."""
+    probability of improvement. `a` and `b` are one controller's curves, one per store.
+    `clusters` ({store: key}, `question_clusters` or `clusters_by_name`): stores with one key hold
+    the same questions and are resampled together; without it every store is resampled on its
+    own, which makes a pooled interval too narrow where stores share their questions."""
     check_method(method, level)
     tr = check_range(token_range)
     ca, cb = _by_store(a), _by_store(b)
@@ -615,22 +784,35 @@ def compare(a: Sequence[Curve] | Mapping[Any, Curve], b: Sequence[Curve] | Mappi
         if ca[s].num_questions != cb[s].num_questions:
             raise ConfigError(f"{s}: {ca[s].controller} has {ca[s].num_questions} questions, "
                               f"{cb[s].controller} {cb[s].num_questions}: not the same store")
-    va = [_auc_draws(ca[s], tr, resamples, seed) for s in names]
-    vb = [_auc_draws(cb[s], tr, resamples, seed) for s in names]
-    d = _pool([x - y for x, y in zip(va, vb, strict=True)], resamples)
-    per_store = {
-        s: Difference(e, *_interval(e, bt, jk, level, method), level, method, _prob_improvement(bt))
-        for s, e, bt, jk in zip(names, d.per_est, d.per_boot, d.per_jack, strict=True)
-    }
-    pooled = Difference(d.est, *_interval(d.est, d.boot, d.jack, level, method), level, method,
-                        _prob_improvement(d.boot))
+    keys = _cluster_of(names, [ca[s].num_questions for s in names], clusters)
+    va = [_auc_draws(ca[s], tr, resamples, seed, k) for s, k in zip(names, keys, strict=True)]
+    vb = [_auc_draws(cb[s], tr, resamples, seed, k) for s, k in zip(names, keys, strict=True)]
+    d = _pool([x - y for x, y in zip(va, vb, strict=True)], resamples, keys)
+    # A store of one question has no interval, nor has a figure pooled over it (its share of the
+    # spread is unknown): NO_INTERVAL, never significant.
+    ok = {s: ca[s].num_questions >= 2 for s in names}
+    all_ok = all(ok.values())
+
+    def diff(est: float, boot: np.ndarray, jack: np.ndarray, defined: bool) -> Difference:
+        if not defined:
+            return Difference(est, math.nan, math.nan, level, method, math.nan)
+        return Difference(est, *_interval(est, boot, jack, level, method), level, method,
+                          _prob_improvement(boot), _p_value(est, boot, jack, method))
+
+    def interval(est: float, boot: np.ndarray, jack: np.ndarray, defined: bool) -> Interval:
+        if not defined:
+            return _undefined(est, level, method)
+        return Interval(est, *_interval(est, boot, jack, level, method), level, method)
+
+    per_store = {s: diff(e, bt, jk, ok[s])
+                 for s, e, bt, jk in zip(names, d.per_est, d.per_boot, d.per_jack, strict=True)}
+    pooled = diff(d.est, d.boot, d.jack, all_ok)
 
     def intervals(values: list[np.ndarray]) -> tuple[dict[str, Interval], Interval]:
-        p = _pool(values, resamples)
-        each = {s: Interval(e, *_interval(e, bt, jk, level, method), level, method)
+        p = _pool(values, resamples, keys)
+        each = {s: interval(e, bt, jk, ok[s])
                 for s, e, bt, jk in zip(names, p.per_est, p.per_boot, p.per_jack, strict=True)}
-        return each, Interval(p.est, *_interval(p.est, p.boot, p.jack, level, method), level,
-                              method)
+        return each, interval(p.est, p.boot, p.jack, all_ok)
 
     auc_a, pooled_a = intervals(va)
     auc_b, pooled_b = intervals(vb)
@@ -672,8 +854,12 @@ def delta_accuracy_at_tokens(a: Curve, b: Curve, at: Sequence[float] | None = No
             raise ConfigError(f"matched tokens must be > 0, got {t}")
         d = _value_at_tokens(a, allw, float(t)) - _value_at_tokens(b, allw, float(t))
         est, boot, jack = float(d[0]), d[1:1 + resamples], d[1 + resamples:]
+        if n < 2:
+            out.append((float(t), Difference(est, math.nan, math.nan, level, method, math.nan)))
+            continue
         out.append((float(t), Difference(est, *_interval(est, boot, jack, level, method), level,
-                                         method, _prob_improvement(boot))))
+                                         method, _prob_improvement(boot),
+                                         _p_value(est, boot, jack, method))))
     return out
 
 
@@ -731,8 +917,8 @@ def attach_question_intervals(rows: Sequence[dict[str, Any]],
                         None if beta is None else float(beta)))
         if iv is None:
             continue
-        r["accuracy_ci_questions"] = [iv["accuracy"].low, iv["accuracy"].high]
-        r["tokens_ci_questions"] = [iv["tokens"].low, iv["tokens"].high]
+        r["accuracy_ci_questions"] = [_or_none(iv["accuracy"].low), _or_none(iv["accuracy"].high)]
+        r["tokens_ci_questions"] = [_or_none(iv["tokens"].low), _or_none(iv["tokens"].high)]
         r["ci_level"] = level
     return rows
 
@@ -745,8 +931,8 @@ def comparison_rows(cmp: Comparison, group: str = "") -> list[dict[str, Any]]:
         return {"group": group, "store": store, "a": cmp.a, "b": cmp.b,
                 "auc_a": None if ia is None else ia.estimate,
                 "auc_b": None if ib is None else ib.estimate,
-                "delta": d.estimate, "low": d.low, "high": d.high,
-                "prob_improvement": d.prob_improvement, "verdict": d.verdict()}
+                "delta": d.estimate, "low": _or_none(d.low), "high": _or_none(d.high),
+                "prob_improvement": _or_none(d.prob_improvement), "verdict": d.verdict()}
 
     out = [row(s, d, cmp.auc_a.get(s), cmp.auc_b.get(s)) for s, d in cmp.stores.items()]
     if len(cmp.stores) > 1:

@@ -140,8 +140,13 @@ def test_compare_controllers_and_files_agree(tmp_path: Path) -> None:
     invoke("compare", *files, "--resamples", "300", "--json", str(js2),
            "--token-range", "2000,200000")
     again = json.loads(js2.read_text())["comparisons"][0]["groups"]["results"]
-    assert again["pooled"] == search["pooled"]
-    assert again["stores"] == search["stores"]
+
+    def marginal(d: dict) -> dict:  # the Holm figures depend on the family shown (all splits)
+        return {k: v for k, v in d.items() if k not in ("p_holm", "significant_holm")}
+
+    assert marginal(again["pooled"]) == marginal(search["pooled"])
+    assert {s: marginal(d) for s, d in again["stores"].items()} == {
+        s: marginal(d) for s, d in search["stores"].items()}
 
 
 def test_compare_a_controller_with_itself(tmp_path: Path) -> None:
@@ -188,3 +193,123 @@ def test_stores_beside_an_environment_take_its_draws(tmp_path: Path, monkeypatch
     invoke("compare", "sc", "sc", "--env", str(env), "--store",
            str(tmp_path / "stores" / "heldout3"), "--resamples", "300")
     assert seen and set(seen) == {load_env(env).draws}
+
+
+def test_stores_with_the_same_questions_are_resampled_together(tmp_path: Path) -> None:
+    """Two models' replays of one benchmark (the same questions): compare resamples them together
+    (says so, and records it), so the pooled interval is the clustered one, from stores and from
+    result files alike; resampled apart it would be narrower than the data allow."""
+    from autotts import stats
+    from autotts.store import write_store
+    from autotts.synth import SynthParams, generate
+
+    paths = []
+    for model, skill in (("m1", -1.0), ("m2", -3.0)):
+        st = generate(SynthParams(questions=8, branches=16, seed=3, model=model, benchmark="b",
+                                  skill=skill))
+        write_store(st, tmp_path / model)
+        paths += ["--store", str(tmp_path / model)]
+    js = tmp_path / "cmp.json"
+    text = invoke("compare", "parallel_probe", "sc", *paths, "--betas", "0,0.5,1", "--draws", "3",
+                  "--resamples", "300", "--token-range", "2000,200000", "--json", str(js))
+    assert "resampled together" in text and "m1/b, m2/b" in text
+    report = json.loads(js.read_text())
+    assert report["shared_questions"] == {"m1/b": "m1/b + m2/b", "m2/b": "m1/b + m2/b"}
+    pooled = report["comparisons"][0]["groups"]["stores"]["pooled"]
+    files = []
+    for name in ("parallel_probe", "sc"):
+        f = tmp_path / f"{name}.json"
+        invoke("eval", "--controller", name, *paths, "--betas", "0,0.5,1", "--draws", "3",
+               "--json", str(f), "--json-episodes")
+        files.append(str(f))
+    js2 = tmp_path / "cmp2.json"
+    invoke("compare", *files, "--resamples", "300", "--json", str(js2), "--token-range",
+           "2000,200000")
+    assert json.loads(js2.read_text())["comparisons"][0]["groups"]["results"]["pooled"] == pooled
+    a = {s: c for (s, _), c in stats.load_curves(files[0]).items()}
+    b = {s: c for (s, _), c in stats.load_curves(files[1]).items()}
+    apart = stats.compare(a, b, (2000, 200000), resamples=300).pooled
+    assert (apart.low, apart.high) != (pooled["low"], pooled["high"])
+
+
+def test_a_store_of_one_question_has_no_interval(tmp_path: Path) -> None:
+    """Resampling a single question gives the same figure every time: the interval would be
+    [x, x] and any difference 'significant'. There is no interval instead, said so, in compare,
+    eval and report (and JSON null, never NaN)."""
+    from autotts.report import build_report
+    from autotts.store import write_store
+    from autotts.synth import SynthParams, generate
+
+    write_store(generate(SynthParams(questions=1, branches=16, seed=5)), tmp_path / "one")
+    args = ["--store", str(tmp_path / "one"), "--betas", "0,0.5,1", "--draws", "3"]
+    js = tmp_path / "cmp.json"
+    text = invoke("compare", "parallel_probe", "sc", *args, "--resamples", "200",
+                  "--token-range", "2000,200000", "--json", str(js))
+    assert "no interval" in text
+    d = json.loads(js.read_text())["comparisons"][0]["groups"]["stores"]["stores"]
+    (cell,) = d.values()
+    assert cell["estimate"] != 0  # a difference a degenerate interval would have called real
+    assert cell["low"] is None and cell["high"] is None and cell["significant"] is False
+    ev = tmp_path / "sc.json"
+    text = invoke("eval", "--controller", "sc", *args, "--json", str(ev))
+    assert "– (1 question)" in text
+    assert "NaN" not in ev.read_text()
+    rows = json.loads(ev.read_text())
+    assert all(r["accuracy_ci_questions"] == [None, None] for r in rows)
+    paths = build_report(rows, tmp_path / "report", "one question")
+    assert "[–, –]" not in paths.markdown.read_text()
+
+
+def test_holm_over_every_comparison_shown(tmp_path: Path) -> None:
+    """compare shows many verdicts at once (pairs × stores × pooled groups): each carries its
+    bootstrap p-value and the Holm-adjusted one over the whole family shown, each distinct claim
+    counted once (a store shown in two groups is one comparison)."""
+    from autotts import stats
+    from autotts.compare import _verdict
+
+    env = grouped_env(tmp_path)
+    js = tmp_path / "cmp.json"
+    text = invoke("compare", "parallel_probe", "sc", "asc", "--env", str(env), "--split", "all",
+                  "--resamples", "300", "--json", str(js))
+    report = json.loads(js.read_text())
+    # per pair: 4 stores, pooled search and pooled "heldout (all groups)" (one-store groups
+    # have no pooled row): 6; two pairs
+    assert report["family"]["comparisons"] == 12
+    assert "Holm p" in text and "12" in text
+    cells: dict[tuple, dict] = {}
+    for entry in report["comparisons"]:
+        for g, cmp in entry["groups"].items():
+            for s, d in cmp["stores"].items():
+                cells[(entry["b"], "", s)] = d
+            if len(cmp["stores"]) > 1:
+                cells[(entry["b"], g, "")] = cmp["pooled"]
+    assert len(cells) == 12
+    keys = list(cells)
+    want = stats.holm([cells[k]["p_value"] for k in keys])
+    for k, h in zip(keys, want, strict=True):
+        assert cells[k]["p_holm"] == pytest.approx(h)
+        assert cells[k]["p_holm"] >= cells[k]["p_value"]
+        assert cells[k]["significant_holm"] == (cells[k]["significant"] and h < 0.05)
+    # a verdict the interval makes but the family does not keep says so
+    d = stats.Difference(1.0, 0.2, 1.8, 0.95, "bca", 0.99, 0.01)
+    assert _verdict(d, 0.04, 0.95) == "better"
+    assert _verdict(d, 0.12, 0.95) == "better (not after Holm)"
+
+
+def test_one_draw_has_no_standard_error_over_draws(tmp_path: Path) -> None:
+    """With one shuffle draw there is no spread over draws to measure: eval and report print '–',
+    not a standard error of 0 that would pass for an exact figure (the rows keep 0.0)."""
+    from autotts.report import build_report
+
+    env = make_env(tmp_path)
+    js = tmp_path / "one.json"
+    text = invoke("eval", "--controller", "sc", "--env", str(env), "--draws", "1", "--json",
+                  str(js))
+    rows = json.loads(js.read_text())
+    assert all(r["accuracy_se"] == 0.0 and r["draws"] == 1 for r in rows)
+    body = [line for line in text.splitlines() if "synth/search1" in line]
+    assert body and all(" 0.00 " not in line and "–" in line for line in body)
+    md = build_report(rows, tmp_path / "report", "one draw").markdown.read_text()
+    table = [line for line in md.splitlines()  # the results table (with the CI columns)
+             if line.startswith("| synth/search1") and "[" in line]
+    assert table and all("| 0.00 |" not in line and "| – |" in line for line in table)

@@ -148,6 +148,14 @@ def test_three_rounds_end_to_end(e2e: dict[str, Any], env_file: Path) -> None:
         iv = c["pooled"]
         assert iv["low"] <= iv["delta"] <= iv["high"]
         assert iv["significant"] == (iv["low"] > 0 or iv["high"] < 0)
+    # Six baselines are six claims: the pooled ones carry Holm's adjustment over all of them.
+    from autotts.stats import holm
+
+    names = list(comp)
+    for n, h in zip(names, holm([comp[n]["pooled"]["p_value"] for n in names]), strict=True):
+        iv = comp[n]["pooled"]
+        assert iv["p_holm"] == pytest.approx(h, abs=1e-4) and iv["p_holm"] >= iv["p_value"]
+        assert iv["significant_holm"] == (iv["significant"] and h < 0.05)
     # The held-out step is watched: one line per controller × store.
     steps = [m for m in e2e["progress"] if m.startswith("held-out [") and not m.endswith("%")]
     assert len(steps) == 7 * 2 and steps[-1].startswith("held-out [14/14]")

@@ -173,6 +173,31 @@ def test_delta_auc_identical_and_dominated() -> None:
     assert delta_auc(a, {"s1": b["s1"]}, ["s1", "s2"], (5e3, 2e6)) is None
 
 
+def test_heldout_claims_are_adjusted_over_the_baselines() -> None:
+    """The held-out step compares the selected candidate with several baselines at once: a
+    'significantly better' that does not survive Holm over all of them says so."""
+    from autotts.discover.significance import adjust
+
+    def pooled(p: float, low: float) -> dict[str, Any]:
+        return {"pooled": {"delta": 1.0, "low": low, "high": 2.0, "p_improvement": 0.99,
+                           "significant": low > 0, "p_value": p}, "stores": {}}
+
+    comps = {"sc": pooled(0.03, 0.1), "asc": pooled(0.02, 0.2), "esc": pooled(0.001, 0.5),
+             "old": {"pooled": {"delta": 1.0, "low": None, "high": None, "p_improvement": None,
+                                "significant": False}, "stores": {}}}  # no interval / old run
+    assert adjust(comps) == 3
+    assert [comps[n]["pooled"]["p_holm"] for n in ("esc", "asc", "sc")] == pytest.approx(
+        [0.003, 0.04, 0.04])
+    assert comps["sc"]["pooled"]["significant_holm"] and comps["esc"]["pooled"]["significant_holm"]
+    assert "p_holm" not in comps["old"]["pooled"]
+    comps = {"sc": pooled(0.03, 0.1), "asc": pooled(0.04, 0.2)}
+    adjust(comps)
+    assert not comps["sc"]["pooled"]["significant_holm"]
+    text = describe(comps["sc"]["pooled"])
+    assert "significantly better alone, not after Holm" in text and "0.060" in text
+    assert "Holm" not in describe(pooled(0.03, 0.1)["pooled"])  # one comparison: nothing to adjust
+
+
 def test_per_question_table_means_draws() -> None:
     eps = [{"store": "s", "beta": 0.5, "question": q, "draw": d, "correct": (q + d) % 2 == 0,
             "tokens": 100 * (d + 1)} for q in range(3) for d in range(2)]

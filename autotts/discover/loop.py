@@ -13,6 +13,7 @@ cache and produces the same files.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import os
@@ -63,11 +64,12 @@ from autotts.discover.rundir import (
     label,
     slot_dir,
 )
-from autotts.discover.significance import delta_auc, describe, per_question_table
+from autotts.discover.significance import adjust, delta_auc, describe, per_question_table
 from autotts.envdef import EnvDef, load_env
 from autotts.errors import AutoTTSError, ConfigError
 from autotts.evaluate import Evaluation, evaluate
 from autotts.fsio import dumps, read_json, write_json, write_text
+from autotts.stats import question_clusters
 from autotts.store import Store, open_store
 from autotts.summary import summarize
 
@@ -237,6 +239,13 @@ class Discovery:
             self._signals = store_signals(self.search)
         return self._signals
 
+    @functools.cached_property
+    def search_clusters(self) -> dict[str, str]:
+        """The search stores that hold the same questions (stats.question_clusters): the paired
+        interval resamples them together. Read once: building the question tables takes a few
+        hundred milliseconds for the reference stores."""
+        return question_clusters(self.search_stores)
+
     def noise(self, seeds: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
         """The paired interval of the best candidate's objective minus the best seed's, on the
         search split (None until there is an eligible candidate)."""
@@ -249,7 +258,8 @@ class Discovery:
         key = (best["round"], best["slot"], bs["name"])
         if key not in self._noise:
             self._noise[key] = delta_auc(best["per_question"], bs["per_question"],
-                                         self.store_names, self.env.token_range)
+                                         self.store_names, self.env.token_range,
+                                         clusters=self.search_clusters)
         return self._noise[key]
 
     def messages(self, seeds: Sequence[dict[str, Any]]) -> list[dict[str, str]]:
@@ -743,10 +753,13 @@ class Discovery:
         comparisons = {}
         if best is not None and tables.get(label(best["id"], best["name"])):
             mine = tables[label(best["id"], best["name"])]
+            clusters = question_clusters(held_stores)
             for spec in specs:
-                d = delta_auc(mine, tables.get(spec.name) or {}, names, env.token_range)
+                d = delta_auc(mine, tables.get(spec.name) or {}, names, env.token_range,
+                              clusters=clusters)
                 if d is not None:
                     comparisons[spec.name] = d
+            adjust(comparisons)  # Holm over the baselines: one family of claims
         selection = {
             "selected": None if best is None else {
                 "round": best["round"], "slot": best["slot"], "id": best["id"],
@@ -763,7 +776,8 @@ class Discovery:
             "heldout_objectives": {lab: v["objective"] for lab, v in per_controller.items()},
             "search_objectives": {s["name"]: s["objective"] for s in seeds},
             # The selected candidate minus each baseline on the held-out split: ΔAUC with its
-            # paired 95% interval over questions, per store and pooled (significance.py).
+            # paired 95% interval over questions, per store and pooled, and the pooled one's
+            # Holm-adjusted p over the baselines (significance.py).
             "comparisons": comparisons,
         }
         tmp = rd.begin_final()

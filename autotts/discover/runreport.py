@@ -102,8 +102,13 @@ def read_run_dir(path: str | Path) -> RunReport:
                 {"baseline": name, "role": "seed" if name in (sel.get("seeds") or []) else
                  "baseline (not shown to the agent)",
                  "ΔAUC pooled": _iv(c["pooled"]), "P(improvement)": c["pooled"]["p_improvement"],
-                 "significant": ("no (within noise)" if not c["pooled"]["significant"] else
+                 "significant": ("no interval" if c["pooled"]["low"] is None else
+                                 "no (within noise)" if not c["pooled"]["significant"] else
                                  "yes (better)" if c["pooled"]["low"] > 0 else "yes (worse)"),
+                 # Over all the baselines at once (runs from before it was recorded: blank).
+                 "Holm p (over the baselines)": c["pooled"].get("p_holm"),
+                 "significant after Holm": (None if "significant_holm" not in c["pooled"] else
+                                            "yes" if c["pooled"]["significant_holm"] else "no"),
                  **{f"Δ {st}": _iv(v) for st, v in c["stores"].items()}}
                 for name, c in comps.items()]
         shrink = _shrinkage(sel, objectives)
@@ -130,7 +135,9 @@ def _fmt(x: Any) -> str:
 
 
 def _iv(c: dict[str, Any]) -> str:
-    return f"{c['delta']:+.2f} [{c['low']:+.2f}, {c['high']:+.2f}]"
+    from autotts.discover.significance import bracket
+
+    return bracket(c)
 
 
 def _token_range(info: dict[str, Any]) -> tuple[float, float] | None:

@@ -4,8 +4,9 @@ What is compared: two controllers' objectives (the normalized log-token AUC, doc
 on the same stores. What varies: which questions were asked. Each store has a few dozen
 questions, and that choice dominates the noise, so the interval comes from `autotts.stats`, the
 project's paired bootstrap over questions: the same resampled questions for both controllers,
-within each store (stratified), each question's draws averaged inside it, pooled as the mean of
-the per-store differences (as the objective is the mean of the per-store AUCs); BCa 95%
+within each store (stratified; stores holding the same questions, as every model's replay of one
+benchmark does, share their resamples), each question's draws averaged inside it, pooled as the
+mean of the per-store differences (as the objective is the mean of the per-store AUCs); BCa 95%
 interval, and the probability of improvement.
 
 Input is the per-question table the loop records for every controller it evaluates
@@ -62,11 +63,14 @@ def _curve(store: str, name: str, t: dict[str, Any]) -> stats.Curve:
 
 def delta_auc(a: dict[str, dict[str, Any]], b: dict[str, dict[str, Any]],
               stores: Sequence[str], token_range: tuple[float, float],
-              resamples: int = RESAMPLES, seed: int = SEED) -> dict[str, Any] | None:
+              resamples: int = RESAMPLES, seed: int = SEED,
+              clusters: dict[str, str] | None = None) -> dict[str, Any] | None:
     """ΔAUC = AUC(a) − AUC(b) with its paired 95% interval, per store and pooled, as
     {"stores": {store: iv}, "pooled": iv, "method": ...}, iv = {"delta", "low", "high",
     "p_improvement", "significant"}. None when a store lacks either table or their questions or
-    β grids differ (nothing comparable)."""
+    β grids differ (nothing comparable). `clusters` ({store: key}, `stats.question_clusters`):
+    stores holding the same questions, resampled together (every model's replay of one
+    benchmark: the pooled figure rests on one sample of its questions)."""
     ca, cb = {}, {}
     for s in stores:
         ta, tb = a.get(s), b.get(s)
@@ -75,7 +79,7 @@ def delta_auc(a: dict[str, dict[str, Any]], b: dict[str, dict[str, Any]],
         ca[s], cb[s] = _curve(s, "a", ta), _curve(s, "b", tb)
     try:
         c = stats.compare(ca, cb, token_range, stores=list(stores), resamples=resamples,
-                          seed=seed)
+                          seed=seed, clusters=clusters)
     except ConfigError:
         return None
     return {"stores": {s: _iv(d) for s, d in c.stores.items()}, "pooled": _iv(c.pooled),
@@ -84,14 +88,43 @@ def delta_auc(a: dict[str, dict[str, Any]], b: dict[str, dict[str, Any]],
 
 
 def _iv(d: stats.Difference) -> dict[str, Any]:
+    if not d.defined:  # a store of one question: no interval (stats.NO_INTERVAL)
+        return {"delta": round(float(d.estimate), 4), "low": None, "high": None,
+                "p_improvement": None, "significant": False}
     return {"delta": round(float(d.estimate), 4), "low": round(float(d.low), 4),
             "high": round(float(d.high), 4), "p_improvement": round(float(d.prob_improvement), 4),
-            "significant": bool(d.significant)}
+            "significant": bool(d.significant), "p_value": round(float(d.p_value), 4)}
+
+
+def adjust(comparisons: dict[str, dict[str, Any]], level: float = 0.95) -> int:
+    """Holm over the held-out step's headline claims, in place: the selected candidate's pooled
+    ΔAUC against each baseline is one comparison of a family (a "significant" against one of six
+    baselines is more likely by chance than against one). Each pooled entry gets "p_holm" and
+    "significant_holm"; the per-store entries stay uncorrected. Returns the family's size."""
+    names = [n for n, c in comparisons.items() if c["pooled"].get("p_value") is not None]
+    adjusted = stats.holm([comparisons[n]["pooled"]["p_value"] for n in names])
+    for n, h in zip(names, adjusted, strict=True):
+        iv = comparisons[n]["pooled"]
+        iv["p_holm"] = round(float(h), 4)
+        iv["significant_holm"] = bool(iv["significant"] and h < 1 - level)
+    return len(names)
+
+
+def bracket(iv: dict[str, Any]) -> str:
+    """'+1.28 [-0.41, +2.90]', or the estimate and stats.NO_INTERVAL where there is none."""
+    if iv["low"] is None or iv["high"] is None:
+        return f"{iv['delta']:+.2f} {stats.NO_INTERVAL}"
+    return f"{iv['delta']:+.2f} [{iv['low']:+.2f}, {iv['high']:+.2f}]"
 
 
 def describe(iv: dict[str, Any]) -> str:
     """'+1.28 [-0.41, +2.90], within noise (not significant)' / '..., significantly better'."""
-    txt = f"{iv['delta']:+.2f} [{iv['low']:+.2f}, {iv['high']:+.2f}]"
+    txt = bracket(iv)
+    if iv["low"] is None:
+        return txt
     if not iv["significant"]:
         return txt + ", within noise (not significant)"
-    return txt + (", significantly better" if iv["low"] > 0 else ", significantly worse")
+    txt += ", significantly better" if iv["low"] > 0 else ", significantly worse"
+    if iv.get("significant_holm") is False:  # adjusted over several baselines (`adjust`)
+        txt += f" alone, not after Holm over the baselines (adjusted p {iv['p_holm']:.3f})"
+    return txt

@@ -171,11 +171,11 @@ def _runner_type() -> type:
 
         class Runner(greenlet.greenlet):
             """A greenlet that runs episodes one after another (Scheduler._run_episodes).
-            `dead` shadows greenlet's own: True once the episode it runs has ended (the runner
-            lives on, parked), which is all Scheduler._collect asks; `slot` is that
-            episode's."""
+            `ended`: True once the episode it runs has ended (the runner lives on, parked:
+            greenlet's own `dead` stays False), which is what Scheduler._collect asks; `slot`
+            is that episode's."""
 
-            dead = False
+            ended = False
             slot = -1
 
         _RUNNER = Runner
@@ -232,7 +232,7 @@ class Scheduler:
         while True:
             msg = self._episode(ep, config)
             del ep, config  # nothing of the episode stays alive while the runner is parked
-            me.dead = True  # _collect: this message ends the episode
+            me.ended = True  # _collect: this message ends the episode
             idle.append(me)
             ep, config = switch(msg)
 
@@ -256,7 +256,7 @@ class Scheduler:
         if STATE.violation is not None:
             _check_violation({"slot": slot})
         group = self.group[slot]
-        if g.dead:  # the episode's end: an answer (a row), or an error (JSON, its text)
+        if g.ended:  # the episode's end: an answer (a row), or an error (JSON, its text)
             kind, payload, events = msg
             del self.live[slot]
             del self.group[slot]
@@ -290,7 +290,7 @@ class Scheduler:
         for k, (slot, pool, no_answer, delta) in enumerate(facts):
             if idle:
                 g = idle.pop()
-                g.dead = False
+                g.ended = False
             else:
                 g = self.runner(self._run_episodes)
             g.slot = slot

@@ -104,3 +104,139 @@ def test_a_kept_handle_of_an_ended_episode_is_refused_as_in_process(tmp_path):
     assert sb.rows == ip.rows
     assert sb.episodes == ip.episodes
     assert sb.traces == ip.traces
+
+
+# ---- the judge's rows: advance_many applied inline, against the engine itself ------------------
+
+import random  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from autotts.engine import InvalidAction  # noqa: E402
+from autotts.sandbox.judge import ProtocolError  # noqa: E402
+from autotts.sandbox.wire import (  # noqa: E402
+    OP_ADVANCE,
+    OP_ADVANCE_MANY_IDX,
+    OP_ADVANCE_MANY_MASK,
+    OP_BRANCH_MANY,
+    OP_PROBE,
+    OP_PRUNE,
+    OP_PRUNE_MANY_IDX,
+    OP_PRUNE_MANY_MASK,
+    OP_READ_NEW,
+    REFUSED,
+)
+from tests.test_sandbox_boundary import _busy_task  # noqa: E402
+
+_TIMES = [1, 1, 1, 2, 3, 0, -1, 7, 2**40, 2**63 - 1, -(2**63)]
+
+
+def _branch_list(rng: random.Random, opened: int, mask: bool) -> np.ndarray:
+    if mask:
+        n = rng.choice([opened] * 6 + [max(0, opened - 1), opened + 1, 0])
+        return np.array([rng.random() < 0.6 for _ in range(n)], dtype=bool)
+    vals = rng.sample(range(opened), rng.randint(0, opened))
+    if rng.random() < 0.25:  # one entry out of range, or twice
+        vals.append(rng.choice([-1, opened, *vals[:1]]))
+    return np.array(vals, dtype=np.int32)
+
+
+def _random_row(rng: random.Random, slot: int, ep) -> tuple[list[int], np.ndarray | None, tuple]:
+    """A well-formed row for `slot` (values anything the int64 fields hold), the branch list it
+    takes, and the engine call it stands for: (method name, args)."""
+    opened = ep.num_opened
+    r = rng.random()
+    if r < 0.5:
+        mask = rng.random() < 0.6
+        which = _branch_list(rng, opened, mask)
+        times = rng.choice(_TIMES)
+        op = OP_ADVANCE_MANY_MASK if mask else OP_ADVANCE_MANY_IDX
+        return [slot, op, len(which), times, 0], which, ("advance_many", (which, times))
+    if r < 0.6:
+        mask = rng.random() < 0.5
+        which = _branch_list(rng, opened, mask)
+        op = OP_PRUNE_MANY_MASK if mask else OP_PRUNE_MANY_IDX
+        return [slot, op, len(which), 0, 0], which, ("prune_many", (which,))
+    if r < 0.75:
+        k, probe = rng.randint(0, 3), rng.randint(0, 1)
+        return [slot, OP_BRANCH_MANY, k, probe, 0], None, ("branch_many", (k, probe == 1))
+    i = rng.randint(-1, opened)
+    name, op = rng.choice([("advance", OP_ADVANCE), ("probe", OP_PROBE), ("prune", OP_PRUNE),
+                           ("read_new", OP_READ_NEW)])
+    if name == "read_new":
+        return [slot, op, 0, 0, 0], None, (name, ())
+    return [slot, op, i, 0, 0], None, (name, (i,))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_random_rounds_of_rows_are_answered_as_the_engine_answers(seed):
+    """Rounds of rows for both live episodes, half of them advance_many (masks of every length,
+    indices out of range or twice, `times` at the int64 edges), the rest other actions, mixed
+    in one round: the judge's reply (counters, reveals n at a time, refusal text in order) is
+    what the engine itself gives for the same calls on a twin episode, action by action."""
+    rng = random.Random(seed)
+    task, ref = _busy_task(), _busy_task()
+    for _ in range(40):
+        slots = sorted(task.judge.live)
+        rng.shuffle(slots)
+        rows, idx, masks, calls = [], [], [], []
+        for slot in slots[: rng.randint(1, len(slots))]:
+            row, which, call = _random_row(rng, slot, ref.judge.live[slot].ep)
+            rows.append(row)
+            if which is not None:
+                (masks if which.dtype == bool else idx).append(which)
+            calls.append((slot, call))
+        reply = task.on_frame({"t": "round"}, [
+            np.array(rows, np.int64).reshape(-1, 5),
+            np.concatenate(idx).astype(np.int32) if idx else np.zeros(0, np.int32),
+            np.concatenate(masks) if masks else np.zeros(0, bool)])
+        table, jb, jd, ja, jf = (a.tolist() for a in reply["arrays"])
+        refusals = iter(reply["x"])
+        pos = 0
+        for (slot, (name, args)), got in zip(calls, table, strict=True):
+            ep = ref.judge.live[slot].ep
+            try:
+                getattr(ep, name)(*args)
+                want = None
+            except InvalidAction as e:
+                want = str(e)
+            counters = [slot, ep.generated_tokens, ep.num_probes, ep.num_actions]
+            assert got[:4] == counters, (name, args)
+            if want is not None:
+                assert got[4] == REFUSED and next(refusals) == want, (name, args)
+                continue
+            journal: list = []
+            n = ep.move_journal(journal)
+            assert got[4] == n
+            if n:
+                b, d, a, f = (np.concatenate(c).tolist() for c in zip(*journal, strict=True))
+                assert (jb[pos:pos + n], jd[pos:pos + n], ja[pos:pos + n],
+                        jf[pos:pos + n]) == (b, d, a, f), (name, args)
+            pos += n
+        assert next(refusals, None) is None and pos == len(jb)
+        if not task.judge.live:
+            break
+
+
+@pytest.mark.parametrize("rows, idx, masks", [
+    # an advance_many row after another row took part of the same list
+    ([[0, OP_ADVANCE_MANY_IDX, 2, 1, 0], [1, OP_ADVANCE_MANY_IDX, 2, 1, 0]], [0, 1, 2], []),
+    ([[0, OP_ADVANCE_MANY_MASK, 3, 1, 0], [1, OP_ADVANCE_MANY_MASK, 1, 1, 0]], [], [1, 1, 1]),
+    ([[0, OP_PRUNE_MANY_MASK, 2, 0, 0], [1, OP_ADVANCE_MANY_MASK, 2, 1, 0]], [], [1, 0, 1]),
+    ([[0, OP_ADVANCE_MANY_IDX, -1, 1, 0]], [0], []),
+    ([[0, OP_ADVANCE_MANY_MASK, -(2**63), 1, 0]], [], [1]),
+    ([[0, OP_ADVANCE_MANY_IDX, 2**63 - 1, 1, 0]], [0], []),
+    # the same slot twice, the second an advance_many
+    ([[0, OP_ADVANCE, 0, 0, 0], [0, OP_ADVANCE_MANY_IDX, 1, 1, 0]], [0], []),
+    # events flag 2, and 1 without an event, on an advance_many row
+    ([[0, OP_ADVANCE_MANY_IDX, 1, 1, 2]], [0], []),
+    ([[0, OP_ADVANCE_MANY_IDX, 1, 1, 1]], [0], []),
+])
+def test_malformed_advance_many_rows_are_protocol_errors(rows, idx, masks):
+    task = _busy_task()
+    task.on_frame({"t": "round"}, [np.array([[0, OP_BRANCH_MANY, 3, 0, 0],
+                                             [1, OP_BRANCH_MANY, 3, 0, 0]], np.int64),
+                                   np.zeros(0, np.int32), np.zeros(0, bool)])
+    with pytest.raises(ProtocolError):
+        task.on_frame({"t": "round"}, [np.array(rows, np.int64), np.array(idx, np.int32),
+                                       np.array(masks, bool)])

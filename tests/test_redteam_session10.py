@@ -316,3 +316,79 @@ def test_forged_array_specs_are_frame_errors_or_a_frame_the_size_they_claim(seed
             assert len(arrays) == len(specs)
             for a, (name, dims) in zip(arrays, specs, strict=True):
                 assert a.dtype.str == name and list(a.shape) == dims
+
+
+# ---- the client's advance_many of a mask (the usual call), against in-process ------------------
+
+_MASKS = '''
+import numpy as np
+
+
+class Masks:
+    NAME = "masks"
+    scratch = np.zeros(64, dtype=bool)  # one buffer for every episode of a batch
+
+    @staticmethod
+    def schedule(beta):
+        return {}
+
+    def run(self, ep):
+        ep.branch_many(12)
+        n = ep.num_opened
+
+        def attempt(k, f):
+            try:
+                got = f()
+                ep.trace("ok", k=k, got=str(got.tolist()), dtype=str(got.dtype))
+            except Exception as e:
+                ep.trace("refused", k=k, message=str(e))
+
+        attempt(0, lambda: ep.advance_many(ep.running))
+        # the shared buffer: this episode's mask when it calls; the other episodes write to it
+        # before the round leaves
+        Masks.scratch[:n] = ep.running
+        attempt(1, lambda: ep.advance_many(Masks.scratch[:n]))
+        Masks.scratch[:] = True
+        attempt(2, lambda: ep.advance_many(ep.running[::-1]))
+        attempt(3, lambda: ep.advance_many(np.stack([ep.running, ep.running])[1]))
+        attempt(4, lambda: ep.advance_many(np.repeat(ep.running, 2)[::2]))
+        attempt(5, lambda: ep.advance_many(ep.running[:-1]))
+        attempt(6, lambda: ep.advance_many(np.zeros(0, dtype=bool)))
+        attempt(7, lambda: ep.advance_many(np.ones(n + 1, dtype=bool)))
+        attempt(8, lambda: ep.advance_many(ep.running, True))
+        attempt(9, lambda: ep.advance_many(ep.running, 1.0))
+        attempt(10, lambda: ep.advance_many(np.ones(n, dtype=bool)))
+        attempt(11, lambda: ep.advance_many(np.stack([ep.running, ep.running])))
+        attempt(12, lambda: ep.advance_many(ep.running, 0))
+        attempt(13, lambda: ep.advance_many(np.zeros(n, dtype=bool)))
+        attempt(14, lambda: ep.advance_many(ep.running, np.int64(1)))
+        attempt(15, lambda: ep.advance_many(ep.running.tolist()))
+        attempt(16, lambda: ep.advance_many(ep.running, 2))
+        ep.branch()
+        attempt(17, lambda: ep.advance_many(ep.running))
+        ep.prune(n)
+        attempt(18, lambda: ep.advance_many(ep.pruned))
+        attempt(19, lambda: ep.advance_many(ep.running, 2**70))
+        return int(ep.latest[0])
+'''
+
+
+@pytest.mark.usefixtures("parent")
+def test_advance_many_of_masks_gives_in_process_results(tmp_path):
+    """Masks of every length, views, strided and 2-D arrays, lists of numpy bools, `times` of
+    other types, a buffer the episodes share: the same rows, errors and traces (refusals word
+    for word, returned arrays and their dtype) sandboxed, with any window, as in-process."""
+    path = tmp_path / "masks.py"
+    path.write_text(_MASKS)
+    ip = evaluate(str(path), [STORE], [0.5], PROTO, traces=True, episodes=True,
+                  on_error="record")
+    assert not ip.errors
+    kinds = {e["ev"] for t in ip.traces for e in t["events"]}
+    assert {"ok", "refused"} <= kinds
+    for limits in (FAST, ONE):
+        sb = evaluate_sandboxed(_MASKS, [STORE], [0.5], PROTO, filename="masks.py",
+                                limits=limits, traces=True, episodes=True, on_error="record")
+        assert sb.errors == ip.errors
+        assert sb.rows == ip.rows
+        assert sb.episodes == ip.episodes
+        assert sb.traces == ip.traces

@@ -30,9 +30,9 @@ seen first; an episode with no majority (no answer at all) is wrong.
 
 from __future__ import annotations
 
+import operator
 from collections import Counter
 from collections.abc import Sequence
-import operator
 from itertools import islice
 from pickle import dumps as _pickle
 from typing import Any

@@ -352,6 +352,13 @@ class ClientEpisode:
         return idx
 
     def advance_many(self, which: Any, times: int = 1) -> np.ndarray:
+        if (type(times) is int and times == 1 and isinstance(which, np.ndarray)
+                and which.ndim == 1 and which.dtype == bool):
+            # The usual call (ep.advance_many(ep.running)): _send_many's path for a mask and
+            # times 1, without its general checks (same row, same result).
+            mask = which.copy()
+            self._send(OP_ADVANCE_MANY_MASK, len(mask), 1, mask)
+            return self._latest[mask.nonzero()[0]]
         idx = self._send_many("advance_many", which, times)
         return self._latest[_positions(idx)]
 

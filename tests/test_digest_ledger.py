@@ -185,3 +185,12 @@ def test_digest_helpers_match_their_plain_forms() -> None:
                     assert got is type(e)
                 else:
                     assert got.dtype == np.int64 and got.tolist() == want.tolist()
+
+
+def test_digest_key_of_actions_that_do_not_pickle_is_their_repr() -> None:
+    from autotts.discover.digest import _actions_key
+
+    plain = [{"ev": "advance", "t": 1, "tokens": 5, "i": 0}]
+    assert isinstance(_actions_key(plain), bytes)
+    odd = [{"ev": "advance", "t": 1, "tokens": 5, "i": 0, "f": lambda: 0}]
+    assert _actions_key(odd) == repr(odd)

@@ -270,6 +270,16 @@ def _as_mask(idx: list[Any], opened: int,
 _INT_ONLY = frozenset({int})
 
 
+def _actions_key(actions: list[dict[str, Any]]) -> bytes | str:
+    """A traced episode's logged actions as a cache key: their pickle (JSON values from the
+    sandbox), or their repr where something in them does not pickle (an in-process trace may
+    hold any object a trusted controller logged). A bytes key never equals a str one."""
+    try:
+        return _pickle(actions, 5)
+    except Exception:
+        return repr(actions)
+
+
 def _majority(classes: list[int]) -> int:
     """summary.majority_first_seen of a short list (a dict counts a few classes for less than
     np.unique sorts them): the most frequent class >= 0, ties to the first seen; -1 if none."""
@@ -435,7 +445,7 @@ def make_digest(
     # Trace-level figures: the traced draws.
     tr_by_store: dict[str, list[dict[str, Any]]] = {}
     # (store, question, draw, actions) -> [ledger, _ledger_sums, _wrong_figures once asked]
-    ledgers: dict[tuple[int, int, int, bytes], list[Any]] = {}
+    ledgers: dict[tuple[int, int, int, bytes | str], list[Any]] = {}
     masks: dict[tuple[tuple[int, ...], int], np.ndarray] = {}  # ledger replays' masks, shared
     for t in traces or []:
         tr_by_store.setdefault(t["store"], []).append(t)
@@ -468,7 +478,7 @@ def make_digest(
             # The key is the logged actions pickled (a quarter of repr's time): equal pickles
             # are equal actions, and equal actions pickled apart (a string shared in one list
             # and copied in the other) only replay twice.
-            key = (s, q, draw, _pickle([e for e in events if e.get("ev") in ACTIONS], 5))
+            key = (s, q, draw, _actions_key([e for e in events if e.get("ev") in ACTIONS]))
             hit = ledgers.get(key)
             if hit is None:
                 led = ledger(events, search.question(s, q), order, kappa,

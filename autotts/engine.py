@@ -214,6 +214,65 @@ def as_flag(value: Any, what: str) -> bool:
     raise InvalidAction(f"{what} must be True or False, got {_describe(value)}")
 
 
+def branch_indices(which: Any, what: str, opened: int) -> np.ndarray:
+    """Branch indices from a list/array of integers, one integer, or a bool mask over the
+    `opened` branches; InvalidAction (its words are the engine's refusals, `what` naming the
+    argument) otherwise. Always a fresh array (a caller's array may change after the call).
+    Public: the sandbox client reads a branch list over its mirror with it, so that it refuses
+    what the engine refuses, word for word and in the same order."""
+    if type(which) is bool or type(which) is np.bool_:
+        raise InvalidAction(f"{what} must be branch indices or a mask, got {_describe(which)}")
+    try:
+        arr = np.array(which)
+    except Exception:
+        raise InvalidAction(
+            f"{what} must be branch indices or a mask, got {_describe(which)}"
+        ) from None
+    if arr.dtype == bool:
+        if arr.ndim != 1 or len(arr) != opened:
+            raise InvalidAction(
+                f"{what} must be a mask with one entry per opened branch ({opened})"
+            )
+        return arr.nonzero()[0]
+    if arr.ndim == 0:
+        arr = arr.reshape(1)
+    if arr.ndim != 1 or (len(arr) and arr.dtype.kind not in "iu"):
+        raise InvalidAction(
+            f"{what} must be branch indices or a mask, got {_describe(which)}"
+        )
+    n = len(arr)
+    if n <= 32:  # a few indices: Python's min, max and set cost less than numpy's reductions
+        vals = arr.tolist()
+        if n and (min(vals) < 0 or max(vals) >= opened):
+            raise InvalidAction(
+                f"{what} names a branch that is not open ({opened} opened)")
+        idx = arr.astype(np.int64)
+        if n > 1 and len(set(vals)) != n:
+            raise InvalidAction(f"{what} names a branch twice")
+        return idx
+    if arr.min() < 0 or arr.max() >= opened:
+        raise InvalidAction(f"{what} names a branch that is not open ({opened} opened)")
+    idx = arr.astype(np.int64)
+    if (np.diff(np.sort(idx)) == 0).any():
+        raise InvalidAction(f"{what} names a branch twice")
+    return idx
+
+
+def running_indices(which: Any, what: str, opened: int, running: np.ndarray,
+                    pruned: np.ndarray) -> np.ndarray:
+    """branch_indices, each of them a running branch (`running` / `pruned`: per branch, at
+    least `opened` long); else the engine's refusal naming the first that is not."""
+    if isinstance(which, np.ndarray) and which.dtype == bool and which.shape == (opened,):
+        idx = which.nonzero()[0]  # a mask cannot name a branch twice: no uniqueness check
+    else:
+        idx = branch_indices(which, what, opened)
+    ok = running[idx]
+    if len(ok) and not ok.item(ok.argmin()):  # argmin: a False if there is one
+        j = int(idx[~ok][0])
+        raise InvalidAction(f"branch {j} is {'pruned' if pruned[j] else 'finished'}")
+    return idx
+
+
 def store_class(ep: Episode, answer: Any) -> int:
     """Trusted side: the store's answer class of what a controller returned from an episode.
 
@@ -624,7 +683,8 @@ class Episode(_NoCopy):
         """ADVANCE each given branch `times` times (a branch that finishes stops there). Returns the
         latest answer of each given branch afterwards. One action: admitted while the cost so far
         is below the budget, then charged in full."""
-        idx = self._check_running_many(which, "advance_many: which")
+        idx = running_indices(which, "advance_many: which", self._opened, self._running,
+                              self._pruned)
         if type(times) is not int or times != 1:
             times = as_count(times, "advance_many: times", 1)
         if self._closed or self._budget is not None:
@@ -740,7 +800,7 @@ class Episode(_NoCopy):
             self._log("prune", i)
 
     def prune_many(self, which: Any) -> None:
-        idx = self._indices(which, "prune_many: which")
+        idx = branch_indices(which, "prune_many: which", self._opened)
         if self._pruned[idx].any():
             raise InvalidAction(f"PRUNE of already pruned branch {int(idx[self._pruned[idx]][0])}")
         self._admit()
@@ -841,61 +901,6 @@ class Episode(_NoCopy):
                 raise InvalidAction(f"branch {i} is pruned")
             raise InvalidAction(f"branch {i} is finished")
         return i
-
-    def _indices(self, which: Any, what: str) -> np.ndarray:
-        """Branch indices from a list/array of integers, one integer, or a bool mask over the
-        opened branches. Always a fresh array (a caller's array may change after the call)."""
-        if type(which) is bool or type(which) is np.bool_:
-            raise InvalidAction(f"{what} must be branch indices or a mask, got {_describe(which)}")
-        try:
-            arr = np.array(which)
-        except Exception:
-            raise InvalidAction(
-                f"{what} must be branch indices or a mask, got {_describe(which)}"
-            ) from None
-        if arr.dtype == bool:
-            if arr.ndim != 1 or len(arr) != self._opened:
-                raise InvalidAction(
-                    f"{what} must be a mask with one entry per opened branch ({self._opened})"
-                )
-            return arr.nonzero()[0]
-        if arr.ndim == 0:
-            arr = arr.reshape(1)
-        if arr.ndim != 1 or (len(arr) and arr.dtype.kind not in "iu"):
-            raise InvalidAction(
-                f"{what} must be branch indices or a mask, got {_describe(which)}"
-            )
-        n = len(arr)
-        if n <= 32:  # a few indices: Python's min, max and set cost less than numpy's reductions
-            vals = arr.tolist()
-            if n and (min(vals) < 0 or max(vals) >= self._opened):
-                raise InvalidAction(
-                    f"{what} names a branch that is not open ({self._opened} opened)")
-            idx = arr.astype(np.int64)
-            if n > 1 and len(set(vals)) != n:
-                raise InvalidAction(f"{what} names a branch twice")
-            return idx
-        if arr.min() < 0 or arr.max() >= self._opened:
-            raise InvalidAction(f"{what} names a branch that is not open ({self._opened} opened)")
-        idx = arr.astype(np.int64)
-        if (np.diff(np.sort(idx)) == 0).any():
-            raise InvalidAction(f"{what} names a branch twice")
-        return idx
-
-    def _check_running_many(self, which: Any, what: str) -> np.ndarray:
-        if (
-            isinstance(which, np.ndarray)
-            and which.dtype == bool
-            and which.shape == (self._opened,)
-        ):
-            idx = which.nonzero()[0]  # a mask cannot name a branch twice: no uniqueness check
-        else:
-            idx = self._indices(which, what)
-        ok = self._running[idx]
-        if len(ok) and not ok.item(ok.argmin()):  # argmin: a False if there is one
-            j = int(idx[~ok][0])
-            raise InvalidAction(f"branch {j} is {'pruned' if self._pruned[j] else 'finished'}")
-        return idx
 
     def _log(self, action: str, i: int, **data: Any) -> None:
         if self._trace is not None:

@@ -147,3 +147,50 @@ def test_refused_actions_are_not_replayed() -> None:
     # The same events with one more admitted-looking BRANCH: the replay's budget refuses it.
     forged = [*ep.trace_events(), {"ev": "branch", "i": 1, "tokens": ep.tokens + data.delta}]
     assert ledger(forged, q, order, 7, 1) is None
+
+
+def test_digest_helpers_match_their_plain_forms() -> None:
+    """The digest's faster helpers say what the plain ones say: _majority is
+    summary.majority_first_seen, and _as_mask (cached or not) makes the mask of an increasing
+    list of ints and passes anything else on as indices."""
+    from itertools import pairwise
+
+    from autotts.discover.digest import _as_mask, _majority
+    from autotts.summary import majority_first_seen
+
+    rng = np.random.default_rng(7)
+    for _ in range(2000):
+        classes = rng.integers(-2, 5, size=int(rng.integers(0, 12)))
+        assert _majority(classes.tolist()) == majority_first_seen(classes)
+    cache: dict[Any, np.ndarray] = {}
+    lists: list[Any] = [[], [0], [0, 2, 3], [3, 2], [1, 1], [-1, 2], [0, True], [True, 2],
+                        [0, 2.0], (0, 1), [0, 10**30], "ab", [2**70]]
+    for idx in lists:
+        plain = (type(idx) is list and (not idx or (type(idx[0]) is int and idx[0] >= 0))
+                 and all(type(b) is int and a < b for a, b in pairwise(idx)))
+        for c in (None, cache, cache):
+            try:
+                got = _as_mask(idx, 4, c)
+            except (IndexError, TypeError, ValueError, OverflowError) as e:
+                got = type(e)
+            if plain:
+                if idx and max(idx) >= 4:
+                    assert got is IndexError
+                else:
+                    assert got.dtype == bool and got.nonzero()[0].tolist() == idx
+            else:
+                try:
+                    want = np.asarray(idx, dtype=np.int64)
+                except (TypeError, ValueError, OverflowError) as e:
+                    assert got is type(e)
+                else:
+                    assert got.dtype == np.int64 and got.tolist() == want.tolist()
+
+
+def test_digest_key_of_actions_that_do_not_pickle_is_their_repr() -> None:
+    from autotts.discover.digest import _actions_key
+
+    plain = [{"ev": "advance", "t": 1, "tokens": 5, "i": 0}]
+    assert isinstance(_actions_key(plain), bytes)
+    odd = [{"ev": "advance", "t": 1, "tokens": 5, "i": 0, "f": lambda: 0}]
+    assert _actions_key(odd) == repr(odd)

@@ -393,3 +393,29 @@ def test_read_new_many_of_zero_is_traced_at_the_end_of_the_pool(question):
         assert ep.read_new_many(0).tolist() == [] and ep.num_actions == 2
         assert ep.branch_many(0).tolist() == [] and ep.num_actions == 3
     assert [e.get("ans") for e in ep.trace_events()][-2:] == [None, None]
+
+
+def test_client_reads_branch_lists_with_the_public_engine_functions():
+    """The sandbox client refuses a branch list with the engine's public functions over its
+    own mirror (branch_indices, running_indices), not with Episode's private methods borrowed
+    as class attributes (which tied the mirror's attribute names to the engine's)."""
+    import inspect
+
+    from autotts import engine
+    from autotts.sandbox.client import ClientEpisode
+
+    for name, v in vars(ClientEpisode).items():
+        assert getattr(v, "__qualname__", "").split(".")[0] != "Episode", name
+    src = inspect.getsource(ClientEpisode)
+    assert "branch_indices(" in src and "running_indices(" in src
+    opened, running, pruned = 3, np.array([True, False, False, True]), np.array([False, True,
+                                                                                 False, False])
+    assert engine.running_indices([0], "w", opened, running, pruned).tolist() == [0]
+    for which, words in (([1], "branch 1 is pruned"), ([2], "branch 2 is finished"),
+                         ([3], "w names a branch that is not open (3 opened)"),
+                         ([0, 0], "w names a branch twice"),
+                         (np.ones(2, bool), "w must be a mask with one entry per opened branch (3)"),
+                         (True, "w must be branch indices or a mask, got True")):
+        with pytest.raises(InvalidAction) as e:
+            engine.running_indices(which, "w", opened, running, pruned)
+        assert str(e.value) == words

@@ -16,8 +16,8 @@ Found and fixed:
   `prune_many(np.array([0.0]))` were refused with other words than in-process, a list holding
   a 0-d array was refused where the engine takes it, and a bad `times` was refused before the
   branches were checked (in-process the branch's refusal comes first). The client now reads
-  them with the engine's own functions (engine.as_flag, as_count, Episode._indices,
-  _check_running_many over its mirror).
+  them with the engine's own functions (engine.as_flag, as_count, branch_indices,
+  running_indices over its mirror).
 - An integer index array went into the round by reference, and the round is sent once every
   episode of its group has run: an episode that wrote to a scratch buffer the episodes share
   changed what an earlier episode had sent (in-process the engine copies it at the call).

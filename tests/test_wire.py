@@ -102,6 +102,34 @@ def test_an_array_spec_of_any_json_value_is_a_frame_error(spec):
         FrameReader(1 << 20).feed(struct.pack("<Q", len(raw)) + raw)
 
 
+@pytest.mark.parametrize("spec", [["<i4", [1, 2, 3]], ["<i4", [2**40]], ["<i4", [True]],
+                                  ["<i4", [1.0]], ["<i8", [3, None]], ["<i8"], ["<i8", [1], 0],
+                                  "x", ["<i8", [[1]]]])
+def test_more_bad_array_specs_are_frame_errors(spec):
+    raw = json.dumps({"t": "round", "arrays": [spec]}).encode()
+    with pytest.raises(FrameError, match="bad array spec"):
+        FrameReader(1 << 20).feed(struct.pack("<Q", len(raw)) + raw)
+
+
+def test_pack_frame_is_the_frame_of_its_arrays_bytes():
+    """pack_frame writes each array's buffer as tobytes() would (C order, any input layout),
+    and both readers give the arrays back."""
+    arrays = [np.arange(12, dtype=np.int64).reshape(3, 4).T, np.arange(5, dtype=np.int32)[::2],
+              np.array([True, False]), np.zeros(0, np.uint8), np.array(7, np.int64),
+              np.arange(6, dtype=np.int64).reshape(2, 3)]
+    raw = pack_frame({"t": "x"}, arrays)
+    header = json.dumps({"t": "x", "arrays": [[a.dtype.str, list(np.ascontiguousarray(a).shape)]
+                                              for a in arrays]}, separators=(",", ":")).encode()
+    assert raw == b"".join([struct.pack("<Q", len(header)), header,
+                            *(np.ascontiguousarray(a).tobytes() for a in arrays)])
+    for got in (read_frame(io.BytesIO(raw)), FrameReader(1 << 20).feed(raw)[0]):
+        assert len(got[1]) == len(arrays)
+        for a, b in zip(arrays, got[1], strict=True):
+            a = np.ascontiguousarray(a)
+            assert a.dtype == b.dtype and a.shape == b.shape and (a == b).all()
+    assert pack_frame({"t": "y"}) == pack_frame({"t": "y"}, [])
+
+
 def test_a_header_with_a_byte_order_mark_is_a_frame_error():
     with pytest.raises(FrameError, match="BOM"):
         loads_strict('\ufeff{"t": "done"}'.encode())

@@ -30,9 +30,11 @@ seen first; an episode with no majority (no answer at all) is wrong.
 
 from __future__ import annotations
 
+import operator
 from collections import Counter
 from collections.abc import Sequence
-from itertools import pairwise
+from itertools import islice
+from pickle import dumps as _pickle
 from typing import Any
 
 import numpy as np
@@ -42,7 +44,6 @@ from autotts.engine import NO_ANSWER, Episode, InvalidAction, Question
 from autotts.evaluate import EvalProtocol
 from autotts.metrics import monotonicity_violations
 from autotts.store import Store
-from autotts.summary import majority_first_seen
 
 ACTIONS = frozenset({
     "branch", "branch_many", "extend", "probe", "advance", "advance_many", "read", "read_new",
@@ -123,7 +124,8 @@ class _Unresolved(Exception):
 
 
 def ledger(events: list[dict[str, Any]], question: Question, order: np.ndarray,
-           probe_cost: int, budget: int | None = None, alone: _AloneCosts | None = None
+           probe_cost: int, budget: int | None = None, alone: _AloneCosts | None = None,
+           masks: dict[tuple[tuple[int, ...], int], np.ndarray] | None = None
            ) -> dict[str, Any] | None:
     """The branch ledger of a traced episode: per opened branch its tokens, depth, and whether it
     finished or was pruned. The logged actions are replayed on a fresh `Episode` of the same
@@ -133,7 +135,7 @@ def ledger(events: list[dict[str, Any]], question: Question, order: np.ndarray,
     `_AloneCosts` (of this question and order), to share between the episodes of one draw."""
     try:
         return _replay(events, question, order, probe_cost, budget,
-                       alone or _AloneCosts(question, order))
+                       alone or _AloneCosts(question, order), {} if masks is None else masks)
     except (_Unresolved, InvalidAction, IndexError, KeyError, TypeError, ValueError):
         return None
 
@@ -177,7 +179,8 @@ class _AloneCosts:
 
 
 def _replay(events: list[dict[str, Any]], question: Question, order: np.ndarray, kappa: int,
-            budget: int | None, alone: _AloneCosts) -> dict[str, Any]:
+            budget: int | None, alone: _AloneCosts,
+            masks: dict[tuple[tuple[int, ...], int], np.ndarray]) -> dict[str, Any]:
     ep = Episode(question, order, probe_cost=kappa, budget=budget)
     read_whole: set[int] = set()  # branches opened by READ_NEW: they cost T_b
     prev = 0
@@ -217,7 +220,7 @@ def _replay(events: list[dict[str, Any]], question: Question, order: np.ndarray,
             getattr(ep, ev)(i)
         elif ev == "advance_many":
             if "idx" in e:
-                which = _as_mask(e["idx"], ep.num_opened)
+                which = _as_mask(e["idx"], ep.num_opened, masks)
                 n = len(e["idx"])
             else:
                 which = ep.running
@@ -242,16 +245,78 @@ def _replay(events: list[dict[str, Any]], question: Question, order: np.ndarray,
             "finished": ep.finished, "pruned": ep.pruned, "tokens": prev}
 
 
-def _as_mask(idx: list[Any], opened: int) -> np.ndarray:
+def _as_mask(idx: list[Any], opened: int,
+             cache: dict[tuple[tuple[int, ...], int], np.ndarray] | None = None) -> np.ndarray:
     """A logged index list in increasing order as a mask: the same action (a mask lists
     branches in index order) on the engine's fast path. Any other list is passed on as indices
-    (its order numbers the answers; the engine refuses what is not a valid index)."""
-    if type(idx) is not list or (idx and not (type(idx[0]) is int and idx[0] >= 0)) or \
-            not all(type(b) is int and a < b for a, b in pairwise(idx)):
+    (its order numbers the answers; the engine refuses what is not a valid index). `cache`:
+    masks already made (read-only: the engine only reads a mask), by list and opened count."""
+    # (The checks run in C: map over the list rather than a generator of pairs.)
+    if type(idx) is not list or (idx and (
+            not set(map(type, idx)) <= _INT_ONLY or idx[0] < 0
+            or not all(map(operator.lt, idx, islice(idx, 1, None))))):
         return np.asarray(idx, dtype=np.int64)
-    mask = np.zeros(opened, dtype=bool)
-    mask[idx] = True
+    key = (tuple(idx), opened)
+    mask = None if cache is None else cache.get(key)
+    if mask is None:
+        mask = np.zeros(opened, dtype=bool)
+        mask[idx] = True
+        if cache is not None:
+            mask.flags.writeable = False
+            cache[key] = mask
     return mask
+
+
+_INT_ONLY = frozenset({int})
+
+
+def _actions_key(actions: list[dict[str, Any]]) -> bytes | str:
+    """A traced episode's logged actions as a cache key: their pickle (JSON values from the
+    sandbox), or their repr where something in them does not pickle (an in-process trace may
+    hold any object a trusted controller logged). A bytes key never equals a str one."""
+    try:
+        return _pickle(actions, 5)
+    except Exception:
+        return repr(actions)
+
+
+def _majority(classes: list[int]) -> int:
+    """summary.majority_first_seen of a short list (a dict counts a few classes for less than
+    np.unique sorts them): the most frequent class >= 0, ties to the first seen; -1 if none."""
+    counts: dict[int, int] = {}
+    for a in classes:
+        if a >= 0:
+            counts[a] = counts.get(a, 0) + 1
+    if not counts:
+        return NO_ANSWER
+    top = max(counts.values())
+    return next(a for a, c in counts.items() if c == top)  # insertion order: first seen
+
+
+def _wrong_figures(led: dict[str, Any], finals: np.ndarray, gold: int) -> tuple[bool, bool]:
+    """For a wrong answer with this ledger (finals: its opened branches' store classes):
+    whether the alive branches' majority is right with some still unfinished (stopping later
+    could fix it), and whether the opened branches' majority is right but pruning lost it."""
+    pruned = led["pruned"]
+    opened_right = _majority(finals.tolist()) == gold
+    if not pruned.any():
+        alive_right = opened_right
+        unfinished = not led["finished"].all()
+        return alive_right and unfinished, False
+    alive = ~pruned
+    alive_right = _majority(finals[alive].tolist()) == gold
+    return (alive_right and bool((alive & ~led["finished"]).any()),
+            opened_right and not alive_right)
+
+
+def _ledger_sums(led: dict[str, Any]) -> tuple[int, int, bool, bool]:
+    """A ledger's pruned tokens, tokens of branches still running at the answer, whether it
+    pruned, whether it left branches running: once per distinct ledger."""
+    pruned, spent = led["pruned"], led["spent"]
+    # Racing controllers leave branches running when they answer: what those cost never
+    # reached a final answer either, and it is invisible in the pruned share.
+    live = ~pruned & ~led["finished"]
+    return int(spent[pruned].sum()), int(spent[live].sum()), bool(pruned.any()), bool(live.any())
 
 
 def _spent(ep: Episode, alone: _AloneCosts, read_whole: set[int]) -> np.ndarray:
@@ -379,7 +444,9 @@ def make_digest(
 
     # Trace-level figures: the traced draws.
     tr_by_store: dict[str, list[dict[str, Any]]] = {}
-    ledgers: dict[tuple[int, int, int, str], dict[str, Any] | None] = {}
+    # (store, question, draw, actions) -> [ledger, _ledger_sums, _wrong_figures once asked]
+    ledgers: dict[tuple[int, int, int, bytes | str], list[Any]] = {}
+    masks: dict[tuple[tuple[int, ...], int], np.ndarray] = {}  # ledger replays' masks, shared
     for t in traces or []:
         tr_by_store.setdefault(t["store"], []).append(t)
     for name, trs in tr_by_store.items():
@@ -408,34 +475,33 @@ def make_digest(
             order = search.order(s, draw, q)
             # Episodes of one draw of a question that took the same actions (a controller whose
             # knobs differ little between some β) have the same ledger: replay it once.
-            key = (s, q, draw, repr([e for e in events if e.get("ev") in ACTIONS]))
-            if key in ledgers:
-                led = ledgers[key]
-            else:
-                led = ledgers[key] = ledger(events, search.question(s, q), order, kappa,
-                                            search.proto.budget, search.alone(s, draw, q))
-            if led is None:
+            # The key is the logged actions pickled (a quarter of repr's time): equal pickles
+            # are equal actions, and equal actions pickled apart (a string shared in one list
+            # and copied in the other) only replay twice.
+            key = (s, q, draw, _actions_key([e for e in events if e.get("ev") in ACTIONS]))
+            hit = ledgers.get(key)
+            if hit is None:
+                led = ledger(events, search.question(s, q), order, kappa,
+                             search.proto.budget, search.alone(s, draw, q), masks)
+                hit = ledgers[key] = [led, None if led is None else _ledger_sums(led), None]
+            led, sums = hit[0], hit[1]
+            if led is None or sums is None:
                 continue
             resolved += 1
             per_q[q] += 1
             all_tokens += led["tokens"]
-            pruned_tokens += int(led["spent"][led["pruned"]].sum())
-            # Racing controllers leave branches running when they answer: what those cost never
-            # reached a final answer either, and it is invisible in the pruned share.
-            live = ~led["pruned"] & ~led["finished"]
-            running_tokens += int(led["spent"][live].sum())
-            pruning += bool(led["pruned"].any())
-            unfinished += bool(live.any())
+            pruned_tokens += sums[0]
+            running_tokens += sums[1]
+            pruning += sums[2]
+            unfinished += sums[3]
             if _correct_of(t, gold[q]):
                 continue
-            k = led["opened"]
-            finals = search.finals(s, q)[order[:k]]
-            alive = ~led["pruned"]
-            alive_right = majority_first_seen(finals[alive]) == gold[q]
-            opened_right = majority_first_seen(finals) == gold[q]
-            if alive_right and (alive & ~led["finished"]).any():
+            if hit[2] is None:  # the same for every trace of this ledger
+                hit[2] = _wrong_figures(led, search.finals(s, q)[order[:led["opened"]]],
+                                        int(gold[q]))
+            if hit[2][0]:  # (a Counter keeps a key added with 0: only real hits)
                 later[q] += 1
-            if opened_right and not alive_right and led["pruned"].any():
+            if hit[2][1]:
                 pruned_away[q] += 1
         n = len(trs)
         per[name].update({

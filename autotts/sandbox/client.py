@@ -18,7 +18,15 @@ from typing import Any
 
 import numpy as np
 
-from autotts.engine import NO_ANSWER, Episode, InvalidAction, as_count, as_flag, as_int
+from autotts.engine import (
+    NO_ANSWER,
+    InvalidAction,
+    as_count,
+    as_flag,
+    as_int,
+    branch_indices,
+    running_indices,
+)
 from autotts.sandbox.wire import (
     OP_ADVANCE,
     OP_ADVANCE_MANY_IDX,
@@ -86,12 +94,6 @@ class ClientEpisode:
     __slots__ = ("_actions", "_budget", "_closed", "_delta", "_depth", "_events", "_finished",
                  "_gen", "_hist", "_kappa", "_latest", "_n", "_no_answer", "_opened", "_probes",
                  "_pruned", "_request", "_running")
-
-    # The engine's own reading of a branch list (over this mirror's opened, running and pruned
-    # branches, which the replies keep exact): what it refuses is refused here with its words,
-    # in its order, before anything is sent.
-    _indices = Episode._indices
-    _check_running_many = Episode._check_running_many
 
     def __init__(self, request: Request, pool_size: int, delta: int, probe_cost: int,
                  budget: int | None, no_answer_class: int, tracing: bool) -> None:
@@ -298,9 +300,10 @@ class ClientEpisode:
                         raise InvalidAction(
                             f"PROBE of branch {i} twice at depth {int(self._depth[i])}")
         elif name == "advance_many":
-            self._check_running_many(arr, "advance_many: which")
+            running_indices(arr, "advance_many: which", self._opened, self._running,
+                            self._pruned)
         elif name == "prune_many":
-            idx = self._indices(arr, "prune_many: which")
+            idx = branch_indices(arr, "prune_many: which", self._opened)
             if self._pruned[idx].any():
                 raise InvalidAction(
                     f"PRUNE of already pruned branch {int(idx[self._pruned[idx]][0])}")
@@ -367,7 +370,9 @@ class ClientEpisode:
         what = f"{name}: which"
         idx = _fast_indices(which, self._opened)
         if idx is None:
-            idx = self._indices(which, what)  # the engine's refusal, or valid indices
+            # The engine's own reading of a branch list, over this mirror's opened branches
+            # (which the replies keep exact): its refusal, in its words, or valid indices.
+            idx = branch_indices(which, what, self._opened)
         many = name == "advance_many"
         if many and (type(times) is not int or times != 1):
             try:
@@ -375,7 +380,7 @@ class ClientEpisode:
             except InvalidAction:
                 # A refusal whatever the judge holds: the engine checks the branches first,
                 # then `times` (a value JSON may not even carry), so the message is its.
-                self._check_running_many(idx, what)
+                running_indices(idx, what, self._opened, self._running, self._pruned)
                 raise
         if not many:
             times = 0
@@ -389,6 +394,13 @@ class ClientEpisode:
         return idx
 
     def advance_many(self, which: Any, times: int = 1) -> np.ndarray:
+        if (type(times) is int and times == 1 and isinstance(which, np.ndarray)
+                and which.ndim == 1 and which.dtype == bool):
+            # The usual call (ep.advance_many(ep.running)): _send_many's path for a mask and
+            # times 1, without its general checks (same row, same result).
+            mask = which.copy()
+            self._send(OP_ADVANCE_MANY_MASK, len(mask), 1, mask)
+            return self._latest[mask.nonzero()[0]]
         idx = self._send_many("advance_many", which, times)
         return self._latest[_positions(idx)]
 

@@ -98,11 +98,21 @@ _ENCODE = json.JSONEncoder(separators=(",", ":"), allow_nan=False,
                            default=frame_json_default).encode
 
 
+# dtype -> its name on the wire, for the frame dtypes (dtype.str builds the name on every read).
+_NAMES = {dt: name for name, dt in _DTYPES.items()}
+
+
 def pack_frame(header: dict[str, Any], arrays: list[np.ndarray] | tuple[()] = ()) -> bytes:
+    if not arrays:
+        raw = _ENCODE(header).encode("utf-8")
+        return _LEN.pack(len(raw)) + raw
     arrs = [np.ascontiguousarray(a) for a in arrays]
-    head = dict(header, arrays=[[a.dtype.str, list(a.shape)] for a in arrs]) if arrs else header
+    names = _NAMES
+    head = dict(header, arrays=[[names.get(a.dtype) or a.dtype.str, list(a.shape)]
+                                for a in arrs])
     raw = _ENCODE(head).encode("utf-8")
-    return b"".join([_LEN.pack(len(raw)), raw, *(a.tobytes() for a in arrs)])
+    # The arrays' buffers as they are (C-contiguous: the bytes tobytes() would copy out).
+    return b"".join([_LEN.pack(len(raw)), raw, *arrs])
 
 
 def _no_constant(name: str) -> Any:
@@ -201,16 +211,23 @@ def _array_specs(header: dict[str, Any], max_arrays: int) -> list[tuple[np.dtype
         raise FrameError("bad array list")
     out = []
     for spec in specs:
-        # (a dtype that is a list or an object cannot even be looked up in a set)
-        if (type(spec) is not list or len(spec) != 2 or type(spec[0]) is not str
-                or spec[0] not in FRAME_DTYPES
-                or type(spec[1]) is not list or len(spec[1]) > 2
-                or not all(type(d) is int and 0 <= d < 2**40 for d in spec[1])):
+        # (a dtype that is a list or an object cannot even be looked up in a dict)
+        if type(spec) is not list or len(spec) != 2:
             raise FrameError(f"bad array spec {str(spec)[:100]}")
-        dt = _DTYPES[spec[0]]
-        shape = tuple(spec[1])
-        out.append((dt, shape, math.prod(shape) * dt.itemsize))
+        name, dims = spec
+        dt = _DTYPES.get(name) if type(name) is str else None
+        if dt is None or type(dims) is not list or len(dims) > 2:
+            raise FrameError(f"bad array spec {str(spec)[:100]}")
+        n = dt.itemsize
+        for d in dims:  # (a loop, not all() over a generator: a few per frame, every frame)
+            if type(d) is not int or not 0 <= d < _MAX_DIM:
+                raise FrameError(f"bad array spec {str(spec)[:100]}")
+            n *= d
+        out.append((dt, tuple(dims), n))
     return out
+
+
+_MAX_DIM = 2**40
 
 
 class FrameReader:
@@ -263,9 +280,15 @@ class FrameReader:
                 break
             pos = _LEN.size + hlen
             arrays = []
-            for dt, shape, n in specs:
-                arrays.append(np.frombuffer(bytes(self.buf[pos : pos + n]), dtype=dt).reshape(shape))
-                pos += n
+            if specs:
+                # One copy of the frame's arrays (read-only views of it): a copy per array
+                # cost twice per array (bytearray slice, then bytes).
+                data = bytes(self.buf[pos:need])
+                pos = 0
+                for dt, shape, n in specs:
+                    arrays.append(np.frombuffer(data, dtype=dt, count=n // dt.itemsize,
+                                                offset=pos).reshape(shape))
+                    pos += n
             del self.buf[:need]
             self._head = None
             frames.append((header, arrays))

@@ -108,6 +108,7 @@ def test_a_kept_handle_of_an_ended_episode_is_refused_as_in_process(tmp_path):
 
 # ---- the judge's rows: advance_many applied inline, against the engine itself ------------------
 
+import contextlib  # noqa: E402
 import random  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -392,3 +393,72 @@ def test_advance_many_of_masks_gives_in_process_results(tmp_path):
         assert sb.rows == ip.rows
         assert sb.episodes == ip.episodes
         assert sb.traces == ip.traces
+
+
+# ---- the judge's /proc scan: what its first scan does not count, and later joins -----------------
+
+import os  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+# A sandbox's first process (a session of its own) that leaves behind, before the first scan, a
+# process of its session that is neither in its group nor its descendant (a child that made a
+# group of its own and forked, then exited: the grandchild is an orphan). Told to, the orphan
+# joins the first process's group (it may: same session).
+_ORPHANED = """
+import os, signal, sys, time
+leader = os.getpid()
+r, w = os.pipe()
+if os.fork() == 0:
+    os.setpgid(0, 0)
+    if os.fork() == 0:
+        os.close(w)
+        os.write(1, b"%d\\n" % os.getpid())
+        os.read(r, 1)  # until the leader says: join
+        os.setpgid(0, leader)
+        time.sleep(60)
+        os._exit(0)
+    os._exit(0)
+os.close(r)
+os.wait()
+print("ready", flush=True)
+for line in sys.stdin:
+    os.write(w, b"x")
+    print("joined", flush=True)
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "pidfd_open") or not os.path.isdir("/proc"),
+                    reason="pidfds and /proc (Linux 5.3+)")
+def test_a_process_of_the_sandboxs_session_is_never_learned_foreign():
+    """The first scan learns only processes of other sessions: an orphan of the sandbox's own
+    session (no member, no descendant, where no seccomp filter refuses setpgid and fork) is
+    read by every later scan, and counted once it joins the sandbox's group."""
+    from autotts.sandbox.lockdown import ForeignProcesses, live_sandbox_processes
+
+    p = subprocess.Popen([sys.executable, "-c", _ORPHANED], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, text=True, start_new_session=True)
+    foreign = ForeignProcesses()
+    try:
+        # (the orphan's number and the leader's "ready", once the orphan's parent is gone)
+        lines = {p.stdout.readline().strip(), p.stdout.readline().strip()}
+        lines.discard("ready")
+        orphan = int(lines.pop())
+        deadline = time.monotonic() + 10
+        assert live_sandbox_processes(p.pid, foreign, learn=True) == [p.pid]
+        assert orphan not in foreign.fd and os.getpid() in foreign.fd
+        p.stdin.write("join\n")
+        p.stdin.flush()
+        assert p.stdout.readline() == "joined\n"
+        while os.getpgid(orphan) != p.pid and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert live_sandbox_processes(p.pid, foreign) == sorted([p.pid, orphan])
+    finally:
+        foreign.close()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(p.pid, signal.SIGKILL)
+        with contextlib.suppress(NameError, ProcessLookupError, ValueError):
+            os.kill(orphan, signal.SIGKILL)
+        p.wait()

@@ -462,3 +462,32 @@ def test_a_process_of_the_sandboxs_session_is_never_learned_foreign():
         with contextlib.suppress(NameError, ProcessLookupError, ValueError):
             os.kill(orphan, signal.SIGKILL)
         p.wait()
+
+
+# ---- a forged round's longest branch list costs the judge no sort ------------------------------
+
+def test_a_branch_list_longer_than_the_opened_branches_is_refused_without_a_sort(monkeypatch):
+    """A round's index list may be as long as a frame holds (16 M int32 entries): all of them
+    open, it names a branch twice, which the engine said after sorting them (~0.8 s and
+    ~0.3 GB on the judge per such frame, 16 frames per sandbox process). Now it says so from
+    the count: the same refusal, in-process and from the judge, and no sort."""
+    from autotts.engine import branch_indices
+
+    big = (np.arange(1 << 20) % 3).astype(np.int32)
+    sorts = []
+    real_sort = np.sort
+    monkeypatch.setattr(np, "sort", lambda a, *k, **kw: (sorts.append(len(a)),
+                                                          real_sort(a, *k, **kw))[1])
+    with pytest.raises(InvalidAction, match=r"^which names a branch twice$"):
+        branch_indices(big, "which", 3)
+    task = _busy_task()
+    task.on_frame({"t": "round"}, [np.array([[0, OP_BRANCH_MANY, 3, 0, 0]], np.int64),
+                                   np.zeros(0, np.int32), np.zeros(0, bool)])
+    reply = task.on_frame({"t": "round"}, [
+        np.array([[0, OP_ADVANCE_MANY_IDX, len(big), 1, 0]], np.int64), big, np.zeros(0, bool)])
+    assert reply["x"] == ["advance_many: which names a branch twice"]
+    assert reply["arrays"][0][0, 4] == REFUSED
+    assert not [n for n in sorts if n > 3]
+    # and below the count, a list that names a branch twice is still found by the sort
+    with pytest.raises(InvalidAction, match="names a branch twice"):
+        branch_indices(np.array([*range(33), 5], np.int32), "which", 40)

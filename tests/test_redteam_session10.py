@@ -491,3 +491,55 @@ def test_a_branch_list_longer_than_the_opened_branches_is_refused_without_a_sort
     # and below the count, a list that names a branch twice is still found by the sort
     with pytest.raises(InvalidAction, match="names a branch twice"):
         branch_indices(np.array([*range(33), 5], np.int32), "which", 40)
+
+
+# ---- with code execution: the parked runners are the candidate's own --------------------------
+
+# Each episode switches into a runner parked by an earlier episode, handing it this episode's
+# handle (or a forged pair), so that one runner runs two episodes at once or the scheduler takes
+# an episode's end for a request. Whatever the child then does, the judge sees frames only.
+_HIJACK = '''
+import greenlet
+
+
+class Hijack:
+    NAME = "hijack"
+    runners = []
+
+    @staticmethod
+    def schedule(beta):
+        return {}
+
+    def run(self, ep):
+        me = greenlet.getcurrent()
+        if me not in Hijack.runners:
+            Hijack.runners.append(me)
+        ep.read_new()
+        for g in Hijack.runners:
+            if g is not me and not g.dead:
+                g.switch(MODE)
+        return int(ep.latest[0])
+'''
+
+
+@pytest.mark.usefixtures("parent")
+@pytest.mark.parametrize("window", [2, 256])
+@pytest.mark.parametrize("mode", ["ep, {}", "(0, 0, 0, None, None, None)"])
+def test_switching_into_a_parked_runner_ends_in_a_verdict_or_charged_rows(mode, window):
+    """(Here: a crash verdict, the scheduler's own unpacking failing in the batch process.)"""
+    from autotts.sandbox import SandboxError
+
+    src = _HIJACK.replace("MODE", mode)
+    limits = replace(FAST, window=window)
+    try:
+        ev = evaluate_sandboxed(src, [STORE], [0.5], PROTO, filename="hijack.py", limits=limits,
+                                on_error="record", _unrestricted=True)
+    except SandboxError as e:
+        assert e.verdict.kind in ("crash", "exception", "invalid_action"), str(e.verdict)
+        return
+    honest = evaluate_sandboxed(_HIJACK.replace("g.switch(MODE)", "pass"), [STORE], [0.5],
+                                PROTO, filename="hijack.py", limits=limits, on_error="record",
+                                _unrestricted=True)
+    # every row is one the judge charged: no more correct than reading one branch gives
+    for got, want in zip(ev.rows, honest.rows, strict=True):
+        assert got["accuracy"] <= want["accuracy"] and got["tokens"] >= want["tokens"]

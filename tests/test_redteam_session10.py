@@ -15,7 +15,26 @@ Found and fixed:
   The client now refuses an ended handle's actions as the engine does (client.py
   _refuse_ended) and its history() as well.
 
-Held (asserted below where cheap): see each test's docstring.
+- engine.branch_indices (the judge's reading of a round's raw index list) sorted a list as long
+  as a frame holds (16 M entries) to find the branch it names twice: ~0.8 s CPU and ~0.3 GB on
+  the trusted side per forged frame. A list longer than the opened branches, all of them open,
+  is now refused from its count (same words), in 0.01 s.
+
+Held (asserted below):
+- Parked runners: a kept handle is refused (as one of an ended episode, or of another
+  episode); with code execution, switching into another episode's runner ends in a crash
+  verdict; nothing of a runner outlives its batch process.
+- The /proc scan: the first scan learns only processes of other sessions that are no
+  descendant (an orphan of the sandbox's own session is read by every scan and counted once
+  it joins the group); session 5's setsid / setpgid / renamed-process attacks, with and
+  without seccomp, run through the new scan and still end in a timeout.
+- The judge's inline advance_many: random rounds (every mask length, bad indices, times at the
+  int64 edges, mixed with other rows) answered as the engine answers a twin episode; malformed
+  rows are protocol errors.
+- The client's fast path for masks: in-process rows, errors and traces for masks of every
+  kind, with any window.
+- The wire: frames of every dtype and shape split anywhere read back exactly; forged array
+  specs are frame errors or frames of the sizes they claim.
 """
 
 from __future__ import annotations

@@ -184,31 +184,32 @@ _PRLIMIT_COUNT = '''        soft, hard = resource.getrlimit(resource.RLIMIT_MSGQ
 
 @pytest.mark.usefixtures("parent")
 @pytest.mark.parametrize("how", [
-    pytest.param("prlimit", marks=pytest.mark.xfail(strict=True, reason=(
-        "hole (no-seccomp platforms): prlimit() on the sandbox process (same user) sets its "
-        "soft limits, which the next batch inherits: 16 rewritable registers. Fix: the sandbox "
-        "process restores (or checks) its own rlimits after each waitpid; better, where seal() "
-        "has no seccomp filter, refuse to count the platform as strong for candidate code"))),
+    "prlimit",  # the sandbox process restores its rlimits after each batch
     pytest.param("sysv-shm", marks=pytest.mark.xfail(strict=True, reason=(
         "hole (no-seccomp platforms): System V shared memory in the sandbox's own IPC namespace "
         "outlives each batch. Fix: where seal() cannot load its filter, give each batch its own "
         "IPC namespace (unshare(CLONE_NEWIPC) in the zygote's child before candidate code needs "
         "no privilege inside the sandbox's user namespace), or refuse a strong verdict without "
         "seccomp unless shmget/msgget/semget/mq_open are otherwise refused"))),
-    pytest.param("nice", marks=pytest.mark.xfail(strict=True, reason=(
-        "hole (no-seccomp platforms): a batch raises the sandbox process's nice value "
-        "(setpriority on its parent, same user), which the next batch inherits: a counter up "
-        "to 19. Fix: the sandbox process checks its own nice value (and any other inherited "
-        "attribute a batch can change from outside) after each waitpid and ends the run as a "
-        "crash if it moved"))),
 ])
 def test_kernel_objects_carry_nothing_between_batches_without_seccomp(how, monkeypatch):
     _no_seccomp(monkeypatch)
-    extra, body = {"sysv-shm": (_SYSV, _HINT_COUNT), "nice": (_NICE, _NICE_COUNT),
-                   "prlimit": (_PRLIMIT, _PRLIMIT_COUNT)}[how]
+    extra, body = {"sysv-shm": (_SYSV, _HINT_COUNT), "prlimit": (_PRLIMIT, _PRLIMIT_COUNT)}[how]
     ev = _run(_controller(body, extra), on_error="record")
     _played_more_than_one_draw(ev)
 
+
+
+@pytest.mark.usefixtures("parent")
+def test_a_raised_nice_value_ends_the_run_without_seccomp(monkeypatch):
+    """A batch raises the sandbox process's nice value (a counter up to 19 for the next batch;
+    once a strict xfail). The sandbox process, which dropped the privilege to lower it again,
+    cannot put it back: the run ends with a crash verdict before another batch starts."""
+    _no_seccomp(monkeypatch)
+    with pytest.raises(SandboxError) as e:
+        _run(_controller(_NICE_COUNT, _NICE), on_error="record")
+    assert e.value.verdict.kind == "crash"
+    assert "nice value" in e.value.verdict.message
 
 # ---- the clock: when a process exits is a message to the next one ----------------------------
 
@@ -508,14 +509,9 @@ def test_an_orphan_of_a_batch_never_plays_the_next_batch(hop, monkeypatch):
     _played_more_than_one_draw(ev)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "hole (where a batch can start a thread: root without seccomp and without the drop to "
-    "nobody): session 5's zombie leader. The batch starts a thread and ends its main thread "
-    "alone (SYS_exit): /proc shows the process as a zombie, the scan skips it, the check passes "
-    "(no 'reaped': the sandbox process is still in waitpid, so the hint's 0.2 s timer releases "
-    "the frame) and the thread reads and plays every later batch. Fix: a zombie leader whose "
-    "/proc/<pid>/task still lists threads (or whose status says Threads > 0) is alive to the "
-    "scan; and seal() verifies that the batch can start no thread or process"))
+# Once a hole (strict xfail): the batch starts a thread and ends its main thread alone
+# (SYS_exit); /proc shows the process as a zombie, and the scan skipped zombies. A zombie whose
+# num_threads counts live threads is alive to the scan now: the next batch waits for it.
 @pytest.mark.usefixtures("parent")
 def test_a_thread_of_a_zombie_leader_never_plays_the_next_batch_as_root(monkeypatch):
     import os

@@ -177,20 +177,9 @@ def _no_seccomp_hole(what: str, fix: str):
 
 
 @pytest.mark.usefixtures("parent")
-@pytest.mark.parametrize("how", [
-    pytest.param("F_SETSIG", marks=_no_seccomp_hole(
-        "fcntl(F_SETSIG) on stdin (the owner signal of the shared open file description, "
-        "0..64)", "after each waitpid the zygote also restores F_GETSIG/F_GETOWN_EX of each "
-        "shared descriptor")),
-    pytest.param("F_SETPIPE_SZ", marks=_no_seccomp_hole(
-        "fcntl(F_SETPIPE_SZ) on stdout (the pipe's capacity, a power of two from 4 KiB to "
-        "pipe-max-size: 9 values per pipe, 4 pipes)", "after each waitpid the zygote checks "
-        "F_GETPIPE_SZ of every shared pipe against its value before candidate code and resets "
-        "it")),
-    pytest.param("prlimit", marks=_no_seccomp_hole(
-        "prlimit() on the sandbox process (session 6's hole, here as a 1-bit mark)",
-        "the zygote restores its rlimits after each waitpid")),
-])
+# Once holes (strict xfails): the sandbox process now puts each of these registers back after
+# every batch where no filter refuses them (child._restore_inherited).
+@pytest.mark.parametrize("how", ["F_SETSIG", "F_SETPIPE_SZ", "prlimit"])
 def test_descriptor_state_beyond_the_status_flags_carries_nothing_without_seccomp(
         how, monkeypatch):
     _no_seccomp(monkeypatch)

@@ -65,6 +65,14 @@ PRELOAD = ("numpy.linalg", "numpy.random", "numpy.fft", "numpy.ma", "numpy.polyn
 
 
 FD_FLAGS: dict[int, int] = {}  # the zygote's descriptors' status flags before candidate code
+# Where no seccomp filter binds the batches: the rest of this process's state that a batch can
+# change from outside and the next one would inherit, as it was before candidate code
+# (_snapshot_inherited); restored after each batch (_restore_inherited).
+INHERITED: dict[str, Any] = {}
+# fcntl registers of a shared open file description or pipe, besides its status flags: the
+# owner and owner signal (F_SETOWN, F_SETSIG) and a pipe's capacity (F_SETPIPE_SZ).
+_FCNTL_REGISTERS = ((fcntl.F_GETOWN, fcntl.F_SETOWN), (fcntl.F_GETSIG, fcntl.F_SETSIG),
+                    (fcntl.F_GETPIPE_SZ, fcntl.F_SETPIPE_SZ))
 BUILTINS: dict[str, Any] | None = None  # the candidate's builtins, built once by the zygote
 
 
@@ -524,6 +532,8 @@ def _forked(work: Any, out: _Out, hint: np.ndarray) -> None:
     for fd, flags in FD_FLAGS.items():
         with contextlib.suppress(OSError):
             fcntl.fcntl(fd, fcntl.F_SETFL, flags)
+    if INHERITED:
+        _restore_inherited()
     if os.WIFSIGNALED(status):
         out.send({"t": "died", "status": -os.WTERMSIG(status)})
     elif os.WEXITSTATUS(status) != 0:
@@ -534,6 +544,56 @@ def _forked(work: Any, out: _Out, hint: np.ndarray) -> None:
         view = memoryview(_REAPED)
         while view:
             view = view[os.write(out.fd, view):]
+
+
+def _snapshot_inherited(fds: tuple[int, ...]) -> dict[str, Any]:
+    """This process's nice value, rlimits and the fcntl registers of its shared descriptors,
+    before any candidate code. Without seccomp a batch may set each of them (setpriority and
+    prlimit on its parent, a process of the same user; fcntl on a description it shares): a
+    register the next batch would read when it starts."""
+    import resource
+
+    regs = {}
+    for fd in fds:
+        for get, put in _FCNTL_REGISTERS:
+            with contextlib.suppress(OSError):  # F_GETPIPE_SZ of what is not a pipe
+                regs[fd, get, put] = fcntl.fcntl(fd, get)
+    limits = {r: resource.getrlimit(r) for r in sorted(
+        {getattr(resource, n) for n in dir(resource) if n.startswith("RLIMIT_")})}
+    return {"nice": os.getpriority(os.PRIO_PROCESS, 0), "rlimits": limits, "fcntl": regs}
+
+
+def _restore_inherited() -> None:
+    """After a batch: every register of INHERITED back to its value before candidate code.
+    One that cannot be put back (a hard limit lowered, a nice value raised without the
+    privilege to lower it, a pipe grown past what it now holds) ends the run: an honest
+    controller cannot reach any of them, and the next batch must not read what this one left."""
+    import resource
+
+    moved = []
+    for (fd, get, put), v in INHERITED["fcntl"].items():
+        try:
+            if fcntl.fcntl(fd, get) != v:
+                fcntl.fcntl(fd, put, v)
+                if fcntl.fcntl(fd, get) != v:
+                    moved.append(f"descriptor {fd}'s fcntl register {get}")
+        except OSError:
+            moved.append(f"descriptor {fd}'s fcntl register {get}")
+    for r, v in INHERITED["rlimits"].items():
+        try:
+            if resource.getrlimit(r) != v:
+                resource.setrlimit(r, v)
+        except (OSError, ValueError):
+            moved.append(f"resource limit {r}")
+    nice = INHERITED["nice"]
+    try:
+        if os.getpriority(os.PRIO_PROCESS, 0) != nice:
+            os.setpriority(os.PRIO_PROCESS, 0, nice)
+    except OSError:
+        moved.append("nice value")
+    if moved:
+        raise Fatal(Verdict("crash", "a batch changed the sandbox process's state, which the "
+                            f"next batch would inherit, beyond repair: {', '.join(moved)}"))
 
 
 def _send_verdict(out: _Out, v: Verdict) -> None:
@@ -566,6 +626,8 @@ def _run(req: dict[str, Any], out: _Out, hint: np.ndarray) -> None:
             FD_FLAGS[fd] = fcntl.fcntl(fd, fcntl.F_GETFL)
     prepare_seal(req["limits"])  # while the file system is there: compiled once
     isolation = lockdown(req["limits"], os.getcwd())
+    if not isolation.get("seccomp"):  # the filter refuses all of them to a batch (and to us)
+        INHERITED.update(_snapshot_inherited((0, 1, 2, out.fd)))
     # The batches inherit every descriptor this process holds, and with it any state of the
     # open file (offset, times, flags) a batch could set for the next one: keep only the pipes.
     os.closerange(3, out.fd)

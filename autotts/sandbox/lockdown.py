@@ -797,7 +797,9 @@ def live_sandbox_processes(leader: int, foreign: ForeignProcesses | None = None,
                 os.close(fd)
             # after the command name (which may hold ")" and spaces): state, ppid, pgrp, session
             fields = raw.rsplit(b")", 1)[1].split(None, 5)
-            if fields[0] in (b"Z", b"X"):
+            # A zombie is gone, unless it is a thread group leader that ended alone while its
+            # other threads run on (num_threads counts them with it): that process lives.
+            if fields[0] in (b"Z", b"X") and int(fields[5].split(None, 13)[12]) <= 1:
                 continue
             parent[pid] = int(fields[1])
             session[pid] = fields[3]

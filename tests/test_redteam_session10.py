@@ -20,6 +20,13 @@ Found and fixed:
   the trusted side per forged frame. A list longer than the opened branches, all of them open,
   is now refused from its count (same words), in 0.01 s.
 
+- Without seccomp, a batch set its parent's (the sandbox process's) CPU affinity,
+  scheduling policy (SCHED_BATCH, SCHED_IDLE, the reset-on-fork flag) or I/O priority, and the
+  next batch read it (inherited, or from its parent): a mark carried from one draw to the
+  next, the class of b0b53dc's fix (nice value, rlimits, descriptor registers), which left
+  these out. The sandbox process now records them with the rest and puts them back after each
+  batch, or ends the run with a crash verdict where it cannot (SCHED_IDLE, reset-on-fork).
+
 Held (asserted below):
 - Parked runners: a kept handle is refused (as one of an ended episode, or of another
   episode); with code execution, switching into another episode's runner ends in a crash
@@ -562,3 +569,88 @@ def test_switching_into_a_parked_runner_ends_in_a_verdict_or_charged_rows(mode, 
     # every row is one the judge charged: no more correct than reading one branch gives
     for got, want in zip(ev.rows, honest.rows, strict=True):
         assert got["accuracy"] <= want["accuracy"] and got["tokens"] >= want["tokens"]
+
+
+# ---- the sandbox process's scheduling state, set by a batch (no seccomp) ----------------------
+
+# Without the seccomp filter a batch may set its parent's (the sandbox process's: same user)
+# CPU affinity, scheduling policy and I/O priority, and a fork inherits each of them: the next
+# batch reads them when it starts. child._restore_inherited (b0b53dc) put back the nice value,
+# the rlimits and the shared descriptors' registers, not these.
+_SCHED_MARKS = '''
+IOPRIO_WHO_PROCESS, IOPRIO_IDLE = 1, 3 << 13
+_libc.syscall.restype = ctypes.c_long
+
+
+def _try(f):
+    try:
+        return f()
+    except OSError:  # refused (the seccomp filter): no mark
+        return False
+
+
+_MARKS["affinity"] = (lambda: _try(lambda: len(os.sched_getaffinity(0)) == 1),
+                      lambda: _try(lambda: os.sched_setaffinity(
+                          os.getppid(), {min(os.sched_getaffinity(0))})))
+_MARKS["policy"] = (lambda: _try(lambda: os.sched_getscheduler(0) == os.SCHED_BATCH),
+                    lambda: _try(lambda: os.sched_setscheduler(
+                        os.getppid(), os.SCHED_BATCH, os.sched_param(0))))
+# SCHED_IDLE, and the reset-on-fork flag (read from the parent: a fork clears it), cannot be
+# taken back without privileges
+_MARKS["idle"] = (lambda: _try(lambda: os.sched_getscheduler(0) == os.SCHED_IDLE),
+                  lambda: _try(lambda: os.sched_setscheduler(
+                      os.getppid(), os.SCHED_IDLE, os.sched_param(0))))
+_MARKS["reset-on-fork"] = (lambda: _try(
+    lambda: os.sched_getscheduler(os.getppid()) & os.SCHED_RESET_ON_FORK),
+                           lambda: _try(lambda: os.sched_setscheduler(
+                               os.getppid(), os.SCHED_OTHER | os.SCHED_RESET_ON_FORK,
+                               os.sched_param(0))))
+_MARKS["ioprio"] = (lambda: _libc.syscall(252, IOPRIO_WHO_PROCESS, 0) == IOPRIO_IDLE,  # get (x86_64)
+                    lambda: _libc.syscall(251, IOPRIO_WHO_PROCESS, os.getppid(),  # set
+                                          IOPRIO_IDLE))
+'''
+
+
+def _sched_source(how: str) -> str:
+    from tests.test_redteam_session7 import _FCNTL
+
+    return _FCNTL.replace('_seen, _mark = _MARKS["{how}"]',
+                          _SCHED_MARKS + f'_seen, _mark = _MARKS["{how}"]')
+
+
+@pytest.mark.usefixtures("parent")
+@pytest.mark.parametrize("how", ["affinity", "policy", "ioprio", "idle", "reset-on-fork"])
+def test_scheduling_state_of_the_sandbox_process_carries_nothing_without_seccomp(
+        how, monkeypatch):
+    """Each mark set by a batch on its parent: put back after the batch, or (SCHED_IDLE, the
+    reset-on-fork flag) a crash verdict. Failed before: the next batch read each mark."""
+    from autotts.sandbox import SandboxError
+    from tests.test_redteam_session5 import _no_seccomp
+    from tests.test_redteam_session7 import _FCNTL_COUNT, _played_more_than_one_draw
+    from tests.test_sandbox_boundary import _controller, _run
+
+    if how == "affinity" and len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("one CPU: no affinity to set")
+    _no_seccomp(monkeypatch)
+    if how == "ioprio" and os.uname().machine != "x86_64":
+        pytest.skip("the mark calls ioprio_get / ioprio_set by their x86_64 numbers")
+    try:
+        ev = _run(_controller(_FCNTL_COUNT, _sched_source(how)), on_error="record")
+    except SandboxError as e:  # what the sandbox process cannot put back (unprivileged)
+        assert how in ("idle", "reset-on-fork"), str(e.verdict)
+        assert e.verdict.kind == "crash", str(e.verdict)
+        assert "beyond repair: scheduling policy" in e.verdict.message
+        return
+    _played_more_than_one_draw(ev)
+
+
+@pytest.mark.usefixtures("parent")
+@pytest.mark.parametrize("how", ["affinity", "policy", "ioprio", "idle", "reset-on-fork"])
+def test_scheduling_state_of_the_sandbox_process_is_refused_with_seccomp(how):
+    from tests.test_redteam_session7 import _FCNTL_COUNT, _played_more_than_one_draw
+    from tests.test_sandbox_boundary import _controller, _run
+
+    if how == "ioprio" and os.uname().machine != "x86_64":
+        pytest.skip("the mark calls ioprio_get / ioprio_set by their x86_64 numbers")
+    _played_more_than_one_draw(_run(_controller(_FCNTL_COUNT, _sched_source(how)),
+                                    on_error="record"))

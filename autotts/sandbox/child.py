@@ -571,6 +571,9 @@ _IOPRIO_CALLS = {"x86_64": (252, 251), "aarch64": (31, 30), "riscv64": (31, 30),
 _IOPRIO_WHO_PROCESS = 1
 
 
+_SYSCALL: list[Any] = []  # libc's syscall(), made once
+
+
 def _ioprio(value: int | None = None) -> int | None:
     """This process's I/O priority (or set it to `value`); None where the call is unknown."""
     import ctypes
@@ -578,8 +581,10 @@ def _ioprio(value: int | None = None) -> int | None:
     calls = _IOPRIO_CALLS.get(os.uname().machine)
     if calls is None:
         return None
-    syscall = ctypes.CDLL(None, use_errno=True).syscall
-    syscall.restype = ctypes.c_long
+    if not _SYSCALL:
+        _SYSCALL.append(ctypes.CDLL(None, use_errno=True).syscall)
+        _SYSCALL[0].restype = ctypes.c_long
+    syscall = _SYSCALL[0]
     if value is None:
         r = syscall(ctypes.c_long(calls[0]), ctypes.c_long(_IOPRIO_WHO_PROCESS), ctypes.c_long(0))
     else:

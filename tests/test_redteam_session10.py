@@ -27,6 +27,9 @@ Found and fixed:
   these out. The sandbox process now records them with the rest and puts them back after each
   batch, or ends the run with a crash verdict where it cannot (SCHED_IDLE, reset-on-fork).
 
+Left open (a strict xfail): without seccomp, a key added to the session keyring or the
+user's keyring is found by the next batch (the kind of System V shared memory, documented).
+
 Held (asserted below):
 - Parked runners: a kept handle is refused (as one of an ended episode, or of another
   episode); with code execution, switching into another episode's runner ends in a crash
@@ -654,3 +657,74 @@ def test_scheduling_state_of_the_sandbox_process_is_refused_with_seccomp(how):
         pytest.skip("the mark calls ioprio_get / ioprio_set by their x86_64 numbers")
     _played_more_than_one_draw(_run(_controller(_FCNTL_COUNT, _sched_source(how)),
                                     on_error="record"))
+
+
+# ---- kernel keyrings (no seccomp): left open ---------------------------------------------------
+
+# add_key into the session keyring (which the sandbox process and every batch share: a fork
+# keeps it) or into the user's keyring (one per user: every batch runs as the same one), and
+# request_key in the next batch. x86_64 numbers (add_key 248, request_key 249).
+_KEY_MARKS = '''
+_libc.syscall.restype = ctypes.c_long
+
+
+def _key_found():
+    return _libc.syscall(249, b"user", b"autotts-mark", None, 0) > 0
+
+
+def _add_key(ring):
+    _libc.syscall(248, b"user", b"autotts-mark", b"1", 1, ring)
+
+
+_MARKS["session-keyring"] = (_key_found, lambda: _add_key(-3))  # KEY_SPEC_SESSION_KEYRING
+_MARKS["user-keyring"] = (_key_found, lambda: _add_key(-4))  # KEY_SPEC_USER_KEYRING
+'''
+
+
+def _key_source(how: str) -> str:
+    from tests.test_redteam_session7 import _FCNTL
+
+    return _FCNTL.replace('_seen, _mark = _MARKS["{how}"]',
+                          _KEY_MARKS + f'_seen, _mark = _MARKS["{how}"]')
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="x86_64 system call numbers")
+@pytest.mark.usefixtures("parent")
+@pytest.mark.xfail(strict=True, reason=(
+    "hole (no-seccomp platforms): a key a batch adds to the session keyring (shared with the "
+    "sandbox process by fork) or to its user's keyring (one per user) is found by the next "
+    "batch: a store of any size carried across draws (the kind of System V shared memory, "
+    "documented). Fix: each batch joins a fresh anonymous session keyring before candidate "
+    "code (keyctl JOIN_SESSION_KEYRING) and the sandbox process clears the user and "
+    "user-session keyrings after each batch (keyctl CLEAR), or where seal() has no seccomp "
+    "filter the platform does not count as strong"))
+@pytest.mark.parametrize("how", ["session-keyring", "user-keyring"])
+def test_a_key_carries_nothing_between_batches_without_seccomp(how, monkeypatch):
+    from tests.test_redteam_session5 import _no_seccomp
+    from tests.test_redteam_session7 import _FCNTL_COUNT, _played_more_than_one_draw
+    from tests.test_sandbox_boundary import _controller, _run
+
+    _no_seccomp(monkeypatch)
+    _played_more_than_one_draw(_run(_controller(_FCNTL_COUNT, _key_source(how)),
+                                    on_error="record"))
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="x86_64 system call numbers")
+@pytest.mark.usefixtures("parent")
+@pytest.mark.parametrize("how", ["session-keyring", "user-keyring"])
+def test_keys_are_refused_with_seccomp(how):
+    """add_key is not on the filter's allow-list: the candidate's module fails at its first
+    episode's mark, in every batch alike, and no episode counts past its own batch."""
+    from tests.test_redteam_session7 import _FCNTL_COUNT
+    from tests.test_sandbox_boundary import _controller, _run
+
+    ev = _run(_controller(_FCNTL_COUNT, _key_source(how)), on_error="record")
+    assert ev.errors
+    assert all("Operation not permitted" in e["message"] or "episode" in e["message"]
+               for e in ev.errors)
+    counts = [int(e["message"].split("episode ")[1].split(" ")[0]) for e in ev.errors
+              if "episode " in e["message"]]
+    assert not counts or max(counts) <= Q_PER_BATCH
+
+
+Q_PER_BATCH = len(STORE.questions)

@@ -14,12 +14,10 @@ Found and fixed:
   with a window of one episode, where the sandbox runs them one after another as in-process.
   The client now refuses an ended handle's actions as the engine does (client.py
   _refuse_ended) and its history() as well.
-
 - engine.branch_indices (the judge's reading of a round's raw index list) sorted a list as long
   as a frame holds (16 M entries) to find the branch it names twice: ~0.8 s CPU and ~0.3 GB on
   the trusted side per forged frame. A list longer than the opened branches, all of them open,
   is now refused from its count (same words), in 0.01 s.
-
 - Without seccomp, a batch set its parent's (the sandbox process's) CPU affinity,
   scheduling policy (SCHED_BATCH, SCHED_IDLE, the reset-on-fork flag) or I/O priority, and the
   next batch read it (inherited, or from its parent): a mark carried from one draw to the
@@ -45,6 +43,7 @@ Held (asserted below):
   kind, with any window.
 - The wire: frames of every dtype and shape split anywhere read back exactly; forged array
   specs are frame errors or frames of the sizes they claim.
+- With seccomp, the scheduling marks and the keys are refused.
 """
 
 from __future__ import annotations

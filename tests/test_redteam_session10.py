@@ -694,9 +694,10 @@ def _key_source(how: str) -> str:
     "sandbox process by fork) or to its user's keyring (one per user) is found by the next "
     "batch: a store of any size carried across draws (the kind of System V shared memory, "
     "documented). Fix: each batch joins a fresh anonymous session keyring before candidate "
-    "code (keyctl JOIN_SESSION_KEYRING) and the sandbox process clears the user, "
-    "user-session and persistent keyrings after each batch (keyctl CLEAR), or where seal() "
-    "has no seccomp filter the platform does not count as strong"))
+    "code (keyctl JOIN_SESSION_KEYRING); the user, user-session and persistent keyrings are "
+    "per user, so clearing them after each batch is safe only in a user namespace of the "
+    "sandbox's own (else it would wipe the host user's keys): elsewhere, where seal() has no "
+    "seccomp filter, the platform should not count as strong"))
 @pytest.mark.parametrize("how", ["session-keyring", "user-keyring"])
 def test_a_key_carries_nothing_between_batches_without_seccomp(how, monkeypatch):
     from tests.test_redteam_session5 import _no_seccomp

@@ -66,7 +66,7 @@ def test_reused_runners_change_no_row_and_refuse_kept_handles(tmp_path):
         # each batch: every episode but the first
         assert len(refused) == 2 * (N_QUESTIONS - 1) * PROTO.draws
         if limits.window == 1:
-            assert set(refused) == {"this episode handle belongs to an episode that has ended"}
+            assert set(refused) == {"the episode has ended"}  # the engine's words
     path = tmp_path / "keeper.py"
     path.write_text(_KEEPER)
     ip = evaluate(str(path), [STORE], [0.0, 0.5], PROTO, episodes=True, on_error="record")

@@ -560,7 +560,53 @@ def _snapshot_inherited(fds: tuple[int, ...]) -> dict[str, Any]:
                 regs[fd, get, put] = fcntl.fcntl(fd, get)
     limits = {r: resource.getrlimit(r) for r in sorted(
         {getattr(resource, n) for n in dir(resource) if n.startswith("RLIMIT_")})}
-    return {"nice": os.getpriority(os.PRIO_PROCESS, 0), "rlimits": limits, "fcntl": regs}
+    return {"nice": os.getpriority(os.PRIO_PROCESS, 0), "rlimits": limits, "fcntl": regs,
+            "sched": _scheduling()}
+
+
+# ioprio_get / ioprio_set (no Python wrapper): their numbers where they are known
+_IOPRIO_CALLS = {"x86_64": (252, 251), "aarch64": (31, 30), "riscv64": (31, 30),
+                 "loongarch64": (31, 30), "i686": (290, 289), "ppc64le": (274, 273),
+                 "s390x": (283, 282)}
+_IOPRIO_WHO_PROCESS = 1
+
+
+_SYSCALL: list[Any] = []  # libc's syscall(), made once
+
+
+def _ioprio(value: int | None = None) -> int | None:
+    """This process's I/O priority (or set it to `value`); None where the call is unknown."""
+    import ctypes
+
+    calls = _IOPRIO_CALLS.get(os.uname().machine)
+    if calls is None:
+        return None
+    if not _SYSCALL:
+        _SYSCALL.append(ctypes.CDLL(None, use_errno=True).syscall)
+        _SYSCALL[0].restype = ctypes.c_long
+    syscall = _SYSCALL[0]
+    if value is None:
+        r = syscall(ctypes.c_long(calls[0]), ctypes.c_long(_IOPRIO_WHO_PROCESS), ctypes.c_long(0))
+    else:
+        r = syscall(ctypes.c_long(calls[1]), ctypes.c_long(_IOPRIO_WHO_PROCESS), ctypes.c_long(0),
+                    ctypes.c_long(value))
+    if r < 0:
+        raise OSError(ctypes.get_errno(), "ioprio")
+    return int(r)
+
+
+def _scheduling() -> dict[str, Any]:
+    """The scheduling state a process of the same user may set on this one and a fork
+    inherits (or a batch reads from its parent): CPU affinity, scheduling policy (with its
+    reset-on-fork flag) and priority, I/O priority. (The nice value is read apart.)"""
+    out: dict[str, Any] = {}
+    with contextlib.suppress(OSError, AttributeError):
+        out["affinity"] = os.sched_getaffinity(0)
+    with contextlib.suppress(OSError, AttributeError):
+        out["policy"] = (os.sched_getscheduler(0), os.sched_getparam(0).sched_priority)
+    with contextlib.suppress(OSError):
+        out["ioprio"] = _ioprio()
+    return out
 
 
 def _restore_inherited() -> None:
@@ -591,6 +637,28 @@ def _restore_inherited() -> None:
             os.setpriority(os.PRIO_PROCESS, 0, nice)
     except OSError:
         moved.append("nice value")
+    # CPU affinity, policy and I/O priority: set from outside as the nice value is (and a
+    # policy's reset-on-fork flag, or SCHED_IDLE, cannot be taken back without privileges)
+    sched, before = INHERITED.get("sched", {}), len(moved)
+    try:
+        if sched.get("affinity") is not None and os.sched_getaffinity(0) != sched["affinity"]:
+            os.sched_setaffinity(0, sched["affinity"])
+    except OSError:
+        moved.append("CPU affinity")
+    try:
+        if sched.get("policy") is not None and (
+                os.sched_getscheduler(0), os.sched_getparam(0).sched_priority) != sched["policy"]:
+            policy, priority = sched["policy"]
+            os.sched_setscheduler(0, policy, os.sched_param(priority))
+    except OSError:
+        moved.append("scheduling policy")
+    try:
+        if sched.get("ioprio") is not None and _ioprio() != sched["ioprio"]:
+            _ioprio(sched["ioprio"])
+    except OSError:
+        moved.append("I/O priority")
+    if len(moved) == before and _scheduling() != sched:  # a change that did not take
+        moved.append("scheduling state")
     if moved:
         raise Fatal(Verdict("crash", "a batch changed the sandbox process's state, which the "
                             f"next batch would inherit, beyond repair: {', '.join(moved)}"))

@@ -53,6 +53,11 @@ from autotts.sandbox.wire import (
 # depth, answer, final) with the action's reveals (final None when none of them is a final).
 Request = Callable[[tuple[Any, ...]], tuple[Any, ...]]
 _I64 = 1 << 63
+# The actions whose arguments the engine checks before it refuses a handle of an ended episode
+_OP_NAMES = {OP_ADVANCE: "advance", OP_EXTEND: "extend", OP_READ: "read", OP_PROBE: "probe",
+             OP_PRUNE: "prune", OP_ADVANCE_MANY_IDX: "advance_many",
+             OP_ADVANCE_MANY_MASK: "advance_many", OP_PRUNE_MANY_IDX: "prune_many",
+             OP_PRUNE_MANY_MASK: "prune_many"}
 
 
 def _flag(probe: Any, what: str) -> bool:
@@ -219,7 +224,10 @@ class ClientEpisode:
 
     def history(self, i: int) -> np.ndarray:
         """Revealed answers of branch i in depth order (probes, then the final if finished)."""
-        return self._branch_history(self._check_opened(i))[1].astype(np.int32)
+        i = self._check_opened(i)
+        if self._closed:  # as the engine's: it reads the (ended) question's table for them
+            raise InvalidAction("the episode has ended")
+        return self._branch_history(i)[1].astype(np.int32)
 
     def history_depths(self, i: int) -> np.ndarray:
         return self._branch_history(self._check_opened(i))[0].astype(np.int64)
@@ -237,7 +245,7 @@ class ClientEpisode:
     def _send(self, op: int, a: int = 0, b: int = 0, arr: np.ndarray | None = None,
               js: list[Any] | None = None) -> None:
         if self._closed:
-            raise InvalidAction("this episode handle belongs to an episode that has ended")
+            self._refuse_ended(op, a, arr, js)
         events = None
         if self._events:
             events, self._events = self._events, []
@@ -266,6 +274,40 @@ class ClientEpisode:
             done = jb[jf.view(bool)]
             self._finished[done] = True
             self._running[done] = False
+
+    def _refuse_ended(self, op: int, a: int, arr: np.ndarray | None,
+                      js: list[Any] | None) -> None:
+        """An action on a handle kept past its episode: refused as in-process, where the
+        engine checks the action's arguments over the episode's last state (which this mirror
+        holds) before it says that the episode has ended, so that a controller that keeps a
+        handle gets the same words and the same rows sandboxed (its episodes run one after
+        another there too, with a window of one)."""
+        name = js[0] if op == OP_JSON else _OP_NAMES.get(op)
+        if name in ("advance", "extend", "read", "probe", "prune"):
+            i = a if op != OP_JSON else js[1][0]
+            if name == "prune":
+                i = self._check_opened(i)
+                if self._pruned[i]:
+                    raise InvalidAction(f"PRUNE of branch {i}, which is already pruned")
+            else:
+                i = self._check_opened(i)
+                if not self._running[i]:
+                    raise InvalidAction(
+                        f"branch {i} is {'pruned' if self._pruned[i] else 'finished'}")
+                if name == "probe":
+                    depths = self._branch_history(i)[0]
+                    if len(depths) and depths[-1] == self._depth[i]:
+                        raise InvalidAction(
+                            f"PROBE of branch {i} twice at depth {int(self._depth[i])}")
+        elif name == "advance_many":
+            running_indices(arr, "advance_many: which", self._opened, self._running,
+                            self._pruned)
+        elif name == "prune_many":
+            idx = branch_indices(arr, "prune_many: which", self._opened)
+            if self._pruned[idx].any():
+                raise InvalidAction(
+                    f"PRUNE of already pruned branch {int(idx[self._pruned[idx]][0])}")
+        raise InvalidAction("the episode has ended")
 
     def _send_index(self, op: int, name: str, i: int) -> None:
         """An action with one integer argument: a row, or past int64 a JSON message (for the

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from discover_helpers import GOOD, GOOD_B, cli_env, make_env, reply
 
-from autotts.cli import main
 from autotts.discover.fakeserver import FakeOpenAI
+from tests.test_cli_edges import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 SYNTH = ROOT / "data" / "synthetic"
@@ -37,16 +37,6 @@ class CtrlC:
         os.kill(os.getpid(), signal.SIGINT)
         return ep.read_new()
 '''
-
-
-def cli(args: list[str], capsys: pytest.CaptureFixture[str],
-        monkeypatch: pytest.MonkeyPatch) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["autotts", *args])
-    monkeypatch.setenv("COLUMNS", "200")
-    with pytest.raises(SystemExit) as e:
-        main()
-    got = capsys.readouterr()
-    return int(e.value.code or 0), got.out, got.err
 
 
 @pytest.mark.parametrize("reading", ["plain", "typer"])

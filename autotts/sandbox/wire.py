@@ -281,9 +281,11 @@ class FrameReader:
             pos = _LEN.size + hlen
             arrays = []
             if specs:
-                # One copy of the frame's arrays (read-only views of it): a copy per array
-                # cost twice per array (bytearray slice, then bytes).
-                data = bytes(self.buf[pos:need])
+                # One copy of the frame's arrays (read-only views of it), through a view of
+                # the buffer: a slice of the bytearray would be a second copy. The view is
+                # released before the buffer is cut below (an exported bytearray cannot resize).
+                with memoryview(self.buf) as view:
+                    data = bytes(view[pos:need])
                 pos = 0
                 for dt, shape, n in specs:
                     arrays.append(np.frombuffer(data, dtype=dt, count=n // dt.itemsize,

@@ -762,3 +762,56 @@ def test_keys_are_refused_with_seccomp(how):
 
 
 Q_PER_BATCH = len(STORE.questions)
+
+
+# ---- last attacks of the session: the zygote itself, from a batch with code execution ---------
+
+from tests.test_redteam_session5 import SHORT, _holds, _no_seccomp  # noqa: E402
+from tests.test_redteam_session6 import _WHERE  # noqa: E402
+from tests.test_redteam_session7 import _FCNTL, _FCNTL_COUNT  # noqa: E402
+from tests.test_sandbox_boundary import _controller, _run  # noqa: E402
+
+# The batch empties its copy of what the zygote restores from (INHERITED, FD_FLAGS) before it
+# marks the zygote's soft rlimit: the copy is the batch's own (copy-on-write), the zygote
+# restores from its own and the next batch starts from the zygote's value.
+_EMPTIED = _FCNTL.replace("{how}", "prlimit") + '''
+sandbox_child.INHERITED.clear()
+sandbox_child.FD_FLAGS.clear()
+'''
+
+
+@pytest.mark.usefixtures("parent")
+def test_emptying_the_batchs_copy_of_the_restore_list_restores_nothing_less(monkeypatch):
+    _no_seccomp(monkeypatch)
+    _holds(lambda: _run(_controller(_FCNTL_COUNT, _EMPTIED), on_error="record", limits=SHORT))
+
+
+# The batch stops or kills the zygote (its parent, the process that forks the next batch) and
+# counts on: the run must end with a verdict (the next batch never starts, or is a fresh
+# fork), never hang past its limits or hand a batch's state to another.
+_SIGNAL_PARENT = _WHERE + '''
+import os, signal
+
+def _signal_parent(sig):
+    try:
+        os.kill(os.getppid(), sig)
+    except OSError:
+        pass
+'''
+
+
+@pytest.mark.usefixtures("parent")
+@pytest.mark.parametrize("seccomp", [True, False])
+@pytest.mark.parametrize("sig", ["SIGSTOP", "SIGKILL", "SIGTERM"])
+def test_a_batch_that_signals_the_zygote_ends_the_run_or_counts_nothing(sig, seccomp,
+                                                                        monkeypatch):
+    if not seccomp:
+        _no_seccomp(monkeypatch)
+    body = f"        _signal_parent(signal.{sig})\n" + _COUNT_BODY
+    _holds(lambda: _run(_controller(body, _SIGNAL_PARENT), on_error="record", limits=SHORT))
+
+
+_COUNT_BODY = '''        n = getattr(builtins, "seen", 0) + 1
+        builtins.seen = n
+        raise ValueError(f"episode {n} of this process")
+'''

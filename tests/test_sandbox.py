@@ -390,6 +390,28 @@ def test_workers_and_overrides_give_the_same_rows(store, parent):
     assert a.rows == b.rows and b.rows[0]["beta"] is None
 
 
+def test_local_workers_leave_the_applications_gc_freeze_alone(store, parent):
+    # The workers are forked with the collector's objects frozen; gc.unfreeze() would also thaw
+    # what the application froze itself before the evaluation.
+    import gc
+
+    def frozen(obj: object) -> bool:  # the collector's generations leave out frozen objects
+        return all(o is not obj for o in gc.get_objects())
+
+    mine = [[i] for i in range(1000)]
+    gc.freeze()
+    try:
+        assert frozen(mine)
+        evaluate_sandboxed("parallel_probe", [store], None, EvalProtocol(draws=4), workers=2,
+                           limits=FAST, overrides={"num_chains": 4, "T": 2})
+        assert frozen(mine)
+    finally:
+        gc.unfreeze()
+    evaluate_sandboxed("parallel_probe", [store], None, EvalProtocol(draws=4), workers=2,
+                       limits=FAST, overrides={"num_chains": 4, "T": 2})
+    assert gc.get_freeze_count() == 0  # and an evaluation's own freeze ends with it
+
+
 @pytest.mark.slow
 @pytest.mark.reference
 @pytest.mark.parametrize("name", ctl.builtin_names())

@@ -149,12 +149,18 @@ def _outcomes(ex: Any, tasks: list[Task], request: dict[str, Any], datas: list[R
     # they live). Frozen before the fork, those objects are left out of every collection until
     # the workers are gone (the interpreter's advice for fork without exec); unfrozen, the
     # next collection here walks them as before. Nothing is collected that would not be.
-    gc.freeze()
+    # gc.unfreeze() thaws every frozen object, so where the application (or `autotts eval`,
+    # after its loads) froze some already, its freeze is left as it is and nothing is frozen
+    # here: what it froze is what the workers would have inherited anyway.
+    ours = gc.get_freeze_count() == 0
+    if ours:
+        gc.freeze()
     try:
         with ProcessPoolExecutor(len(tasks), mp_context=ctx) as pool:
             yield from enumerate(pool.map(_pool_run, range(len(tasks))))
     finally:
-        gc.unfreeze()
+        if ours:
+            gc.unfreeze()
         _POOL.clear()
 
 

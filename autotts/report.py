@@ -506,17 +506,67 @@ def _results_table(series: Sequence[Series]) -> tuple[list[str], list[list[str]]
 
 
 def _summary_table(summary: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    # The AUC's interval over questions where some curve has its per-question outcomes; a curve
+    # without them says why it has none, in words (never a bare point beside intervals).
+    with_ci = _has_auc_ci(summary)
     head = ["store", "controller", "points", "best accuracy %", "at β", "tokens at best",
-            "AUC (mean acc. over log-tokens)", "AUC range (tokens)", "Pareto points"]
-    body = [
-        [
-            e["store"], e["controller"], str(e["points"]), _num(e["best_accuracy"], ".2f"),
-            _fmt_beta(e["best_beta"]), _num(e["tokens_at_best"], ",.0f"), _num(e["auc"], ".2f"),
-            f"{e['auc_range'][0]:,.0f}–{e['auc_range'][1]:,.0f}", str(e["pareto_points"]),
-        ]
-        for e in summary
-    ]
+            "AUC (mean acc. over log-tokens)"]
+    head += ["AUC 95% CI (questions)"] if with_ci else []
+    head += ["AUC range (tokens)", "Pareto points"]
+    body = []
+    for e in summary:
+        row = [e["store"], e["controller"], str(e["points"]), _num(e["best_accuracy"], ".2f"),
+               _fmt_beta(e["best_beta"]), _num(e["tokens_at_best"], ",.0f"),
+               _num(e["auc"], ".2f")]
+        if with_ci:
+            ci = e.get("auc_ci_questions")
+            row.append(f"[{_num(ci[0], '.2f')}, {_num(ci[1], '.2f')}]" if _is_interval(ci)
+                       else f"none ({e.get('auc_ci_note') or NO_OUTCOMES})")
+        row += [f"{e['auc_range'][0]:,.0f}–{e['auc_range'][1]:,.0f}", str(e["pareto_points"])]
+        body.append(row)
     return head, body
+
+
+NO_OUTCOMES = "no per-question outcomes"
+
+
+def _has_auc_ci(summary: Sequence[dict[str, Any]]) -> bool:
+    """Some curve's per-question outcomes were known (an interval, or a reason other than their
+    absence, such as a store of one question): the Summary gets its AUC interval column."""
+    return any(e.get("auc_ci_questions") is not None
+               or e.get("auc_ci_note") not in (None, NO_OUTCOMES) for e in summary)
+
+
+def _auc_intervals(series: Sequence[Series], summary: Sequence[dict[str, Any]],
+                   curves: Mapping[tuple[str, str], Any],
+                   embedded: Mapping[tuple[str, str, str], Any]) -> None:
+    """Give each summary entry its AUC's 95% interval over questions, in place
+    ("auc_ci_questions": [low, high], over the entry's own AUC range; None with "auc_ci_note"
+    saying why where there is none). The curve is `curves[(store, label)]` (a caller's, e.g. a
+    discovery run's per-question tables), else the one its rows embed (eval --json-episodes).
+    The store's questions are resampled alone (as `eval`'s per-β intervals are)."""
+    from autotts.stats import auc_interval, check_range
+
+    by_key = {(s.store, s.label): s for s in series}
+    for e in summary:
+        s = by_key[(e["store"], e["controller"])]
+        c = curves.get((s.store, s.label))
+        if c is None and s.rows:
+            r0 = s.rows[0]
+            c = embedded.get((str(r0.get("source", "")), s.store, str(r0["controller"])))
+        e["auc_ci_questions"] = None
+        if c is None:
+            e["auc_ci_note"] = NO_OUTCOMES
+            continue
+        lo, hi = e["auc_range"]
+        if not lo < hi:
+            e["auc_ci_note"] = "one token level, no AUC range"
+            continue
+        iv = auc_interval(c, check_range((lo, hi)))
+        if not iv.defined:
+            e["auc_ci_note"] = "1 question"
+            continue
+        e["auc_ci_questions"] = [iv.low, iv.high]
 
 
 def _generic_table(items: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[list[str]]]:
@@ -585,18 +635,22 @@ def build_report(
     *,
     notes: Sequence[str] = (),
     auc_range: tuple[float, float] | None = None,
+    curves: Mapping[tuple[str, str], Any] | None = None,
 ) -> ReportPaths:
     """Write the report directory for `rows` (eval --json rows; extra keys are kept) and return
     where everything is. `extra_tables` maps a heading to a list of row dicts, rendered as further
     tables (the discovery loop's per-round table, for instance); `notes` are paragraphs printed
-    under the title."""
+    under the title. `curves` ({(store, controller label): stats.Curve}) give the Summary's AUCs
+    their intervals over questions where the rows do not embed their episodes."""
     if not rows:
         raise ConfigError("nothing to report: no result rows")
     rows = _check_rows([dict(r) for r in rows], "rows")
+    embedded = _embedded_curves(rows)
     rows = _question_intervals(rows)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     series, summary = analyse(rows, auc_range)
+    _auc_intervals(series, summary, curves or {}, embedded)
     stores = _stores(series)
 
     png_path: Path | None = out / PNG_NAME
@@ -624,7 +678,14 @@ def build_report(
               "draws kept (how far the figure could move on other questions; autotts.stats); "
               "drawn as bands in the plot. Bands are per controller: overlapping bands do not "
               "make a difference noise, as both controllers face the same questions; `autotts "
-              "compare` gives the paired interval of a difference.")
+              "compare` gives the paired interval of a difference. "
+              + ("AUC 95% CI (questions): the same bootstrap for each curve's AUC over its "
+                 "store's questions (BCa); a level, not a difference: two curves' AUCs are "
+                 "compared by `autotts compare`."
+                 if _has_auc_ci(summary) else
+                 "The Summary's AUCs have no interval over questions: the rows carry no "
+                 "per-question outcomes (`autotts eval --json FILE --json-episodes` writes "
+                 "them)."))
 
     md = [f"# {title}\n"]
     md += [f"{n}\n" for n in notes]
@@ -665,6 +726,21 @@ def build_report(
     text = json.dumps(payload, indent=2, ensure_ascii=False, default=json_default_or_str) + "\n"
     write_file(summary_path, text.encode("utf-8"))
     return ReportPaths(out, png_path, md_path, html_path, summary_path, n_curves, stores)
+
+
+def _embedded_curves(rows: Sequence[dict[str, Any]]) -> dict[tuple[str, str, str], Any]:
+    """{(source, store, controller): stats.Curve} of the rows that embed their episodes (eval
+    --json --json-episodes), one source at a time (two runs of a controller are two curves)."""
+    by_source: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        if isinstance(r.get("episodes"), dict):
+            by_source.setdefault(str(r.get("source", "")), []).append(r)
+    if not by_source:
+        return {}
+    from autotts.stats import curves_from_rows
+
+    return {(src, store, ctl): c for src, part in by_source.items()
+            for (store, ctl), c in curves_from_rows(part).items()}
 
 
 def _question_intervals(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

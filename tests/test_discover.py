@@ -226,6 +226,40 @@ def test_report_reads_the_run_dir(e2e: dict[str, Any], tmp_path: Path) -> None:
     assert paths.png is not None and paths.png.stat().st_size > 0
 
 
+def test_report_puts_an_interval_on_every_difference(e2e: dict[str, Any], tmp_path: Path) -> None:
+    """The run report's standings give every seed's and candidate's difference to the best seed
+    its paired interval (as the prompt does), the Summary's AUCs (search and held-out) their
+    intervals over questions, and the winner's-curse figure says plainly that it has none."""
+    import re
+
+    from autotts.discover.runreport import VERSUS
+
+    rep = read_run_dir(e2e["run_dir"])
+    cell = re.compile(r"^[+-]\d+\.\d\d \[[+-]\d+\.\d\d, [+-]\d+\.\d\d\] "
+                      r"(better|worse|within noise)$")
+    seeds = rep.tables["Seeds (search split)"]
+    best = max(seeds, key=lambda s: s["objective"])
+    assert best[VERSUS] == "(the best seed)"
+    assert all(cell.match(s[VERSUS]) for s in seeds if s is not best)
+    scored = [r for r in rep.tables["Rounds"] if r["objective"] is not None]
+    assert scored and all(cell.match(r[VERSUS]) for r in scored)
+    for r in scored:  # the cell's point is the difference of the two objectives
+        assert float(r[VERSUS].split()[0]) == pytest.approx(r["objective"] - best["objective"],
+                                                            abs=0.011)
+    paths = write_run_report(e2e["run_dir"], tmp_path / "rep")
+    summ = json.loads(paths.summary.read_text())["summary"]
+    assert {e["store"] for e in summ if e["auc_ci_questions"] is not None} == {
+        e["store"] for e in summ}  # every store, search and held-out
+    for e in summ:
+        if e["auc_ci_questions"] is not None:
+            lo, hi = e["auc_ci_questions"]
+            assert lo <= e["auc"] + 1e-6 and e["auc"] - 1e-6 <= hi
+    md = paths.markdown.read_text()
+    assert "AUC 95% CI (questions)" in md and VERSUS in md
+    curse = next(n for n in rep.notes if n.startswith("Winner's curse"))
+    assert "one figure with no interval" in curse
+
+
 def test_resume_refuses_another_config(e2e: dict[str, Any], env_file: Path) -> None:
     with pytest.raises(ConfigError, match="different run"):
         run_discovery(config(env_file, e2e["run_dir"], "http://127.0.0.1:9/v1",

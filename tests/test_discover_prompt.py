@@ -349,3 +349,45 @@ def test_printed_output_recorded_and_quoted(tmp_path: Path, monkeypatch: pytest.
     assert "stable\\x1b[2J" in user
     sel = json.loads((run_dir / "final" / "selection.json").read_text())
     assert sel["baselines"] == []
+
+
+def test_standings_give_every_difference_its_interval(tmp_path: Path) -> None:
+    """Every seed's and candidate's difference to the best seed carries its paired interval over
+    questions (not the lead's alone): one dominated by construction is 'worse' with an interval
+    below 0, one identical to the best seed is 0 within its interval, and one without
+    per-question outcomes says 'no interval' in words instead of a bare point."""
+    from autotts import stats
+    from autotts.discover.significance import versus_best_seed
+
+    rng = np.random.default_rng(3)
+    acc = rng.integers(0, 2, size=(3, 30)) * 50.0 + 25.0  # 25 or 75 %: room to move both ways
+    tok = np.tile(np.array([[1e3], [1e4], [1e5]]), (1, 30)) * rng.uniform(0.5, 1.5, (3, 30))
+    best_t = {"synth/s": _table(acc, tok)}
+    worse_t = {"synth/s": _table(acc - 20.0, tok)}  # 20 points less on every question, same cost
+
+    def objective(t: dict[str, Any]) -> float:
+        tt = t["synth/s"]
+        c = stats.Curve("synth/s", "x", (0.0, 0.5, 1.0), np.asarray(tt["accuracy"]),
+                        np.asarray(tt["tokens"]), (1, 1, 1))
+        return stats.auc(c, (2e3, 2e5))
+
+    best = {**SEED, "objective": objective(best_t), "per_question": best_t}
+    dominated = {**SEED, "name": "sc", "objective": objective(worse_t), "per_question": worse_t}
+    same = _rec(1, _variant(1), best["objective"], "twin", per_question=best_t)
+    old = _rec(2, _variant(2), best["objective"] - 1.5, "old_record")  # no per-question table
+    seeds, hist = [best, dominated], [same, old]
+    versus = versus_best_seed(hist, seeds, best, ["synth/s"], (2e3, 2e5))
+    assert versus["seed:sc"]["high"] < 0 and versus["seed:sc"]["significant"]
+    assert versus["1"]["delta"] == 0.0 and versus["1"]["low"] <= 0.0 <= versus["1"]["high"]
+    assert versus["2"] is None and "seed:asc" not in versus
+    noise = delta_auc(best_t, best_t, ["synth/s"], (2e3, 2e5))
+    text = _messages(tmp_path, hist, seeds, noise=noise, versus=versus)
+    lines = {ln.split(" | ")[1]: ln for ln in text.splitlines() if ln.startswith("| ")}
+    assert lines["asc"].endswith("| (the best seed) |")
+    assert lines["sc"].endswith("worse |") and "[-" in lines["sc"]
+    assert "-20.00" in lines["sc"]  # the dominated seed's ΔAUC, as constructed
+    assert lines["twin"].endswith("| +0.00 [+0.00, +0.00] within noise |")
+    assert lines["old_record"].endswith("| -1.50 (no interval) |")
+    # Without intervals (none computed) no line shows a bare difference either.
+    bare = _messages(tmp_path, hist, seeds)
+    assert "| +0.00 (no interval) |" in bare and "| -20.00 (no interval) |" in bare

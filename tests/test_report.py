@@ -279,6 +279,59 @@ def test_rows_with_episodes_get_intervals_and_drop_them(tmp_path):
         assert r["accuracy_ci_questions"] == pytest.approx([w["accuracy"].low, w["accuracy"].high])
 
 
+def _episode_rows(controller, p_of_beta, seed, questions=12, draws=4, store="M/aime24"):
+    rng = np.random.default_rng(seed)
+    out = []
+    for b in (0.0, 0.5, 1.0):
+        correct = (rng.random((draws, questions)) < p_of_beta(b)).astype(int)
+        tokens = rng.integers(1000, 5000, (draws, questions)) * (1 + 10 * b)
+        out.append(row(store, controller, b, float(correct.mean() * 100), float(tokens.mean()),
+                       questions=questions, draws=draws,
+                       episodes={"draws": draws, "questions": questions,
+                                 "correct": correct.tolist(),
+                                 "tokens": tokens.astype(int).tolist()}))
+    return out
+
+
+def test_summary_auc_has_its_interval_over_questions(tmp_path):
+    """The Summary's AUC column carries its 95% interval over questions where the curve's
+    per-question outcomes are known (rows with episodes, or `curves` given), and says in words
+    why not elsewhere: no bare point beside intervals."""
+    from autotts import stats
+
+    rows = _episode_rows("sc", lambda b: 0.3 + 0.5 * b, 0) + _episode_rows(
+        "asc", lambda b: 0.4 + 0.4 * b, 1)
+    rows += [row("M/aime24", "plain", b, 50 + 10 * b, 5000 * (1 + 10 * b)) for b in (0, 0.5, 1)]
+    rp = build_report(rows, tmp_path / "r")
+    summary = {e["controller"]: e for e in json.loads(rp.summary.read_text())["summary"]}
+    curves = stats.curves_from_rows([r for r in rows if "episodes" in r])
+    for name in ("sc", "asc"):
+        e = summary[name]
+        iv = stats.auc_interval(curves[("M/aime24", name)], e["auc_range"])
+        assert e["auc_ci_questions"] == pytest.approx([iv.low, iv.high])
+        assert iv.estimate == pytest.approx(e["auc"])  # the same AUC as the column's point
+        assert iv.low < e["auc"] < iv.high and iv.high - iv.low > 1.0  # 12 questions: wide
+    assert summary["plain"]["auc_ci_questions"] is None
+    md = rp.markdown.read_text()
+    assert "AUC 95% CI (questions)" in md
+    assert "none (no per-question outcomes)" in next(
+        ln for ln in md.splitlines() if "| plain |" in ln and "none (" in ln)
+    # Without any per-question outcomes there is no column, and the legend says why in words.
+    plain = build_report(rows_two_stores(), tmp_path / "p").markdown.read_text()
+    assert "AUC 95% CI" not in plain
+    assert "Summary's AUCs have no interval over questions" in plain
+
+
+def test_summary_auc_interval_of_one_question_is_none(tmp_path):
+    rows = _episode_rows("sc", lambda b: 0.5, 0, questions=1)
+    rows += _episode_rows("asc", lambda b: 0.5, 1, questions=1)
+    rp = build_report(rows, tmp_path / "r")
+    summary = json.loads(rp.summary.read_text())["summary"]
+    assert [e["auc_ci_questions"] for e in summary] == [None, None]
+    assert [e["auc_ci_note"] for e in summary] == ["1 question", "1 question"]
+    assert "none (1 question)" in rp.markdown.read_text()
+
+
 def test_label_boxes_are_matplotlib_extents():
     """β labels are placed from boxes computed from each text's size, not by annotating every
     candidate spot: the computed box must be the extent matplotlib gives the annotation there."""

@@ -15,7 +15,7 @@ from typing import Any
 from autotts.discover.quote import excerpt, visible
 from autotts.envdef import EnvDef
 
-PROMPT_VERSION = 3
+PROMPT_VERSION = 4
 CONTEXT_KEYS = ("store", "beta", "question", "draw", "step", "line")  # of a verdict, for the agent
 IDEA_CHARS = 100  # the idea column of the standings: a docstring's first paragraph, cut
 PARENT_SIMILARITY = 0.6  # a candidate at least this similar to a shown one is shown as a diff
@@ -116,7 +116,8 @@ right": more width helps; "never right at any β": not worth chasing.
 standard error).
 
 Differences between objectives carry noise from which questions the stores happen to hold: an \
-interval that contains 0 means "within noise"; do not chase differences inside it."""
+interval that contains 0 means "within noise"; do not chase differences inside it. Each interval \
+is for its own line: with no real difference, one line in twenty still excludes 0 by chance."""
 
 
 def system_message(example_source: str, candidates: int = 1) -> str:
@@ -261,9 +262,12 @@ def best_overall(history: Sequence[dict[str, Any]], seeds: Sequence[dict[str, An
 
 
 def standings_section(history: Sequence[dict[str, Any]], seeds: Sequence[dict[str, Any]],
-                      noise: dict[str, Any] | None, example_source: str = "") -> str:
-    """The best so far (seeds included), the noise of the lead, and one line per controller."""
-    from autotts.discover.significance import describe
+                      noise: dict[str, Any] | None, example_source: str = "",
+                      versus: dict[str, dict[str, Any] | None] | None = None) -> str:
+    """The best so far (seeds included), the noise of the lead, and one line per controller with
+    its difference to the best seed: with its interval where `versus`
+    (significance.versus_best_seed) has one, else the point and "(no interval)"."""
+    from autotts.discover.significance import cell, describe
 
     out = ["# Standings (search split)", ""]
     top = best_overall(history, seeds)
@@ -282,15 +286,20 @@ def standings_section(history: Sequence[dict[str, Any]], seeds: Sequence[dict[st
                     f"{describe(noise['pooled'])} (95% interval over which questions were "
                     "asked, pooled over stores)")
         out.append(line + ".")
-    out += ["", "| id | NAME | idea | verdict | objective | vs best seed |", "|---|---|---|---|---|---|"]
+    out += ["", "| id | NAME | idea | verdict | objective | vs best seed: ΔAUC [95% interval] |",
+            "|---|---|---|---|---|---|"]
     ref = None if bs is None else bs["objective"]
+    versus = versus or {}
 
-    def vs(x: float | None) -> str:
-        return "" if x is None or ref is None else f"{x - ref:+.2f}"
+    def vs(x: float | None, key: str) -> str:
+        if x is None or ref is None:
+            return ""
+        return cell(versus.get(key), x - ref)
 
     for s in seeds:
+        diff = "(the best seed)" if s is bs else vs(s.get("objective"), f"seed:{s['name']}")
         out.append(f"| seed | {s['name']} | {idea_of(s.get('source') or example_source)} "
-                   f"| ok | {_obj(s.get('objective'))} | {vs(s.get('objective'))} |")
+                   f"| ok | {_obj(s.get('objective'))} | {diff} |")
     for rec in history:
         v = rec["verdict"]
         kind = v["kind"] if v["kind"] == "ok" else f"{v['kind']} ({v['stage']})"
@@ -300,7 +309,7 @@ def standings_section(history: Sequence[dict[str, Any]], seeds: Sequence[dict[st
         obj = (_obj(rec.get("objective")) if not part else
                f"{_obj(part.get('objective'))} (partial: {part['draws']}/{part['of']} draws)")
         out.append(f"| {rec['id']} | {_name(rec)} | {idea_of(rec.get('source'))} | {kind} | "
-                   f"{obj} | {vs(rec.get('objective'))} |")
+                   f"{obj} | {vs(rec.get('objective'), str(rec['id']))} |")
     if not history:
         out += ["", "No proposals of yours yet: this is the first round."]
     return "\n".join(out)
@@ -437,10 +446,12 @@ def build_messages(
     candidates: int = 1,
     signals: dict[str, dict[str, Any]] | None = None,
     noise: dict[str, Any] | None = None,
+    versus: dict[str, dict[str, Any] | None] | None = None,
 ) -> list[dict[str, str]]:
     """The messages of the round after `history` (records of completed rounds, one per
     candidate), asking for up to `candidates` controller files. `noise`: the paired interval of
-    the best candidate's objective minus the best seed's (significance.delta_auc)."""
+    the best candidate's objective minus the best seed's (significance.delta_auc); `versus`: every
+    other controller's (significance.versus_best_seed)."""
     stores = [s["store"] for s in stats]
     no_own = best_record(history) is None
     n = max((r["round"] for r in history), default=0) + 1
@@ -456,7 +467,7 @@ def build_messages(
     shown.append(("the example (sc)", example_source))
     parts = [
         env_section(env, stats, signals),
-        standings_section(history, seeds, noise, example_source),
+        standings_section(history, seeds, noise, example_source, versus),
         seed_section(seeds, stores, with_digests=no_own, full=no_own),
         history_section(history, seeds, stores, max(recent, candidates), shown),
         TASK.format(n=n, what=what, how=how),

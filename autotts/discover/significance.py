@@ -61,6 +61,13 @@ def _curve(store: str, name: str, t: dict[str, Any]) -> stats.Curve:
                        np.asarray(t["tokens"], dtype=np.float64), tuple(1 for _ in t["betas"]))
 
 
+def curves_of(tables: dict[str, dict[str, Any]], name: str) -> dict[str, stats.Curve]:
+    """{store: stats.Curve} of one controller from its per-question tables (`per_question_table`),
+    for the intervals of `autotts.stats` (the report's AUC intervals). Tables without questions
+    are left out."""
+    return {s: _curve(s, name, t) for s, t in (tables or {}).items() if t.get("questions")}
+
+
 def delta_auc(a: dict[str, dict[str, Any]], b: dict[str, dict[str, Any]],
               stores: Sequence[str], token_range: tuple[float, float],
               resamples: int = RESAMPLES, seed: int = SEED,
@@ -85,6 +92,44 @@ def delta_auc(a: dict[str, dict[str, Any]], b: dict[str, dict[str, Any]],
     return {"stores": {s: _iv(d) for s, d in c.stores.items()}, "pooled": _iv(c.pooled),
             "method": f"autotts.stats paired bootstrap over questions ({c.pooled.method}, "
             f"{resamples} resamples, {c.pooled.level:.0%})", "resamples": resamples}
+
+
+def versus_best_seed(records: Sequence[dict[str, Any]], seeds: Sequence[dict[str, Any]],
+                     reference: dict[str, Any] | None, stores: Sequence[str],
+                     token_range: tuple[float, float], clusters: dict[str, str] | None = None,
+                     cache: dict[tuple[str, str], dict[str, Any] | None] | None = None
+                     ) -> dict[str, dict[str, Any] | None]:
+    """Each seed's (but the reference's) and each candidate's objective minus the reference's
+    (the best seed), pooled over `stores` as `delta_auc` gives it: {"seed:NAME" or the record's
+    "id": its pooled interval (`cell` renders it), None where either lacks per-question outcomes
+    (a record from before they were kept)}; records without an objective are left out. What the
+    standings show beside every objective, so that each difference has its interval, not the
+    lead's alone. Each interval is for its own comparison: over many lines some exclude 0 by
+    chance (no adjustment: these guide the search, the held-out step judges).
+    `cache` ({(key, reference name): result}) keeps the pairs already computed: records never
+    change once written."""
+    out: dict[str, dict[str, Any] | None] = {}
+    if reference is None:
+        return out
+    ref_name, ref_table = str(reference["name"]), reference.get("per_question") or {}
+    items = [(f"seed:{s['name']}", s) for s in seeds if s is not reference]
+    items += [(str(r["id"]), r) for r in records]
+    for key, rec in items:
+        if rec.get("objective") is None:
+            continue
+        memo = (key, ref_name)
+        if cache is not None and memo in cache:
+            out[key] = cache[memo]
+            continue
+        table = rec.get("per_question") or {}
+        res = (delta_auc(table, ref_table, stores, token_range, clusters=clusters)
+               if table and ref_table else None)
+        if res is not None:  # the pooled figure is the difference of the two objectives
+            res = res["pooled"]
+        out[key] = res
+        if cache is not None:
+            cache[memo] = res
+    return out
 
 
 def _iv(d: stats.Difference) -> dict[str, Any]:
@@ -115,6 +160,20 @@ def bracket(iv: dict[str, Any]) -> str:
     if iv["low"] is None or iv["high"] is None:
         return f"{iv['delta']:+.2f} {stats.NO_INTERVAL}"
     return f"{iv['delta']:+.2f} [{iv['low']:+.2f}, {iv['high']:+.2f}]"
+
+
+def cell(iv: dict[str, Any] | None, delta: float | None = None) -> str:
+    """A difference as one short table cell (the prompt's standings, the run report's tables):
+    '-3.12 [-5.01, -1.40] worse', '+0.12 [-0.40, +0.70] within noise'. Where there is no interval
+    (`iv` None: no per-question outcomes to resample, e.g. a record from before they were kept;
+    or a store of one question) it says so beside the point `delta`, never a bare number."""
+    if iv is None:
+        return "" if delta is None else f"{delta:+.2f} (no interval)"
+    if iv["low"] is None or iv["high"] is None:
+        return f"{iv['delta']:+.2f} (no interval: < 2 questions)"
+    word = ("within noise" if not iv["significant"] else
+            "better" if iv["low"] > 0 else "worse")
+    return f"{bracket(iv)} {word}"
 
 
 def describe(iv: dict[str, Any]) -> str:

@@ -70,7 +70,7 @@ _LANDLOCK_CREATE_RULESET, _LANDLOCK_RESTRICT_SELF = 444, 446  # the same on ever
 _KEYCTL = {"x86_64": 250, "aarch64": 219, "arm64": 219, "riscv64": 219, "loongarch64": 219}
 _KEYCTL_GET_KEYRING_ID, _KEYCTL_JOIN_SESSION_KEYRING, _KEYCTL_SETPERM = 0, 1, 5
 _KEY_SPEC_SESSION_KEYRING = -3
-_KEY_POS_ALL = 0x3F000000  # possessor: every right; its user, group and others: none
+_KEY_POS_SEARCH = 0x08000000  # its possessors may search it (an empty keyring); no other right
 
 
 class _Libc:
@@ -307,15 +307,16 @@ def _keyctl(libc: _Libc, *args: int | None) -> int:
 
 
 def _own_session_keyring(libc: _Libc) -> int | None:
-    """Join a new, empty session keyring that only its possessors may use (no right at all for
-    its user or anyone else): the sandbox keeps nothing of the session it was started in (a
-    login session's keyring may hold its user's credentials), and a batch that has left it
-    for one of its own (isolate_batch) cannot write to it, change its rights or read it by its
-    number. Its serial, 0 where the kernel has no keys, None where this failed."""
+    """Join a new, empty session keyring that its possessors may only search (its user, its
+    owner included, and anyone else: no right at all). The sandbox keeps nothing of the session
+    it was started in (a login session's keyring may hold its user's credentials); its batches,
+    which share it through the fork, can neither add nor link a key to it, nor read it, nor
+    change its rights (that needs a right it does not give), so it carries nothing from one
+    batch to the next. Its serial, 0 where the kernel has no keys, None where this failed."""
     serial = _keyctl(libc, _KEYCTL_JOIN_SESSION_KEYRING, None)
     if serial == -errno.ENOSYS:
         return 0
-    if serial <= 0 or _keyctl(libc, _KEYCTL_SETPERM, serial, _KEY_POS_ALL) < 0:
+    if serial <= 0 or _keyctl(libc, _KEYCTL_SETPERM, serial, _KEY_POS_SEARCH) < 0:
         return None
     return serial
 
@@ -327,20 +328,18 @@ def isolate_batch() -> None:
     persistent keyrings are its own (keyrings are per user namespace: the one of the user the
     sandbox runs as outlives every sandbox, the host's nobody's included); an IPC namespace it
     owns (System V shared memory, semaphores and message queues, POSIX message queues: it
-    cannot enter the sandbox's again, which needs a capability there); a session keyring of
-    its own (the zygote's, which a fork shares, would hold keys for the next batch). Its
-    capabilities in the new namespace are dropped at once. An ordinary user needs no privilege
-    for this; inside a chroot the kernel refuses it (lockdown() tries it first: batchns).
-    Raises OSError where a step fails."""
+    cannot enter the sandbox's again, which needs a capability there). Its capabilities in the
+    new namespace are dropped at once. (The session keyring it shares with the zygote takes no
+    key: _own_session_keyring; one it joins is its own, and one it gives the zygote ends the
+    run: session_keyring_moved.) An ordinary user needs no privilege for this; inside a chroot
+    the kernel refuses it (lockdown() tries it first: batchns). Raises OSError where a step
+    fails."""
     libc = _LIBC if _LIBC is not None else _Libc()
     err = libc.call("unshare", CLONE_NEWUSER | CLONE_NEWIPC)
     if err:
         raise OSError(err, f"a batch's own user and IPC namespaces: {os.strerror(err)}")
     if not _drop_capabilities(libc):
         raise OSError(errno.EPERM, "a batch's capabilities in its user namespace stay")
-    r = _keyctl(libc, _KEYCTL_JOIN_SESSION_KEYRING, None)
-    if r < 0 and r != -errno.ENOSYS:  # ENOSYS: a kernel without keys
-        raise OSError(-r, f"a batch's own session keyring: {os.strerror(-r)}")
 
 
 def _try_batch(libc: _Libc, end_others: bool) -> bool:
@@ -715,9 +714,9 @@ def is_strong(applied: dict[str, Any]) -> bool:
     included (a D-Bus or Docker socket is a way out), by the seccomp allow-list (no socket), or
     by a network namespace (no interface, its own abstract sockets) with an empty root (no
     socket file in reach). And one batch is kept from leaving kernel state for the next (a
-    key, a System V object, a process): by the seccomp allow-list, or by a user and IPC
-    namespace and a session keyring of each batch's own (batchns). Where the dict carries a
-    probe's measurements, they must agree."""
+    key, a System V object, a process): by the seccomp allow-list, or by a user and an IPC
+    namespace of each batch's own, a shared session keyring that takes no key, and no process
+    left behind (batchns). Where the dict carries a probe's measurements, they must agree."""
     fs = bool(applied.get("empty_root") or applied.get("landlock") or applied.get("seccomp"))
     net = bool(applied.get("seccomp") or (applied.get("netns") and applied.get("empty_root")))
     # One batch must not leave the next kernel state to find (keys, System V IPC, a process):

@@ -25,10 +25,13 @@ Found and fixed:
   these out. The sandbox process now records them with the rest and puts them back after each
   batch, or ends the run with a crash verdict where it cannot (SCHED_IDLE, reset-on-fork).
 
-Left open (a strict xfail): without seccomp, a key added to the keyring of the user the
-sandbox runs as is found by the next batch (the kind of System V shared memory, documented);
-that keyring (the host's nobody's, here) outlives the sandbox, so the next evaluation's first
-batch finds it too. (A key added to the session keyring is not: each batch gets its own.)
+Found open here, closed in session 11: without seccomp, a key added to the keyring of the user
+the sandbox runs as was found by the next batch; that keyring (the host's nobody's, here)
+outlived the sandbox, so the next evaluation's first batch found it too. Each batch has a
+user namespace (and so user keyrings) of its own now; the session keyring it shares with the
+sandbox process takes no key, and one it gives that process (KEYCTL_SESSION_TO_PARENT) ends
+the run. Left open (a strict xfail, session 11): the user's key quota, counted in no
+namespace and freed tens of ms after a batch exits, carries the room a batch left to the next.
 
 Held (asserted below):
 - Parked runners: a kept handle is refused (as one of an ended episode, or of another
@@ -792,6 +795,52 @@ def test_a_batch_cannot_get_back_to_keys_the_next_batch_finds(how, nobody, monke
     finally:
         _forget_key_marks()
     _played_more_than_one_draw(ev)
+
+
+# The user's key quota (200 keys for an ordinary user such as nobody, 20,000 bytes) is counted
+# per user, in no namespace: keys of a batch that has exited stay counted until the kernel's key
+# collector has freed them, which took 60-90 ms here (several RCU grace periods: the batch's
+# user namespace, then its keyrings, then their keys), while the next batch starts within a few
+# ms. A batch that holds 150 keys leaves the next one room for fewer than 150: the mark. (Each
+# batch adds them to a thread keyring of its own; it does at module level, in the knobs
+# process too.)
+_KEY_QUOTA = '''
+_libc.syscall.restype = ctypes.c_long
+
+
+def _room(n):
+    c = 0
+    for k in range(n):  # add_key into KEY_SPEC_THREAD_KEYRING
+        if _libc.syscall(248, b"user", b"autotts-quota-%d" % k, b"1", 1, -1) < 0:
+            break
+        c += 1
+    return c
+
+
+_MARKS["key-quota"] = (lambda: _room(150) < 150, lambda: None)
+'''
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="x86_64 system call numbers")
+@pytest.mark.usefixtures("parent")
+@pytest.mark.xfail(strict=True, reason=(
+    "hole (no-seccomp platforms): the kernel counts keys against a per-user quota in no "
+    "namespace, and frees an exited batch's keys only when its key collector runs (60-90 ms "
+    "here, the next batch starts within a few ms): the room left in the quota carries about "
+    "log2(200) bits (keys) to log2(20000) bits (bytes) from one batch to the next, and "
+    "between batches of concurrent workers, which run as the same user. Fix: a user of each "
+    "batch's own (a zygote that keeps CAP_SETUID; an ordinary user has one uid), a wait before "
+    "each batch until the user's count in /proc/key-users is back (not between concurrent "
+    "workers), or do not count a platform without seccomp as strong"))
+def test_the_key_quota_carries_nothing_between_batches_without_seccomp(monkeypatch):
+    from tests.test_redteam_session5 import _no_seccomp
+    from tests.test_redteam_session7 import _FCNTL, _FCNTL_COUNT, _played_more_than_one_draw
+    from tests.test_sandbox_boundary import _controller, _run
+
+    _no_seccomp(monkeypatch)
+    source = _FCNTL.replace('_seen, _mark = _MARKS["{how}"]',
+                            _KEY_QUOTA + '_seen, _mark = _MARKS["key-quota"]')
+    _played_more_than_one_draw(_run(_controller(_FCNTL_COUNT, source), on_error="record"))
 
 
 @pytest.mark.skipif(os.uname().machine != "x86_64", reason="x86_64 system call numbers")

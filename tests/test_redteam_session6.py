@@ -19,7 +19,12 @@ exit, judged as the next batch's after the check (with a forged hint, or without
 config_error frame (forged, or a plain candidate missing a knob) raised as the user's
 ConfigError, which ends a discovery run. Held: every frame of another state after unit_done,
 forged verdicts (they only fail the candidate), SIGINT to the sandbox process, an orphan that
-stays, honest stdlib idioms (same numbers)."""
+stays, honest stdlib idioms (same numbers).
+
+Closed since (session 11): System V IPC, where each batch without seccomp has an IPC namespace
+of its own (also after a setns back into the sandbox's, refused), and the orphan that hops
+pids, where the sandbox process, its PID namespace's init, ends every other process of it
+after each batch."""
 
 from __future__ import annotations
 

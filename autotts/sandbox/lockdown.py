@@ -16,7 +16,10 @@ platform allows it, as root and as an ordinary user alike:
   * a seccomp allow-list: computation, memory, time, randomness, signals of its own, and I/O on
     descriptors it already has; everything else (open, socket, execve, fork, kill, ptrace, mount,
     unlink, ...) fails with EPERM;
-  * rlimits: CPU, address space, no core dumps, no file writes, no new processes or descriptors.
+  * rlimits: CPU, address space, no core dumps, no file writes, no new processes or descriptors;
+  * where no seccomp filter binds the batches the zygote forks: a user and an IPC namespace of
+    each batch's own (seal()), a shared session keyring that takes no key, and no process of
+    a batch left alive after it (end_leftovers); `batchns` where this holds.
 
 It returns what applied. `probe()` measures what this platform allows by starting a small child
 that locks itself down and tries the forbidden operations; `is_strong()` says whether that keeps
@@ -389,18 +392,18 @@ def end_leftovers() -> None:
     zygote is its PID namespace's init: end every other process of the namespace (a batch's
     orphans, wherever they moved: no process leaves a PID namespace, and kill(-1) reaches
     each of them, those of namespaces nested in it included, atomically with respect to
-    fork), and reap those that are gone. Nothing else lives there: the batch is reaped, and
-    the zygote's own parent is outside."""
+    fork), and wait until every one is gone: each is the zygote's child by then (an orphan
+    moves to its namespace's init), and one still running could yet act on the zygote (give it
+    a session keyring: session_keyring_moved, which is checked after this). Nothing else lives
+    there: the batch is reaped, and the zygote's own parent is outside."""
     if not _END_OTHERS:
         return
     with contextlib.suppress(OSError):  # ESRCH: there was none
         os.kill(-1, signal.SIGKILL)
     while True:
         try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
+            os.waitpid(-1, 0)
+        except ChildProcessError:  # none left
             return
 
 

@@ -689,18 +689,19 @@ def lockdown(limits: dict[str, Any], workdir: str) -> dict[str, bool | str]:
             applied["landlock"] = libc.syscall(_LANDLOCK_RESTRICT_SELF, ruleset, 0) == 0
             os.close(ruleset)
     _rlimits(limits, base_vm, _fill_fds(fds), applied["pidns"])
-    if filt is None and _SESSION_KEYRING is not None:
-        # No seccomp filter will refuse a batch the system calls that make kernel objects
-        # (keys, System V IPC) or processes: each batch gets state of its own, and where a
-        # batch can still fork, the zygote must be able to end what it leaves.
-        _END_OTHERS = applied["pidns"] and os.getpid() == 1
-        _BATCH_NS = applied["batchns"] = _try_batch(libc, _END_OTHERS)
-        if not _BATCH_NS:
-            notes.append("batches: no user and IPC namespaces of their own, or a fork left")
     if filt is not None:
         applied["seccomp"] = filt.load()
         global _ZYGOTE_FILTERED
         _ZYGOTE_FILTERED = applied["seccomp"]
+    if not applied["seccomp"] and _SESSION_KEYRING is not None:
+        # No seccomp filter (none built, or the kernel refused it) will refuse a batch the
+        # system calls that make kernel objects (keys, System V IPC) or processes: each batch
+        # gets state of its own, and where a batch can still fork, the zygote must be able to
+        # end what it leaves.
+        _END_OTHERS = applied["pidns"] and os.getpid() == 1
+        _BATCH_NS = applied["batchns"] = _try_batch(libc, _END_OTHERS)
+        if not _BATCH_NS:
+            notes.append("batches: no user and IPC namespaces of their own, or a fork left")
     if notes:
         applied["notes"] = "; ".join(notes)[:1000]
     applied["lockdown_ms"] = f"{(time.perf_counter() - t0) * 1e3:.2f}"

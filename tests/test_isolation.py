@@ -490,10 +490,13 @@ def test_is_strong() -> None:
     assert not iso.is_strong({})
     assert not iso.is_strong({"netns": True})  # the network, not the files
     assert not iso.is_strong({"empty_root": True})  # the files, not the network
-    assert iso.is_strong({"empty_root": True, "netns": True})
+    # Without seccomp, batches must have kernel state of their own (or one leaves keys, System
+    # V objects or a process for the next).
+    assert not iso.is_strong({"empty_root": True, "netns": True})
+    assert iso.is_strong({"empty_root": True, "netns": True, "batchns": True})
     # Landlock and a network namespace leave the host's UNIX socket files in reach.
-    assert not iso.is_strong({"landlock": True, "netns": True})
-    assert iso.is_strong({"landlock": True, "netns": True, "empty_root": True})
+    assert not iso.is_strong({"landlock": True, "netns": True, "batchns": True})
+    assert iso.is_strong({"landlock": True, "netns": True, "empty_root": True, "batchns": True})
     assert iso.is_strong({"seccomp": True})
     assert not iso.is_strong({"seccomp": True, "fs_blocked": False})
     assert not iso.is_strong({"seccomp": True, "net_blocked": False})

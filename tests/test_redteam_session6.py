@@ -19,7 +19,12 @@ exit, judged as the next batch's after the check (with a forged hint, or without
 config_error frame (forged, or a plain candidate missing a knob) raised as the user's
 ConfigError, which ends a discovery run. Held: every frame of another state after unit_done,
 forged verdicts (they only fail the candidate), SIGINT to the sandbox process, an orphan that
-stays, honest stdlib idioms (same numbers)."""
+stays, honest stdlib idioms (same numbers).
+
+Closed since (session 11): System V IPC, where each batch without seccomp has an IPC namespace
+of its own (also after a setns back into the sandbox's, refused), and the orphan that hops
+pids, where the sandbox process, its PID namespace's init, ends every other process of it
+after each batch."""
 
 from __future__ import annotations
 
@@ -152,6 +157,14 @@ _addr = _libc.shmat(_id, None, 0) if _id >= 0 else None
 _CELL = ctypes.c_int64.from_address(_addr) if _addr not in (None, 2**64 - 1) else ctypes.c_int64()
 '''
 
+# The same, after the batch tried to go back into the sandbox process's user and IPC namespaces
+# (each batch has its own now): setns through a pidfd of its parent.
+_SYSV_SETNS = _WHERE + '''
+_pidfd = _libc.syscall(434, os.getppid(), 0)  # pidfd_open: the same number everywhere
+for _ns in (0x10000000, 0x08000000):  # CLONE_NEWUSER, CLONE_NEWIPC
+    _libc.setns(_pidfd, _ns)
+''' + _SYSV[len(_WHERE):]
+
 # The sandbox process's nice value, which each batch inherits: a batch may raise it (a process
 # of the same user), never lower it, so it counts up to 19.
 _NICE = _WHERE
@@ -185,16 +198,14 @@ _PRLIMIT_COUNT = '''        soft, hard = resource.getrlimit(resource.RLIMIT_MSGQ
 @pytest.mark.usefixtures("parent")
 @pytest.mark.parametrize("how", [
     "prlimit",  # the sandbox process restores its rlimits after each batch
-    pytest.param("sysv-shm", marks=pytest.mark.xfail(strict=True, reason=(
-        "hole (no-seccomp platforms): System V shared memory in the sandbox's own IPC namespace "
-        "outlives each batch. Fix: where seal() cannot load its filter, give each batch its own "
-        "IPC namespace (unshare(CLONE_NEWIPC) in the zygote's child before candidate code needs "
-        "no privilege inside the sandbox's user namespace), or refuse a strong verdict without "
-        "seccomp unless shmget/msgget/semget/mq_open are otherwise refused"))),
+    # Once a hole (strict xfail): each batch has an IPC namespace of its own now
+    "sysv-shm",
+    "sysv-shm-setns",
 ])
 def test_kernel_objects_carry_nothing_between_batches_without_seccomp(how, monkeypatch):
     _no_seccomp(monkeypatch)
-    extra, body = {"sysv-shm": (_SYSV, _HINT_COUNT), "prlimit": (_PRLIMIT, _PRLIMIT_COUNT)}[how]
+    extra, body = {"sysv-shm": (_SYSV, _HINT_COUNT), "sysv-shm-setns": (_SYSV_SETNS, _HINT_COUNT),
+                   "prlimit": (_PRLIMIT, _PRLIMIT_COUNT)}[how]
     ev = _run(_controller(body, extra), on_error="record")
     _played_more_than_one_draw(ev)
 
@@ -481,15 +492,9 @@ sandbox_child._Out.send = send
 @pytest.mark.usefixtures("parent")
 @pytest.mark.parametrize("hop", [
     False,
-    pytest.param(True, marks=pytest.mark.xfail(strict=True, reason=(
-        "hole (where a batch can fork: root without seccomp and without the drop to nobody, "
-        "e.g. a container without libseccomp whose user namespace has no nobody): the /proc "
-        "scan is not a snapshot; a process that keeps moving to a new pid (fork, parent exits) "
-        "is missed by one of the scans (a pid created after the listing, or a child read before "
-        "its parent turned zombie) and the check passes while it lives. Fix: seal() verifies "
-        "that the batch cannot fork (a fork that succeeds ends the run: the platform is not "
-        "strong); and the scan counts zombies of the sandbox's tree other than the reaped "
-        "batch (an orphan's zombie parent is evidence of a fork) as not gone"))),
+    # Once a hole (strict xfail): the zygote, its PID namespace's init, now ends every other
+    # process of the namespace after each batch where a batch can fork
+    True,
 ], ids=["stays", "hops"])
 def test_an_orphan_of_a_batch_never_plays_the_next_batch(hop, monkeypatch):
     from autotts.sandbox.lockdown import is_strong, probe

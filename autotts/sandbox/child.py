@@ -509,7 +509,7 @@ def _unit_child(code: Any, req: dict[str, Any], unit: dict[str, Any], out: _Out,
 def _forked(work: Any, out: _Out, hint: np.ndarray) -> None:
     """Run `work` (candidate code) in a child of this process and wait for it. This process
     never runs candidate code itself, so every batch starts from the same clean state."""
-    from autotts.sandbox.lockdown import seal
+    from autotts.sandbox.lockdown import end_leftovers, seal
 
     pid = os.fork()
     if pid == 0:
@@ -525,6 +525,8 @@ def _forked(work: Any, out: _Out, hint: np.ndarray) -> None:
             _send_verdict(out, Verdict("crash", f"sandbox error: {msg}"))
         os._exit(0)
     _, status = os.waitpid(pid, 0)
+    if INHERITED:  # no seccomp filter: the batch may have forked (as root), and left orphans
+        end_leftovers()
     # The next batch starts with nothing the last one wrote: the whole shared page, and the
     # flags of the open file descriptions it shared (O_APPEND, O_ASYNC ... are bits it could set).
     hint.fill(0)
@@ -659,6 +661,10 @@ def _restore_inherited() -> None:
         moved.append("I/O priority")
     if len(moved) == before and _scheduling() != sched:  # a change that did not take
         moved.append("scheduling state")
+    from autotts.sandbox.lockdown import session_keyring_moved
+
+    if session_keyring_moved():  # KEYCTL_SESSION_TO_PARENT: every later batch would start in it
+        moved.append("session keyring")
     if moved:
         raise Fatal(Verdict("crash", "a batch changed the sandbox process's state, which the "
                             f"next batch would inherit, beyond repair: {', '.join(moved)}"))

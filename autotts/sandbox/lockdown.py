@@ -16,7 +16,10 @@ platform allows it, as root and as an ordinary user alike:
   * a seccomp allow-list: computation, memory, time, randomness, signals of its own, and I/O on
     descriptors it already has; everything else (open, socket, execve, fork, kill, ptrace, mount,
     unlink, ...) fails with EPERM;
-  * rlimits: CPU, address space, no core dumps, no file writes, no new processes or descriptors.
+  * rlimits: CPU, address space, no core dumps, no file writes, no new processes or descriptors;
+  * where no seccomp filter binds the batches the zygote forks: a user and an IPC namespace of
+    each batch's own (seal()), a shared session keyring that takes no key, and no process of
+    a batch left alive after it (end_leftovers); `batchns` where this holds.
 
 It returns what applied. `probe()` measures what this platform allows by starting a small child
 that locks itself down and tries the forbidden operations; `is_strong()` says whether that keeps
@@ -56,7 +59,7 @@ NOBODY = 65534
 
 # What lockdown() reports, each True when it applied.
 KEYS = ("userns", "mountns", "netns", "pidns", "utsns", "ipcns", "empty_root", "nobody",
-        "no_caps", "no_new_privs", "landlock", "seccomp")
+        "no_caps", "no_new_privs", "landlock", "seccomp", "batchns")
 
 CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x00020000, 0x04000000, 0x08000000
 CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x10000000, 0x20000000, 0x40000000
@@ -66,6 +69,11 @@ PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_NO_NEW_PRIVS = 1, 4, 38
 _PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "arm64": 41, "riscv64": 41, "ppc64le": 203,
                "s390x": 217}
 _LANDLOCK_CREATE_RULESET, _LANDLOCK_RESTRICT_SELF = 444, 446  # the same on every architecture
+# keyctl(2) (no libc wrapper without libkeyutils): its number where it is known
+_KEYCTL = {"x86_64": 250, "aarch64": 219, "arm64": 219, "riscv64": 219, "loongarch64": 219}
+_KEYCTL_GET_KEYRING_ID, _KEYCTL_JOIN_SESSION_KEYRING, _KEYCTL_SETPERM = 0, 1, 5
+_KEY_SPEC_SESSION_KEYRING = -3
+_KEY_POS_SEARCH = 0x08000000  # its possessors may search it (an empty keyring); no other right
 
 
 class _Libc:
@@ -277,6 +285,126 @@ def _drop_capabilities(libc: _Libc) -> bool:
     header = (ctypes.c_uint32 * 2)(0x20080522, 0)
     data = (ctypes.c_uint32 * 6)()
     return libc.call("capset", header, data) == 0
+
+
+# ---- batches without a seccomp filter: kernel state of their own -----------------------------
+
+_LIBC: _Libc | None = None  # made by lockdown(), in the zygote: its batches use it as it is
+_KEYCTL_NR = _KEYCTL.get(platform.machine())
+# The zygote's session keyring, joined by lockdown() (its serial; 0 where the kernel has no
+# keys), and whether each batch isolates itself in seal() (no seccomp filter binds it there,
+# and lockdown() tried it) and the zygote ends every other process of its PID namespace after
+# each batch (end_leftovers).
+_SESSION_KEYRING: int | None = None
+_BATCH_NS = False
+_END_OTHERS = False
+
+
+def _keyctl(libc: _Libc, *args: int | None) -> int:
+    """keyctl(2); its result, or -errno."""
+    if _KEYCTL_NR is None:
+        return -errno.ENOSYS
+    r = libc.syscall(ctypes.c_long(_KEYCTL_NR),
+                     *(ctypes.c_long(0 if a is None else a) for a in args))
+    return r if r >= 0 else -(ctypes.get_errno() or errno.EPERM)
+
+
+def _own_session_keyring(libc: _Libc) -> int | None:
+    """Join a new, empty session keyring that its possessors may only search (its user, its
+    owner included, and anyone else: no right at all). The sandbox keeps nothing of the session
+    it was started in (a login session's keyring may hold its user's credentials); its batches,
+    which share it through the fork, can neither add nor link a key to it, nor read it, nor
+    change its rights (that needs a right it does not give), so it carries nothing from one
+    batch to the next. Its serial, 0 where the kernel has no keys, None where this failed."""
+    serial = _keyctl(libc, _KEYCTL_JOIN_SESSION_KEYRING, None)
+    if serial == -errno.ENOSYS:
+        return 0
+    if serial <= 0 or _keyctl(libc, _KEYCTL_SETPERM, serial, _KEY_POS_SEARCH) < 0:
+        return None
+    return serial
+
+
+def isolate_batch() -> None:
+    """In a process forked by the zygote where no seccomp filter binds it (seal()), before any
+    candidate code: kernel state of its own, which dies with it, instead of the sandbox's,
+    which the next batch would find. A new user namespace, whose user, user-session and
+    persistent keyrings are its own (keyrings are per user namespace: the one of the user the
+    sandbox runs as outlives every sandbox, the host's nobody's included); an IPC namespace it
+    owns (System V shared memory, semaphores and message queues, POSIX message queues: it
+    cannot enter the sandbox's again, which needs a capability there). Its capabilities in the
+    new namespace are dropped at once. (The session keyring it shares with the zygote takes no
+    key: _own_session_keyring; one it joins is its own, and one it gives the zygote ends the
+    run: session_keyring_moved.) An ordinary user needs no privilege for this; inside a chroot
+    the kernel refuses it (lockdown() tries it first: batchns). Raises OSError where a step
+    fails."""
+    libc = _LIBC if _LIBC is not None else _Libc()
+    err = libc.call("unshare", CLONE_NEWUSER | CLONE_NEWIPC)
+    if err:
+        raise OSError(err, f"a batch's own user and IPC namespaces: {os.strerror(err)}")
+    if not _drop_capabilities(libc):
+        raise OSError(errno.EPERM, "a batch's capabilities in its user namespace stay")
+
+
+def _try_batch(libc: _Libc, end_others: bool) -> bool:
+    """Whether a batch forked now gets kernel state of its own (isolate_batch) and leaves no
+    process behind: it cannot fork once sealed, or (`end_others`) the zygote, its PID
+    namespace's init, ends every other process of the namespace after each batch. Tried in a
+    child, as a batch would be (root may still fork: RLIMIT_NPROC does not bind the host's
+    uid 0, even in a user namespace of its own)."""
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            isolate_batch()
+            _cap(resource.RLIMIT_NPROC, 0)
+            try:
+                child = os.fork()
+            except OSError:
+                child = -1
+            if child == 0:
+                os._exit(0)
+            if child > 0:
+                os.waitpid(child, 0)
+            code = 0 if child < 0 or end_others else 2
+        finally:
+            os._exit(code)
+    while True:
+        try:
+            _, status = os.waitpid(pid, 0)
+            break
+        except InterruptedError:
+            continue
+    return os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+
+
+def session_keyring_moved() -> bool:
+    """In the zygote after a batch: whether its session keyring is no longer the one lockdown()
+    joined. A batch of the same user may give its parent its own (KEYCTL_SESSION_TO_PARENT),
+    and every later batch would start with it."""
+    if not _SESSION_KEYRING or _LIBC is None:
+        return False
+    return _keyctl(_LIBC, _KEYCTL_GET_KEYRING_ID, _KEY_SPEC_SESSION_KEYRING, 0) \
+        != _SESSION_KEYRING
+
+
+def end_leftovers() -> None:
+    """In the zygote after a batch, where no seccomp filter keeps batches from forking and the
+    zygote is its PID namespace's init: end every other process of the namespace (a batch's
+    orphans, wherever they moved: no process leaves a PID namespace, and kill(-1) reaches
+    each of them, those of namespaces nested in it included, atomically with respect to
+    fork), and wait until every one is gone: each is the zygote's child by then (an orphan
+    moves to its namespace's init), and one still running could yet act on the zygote (give it
+    a session keyring: session_keyring_moved, which is checked after this). Nothing else lives
+    there: the batch is reaped, and the zygote's own parent is outside."""
+    if not _END_OTHERS:
+        return
+    with contextlib.suppress(OSError):  # ESRCH: there was none
+        os.kill(-1, signal.SIGKILL)
+    while True:
+        try:
+            os.waitpid(-1, 0)
+        except ChildProcessError:  # none left
+            return
 
 
 # ---- the PID namespace: the first child is its init; this process waits for it ----------------
@@ -540,6 +668,12 @@ def lockdown(limits: dict[str, Any], workdir: str) -> dict[str, bool | str]:
         ppid = os.getppid()
     else:
         ppid = _namespaces(libc, root, os.path.abspath(workdir), cpu, applied, notes)
+    global _LIBC, _SESSION_KEYRING, _BATCH_NS, _END_OTHERS
+    _LIBC = libc
+    # before the drop of privileges: as root, a keyring that nobody's batches cannot replace
+    _SESSION_KEYRING = _own_session_keyring(libc)
+    if _SESSION_KEYRING is None:
+        notes.append("session keyring: not joined")
     replaced = _sanitize_fds(fds)
     if replaced:
         notes.append(f"{replaced} descriptor(s) replaced")
@@ -559,6 +693,15 @@ def lockdown(limits: dict[str, Any], workdir: str) -> dict[str, bool | str]:
         applied["seccomp"] = filt.load()
         global _ZYGOTE_FILTERED
         _ZYGOTE_FILTERED = applied["seccomp"]
+    if not applied["seccomp"] and _SESSION_KEYRING is not None:
+        # No seccomp filter (none built, or the kernel refused it) will refuse a batch the
+        # system calls that make kernel objects (keys, System V IPC) or processes: each batch
+        # gets state of its own, and where a batch can still fork, the zygote must be able to
+        # end what it leaves.
+        _END_OTHERS = applied["pidns"] and os.getpid() == 1
+        _BATCH_NS = applied["batchns"] = _try_batch(libc, _END_OTHERS)
+        if not _BATCH_NS:
+            notes.append("batches: no user and IPC namespaces of their own, or a fork left")
     if notes:
         applied["notes"] = "; ".join(notes)[:1000]
     applied["lockdown_ms"] = f"{(time.perf_counter() - t0) * 1e3:.2f}"
@@ -574,13 +717,19 @@ def is_strong(applied: dict[str, Any]) -> bool:
     open, listing, creation and removal of a host path); the network, the host's UNIX sockets
     included (a D-Bus or Docker socket is a way out), by the seccomp allow-list (no socket), or
     by a network namespace (no interface, its own abstract sockets) with an empty root (no
-    socket file in reach). Where the dict carries a probe's measurements, they must agree."""
+    socket file in reach). And one batch is kept from leaving kernel state for the next (a
+    key, a System V object, a process): by the seccomp allow-list, or by a user and an IPC
+    namespace of each batch's own, a shared session keyring that takes no key, and no process
+    left behind (batchns). Where the dict carries a probe's measurements, they must agree."""
     fs = bool(applied.get("empty_root") or applied.get("landlock") or applied.get("seccomp"))
     net = bool(applied.get("seccomp") or (applied.get("netns") and applied.get("empty_root")))
+    # One batch must not leave the next kernel state to find (keys, System V IPC, a process):
+    # the seccomp filter refuses the calls that make it, or each batch has its own (batchns).
+    batches = bool(applied.get("seccomp") or applied.get("batchns"))
     for key in ("fs_blocked", "net_blocked"):
         if key in applied and applied[key] is not True:
             return False
-    return fs and net and not applied.get("probe_error")
+    return fs and net and batches and not applied.get("probe_error")
 
 
 def describe(applied: dict[str, Any]) -> str:
@@ -675,7 +824,8 @@ def _run_probe(disable: list[str]) -> dict[str, Any]:
         tcp.listen(4)
         unix.bind(os.path.join(base, "sock"))
         unix.listen(4)
-        args = {"root": str(Path(__file__).resolve().parent.parent), "canary": canary,
+        # the directory that holds this package (this file is autotts/sandbox/lockdown.py)
+        args = {"root": str(Path(__file__).resolve().parents[2]), "canary": canary,
                 "port": tcp.getsockname()[1], "unix": os.path.join(base, "sock"),
                 "workdir": work,
                 "limits": {"cpu_seconds": 30, "memory_mb": 512, "isolation_disable": disable}}
@@ -909,7 +1059,10 @@ def prepare_seal(limits: dict[str, Any]) -> None:
 def seal() -> None:
     """In a child forked by the zygote, before candidate code: no new processes (RLIMIT_NPROC
     where rlimits can still be set, that is without seccomp; with seccomp, a second filter that
-    refuses every way of making one)."""
+    refuses every way of making one); without seccomp, kernel state of its own
+    (isolate_batch)."""
+    if _BATCH_NS:
+        isolate_batch()
     _cap(resource.RLIMIT_NPROC, 0)
     if _SEALED is not None:
         syscall, nr, fprog, _ = _SEALED

@@ -95,7 +95,8 @@ def read_run_dir(path: str | Path) -> RunReport:
         notes.append("Selected on the search split: "
                      + ("none (no eligible candidate)" if not s else
                         f"{s['label']} (search objective {s['objective']:.2f}, held-out "
-                        f"{_fmt(sel.get('heldout_objective'))}, {sel['heldout_draws']} draws)"))
+                        f"{_fmt(sel.get('heldout_objective'))}, {sel['heldout_draws']} draws)"
+                        + _heldout_failure(sel)))
         comps = sel.get("comparisons") or {}
         if comps:
             tables["Held-out: selected minus each baseline (ΔAUC, paired 95% interval)"] = [
@@ -128,6 +129,17 @@ def read_run_dir(path: str | Path) -> RunReport:
         "budget_usd": summary.get("budget_usd"),
     }]
     return RunReport(rows, tables, f"autotts discovery: {rd.path.name}", notes, token_range)
+
+
+def _heldout_failure(sel: dict[str, Any]) -> str:
+    """What went wrong in the selected candidate's held-out evaluation, if anything: a candidate
+    that fails there on purpose (a crash, a timeout) must not pass for one whose held-out figure
+    is merely missing."""
+    v = sel.get("heldout_verdict") or {}
+    if not sel.get("selected") or v.get("kind") in (None, "ok"):
+        return ""
+    msg = " ".join(str(v.get("message") or "").split())[:200]
+    return f"; its held-out evaluation failed: {v['kind']}" + (f" ({msg})" if msg else "")
 
 
 def _fmt(x: Any) -> str:

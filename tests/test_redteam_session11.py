@@ -26,6 +26,15 @@ Found and fixed:
   carried them raw into the prompt, starting lines no quoting prefixes (a fake "Best so far"
   line, here).
 
+- A batch's episodes started in question order, and the child numbered them so: a restricted
+  candidate with a counter in module state knew which store and question each episode played,
+  in every draw and β, and could act on the prompt's per-question feedback (answering the
+  questions the best seed's digest lists as "never right at any β" at 0 tokens lifts asc's
+  search objective on env/aime-qwen3.toml from 61.74 to 62.82, before any probing of labels).
+  Episodes now start in a secret random order and slots are numbered in that order
+  (judge.UnitJudge, judge.secret_order); recognising a question by what its branches reveal is
+  what remains.
+
 Held (asserted): episodes that raise on hard questions count as wrong with what they spent
 (never dropped), and make the candidate ineligible; answers that name no class the episode
 revealed score as wrong; a candidate that plays differently in the race's first draws gets the
@@ -161,6 +170,54 @@ def test_knobs_that_are_the_same_json_are_still_run_once():
     two = evaluate_sandboxed(src, [STORE], [0.0, 1.0], proto, limits=FAST)
     assert two.actions == one.actions  # β=1 was not played again
     assert _points(two)[1][1:] == _points(two)[0][1:]
+
+
+# ---- which question an episode plays: the start order of a batch ------------------------------
+
+COUNTER = """
+SEEN = [0]
+
+
+class Counter:
+    NAME = "counter"
+
+    @staticmethod
+    def schedule(beta):
+        return {}
+
+    def run(self, ep):
+        i = SEEN[0]
+        SEEN[0] += 1
+        answers = ep.read_new_many(1 + i).tolist()
+        ep.trace("stop", reason="counted")
+        return answers[0]
+"""
+
+
+@pytest.mark.usefixtures("parent")
+def test_the_order_of_a_batchs_episodes_does_not_name_their_questions():
+    """A restricted candidate counts run() calls in its batch (module state lives for one
+    batch). Before, the k-th call was question k of the batch's stores in every draw and β: a
+    label the prompt's per-question feedback ("never right at any β: q3, q17") could be acted
+    on (on env/aime-qwen3, answering the best seed's never-right questions at 0 tokens alone
+    lifts its search objective 61.74 -> 62.82). Episodes now start in a secret random order: the
+    count matches the question no more often than chance, and the rows are still those of the
+    episodes played."""
+    stores = [synthetic_store(seed=0), synthetic_store(seed=1)]
+    proto = EvalProtocol(draws=3)
+    ev = evaluate_sandboxed(COUNTER, stores, [0.0, 1.0], proto, limits=FAST, episodes=True,
+                            traces=True)
+    offset = {stores[0].name: 0, stores[1].name: len(stores[0].questions)}
+    hits = sum(e["opened"] == 1 + offset[e["store"]] + e["question"] for e in ev.episodes)
+    assert len(ev.episodes) == 2 * 3 * 2 * 4 and hits < len(ev.episodes) // 2
+    # Results, traces and their order are the positions', whatever order they started in.
+    for r in ev.rows:
+        mine = [e for e in ev.episodes if e["store"] == r["store"] and e["beta"] == r["beta"]]
+        assert r["tokens"] == pytest.approx(np.mean([e["tokens"] for e in mine]))
+    for st in stores:
+        traced = [(t["draw"], t["question"]) for t in ev.traces if t["store"] == st.name
+                  and t["beta"] == 0.0]
+        assert traced == sorted(traced) and len(traced) == 3 * 4
 
 
 # ---- failures on hard questions are scored, never dropped ----------------------------------

@@ -34,6 +34,10 @@ Found and fixed:
   Episodes now start in a secret random order and slots are numbered in that order
   (judge.UnitJudge, judge.secret_order); recognising a question by what its branches reveal is
   what remains.
+- The digest's stop reasons were listed in full: a candidate giving each traced episode a reason
+  of its own (660 per store of env/aime-qwen3.toml, 40 characters each once quoted) put them
+  all into every later prompt while it was the best. The prompt now lists the 8 most frequent
+  per β band and sums the rest (digest._reasons_text).
 
 Held (asserted): episodes that raise on hard questions count as wrong with what they spent
 (never dropped), and make the candidate ineligible; answers that name no class the episode
@@ -53,7 +57,6 @@ import numpy as np
 import pytest
 from discover_helpers import GOOD, config, make_env, reply
 
-from autotts import sandbox
 from autotts.discover import read_run_dir, run_discovery
 from autotts.discover.candidates import SandboxBackend
 from autotts.discover.fakeserver import FakeOpenAI
@@ -486,3 +489,31 @@ def test_a_candidates_text_cannot_start_a_line_of_the_prompt(env_file, tmp_path)
     for line in third.splitlines():
         assert not line.lstrip().startswith(("Best so far: your round 2", "# Your task\\")), line
     assert [ln for ln in third.splitlines() if ln.startswith("# Your task")] == ["# Your task"]
+
+
+# ---- the prompt's size: a candidate's stop reasons ---------------------------------------------
+
+CHATTY = GOOD.replace('NAME = "probe_vote"', 'NAME = "chatty"').replace(
+    'ep.trace("stop", reason="max_steps")',
+    'ep.trace("stop", reason="max_steps after " + str(ep.tokens) + " tokens")').replace(
+    'ep.trace("stop", reason="stable", step=step)',
+    'ep.trace("stop", reason="stable after " + str(ep.tokens) + " tokens", step=step)')
+
+
+def test_distinct_stop_reasons_cannot_grow_the_prompt_without_bound(env_file, tmp_path):
+    """A candidate that gives every episode a stop reason of its own (each one cut to 40
+    characters, but as many as traced episodes: 660 per search store of env/aime-qwen3.toml, in
+    every later prompt while it is the best) cannot make the prompt carry them all: the digest
+    lists the most frequent few and sums the rest."""
+    prompts = []
+    for name, src in (("honest", GOOD), ("chatty", CHATTY)):
+        run_dir = tmp_path / name
+        with FakeOpenAI([reply(src), reply(GOOD)]) as server:
+            run_discovery(_cfg(env_file, run_dir, server.url, rounds=2))
+            prompts.append("\n".join(m["content"] for m in server.requests[1]["messages"]))
+    honest, chatty = prompts
+    lines = [ln for ln in chatty.splitlines() if "stop reasons (" in ln]
+    bands = [b for ln in lines for b in ln.split("; β ")]
+    assert bands and all(b.count(" tokens ") <= 8 for b in bands)
+    assert any("other reasons" in b for b in bands)
+    assert len(chatty) < len(honest) + 3000

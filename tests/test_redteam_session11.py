@@ -38,6 +38,11 @@ Found and fixed:
   of its own (660 per store of env/aime-qwen3.toml, 40 characters each once quoted) put them
   all into every later prompt while it was the best. The prompt now lists the 8 most frequent
   per β band and sums the rest (digest._reasons_text).
+- Candidates evaluated side by side (discovery's --candidates K, one thread each) handed their
+  local worker processes what to run through one module global (evaluation._POOL), written by
+  each thread before its workers were forked: a thread switch between one thread's write and
+  its fork gave its workers the other candidate's source and tasks, and one candidate was
+  recorded with the other's rows. The global is now held by a lock from the write to the fork.
 
 Held (asserted): episodes that raise on hard questions count as wrong with what they spent
 (never dropped), and make the candidate ineligible; answers that name no class the episode
@@ -517,3 +522,58 @@ def test_distinct_stop_reasons_cannot_grow_the_prompt_without_bound(env_file, tm
     assert bands and all(b.count(" tokens ") <= 8 for b in bands)
     assert any("other reasons" in b for b in bands)
     assert len(chatty) < len(honest) + 3000
+
+
+# ---- candidates evaluated side by side (--candidates K): each with its own controller ----------
+
+READ_K = '''
+class ReadK:
+    NAME = "read_k"
+
+    @staticmethod
+    def schedule(beta):
+        return {}
+
+    def run(self, ep):
+        answers = ep.read_new_many(K).tolist()
+        return max(set(answers), key=answers.count)
+'''
+
+
+@pytest.mark.usefixtures("parent")
+def test_side_by_side_evaluations_each_run_their_own_controller(monkeypatch):
+    """Discovery evaluates the files of one response in threads, each with local worker
+    processes forked from this process; what a worker runs was a module global that the
+    threads wrote in turn (evaluation._POOL). A thread switch between one thread's write and
+    its fork (widened here by a pause where the scheduler may switch anyway) gave its workers
+    the other candidate's source and tasks: one candidate's rows were another's."""
+    import threading
+    import time
+
+    import autotts.sandbox.evaluation as evaluation
+
+    freeze = evaluation.gc.freeze
+
+    def slow_freeze() -> None:
+        time.sleep(0.3)  # another thread runs here
+        freeze()
+
+    monkeypatch.setattr(evaluation.gc, "freeze", slow_freeze)
+    proto = EvalProtocol(draws=4)
+    sources = {k: READ_K.replace("K)", f"{k})") for k in (1, 5)}
+    alone = {k: _points(evaluate_sandboxed(s, [STORE], [0.5], proto, limits=FAST))
+             for k, s in sources.items()}
+    assert alone[1] != alone[5]
+    got: dict[int, Any] = {}
+
+    def one(k: int) -> None:
+        got[k] = _points(evaluate_sandboxed(sources[k], [STORE], [0.5], proto, limits=FAST,
+                                            workers=2))
+
+    threads = [threading.Thread(target=one, args=(k,)) for k in sources]
+    for t in threads:
+        t.start()
+        time.sleep(0.05)
+    for t in threads:
+        t.join()
+    assert got == alone

@@ -101,6 +101,15 @@ def score(
     return Evaluation(rows, ep_rows, all_traces, all_errors, outcomes)
 
 
+def knob_key(config: dict[str, Any]) -> str:
+    """What makes two β's knobs the same configuration (run once, scored for both): their JSON
+    with sorted keys, so that types count (1, 1.0 and True differ; so do 0.0 and -0.0) and key
+    order does not. Values JSON cannot write are compared by their repr."""
+    import json
+
+    return json.dumps(config, sort_keys=True, default=repr)
+
+
 @dataclass
 class Evaluation:
     """What `evaluate` returns: one row per store × β, and the episodes, traces and errors
@@ -167,13 +176,17 @@ def evaluate(
     for beta in list(betas) if betas else [None]:
         runs.append((beta, spec.config(beta, overrides)))
     # β points whose schedule gives the same knobs (ESC's does) are run once: an episode's result
-    # depends on the knobs only.
+    # depends on the knobs only. The same knobs, types included (knob_key): 1, 1.0 and True are
+    # equal to Python but not to a controller that tells them apart.
     configs: list[dict[str, Any]] = []
+    keys: list[str] = []
     canonical = []
     for _, cfg in runs:
-        if cfg not in configs:
+        key = knob_key(cfg)
+        if key not in keys:
             configs.append(cfg)
-        canonical.append(configs.index(cfg))
+            keys.append(key)
+        canonical.append(keys.index(key))
     job = Job(
         controller_path=spec.path,
         controller_source=spec.source,

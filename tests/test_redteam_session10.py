@@ -123,9 +123,14 @@ class Keep:
 
 
 @pytest.mark.usefixtures("parent")
-def test_a_kept_handle_of_an_ended_episode_is_refused_as_in_process(tmp_path):
+def test_a_kept_handle_of_an_ended_episode_is_refused_as_in_process(tmp_path, monkeypatch):
     """Same rows, errors and traces sandboxed (one episode at a time, so each later episode
     runs in the parked runner of the last) as in-process."""
+    from autotts.sandbox import judge
+
+    # This controller keeps state across episodes: started in question order (the judge's order
+    # is otherwise secret and random), as in-process, its rows can be compared.
+    monkeypatch.setattr(judge, "secret_order", lambda n: list(range(n)))
     sb = evaluate_sandboxed(_KEEP, [STORE], [0.5], PROTO, filename="keep.py", limits=ONE,
                             traces=True, episodes=True, on_error="record")
     path = tmp_path / "keep.py"

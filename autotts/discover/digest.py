@@ -639,11 +639,20 @@ def _fig_text(f: dict[str, Any] | None) -> str:
     return f"{f['share']:.1f}%" + (f" (most: {qs})" if qs else "")
 
 
+SHOWN_REASONS = 8  # stop reasons listed per line of the prompt; the rest are summed
+
+
 def _reasons_text(reasons: Sequence[Sequence[Any]]) -> str:
     from autotts.discover.quote import SHORT_CHARS, visible
 
-    # The reason is the candidate's own text: escaped and cut (issue 21).
-    return ", ".join(f"{visible(r, SHORT_CHARS)} {v:.0f}%" for r, v in reasons)
+    # The reason is the candidate's own text: escaped and cut (issue 21), and only the most
+    # frequent few: a reason of its own for every traced episode (660 per store of the AIME
+    # environment) would otherwise ride in every later prompt (tests/test_redteam_session11.py).
+    txt = ", ".join(f"{visible(r, SHORT_CHARS)} {v:.0f}%" for r, v in reasons[:SHOWN_REASONS])
+    rest = reasons[SHOWN_REASONS:]
+    if rest:
+        txt += f", {len(rest)} other reasons {sum(float(v) for _, v in rest):.0f}%"
+    return txt
 
 
 def render_digest(digest: dict[str, Any], stores: Sequence[str] | None = None,

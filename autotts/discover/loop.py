@@ -73,7 +73,7 @@ from autotts.discover.significance import (
 )
 from autotts.envdef import EnvDef, load_env
 from autotts.errors import AutoTTSError, ConfigError
-from autotts.evaluate import Evaluation, evaluate
+from autotts.evaluate import Evaluation, evaluate, knob_key
 from autotts.fsio import dumps, read_json, write_json, write_text
 from autotts.stats import question_clusters
 from autotts.store import Store, open_store
@@ -726,11 +726,26 @@ class Discovery:
             errors: list[dict[str, Any]] = []
             n_eps = 0
             eps: list[dict[str, Any]] = []
+            # The knobs the selected candidate was searched with, per β: its held-out figures
+            # must be of those (a schedule() with code execution can tell the held-out step from
+            # the sweep, by its draws, and compute other knobs there).
+            searched = {float(r["beta"]): knob_key(r["config"]) for r in best.get("rows") or []
+                        if r.get("beta") is not None and r.get("config") is not None}
             try:
                 for st in held_stores:
                     ev = self.backend.evaluate(best["path"], [st], env.betas, proto,
                                                stage="heldout", episodes=True,
                                                on_error="record", workers=cfg.workers)
+                    other = [r["beta"] for r in ev.rows if r.get("beta") is not None
+                             and float(r["beta"]) in searched
+                             and knob_key(r["config"]) != searched[float(r["beta"])]]
+                    if other:
+                        raise CandidateFailure(verdict(
+                            "interface", "heldout", "schedule() is not deterministic: on "
+                            f"{st.name} it computed other knobs than in the search sweep at "
+                            f"β={', '.join(f'{b:g}' for b in other)}; the held-out figures "
+                            "would not be those of the selected controller", context={
+                                "store": st.name, "beta": other[0]}))
                     rows += [{**_clean_row(r), "round": best["round"], "label": lab}
                              for r in ev.rows]
                     errors += ev.errors
@@ -742,6 +757,9 @@ class Discovery:
                 tables[lab] = per_question_table(eps)
             except CandidateFailure as f:
                 held_verdict = f.verdict
+            if held_verdict["kind"] != OK:
+                self.progress(f"held-out: {lab}: {held_verdict['kind']}: "
+                              f"{str(held_verdict['message'])[:200]}")
         for spec in specs:
             src = Path(spec.path).read_text()
             pq: dict[str, Any] = {}

@@ -215,7 +215,9 @@ def _verdict_text(v: dict[str, Any]) -> str:
         text += " (" + ", ".join(f"{k} {visible(str(x), 80)}" for k, x in ctx.items()) + ")"
     if v.get("traceback"):
         tb = str(v["traceback"]).strip()[-1500:]
-        text += "\n```\n" + "\n".join(visible(ln) for ln in tb.splitlines()) \
+        # Lines at "\n" only: splitlines() would also break at the candidate's U+2028, NEL,
+        # ... and make lines of its own text (visible() escapes those).
+        text += "\n```\n" + "\n".join(visible(ln) for ln in tb.split("\n")) \
             .replace("```", "ˋˋˋ") + "\n```"
     return text
 

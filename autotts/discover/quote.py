@@ -17,11 +17,14 @@ SHORT_CHARS = 40  # a stop reason or an idea line
 
 
 def visible(text: str, limit: int | None = None) -> str:
-    """`text` with every control / format / unassigned character escaped (newlines included) and
-    cut to `limit` characters (an ellipsis says it was cut)."""
+    """`text` with every control / format / unassigned character escaped (newlines included),
+    and the line and paragraph separators U+2028 / U+2029 (str.splitlines() breaks lines there,
+    so raw they would start a line of the prompt that no quoting prefixes), cut to `limit`
+    characters (an ellipsis says it was cut)."""
     out = []
     for ch in str(text):
-        if unicodedata.category(ch)[0] == "C":  # Cc, Cf, Cs, Co, Cn
+        cat = unicodedata.category(ch)
+        if cat[0] == "C" or cat in ("Zl", "Zp"):  # Cc, Cf, Cs, Co, Cn; U+2028, U+2029
             o = ord(ch)
             out.append(f"\\x{o:02x}" if o < 0x100 else f"\\u{o:04x}" if o < 0x10000
                        else f"\\U{o:08x}")

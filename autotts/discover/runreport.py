@@ -119,7 +119,8 @@ def read_run_dir(path: str | Path) -> RunReport:
         notes.append("Selected on the search split: "
                      + ("none (no eligible candidate)" if not s else
                         f"{s['label']} (search objective {s['objective']:.2f}, held-out "
-                        f"{_fmt(sel.get('heldout_objective'))}, {sel['heldout_draws']} draws)"))
+                        f"{_fmt(sel.get('heldout_objective'))}, {sel['heldout_draws']} draws)"
+                        + _heldout_failure(sel)))
         comps = sel.get("comparisons") or {}
         if comps:
             tables["Held-out: selected minus each baseline (ΔAUC, paired 95% interval)"] = [
@@ -223,6 +224,17 @@ def _versus(records: Sequence[dict[str, Any]], seeds: Sequence[dict[str, Any]],
         if r.get("objective") is not None:
             out[str(r["id"])] = cell(found.get(str(r["id"])), r["objective"] - ref["objective"])
     return out
+
+
+def _heldout_failure(sel: dict[str, Any]) -> str:
+    """What went wrong in the selected candidate's held-out evaluation, if anything: a candidate
+    that fails there on purpose (a crash, a timeout) must not pass for one whose held-out figure
+    is merely missing."""
+    v = sel.get("heldout_verdict") or {}
+    if not sel.get("selected") or v.get("kind") in (None, "ok"):
+        return ""
+    msg = " ".join(str(v.get("message") or "").split())[:200]
+    return f"; its held-out evaluation failed: {v['kind']}" + (f" ({msg})" if msg else "")
 
 
 def _fmt(x: Any) -> str:

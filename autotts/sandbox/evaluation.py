@@ -20,6 +20,7 @@ import math
 import multiprocessing as mp
 import os
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -122,6 +123,7 @@ def run_sandbox_task(datas: Sequence[ReplayData] | ReplayData, request: dict[str
 
 
 _POOL: dict[str, Any] = {}  # what forked local workers inherit
+_POOL_LOCK = threading.Lock()  # held from writing _POOL until the workers are forked
 
 
 def _pool_run(t: int) -> tuple[str, Any]:
@@ -142,7 +144,6 @@ def _outcomes(ex: Any, tasks: list[Task], request: dict[str, Any], datas: list[R
         yield 0, run_sandbox_task([datas[s] for s in t.stores], request, t.units, share)
         return
     ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-    _POOL.update(tasks=tasks, datas=datas, request=request, trace_items=share)
     # The workers are forks of this process. A full collection in one walks every object it
     # inherited, writing to each: a copy-on-write fault per page of them (~0.2 s CPU per
     # worker per discovery sweep, and as much again in this process when it collects while
@@ -152,16 +153,35 @@ def _outcomes(ex: Any, tasks: list[Task], request: dict[str, Any], datas: list[R
     # gc.unfreeze() thaws every frozen object, so where the application (or `autotts eval`,
     # after its loads) froze some already, its freeze is left as it is and nothing is frozen
     # here: what it froze is what the workers would have inherited anyway.
-    ours = gc.get_freeze_count() == 0
-    if ours:
-        gc.freeze()
+    #
+    # _POOL is one per process, and discovery evaluates a response's candidates in threads: from
+    # the write to the fork it is held (a thread switch there gave one candidate's workers the
+    # other's source and tasks, tests/test_redteam_session11.py). With fork the first submit
+    # forks every worker, so once map() has returned they hold their copies and it is emptied.
+    with _POOL_LOCK:
+        _POOL.update(tasks=tasks, datas=datas, request=request, trace_items=share)
+        ours = gc.get_freeze_count() == 0
+        if ours:
+            gc.freeze()
+        try:
+            pool = ProcessPoolExecutor(len(tasks), mp_context=ctx)
+            try:
+                outcomes = pool.map(_pool_run, range(len(tasks)))
+            except BaseException:
+                pool.shutdown()
+                raise
+        except BaseException:
+            if ours:
+                gc.unfreeze()
+            raise
+        finally:
+            _POOL.clear()
     try:
-        with ProcessPoolExecutor(len(tasks), mp_context=ctx) as pool:
-            yield from enumerate(pool.map(_pool_run, range(len(tasks))))
+        with pool:
+            yield from enumerate(outcomes)
     finally:
         if ours:
             gc.unfreeze()
-        _POOL.clear()
 
 
 def _run(ex: Any, request: dict[str, Any], datas: list[ReplayData], units: list[Unit],

@@ -16,6 +16,8 @@ verdict), and never lets an exception of its own escape on the child's input.
 from __future__ import annotations
 
 import bisect
+import os
+import random
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -141,6 +143,15 @@ _BRANCH, _BRANCH_MANY, _READ_NEW = Episode.branch, Episode.branch_many, Episode.
 _EMPTY = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int32), np.zeros(0, bool))
 
 
+def secret_order(n: int) -> list[int]:
+    """The order a batch's n episodes start in (slot -> position): a permutation no process of
+    the sandbox can predict. (Tests that forge frames for known questions replace it.)"""
+    order = list(range(n))
+    # Seeded from the OS per batch (one read: SystemRandom's shuffle reads it once per entry).
+    random.Random(os.urandom(16)).shuffle(order)
+    return order
+
+
 @dataclass
 class Served:
     """One round's answer: `rows` [slot, generated, probes, actions, n] per action in the
@@ -158,7 +169,15 @@ class Served:
 class UnitJudge:
     """Serves one batch of episodes to the child: one draw of each of `parts` (a store's
     questions each), all under one configuration, so that the sandbox process that runs them
-    never meets the same question twice. Slot k numbers the parts' questions in order."""
+    never meets the same question twice.
+
+    Position p numbers the parts' questions in order (results, errors and traces are in that
+    order). The child never sees it: episodes start in a secret random order, and slot k, the
+    number the child knows an episode by, is the k-th episode started. In position order the
+    k-th run() call of a batch was question k of a known store in every draw and β, so a
+    controller (no code execution needed: a counter) knew which question it played, and the
+    prompt's per-question feedback ("never right at any β: q3, ...") became a per-question
+    policy on the search split (tests/test_redteam_session11.py)."""
 
     def __init__(self, parts: list[Questions], proto: EvalProtocol, draw: int, *,
                  trace: bool, budget: TraceBudget, window: int = 256) -> None:
@@ -172,13 +191,15 @@ class UnitJudge:
         self.budget = budget
         self.window = max(1, window)
         self.next = 0  # next slot to start
+        self.order = secret_order(self.n)  # slot -> position: secret, fresh for every batch
         self.live: dict[int, _Slot] = {}
         self.stop_starting = False  # on_error='raise' stops starting episodes after an error
         self.answers = [np.full((1, n), NO_ANSWER, dtype=np.int32) for n in sizes]
         self.tokens = [np.zeros((1, n), dtype=np.int64) for n in sizes]
         self.probes = [np.zeros((1, n), dtype=np.int32) for n in sizes]
         self.opened = [np.zeros((1, n), dtype=np.int32) for n in sizes]
-        self.errors: list[tuple[int, dict[str, Any], str | None]] = []  # (slot, record, traceback)
+        # (position, record, traceback)
+        self.errors: list[tuple[int, dict[str, Any], str | None]] = []
         self.traces: list[tuple[int, dict[str, Any]]] | None = [] if trace else None
         self.actions = 0  # requests served (a bench figure)
 
@@ -186,27 +207,24 @@ class UnitJudge:
 
     def where(self, slot: int) -> tuple[int, int, int]:
         """(part, draw, question) of a slot."""
-        k = bisect.bisect_right(self.offsets, slot) - 1
-        return k, self.draw, slot - self.offsets[k]
+        pos = self.order[slot]
+        k = bisect.bisect_right(self.offsets, pos) - 1
+        return k, self.draw, pos - self.offsets[k]
 
     def start(self) -> list[list[int]]:
         """Start episodes up to the window: [slot, pool size, no-answer class, Δ] for each (the
         public facts the child's handle needs; Δ is the slot's store's)."""
         out: list[list[int]] = []
-        live, window, n, offsets = self.live, self.window, self.n, self.offsets
+        live, window, n, offsets, secret = self.live, self.window, self.n, self.offsets, self.order
         p, draw, trace = self.proto, self.draw, self.trace
-        # Slots start in order: the part (and its Δ) changes only at an offset, so no bisect
-        # per slot (where()).
-        k = -1
-        end = 0
         while len(live) < window and self.next < n and not self.stop_starting:
             slot = self.next
             self.next += 1
-            if slot >= end:
-                k = bisect.bisect_right(offsets, slot) - 1
-                end, part = offsets[k + 1], self.parts[k]
-                delta = int(part.data.delta)
-            q = slot - offsets[k]
+            pos = secret[slot]
+            k = bisect.bisect_right(offsets, pos) - 1
+            part = self.parts[k]
+            delta = int(part.data.delta)
+            q = pos - offsets[k]
             question = part[q]
             order = draw_order(p.protocol, draw, q, question.num_branches, seed=p.seed, n=p.pool)
             ep = Episode(question, order, probe_cost=p.probe_cost, budget=p.budget,
@@ -226,8 +244,8 @@ class UnitJudge:
         self.probes[k][0, q] = ep.num_probes
         self.opened[k][0, q] = ep.num_opened
         if self.traces is not None:
-            self.traces.append((slot, {"question": q, "draw": s.draw,
-                                       "events": ep.trace_events()}))
+            self.traces.append((self.offsets[k] + q, {"question": q, "draw": s.draw,
+                                                      "events": ep.trace_events()}))
         ep.close()
         del self.live[slot]
 
@@ -450,7 +468,7 @@ class UnitJudge:
                "draw": s.draw, "step": s.ep.num_actions,
                "message": escape(args[1], MAX_MESSAGE)}
         tb = None if args[2] is None else escape(args[2], MAX_TRACEBACK)
-        self.errors.append((slot, rec, tb))
+        self.errors.append((self.offsets[s.part] + s.question, rec, tb))
         if stop:
             self.stop_starting = True
         self._finish(slot, s, NO_ANSWER)
@@ -479,9 +497,9 @@ class UnitJudge:
     def result(self, k: int) -> BlockResult:
         """Part k's outcome; errors in episode order, as in-process."""
         lo, hi = self.offsets[k], self.offsets[k + 1]
-        errs = [rec for slot, rec, _ in sorted(self.errors, key=lambda x: x[0]) if lo <= slot < hi]
+        errs = [rec for pos, rec, _ in sorted(self.errors, key=lambda x: x[0]) if lo <= pos < hi]
         traces = None if self.traces is None else [
-            t for slot, t in sorted(self.traces, key=lambda x: x[0]) if lo <= slot < hi]
+            t for pos, t in sorted(self.traces, key=lambda x: x[0]) if lo <= pos < hi]
         return BlockResult(self.answers[k], self.tokens[k], self.probes[k], self.opened[k], errs,
                            traces)
 

@@ -362,8 +362,13 @@ class _Task:
 
     def _skip_repeated_knobs(self, configs: list[dict[str, Any]]) -> None:
         """A β whose knobs equal an earlier β's is not run again: its units take the results of
-        the earlier β's units (when this task has them), as in-process evaluation does."""
-        first = [configs.index(c) for c in configs]
+        the earlier β's units (when this task has them), as in-process evaluation does.
+        Equal means the same JSON, types included: with Python's ==, {"n": 1}, {"n": 1.0} and
+        {"n": True} are one configuration, and a controller that tells them apart (isinstance)
+        was scored at one β with another β's episodes, and by a mix of both where a task
+        boundary fell inside a draw (tests/test_redteam_session11.py)."""
+        keys = [json.dumps(c, sort_keys=True) for c in configs]
+        first = [keys.index(k) for k in keys]
         where = {u: i for i, u in enumerate(self.units)}
         for b in list(self.todo):
             pairs = []

@@ -305,7 +305,7 @@ def opened_index(i: Any, what: str, opened: int) -> int:
         i = _as_int(i, what)
     if not 0 <= i < opened:
         raise _not_open(i, opened)
-    return i  # type: ignore[no-any-return]
+    return i
 
 
 def running_index(i: Any, what: str, opened: int, running: np.ndarray,
@@ -318,7 +318,7 @@ def running_index(i: Any, what: str, opened: int, running: np.ndarray,
         raise _not_open(i, opened)
     if not running.item(i):  # an opened branch that is pruned or finished
         raise _not_running(i, pruned)
-    return i  # type: ignore[no-any-return]
+    return i
 
 
 def unpruned_index(i: Any, what: str, opened: int, pruned: np.ndarray) -> int:
@@ -329,7 +329,7 @@ def unpruned_index(i: Any, what: str, opened: int, pruned: np.ndarray) -> int:
         raise _not_open(i, opened)
     if pruned.item(i):
         raise InvalidAction(f"PRUNE of branch {i}, which is already pruned")
-    return i  # type: ignore[no-any-return]
+    return i
 
 
 def probed_twice(i: int, depth: int) -> InvalidAction:

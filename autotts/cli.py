@@ -82,6 +82,36 @@ class Interrupted(BaseException):
     ("Aborted!" with status 1, or a silent 130) before main() could say anything."""
 
 
+# click's exception classes, found through typer's public names: recent typer versions vendor
+# their own click, whose classes are not those of `import click`.
+_CLICK_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
+def _usage_line(e: Any) -> str:
+    """A click error (a missing argument or option, an unknown option or command, a value click
+    cannot convert, an extra argument) as the project's other errors read: one line, `error: `
+    and click's message, which names the option or argument and the value; then where help is.
+    (Typer would print the usage line, a hint and the message in a box over several lines.)"""
+    msg = " ".join(line.strip() for line in e.format_message().splitlines() if line.strip())
+    if msg[:1].isupper() and msg[1:2].islower():  # "Missing option", not "PATH ..."
+        msg = msg[0].lower() + msg[1:]
+    msg = msg.rstrip(".")
+    ctx = getattr(e, "ctx", None)
+    command = ctx.command_path if ctx is not None else getattr(e, "autotts_command", None)
+    if command:
+        msg += f" (see '{command} --help')"
+    return f"error: {msg}"
+
+
+def _run_app(args: list[str]) -> int:
+    """The app on `args` without click's standalone mode, so that click's errors reach main()
+    (which prints them as one line) instead of typer's boxed message; otherwise as standalone:
+    the exit status of --help, --version or typer.Exit, 0 after a command (which returns
+    nothing), 130 for a Ctrl-C while arguments are read."""
+    code = _lean_app(args)(args=args, standalone_mode=False)
+    return code if type(code) is int else 0
+
+
 class _Group(typer.core.TyperGroup):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -92,6 +122,14 @@ class _Group(typer.core.TyperGroup):
             return super().invoke(ctx)
         except KeyboardInterrupt:  # a command with more to say raises Interrupted itself
             raise Interrupted("interrupted") from None
+        except _CLICK_ERROR as e:
+            # click raises some errors of a command's arguments without the command's context
+            # (an option without its value): name the command, for the hint of main()'s line.
+            # The innermost group names it first (`data` is one of these groups too).
+            named = hasattr(e, "autotts_command")
+            if getattr(e, "ctx", None) is None and ctx.invoked_subcommand and not named:
+                e.autotts_command = f"{ctx.command_path} {ctx.invoked_subcommand}"
+            raise
 
 
 app = typer.Typer(
@@ -190,6 +228,7 @@ def inspect_cmd(
 # ---- published data ---------------------------------------------------------------------------
 
 data_app = typer.Typer(
+    cls=_Group,
     no_args_is_help=True,
     help="The published replay data: fetch it into the data folder ($AUTOTTS_DATA, else the user "
     "cache folder) and list what is there.",
@@ -682,11 +721,22 @@ def main() -> None:
     atexit.unregister(gc.freeze)  # once, however often main() runs in one process (tests)
     atexit.register(gc.freeze)
     try:
-        _lean_app(sys.argv[1:])()
+        code = _run_app(sys.argv[1:])
     except AutoTTSError as e:
         # Plain print: rich would wrap a long message over several lines.
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except _CLICK_ERROR as e:  # a usage error: exit status 2 (click's own, kept)
+        if type(e).__name__ == "NoArgsIsHelpError":  # a bare `autotts` or `autotts data`
+            text = e.format_message()  # typer printed the help already; plain click returns it
+            if text:
+                print(text)
+        else:
+            print(_usage_line(e), file=sys.stderr)
+        sys.exit(e.exit_code)
+    except typer.Abort:  # click's for an end of input (EOFError): status 1, as standalone
+        print("error: aborted (end of input)", file=sys.stderr)
+        sys.exit(1)
     except Interrupted as e:
         exit_interrupted(str(e))
     except KeyboardInterrupt:  # outside any command: while arguments were read
@@ -695,3 +745,4 @@ def main() -> None:
         sys.exit(1)
     finally:
         resume_gc()  # where settle_process paused collection and the evaluation never started
+    sys.exit(code)

@@ -272,9 +272,70 @@ def running_indices(which: Any, what: str, opened: int, running: np.ndarray,
         idx = branch_indices(which, what, opened)
     ok = running[idx]
     if len(ok) and not ok.item(ok.argmin()):  # argmin: a False if there is one
-        j = int(idx[~ok][0])
-        raise InvalidAction(f"branch {j} is {'pruned' if pruned[j] else 'finished'}")
+        raise _not_running(int(idx[~ok][0]), pruned)
     return idx
+
+
+def unpruned_indices(which: Any, what: str, opened: int, pruned: np.ndarray) -> np.ndarray:
+    """branch_indices, none of them pruned (PRUNE_MANY's rule); else the engine's refusal
+    naming the first pruned one."""
+    idx = branch_indices(which, what, opened)
+    if pruned[idx].any():
+        raise InvalidAction(f"PRUNE of already pruned branch {int(idx[pruned[idx]][0])}")
+    return idx
+
+
+# The single-branch checks. Public, like the list checks above: Episode applies them to its
+# state and the sandbox client to its mirror of it (a handle kept past its episode is refused
+# there as here), so that the checks, their order and their words live only here. The
+# refusals are built only on the refusing path; an admitted action pays one call.
+
+def _not_open(i: int, opened: int) -> InvalidAction:
+    return InvalidAction(f"branch {i} is not open ({opened} opened)")
+
+
+def _not_running(i: int, pruned: np.ndarray) -> InvalidAction:
+    """The refusal of opened branch i that is not running: pruned, else finished."""
+    return InvalidAction(f"branch {i} is {'pruned' if pruned[i] else 'finished'}")
+
+
+def opened_index(i: Any, what: str, opened: int) -> int:
+    """An integer argument (`what` names it) that is an opened branch's index."""
+    if type(i) is not int:
+        i = _as_int(i, what)
+    if not 0 <= i < opened:
+        raise _not_open(i, opened)
+    return i
+
+
+def running_index(i: Any, what: str, opened: int, running: np.ndarray,
+                  pruned: np.ndarray) -> int:
+    """opened_index, of a running branch (EXTEND, PROBE, ADVANCE, READ): `running` / `pruned`
+    per branch, at least `opened` long."""
+    if type(i) is not int:
+        i = _as_int(i, what)
+    if not 0 <= i < opened:
+        raise _not_open(i, opened)
+    if not running.item(i):  # an opened branch that is pruned or finished
+        raise _not_running(i, pruned)
+    return i
+
+
+def unpruned_index(i: Any, what: str, opened: int, pruned: np.ndarray) -> int:
+    """opened_index, of a branch that is not pruned (PRUNE)."""
+    if type(i) is not int:
+        i = _as_int(i, what)
+    if not 0 <= i < opened:
+        raise _not_open(i, opened)
+    if pruned.item(i):
+        raise InvalidAction(f"PRUNE of branch {i}, which is already pruned")
+    return i
+
+
+def probed_twice(i: int, depth: int) -> InvalidAction:
+    """PROBE's own refusal, after running_index: branch i's probe at its depth was revealed
+    already (the caller knows how; the engine and the client's mirror keep it differently)."""
+    return InvalidAction(f"PROBE of branch {i} twice at depth {depth}")
 
 
 def store_class(ep: Episode, answer: Any) -> int:
@@ -483,27 +544,27 @@ class Episode(_NoCopy):
         return np.where(self._finished[:k], self._latest[:k], NO_ANSWER).astype(np.int32)
 
     def depth(self, i: int) -> int:
-        return self._depth.item(self._check_opened(i))
+        return self._depth.item(opened_index(i, "the branch index", self._opened))
 
     def is_finished(self, i: int) -> bool:
-        return self._finished.item(self._check_opened(i))
+        return self._finished.item(opened_index(i, "the branch index", self._opened))
 
     def is_pruned(self, i: int) -> bool:
-        return self._pruned.item(self._check_opened(i))
+        return self._pruned.item(opened_index(i, "the branch index", self._opened))
 
     def latest_answer(self, i: int) -> int:
-        return self._latest.item(self._check_opened(i))
+        return self._latest.item(opened_index(i, "the branch index", self._opened))
 
     def history(self, i: int) -> np.ndarray:
         """Revealed answers of branch i in depth order (probes, then the final if finished)."""
-        i = self._check_opened(i)
+        i = opened_index(i, "the branch index", self._opened)
         d = self._depth.item(i)
         shown = ~self._hidden[i, :d]
         return self._id_of_class[self._question._reveal[self._order[i], :d][shown]]
 
     def history_depths(self, i: int) -> np.ndarray:
         """The depths (1-based step numbers) at which history(i)'s answers were revealed."""
-        i = self._check_opened(i)
+        i = opened_index(i, "the branch index", self._opened)
         return np.flatnonzero(~self._hidden[i, : self._depth.item(i)]) + 1
 
     def trace(self, kind: str, **data: Any) -> None:
@@ -635,7 +696,7 @@ class Episode(_NoCopy):
         return idx
 
     def extend(self, i: int) -> int | None:
-        i = self._check_running(i, "extend: i")
+        i = running_index(i, "extend: i", self._opened, self._running, self._pruned)
         self._admit()
         q, d = self._question, self._depth.item(i)
         f = self._qbase.item(i) + d
@@ -653,10 +714,10 @@ class Episode(_NoCopy):
         return None
 
     def probe(self, i: int) -> int:
-        i = self._check_running(i, "probe: i")
+        i = running_index(i, "probe: i", self._opened, self._running, self._pruned)
         d = self._depth.item(i) - 1
         if not self._hidden[i, d]:
-            raise InvalidAction(f"PROBE of branch {i} twice at depth {d + 1}")
+            raise probed_twice(i, d + 1)
         self._admit()
         self._hidden[i, d] = False
         self._probes += 1
@@ -667,7 +728,7 @@ class Episode(_NoCopy):
         return a
 
     def advance(self, i: int) -> int:
-        i = self._check_running(i, "advance: i")
+        i = running_index(i, "advance: i", self._opened, self._running, self._pruned)
         self._admit()
         q, d = self._question, self._depth.item(i)
         f = self._qbase.item(i) + d
@@ -741,7 +802,7 @@ class Episode(_NoCopy):
         return self._latest[idx]
 
     def read(self, i: int) -> int:
-        i = self._check_running(i, "read: i")
+        i = running_index(i, "read: i", self._opened, self._running, self._pruned)
         self._admit()
         q, b, d = self._question, self._order.item(i), self._depth.item(i)
         self._generated += int(q._cum[b, -1] - q._cum[b, d])
@@ -793,9 +854,7 @@ class Episode(_NoCopy):
         return self._latest[idx]
 
     def prune(self, i: int) -> None:
-        i = self._check_opened(i, "prune: i")
-        if self._pruned[i]:
-            raise InvalidAction(f"PRUNE of branch {i}, which is already pruned")
+        i = unpruned_index(i, "prune: i", self._opened, self._pruned)
         self._admit()
         self._pruned[i] = True
         self._running[i] = False
@@ -804,9 +863,7 @@ class Episode(_NoCopy):
             self._log("prune", i)
 
     def prune_many(self, which: Any) -> None:
-        idx = branch_indices(which, "prune_many: which", self._opened)
-        if self._pruned[idx].any():
-            raise InvalidAction(f"PRUNE of already pruned branch {int(idx[self._pruned[idx]][0])}")
+        idx = unpruned_indices(which, "prune_many: which", self._opened, self._pruned)
         self._admit()
         self._pruned[idx] = True
         self._running[idx] = False
@@ -890,21 +947,6 @@ class Episode(_NoCopy):
             self._running[done] = False
         if self._journal is not None:
             self._journal.append((idx, q._step_no_flat[flat], ids, final))
-
-    def _check_opened(self, i: Any, what: str = "the branch index") -> int:
-        if type(i) is not int:
-            i = _as_int(i, what)
-        if not 0 <= i < self._opened:
-            raise InvalidAction(f"branch {i} is not open ({self._opened} opened)")
-        return i
-
-    def _check_running(self, i: Any, what: str) -> int:
-        i = self._check_opened(i, what)
-        if not self._running.item(i):  # an opened branch that is pruned or finished
-            if self._pruned[i]:
-                raise InvalidAction(f"branch {i} is pruned")
-            raise InvalidAction(f"branch {i} is finished")
-        return i
 
     def _log(self, action: str, i: int, **data: Any) -> None:
         if self._trace is not None:

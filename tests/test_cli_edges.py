@@ -257,6 +257,64 @@ def test_help_has_no_python_type_labels(command, capsys, monkeypatch):
         assert noise not in out, (command, noise)
 
 
+# ---- usage errors: one line naming the option or argument (and the value), exit status 2 ------
+
+
+@pytest.mark.parametrize(("args", "line"), [
+    # a missing argument, a missing option
+    (["import"], "error: missing argument 'SRC...' (see 'autotts import --help')"),
+    (["export", str(SYNTH)], "error: missing option '--out' (see 'autotts export --help')"),
+    (["eval", "--store", str(SYNTH)],
+     "error: missing option '--controller' (see 'autotts eval --help')"),
+    # an unknown option, an unknown command, an extra argument
+    (["inspect", str(SYNTH), "--bogus"],
+     "error: no such option: --bogus (see 'autotts inspect --help')"),
+    (["data", "list", "--verfy"],
+     "error: no such option: --verfy (Possible options: --verify) "
+     "(see 'autotts data list --help')"),
+    (["--nope"], "error: no such option: --nope (see 'autotts --help')"),
+    (["evl"], "error: no such command 'evl'. Did you mean 'eval'? (see 'autotts --help')"),
+    (["inspect", str(SYNTH), "extra"],
+     "error: got unexpected extra argument(s) (extra) (see 'autotts inspect --help')"),
+    # a value click cannot convert
+    (["eval", "--controller", "sc", "--workers", "abc"],
+     "error: invalid value for '--workers': 'abc' is not a valid integer "
+     "(see 'autotts eval --help')"),
+    (["compare", "sc", "--level", "high"],
+     "error: invalid value for '--level': 'high' is not a valid float "
+     "(see 'autotts compare --help')"),
+    (["sweep", "--out", "x", "--draws", "2.5"],
+     "error: invalid value for '--draws': '2.5' is not a valid integer "
+     "(see 'autotts sweep --help')"),
+    (["bench", "--workers"], "error: option '--workers' requires an argument "
+     "(see 'autotts bench --help')"),
+])
+def test_a_usage_error_is_one_line_with_exit_status_2(args, line, capsys, monkeypatch):
+    """Not typer's usage line, hint and boxed message over several lines: one line like the
+    project's other errors, naming the option or argument and the value, then where help is."""
+    code, out, err = cli(args, capsys, monkeypatch)
+    assert (code, out) == (2, "")
+    assert one_error_line(err) == line
+
+
+def test_a_usage_error_reads_the_same_from_the_console_command(tmp_path):
+    """Through `python -m autotts` (the console script's module): eval's plain reading leaves a
+    value it cannot take to typer, whose error is main()'s one line."""
+    res = subprocess.run([sys.executable, "-m", "autotts", "eval", "--controller", "sc",
+                          "--workers", "many"], capture_output=True, text=True, cwd=tmp_path,
+                         env={**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "80"},
+                         timeout=120)
+    assert (res.returncode, res.stdout) == (2, "")
+    assert res.stderr == ("error: invalid value for '--workers': 'many' is not a valid integer "
+                          "(see 'python -m autotts eval --help')\n")
+
+
+@pytest.mark.parametrize("args", [[], ["data"]])
+def test_a_group_without_a_command_still_shows_its_help(args, capsys, monkeypatch):
+    code, out, err = cli(args, capsys, monkeypatch)
+    assert (code, err) == (2, "") and "Usage:" in out and "Commands" in out
+
+
 def test_gitignore_covers_what_the_readme_creates(tmp_path):
     if shutil.which("git") is None or not (ROOT / ".git").exists():
         pytest.skip("not a git checkout")
@@ -281,15 +339,12 @@ def test_gitignore_covers_what_the_readme_creates(tmp_path):
 ])
 def test_a_run_reads_as_with_every_command_built(args, capsys, monkeypatch):
     """main() builds the click command of the one command it runs (typer would build all of
-    them): help, errors and output are those of the whole app."""
-    from autotts.cli import app
+    them): help, errors and output are those of main() with the whole app."""
+    import autotts.cli
 
     got = cli(args, capsys, monkeypatch)
-    monkeypatch.setattr(sys, "argv", ["autotts", *args])
-    with pytest.raises(SystemExit) as e:
-        app()
-    want = capsys.readouterr()
-    assert got == (int(e.value.code or 0), want.out, want.err)
+    monkeypatch.setattr(autotts.cli, "_lean_app", lambda args: autotts.cli.app)
+    assert got == cli(args, capsys, monkeypatch)
 
 
 def _blas_threads_setting(args: list[str], env: dict[str, str]) -> str:

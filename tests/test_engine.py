@@ -419,3 +419,45 @@ def test_client_reads_branch_lists_with_the_public_engine_functions():
         with pytest.raises(InvalidAction) as e:
             engine.running_indices(which, "w", opened, running, pruned)
         assert str(e.value) == words
+
+
+def test_single_branch_refusals_are_the_engines_public_checks():
+    """Episode and the sandbox client (for a handle kept past its episode) refuse a branch
+    index with the same public engine functions: the client restates no refusal words of its
+    own, and the functions give Episode's words."""
+    import inspect
+
+    from autotts import engine
+    from autotts.sandbox.client import ClientEpisode
+
+    src = inspect.getsource(ClientEpisode)
+    for words in ("is not open", "already pruned", "twice at depth", "'pruned' if",
+                  "is finished", "is pruned"):
+        assert words not in src, words
+    for name in ("running_index(", "unpruned_index(", "opened_index(", "probed_twice(",
+                 "unpruned_indices("):
+        assert name in src, name
+    opened, running, pruned = 3, np.array([True, False, False, True]), np.array([False, True,
+                                                                                 False, False])
+    assert engine.running_index(np.int32(0), "w", opened, running, pruned) == 0
+    assert engine.unpruned_index(2, "w", opened, pruned) == 2
+    assert engine.opened_index(1, "w", opened) == 1
+    assert engine.unpruned_indices([0, 2], "w", opened, pruned).tolist() == [0, 2]
+    for call, words in (
+        (lambda: engine.running_index(1, "w", opened, running, pruned), "branch 1 is pruned"),
+        (lambda: engine.running_index(2, "w", opened, running, pruned), "branch 2 is finished"),
+        (lambda: engine.running_index(3, "w", opened, running, pruned),
+         "branch 3 is not open (3 opened)"),
+        (lambda: engine.running_index(1.0, "w", opened, running, pruned),
+         "w must be an integer, got 1.0"),
+        (lambda: engine.opened_index(-1, "w", opened), "branch -1 is not open (3 opened)"),
+        (lambda: engine.unpruned_index(1, "w", opened, pruned),
+         "PRUNE of branch 1, which is already pruned"),
+        (lambda: engine.unpruned_index(True, "w", opened, pruned), "w must be an integer, got True"),
+        (lambda: engine.unpruned_indices([0, 1], "w", opened, pruned),
+         "PRUNE of already pruned branch 1"),
+    ):
+        with pytest.raises(InvalidAction) as e:
+            call()
+        assert str(e.value) == words
+    assert str(engine.probed_twice(4, 2)) == "PROBE of branch 4 twice at depth 2"

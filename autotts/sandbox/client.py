@@ -25,7 +25,12 @@ from autotts.engine import (
     as_flag,
     as_int,
     branch_indices,
+    opened_index,
+    probed_twice,
+    running_index,
     running_indices,
+    unpruned_index,
+    unpruned_indices,
 )
 from autotts.sandbox.wire import (
     OP_ADVANCE,
@@ -281,32 +286,25 @@ class ClientEpisode:
         engine checks the action's arguments over the episode's last state (which this mirror
         holds) before it says that the episode has ended, so that a controller that keeps a
         handle gets the same words and the same rows sandboxed (its episodes run one after
-        another there too, with a window of one)."""
+        another there too, with a window of one). The checks are the engine's own functions,
+        as Episode applies them."""
         name = js[0] if op == OP_JSON else _OP_NAMES.get(op)
-        if name in ("advance", "extend", "read", "probe", "prune"):
-            i = a if op != OP_JSON else js[1][0]
-            if name == "prune":
-                i = self._check_opened(i)
-                if self._pruned[i]:
-                    raise InvalidAction(f"PRUNE of branch {i}, which is already pruned")
-            else:
-                i = self._check_opened(i)
-                if not self._running[i]:
-                    raise InvalidAction(
-                        f"branch {i} is {'pruned' if self._pruned[i] else 'finished'}")
-                if name == "probe":
-                    depths = self._branch_history(i)[0]
-                    if len(depths) and depths[-1] == self._depth[i]:
-                        raise InvalidAction(
-                            f"PROBE of branch {i} twice at depth {int(self._depth[i])}")
+        opened, running, pruned = self._opened, self._running, self._pruned
+        if name in ("advance", "extend", "read", "probe"):
+            i = running_index(a if op != OP_JSON else js[1][0], f"{name}: i", opened, running,
+                              pruned)
+            if name == "probe":
+                # The engine refuses a probe at a depth whose probe it revealed: here, the
+                # last depth at which this branch revealed anything (a final ends it).
+                depths = self._branch_history(i)[0]
+                if len(depths) and depths[-1] == self._depth[i]:
+                    raise probed_twice(i, int(self._depth[i]))
+        elif name == "prune":
+            unpruned_index(a if op != OP_JSON else js[1][0], "prune: i", opened, pruned)
         elif name == "advance_many":
-            running_indices(arr, "advance_many: which", self._opened, self._running,
-                            self._pruned)
+            running_indices(arr, "advance_many: which", opened, running, pruned)
         elif name == "prune_many":
-            idx = branch_indices(arr, "prune_many: which", self._opened)
-            if self._pruned[idx].any():
-                raise InvalidAction(
-                    f"PRUNE of already pruned branch {int(idx[self._pruned[idx]][0])}")
+            unpruned_indices(arr, "prune_many: which", opened, pruned)
         raise InvalidAction("the episode has ended")
 
     def _send_index(self, op: int, name: str, i: int) -> None:
@@ -436,10 +434,7 @@ class ClientEpisode:
     # ---- reads that name a branch -------------------------------------------------------------
 
     def _check_opened(self, i: Any) -> int:
-        i = as_int(i, "the branch index")
-        if not 0 <= i < self._opened:
-            raise InvalidAction(f"branch {i} is not open ({self._opened} opened)")
-        return i
+        return opened_index(i, "the branch index", self._opened)
 
 
 def pending_events(ep: ClientEpisode) -> list[list[Any]] | None:

@@ -461,10 +461,12 @@ if os.fork() == 0:
     os._exit(0)
 os.close(r)
 os.wait()
-print("ready", flush=True)
+# One write each (print's text and newline are two writes under PYTHONUNBUFFERED=1, and the
+# orphan's line could fall between them).
+os.write(1, b"ready\\n")
 for line in sys.stdin:
     os.write(w, b"x")
-    print("joined", flush=True)
+    os.write(1, b"joined\\n")
 """
 
 

@@ -17,9 +17,9 @@ platform allows it, as root and as an ordinary user alike:
     descriptors it already has; everything else (open, socket, execve, fork, kill, ptrace, mount,
     unlink, ...) fails with EPERM;
   * rlimits: CPU, address space, no core dumps, no file writes, no new processes or descriptors;
-  * where no seccomp filter binds the batches the zygote forks: a user and an IPC namespace of
-    each batch's own (seal()), a shared session keyring that takes no key, and no process of
-    a batch left alive after it (end_leftovers); `batchns` where this holds.
+  * where no seccomp filter binds the batches the zygote forks: a user, an IPC and a network
+    namespace of each batch's own (seal()), a shared session keyring that takes no key, and no
+    process of a batch left alive after it (end_leftovers); `batchns` where this holds.
 
 It returns what applied. `probe()` measures what this platform allows by starting a small child
 that locks itself down and tries the forbidden operations; `is_strong()` says whether that keeps
@@ -331,16 +331,23 @@ def isolate_batch() -> None:
     persistent keyrings are its own (keyrings are per user namespace: the one of the user the
     sandbox runs as outlives every sandbox, the host's nobody's included); an IPC namespace it
     owns (System V shared memory, semaphores and message queues, POSIX message queues: it
-    cannot enter the sandbox's again, which needs a capability there). Its capabilities in the
+    cannot enter the sandbox's again, which needs a capability there), and a network namespace
+    it owns (abstract UNIX socket names, ports). Its capabilities in the
     new namespace are dropped at once. (The session keyring it shares with the zygote takes no
     key: _own_session_keyring; one it joins is its own, and one it gives the zygote ends the
     run: session_keyring_moved.) An ordinary user needs no privilege for this; inside a chroot
     the kernel refuses it (lockdown() tries it first: batchns). Raises OSError where a step
     fails."""
     libc = _LIBC if _LIBC is not None else _Libc()
-    err = libc.call("unshare", CLONE_NEWUSER | CLONE_NEWIPC)
+    # Its own network namespace too: abstract UNIX socket names (and ports) are per network
+    # namespace, and a socket sent in a message that it holds itself (an SCM_RIGHTS cycle)
+    # outlives the batch's exit until the kernel's collector of in-flight sockets runs, which
+    # only a later release of a socket somewhere starts: in the sandbox's namespace, the next
+    # batch found the name still bound (tests/test_redteam_session11b.py).
+    err = libc.call("unshare", CLONE_NEWUSER | CLONE_NEWIPC | CLONE_NEWNET)
     if err:
-        raise OSError(err, f"a batch's own user and IPC namespaces: {os.strerror(err)}")
+        raise OSError(err, f"a batch's own user, IPC and network namespaces: "
+                      f"{os.strerror(err)}")
     if not _drop_capabilities(libc):
         raise OSError(errno.EPERM, "a batch's capabilities in its user namespace stay")
 
@@ -701,7 +708,8 @@ def lockdown(limits: dict[str, Any], workdir: str) -> dict[str, bool | str]:
         _END_OTHERS = applied["pidns"] and os.getpid() == 1
         _BATCH_NS = applied["batchns"] = _try_batch(libc, _END_OTHERS)
         if not _BATCH_NS:
-            notes.append("batches: no user and IPC namespaces of their own, or a fork left")
+            notes.append("batches: no user, IPC and network namespaces of their own, or a "
+                         "fork left")
     if notes:
         applied["notes"] = "; ".join(notes)[:1000]
     applied["lockdown_ms"] = f"{(time.perf_counter() - t0) * 1e3:.2f}"
@@ -718,9 +726,10 @@ def is_strong(applied: dict[str, Any]) -> bool:
     included (a D-Bus or Docker socket is a way out), by the seccomp allow-list (no socket), or
     by a network namespace (no interface, its own abstract sockets) with an empty root (no
     socket file in reach). And one batch is kept from leaving kernel state for the next (a
-    key, a System V object, a process): by the seccomp allow-list, or by a user and an IPC
-    namespace of each batch's own, a shared session keyring that takes no key, and no process
-    left behind (batchns). Where the dict carries a probe's measurements, they must agree."""
+    key, a System V object, an abstract socket, a process): by the seccomp allow-list, or by a
+    user, an IPC and a network namespace of each batch's own, a shared session keyring that
+    takes no key, and no process left behind (batchns). Where the dict carries a probe's
+    measurements, they must agree."""
     fs = bool(applied.get("empty_root") or applied.get("landlock") or applied.get("seccomp"))
     net = bool(applied.get("seccomp") or (applied.get("netns") and applied.get("empty_root")))
     # One batch must not leave the next kernel state to find (keys, System V IPC, a process):

@@ -101,13 +101,19 @@ def score(
     return Evaluation(rows, ep_rows, all_traces, all_errors, outcomes)
 
 
-def knob_key(config: dict[str, Any]) -> str:
-    """What makes two β's knobs the same configuration (run once, scored for both): their JSON
-    with sorted keys, so that types count (1, 1.0 and True differ; so do 0.0 and -0.0) and key
-    order does not. Values JSON cannot write are compared by their repr."""
+def knob_key(config: dict[str, Any], nested_order: bool = True) -> str:
+    """What makes two β's knobs the same configuration (run once, scored for both): their JSON,
+    so that types count (1, 1.0 and True differ; so do 0.0 and -0.0), with the knobs sorted by
+    name (they bind to the constructor by name: their order reaches no controller) but the keys
+    of a dict-valued knob in their own order (a controller can read it: {"x": 1, "y": 2} and
+    {"y": 2, "x": 1} are two configurations). `nested_order=False` sorts those too, for knobs
+    read back from a record (fsio writes JSON with sorted keys). Values JSON cannot write are
+    compared by their repr."""
     import json
 
-    return json.dumps(config, sort_keys=True, default=repr)
+    if not nested_order:
+        return json.dumps(config, sort_keys=True, default=repr)
+    return json.dumps(sorted(config.items()), default=repr)
 
 
 @dataclass

@@ -158,3 +158,126 @@ def test_a_socket_name_a_port_or_a_queue_carries_nothing_between_batches(how, se
         assert "Operation not permitted" in e.verdict.message, str(e.verdict)
         return
     _played_more_than_one_draw(ev)
+
+
+# ---- the β dedupe (knob_key): knobs the same to JSON with sorted keys, not to the controller ---
+
+from autotts.evaluate import EvalProtocol, evaluate, knob_key  # noqa: E402
+from autotts.sandbox import evaluate_sandboxed  # noqa: E402
+from tests.test_sandbox import synthetic_store  # noqa: E402
+
+KSTORE = synthetic_store(n_questions=4)
+
+# A knob whose value is a dict: its keys reach the controller in the order schedule() gave
+# them (through the sandbox's JSON as in-process), and this controller reads the order.
+ORDERED = '''
+class Ordered:
+    NAME = "ordered"
+
+    @staticmethod
+    def schedule(beta):
+        if beta < 0.5:
+            return {"w": {"x": 1, "y": 2}}
+        return {"w": {"y": 2, "x": 1}}
+
+    def __init__(self, w=None):
+        self.first = list(w or {"x": 1})[0]
+
+    def run(self, ep):
+        answers = ep.read_new_many(1 if self.first == "x" else 3).tolist()
+        return max(set(answers), key=answers.count)
+'''
+
+
+def _points(ev):
+    return [(r["beta"], r["accuracy"], r["tokens"]) for r in ev.rows]
+
+
+@pytest.mark.usefixtures("parent")
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_dict_knob_in_another_key_order_is_run_with_its_own(workers, tmp_path):
+    """Found open and fixed: knob_key (and the sandbox's dedupe) wrote the knobs' JSON with
+    sorted keys at every level, so {"w": {"x": 1, "y": 2}} and {"w": {"y": 2, "x": 1}} were
+    one configuration, and β=1 was scored with β=0's episodes, though the controller reads the
+    order (as a controller told 1, 1.0 and True apart before 44bdac3). The top level's order
+    still does not count (knobs bind to the constructor by name)."""
+    proto = EvalProtocol(draws=2)
+    betas = [0.0, 1.0]
+    alone = [_points(evaluate_sandboxed(ORDERED, [KSTORE], [b], proto, limits=FAST))[0]
+             for b in betas]
+    assert alone[0][2] < alone[1][2]  # the two orders do spend differently
+    ev = evaluate_sandboxed(ORDERED, [KSTORE], betas, proto, limits=FAST, workers=workers)
+    assert _points(ev) == alone
+    path = tmp_path / "ordered.py"
+    path.write_text(ORDERED)
+    assert _points(evaluate(str(path), [KSTORE], betas, proto)) == alone
+
+
+def test_knob_key_counts_nested_order_types_and_signs_but_not_the_top_levels_order():
+    assert knob_key({"a": 1, "b": 2}) == knob_key({"b": 2, "a": 1})
+    assert knob_key({"w": {"x": 1, "y": 2}}) != knob_key({"w": {"y": 2, "x": 1}})
+    assert knob_key({"n": 0.0}) != knob_key({"n": -0.0})
+    assert knob_key({"n": 1}) != knob_key({"n": 1.0}) != knob_key({"n": True})
+    assert knob_key({"n": 2**53}) != knob_key({"n": 2**53 + 1})
+    assert knob_key({"n": [1, 2]}) != knob_key({"n": [2, 1]})
+
+
+# ---- the judge's secret start order: what a batch learns before it acts ------------------------
+
+# With code execution: everything the batch process received before its first action, the unit
+# frame (its keys, and each episode's start facts but the slot, the child's own number).
+_UNIT_SEEN = '''        u = _batch.f_locals["unit"]
+        seen = (sorted(u), sorted(tuple(r[1:]) for r in u["start"]), ep.pool_size, ep.delta)
+        raise ValueError("<<" + repr(seen) + ">>")
+'''
+
+
+@pytest.mark.usefixtures("parent")
+def test_nothing_a_batch_receives_before_it_acts_names_its_questions():
+    """Held: the unit frame carries the β's index, its knobs, κ, the budget, the batch token and
+    per episode [slot, pool size, no-answer class, Δ]: with the questions' pools of one size (as
+    in the published stores, 128 each), the same for every question, so that only the slot
+    (its place in the secret order) tells episodes apart. (A store whose questions have pools
+    of different sizes names them by pool_size, a public fact, in-process as well.)"""
+    from tests.test_redteam_session5 import _said
+    from tests.test_redteam_session6 import _WHERE
+    from tests.test_sandbox_boundary import _controller, _run
+
+    ev = _run(_controller(_UNIT_SEEN, _WHERE), on_error="record")
+    seen = [_said(e) for e in ev.errors]
+    assert seen and len({repr(s) for s in seen}) == 1
+    keys, facts, pool, delta = seen[0]
+    assert keys == ["budget", "config", "k", "kappa", "r", "start", "t"]
+    assert set(facts) == {(pool, 0, delta)}
+
+
+# ---- the CLI's one-line usage errors -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("args", [
+    ["eval", "--controller", "x", "--draws", "1\n2"],  # a value with a newline: still one line
+    ["eval", "--controller", "x", "--draws", "\udcff"],  # an argument that was not UTF-8
+    ["\udcff"],
+    [""],  # an empty command name
+    ["eval", "--help", "--bogus"],  # a usage error before an eager --help
+    ["data", "path", "extra"],  # an extra argument of a nested group's command
+    ["eval", "--controller", "x", "--store"],  # an option without its value, last
+    ["collect", "--bogus"],
+    ["--bogus", "eval"],
+])
+def test_every_usage_error_is_one_line_and_status_2(args, capsys, monkeypatch):
+    """Held: no traceback, nothing on stdout, one `error: ...` line naming where help is,
+    status 2."""
+    from tests.test_cli_edges import cli, one_error_line
+
+    code, out, err = cli(args, capsys, monkeypatch)
+    assert code == 2 and out == "", (code, out, err)
+    line = one_error_line(err)
+    assert "Traceback" not in err and "--help')" in line, line
+
+
+def test_an_eager_version_ends_before_a_bad_command(capsys, monkeypatch):
+    from tests.test_cli_edges import cli
+
+    code, out, err = cli(["--version", "nosuch"], capsys, monkeypatch)
+    assert (code, err) == (0, "") and out.startswith("autotts ")

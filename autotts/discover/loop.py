@@ -729,7 +729,9 @@ class Discovery:
             # The knobs the selected candidate was searched with, per β: its held-out figures
             # must be of those (a schedule() with code execution can tell the held-out step from
             # the sweep, by its draws, and compute other knobs there).
-            searched = {float(r["beta"]): knob_key(r["config"]) for r in best.get("rows") or []
+            # (Compared with every key sorted: a record read back from disk has its keys sorted.)
+            searched = {float(r["beta"]): knob_key(r["config"], nested_order=False)
+                        for r in best.get("rows") or []
                         if r.get("beta") is not None and r.get("config") is not None}
             try:
                 for st in held_stores:
@@ -738,7 +740,8 @@ class Discovery:
                                                on_error="record", workers=cfg.workers)
                     other = [r["beta"] for r in ev.rows if r.get("beta") is not None
                              and float(r["beta"]) in searched
-                             and knob_key(r["config"]) != searched[float(r["beta"])]]
+                             and knob_key(r["config"], nested_order=False)
+                             != searched[float(r["beta"])]]
                     if other:
                         raise CandidateFailure(verdict(
                             "interface", "heldout", "schedule() is not deterministic: on "

@@ -700,11 +700,12 @@ def lockdown(limits: dict[str, Any], workdir: str) -> dict[str, bool | str]:
         applied["seccomp"] = filt.load()
         global _ZYGOTE_FILTERED
         _ZYGOTE_FILTERED = applied["seccomp"]
-    if not applied["seccomp"] and _SESSION_KEYRING is not None:
+    if not applied["seccomp"] and _SESSION_KEYRING is not None and "namespaces" not in disable:
         # No seccomp filter (none built, or the kernel refused it) will refuse a batch the
-        # system calls that make kernel objects (keys, System V IPC) or processes: each batch
-        # gets state of its own, and where a batch can still fork, the zygote must be able to
-        # end what it leaves.
+        # system calls that make kernel objects (keys, System V IPC, sockets) or processes:
+        # each batch gets state of its own, and where a batch can still fork, the zygote must
+        # be able to end what it leaves. (Not with namespaces turned off: that stands for a
+        # platform that refuses them, a batch's own included.)
         _END_OTHERS = applied["pidns"] and os.getpid() == 1
         _BATCH_NS = applied["batchns"] = _try_batch(libc, _END_OTHERS)
         if not _BATCH_NS:

@@ -366,8 +366,10 @@ class _Task:
         Equal means the same JSON, types included: with Python's ==, {"n": 1}, {"n": 1.0} and
         {"n": True} are one configuration, and a controller that tells them apart (isinstance)
         was scored at one β with another β's episodes, and by a mix of both where a task
-        boundary fell inside a draw (tests/test_redteam_session11.py)."""
-        keys = [json.dumps(c, sort_keys=True) for c in configs]
+        boundary fell inside a draw (tests/test_redteam_session11.py). The knobs are sorted by
+        name, but a dict-valued knob's keys keep their order, which the controller can read
+        (evaluate.knob_key; tests/test_redteam_session11b.py)."""
+        keys = [json.dumps(sorted(c.items())) for c in configs]
         first = [keys.index(k) for k in keys]
         where = {u: i for i, u in enumerate(self.units)}
         for b in list(self.todo):

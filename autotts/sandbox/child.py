@@ -661,6 +661,7 @@ def _restore_inherited() -> None:
         moved.append("I/O priority")
     if len(moved) == before and _scheduling() != sched:  # a change that did not take
         moved.append("scheduling state")
+    moved += _release_locks(FD_FLAGS)
     from autotts.sandbox.lockdown import session_keyring_moved
 
     if session_keyring_moved():  # KEYCTL_SESSION_TO_PARENT: every later batch would start in it
@@ -668,6 +669,41 @@ def _restore_inherited() -> None:
     if moved:
         raise Fatal(Verdict("crash", "a batch changed the sandbox process's state, which the "
                             f"next batch would inherit, beyond repair: {', '.join(moved)}"))
+
+
+# struct flock (l_type, l_whence, l_start, l_len, l_pid): an unlock of the whole file
+_F_OFD_SETLK = getattr(fcntl, "F_OFD_SETLK", 37)
+
+
+def _flock_struct(kind: int) -> bytes:
+    import struct
+
+    return struct.pack("hhqqi4x", kind, os.SEEK_SET, 0, 0, 0)
+
+
+def _release_locks(fds: Any) -> list[str]:
+    """Release every lock a batch left on a shared open file description: an open file
+    description lock (F_OFD_SETLK) or a flock() belongs to the description, which this process
+    holds, not to the batch, so it outlives the batch, and the next batch reads an OFD lock's
+    range with F_GETLK (a 63-bit register per lock; tests/test_redteam_session11b.py). This
+    process shares each description, so it may unlock them. The descriptors whose locks could
+    not be released (F_GETLK still sees one)."""
+    import struct
+
+    left = []
+    unlock, probe = _flock_struct(fcntl.F_UNLCK), _flock_struct(fcntl.F_WRLCK)
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(fd, _F_OFD_SETLK, unlock)
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        try:
+            seen = struct.unpack("hhqqi4x", fcntl.fcntl(fd, fcntl.F_GETLK, probe))[0]
+        except OSError:  # no locks on this kind of file
+            continue
+        if seen != fcntl.F_UNLCK:
+            left.append(f"descriptor {fd}'s locks")
+    return left
 
 
 def _send_verdict(out: _Out, v: Verdict) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import stat
 import sys
 import traceback
 from collections import deque
@@ -562,8 +563,13 @@ def _snapshot_inherited(fds: tuple[int, ...]) -> dict[str, Any]:
                 regs[fd, get, put] = fcntl.fcntl(fd, get)
     limits = {r: resource.getrlimit(r) for r in sorted(
         {getattr(resource, n) for n in dir(resource) if n.startswith("RLIMIT_")})}
+    inodes = {}
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            st = os.fstat(fd)
+            inodes[fd] = (st.st_gid, stat.S_IMODE(st.st_mode), st.st_atime_ns, st.st_mtime_ns)
     return {"nice": os.getpriority(os.PRIO_PROCESS, 0), "rlimits": limits, "fcntl": regs,
-            "sched": _scheduling()}
+            "sched": _scheduling(), "inodes": inodes}
 
 
 # ioprio_get / ioprio_set (no Python wrapper): their numbers where they are known
@@ -662,6 +668,7 @@ def _restore_inherited() -> None:
     if len(moved) == before and _scheduling() != sched:  # a change that did not take
         moved.append("scheduling state")
     moved += _release_locks(FD_FLAGS)
+    moved += _restore_inodes(INHERITED.get("inodes", {}))
     from autotts.sandbox.lockdown import session_keyring_moved
 
     if session_keyring_moved():  # KEYCTL_SESSION_TO_PARENT: every later batch would start in it
@@ -703,6 +710,32 @@ def _release_locks(fds: Any) -> list[str]:
             continue
         if seen != fcntl.F_UNLCK:
             left.append(f"descriptor {fd}'s locks")
+    return left
+
+
+def _restore_inodes(inodes: dict[int, tuple[int, int, int, int]]) -> list[str]:
+    """Put the shared pipes' group, mode bits and times back, after every batch: where the
+    sandbox runs as the user who owns the evaluating process's pipes (an ordinary user; root
+    without the drop to nobody), a batch may set each of them (fchown to a group of its own,
+    fchmod, futimens to any time), and the next batch reads them with fstat
+    (tests/test_redteam_session11b.py). Done whether or not they moved, so that the change
+    time the calls set says nothing of the batch. The descriptors whose group or mode stay."""
+    left = []
+    for fd, (gid, mode, atime, mtime) in inodes.items():
+        with contextlib.suppress(OSError):  # not the owner: the batch could not set them either
+            os.chown(fd, -1, gid)
+        with contextlib.suppress(OSError):
+            os.chmod(fd, mode)
+        with contextlib.suppress(OSError):
+            os.utime(fd, ns=(atime, mtime))
+        try:
+            st = os.fstat(fd)
+        except OSError:
+            continue
+        # (Times are not compared: on kernels before about 6.8 the evaluating process's reads
+        # and writes of the pipes set them at any moment.)
+        if (st.st_gid, stat.S_IMODE(st.st_mode)) != (gid, mode):
+            left.append(f"descriptor {fd}'s owner group or mode")
     return left
 
 

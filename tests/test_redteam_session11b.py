@@ -1,6 +1,32 @@
 """Red team, session 11 (second): batches without seccomp (lockdown.isolate_batch,
 end_leftovers, the session keyring, `batchns`), the judge's secret start order, the β dedupe's
 knob_key and the held-out knobs check, and the CLI's one-line usage errors.
+
+Found and fixed (each test fails without its fix):
+- Without seccomp, an abstract UNIX socket (or a UDP port) that a batch sent in a message its
+  own socket pair holds (an SCM_RIGHTS cycle) stayed bound in the sandbox's network namespace,
+  shared by its batches, until the kernel's in-flight collector ran; the next batches found
+  the name. Each batch has a network namespace of its own now (isolate_batch).
+- Without seccomp, an open file description lock (F_OFD_SETLK) on the shared stdin pipe
+  outlived the batch (it belongs to the description, which the sandbox process holds); the
+  next batch read its range with F_GETLK. The sandbox process releases the locks of its shared
+  descriptors after each batch.
+- Without seccomp, where the sandbox runs as the user who owns the evaluating process's pipes
+  (an ordinary user; root without nobody), a batch set the stdin pipe's mode bits or times
+  (fchmod, futimens) and the next batch read them with fstat. They are put back after each
+  batch.
+- The β dedupe (knob_key and the sandbox's own) sorted the keys of dict-valued knobs, which the
+  controller receives in schedule()'s order: {"w": {"x": 1, "y": 2}} and {"w": {"y": 2,
+  "x": 1}} were one configuration, and β=1 was scored with β=0's episodes.
+
+Left open (strict xfail): the user's count of descriptors in flight in UNIX socket messages,
+counted per user in no namespace (the class of the key quota).
+
+Held (asserted): a plain abstract socket, POSIX message queues, the host name; with seccomp,
+each of these attacks refused; the unit frame names no question (only the slot, the secret
+order's place, tells episodes apart where pools are of one size); the CLI's usage errors stay
+one line with status 2 (values with newlines, non-UTF-8 arguments, an empty command, a bad
+option before an eager --help).
 """
 
 from __future__ import annotations

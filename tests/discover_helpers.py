@@ -8,6 +8,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from autotts.discover.config import DiscoverConfig, load_prices
 from autotts.fsio import read_jsonl
 from autotts.store import write_store
@@ -177,3 +179,15 @@ def cli_env(url: str, **extra: str) -> dict[str, str]:
         "AUTOTTS_PRICES": json.dumps(PRICES),
         **extra,
     }
+
+
+# A fixture for the test modules that import it (an imported autouse fixture applies to the
+# importing module only).
+
+
+@pytest.fixture(scope="module", autouse=True)
+def baseline_cache(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The runs' shared baseline cache lives in a temporary directory, not in ~/.cache."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AUTOTTS_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
+        yield

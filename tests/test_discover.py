@@ -20,6 +20,7 @@ from discover_helpers import (
     GOOD,
     GOOD_B,
     assert_same_rounds,
+    baseline_cache,  # noqa: F401 (fixture)
     cli_env,
     config,
     make_env,
@@ -44,14 +45,6 @@ SCRIPT: list[dict[str, Any]] = [
     reply(BROKEN, "Trying something bolder."),
     {"json": {"id": "x", "object": "chat.completion", "model": "fake-model", "choices": []}},
 ]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def baseline_cache(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    """The runs' shared baseline cache lives in a temporary directory, not in ~/.cache."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("AUTOTTS_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
-        yield
 
 
 @pytest.fixture(scope="module")

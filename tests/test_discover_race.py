@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from discover_helpers import config, reply
+from discover_helpers import baseline_cache, config, reply  # noqa: F401 (fixture)
 
 from autotts.discover import run_discovery
 from autotts.discover.config import DiscoverConfig
@@ -231,13 +231,6 @@ def test_race_settings_are_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
 
 # ---- the loop --------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module", autouse=True)
-def baseline_cache(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("AUTOTTS_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
-        yield
 
 
 @pytest.fixture(scope="module")

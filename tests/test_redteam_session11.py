@@ -60,7 +60,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from discover_helpers import GOOD, config, make_env, reply
+from discover_helpers import GOOD, baseline_cache, config, make_env, reply  # noqa: F401 (fixture)
 
 from autotts.discover import read_run_dir, run_discovery
 from autotts.discover.candidates import SandboxBackend
@@ -71,13 +71,6 @@ from autotts.sandbox import evaluate_sandboxed
 from tests.test_sandbox import FAST, parent, synthetic_store  # noqa: F401 (fixture)
 
 STORE = synthetic_store()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def baseline_cache(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("AUTOTTS_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
-        yield
 
 
 @pytest.fixture(scope="module")

@@ -109,6 +109,7 @@ def run_demo(
                 raise
             skipped.append(f"{name}: {e}")
     rows: list[dict[str, Any]] = []
+    outcomes: list[Any] = []  # every episode's (correct, tokens), for the intervals over questions
     scale = 1000
     with Progress(
         TextColumn("[bold]{task.description:<28}"), BarColumn(),
@@ -130,6 +131,7 @@ def run_demo(
                 skipped.append(f"{spec.name}: {e}")
                 continue
             rows += ev.rows
+            outcomes += ev.outcomes
         prog.update(task, description="done", completed=len(specs) * scale)
     if not rows:
         raise AutoTTSError("demo: no controller could be evaluated ("
@@ -137,6 +139,12 @@ def run_demo(
 
     import json
 
+    from autotts.stats import attach_question_intervals, curves_from_outcomes
+
+    # As `autotts eval` prints them: beside the ± se over draws, each figure's 95% interval over
+    # questions, and the Summary's AUCs theirs (the report says what the bands and columns are).
+    curves = curves_from_outcomes(outcomes) if outcomes else None
+    attach_question_intervals(rows, curves=curves)
     results = out / "results.json"
     payload = [{k: v for k, v in r.items() if k != "errors"} for r in rows]
     write_file(results, (json.dumps(payload, indent=2) + "\n").encode("utf-8"))
@@ -152,7 +160,7 @@ def run_demo(
     if errs:
         notes.append(f"{errs} episode(s) failed and were scored as wrong.")
     report = build_report(rows, out, title=f"autotts demo: built-in controllers on {st.name}",
-                          notes=notes)
+                          notes=notes, curves=curves)
     return DemoResult(report, rows, results, st.name, st.path, time.perf_counter() - t0, skipped,
                       generated)
 

@@ -42,6 +42,14 @@ def test_demo_end_to_end(tiny_store, tmp_path):
     saved = json.loads(res.results.read_text())
     assert len(saved) == len(res.rows) and "errors" not in saved[0]
     assert {"store", "controller", "config", "beta", "accuracy", "tokens"} <= set(saved[0])
+    # each figure with its 95% interval over questions (as `autotts eval` prints it), and the
+    # Summary's AUCs with theirs
+    for r in saved:
+        lo, hi = r["accuracy_ci_questions"]
+        assert lo <= r["accuracy"] <= hi, r
+    md = res.report.markdown.read_text()
+    assert "95% CI (questions)" in md.split("## Summary")[1].split("##")[0]
+    assert "have no interval over questions" not in md
     out = io.StringIO()
     demo.print_demo(res, Console(file=out, width=200))
     text = out.getvalue()

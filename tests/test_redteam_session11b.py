@@ -26,7 +26,9 @@ Held (asserted): a plain abstract socket, POSIX message queues, the host name; w
 each of these attacks refused; the unit frame names no question (only the slot, the secret
 order's place, tells episodes apart where pools are of one size); the CLI's usage errors stay
 one line with status 2 (values with newlines, non-UTF-8 arguments, an empty command, a bad
-option before an eager --help).
+option before an eager --help); a batch with code execution that leaves bytes of the judge's
+stream unread in the shared stdin pipe ends the run (timeout: the zygote misreads every later
+frame; no misread frame can be a `unit` of the batch's making), with and without seccomp.
 """
 
 from __future__ import annotations
@@ -433,3 +435,62 @@ def test_the_shared_pipes_inode_carries_nothing_between_batches_without_seccomp(
         monkeypatch.setenv("AUTOTTS_SANDBOX_DISABLE", "seccomp,nobody")
     _played_more_than_one_draw(_run(_controller(_FCNTL_COUNT, _socket_source(how)),
                                     on_error="record"))
+
+
+# ---- the lead's last attack: bytes of the judge's stream left in the pipe ---------------------
+
+# With code execution the batch takes over its own reading of the judge's frames: once all its
+# episodes have ended it reads the judge's next reply but the last byte of its header, tells
+# itself the batch is over, and exits. The byte stays in the shared stdin pipe, where the
+# zygote reads the next unit frame: every later frame is misread. Could a misread frame be a
+# `unit` of the batch's making (a message to the next batch)? Its length would have to come
+# from the judge's bytes (JSON text holds no NUL byte, an 8-byte length of a frame does), and
+# its header from int64 counters and indices no controller can make spell JSON: so the run must
+# end (a crash or a timeout verdict), with no process having played more than one draw.
+_LEAVE_A_BYTE = '''
+import builtins, sys
+import numpy as np
+
+_child = sys.modules["autotts.sandbox.child"]
+_run_unit = _child.Scheduler.run_unit
+
+
+def _read_exact(f, n):
+    out = b""
+    while len(out) < n:
+        part = f.read(n - len(out))
+        if not part:
+            break
+        out += part
+    return out
+
+
+def _run_unit_leaving_a_byte(self, unit, read):
+    def lazy():
+        if self.live:
+            return read()
+        raw = sys.stdin.buffer.raw
+        n = int.from_bytes(_read_exact(raw, 8), "little")
+        _read_exact(raw, n - 1)
+        empty = [np.zeros((0, 5), np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64),
+                 np.zeros(0, np.int32), np.zeros(0, bool)]
+        return {"t": "reply", "end": True, "start": [], "x": []}, empty
+    return _run_unit(self, unit, lazy)
+
+
+_child.Scheduler.run_unit = _run_unit_leaving_a_byte
+'''
+
+
+@pytest.mark.usefixtures("parent")
+@pytest.mark.parametrize("seccomp", [True, False], ids=["seccomp", "no-seccomp"])
+def test_a_batch_that_leaves_the_judges_bytes_in_the_pipe_ends_the_run(seccomp, monkeypatch):
+    from tests.test_redteam_session5 import SHORT, _holds, _no_seccomp
+    from tests.test_redteam_session10 import _COUNT_BODY
+    from tests.test_sandbox_boundary import _controller, _run
+
+    if not seccomp:
+        _no_seccomp(monkeypatch)
+    kind = _holds(lambda: _run(_controller(_COUNT_BODY, _LEAVE_A_BYTE), on_error="record",
+                               limits=SHORT))
+    assert kind in ("crash", "timeout")  # the stream is misread from the next frame on

@@ -27,6 +27,7 @@ from autotts.units import (  # noqa: F401  (EvalProtocol, EvaluationError: publi
     EvalProtocol,
     EvaluationError,
     Job,
+    knob_key,
     make_units,
 )
 
@@ -99,21 +100,6 @@ def score(
                     for t in p.traces or []:
                         all_traces.append({"store": st.name, "beta": beta, "config": cfg, **t})
     return Evaluation(rows, ep_rows, all_traces, all_errors, outcomes)
-
-
-def knob_key(config: dict[str, Any], nested_order: bool = True) -> str:
-    """What makes two β's knobs the same configuration (run once, scored for both): their JSON,
-    so that types count (1, 1.0 and True differ; so do 0.0 and -0.0), with the knobs sorted by
-    name (they bind to the constructor by name: their order reaches no controller) but the keys
-    of a dict-valued knob in their own order (a controller can read it: {"x": 1, "y": 2} and
-    {"y": 2, "x": 1} are two configurations). `nested_order=False` sorts those too, for knobs
-    read back from a record (fsio writes JSON with sorted keys). Values JSON cannot write are
-    compared by their repr."""
-    import json
-
-    if not nested_order:
-        return json.dumps(config, sort_keys=True, default=repr)
-    return json.dumps(sorted(config.items()), default=repr)
 
 
 @dataclass

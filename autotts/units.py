@@ -308,3 +308,18 @@ def run_unit(questions: Questions, job: Job, unit: Unit) -> BlockResult:
         store_name=job.store_names[s], on_error=job.on_error, trace=job.trace,
         batch=job.batch,
     )
+
+
+def knob_key(config: dict[str, Any], nested_order: bool = True) -> str:
+    """What makes two β's knobs the same configuration (run once, scored for both): their JSON,
+    so that types count (1, 1.0 and True differ; so do 0.0 and -0.0), with the knobs sorted by
+    name (they bind to the constructor by name: their order reaches no controller) but the keys
+    of a dict-valued knob in their own order (a controller can read it: {"x": 1, "y": 2} and
+    {"y": 2, "x": 1} are two configurations). `nested_order=False` sorts those too, for knobs
+    read back from a record (fsio writes JSON with sorted keys). Values JSON cannot write are
+    compared by their repr."""
+    import json
+
+    if not nested_order:
+        return json.dumps(config, sort_keys=True, default=repr)
+    return json.dumps(sorted(config.items()), default=repr)

@@ -44,7 +44,7 @@ from autotts.sandbox.wire import (
     pack_frame,
 )
 from autotts.store import ReplayData
-from autotts.units import BlockResult, EvalProtocol, Questions, Unit
+from autotts.units import BlockResult, EvalProtocol, Questions, Unit, knob_key
 
 MAX_NAME = 100  # characters of a controller NAME
 MAX_KNOBS_JSON = 64 * 1024  # bytes of all knobs of all β, as JSON
@@ -368,8 +368,8 @@ class _Task:
         was scored at one β with another β's episodes, and by a mix of both where a task
         boundary fell inside a draw (tests/test_redteam_session11.py). The knobs are sorted by
         name, but a dict-valued knob's keys keep their order, which the controller can read
-        (evaluate.knob_key; tests/test_redteam_session11b.py)."""
-        keys = [json.dumps(sorted(c.items())) for c in configs]
+        (units.knob_key, which in-process evaluation uses too; tests/test_redteam_session11b.py)."""
+        keys = [knob_key(c) for c in configs]
         first = [keys.index(k) for k in keys]
         where = {u: i for i, u in enumerate(self.units)}
         for b in list(self.todo):

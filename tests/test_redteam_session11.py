@@ -292,7 +292,9 @@ class Guess:
 
 # ---- the race: a candidate that knows which stage it is in --------------------------------
 
-STAGED = '''
+# With code execution: the sandbox's request for this process (init frame: the protocol, the
+# draws, whether traces are on), read from the frames of the code that loaded the module.
+REQUEST = '''
 import sys
 
 
@@ -304,6 +306,9 @@ def request():
             return r
         f = f.f_back
     return {}
+'''
+
+STAGED = REQUEST + '''
 
 
 FIRST = bool(request().get("traces"))  # the race's first stage is the traced one
@@ -361,19 +366,8 @@ def test_a_candidate_strong_in_the_races_first_draws_only_gets_the_rows_it_playe
 
 # ---- the held-out step: the searched controller, or a failure said as such -----------------
 
-TWO_FACED = '''
+TWO_FACED = REQUEST + '''
 import os
-import sys
-
-
-def request():
-    f = sys._getframe(1)
-    while f is not None:
-        r = f.f_locals.get("req")
-        if isinstance(r, dict) and "proto" in r:
-            return r
-        f = f.f_back
-    return {}
 
 
 HELD_OUT = request().get("proto", {}).get("draws") == 2  # the held-out step's draws

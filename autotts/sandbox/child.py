@@ -40,7 +40,7 @@ from autotts.sandbox.admission import (
     compile_candidate,
     imported_modules,
 )
-from autotts.sandbox.client import ClientEpisode, pending_events
+from autotts.sandbox.client import Mirrors, pending_events
 from autotts.sandbox.guards import (
     CANDIDATE_MODULE,
     STATE,
@@ -269,6 +269,7 @@ class Scheduler:
             kind, payload, events = msg
             del self.live[slot]
             del self.group[slot]
+            self.mirrors.end(slot)
             if kind == "answer":
                 v = payload[0]
                 op, a, b, arr, js = OP_ANSWER, 0 if v is None else 1, v or 0, None, None
@@ -295,7 +296,9 @@ class Scheduler:
         self._collect(slot, g, msg)
 
     def _start(self, unit: dict[str, Any], facts: list[Any], group: int) -> None:
-        config, idle = self.config, self.idle
+        config, idle, mirrors = self.config, self.idle, self.mirrors
+        if facts:
+            mirrors.make_room(len(facts), max(f[1] for f in facts))
         for k, (slot, pool, no_answer, delta) in enumerate(facts):
             if idle:
                 g = idle.pop()
@@ -303,8 +306,8 @@ class Scheduler:
             else:
                 g = self.runner(self._run_episodes)
             g.slot = slot
-            ep = ClientEpisode(self._request_for(g, slot), pool, delta, unit["kappa"],
-                               unit["budget"], no_answer, self.tracing)
+            ep = mirrors.open(slot, self._request_for(g, slot), pool, delta, unit["kappa"],
+                              unit["budget"], no_answer, self.tracing)
             self.live[slot] = g
             # The first episodes are dealt to both groups; later ones join the group whose
             # reply freed their place.
@@ -324,29 +327,23 @@ class Scheduler:
 
     def _on_reply(self, g: int, reply: dict[str, Any], arrays: list[np.ndarray]) -> None:
         rows, jb, jd, ja, jf = arrays
-        # Once per round rather than per action: branch indices as intp (numpy's fancy indexing
-        # converts any other index dtype on every call, ~1 us each; the judge sends int64),
-        # depths as the mirror's int64, and where the finals are (an episode's mirror looks at
-        # final flags only when one of its reveals is a final).
+        # Branch indices as intp, depths as the mirror's int64 (the judge sends both as int64)
         jb = jb.astype(np.intp, copy=False)
         jd = jd.astype(np.int64, copy=False)
-        finals = jf.nonzero()[0].tolist()
-        finals.append(len(jf))
+        # Every reveal of the round, written to the episodes' mirrors at once; each episode
+        # is then told where its own are (for its history).
+        counts = rows[:, 4]
+        if reply["x"]:  # a refused action reveals nothing (n is -1)
+            counts = np.maximum(counts, 0)
+        self.mirrors.apply(rows[:, 0], counts, jb, jd, ja, jf)
+        reveals = (jb, jd, ja)
         refusals = iter(reply["x"])
-        f = 0
         pos = 0
         live, hint = self.live, self.hint
         for slot, gen, probes, actions, n in rows.tolist():
             if n >= 0:  # done: what it revealed is next in line
                 end = pos + n
-                if finals[f] < end:
-                    fin = jf[pos:end]
-                    while finals[f] < end:
-                        f += 1
-                else:
-                    fin = None
-                args: tuple[Any, ...] = (gen, probes, actions, jb[pos:end], jd[pos:end],
-                                         ja[pos:end], fin)
+                args: tuple[Any, ...] = (gen, probes, actions, reveals, pos, end)
                 pos = end
             else:  # refused: its message is the next
                 args = (next(refusals), gen, probes, actions)
@@ -371,6 +368,7 @@ class Scheduler:
         self.masks: list[list[np.ndarray]] = [[], []]
         self.group: dict[int, int] = {}
         self.in_flight: deque[int] = deque()
+        self.mirrors = Mirrors()
         self._start(unit, unit["start"], -1)
         for g in (0, 1):
             if self.rows[g] or (not self.in_flight and g == 1):

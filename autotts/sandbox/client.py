@@ -101,7 +101,8 @@ class ClientEpisode:
                  "_pruned", "_request", "_running")
 
     def __init__(self, request: Request, pool_size: int, delta: int, probe_cost: int,
-                 budget: int | None, no_answer_class: int, tracing: bool) -> None:
+                 budget: int | None, no_answer_class: int, tracing: bool,
+                 mirror: tuple[np.ndarray, ...] | None = None) -> None:
         n = int(pool_size)
         self._request = request
         self._n = n
@@ -109,13 +110,13 @@ class ClientEpisode:
         self._kappa = int(probe_cost)
         self._budget = None if budget is None else int(budget)
         self._no_answer = int(no_answer_class)
-        self._depth = np.zeros(n, dtype=np.int64)
-        self._finished = np.zeros(n, dtype=bool)
-        self._pruned = np.zeros(n, dtype=bool)
-        self._running = np.zeros(n, dtype=bool)
-        self._latest = np.empty(n, dtype=np.int32)  # np.full's Python wrapper: twice the time
-        self._latest.fill(NO_ANSWER)
-        self._hist: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # every reveal so far
+        if mirror is None:  # a handle of its own (a batch's come from its Mirrors)
+            mirror = _fresh_rows(1, n)
+            mirror = tuple(m[0] for m in mirror)
+        self._attach(mirror)
+        # Every reveal so far: (reveals, start, end), the entries start:end of a round's
+        # (branch, depth, answer) arrays (Mirrors.apply has written them to the mirror).
+        self._hist: list[tuple[tuple[np.ndarray, ...], int, int]] = []
         self._opened = 0
         self._gen = 0
         self._probes = 0
@@ -217,11 +218,22 @@ class ClientEpisode:
     def latest_answer(self, i: int) -> int:
         return int(self._latest[self._check_opened(i)])
 
+    def _attach(self, mirror: tuple[np.ndarray, ...]) -> None:
+        """This episode's mirror: (depth, latest, finished, running, pruned), one entry per
+        branch of its pool (rows of its batch's Mirrors, or arrays of its own)."""
+        self._depth, self._latest, self._finished, self._running, self._pruned = mirror
+
+    def _detach(self) -> None:
+        """The mirror as copies of its own: the episode has ended, and its batch's rows are
+        no longer its."""
+        self._attach(tuple(m.copy() for m in (self._depth, self._latest, self._finished,
+                                              self._running, self._pruned)))
+
     def _branch_history(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         if not self._hist:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int32)
-        b, d, a = (np.concatenate([h[k] for h in self._hist]) for k in range(3))
-        self._hist = [(b, d, a)]
+        b, d, a = (np.concatenate([rv[k][p:e] for rv, p, e in self._hist]) for k in range(3))
+        self._hist = [((b, d, a), 0, len(b))]
         mine = b == i
         d, a = d[mine], a[mine]
         order = np.argsort(d, kind="stable")
@@ -258,27 +270,11 @@ class ClientEpisode:
         if len(reply) == 4:  # refused: (message, generated, probes, actions)
             self._gen, self._probes, self._actions = reply[1], reply[2], reply[3]
             raise InvalidAction(reply[0])
-        # A served action: the counters, then its reveals (branch, depth, answer) in reveal
-        # order and their final flags (None when none of them is a final).
-        self._gen, self._probes, self._actions, jb, jd, ja, jf = reply
-        n = len(jb)
-        if not n:
-            return
-        self._hist.append((jb, jd, ja))
-        if n == 1:
-            i = jb[0]
-            self._depth[i] = jd[0]
-            self._latest[i] = ja[0]
-            if jf is not None:
-                self._finished[i] = True
-                self._running[i] = False
-            return
-        self._depth[jb] = jd  # in reveal order: the last write of a branch is its latest
-        self._latest[jb] = ja
-        if jf is not None:
-            done = jb[jf.view(bool)]
-            self._finished[done] = True
-            self._running[done] = False
+        # A served action: the counters, then where its reveals are among the round's
+        # (branch, depth, answer) arrays. The mirror has them already (Mirrors.apply).
+        self._gen, self._probes, self._actions, rv, start, end = reply
+        if end != start:
+            self._hist.append((rv, start, end))
 
     def _refuse_ended(self, op: int, a: int, arr: np.ndarray | None,
                       js: list[Any] | None) -> None:
@@ -435,6 +431,97 @@ class ClientEpisode:
 
     def _check_opened(self, i: Any) -> int:
         return opened_index(i, "the branch index", self._opened)
+
+
+def _fresh_rows(rows: int, width: int) -> tuple[np.ndarray, ...]:
+    """Mirror arrays of `rows` episodes of up to `width` branches, as nothing was revealed:
+    (depth, latest, finished, running, pruned)."""
+    latest = np.empty((rows, width), dtype=np.int32)  # np.full's Python wrapper: twice the time
+    latest.fill(NO_ANSWER)
+    return (np.zeros((rows, width), dtype=np.int64), latest, np.zeros((rows, width), dtype=bool),
+            np.zeros((rows, width), dtype=bool), np.zeros((rows, width), dtype=bool))
+
+
+class Mirrors:
+    """The mirrors of a batch's live episodes, one row each of five shared arrays, so that a
+    round's reveals are written to all of them with a few array operations (`apply`) instead
+    of several per action. Each episode's handle holds views of its row, of its pool's length;
+    when the episode ends (`end`), its handle gets copies of its own (what a handle kept past
+    its episode reads: its last state, which the next episode's use of the row must not
+    change) and the row is cleared for the next episode. A row holds only what the judge
+    revealed to its episode."""
+
+    def __init__(self) -> None:
+        self._arrays = _fresh_rows(0, 0)
+        self._flat = tuple(a.reshape(-1) for a in self._arrays)
+        self._width = 0
+        self._free: list[int] = []  # rows no episode holds
+        self._live: dict[int, tuple[ClientEpisode, int]] = {}  # slot -> (handle, row)
+        self._base = np.zeros(0, dtype=np.intp)  # slot -> row * width (live slots only)
+
+    def make_room(self, episodes: int, pool: int) -> None:
+        """Room for `episodes` more episodes of up to `pool` branches (one allocation: a batch
+        that starts its episodes at once allocates once)."""
+        if pool <= self._width and episodes <= len(self._free):
+            return
+        live = list(self._live.items())
+        width = max(self._width, pool)
+        arrays = _fresh_rows(len(live) + max(episodes, len(self._free)), width)
+        old, w = self._arrays, self._width
+        for k, (slot, (ep, row)) in enumerate(live):  # the live episodes move to the new rows
+            for new, was in zip(arrays, old, strict=True):
+                new[k, :w] = was[row]
+            ep._attach(tuple(a[k, : ep._n] for a in arrays))
+            self._live[slot] = (ep, k)
+            self._base[slot] = k * width
+        self._arrays, self._width = arrays, width
+        self._flat = tuple(a.reshape(-1) for a in arrays)
+        self._free = list(range(len(arrays[0]) - 1, len(live) - 1, -1))
+
+    def open(self, slot: int, request: Request, pool_size: int, delta: int, probe_cost: int,
+             budget: int | None, no_answer_class: int, tracing: bool) -> ClientEpisode:
+        """The handle of a new episode, its mirror a free row (make_room first)."""
+        n = int(pool_size)
+        self.make_room(1, n)
+        row = self._free.pop()
+        ep = ClientEpisode(request, n, delta, probe_cost, budget, no_answer_class, tracing,
+                           tuple(a[row, :n] for a in self._arrays))
+        self._live[slot] = (ep, row)
+        if slot >= len(self._base):
+            self._base = np.concatenate([self._base, np.zeros(slot + 1, dtype=np.intp)])
+        self._base[slot] = row * self._width
+        return ep
+
+    def end(self, slot: int) -> None:
+        """The episode of `slot` has ended: its handle keeps its mirror as it is, the row is
+        cleared for the next episode."""
+        ep, row = self._live.pop(slot)
+        ep._detach()
+        depth, latest, finished, running, pruned = self._arrays
+        depth[row] = 0
+        latest[row] = NO_ANSWER
+        finished[row] = False
+        running[row] = False
+        pruned[row] = False
+        self._free.append(row)
+
+    def apply(self, slots: np.ndarray, counts: np.ndarray, branch: np.ndarray,
+              depth: np.ndarray, answer: np.ndarray, final: np.ndarray) -> None:
+        """A round's reveals, in row order (row k, of episode slots[k], takes the next
+        counts[k] >= 0 of them), written to the episodes' mirrors as the engine's journal
+        has them: in reveal order, so that the last write of a branch is its latest; a final
+        finishes its branch."""
+        if not len(branch):
+            return
+        at = np.repeat(self._base[slots], counts)
+        at += branch
+        d, a, f, r, _ = self._flat
+        d[at] = depth
+        a[at] = answer
+        done = at[final]
+        if len(done):
+            f[done] = True
+            r[done] = False
 
 
 def pending_events(ep: ClientEpisode) -> list[list[Any]] | None:

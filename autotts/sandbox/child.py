@@ -339,7 +339,10 @@ class Scheduler:
         reveals = (jb, jd, ja)
         refusals = iter(reply["x"])
         pos = 0
-        live, hint = self.live, self.hint
+        live, hint, collect = self.live, self.hint, self._collect
+        # (This group's next round: _collect's path for an action without JSON or trace
+        # events, inline.)
+        out, masks, indices = self.rows[g], self.masks[g], self.indices[g]
         for slot, gen, probes, actions, n in rows.tolist():
             if n >= 0:  # done: what it revealed is next in line
                 end = pos + n
@@ -354,7 +357,14 @@ class Scheduler:
             except MemoryError as e:
                 raise Fatal(Verdict("memory", "memory limit exceeded (MemoryError)",
                                     candidate_traceback(e), {"slot": slot})) from None
-            self._collect(slot, episode, msg)
+            if not episode.ended and STATE.violation is None:
+                op, a, b, arr, js, events = msg
+                if js is None and not events:
+                    if arr is not None:
+                        (masks if arr.dtype.kind == "b" else indices).append(arr)
+                    out += (slot, op, a, b, 0)
+                    continue
+            collect(slot, episode, msg)
 
     def run_unit(self, unit: dict[str, Any], read: Any) -> None:
         """Two groups of episodes take turns: while the judge answers one group's round, this

@@ -97,8 +97,9 @@ class ClientEpisode:
     """One episode as the sandboxed controller sees it (same API as autotts.engine.Episode)."""
 
     __slots__ = ("_actions", "_budget", "_closed", "_delta", "_depth", "_events", "_finished",
-                 "_gen", "_hist", "_kappa", "_latest", "_n", "_no_answer", "_opened", "_probes",
-                 "_pruned", "_request", "_running")
+                 "_gen", "_hist", "_kappa", "_latest", "_latest_v", "_n", "_no_answer", "_opened",
+                 "_probes",
+                 "_pruned", "_request", "_running", "_running_v")
 
     def __init__(self, request: Request, pool_size: int, delta: int, probe_cost: int,
                  budget: int | None, no_answer_class: int, tracing: bool,
@@ -110,14 +111,15 @@ class ClientEpisode:
         self._kappa = int(probe_cost)
         self._budget = None if budget is None else int(budget)
         self._no_answer = int(no_answer_class)
+        self._opened = 0
         if mirror is None:  # a handle of its own (a batch's come from its Mirrors)
             mirror = _fresh_rows(1, n)
             mirror = tuple(m[0] for m in mirror)
         self._attach(mirror)
-        # Every reveal so far: (reveals, start, end), the entries start:end of a round's
-        # (branch, depth, answer) arrays (Mirrors.apply has written them to the mirror).
-        self._hist: list[tuple[tuple[np.ndarray, ...], int, int]] = []
-        self._opened = 0
+        # Every reveal so far: the replies of the actions that revealed any, (generated, probes,
+        # actions, reveals, start, end), each the entries start:end of its round's (branch,
+        # depth, answer) arrays `reveals` (Mirrors.apply has written them to the mirror).
+        self._hist: list[tuple[Any, ...]] = []
         self._gen = 0
         self._probes = 0
         self._actions = 0
@@ -195,11 +197,11 @@ class ClientEpisode:
 
     @property
     def running(self) -> np.ndarray:
-        return self._running[: self._opened].copy()
+        return self._running_v.copy()
 
     @property
     def latest(self) -> np.ndarray:
-        return self._latest[: self._opened].copy()
+        return self._latest_v.copy()
 
     @property
     def final_answers(self) -> np.ndarray:
@@ -222,6 +224,14 @@ class ClientEpisode:
         """This episode's mirror: (depth, latest, finished, running, pruned), one entry per
         branch of its pool (rows of its batch's Mirrors, or arrays of its own)."""
         self._depth, self._latest, self._finished, self._running, self._pruned = mirror
+        self._set_opened(self._opened)
+
+    def _set_opened(self, k: int) -> None:
+        """k branches opened; the opened part of the two arrays a controller reads most (its
+        views, made once here rather than at every read)."""
+        self._opened = k
+        self._running_v = self._running[:k]
+        self._latest_v = self._latest[:k]
 
     def _detach(self) -> None:
         """The mirror as copies of its own: the episode has ended, and its batch's rows are
@@ -232,8 +242,8 @@ class ClientEpisode:
     def _branch_history(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         if not self._hist:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int32)
-        b, d, a = (np.concatenate([rv[k][p:e] for rv, p, e in self._hist]) for k in range(3))
-        self._hist = [((b, d, a), 0, len(b))]
+        b, d, a = (np.concatenate([h[3][k][h[4] : h[5]] for h in self._hist]) for k in range(3))
+        self._hist = [(0, 0, 0, (b, d, a), 0, len(b))]
         mine = b == i
         d, a = d[mine], a[mine]
         order = np.argsort(d, kind="stable")
@@ -272,9 +282,9 @@ class ClientEpisode:
             raise InvalidAction(reply[0])
         # A served action: the counters, then where its reveals are among the round's
         # (branch, depth, answer) arrays. The mirror has them already (Mirrors.apply).
-        self._gen, self._probes, self._actions, rv, start, end = reply
+        self._gen, self._probes, self._actions, _, start, end = reply
         if end != start:
-            self._hist.append((rv, start, end))
+            self._hist.append(reply)
 
     def _refuse_ended(self, op: int, a: int, arr: np.ndarray | None,
                       js: list[Any] | None) -> None:
@@ -315,7 +325,7 @@ class ClientEpisode:
         probe = _flag(probe, "branch: probe")
         i = self._opened
         self._send(OP_BRANCH, 1 if probe else 0)
-        self._opened = i + 1
+        self._set_opened(i + 1)
         if not self._finished[i]:
             self._depth[i] = 1
             self._running[i] = True
@@ -330,7 +340,7 @@ class ClientEpisode:
         else:
             self._send(OP_JSON, js=["branch_many", [k, bool(probe)]])
         idx = np.arange(start, start + k)
-        self._opened = start + k
+        self._set_opened(start + k)
         self._depth[idx] = np.maximum(self._depth[idx], 1)
         self._running[idx] = ~self._finished[idx]
         return idx
@@ -389,11 +399,19 @@ class ClientEpisode:
 
     def advance_many(self, which: Any, times: int = 1) -> np.ndarray:
         if (type(times) is int and times == 1 and isinstance(which, np.ndarray)
-                and which.ndim == 1 and which.dtype == bool):
+                and which.ndim == 1 and which.dtype == bool and not self._closed
+                and not self._events):
             # The usual call (ep.advance_many(ep.running)): _send_many's path for a mask and
-            # times 1, without its general checks (same row, same result).
+            # times 1, without its general checks, and _send's, inline (same row, same
+            # result; a closed handle or trace events to send take the general path).
             mask = which.copy()
-            self._send(OP_ADVANCE_MANY_MASK, len(mask), 1, mask)
+            reply = self._request((OP_ADVANCE_MANY_MASK, len(mask), 1, mask, None, None))
+            if len(reply) == 4:  # refused: (message, generated, probes, actions)
+                self._gen, self._probes, self._actions = reply[1], reply[2], reply[3]
+                raise InvalidAction(reply[0])
+            self._gen, self._probes, self._actions, _, start, end = reply
+            if end != start:
+                self._hist.append(reply)
             return self._latest[mask.nonzero()[0]]
         idx = self._send_many("advance_many", which, times)
         return self._latest[_positions(idx)]
@@ -406,14 +424,14 @@ class ClientEpisode:
     def read_new(self) -> int:
         i = self._opened
         self._send(OP_READ_NEW)
-        self._opened = i + 1
+        self._set_opened(i + 1)
         return int(self._latest[i])
 
     def read_new_many(self, k: int) -> np.ndarray:
         k = as_count(k, "read_new_many: k", 0)
         start = self._opened
         self._send_index(OP_READ_NEW_MANY, "read_new_many", k)
-        self._opened = start + k
+        self._set_opened(start + k)
         return self._latest[start : start + k].copy()
 
     def prune(self, i: int) -> None:

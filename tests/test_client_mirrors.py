@@ -19,7 +19,7 @@ def _round(mirrors, replies, reveals):
         slots.append(slot)
         counts.append(len(rs))
         flat += rs
-    cols = list(zip(*flat)) if flat else [(), (), (), ()]
+    cols = list(zip(*flat, strict=True)) if flat else [(), (), (), ()]
     jb = np.array(cols[0], dtype=np.intp)
     jd = np.array(cols[1], dtype=np.int64)
     ja = np.array(cols[2], dtype=np.int32)

@@ -1,7 +1,7 @@
 """The sandbox client's shared mirrors (autotts.sandbox.client.Mirrors): a round's reveals are
 written to every episode's row at once, each handle sees its own row only, a handle of an
-ended episode keeps its last state when its row is reused, and live handles keep theirs when
-the rows move (a later episode with a larger pool)."""
+ended episode keeps its last state whatever the later episodes reveal, and live handles keep
+theirs when the rows move (more episodes than rows, a later episode with a larger pool)."""
 
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ def test_rounds_reach_each_handle_and_an_ended_handle_keeps_its_state():
     assert b.latest.tolist() == [6, NO_ANSWER, NO_ANSWER] and b.depths.tolist() == [3, 1, 1]
     assert a.latest.tolist() == [7, 2, NO_ANSWER] and a.depths.tolist() == [2, 1, 1]
     assert b.history_depths(0).tolist() == [2, 3] and b.history(0).tolist() == [5, 6]
-    # a ends; its row is reused by the next episode, which reveals into it
+    # a ends; the next episode has no row left: it and b move to new rows, a's stay as they are
     before = (a.depths, a.latest, a.finished, a.running, a.pruned)
     a.close()
     m.end(0)

@@ -233,12 +233,6 @@ class ClientEpisode:
         self._running_v = self._running[:k]
         self._latest_v = self._latest[:k]
 
-    def _detach(self) -> None:
-        """The mirror as copies of its own: the episode has ended, and its batch's rows are
-        no longer its."""
-        self._attach(tuple(m.copy() for m in (self._depth, self._latest, self._finished,
-                                              self._running, self._pruned)))
-
     def _branch_history(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         if not self._hist:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int32)
@@ -463,28 +457,29 @@ def _fresh_rows(rows: int, width: int) -> tuple[np.ndarray, ...]:
 class Mirrors:
     """The mirrors of a batch's live episodes, one row each of five shared arrays, so that a
     round's reveals are written to all of them with a few array operations (`apply`) instead
-    of several per action. Each episode's handle holds views of its row, of its pool's length;
-    when the episode ends (`end`), its handle gets copies of its own (what a handle kept past
-    its episode reads: its last state, which the next episode's use of the row must not
-    change) and the row is cleared for the next episode. A row holds only what the judge
-    revealed to its episode."""
+    of several per action. Each episode's handle holds views of its row, of its pool's length.
+    A row is never given to another episode: when the rows run out (or a pool is wider than
+    they are), the live episodes move to new arrays and the old ones are left to the handles
+    of the episodes that have ended, so a handle kept past its episode reads its last state,
+    which nothing writes again. A row holds only what the judge revealed to its episode."""
 
     def __init__(self) -> None:
         self._arrays = _fresh_rows(0, 0)
         self._flat = tuple(a.reshape(-1) for a in self._arrays)
         self._width = 0
-        self._free: list[int] = []  # rows no episode holds
+        self._next = 0  # the next row no episode has had
         self._live: dict[int, tuple[ClientEpisode, int]] = {}  # slot -> (handle, row)
         self._base = np.zeros(0, dtype=np.intp)  # slot -> row * width (live slots only)
 
     def make_room(self, episodes: int, pool: int) -> None:
         """Room for `episodes` more episodes of up to `pool` branches (one allocation: a batch
-        that starts its episodes at once allocates once)."""
-        if pool <= self._width and episodes <= len(self._free):
+        that starts its episodes at once allocates once; later ones as many rows again as
+        there are live episodes, at least)."""
+        if pool <= self._width and self._next + episodes <= len(self._arrays[0]):
             return
         live = list(self._live.items())
         width = max(self._width, pool)
-        arrays = _fresh_rows(len(live) + max(episodes, len(self._free)), width)
+        arrays = _fresh_rows(len(live) + max(episodes, len(live)), width)
         old, w = self._arrays, self._width
         for k, (slot, (ep, row)) in enumerate(live):  # the live episodes move to the new rows
             for new, was in zip(arrays, old, strict=True):
@@ -492,18 +487,19 @@ class Mirrors:
             ep._attach(tuple(a[k, : ep._n] for a in arrays))
             self._live[slot] = (ep, k)
             self._base[slot] = k * width
-        self._arrays, self._width = arrays, width
+        self._arrays, self._width, self._next = arrays, width, len(live)
         self._flat = tuple(a.reshape(-1) for a in arrays)
-        self._free = list(range(len(arrays[0]) - 1, len(live) - 1, -1))
 
     def open(self, slot: int, request: Request, pool_size: int, delta: int, probe_cost: int,
              budget: int | None, no_answer_class: int, tracing: bool) -> ClientEpisode:
-        """The handle of a new episode, its mirror a free row (make_room first)."""
+        """The handle of a new episode, its mirror a fresh row (make_room first)."""
         n = int(pool_size)
         self.make_room(1, n)
-        row = self._free.pop()
+        row = self._next
+        self._next = row + 1
+        d, a, f, r, p = self._arrays
         ep = ClientEpisode(request, n, delta, probe_cost, budget, no_answer_class, tracing,
-                           tuple(a[row, :n] for a in self._arrays))
+                           (d[row, :n], a[row, :n], f[row, :n], r[row, :n], p[row, :n]))
         self._live[slot] = (ep, row)
         if slot >= len(self._base):
             self._base = np.concatenate([self._base, np.zeros(slot + 1, dtype=np.intp)])
@@ -511,17 +507,8 @@ class Mirrors:
         return ep
 
     def end(self, slot: int) -> None:
-        """The episode of `slot` has ended: its handle keeps its mirror as it is, the row is
-        cleared for the next episode."""
-        ep, row = self._live.pop(slot)
-        ep._detach()
-        depth, latest, finished, running, pruned = self._arrays
-        depth[row] = 0
-        latest[row] = NO_ANSWER
-        finished[row] = False
-        running[row] = False
-        pruned[row] = False
-        self._free.append(row)
+        """The episode of `slot` has ended: its row stays as it is (its handle's mirror)."""
+        del self._live[slot]
 
     def apply(self, slots: np.ndarray, counts: np.ndarray, branch: np.ndarray,
               depth: np.ndarray, answer: np.ndarray, final: np.ndarray) -> None:

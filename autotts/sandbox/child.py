@@ -404,13 +404,16 @@ def _preload(modules: Any) -> None:
         __import__(mod)
     import ctypes.util  # noqa: F401 (seal() looks libseccomp up with it where it is not loaded)
 
-    import greenlet  # noqa: F401
+    import greenlet
 
     import autotts.sandbox.client
     import autotts.sandbox.lockdown
     import autotts.units  # noqa: F401
 
     _runner_type()
+    # greenlet's state for this thread (its main greenlet), made here once: a batch that made
+    # it (Scheduler: getcurrent()) wrote ~20 pages it shares copy-on-write with the zygote.
+    greenlet.getcurrent()
 
 
 def _load(req: dict[str, Any]) -> Any:

@@ -205,6 +205,9 @@ class Scheduler:
         self.config = config
         # The same in every batch: which draws are traced is the judge's alone (trace_draws).
         self.tracing = bool(req["traces"])
+        # Groups of episodes that take turns (run_unit): two, or one where the evaluation's
+        # workers already keep every core busy (evaluation.round_groups).
+        self.groups = 1 if req.get("groups") == 1 else 2
         self.out = out
         self.hint = hint
         self.live: dict[int, Any] = {}
@@ -311,7 +314,7 @@ class Scheduler:
             self.live[slot] = g
             # The first episodes are dealt to both groups; later ones join the group whose
             # reply freed their place.
-            self.group[slot] = k % 2 if group < 0 else group
+            self.group[slot] = k % self.groups if group < 0 else group
             self.hint[0] = slot
             self._first(slot, g, ep, config)
 
@@ -368,7 +371,8 @@ class Scheduler:
 
     def run_unit(self, unit: dict[str, Any], read: Any) -> None:
         """Two groups of episodes take turns: while the judge answers one group's round, this
-        process computes the other's next actions, so both processes work at once."""
+        process computes the other's next actions, so both processes work at once. (With one
+        group, `self.groups`, every round holds all the episodes waiting: half the rounds.)"""
         self.token = unit.get("k")  # the batch's token: every frame of this batch carries it
         # Each group's next round: its rows (flat), JSON messages, trace events, branch lists.
         self.rows: list[list[int]] = [[], []]

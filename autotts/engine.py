@@ -61,6 +61,7 @@ class _Ended:
         raise InvalidAction("the episode has ended")
 
 
+_BOOL = np.dtype(bool)
 _STEP_NUMBERS: dict[int, np.ndarray] = {}
 
 
@@ -620,6 +621,10 @@ class Episode(_NoCopy):
         jr = self._journal
         if jr is None:
             raise RuntimeError("the reveal journal is off: create the Episode with journal=True")
+        if len(jr) == 1 and type(jr[0][0]) is np.ndarray:  # one action's arrays: the usual
+            item = jr.pop()
+            out.append(item)
+            return len(item[0])
         n = 0
         for item in jr:
             if isinstance(item[0], np.ndarray):
@@ -748,6 +753,9 @@ class Episode(_NoCopy):
         """ADVANCE each given branch `times` times (a branch that finishes stops there). Returns the
         latest answer of each given branch afterwards. One action: admitted while the cost so far
         is below the budget, then charged in full."""
+        if (type(which) is np.ndarray and which.dtype == _BOOL and type(times) is int
+                and times == 1 and which.shape == (self._opened,)):
+            return self._advance_mask_once(which)
         idx = running_indices(which, "advance_many: which", self._opened, self._running,
                               self._pruned)
         if type(times) is not int or times != 1:
@@ -799,6 +807,51 @@ class Episode(_NoCopy):
             self._log("advance_many", -1, n=len(idx), times=times, idx=idx.tolist())
         if rounds == 1 and jr is None and len(idx):
             return ids  # one round over all of idx: its ids are their latest answers (a copy)
+        return self._latest[idx]
+
+    def _advance_mask_once(self, mask: np.ndarray) -> np.ndarray:
+        """advance_many(mask, 1) for a bool ndarray with one entry per opened branch: the usual
+        call (ep.advance_many(ep.running)). The same checks, state, journal entry and return as
+        the general path's first (and only) round, with fewer numpy calls; tests/
+        test_engine_fastpaths.py runs the two side by side."""
+        idx = mask.nonzero()[0]  # a mask cannot name a branch twice: no uniqueness check
+        running = self._running
+        ok = running[idx]
+        n = len(idx)
+        if n and not ok.item(ok.argmin()):  # argmin: a False if there is one
+            raise _not_running(int(idx[~ok][0]), self._pruned)
+        if self._closed or self._budget is not None:
+            self._admit()
+        self._actions += 1
+        if n:
+            q, depth = self._question, self._depth
+            flat = self._qbase[idx] + depth[idx]
+            fin = q._is_last_flat[flat]
+            s = q._class_flat[flat]
+            ids = self._id_of_class[s]
+            if ids.item(ids.argmin()) <= q._unseen:  # a class this episode has not numbered yet
+                ids = self._ids(s, ids)
+            self._latest[idx] = ids
+            d = q._step_no_flat[flat]  # the depth after the step
+            depth[idx] = d
+            # Every step but a branch's last costs Δ and reveals a probe.
+            if fin.item(fin.argmax()):  # argmax finds a True for less than counting them costs
+                n_fin = int(np.count_nonzero(fin))
+                self._generated += self._delta * (n - n_fin)
+                self._generated += sum(q._cost_flat[flat[fin]].tolist())  # few: no reduce
+                self._probes += n - n_fin
+                done = idx[fin]
+                self._finished[done] = True
+                running[done] = False
+            else:
+                self._generated += self._delta * n
+                self._probes += n
+            if self._journal is not None:
+                self._journal.append((idx, d, ids, fin))
+            elif self._trace is None:
+                return ids  # its ids are the given branches' latest answers (a fresh array)
+        if self._trace is not None:
+            self._log("advance_many", -1, n=n, times=1, idx=idx.tolist())
         return self._latest[idx]
 
     def read(self, i: int) -> int:
@@ -900,24 +953,26 @@ class Episode(_NoCopy):
         m = self._id_of_class
         if e is None:
             e = m[s]
-        # New classes (with the -1 sentinel of a malformed store also the store's -1), in order.
+        # New classes (with the -1 sentinel of a malformed store also the store's -1), in order:
+        # a few in one pass over Python lists (less than numpy's compare + gather costs), many
+        # through numpy.
         unseen = self._question._unseen
-        if len(s) <= 48:  # a few: a list comprehension costs less than numpy's compare + gather
-            new = [c for c, x in zip(s.tolist(), e.tolist(), strict=True) if x <= unseen]
+        if len(s) <= 48:
+            pairs: Any = zip(s.tolist(), e.tolist(), strict=True)
         else:
-            new = s[(e <= unseen).nonzero()[0]].tolist()
-        if new:
-            inv, err = self._class_of_id, self._err_class
-            for c in new:
-                if c >= 0 and m.item(c) < 0:  # not numbered yet (a class can show twice)
-                    if c == err:
-                        inv[NO_ANSWER_ID] = c
-                        m[c] = NO_ANSWER_ID
-                    else:
-                        m[c] = len(inv)
-                        inv.append(c)
-            e = m[s]
-        return e
+            pairs = ((c, unseen) for c in s[(e <= unseen).nonzero()[0]].tolist())
+        inv, err = self._class_of_id, self._err_class
+        numbered = False
+        for c, x in pairs:
+            if x <= unseen and c >= 0 and m.item(c) < 0:  # not numbered yet (it can show twice)
+                if c == err:
+                    inv[NO_ANSWER_ID] = c
+                    m[c] = NO_ANSWER_ID
+                else:
+                    m[c] = len(inv)
+                    inv.append(c)
+                numbered = True
+        return m[s] if numbered else e
 
     def _reveal_one(self, i: int, f: int, k: int, final: bool) -> int:
         """Reveal step k (0-based) of branch i, cell f of the question's flat tables: its probe,

@@ -63,6 +63,18 @@ class _Ended:
 
 _BOOL = np.dtype(bool)
 _STEP_NUMBERS: dict[int, np.ndarray] = {}
+_NEXT_CELLS = np.zeros(0, dtype=np.int64)
+
+
+def _next_cells(size: int) -> np.ndarray:
+    """1, 2, ..., at least `size`: cell f's successor f + 1 as a gather (a numpy gather costs
+    less per call than an addition), one read-only table shared by every question."""
+    global _NEXT_CELLS
+    if len(_NEXT_CELLS) < size:
+        table = np.arange(1, max(size, 2 * len(_NEXT_CELLS), 1 << 16) + 1, dtype=np.int64)
+        table.flags.writeable = False
+        _NEXT_CELLS = table
+    return _NEXT_CELLS
 
 
 def _step_numbers(rows: int, width: int) -> np.ndarray:
@@ -88,6 +100,7 @@ class Question(_NoCopy):
         "_is_last_flat",
         "_last",
         "_nclass",
+        "_next_flat",
         "_reveal",
         "_reveal_flat",
         "_step_cost",
@@ -142,6 +155,7 @@ class Question(_NoCopy):
         is_last[np.arange(m), lengths] = True
         self._is_last_flat = is_last.reshape(-1)
         self._step_no_flat = _step_numbers(m, steps)
+        self._next_flat = _next_cells(m * steps)
         # An episode's store class -> id map starts from this template. Classes not yet revealed
         # hold `_unseen`; the spare last entry maps the store's -1 ("no answer") to -1. With
         # _unseen = -2 a -1 in a gather is told apart from a new class by one comparison;
@@ -395,6 +409,7 @@ class Episode(_NoCopy):
     __slots__ = (
         "_actions",
         "_budget",
+        "_cell",
         "_class_of_id",
         "_closed",
         "_delta",
@@ -436,6 +451,8 @@ class Episode(_NoCopy):
         self._order = np.asarray(order, dtype=np.int64)  # question row of branch i, in draw order
         # Branch i at depth d: its next step is cell _qbase[i] + d of the question's flat tables.
         self._qbase = self._order * width
+        # _qbase + _depth, kept with every depth: advance_many's cells in one gather.
+        self._cell = self._qbase.copy()
         self._pool = n
         self._probe_cost = int(probe_cost)
         self._budget = None if budget is None else int(budget)
@@ -655,6 +672,7 @@ class Episode(_NoCopy):
         self._generated += q._cost_flat.item(f)
         self._opened = i + 1
         self._depth[i] = 1
+        self._cell[i] = f + 1
         self._running[i] = True
         self._actions += 1
         if q._is_last_flat[f]:
@@ -688,6 +706,7 @@ class Episode(_NoCopy):
                 self._generated += sum(q._cost_flat[flat[done]].tolist())
             self._opened = end
             self._depth[start:end] = 1
+            self._cell[start:end] = q._next_flat[flat]
             self._running[start:end] = True
             if probe:
                 self._probes += k - n_done
@@ -707,6 +726,7 @@ class Episode(_NoCopy):
         f = self._qbase.item(i) + d
         self._generated += q._cost_flat.item(f)
         self._depth[i] = d + 1
+        self._cell[i] = f + 1
         self._actions += 1
         if q._is_last_flat[f]:
             a = self._reveal_one(i, f, d, True)
@@ -739,6 +759,7 @@ class Episode(_NoCopy):
         f = self._qbase.item(i) + d
         self._generated += q._cost_flat.item(f)
         self._depth[i] = d + 1
+        self._cell[i] = f + 1
         self._actions += 1
         if q._is_last_flat[f]:
             a = self._reveal_one(i, f, d, True)
@@ -767,9 +788,7 @@ class Episode(_NoCopy):
         # is a hidden quantity, the longest branch of the pool, so the trace logs `times`).
         rounds = min(times, q._width)
         self._actions += 1
-        depth = self._depth
-        d = depth[idx]
-        qb = self._qbase[idx]
+        depth, cell, nxt = self._depth, self._cell, q._next_flat
         cur = idx
         jr = self._journal
         id_map = self._id_of_class
@@ -779,7 +798,7 @@ class Episode(_NoCopy):
             n = len(cur)
             if n == 0:
                 break
-            flat = qb + d
+            flat = cell[cur]
             fin = is_last[flat]
             # argmax finds a True (a branch that finishes) for less than counting them costs
             n_fin = int(np.count_nonzero(fin)) if fin.item(fin.argmax()) else 0
@@ -790,6 +809,7 @@ class Episode(_NoCopy):
             self._latest[cur] = ids
             d = step_no[flat]  # the depth after this round
             depth[cur] = d
+            cell[cur] = nxt[flat]
             # Every step but a branch's last costs Δ and reveals a probe.
             self._generated += self._delta * (n - n_fin)
             self._probes += n - n_fin
@@ -801,8 +821,7 @@ class Episode(_NoCopy):
                 self._finished[done] = True
                 self._running[done] = False
                 if r + 1 < rounds:
-                    keep = ~fin
-                    cur, qb, d = cur[keep], qb[keep], d[keep]
+                    cur = cur[~fin]
         if self._trace is not None:
             self._log("advance_many", -1, n=len(idx), times=times, idx=idx.tolist())
         if rounds == 1 and jr is None and len(idx):
@@ -824,8 +843,8 @@ class Episode(_NoCopy):
             self._admit()
         self._actions += 1
         if n:
-            q, depth = self._question, self._depth
-            flat = self._qbase[idx] + depth[idx]
+            q = self._question
+            flat = self._cell[idx]
             fin = q._is_last_flat[flat]
             s = q._class_flat[flat]
             ids = self._id_of_class[s]
@@ -833,7 +852,8 @@ class Episode(_NoCopy):
                 ids = self._ids(s, ids)
             self._latest[idx] = ids
             d = q._step_no_flat[flat]  # the depth after the step
-            depth[idx] = d
+            self._depth[idx] = d
+            self._cell[idx] = q._next_flat[flat]
             # Every step but a branch's last costs Δ and reveals a probe.
             if fin.item(fin.argmax()):  # argmax finds a True for less than counting them costs
                 n_fin = int(np.count_nonzero(fin))
@@ -862,8 +882,10 @@ class Episode(_NoCopy):
         last = q._last.item(b)
         self._hidden[i, d:last] = True
         self._depth[i] = last + 1
+        f = self._qbase.item(i) + last
+        self._cell[i] = f + 1
         self._actions += 1
-        a = self._reveal_one(i, self._qbase.item(i) + last, last, True)
+        a = self._reveal_one(i, f, last, True)
         if self._trace is not None:
             self._log("read", i)
         return a
@@ -879,8 +901,10 @@ class Episode(_NoCopy):
         last = q._last.item(b)
         self._hidden[i, :last] = True
         self._depth[i] = last + 1
+        f = self._qbase.item(i) + last
+        self._cell[i] = f + 1
         self._actions += 1
-        a = self._reveal_one(i, self._qbase.item(i) + last, last, True)
+        a = self._reveal_one(i, f, last, True)
         if self._trace is not None:
             self._log("read_new", i)
         return a
@@ -901,7 +925,9 @@ class Episode(_NoCopy):
             last = q._last[b]
             self._hidden[start:end] = np.arange(q._width) < last[:, None]
             self._depth[start:end] = last + 1
-            self._reveal_at(idx, self._qbase[start:end] + last, np.ones(k, dtype=bool))
+            flat = self._qbase[start:end] + last
+            self._cell[start:end] = q._next_flat[flat]
+            self._reveal_at(idx, flat, np.ones(k, dtype=bool))
         if self._trace is not None:
             self._log("read_new_many", start, k=int(k))
         return self._latest[idx]

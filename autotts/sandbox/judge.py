@@ -287,7 +287,7 @@ class UnitJudge:
                     raise ProtocolError("a row's trace events are not the round's next")
                 self._events(s, events[ei])
                 ei += 1
-            if op == OP_ADVANCE_MANY_MASK or op == OP_ADVANCE_MANY_IDX:
+            if op in (OP_ADVANCE_MANY_MASK, OP_ADVANCE_MANY_IDX):
                 # Most rows: _row's and _apply's path for advance_many, inline (a third of the
                 # judge's own time per action was calls), a mask's _take too. Keep them in step.
                 ep = s.ep

@@ -61,7 +61,20 @@ class _Ended:
         raise InvalidAction("the episode has ended")
 
 
+_BOOL = np.dtype(bool)
 _STEP_NUMBERS: dict[int, np.ndarray] = {}
+_NEXT_CELLS = np.zeros(0, dtype=np.int64)
+
+
+def _next_cells(size: int) -> np.ndarray:
+    """1, 2, ..., at least `size`: cell f's successor f + 1 as a gather (a numpy gather costs
+    less per call than an addition), one read-only table shared by every question."""
+    global _NEXT_CELLS
+    if len(_NEXT_CELLS) < size:
+        table = np.arange(1, max(size, 2 * len(_NEXT_CELLS), 1 << 16) + 1, dtype=np.int64)
+        table.flags.writeable = False
+        _NEXT_CELLS = table
+    return _NEXT_CELLS
 
 
 def _step_numbers(rows: int, width: int) -> np.ndarray:
@@ -87,6 +100,7 @@ class Question(_NoCopy):
         "_is_last_flat",
         "_last",
         "_nclass",
+        "_next_flat",
         "_reveal",
         "_reveal_flat",
         "_step_cost",
@@ -141,6 +155,7 @@ class Question(_NoCopy):
         is_last[np.arange(m), lengths] = True
         self._is_last_flat = is_last.reshape(-1)
         self._step_no_flat = _step_numbers(m, steps)
+        self._next_flat = _next_cells(m * steps)
         # An episode's store class -> id map starts from this template. Classes not yet revealed
         # hold `_unseen`; the spare last entry maps the store's -1 ("no answer") to -1. With
         # _unseen = -2 a -1 in a gather is told apart from a new class by one comparison;
@@ -394,6 +409,7 @@ class Episode(_NoCopy):
     __slots__ = (
         "_actions",
         "_budget",
+        "_cell",
         "_class_of_id",
         "_closed",
         "_delta",
@@ -435,6 +451,8 @@ class Episode(_NoCopy):
         self._order = np.asarray(order, dtype=np.int64)  # question row of branch i, in draw order
         # Branch i at depth d: its next step is cell _qbase[i] + d of the question's flat tables.
         self._qbase = self._order * width
+        # _qbase + _depth, kept with every depth: advance_many's cells in one gather.
+        self._cell = self._qbase.copy()
         self._pool = n
         self._probe_cost = int(probe_cost)
         self._budget = None if budget is None else int(budget)
@@ -620,6 +638,10 @@ class Episode(_NoCopy):
         jr = self._journal
         if jr is None:
             raise RuntimeError("the reveal journal is off: create the Episode with journal=True")
+        if len(jr) == 1 and type(jr[0][0]) is np.ndarray:  # one action's arrays: the usual
+            item = jr.pop()
+            out.append(item)
+            return len(item[0])
         n = 0
         for item in jr:
             if isinstance(item[0], np.ndarray):
@@ -650,6 +672,7 @@ class Episode(_NoCopy):
         self._generated += q._cost_flat.item(f)
         self._opened = i + 1
         self._depth[i] = 1
+        self._cell[i] = f + 1
         self._running[i] = True
         self._actions += 1
         if q._is_last_flat[f]:
@@ -683,6 +706,7 @@ class Episode(_NoCopy):
                 self._generated += sum(q._cost_flat[flat[done]].tolist())
             self._opened = end
             self._depth[start:end] = 1
+            self._cell[start:end] = q._next_flat[flat]
             self._running[start:end] = True
             if probe:
                 self._probes += k - n_done
@@ -702,6 +726,7 @@ class Episode(_NoCopy):
         f = self._qbase.item(i) + d
         self._generated += q._cost_flat.item(f)
         self._depth[i] = d + 1
+        self._cell[i] = f + 1
         self._actions += 1
         if q._is_last_flat[f]:
             a = self._reveal_one(i, f, d, True)
@@ -734,6 +759,7 @@ class Episode(_NoCopy):
         f = self._qbase.item(i) + d
         self._generated += q._cost_flat.item(f)
         self._depth[i] = d + 1
+        self._cell[i] = f + 1
         self._actions += 1
         if q._is_last_flat[f]:
             a = self._reveal_one(i, f, d, True)
@@ -748,6 +774,9 @@ class Episode(_NoCopy):
         """ADVANCE each given branch `times` times (a branch that finishes stops there). Returns the
         latest answer of each given branch afterwards. One action: admitted while the cost so far
         is below the budget, then charged in full."""
+        if (type(which) is np.ndarray and which.dtype == _BOOL and type(times) is int
+                and times == 1 and which.shape == (self._opened,)):
+            return self._advance_mask_once(which)
         idx = running_indices(which, "advance_many: which", self._opened, self._running,
                               self._pruned)
         if type(times) is not int or times != 1:
@@ -759,9 +788,7 @@ class Episode(_NoCopy):
         # is a hidden quantity, the longest branch of the pool, so the trace logs `times`).
         rounds = min(times, q._width)
         self._actions += 1
-        depth = self._depth
-        d = depth[idx]
-        qb = self._qbase[idx]
+        depth, cell, nxt = self._depth, self._cell, q._next_flat
         cur = idx
         jr = self._journal
         id_map = self._id_of_class
@@ -771,7 +798,7 @@ class Episode(_NoCopy):
             n = len(cur)
             if n == 0:
                 break
-            flat = qb + d
+            flat = cell[cur]
             fin = is_last[flat]
             # argmax finds a True (a branch that finishes) for less than counting them costs
             n_fin = int(np.count_nonzero(fin)) if fin.item(fin.argmax()) else 0
@@ -782,6 +809,7 @@ class Episode(_NoCopy):
             self._latest[cur] = ids
             d = step_no[flat]  # the depth after this round
             depth[cur] = d
+            cell[cur] = nxt[flat]
             # Every step but a branch's last costs Δ and reveals a probe.
             self._generated += self._delta * (n - n_fin)
             self._probes += n - n_fin
@@ -793,12 +821,57 @@ class Episode(_NoCopy):
                 self._finished[done] = True
                 self._running[done] = False
                 if r + 1 < rounds:
-                    keep = ~fin
-                    cur, qb, d = cur[keep], qb[keep], d[keep]
+                    cur = cur[~fin]
         if self._trace is not None:
             self._log("advance_many", -1, n=len(idx), times=times, idx=idx.tolist())
         if rounds == 1 and jr is None and len(idx):
             return ids  # one round over all of idx: its ids are their latest answers (a copy)
+        return self._latest[idx]
+
+    def _advance_mask_once(self, mask: np.ndarray) -> np.ndarray:
+        """advance_many(mask, 1) for a bool ndarray with one entry per opened branch: the usual
+        call (ep.advance_many(ep.running)). The same checks, state, journal entry and return as
+        the general path's first (and only) round, with fewer numpy calls; tests/
+        test_engine_fastpaths.py runs the two side by side."""
+        idx = mask.nonzero()[0]  # a mask cannot name a branch twice: no uniqueness check
+        running = self._running
+        ok = running[idx]
+        n = len(idx)
+        if n and not ok.item(ok.argmin()):  # argmin: a False if there is one
+            raise _not_running(int(idx[~ok][0]), self._pruned)
+        if self._closed or self._budget is not None:
+            self._admit()
+        self._actions += 1
+        if n:
+            q = self._question
+            flat = self._cell[idx]
+            fin = q._is_last_flat[flat]
+            s = q._class_flat[flat]
+            ids = self._id_of_class[s]
+            if ids.item(ids.argmin()) <= q._unseen:  # a class this episode has not numbered yet
+                ids = self._ids(s, ids)
+            self._latest[idx] = ids
+            d = q._step_no_flat[flat]  # the depth after the step
+            self._depth[idx] = d
+            self._cell[idx] = q._next_flat[flat]
+            # Every step but a branch's last costs Δ and reveals a probe.
+            if fin.item(fin.argmax()):  # argmax finds a True for less than counting them costs
+                n_fin = int(np.count_nonzero(fin))
+                self._generated += self._delta * (n - n_fin)
+                self._generated += sum(q._cost_flat[flat[fin]].tolist())  # few: no reduce
+                self._probes += n - n_fin
+                done = idx[fin]
+                self._finished[done] = True
+                running[done] = False
+            else:
+                self._generated += self._delta * n
+                self._probes += n
+            if self._journal is not None:
+                self._journal.append((idx, d, ids, fin))
+            elif self._trace is None:
+                return ids  # its ids are the given branches' latest answers (a fresh array)
+        if self._trace is not None:
+            self._log("advance_many", -1, n=n, times=1, idx=idx.tolist())
         return self._latest[idx]
 
     def read(self, i: int) -> int:
@@ -809,8 +882,10 @@ class Episode(_NoCopy):
         last = q._last.item(b)
         self._hidden[i, d:last] = True
         self._depth[i] = last + 1
+        f = self._qbase.item(i) + last
+        self._cell[i] = f + 1
         self._actions += 1
-        a = self._reveal_one(i, self._qbase.item(i) + last, last, True)
+        a = self._reveal_one(i, f, last, True)
         if self._trace is not None:
             self._log("read", i)
         return a
@@ -826,8 +901,10 @@ class Episode(_NoCopy):
         last = q._last.item(b)
         self._hidden[i, :last] = True
         self._depth[i] = last + 1
+        f = self._qbase.item(i) + last
+        self._cell[i] = f + 1
         self._actions += 1
-        a = self._reveal_one(i, self._qbase.item(i) + last, last, True)
+        a = self._reveal_one(i, f, last, True)
         if self._trace is not None:
             self._log("read_new", i)
         return a
@@ -848,7 +925,9 @@ class Episode(_NoCopy):
             last = q._last[b]
             self._hidden[start:end] = np.arange(q._width) < last[:, None]
             self._depth[start:end] = last + 1
-            self._reveal_at(idx, self._qbase[start:end] + last, np.ones(k, dtype=bool))
+            flat = self._qbase[start:end] + last
+            self._cell[start:end] = q._next_flat[flat]
+            self._reveal_at(idx, flat, np.ones(k, dtype=bool))
         if self._trace is not None:
             self._log("read_new_many", start, k=int(k))
         return self._latest[idx]
@@ -900,24 +979,26 @@ class Episode(_NoCopy):
         m = self._id_of_class
         if e is None:
             e = m[s]
-        # New classes (with the -1 sentinel of a malformed store also the store's -1), in order.
+        # New classes (with the -1 sentinel of a malformed store also the store's -1), in order:
+        # a few in one pass over Python lists (less than numpy's compare + gather costs), many
+        # through numpy.
         unseen = self._question._unseen
-        if len(s) <= 48:  # a few: a list comprehension costs less than numpy's compare + gather
-            new = [c for c, x in zip(s.tolist(), e.tolist(), strict=True) if x <= unseen]
+        if len(s) <= 48:
+            pairs: Any = zip(s.tolist(), e.tolist(), strict=True)
         else:
-            new = s[(e <= unseen).nonzero()[0]].tolist()
-        if new:
-            inv, err = self._class_of_id, self._err_class
-            for c in new:
-                if c >= 0 and m.item(c) < 0:  # not numbered yet (a class can show twice)
-                    if c == err:
-                        inv[NO_ANSWER_ID] = c
-                        m[c] = NO_ANSWER_ID
-                    else:
-                        m[c] = len(inv)
-                        inv.append(c)
-            e = m[s]
-        return e
+            pairs = ((c, unseen) for c in s[(e <= unseen).nonzero()[0]].tolist())
+        inv, err = self._class_of_id, self._err_class
+        numbered = False
+        for c, x in pairs:
+            if x <= unseen and c >= 0 and m.item(c) < 0:  # not numbered yet (it can show twice)
+                if c == err:
+                    inv[NO_ANSWER_ID] = c
+                    m[c] = NO_ANSWER_ID
+                else:
+                    m[c] = len(inv)
+                    inv.append(c)
+                numbered = True
+        return m[s] if numbered else e
 
     def _reveal_one(self, i: int, f: int, k: int, final: bool) -> int:
         """Reveal step k (0-based) of branch i, cell f of the question's flat tables: its probe,

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from autotts.engine import Episode, Question
+from autotts.engine import Episode, InvalidAction, Question
 from autotts.store import ReplayData
 from tests.semantics_ref import RefBranch, RefEpisode
 from tests.test_semantics_fuzz import call, ref_snapshot, snapshot
@@ -172,3 +172,52 @@ def test_the_returned_answers_are_the_callers_own(journal):
         if journal:
             a, b = ([x.tolist() for x in ep.take_journal()] for ep in eps)
             assert a == b
+
+
+def _outcome(ep: Episode, which: Any) -> tuple[str, Any]:
+    try:
+        out = ep.advance_many(which)
+    except InvalidAction as e:
+        return "refused", str(e)
+    return "ok", (out.dtype.str, out.tolist())
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_a_running_mask_takes_the_general_paths_steps(seed):
+    """advance_many(mask) with a bool ndarray of one entry per opened branch and times 1 (the
+    usual call, which has a path of its own) does what the same mask given as a list takes the
+    general path to do: the same refusals word for word (a mask naming a pruned or finished
+    branch, the budget, an ended episode), return value, state, journal and trace."""
+    rng = np.random.default_rng(500 + seed)
+    m = int(rng.integers(20, 80))
+    data, _, _ = wide_question(rng, m)
+    q = Question(data, 0)
+    order = rng.permutation(m)
+    budget = None if seed % 2 else int(rng.integers(50, 300 * data.delta))
+    journal, trace = seed % 3 != 1, seed % 4 == 0
+    fast, slow = (Episode(q, order, probe_cost=2, budget=budget, journal=journal, trace=trace)
+                  for _ in range(2))
+    for step in range(60):
+        if step % 9 == 0 and fast.num_opened < m:
+            k = int(rng.integers(1, m - fast.num_opened + 1))
+            assert call(fast, "branch_many", (k, step % 2 == 0)) == \
+                call(slow, "branch_many", (k, step % 2 == 0))
+        elif step % 7 == 3 and fast.num_opened:
+            i = int(rng.integers(0, fast.num_opened))
+            assert call(fast, "prune", (i,)) == call(slow, "prune", (i,))
+        if step == 55:
+            fast.close()
+            slow.close()
+        mask = fast.running
+        if rng.random() < 0.25 and len(mask):  # a branch that cannot be stepped: refused
+            mask[int(rng.integers(0, len(mask)))] = True
+        elif rng.random() < 0.2:
+            mask &= rng.random(len(mask)) < 0.5
+        assert _outcome(fast, mask) == _outcome(slow, mask.tolist()), (seed, step)
+        if step >= 55:
+            continue  # ended: refused, and its views of the question are gone
+        assert snapshot(fast) == snapshot(slow), (seed, step)
+        if journal:
+            assert [x.tolist() for x in fast.take_journal()] == \
+                [x.tolist() for x in slow.take_journal()], (seed, step)
+        assert fast.trace_events() == slow.trace_events()

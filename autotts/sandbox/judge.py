@@ -275,11 +275,13 @@ class UnitJudge:
             # lists (a forged 64 MiB table would be ~7 times that as lists of ints).
             raise ProtocolError("a round of more rows than episodes waiting on the sandbox")
         out, journal, refusals, take = self._out, self._journal, self._refusals, self._take
+        n_masks = len(masks)
+        stepped = 0  # advance_many rows served (added to self.actions after the loop)
         for slot, op, a, b, e in rows.tolist():
-            if slot in seen or slot not in live:
+            s = live.get(slot)
+            if s is None or slot in seen:
                 raise ProtocolError("a message for an episode that is not waiting on the sandbox")
             seen.add(slot)
-            s = live[slot]
             if e:
                 if e != 1 or ei >= len(events) or op == OP_JSON:
                     raise ProtocolError("a row's trace events are not the round's next")
@@ -287,10 +289,17 @@ class UnitJudge:
                 ei += 1
             if op in (OP_ADVANCE_MANY_MASK, OP_ADVANCE_MANY_IDX):
                 # Most rows: _row's and _apply's path for advance_many, inline (a third of the
-                # judge's own time per action was calls). Keep the two in step.
+                # judge's own time per action was calls), a mask's _take too. Keep them in step.
                 ep = s.ep
-                which = take(op == OP_ADVANCE_MANY_MASK, a)
-                self.actions += 1
+                if op == OP_ADVANCE_MANY_MASK:
+                    mpos = self._mpos
+                    if not 0 <= a <= n_masks - mpos:
+                        raise ProtocolError("a mask past the round's masks")
+                    which = masks[mpos : mpos + a]
+                    self._mpos = mpos + a
+                else:
+                    which = take(False, a)
+                stepped += 1
                 try:
                     _ADVANCE_MANY(ep, which, b)
                 except InvalidAction as x:
@@ -323,6 +332,7 @@ class UnitJudge:
             else:
                 self._row(slot, s.ep, op, a, b)
                 answered.append(slot)
+        self.actions += stepped
         if mi != len(messages) or ei != len(events):
             raise ProtocolError("a round's messages or trace events that no row takes")
         table = (np.array(out, dtype=np.int64).reshape(-1, REPLY_COLS) if out

@@ -492,8 +492,7 @@ class _Task:
                              stop_on_error=self.raise_first, indices=arrays[1], masks=arrays[2])
         now = time.monotonic()
         since = self.since
-        for slot in served.answered:
-            since[slot] = now
+        since.update(dict.fromkeys(served.answered, now))  # (in order, as a loop would)
         for slot in served.ended:
             since.pop(slot, None)
         out = [served.rows, *served.reveals]
@@ -672,22 +671,32 @@ def _await_batch_exit(c: _Child, task: _Task) -> None:
         time.sleep(0.001)
 
 
+_BROKEN = (FrameError, ProtocolError, OutputLimit)  # what _failure turns into a verdict
+
+
+def _failure(task: _Task, e: Exception) -> Failed:
+    """The sandbox's broken frame, protocol or output limit `e` (one of _BROKEN) as the
+    candidate's verdict."""
+    if isinstance(e, FrameTooLarge):
+        return Failed(Verdict("output_limit", clean(e, 300), context=task.context()))
+    if isinstance(e, FrameError | ProtocolError):
+        return Failed(Verdict("crash", f"the sandbox broke the wire protocol: {clean(e, 300)}",
+                              context=task.context()))
+    return Failed(Verdict("output_limit", clean(e, 300), context=task.context()))
+
+
 @contextlib.contextmanager
 def _verdicts(task: _Task) -> Any:
     """The sandbox's broken frames, protocol and output limits as the candidate's verdicts."""
     try:
         yield
-    except FrameTooLarge as e:
-        raise Failed(Verdict("output_limit", clean(e, 300), context=task.context())) from None
-    except (FrameError, ProtocolError) as e:
-        raise Failed(Verdict("crash", f"the sandbox broke the wire protocol: {clean(e, 300)}",
-                             context=task.context())) from None
-    except OutputLimit as e:
-        raise Failed(Verdict("output_limit", clean(e, 300), context=task.context())) from None
+    except _BROKEN as e:
+        raise _failure(task, e) from None
 
 
 def _on_result(c: _Child, sel: selectors.BaseSelector, task: _Task, data: bytes) -> None:
-    with _verdicts(task):
+    # _verdicts' translation without its context manager (a generator per read of a round).
+    try:
         frames = c.reader.feed(data)
         for header, arrays in frames:
             if header.get("t") == "reaped":
@@ -707,6 +716,8 @@ def _on_result(c: _Child, sel: selectors.BaseSelector, task: _Task, data: bytes)
             if answer is not None:
                 _send(c, sel, answer)
                 task.round_sent = time.monotonic()
+    except _BROKEN as e:
+        raise _failure(task, e) from None
 
 
 def run_task(request: dict[str, Any], datas: Sequence[ReplayData], units: list[Unit],

@@ -79,7 +79,11 @@ def score(
             if ep_rows is not None:
                 probes = np.concatenate([p.probes for _, p in parts])
                 opened = np.concatenate([p.opened for _, p in parts])
-                for d in range(ans.shape[0]):
+                # Python values per draw (one tolist per array, not a numpy scalar per cell:
+                # 26,400 episodes in a discovery sweep).
+                cols = zip(_int_rows(ans), correct.tolist(), _int_rows(tok),
+                           _int_rows(probes), _int_rows(opened), strict=True)
+                for d, (a_d, c_d, t_d, p_d, o_d) in enumerate(cols):
                     for q in range(ans.shape[1]):
                         ep_rows.append(
                             {
@@ -88,11 +92,11 @@ def score(
                                 "beta": beta,
                                 "draw": d,
                                 "question": q,
-                                "answer": int(ans[d, q]),
-                                "correct": bool(correct[d, q]),
-                                "tokens": int(tok[d, q]),
-                                "probes": int(probes[d, q]),
-                                "opened": int(opened[d, q]),
+                                "answer": a_d[q],
+                                "correct": c_d[q],
+                                "tokens": t_d[q],
+                                "probes": p_d[q],
+                                "opened": o_d[q],
                             }
                         )
             if all_traces is not None:
@@ -116,6 +120,14 @@ class Evaluation:
     # (`stats.curves_from_outcomes` reads them without building a dict per episode).
     outcomes: list[tuple[str, str, float | None, np.ndarray, np.ndarray]] = field(
         default_factory=list)
+
+
+def _int_rows(a: np.ndarray) -> list[list[int]]:
+    """A [D, Q] array as rows of Python ints: tolist() where the dtype is an integer one (its
+    values exactly), int() per value otherwise (as an episode row always converted them)."""
+    if a.dtype.kind in "iu":
+        return a.tolist()
+    return [[int(x) for x in row] for row in a]
 
 
 def _mean_se(per_draw: np.ndarray) -> tuple[float, float]:

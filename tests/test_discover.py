@@ -479,3 +479,20 @@ def test_an_environment_whose_search_stores_differ_in_delta_is_refused(tmp_path:
     env.write_text(env.read_text().replace("[replay]\n", "[replay]\ndelta = 400\n"))
     with pytest.raises(ConfigError, match=r"search store .*search1 has Δ = 500 .*\[replay\] delta"):
         Discovery(config(env, tmp_path / "run2", None))
+
+
+def test_run_freezes_startup_objects_for_its_rounds(env_file: Path, tmp_path: Path) -> None:
+    """The stores, search data and seeds' figures are frozen out of the collector while the
+    rounds run (a full collection in a round walked them all again), and thawed at the end."""
+    import gc
+
+    if gc.get_freeze_count():
+        pytest.skip("objects already frozen in this process: run() leaves them as they are")
+    seen: list[tuple[str, int]] = []
+    with FakeOpenAI([reply(GOOD)]) as server:
+        summary = run_discovery(config(env_file, tmp_path / "run", server.url, rounds=1),
+                                progress=lambda m: seen.append((m, gc.get_freeze_count())))
+    assert summary["rounds_completed"] == 1
+    asking = [n for m, n in seen if ": asking" in m]
+    assert asking and all(n > 0 for n in asking)
+    assert gc.get_freeze_count() == 0

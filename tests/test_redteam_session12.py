@@ -23,6 +23,9 @@ keep):
   run out and widen), and catches refusals and plays on, gets the in-process rows, episodes,
   errors and traces, with one group and with two: the client hands out no view of a shared
   mirror array.
+- With code execution in the batch (lead, last attack): ignoring the grouping it was told
+  (two groups where told one, one where told two) or sending every advance_many in a round of
+  its own changes the number of rounds and nothing else: the in-process rows and episodes.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from autotts.engine import Episode, InvalidAction, Question
 from autotts.evaluate import EvalProtocol, evaluate
 from autotts.sandbox import evaluate_sandboxed
 from autotts.sandbox import evaluation as evaluation_module
-from autotts.sandbox.judge import ProtocolError
+from autotts.sandbox.judge import ProtocolError, UnitJudge
 from autotts.sandbox.wire import (
     OP_ADVANCE_MANY_MASK,
     OP_ANSWER,
@@ -355,3 +358,112 @@ def test_a_hostile_legal_controller_gets_in_process_results_while_rows_move(tmp_
         assert sb.rows == ip.rows, (window, groups)
         assert sb.episodes == ip.episodes, (window, groups)
         assert sb.traces == ip.traces, (window, groups)
+
+
+# ---- code execution in the batch: the grouping is the child's to choose, and buys nothing ------
+
+# With code execution a batch may read the request it was sent (its `groups` tells it how the
+# evaluation's workers sit on the cores: one more thing, beside the knobs and the draw's
+# position, by which it can tell a smoke run from a sweep, as docs/sandbox.md says it can) and
+# ignore it: play two groups where it was told one, one where told two, or send every action
+# in a round of its own. The judge answers every row by its slot whatever the grouping, so the
+# figures are the episodes' own: what a controller that plays the same actions gets in-process.
+_REGROUP = '''
+import autotts.sandbox.child as sandbox_child
+
+_init = sandbox_child.Scheduler.__init__
+
+
+def _regrouped(self, *a, **kw):
+    _init(self, *a, **kw)
+    self.groups = {how}
+
+
+sandbox_child.Scheduler.__init__ = _regrouped
+_send_round = sandbox_child.Scheduler._send_round
+
+
+def _singles(self, g):
+    # each advance_many row of the group's round in a frame of its own, each answered before
+    # the next (rows are (slot, op, a, b, e); a row's branch list is the next of its kind);
+    # the rest of the round (answers, which may end the batch) goes as one frame, as usual
+    rows, masks, idx = self.rows[g], self.masks[g], self.indices[g]
+    while {singles} and len(rows) > 5 and rows[1] in (1, 2) and not rows[4]:
+        row = rows[:5]
+        del rows[:5]
+        one_masks = [masks.pop(0)] if row[1] == 2 else []
+        one_idx = [idx.pop(0)] if row[1] == 1 else []
+        self.rows[g], self.masks[g], self.indices[g] = row, one_masks, one_idx
+        _send_round(self, g)
+        self.in_flight.pop()
+        reply, arrays = self._read()
+        assert not reply["start"] and not reply["end"]  # no episode ended in this frame
+        self._on_reply(g, reply, arrays)
+        rows, masks, idx = rows + self.rows[g], masks + self.masks[g], idx + self.indices[g]
+    self.rows[g], self.masks[g], self.indices[g] = rows, masks, idx
+    _send_round(self, g)
+
+
+_run_unit = sandbox_child.Scheduler.run_unit
+
+
+def _run(self, unit, read):
+    self._read = read
+    return _run_unit(self, unit, read)
+
+
+sandbox_child.Scheduler._send_round = _singles
+sandbox_child.Scheduler.run_unit = _run
+'''
+
+_STEPS = '''
+
+class Steps:
+    NAME = "steps"
+
+    @staticmethod
+    def schedule(beta):
+        return {"width": 2 + int(6 * beta)}
+
+    def __init__(self, width=2):
+        self.width = width
+
+    def run(self, ep):
+        ep.branch_many(min(self.width, ep.pool_size), probe=True)
+        for _ in range(6):
+            if not ep.running.any():
+                break
+            ep.advance_many(ep.running)
+        latest = ep.latest
+        return int(latest.max()) if len(latest) else None
+'''
+
+
+@pytest.mark.usefixtures("parent")
+@pytest.mark.parametrize(("told", "plays", "singles"),
+                         [(1, 2, False), (2, 1, False), (1, 1, True)])
+def test_a_batch_that_regroups_its_rounds_gets_the_episodes_own_figures(tmp_path, monkeypatch,
+                                                                        told, plays, singles):
+    path = tmp_path / "steps.py"
+    path.write_text(_STEPS)
+    proto = EvalProtocol(draws=2)
+    ip = evaluate(str(path), _STORES, [0.0, 1.0], proto, episodes=True, on_error="record")
+    monkeypatch.setattr(evaluation_module, "round_groups", lambda ex: told)
+    rounds: list[int] = []
+    serve = UnitJudge.serve
+    monkeypatch.setattr(UnitJudge, "serve",  # one worker: the judge runs here
+                        lambda self, *a, **kw: rounds.append(1) or serve(self, *a, **kw))
+    runs = {}
+    for attacked in (False, True):
+        rounds.clear()
+        src = (_REGROUP.replace("{how}", str(plays)).replace("{singles}", str(singles))
+               if attacked else "") + _STEPS
+        sb = evaluate_sandboxed(src, _STORES, [0.0, 1.0], proto, filename="steps.py",
+                                limits=FAST, episodes=True, on_error="record",
+                                _unrestricted=True)
+        runs[attacked] = (sb, len(rounds))
+    sb, n = runs[True]
+    assert n != runs[False][1]  # the attack took effect: another number of rounds
+    assert not sb.errors
+    assert sb.rows == ip.rows
+    assert sb.episodes == ip.episodes

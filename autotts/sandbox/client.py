@@ -270,12 +270,15 @@ class ClientEpisode:
         events = None
         if self._events:
             events, self._events = self._events, []
-        reply = self._request((op, a, b, arr, js, events))
-        if len(reply) == 4:  # refused: (message, generated, probes, actions)
+        self._take(self._request((op, a, b, arr, js, events)))
+
+    def _take(self, reply: tuple[Any, ...]) -> None:
+        """The judge's reply to an action: a refusal (message, generated, probes, actions),
+        raised with its counters; or the counters and where the action's reveals are among the
+        round's (branch, depth, answer) arrays, which the mirror has already (Mirrors.apply)."""
+        if len(reply) == 4:
             self._gen, self._probes, self._actions = reply[1], reply[2], reply[3]
             raise InvalidAction(reply[0])
-        # A served action: the counters, then where its reveals are among the round's
-        # (branch, depth, answer) arrays. The mirror has them already (Mirrors.apply).
         self._gen, self._probes, self._actions, _, start, end = reply
         if end != start:
             self._hist.append(reply)
@@ -396,16 +399,10 @@ class ClientEpisode:
                 and which.ndim == 1 and which.dtype == bool and not self._closed
                 and not self._events):
             # The usual call (ep.advance_many(ep.running)): _send_many's path for a mask and
-            # times 1, without its general checks, and _send's, inline (same row, same
-            # result; a closed handle or trace events to send take the general path).
+            # times 1, without its general checks or _send's (same row, same result; a
+            # closed handle or trace events to send take the general path).
             mask = which.copy()
-            reply = self._request((OP_ADVANCE_MANY_MASK, len(mask), 1, mask, None, None))
-            if len(reply) == 4:  # refused: (message, generated, probes, actions)
-                self._gen, self._probes, self._actions = reply[1], reply[2], reply[3]
-                raise InvalidAction(reply[0])
-            self._gen, self._probes, self._actions, _, start, end = reply
-            if end != start:
-                self._hist.append(reply)
+            self._take(self._request((OP_ADVANCE_MANY_MASK, len(mask), 1, mask, None, None)))
             return self._latest[mask.nonzero()[0]]
         idx = self._send_many("advance_many", which, times)
         return self._latest[_positions(idx)]

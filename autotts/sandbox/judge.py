@@ -18,13 +18,22 @@ from __future__ import annotations
 import bisect
 import os
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from autotts.draws import draw_order
-from autotts.engine import NO_ANSWER, Episode, InvalidAction, store_class
+from autotts.engine import (
+    NO_ANSWER,
+    Episode,
+    EpisodeSlab,
+    InvalidAction,
+    StepTables,
+    advance_masks_once,
+    store_class,
+)
 from autotts.sandbox.wire import (
     OP_ADVANCE,
     OP_ADVANCE_MANY_IDX,
@@ -79,7 +88,29 @@ class _Slot:
     part: int
     draw: int
     question: int
+    row: int = -1  # the episode's row of the unit's EpisodeSlab (-1: arrays of its own)
+    offset: int = -1  # where its question's cells start in the StepTables (-1: not there)
     events: list[dict[str, Any]] = field(default_factory=list)
+
+
+class TaskTables:
+    """The step tables of every question of a task's stores, one after the other
+    (engine.StepTables), built once per task: every unit of the task steps its episodes'
+    advance_many(mask) rows over them at once."""
+
+    def __init__(self, stores: Sequence[Questions]) -> None:
+        questions = []
+        self._stores = list(stores)  # (kept: _first is keyed by their ids)
+        self._first: dict[int, int] = {}
+        for store in self._stores:
+            self._first[id(store)] = len(questions)
+            questions.extend(store[q] for q in range(store.data.num_questions))
+        self.steps = StepTables(questions)
+
+    def offset(self, store: Questions, q: int) -> int:
+        """Where question q of `store` starts in the tables; -1 if it is not there."""
+        first = self._first.get(id(store))
+        return -1 if first is None else self.steps.offset(first + q)
 
 
 def _index(v: Any, what: str) -> int:
@@ -180,7 +211,8 @@ class UnitJudge:
     policy on the search split (tests/test_redteam_session11.py)."""
 
     def __init__(self, parts: list[Questions], proto: EvalProtocol, draw: int, *,
-                 trace: bool, budget: TraceBudget, window: int = 256) -> None:
+                 trace: bool, budget: TraceBudget, window: int = 256,
+                 tables: TaskTables | None = None) -> None:
         self.parts = parts
         self.proto = proto
         self.draw = draw
@@ -202,6 +234,19 @@ class UnitJudge:
         self.errors: list[tuple[int, dict[str, Any], str | None]] = []
         self.traces: list[tuple[int, dict[str, Any]]] | None = [] if trace else None
         self.actions = 0  # requests served (a bench figure)
+        # Untraced episodes live in the rows of one slab, so that serve() steps a round's
+        # advance_many(mask) rows at once (engine.advance_masks_once); a traced episode logs
+        # each action, so it keeps the per-episode path. A row is given to the next episode
+        # once its last one has ended (the ended Episode is dropped: nothing reads it again).
+        self.tables: TaskTables | None = None
+        self.slab: EpisodeSlab | None = None
+        self.free: list[int] = []
+        if not trace:
+            self.tables = tables if tables is not None else TaskTables(parts)
+            steps = self.tables.steps
+            rows = min(self.window, self.n)
+            self.slab = EpisodeSlab(rows, steps.width, steps.classes)
+            self.free = list(range(rows - 1, -1, -1))
 
     # ---- episodes ----------------------------------------------------------------------------
 
@@ -227,9 +272,18 @@ class UnitJudge:
             q = pos - offsets[k]
             question = part[q]
             order = draw_order(p.protocol, draw, q, question.num_branches, seed=p.seed, n=p.pool)
-            ep = Episode(question, order, probe_cost=p.probe_cost, budget=p.budget,
-                         trace=trace, journal=True)
-            live[slot] = _Slot(ep, k, draw, q)
+            slab = self.slab
+            off = -1 if slab is None else self.tables.offset(part, q)  # type: ignore[union-attr]
+            if off >= 0 and slab is not None and len(order) <= slab.width:
+                row = self.free.pop()
+                ep = Episode(question, order, probe_cost=p.probe_cost, budget=p.budget,
+                             trace=trace, journal=True, storage=slab.storage(row, question,
+                                                                            len(order)))
+                live[slot] = _Slot(ep, k, draw, q, row, off)
+            else:
+                ep = Episode(question, order, probe_cost=p.probe_cost, budget=p.budget,
+                             trace=trace, journal=True)
+                live[slot] = _Slot(ep, k, draw, q)
             out.append([slot, ep.pool_size, ep.no_answer_class, delta])
         return out
 
@@ -248,6 +302,8 @@ class UnitJudge:
                                                       "events": ep.trace_events()}))
         ep.close()
         del self.live[slot]
+        if s.row >= 0:
+            self.free.append(s.row)
 
     # ---- the child's messages ----------------------------------------------------------------
 
@@ -277,6 +333,10 @@ class UnitJudge:
         out, journal, refusals, take = self._out, self._journal, self._refusals, self._take
         n_masks = len(masks)
         stepped = 0  # advance_many rows served (added to self.actions after the loop)
+        # advance_many(mask) rows stepped together after the loop: (episode, slab row, table
+        # offset, mask start, mask length, its reply's place in `out`, the refusals and the
+        # journal entries before it)
+        batch: list[tuple[Episode, int, int, int, int, int, int, int]] = []
         for slot, op, a, b, e in rows.tolist():
             s = live.get(slot)
             if s is None or slot in seen:
@@ -295,8 +355,16 @@ class UnitJudge:
                     mpos = self._mpos
                     if not 0 <= a <= n_masks - mpos:
                         raise ProtocolError("a mask past the round's masks")
-                    which = masks[mpos : mpos + a]
                     self._mpos = mpos + a
+                    if b == 1 and s.offset >= 0 and a == ep.num_opened:
+                        # The usual row (ep.advance_many(ep.running)): with the others, below.
+                        stepped += 1
+                        batch.append((ep, s.row, s.offset, mpos, a, len(out), len(refusals),
+                                      len(journal)))
+                        out += (slot, 0, 0, 0, 0)
+                        answered.append(slot)
+                        continue
+                    which = masks[mpos : mpos + a]
                 else:
                     which = take(False, a)
                 stepped += 1
@@ -335,6 +403,8 @@ class UnitJudge:
         self.actions += stepped
         if mi != len(messages) or ei != len(events):
             raise ProtocolError("a round's messages or trace events that no row takes")
+        if batch:
+            self._step_masks(batch, masks, out, refusals, journal)
         table = (np.array(out, dtype=np.int64).reshape(-1, REPLY_COLS) if out
                  else np.zeros((0, REPLY_COLS), np.int64))
         if not journal:
@@ -349,6 +419,79 @@ class UnitJudge:
                        np.concatenate(cols[3], dtype=bool)]
         self._out, self._journal = [], []
         return Served(table, self._refusals, reveals, answered, ended)
+
+    def _step_masks(self, batch: list[tuple[Episode, int, int, int, int, int, int, int]],
+                    masks: np.ndarray, out: list[int], refusals: list[str],
+                    journal: list[tuple[Any, ...]]) -> None:
+        """The round's usual advance_many(mask) rows, applied at once by the engine; their
+        reply fields, refusals and reveals put where the rows' own would have been, so that
+        the reply is what applying them one by one in the round's order gives (each row is a
+        distinct episode: no other row of the round touches its state). A row that the engine
+        leaves (it would be refused) takes the per-episode path, for its words."""
+        eps, rows, offsets, starts, lens, at, rpos, jpos = zip(*batch, strict=True)
+        first = starts[0]
+        total = sum(lens)
+        if starts[-1] + lens[-1] - first == total:  # one after the other, as usual
+            mask = masks[first : first + total]
+        else:
+            mask = np.concatenate([masks[a : a + n] for a, n in zip(starts, lens, strict=True)])
+        assert self.slab is not None and self.tables is not None
+        st = advance_masks_once(self.slab, self.tables.steps, eps, rows, offsets, mask)
+        ns = st.n
+        late: list[tuple[int, str]] = []  # (refusal position, message)
+        if not journal and -1 not in ns:
+            journal.append(st.reveals)  # (the usual round: nothing to interleave)
+        else:
+            # Each run of applied rows with no other reveals between them is one slice of
+            # the engine's arrays; a left row's own reveals (none: a refusal) come between.
+            pieces: list[tuple[int, tuple[Any, ...]]] = []
+            lo = hi = 0
+            run = -1
+            for i, n in enumerate(ns):
+                j = jpos[i]
+                if n >= 0 and j == run:
+                    hi += n
+                    continue
+                if hi > lo:
+                    pieces.append((run, tuple(c[lo:hi] for c in st.reveals)))
+                lo = hi
+                if n >= 0:
+                    run, hi = j, hi + n
+                    continue
+                run = -1
+                own: list[tuple[Any, ...]] = []
+                late_row = self._one_mask(eps[i], masks[starts[i] : starts[i] + lens[i]],
+                                          at[i], out, own)
+                if late_row is not None:
+                    late.append((rpos[i], late_row))
+                pieces.extend((j, item) for item in own)
+            if hi > lo:
+                pieces.append((run, tuple(c[lo:hi] for c in st.reveals)))
+            for j, item in reversed(pieces):
+                journal.insert(j, item)
+        gen, probes, actions = st.generated, st.probes, st.actions
+        for i, n in enumerate(ns):
+            if n >= 0:
+                o = at[i]
+                out[o + 1 : o + 5] = gen[i], probes[i], actions[i], n
+        for r, msg in reversed(late):
+            refusals.insert(r, msg)
+
+    def _one_mask(self, ep: Episode, which: np.ndarray, o: int, out: list[int],
+                  journal: list[tuple[Any, ...]]) -> str | None:
+        """serve()'s advance_many(mask) path for one row, its reply fields written at out[o]:
+        its refusal's message, or None (its reveals appended to `journal`)."""
+        try:
+            _ADVANCE_MANY(ep, which, 1)
+        except InvalidAction as x:
+            out[o + 1 : o + 5] = ep.generated_tokens, ep.num_probes, ep.num_actions, REFUSED
+            return str(x)[:MAX_MESSAGE]
+        except (TypeError, ValueError, OverflowError, IndexError) as x:
+            raise ProtocolError("unreadable arguments for advance_many: "
+                                f"{type(x).__name__}") from None
+        n = ep.move_journal(journal)
+        out[o + 1 : o + 5] = ep.generated_tokens, ep.num_probes, ep.num_actions, n
+        return None
 
     def _row(self, slot: int, ep: Episode, op: int, a: int, b: int) -> None:
         """A binary action row (its fields are int64 already) other than advance_many's (which

@@ -1218,16 +1218,35 @@ def advance_masks_once(slab: EpisodeSlab, tables: StepTables, eps: Sequence[Epis
     local = cell_f[sidx]  # each branch's next cell in its question's tables
     g = local + np.array(offsets, dtype=np.int64)[seg]  # ... and in the concatenated tables
     fin = tables.is_last[g]
-    ids = ids_f[tables.column[g] + (rows_a * slab.classes)[seg]]
+    col = tables.column[g]
+    at = col + (rows_a * slab.classes)[seg]  # each step's entry in its episode's id map
+    ids = ids_f[at]
+    if len(ids) and ids.item(ids.argmin()) <= -2:  # a class an episode has not numbered yet
+        # Episode._ids for all at once: each episode numbers its new classes in the order it
+        # reveals them (its first reveal of each), the model's "no answer" class as id 0.
+        # (A store class c >= 0 is its own column; -1 is the spare entry, -1 itself.)
+        u = (ids <= -2).nonzero()[0]
+        if len(u) > 48:  # many: each (episode, class)'s first reveal through numpy
+            _, once = np.unique(at[u], return_index=True)
+            u_new = u[np.sort(once)]
+        else:  # a few: in Python, skipping what the loop has numbered already
+            u_new = u
+        for a, j, c in zip(at[u_new].tolist(), seg[u_new].tolist(), col[u_new].tolist(),
+                           strict=True):
+            if ids_f.item(a) >= 0:  # (a repeat of one numbered in this loop)
+                continue
+            e = eps[j]
+            inv = e._class_of_id
+            if c == e._err_class:
+                inv[NO_ANSWER_ID] = c
+                ids_f[a] = NO_ANSWER_ID
+            else:
+                ids_f[a] = len(inv)
+                inv.append(c)
+        ids[u] = ids_f[at[u]]
     counts = np.bincount(seg, minlength=k)
     first = np.cumsum(counts)
     first -= counts  # where each episode's selected branches start
-    if len(ids) and ids.item(ids.argmin()) <= -2:  # a class an episode has not numbered yet
-        for j in np.unique(seg[ids <= -2]).tolist():
-            lo = first.item(j)
-            hi = lo + counts.item(j)
-            e = eps[j]
-            ids[lo:hi] = e._ids(e._question._class_flat[local[lo:hi]], ids[lo:hi])
     latest_f[sidx] = ids
     d = tables.step_no[g]  # the depth after the step
     depth_f[sidx] = d

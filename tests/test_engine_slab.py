@@ -157,6 +157,9 @@ def test_slab_episodes_step_as_each_alone(seed):
         assert tables.offset(k) == starts[k]
         pairs[row] = (a, b, starts[k])
         assert state(a) == state(b)
+        if rng.random() < 0.5:  # all of the pool open, nothing shown: many new classes at once
+            assert act(a, "branch_many", (len(order),)) == act(b, "branch_many", (len(order),))
+            assert journal_of(a) == journal_of(b)
 
     for row in range(rows):
         start(row)

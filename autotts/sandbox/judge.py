@@ -333,10 +333,13 @@ class UnitJudge:
         out, journal, refusals, take = self._out, self._journal, self._refusals, self._take
         n_masks = len(masks)
         stepped = 0  # advance_many rows served (added to self.actions after the loop)
-        # advance_many(mask) rows stepped together after the loop: (episode, slab row, table
-        # offset, mask start, mask length, its reply's place in `out`, the refusals and the
-        # journal entries before it)
-        batch: list[tuple[Episode, int, int, int, int, int, int, int]] = []
+        # The usual advance_many(mask) rows, stepped together after the loop: their slots and
+        # mask starts (their masks hold `together` entries), and after each other row, how
+        # many of them came before it and what it left in `out`, `refusals` and `journal`.
+        batch: list[_Slot] = []
+        starts: list[int] = []
+        together = 0
+        marks: list[tuple[int, int, int, int]] = []
         for slot, op, a, b, e in rows.tolist():
             s = live.get(slot)
             if s is None or slot in seen:
@@ -359,8 +362,9 @@ class UnitJudge:
                     if b == 1 and s.offset >= 0 and a == ep.num_opened:
                         # The usual row (ep.advance_many(ep.running)): with the others, below.
                         stepped += 1
-                        batch.append((ep, s.row, s.offset, mpos, a, len(out), len(refusals),
-                                      len(journal)))
+                        batch.append(s)
+                        starts.append(mpos)
+                        together += a
                         out += (slot, 0, 0, 0, 0)
                         answered.append(slot)
                         continue
@@ -400,13 +404,14 @@ class UnitJudge:
             else:
                 self._row(slot, s.ep, op, a, b)
                 answered.append(slot)
+            marks.append((len(batch), len(out), len(refusals), len(journal)))
         self.actions += stepped
         if mi != len(messages) or ei != len(events):
             raise ProtocolError("a round's messages or trace events that no row takes")
-        if batch:
-            self._step_masks(batch, masks, out, refusals, journal)
         table = (np.array(out, dtype=np.int64).reshape(-1, REPLY_COLS) if out
                  else np.zeros((0, REPLY_COLS), np.int64))
+        if batch:
+            self._step_masks(batch, starts, together, marks, masks, table, refusals, journal)
         if not journal:
             reveals = list(_EMPTY)
         else:
@@ -420,30 +425,63 @@ class UnitJudge:
         self._out, self._journal = [], []
         return Served(table, self._refusals, reveals, answered, ended)
 
-    def _step_masks(self, batch: list[tuple[Episode, int, int, int, int, int, int, int]],
-                    masks: np.ndarray, out: list[int], refusals: list[str],
+    def _step_masks(self, batch: list[_Slot], starts: list[int], together: int,
+                    marks: list[tuple[int, int, int, int]], masks: np.ndarray,
+                    table: np.ndarray, refusals: list[str],
                     journal: list[tuple[Any, ...]]) -> None:
-        """The round's usual advance_many(mask) rows, applied at once by the engine; their
-        reply fields, refusals and reveals put where the rows' own would have been, so that
-        the reply is what applying them one by one in the round's order gives (each row is a
-        distinct episode: no other row of the round touches its state). A row that the engine
-        leaves (it would be refused) takes the per-episode path, for its words."""
-        eps, rows, offsets, starts, lens, at, rpos, jpos = zip(*batch, strict=True)
+        """The round's usual advance_many(mask) rows (`batch`, their masks at `starts`, in all
+        `together` entries), applied at once by the engine; their reply fields (rows of
+        `table`), refusals and reveals put where the rows' own would have been, so that the
+        reply is what applying them one by one in the round's order gives (each row is a
+        distinct episode: no other row of the round touches its state). `marks`: after each
+        other row, (rows of `batch` before it, then the lengths of out, refusals, journal). A
+        row that the engine leaves (it would be refused) takes the per-episode path, for its
+        words."""
+        eps = [s.ep for s in batch]
         first = starts[0]
-        total = sum(lens)
-        if starts[-1] + lens[-1] - first == total:  # one after the other, as usual
-            mask = masks[first : first + total]
+        if starts[-1] + eps[-1].num_opened - first == together:  # one after the other
+            mask = masks[first : first + together]
         else:
-            mask = np.concatenate([masks[a : a + n] for a, n in zip(starts, lens, strict=True)])
+            mask = np.concatenate([masks[a : a + e.num_opened]
+                                   for a, e in zip(starts, eps, strict=True)])
         assert self.slab is not None and self.tables is not None
-        st = advance_masks_once(self.slab, self.tables.steps, eps, rows, offsets, mask)
+        st = advance_masks_once(self.slab, self.tables.steps, eps, [s.row for s in batch],
+                                [s.offset for s in batch], mask)
         ns = st.n
+        k = len(batch)
+        # Where each row's reply, refusal and reveals go: the other rows before it moved them.
+        # (Rows after the last of the batch's move nothing; neither do answers before it.)
+        if marks:
+            marks = [m for m in marks if m[0] < k and (m[0] or m[1] or m[2] or m[3])]
+        if not marks:
+            place: Any = slice(0, k)
+            rpos = jpos = [0] * k
+        else:
+            place, rpos, jpos = [], [], []
+            it = iter(marks)
+            nxt = next(it, None)
+            row = r = j = 0
+            for i in range(k):
+                while nxt is not None and nxt[0] <= i:
+                    _, row, r, j = nxt
+                    row //= REPLY_COLS
+                    start_i = nxt[0]
+                    nxt = next(it, None)
+                    row -= start_i  # rows of `table` before this run of the batch's
+                place.append(row + i)
+                rpos.append(r)
+                jpos.append(j)
+        table[place, 1] = st.generated
+        table[place, 2] = st.probes
+        table[place, 3] = st.actions
+        table[place, 4] = ns
         late: list[tuple[int, str]] = []  # (refusal position, message)
         if not journal and -1 not in ns:
             journal.append(st.reveals)  # (the usual round: nothing to interleave)
         else:
             # Each run of applied rows with no other reveals between them is one slice of
             # the engine's arrays; a left row's own reveals (none: a refusal) come between.
+            rows_of = place if type(place) is list else list(range(k))
             pieces: list[tuple[int, tuple[Any, ...]]] = []
             lo = hi = 0
             run = -1
@@ -460,8 +498,9 @@ class UnitJudge:
                     continue
                 run = -1
                 own: list[tuple[Any, ...]] = []
-                late_row = self._one_mask(eps[i], masks[starts[i] : starts[i] + lens[i]],
-                                          at[i], out, own)
+                e = eps[i]
+                late_row = self._one_mask(e, masks[starts[i] : starts[i] + e.num_opened],
+                                          table[rows_of[i]], own)
                 if late_row is not None:
                     late.append((rpos[i], late_row))
                 pieces.extend((j, item) for item in own)
@@ -469,28 +508,24 @@ class UnitJudge:
                 pieces.append((run, tuple(c[lo:hi] for c in st.reveals)))
             for j, item in reversed(pieces):
                 journal.insert(j, item)
-        gen, probes, actions = st.generated, st.probes, st.actions
-        for i, n in enumerate(ns):
-            if n >= 0:
-                o = at[i]
-                out[o + 1 : o + 5] = gen[i], probes[i], actions[i], n
         for r, msg in reversed(late):
             refusals.insert(r, msg)
 
-    def _one_mask(self, ep: Episode, which: np.ndarray, o: int, out: list[int],
+    def _one_mask(self, ep: Episode, which: np.ndarray, reply: np.ndarray,
                   journal: list[tuple[Any, ...]]) -> str | None:
-        """serve()'s advance_many(mask) path for one row, its reply fields written at out[o]:
-        its refusal's message, or None (its reveals appended to `journal`)."""
+        """serve()'s advance_many(mask) path for one row, its reply fields written to `reply`
+        (its row of the table): its refusal's message, or None (its reveals appended to
+        `journal`)."""
         try:
             _ADVANCE_MANY(ep, which, 1)
         except InvalidAction as x:
-            out[o + 1 : o + 5] = ep.generated_tokens, ep.num_probes, ep.num_actions, REFUSED
+            reply[1:] = ep.generated_tokens, ep.num_probes, ep.num_actions, REFUSED
             return str(x)[:MAX_MESSAGE]
         except (TypeError, ValueError, OverflowError, IndexError) as x:
             raise ProtocolError("unreadable arguments for advance_many: "
                                 f"{type(x).__name__}") from None
         n = ep.move_journal(journal)
-        out[o + 1 : o + 5] = ep.generated_tokens, ep.num_probes, ep.num_actions, n
+        reply[1:] = ep.generated_tokens, ep.num_probes, ep.num_actions, n
         return None
 
     def _row(self, slot: int, ep: Episode, op: int, a: int, b: int) -> None:

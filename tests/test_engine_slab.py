@@ -324,3 +324,22 @@ def test_judge_steps_rows_together_as_one_by_one(seed):
         x, y = together.result(k), alone.result(k)
         for f in ("answers", "tokens", "probes", "opened"):
             assert getattr(x, f).tolist() == getattr(y, f).tolist()
+
+
+def test_a_malformed_stores_questions_keep_the_per_episode_path():
+    """A store with classes below -1 (readable, but malformed) numbers ids with another sentinel
+    (Question._unseen -1): its questions are not in the step tables, and the judge serves their
+    episodes one by one, with arrays of their own."""
+    rng = np.random.default_rng(7)
+    good = random_store(rng, 2, "good")
+    bad = random_store(rng, 2, "bad")
+    bad.final_class[0] = -3
+    qs = [Question(good, 0), Question(bad, 0), Question(bad, 1)]
+    tables = StepTables(qs)
+    assert tables.offset(0) == 0 and tables.offset(1) == -1 and tables.offset(2) >= 0
+    parts = [Questions(good), Questions(bad)]
+    judge = UnitJudge(parts, EvalProtocol(draws=1), 0, trace=False, budget=TraceBudget(10**6))
+    judge.order = list(range(judge.n))
+    judge.start()
+    assert [s.offset >= 0 for s in judge.live.values()] == [True, True, False, True]
+    assert [s.row >= 0 for s in judge.live.values()] == [True, True, False, True]

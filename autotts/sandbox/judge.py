@@ -272,8 +272,8 @@ class UnitJudge:
             q = pos - offsets[k]
             question = part[q]
             order = draw_order(p.protocol, draw, q, question.num_branches, seed=p.seed, n=p.pool)
-            slab = self.slab
-            off = -1 if slab is None else self.tables.offset(part, q)  # type: ignore[union-attr]
+            slab, tables = self.slab, self.tables
+            off = -1 if slab is None or tables is None else tables.offset(part, q)
             if off >= 0 and slab is not None and len(order) <= slab.width:
                 row = self.free.pop()
                 ep = Episode(question, order, probe_cost=p.probe_cost, budget=p.budget,

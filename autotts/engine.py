@@ -26,6 +26,7 @@ Refusals (InvalidAction) and their messages depend only on revealed state and pu
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
@@ -442,6 +443,7 @@ class Episode(_NoCopy):
         budget: int | None = None,
         trace: bool = False,
         journal: bool = False,
+        storage: EpisodeStorage | None = None,
     ) -> None:
         n = len(order)
         width = question._width
@@ -451,26 +453,45 @@ class Episode(_NoCopy):
         self._order = np.asarray(order, dtype=np.int64)  # question row of branch i, in draw order
         # Branch i at depth d: its next step is cell _qbase[i] + d of the question's flat tables.
         self._qbase = self._order * width
-        # _qbase + _depth, kept with every depth: advance_many's cells in one gather.
-        self._cell = self._qbase.copy()
         self._pool = n
         self._probe_cost = int(probe_cost)
         self._budget = None if budget is None else int(budget)
-        self._depth = np.zeros(n, dtype=np.int64)
-        self._finished = np.zeros(n, dtype=bool)
         self._pruned = np.zeros(n, dtype=bool)
-        self._latest = np.empty(n, dtype=np.int32)
-        self._latest.fill(NO_ANSWER)
-        self._running = np.zeros(n, dtype=bool)  # opened, not pruned, not finished
+        if storage is None:
+            # _qbase + _depth, kept with every depth: advance_many's cells in one gather.
+            self._cell = self._qbase.copy()
+            self._depth = np.zeros(n, dtype=np.int64)
+            self._finished = np.zeros(n, dtype=bool)
+            self._latest = np.empty(n, dtype=np.int32)
+            self._latest.fill(NO_ANSWER)
+            self._running = np.zeros(n, dtype=bool)  # opened, not pruned, not finished
+            # Store class -> episode id (question._unseen: not yet revealed). One spare entry at
+            # the end, never written, so that the store's -1 ("no answer" in math stores) maps
+            # to -1 by indexing.
+            self._id_of_class = question._id_template.copy()
+        else:
+            # The same arrays as above, rows of an EpisodeSlab (advance_masks_once steps many
+            # episodes' rows at once); set to what they would be, so that nothing else differs.
+            if len(storage.cell) != n or len(storage.id_of_class) != len(question._id_template):
+                raise ValueError(f"episode storage for {n} branches and "
+                                 f"{len(question._id_template)} id entries expected")
+            self._cell = storage.cell
+            self._cell[:] = self._qbase
+            self._depth = storage.depth
+            self._depth.fill(0)
+            self._finished = storage.finished
+            self._finished.fill(False)
+            self._latest = storage.latest
+            self._latest.fill(NO_ANSWER)
+            self._running = storage.running
+            self._running.fill(False)
+            self._id_of_class = storage.id_of_class
+            self._id_of_class[:] = question._id_template
         # [branch, step] generated but not shown (by extend, a branch without its probe, read):
         # step k of branch i is revealed iff k < depth(i) and not _hidden[i, k]. Kept this way
         # round, the actions that reveal every step they generate (advance, advance_many,
         # branches with their probe) write nothing here.
         self._hidden = np.zeros((n, width), dtype=bool)
-        # Store class -> episode id (question._unseen: not yet revealed). One spare entry at the
-        # end, never written, so that the store's -1 ("no answer" in math stores) maps to -1 by
-        # indexing.
-        self._id_of_class = question._id_template.copy()
         self._class_of_id: list[int] = [NO_ANSWER]  # episode id -> store class; id 0 until ERR shows
         self._opened = 0
         self._generated = 0
@@ -1042,3 +1063,217 @@ class Episode(_NoCopy):
     def trace_events(self) -> list[dict[str, Any]]:
         """The trace recorded so far (for the evaluator, which reports it)."""
         return list(self._trace or [])
+
+
+# ---- many episodes at once (trusted side: the sandbox's judge) ---------------------------------
+
+
+class EpisodeStorage(NamedTuple):
+    """An Episode's per-branch arrays, given instead of allocated (Episode(..., storage=)): a row
+    of an EpisodeSlab (`EpisodeSlab.storage`, which makes them of the dtypes and lengths below:
+    Episode checks only the lengths), so that advance_masks_once can step many episodes with
+    one gather."""
+
+    cell: np.ndarray  # int64, pool long
+    depth: np.ndarray  # int64, pool long
+    latest: np.ndarray  # int32, pool long
+    running: np.ndarray  # bool, pool long
+    finished: np.ndarray  # bool, pool long
+    id_of_class: np.ndarray  # int32, the question's number of classes + 1 (the spare entry) long
+
+
+class StepTables:
+    """Trusted side: the flat step tables of many questions (of several stores) one after the
+    other, so that one gather serves episodes of different questions. `offset(k)` is where
+    question k's cells start (-1: a question whose store has classes below -1, which only the
+    per-episode path serves). `column` is the class table with the store's -1 replaced by the
+    question's spare id entry (its number of classes): in a slab row of episode ids, which is
+    wider than the question's map, index -1 would not be the map's last entry."""
+
+    __slots__ = ("_offsets", "classes", "column", "cost", "is_last", "step_no", "width")
+
+    def __init__(self, questions: Sequence[Question]) -> None:
+        offsets: list[int] = []
+        is_last, column, step_no, cost = [], [], [], []
+        at = 0
+        for q in questions:
+            if q._unseen != -2:  # a malformed store's classes below -1: not served here
+                offsets.append(-1)
+                continue
+            size = q.num_branches * q._width
+            offsets.append(at)
+            at += size
+            is_last.append(q._is_last_flat)
+            cost.append(q._cost_flat)
+            step_no.append(q._step_no_flat[:size])  # a shared table, longer than the question's
+            col = q._class_flat.copy()
+            col[col < 0] = len(q._id_template) - 1
+            column.append(col)
+        self._offsets = offsets
+        self.is_last = np.concatenate(is_last) if is_last else np.zeros(0, dtype=bool)
+        self.column = np.concatenate(column) if column else np.zeros(0, dtype=np.intp)
+        self.step_no = np.concatenate(step_no) if step_no else np.zeros(0, dtype=np.int64)
+        self.cost = np.concatenate(cost) if cost else np.zeros(0, dtype=np.int64)
+        self.width = max((q.num_branches for q in questions), default=0)
+        self.classes = max((len(q._id_template) for q in questions), default=0)
+
+    def offset(self, k: int) -> int:
+        return self._offsets[k]
+
+
+class EpisodeSlab:
+    """Trusted side: the per-branch arrays of up to `rows` episodes as rows of 2-D arrays
+    (`width` branches, `classes` id entries). `storage(row, ...)` hands a row to a new Episode;
+    the caller gives a row to another episode only once the last one has ended and is dropped
+    (the views stay the ended episode's)."""
+
+    __slots__ = ("_flat", "cell", "classes", "depth", "finished", "ids", "latest", "running",
+                 "width")
+
+    def __init__(self, rows: int, width: int, classes: int) -> None:
+        self.width, self.classes = width, classes
+        self.cell = np.zeros((rows, width), dtype=np.int64)
+        self.depth = np.zeros((rows, width), dtype=np.int64)
+        self.latest = np.full((rows, width), NO_ANSWER, dtype=np.int32)
+        self.running = np.zeros((rows, width), dtype=bool)
+        self.finished = np.zeros((rows, width), dtype=bool)
+        self.ids = np.zeros((rows, classes), dtype=np.int32)
+        self._flat = tuple(a.reshape(-1) for a in (self.cell, self.depth, self.latest,
+                                                    self.running, self.finished, self.ids))
+
+    def storage(self, row: int, question: Question, pool: int) -> EpisodeStorage:
+        """Row `row`'s arrays for an episode of `question` with a pool of `pool` branches."""
+        classes = len(question._id_template)
+        if not (0 <= row < len(self.cell) and pool <= self.width and classes <= self.classes):
+            raise ValueError(f"episode slab: no room for row {row} of {pool} branches and "
+                             f"{classes} classes")
+        return EpisodeStorage(self.cell[row, :pool], self.depth[row, :pool],
+                              self.latest[row, :pool], self.running[row, :pool],
+                              self.finished[row, :pool], self.ids[row, :classes])
+
+
+class MaskSteps(NamedTuple):
+    """advance_masks_once's outcome, per given episode in order: n (reveals, -1: not applied,
+    for the per-episode path to refuse), and the counters after it; `reveals` (branch, depth,
+    answer id, is_final; int64, int64, int32, bool) of the applied episodes, in their order,
+    each its n in the order its journal would hold them."""
+
+    n: list[int]
+    generated: list[int]
+    probes: list[int]
+    actions: list[int]
+    reveals: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
+def advance_masks_once(slab: EpisodeSlab, tables: StepTables, eps: Sequence[Episode],
+                       rows: Sequence[int], offsets: Sequence[int], mask: np.ndarray) -> MaskSteps:
+    """`ep.advance_many(mask_j, 1)` (its `_advance_mask_once`) for many episodes at once, with
+    the reveal journal taken as move_journal would take it: episode j's state is row rows[j] of
+    `slab` (Episode(..., storage=slab.storage(rows[j], ...))), its question's cells start at
+    offsets[j] of `tables`, its mask is the next num_opened entries of `mask` (bool, the masks
+    one after the other). Each episode must journal (journal=True), with its journal empty, and
+    not trace. An episode whose action would be refused (the episode ended or its budget spent,
+    or a mask naming a branch that is not running) is left as it was, n -1: the caller applies
+    it the per-episode way, which refuses it in its own words. New answer classes are numbered
+    by the episode's own `_ids`, in its reveal order. tests/test_engine_slab.py runs it in
+    lockstep with per-episode Episodes."""
+    k = len(eps)
+    lengths: list[int] = []
+    skip: list[int] = []
+    for j, e in enumerate(eps):
+        jr = e._journal
+        if jr is None or jr or e._trace is not None:
+            raise ValueError("advance_masks_once: episodes must journal (empty) and not trace")
+        lengths.append(e._opened)
+        b = e._budget
+        if e._closed or (b is not None and e._generated + e._probe_cost * e._probes >= b):
+            skip.append(j)  # _admit refuses it
+    lens = np.array(lengths, dtype=np.intp)
+    if int(lens.sum()) != len(mask) or mask.dtype != _BOOL or mask.ndim != 1:
+        raise ValueError("advance_masks_once: the masks are not one entry per opened branch")
+    cell_f, depth_f, latest_f, running_f, finished_f, ids_f = slab._flat
+    rows_a = np.array(rows, dtype=np.intp)
+    ends = np.cumsum(lens)
+    starts = ends - lens
+    pos = mask.nonzero()[0]
+    seg = np.repeat(np.arange(k), lens)[pos]  # the episode of each selected branch
+    sidx = pos + (rows_a * slab.width - starts)[seg]  # its entry in the slab's rows
+    ok = running_f[sidx]
+    keep = None
+    if skip or (len(ok) and not ok.item(ok.argmin())):  # argmin: a False if there is one
+        bad = set(skip)
+        bad.update(seg[~ok].tolist())
+        keep = [j for j in range(k) if j not in bad]
+        eps = [eps[j] for j in keep]
+        rows_a, lens, starts = rows_a[keep], lens[keep], starts[keep]
+        pos = (np.concatenate([mask[a : a + n] for a, n in zip(starts.tolist(), lens.tolist(),
+                                                              strict=True)])
+               if keep else mask[:0]).nonzero()[0]
+        k = len(keep)
+        ends = np.cumsum(lens)
+        starts = ends - lens
+        seg = np.repeat(np.arange(k), lens)[pos]
+        sidx = pos + (rows_a * slab.width - starts)[seg]
+        offsets = [offsets[j] for j in keep]
+    local = cell_f[sidx]  # each branch's next cell in its question's tables
+    g = local + np.array(offsets, dtype=np.int64)[seg]  # ... and in the concatenated tables
+    fin = tables.is_last[g]
+    col = tables.column[g]
+    at = col + (rows_a * slab.classes)[seg]  # each step's entry in its episode's id map
+    ids = ids_f[at]
+    if len(ids) and ids.item(ids.argmin()) <= -2:  # a class an episode has not numbered yet
+        # Episode._ids for all at once: each episode numbers its new classes in the order it
+        # reveals them (its first reveal of each), the model's "no answer" class as id 0.
+        # (A store class c >= 0 is its own column; -1 is the spare entry, -1 itself.)
+        u = (ids <= -2).nonzero()[0]
+        if len(u) > 48:  # many: each (episode, class)'s first reveal through numpy
+            _, once = np.unique(at[u], return_index=True)
+            u_new = u[np.sort(once)]
+        else:  # a few: in Python, skipping what the loop has numbered already
+            u_new = u
+        for a, j, c in zip(at[u_new].tolist(), seg[u_new].tolist(), col[u_new].tolist(),
+                           strict=True):
+            if ids_f.item(a) >= 0:  # (a repeat of one numbered in this loop)
+                continue
+            e = eps[j]
+            inv = e._class_of_id
+            if c == e._err_class:
+                inv[NO_ANSWER_ID] = c
+                ids_f[a] = NO_ANSWER_ID
+            else:
+                ids_f[a] = len(inv)
+                inv.append(c)
+        ids[u] = ids_f[at[u]]
+    counts = np.bincount(seg, minlength=k)
+    first = np.cumsum(counts)
+    first -= counts  # where each episode's selected branches start
+    latest_f[sidx] = ids
+    d = tables.step_no[g]  # the depth after the step
+    depth_f[sidx] = d
+    cell_f[sidx] = local + 1  # the question's _next_flat
+    done = sidx[fin]
+    finished_f[done] = True
+    running_f[done] = False
+    # Every step but a branch's last costs Δ (its cost in the table) and reveals a probe.
+    cum = np.zeros(len(g) + 1, dtype=np.int64)
+    np.cumsum(tables.cost[g], out=cum[1:])
+    gen = (cum[first + counts] - cum[first]).tolist()
+    probes = (counts - np.bincount(seg[fin], minlength=k)).tolist()
+    n_l = counts.tolist()
+    gen_out, probes_out, actions_out = [], [], []
+    for e, dg, dp in zip(eps, gen, probes, strict=True):
+        e._generated += dg
+        e._probes += dp
+        e._actions += 1
+        gen_out.append(e._generated)
+        probes_out.append(e._probes)
+        actions_out.append(e._actions)
+    reveals = ((pos - starts[seg]).astype(np.int64, copy=False), d, ids, fin)
+    if keep is not None:  # back to one entry per given episode
+        full_n, full_g, full_p, full_a = [-1] * len(lengths), [0] * len(lengths), \
+            [0] * len(lengths), [0] * len(lengths)
+        for i, j in enumerate(keep):
+            full_n[j], full_g[j], full_p[j], full_a[j] = (n_l[i], gen_out[i], probes_out[i],
+                                                          actions_out[i])
+        return MaskSteps(full_n, full_g, full_p, full_a, reveals)
+    return MaskSteps(n_l, gen_out, probes_out, actions_out, reveals)

@@ -18,13 +18,22 @@ from __future__ import annotations
 import bisect
 import os
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from autotts.draws import draw_order
-from autotts.engine import NO_ANSWER, Episode, InvalidAction, store_class
+from autotts.engine import (
+    NO_ANSWER,
+    Episode,
+    EpisodeSlab,
+    InvalidAction,
+    StepTables,
+    advance_masks_once,
+    store_class,
+)
 from autotts.sandbox.wire import (
     OP_ADVANCE,
     OP_ADVANCE_MANY_IDX,
@@ -79,7 +88,29 @@ class _Slot:
     part: int
     draw: int
     question: int
+    row: int = -1  # the episode's row of the unit's EpisodeSlab (-1: arrays of its own)
+    offset: int = -1  # where its question's cells start in the StepTables (-1: not there)
     events: list[dict[str, Any]] = field(default_factory=list)
+
+
+class TaskTables:
+    """The step tables of every question of a task's stores, one after the other
+    (engine.StepTables), built once per task: every unit of the task steps its episodes'
+    advance_many(mask) rows over them at once."""
+
+    def __init__(self, stores: Sequence[Questions]) -> None:
+        questions = []
+        self._stores = list(stores)  # (kept: _first is keyed by their ids)
+        self._first: dict[int, int] = {}
+        for store in self._stores:
+            self._first[id(store)] = len(questions)
+            questions.extend(store[q] for q in range(store.data.num_questions))
+        self.steps = StepTables(questions)
+
+    def offset(self, store: Questions, q: int) -> int:
+        """Where question q of `store` starts in the tables; -1 if it is not there."""
+        first = self._first.get(id(store))
+        return -1 if first is None else self.steps.offset(first + q)
 
 
 def _index(v: Any, what: str) -> int:
@@ -180,7 +211,8 @@ class UnitJudge:
     policy on the search split (tests/test_redteam_session11.py)."""
 
     def __init__(self, parts: list[Questions], proto: EvalProtocol, draw: int, *,
-                 trace: bool, budget: TraceBudget, window: int = 256) -> None:
+                 trace: bool, budget: TraceBudget, window: int = 256,
+                 tables: TaskTables | None = None) -> None:
         self.parts = parts
         self.proto = proto
         self.draw = draw
@@ -202,6 +234,19 @@ class UnitJudge:
         self.errors: list[tuple[int, dict[str, Any], str | None]] = []
         self.traces: list[tuple[int, dict[str, Any]]] | None = [] if trace else None
         self.actions = 0  # requests served (a bench figure)
+        # Untraced episodes live in the rows of one slab, so that serve() steps a round's
+        # advance_many(mask) rows at once (engine.advance_masks_once); a traced episode logs
+        # each action, so it keeps the per-episode path. A row is given to the next episode
+        # once its last one has ended (the ended Episode is dropped: nothing reads it again).
+        self.tables: TaskTables | None = None
+        self.slab: EpisodeSlab | None = None
+        self.free: list[int] = []
+        if not trace:
+            self.tables = tables if tables is not None else TaskTables(parts)
+            steps = self.tables.steps
+            rows = min(self.window, self.n)
+            self.slab = EpisodeSlab(rows, steps.width, steps.classes)
+            self.free = list(range(rows - 1, -1, -1))
 
     # ---- episodes ----------------------------------------------------------------------------
 
@@ -227,9 +272,18 @@ class UnitJudge:
             q = pos - offsets[k]
             question = part[q]
             order = draw_order(p.protocol, draw, q, question.num_branches, seed=p.seed, n=p.pool)
-            ep = Episode(question, order, probe_cost=p.probe_cost, budget=p.budget,
-                         trace=trace, journal=True)
-            live[slot] = _Slot(ep, k, draw, q)
+            slab, tables = self.slab, self.tables
+            off = -1 if slab is None or tables is None else tables.offset(part, q)
+            if off >= 0 and slab is not None and len(order) <= slab.width:
+                row = self.free.pop()
+                ep = Episode(question, order, probe_cost=p.probe_cost, budget=p.budget,
+                             trace=trace, journal=True, storage=slab.storage(row, question,
+                                                                            len(order)))
+                live[slot] = _Slot(ep, k, draw, q, row, off)
+            else:
+                ep = Episode(question, order, probe_cost=p.probe_cost, budget=p.budget,
+                             trace=trace, journal=True)
+                live[slot] = _Slot(ep, k, draw, q)
             out.append([slot, ep.pool_size, ep.no_answer_class, delta])
         return out
 
@@ -248,6 +302,8 @@ class UnitJudge:
                                                       "events": ep.trace_events()}))
         ep.close()
         del self.live[slot]
+        if s.row >= 0:
+            self.free.append(s.row)
 
     # ---- the child's messages ----------------------------------------------------------------
 
@@ -277,6 +333,13 @@ class UnitJudge:
         out, journal, refusals, take = self._out, self._journal, self._refusals, self._take
         n_masks = len(masks)
         stepped = 0  # advance_many rows served (added to self.actions after the loop)
+        # The usual advance_many(mask) rows, stepped together after the loop: their slots and
+        # mask starts (their masks hold `together` entries), and after each other row, how
+        # many of them came before it and what it left in `out`, `refusals` and `journal`.
+        batch: list[_Slot] = []
+        starts: list[int] = []
+        together = 0
+        marks: list[tuple[int, int, int, int]] = []
         for slot, op, a, b, e in rows.tolist():
             s = live.get(slot)
             if s is None or slot in seen:
@@ -295,8 +358,17 @@ class UnitJudge:
                     mpos = self._mpos
                     if not 0 <= a <= n_masks - mpos:
                         raise ProtocolError("a mask past the round's masks")
-                    which = masks[mpos : mpos + a]
                     self._mpos = mpos + a
+                    if b == 1 and s.offset >= 0 and a == ep.num_opened:
+                        # The usual row (ep.advance_many(ep.running)): with the others, below.
+                        stepped += 1
+                        batch.append(s)
+                        starts.append(mpos)
+                        together += a
+                        out += (slot, 0, 0, 0, 0)
+                        answered.append(slot)
+                        continue
+                    which = masks[mpos : mpos + a]
                 else:
                     which = take(False, a)
                 stepped += 1
@@ -332,11 +404,14 @@ class UnitJudge:
             else:
                 self._row(slot, s.ep, op, a, b)
                 answered.append(slot)
+            marks.append((len(batch), len(out), len(refusals), len(journal)))
         self.actions += stepped
         if mi != len(messages) or ei != len(events):
             raise ProtocolError("a round's messages or trace events that no row takes")
         table = (np.array(out, dtype=np.int64).reshape(-1, REPLY_COLS) if out
                  else np.zeros((0, REPLY_COLS), np.int64))
+        if batch:
+            self._step_masks(batch, starts, together, marks, masks, table, refusals, journal)
         if not journal:
             reveals = list(_EMPTY)
         else:
@@ -349,6 +424,109 @@ class UnitJudge:
                        np.concatenate(cols[3], dtype=bool)]
         self._out, self._journal = [], []
         return Served(table, self._refusals, reveals, answered, ended)
+
+    def _step_masks(self, batch: list[_Slot], starts: list[int], together: int,
+                    marks: list[tuple[int, int, int, int]], masks: np.ndarray,
+                    table: np.ndarray, refusals: list[str],
+                    journal: list[tuple[Any, ...]]) -> None:
+        """The round's usual advance_many(mask) rows (`batch`, their masks at `starts`, in all
+        `together` entries), applied at once by the engine; their reply fields (rows of
+        `table`), refusals and reveals put where the rows' own would have been, so that the
+        reply is what applying them one by one in the round's order gives (each row is a
+        distinct episode: no other row of the round touches its state). `marks`: after each
+        other row, (rows of `batch` before it, then the lengths of out, refusals, journal). A
+        row that the engine leaves (it would be refused) takes the per-episode path, for its
+        words."""
+        eps = [s.ep for s in batch]
+        first = starts[0]
+        if starts[-1] + eps[-1].num_opened - first == together:  # one after the other
+            mask = masks[first : first + together]
+        else:
+            mask = np.concatenate([masks[a : a + e.num_opened]
+                                   for a, e in zip(starts, eps, strict=True)])
+        assert self.slab is not None and self.tables is not None
+        st = advance_masks_once(self.slab, self.tables.steps, eps, [s.row for s in batch],
+                                [s.offset for s in batch], mask)
+        ns = st.n
+        k = len(batch)
+        # Where each row's reply, refusal and reveals go: the other rows before it moved them.
+        # (Rows after the last of the batch's move nothing; neither do answers before it.)
+        if marks:
+            marks = [m for m in marks if m[0] < k and (m[0] or m[1] or m[2] or m[3])]
+        if not marks:
+            place: Any = slice(0, k)
+            rpos = jpos = [0] * k
+        else:
+            place, rpos, jpos = [], [], []
+            it = iter(marks)
+            nxt = next(it, None)
+            row = r = j = 0
+            for i in range(k):
+                while nxt is not None and nxt[0] <= i:
+                    _, row, r, j = nxt
+                    row //= REPLY_COLS
+                    start_i = nxt[0]
+                    nxt = next(it, None)
+                    row -= start_i  # rows of `table` before this run of the batch's
+                place.append(row + i)
+                rpos.append(r)
+                jpos.append(j)
+        table[place, 1] = st.generated
+        table[place, 2] = st.probes
+        table[place, 3] = st.actions
+        table[place, 4] = ns
+        late: list[tuple[int, str]] = []  # (refusal position, message)
+        if not journal and -1 not in ns:
+            journal.append(st.reveals)  # (the usual round: nothing to interleave)
+        else:
+            # Each run of applied rows with no other reveals between them is one slice of
+            # the engine's arrays; a left row's own reveals (none: a refusal) come between.
+            rows_of = place if type(place) is list else list(range(k))
+            pieces: list[tuple[int, tuple[Any, ...]]] = []
+            lo = hi = 0
+            run = -1
+            for i, n in enumerate(ns):
+                j = jpos[i]
+                if n >= 0 and j == run:
+                    hi += n
+                    continue
+                if hi > lo:
+                    pieces.append((run, tuple(c[lo:hi] for c in st.reveals)))
+                lo = hi
+                if n >= 0:
+                    run, hi = j, hi + n
+                    continue
+                run = -1
+                own: list[tuple[Any, ...]] = []
+                e = eps[i]
+                late_row = self._one_mask(e, masks[starts[i] : starts[i] + e.num_opened],
+                                          table[rows_of[i]], own)
+                if late_row is not None:
+                    late.append((rpos[i], late_row))
+                pieces.extend((j, item) for item in own)
+            if hi > lo:
+                pieces.append((run, tuple(c[lo:hi] for c in st.reveals)))
+            for j, item in reversed(pieces):
+                journal.insert(j, item)
+        for r, msg in reversed(late):
+            refusals.insert(r, msg)
+
+    def _one_mask(self, ep: Episode, which: np.ndarray, reply: np.ndarray,
+                  journal: list[tuple[Any, ...]]) -> str | None:
+        """serve()'s advance_many(mask) path for one row, its reply fields written to `reply`
+        (its row of the table): its refusal's message, or None (its reveals appended to
+        `journal`)."""
+        try:
+            _ADVANCE_MANY(ep, which, 1)
+        except InvalidAction as x:
+            reply[1:] = ep.generated_tokens, ep.num_probes, ep.num_actions, REFUSED
+            return str(x)[:MAX_MESSAGE]
+        except (TypeError, ValueError, OverflowError, IndexError) as x:
+            raise ProtocolError("unreadable arguments for advance_many: "
+                                f"{type(x).__name__}") from None
+        n = ep.move_journal(journal)
+        reply[1:] = ep.generated_tokens, ep.num_probes, ep.num_actions, n
+        return None
 
     def _row(self, slot: int, ep: Episode, op: int, a: int, b: int) -> None:
         """A binary action row (its fields are int64 already) other than advance_many's (which

@@ -34,7 +34,7 @@ import numpy as np
 
 import autotts
 from autotts.sandbox.admission import Verdict
-from autotts.sandbox.judge import OutputLimit, ProtocolError, TraceBudget, UnitJudge
+from autotts.sandbox.judge import OutputLimit, ProtocolError, TaskTables, TraceBudget, UnitJudge
 from autotts.sandbox.wire import (
     ROUND_COLS,
     FrameError,
@@ -341,6 +341,7 @@ class _Task:
         self.info: dict[str, Any] = {"name": None, "configs": None, "isolation": None,
                                      "stdout": "", "stdout_dropped": 0, "actions": 0}
         self.judge: UnitJudge | None = None
+        self.tables: TaskTables | None = None  # every question's step tables, for every batch
         self.batch: int | None = None
         self.state = "boot"
         self.round_sent = time.monotonic()
@@ -392,8 +393,10 @@ class _Task:
         parts = [self.questions[self.units[i][0]] for i in self.batches[b]]
         limit = self.request.get("trace_draws")
         trace = bool(self.request["traces"]) and (limit is None or draw < limit)
+        if self.tables is None and not trace:
+            self.tables = TaskTables(self.questions)
         self.judge = UnitJudge(parts, self.proto, draw, trace=trace,
-                               budget=self.budget, window=self.limits.window)
+                               budget=self.budget, window=self.limits.window, tables=self.tables)
         start = self.judge.start()
         now = time.monotonic()
         self.since = {f[0]: now for f in start}

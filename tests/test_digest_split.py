@@ -1,0 +1,209 @@
+"""The digest's ledger replays split over forks of the calling process (make_digest(...,
+processes=N)): the same digest as one process, whatever happens to a fork (it dies, it cannot
+be started), the same error where the caller's own part raises, no fork left behind either way,
+and the same from several threads at once. Also the prefix-majority table against its plain
+definition."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from typing import Any
+
+import numpy as np
+import pytest
+
+import autotts.discover.digest as digest_mod
+from autotts.discover.digest import SearchData, attach_answers, make_digest
+from autotts.engine import NO_ANSWER
+from autotts.evaluate import EvalProtocol, evaluate
+from autotts.synth import SynthParams, generate
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="no os.fork here")
+
+
+@pytest.fixture(scope="module")
+def sweep() -> tuple[list[Any], EvalProtocol, Any, Any, Any]:
+    stores = [generate(SynthParams(questions=8, branches=20, seed=21, model="split-a",
+                                   benchmark="s")),
+              generate(SynthParams(questions=5, branches=12, seed=22, model="split-b",
+                                   benchmark="s"))]
+    proto = EvalProtocol(draws=3, probe_cost=7)
+    rows: list[Any] = []
+    eps: list[Any] = []
+    trs: list[Any] = []
+    for c in ("parallel_probe", "st_bon", "asc"):
+        ev = evaluate(c, stores, [0.0, 0.5, 1.0], proto, episodes=True, traces=True)
+        attach_answers(ev.traces or [], ev.episodes or [])
+        rows += ev.rows
+        eps += ev.episodes or []
+        trs += ev.traces or []
+    return stores, proto, rows, eps, trs
+
+
+def _json(d: dict[str, Any]) -> str:
+    return json.dumps(d, sort_keys=True)
+
+
+class _Forked:
+    """Records the pids digest forks (os.fork wrapped while the test runs)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.pids: list[int] = []
+        real = os.fork
+
+        def fork() -> int:
+            pid = real()
+            if pid:
+                self.pids.append(pid)
+            return pid
+
+        monkeypatch.setattr(os, "fork", fork)
+
+    def all_reaped(self) -> bool:
+        for pid in self.pids:
+            try:
+                os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                continue  # reaped already: what we want
+            return False
+        return True
+
+
+def test_split_equals_one_process(sweep: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    stores, proto, rows, eps, trs = sweep
+    one = make_digest(SearchData(stores, proto), rows, eps, trs, processes=1)
+    forked = _Forked(monkeypatch)
+    for n in (2, 3):
+        assert _json(make_digest(SearchData(stores, proto), rows, eps, trs, processes=n)) \
+            == _json(one)
+    assert len(forked.pids) == 1 + 2 and forked.all_reaped()
+
+
+def test_a_fork_that_dies_leaves_its_share_to_the_caller(
+        sweep: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    stores, proto, rows, eps, trs = sweep
+    one = make_digest(SearchData(stores, proto), rows, eps, trs, processes=1)
+    parent = os.getpid()
+    real = digest_mod._LedgerJob.__call__
+
+    def dies_in_fork(self: Any, share: Any) -> Any:
+        if os.getpid() != parent:
+            os._exit(3)
+        return real(self, share)
+
+    monkeypatch.setattr(digest_mod._LedgerJob, "__call__", dies_in_fork)
+    forked = _Forked(monkeypatch)
+    got = make_digest(SearchData(stores, proto), rows, eps, trs, processes=2)
+    assert _json(got) == _json(one)
+    assert len(forked.pids) == 1 and forked.all_reaped()
+
+
+def test_no_fork_possible(sweep: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    stores, proto, rows, eps, trs = sweep
+    one = make_digest(SearchData(stores, proto), rows, eps, trs, processes=1)
+
+    def refuse() -> int:
+        raise OSError("fork refused")
+
+    monkeypatch.setattr(os, "fork", refuse)
+    assert _json(make_digest(SearchData(stores, proto), rows, eps, trs, processes=2)) \
+        == _json(one)
+
+
+def test_an_error_of_the_caller_kills_and_reaps_the_fork(
+        sweep: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An episode row that raises (after the fork started) raises as with one process, and the
+    fork, still replaying, is killed and reaped."""
+    stores, proto, rows, eps, trs = sweep
+    bad = [dict(e) for e in eps]
+    bad[7]["question"] = "seven"
+    with pytest.raises(ValueError) as one:
+        make_digest(SearchData(stores, proto), rows, bad, trs, processes=1)
+    forked = _Forked(monkeypatch)
+    with pytest.raises(ValueError) as split:
+        make_digest(SearchData(stores, proto), rows, bad, trs, processes=2)
+    assert str(split.value) == str(one.value)
+    assert len(forked.pids) == 1 and forked.all_reaped()
+
+
+def test_an_error_in_a_share_is_raised_as_one_process_raises_it(sweep: Any) -> None:
+    stores, proto, rows, eps, trs = sweep
+    bad = [dict(t) for t in trs]
+    bad[len(bad) // 2]["draw"] = "x"  # planned in no share: one process meets it in turn
+    bad[len(bad) - 3]["events"] = [{"ev": "advance_many", "tokens": 1, "idx": [0]}, 5]
+    outcomes = []
+    for n in (1, 2):
+        with pytest.raises(Exception) as e:
+            make_digest(SearchData(stores, proto), rows, eps, bad, processes=n)
+        outcomes.append((type(e.value), str(e.value)))
+    assert outcomes[0] == outcomes[1]
+    # Only an event that is not a mapping, late in the traces, in a fork's share: the fork
+    # fails, and the caller raises what one process raises.
+    bad[len(bad) // 2]["draw"] = trs[len(bad) // 2]["draw"]
+    outcomes = []
+    for n in (1, 2):
+        with pytest.raises(AttributeError) as e:
+            make_digest(SearchData(stores, proto), rows, eps, bad, processes=n)
+        outcomes.append(str(e.value))
+    assert outcomes[0] == outcomes[1]
+
+
+def test_several_threads_at_once(sweep: Any) -> None:
+    """Threads each with a SearchData of their own, and threads sharing one under a lock (as the
+    loop calls it), forking at the same time: every digest is the one-process digest."""
+    stores, proto, rows, eps, trs = sweep
+    want = _json(make_digest(SearchData(stores, proto), rows, eps, trs, processes=1))
+    shared = SearchData(stores, proto)
+    lock = threading.Lock()
+    got: list[str] = []
+    errors: list[BaseException] = []
+
+    def run(k: int) -> None:
+        try:
+            if k % 2:
+                with lock:
+                    d = make_digest(shared, rows, eps, trs, processes=2)
+            else:
+                d = make_digest(SearchData(stores, proto), rows, eps, trs, processes=2)
+            got.append(_json(d))
+        except BaseException as e:  # reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors and got == [want] * 6
+
+
+def _plain_prefix(finals: list[int], gold: int) -> list[bool]:
+    """SearchData.prefix_right as it was written before the table (one branch at a time)."""
+    right = [False] * (len(finals) + 1)
+    counts: dict[int, int] = {}
+    first: dict[int, int] = {}
+    leader, lead_n = NO_ANSWER, 0
+    for k, a in enumerate(finals, 1):
+        if a >= 0:
+            c = counts.get(a, 0) + 1
+            counts[a] = c
+            first.setdefault(a, k)
+            if c > lead_n or (c == lead_n and first[a] < first[leader]):
+                leader, lead_n = a, c
+        right[k] = leader == gold
+    return right
+
+
+def test_prefix_table_is_the_plain_majority() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(2000):
+        rows = int(rng.integers(0, 6))
+        seqs = [rng.integers(-3, int(rng.integers(1, 6)), size=int(rng.integers(0, 14)))
+                for _ in range(rows)]
+        gold = rng.integers(-1, 4, size=rows)
+        table, lens = digest_mod._prefix_majority_right(seqs, gold)
+        for r in range(rows):
+            assert table[r, : lens[r] + 1].tolist() == _plain_prefix(seqs[r].tolist(),
+                                                                     int(gold[r]))

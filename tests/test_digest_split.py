@@ -207,3 +207,32 @@ def test_prefix_table_is_the_plain_majority() -> None:
         for r in range(rows):
             assert table[r, : lens[r] + 1].tolist() == _plain_prefix(seqs[r].tolist(),
                                                                      int(gold[r]))
+
+
+def test_the_fork_holds_none_of_the_callers_descriptors(
+        sweep: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    """A pipe the caller (or another of its threads) has open is closed in the fork: its reader
+    sees the end when the caller closes it, not when the fork ends."""
+    stores, proto, rows, eps, trs = sweep
+    r, w = os.pipe()
+    parent = os.getpid()
+    real = digest_mod._LedgerJob.__call__
+    seen = tmp_path / "seen.txt"
+
+    def look(self: Any, share: Any) -> Any:
+        if os.getpid() != parent:
+            try:
+                os.fstat(w)
+                state = "open"
+            except OSError:
+                state = "closed"
+            seen.write_text(state)
+        return real(self, share)
+
+    monkeypatch.setattr(digest_mod._LedgerJob, "__call__", look)
+    try:
+        make_digest(SearchData(stores, proto), rows, eps, trs, processes=2)
+    finally:
+        os.close(r)
+        os.close(w)
+    assert seen.read_text() == "closed"

@@ -24,6 +24,14 @@ of the ledger figures (the digest says on how many episodes they rest). Per-bran
 follow from the replayed episode's public state and the cost of each branch alone, read off scratch
 episodes of the same draw (`_AloneCosts`).
 
+The trace-level part dominates the cost (each traced episode's actions go through the engine
+again): `make_digest` hands a share of the traced episodes, whole (store, question, draw) groups
+so that equal action sequences still replay once, to a fork of the calling process (which has
+everything already: nothing is sent to it but the results back), while it works out the
+episode-level figures and then its own share. Any failure of the fork leaves everything to the
+caller, which then computes it as one process does: the digest, or the error, is the same
+either way (tests/test_digest_pinned.py, tests/test_digest_split.py).
+
 "Majority" is always the published rule: the most frequent answer class >= 0, ties to the answer
 seen first; an episode with no majority (no answer at all) is wrong.
 """
@@ -36,6 +44,7 @@ import operator
 import os
 import pickle
 import signal
+import sys
 import tempfile
 from collections import Counter
 from collections.abc import Sequence
@@ -698,7 +707,9 @@ class _LedgerJob:
 def _process_count(processes: int | None, traces: Sequence[dict[str, Any]] | None) -> int:
     if processes is not None:
         return max(1, int(processes))
-    if not hasattr(os, "fork") or not traces:
+    # Linux only by default: elsewhere a fork of a process with threads is less safe (macOS's
+    # frameworks), and Windows has none. The fork touches nothing but Python and numpy.
+    if not sys.platform.startswith("linux") or not hasattr(os, "fork") or not traces:
         return 1
     try:
         cores = len(os.sched_getaffinity(0))
@@ -763,6 +774,18 @@ def _collect(job: _LedgerJob, own: list[tuple[int, int]], forks: _Forks
     return facts
 
 
+def _close_all_but(keep: int) -> None:
+    """Close every descriptor above 2 but `keep` (in a fork: /proc lists the open ones)."""
+    try:
+        fds: Any = [int(x) for x in os.listdir("/proc/self/fd")]
+    except OSError:
+        fds = range(3, os.sysconf("SC_OPEN_MAX") if hasattr(os, "sysconf") else 1 << 16)
+    for fd in fds:
+        if fd > 2 and fd != keep:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
 class _Forks:
     """Forks of this process, each computing fn(part) from what it inherited and writing the
     result's pickle into an unnamed temporary file (not a pipe: a process forked meanwhile by
@@ -790,6 +813,9 @@ class _Forks:
         if pid == 0:  # the fork: never returns to the caller
             code = 1
             try:
+                # Holds no descriptor but its own file: a pipe another thread of the caller was
+                # reading would otherwise not end until this fork does.
+                _close_all_but(out.fileno())
                 gc.disable()  # a collection would walk (and copy) every inherited object
                 data = pickle.dumps(self.fn(part), 5)
                 os.pwrite(out.fileno(), data, 8)

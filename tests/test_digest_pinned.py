@@ -187,6 +187,22 @@ def _cases() -> dict[str, tuple[str, Any]]:
         bad = copy.deepcopy(alltr[:30])
         del bad[17]["question"]
         cases[f"{pk}/raises-question"] = (pk, ([], None, bad))
+        # Wrong rows out of range, which the plain loop reads (Python's negative indices).
+        odd_eps = copy.deepcopy(alleps[:60])
+        for e, (field, value) in zip(odd_eps[::7], [
+                ("question", -1), ("opened", -2), ("opened", 10**6), ("question", -3),
+                ("opened", -1), ("draw", 10**4), ("answer", -7), ("answer", 10**30)]):
+            e["correct"] = False
+            e[field] = value
+        cases[f"{pk}/odd-episodes"] = (pk, ([], odd_eps, None))
+        neg = copy.deepcopy(alleps[:20])
+        neg[5]["correct"] = False
+        neg[5]["draw"] = -1
+        cases[f"{pk}/negative-draw"] = (pk, ([], neg, None))
+        big = copy.deepcopy(alleps[:20])
+        big[3]["correct"] = False
+        big[3]["question"] = 10**6
+        cases[f"{pk}/raises-question-range"] = (pk, ([], big, None))
         bad_ep = copy.deepcopy(alleps[:30])
         bad_ep[4]["draw"] = "x"
         bad_ep[4]["correct"] = False
@@ -235,7 +251,7 @@ def test_digest_is_pinned_three_processes(cases: dict[str, tuple[str, Any]]) -> 
 def test_pinned_cases_are_varied() -> None:
     """The golden cases include replayed traces, traces that do not replay and errors."""
     golden = json.loads(GOLDEN.read_text())
-    assert sum("raises" in v for v in golden.values()) == 2 * len(PROTOS)
+    assert sum("raises" in v for v in golden.values()) >= 3 * len(PROTOS)
     assert len({v.get("repr") for v in golden.values()}) > 30
 
 

@@ -16,7 +16,6 @@ import pytest
 
 import autotts.discover.digest as digest_mod
 from autotts.discover.digest import SearchData, attach_answers, make_digest
-from autotts.engine import NO_ANSWER
 from autotts.evaluate import EvalProtocol, evaluate
 from autotts.synth import SynthParams, generate
 
@@ -179,23 +178,6 @@ def test_several_threads_at_once(sweep: Any) -> None:
     assert not errors and got == [want] * 6
 
 
-def _plain_prefix(finals: list[int], gold: int) -> list[bool]:
-    """SearchData.prefix_right as it was written before the table (one branch at a time)."""
-    right = [False] * (len(finals) + 1)
-    counts: dict[int, int] = {}
-    first: dict[int, int] = {}
-    leader, lead_n = NO_ANSWER, 0
-    for k, a in enumerate(finals, 1):
-        if a >= 0:
-            c = counts.get(a, 0) + 1
-            counts[a] = c
-            first.setdefault(a, k)
-            if c > lead_n or (c == lead_n and first[a] < first[leader]):
-                leader, lead_n = a, c
-        right[k] = leader == gold
-    return right
-
-
 def test_prefix_table_is_the_plain_majority() -> None:
     rng = np.random.default_rng(0)
     for _ in range(2000):
@@ -205,8 +187,8 @@ def test_prefix_table_is_the_plain_majority() -> None:
         gold = rng.integers(-1, 4, size=rows)
         table, lens = digest_mod._prefix_majority_right(seqs, gold)
         for r in range(rows):
-            assert table[r, : lens[r] + 1].tolist() == _plain_prefix(seqs[r].tolist(),
-                                                                     int(gold[r]))
+            assert table[r, : lens[r] + 1].tolist() == digest_mod._plain_prefix_right(
+                seqs[r].tolist(), int(gold[r]))
 
 
 def test_the_fork_holds_none_of_the_callers_descriptors(

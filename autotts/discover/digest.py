@@ -108,8 +108,12 @@ class SearchData:
 
     def prefix_right(self, s: int, draw: int, q: int) -> np.ndarray:
         """right[k] = the majority of the finals of the order's first k branches is gold."""
-        table, lens = self.prefix_table(s, draw)
-        return table[q, : lens[q] + 1]
+        if 0 <= q < self.data[s].num_questions and draw >= 0:
+            table, lens = self.prefix_table(s, draw)
+            return table[q, : lens[q] + 1]
+        # Out of range (a malformed episode row): what it always did, one branch at a time.
+        finals = self.finals(s, q)[self.order(s, draw, q)].tolist()
+        return np.array(_plain_prefix_right(finals, int(self.gold[s][q])), dtype=bool)
 
     def prefix_table(self, s: int, draw: int) -> tuple[np.ndarray, np.ndarray]:
         """prefix_right of every question of a draw at once: a table right[q, k] (read-only;
@@ -127,6 +131,23 @@ class SearchData:
             for j, d in enumerate(todo):
                 self._prefix[(s, d)] = (right[j * nq:(j + 1) * nq], lens[j * nq:(j + 1) * nq])
         return [self._prefix[(s, d)] for d in draws]
+
+
+def _plain_prefix_right(finals: list[int], gold: int) -> list[bool]:
+    """The definition of SearchData.prefix_right, one branch at a time."""
+    right = [False] * (len(finals) + 1)
+    counts: dict[int, int] = {}
+    first: dict[int, int] = {}
+    leader, lead_n = NO_ANSWER, 0
+    for k, a in enumerate(finals, 1):
+        if a >= 0:
+            c = counts.get(a, 0) + 1
+            counts[a] = c
+            first.setdefault(a, k)
+            if c > lead_n or (c == lead_n and first[a] < first[leader]):
+                leader, lead_n = a, c
+        right[k] = leader == gold
+    return right
 
 
 def _prefix_majority_right(seqs: list[np.ndarray], gold: np.ndarray

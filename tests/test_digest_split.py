@@ -218,3 +218,33 @@ def test_the_fork_holds_none_of_the_callers_descriptors(
         os.close(r)
         os.close(w)
     assert seen.read_text() == "closed"
+
+
+def test_traces_as_an_iterator(sweep: Any) -> None:
+    stores, proto, rows, eps, trs = sweep
+    want = _json(make_digest(SearchData(stores, proto), rows, eps, trs, processes=1))
+    for n in (1, 2):
+        got = make_digest(SearchData(stores, proto), rows, eps, iter(trs), processes=n)
+        assert _json(got) == want
+
+
+def test_split_by_default_only_with_a_core_idle(
+        sweep: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    """processes=None forks where a core is idle now (/proc/loadavg's runnable count), and
+    only for traces long enough to pay for it."""
+    stores, proto, rows, eps, trs = sweep
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr(digest_mod.sys, "platform", "linux")
+    load = tmp_path / "loadavg"
+    monkeypatch.setattr(digest_mod, "LOADAVG", str(load))
+    many = trs * (digest_mod.SPLIT_EVENTS // max(1, sum(len(t["events"]) for t in trs)) + 1)
+    load.write_text("0.50 0.40 0.30 1/300 4242\n")
+    assert digest_mod._process_count(None, many) == 2
+    assert digest_mod._process_count(None, trs[:3]) == 1
+    load.write_text("3.10 2.40 1.30 2/300 4242\n")
+    assert digest_mod._process_count(None, many) == 1
+    forked = _Forked(monkeypatch)
+    load.write_text("0.50 0.40 0.30 1/300 4242\n")
+    want = _json(make_digest(SearchData(stores, proto), rows, eps, many, processes=1))
+    assert _json(make_digest(SearchData(stores, proto), rows, eps, many)) == want
+    assert len(forked.pids) == 1 and forked.all_reaped()

@@ -494,11 +494,13 @@ def make_digest(
     processes: int | None = None,
 ) -> dict[str, Any]:
     """The digest of one controller's sweep (JSON-ready, deterministic). `processes`: how many
-    processes replay the traced episodes' ledgers, forks of this one (None: 2 where this
-    process may run on two cores, `os.fork` exists and the traces hold at least SPLIT_EVENTS
-    events; else 1). The digest is the same for any number: a fork that fails for any reason
+    processes replay the traced episodes' ledgers, forks of this one (None: 2 on Linux where
+    this process may run on two cores, one of them is idle now and the traces hold at least
+    SPLIT_EVENTS events; else 1). The digest is the same for any number: a fork that fails for any reason
     leaves the whole trace-level part to this process, which computes it as one process does
     (and so raises what one process raises). No fork outlives the call."""
+    if traces is not None and not isinstance(traces, Sequence):
+        traces = list(traces)  # read more than once below (an iterator would run out)
     kappa = search.proto.probe_cost
     per: dict[str, dict[str, Any]] = {}
     breaks = monotonicity_breaks(rows)
@@ -736,13 +738,26 @@ def _process_count(processes: int | None, traces: Sequence[dict[str, Any]] | Non
         cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         cores = os.cpu_count() or 1
-    if cores < 2:
+    if cores < 2 or _runnable() >= cores:  # no core idle now: a fork would only add its cost
         return 1
     try:
         events = sum(len(t.get("events") or ()) for t in traces)
     except Exception:
         return 1
     return 2 if events >= SPLIT_EVENTS else 1
+
+
+LOADAVG = "/proc/loadavg"
+
+
+def _runnable() -> int:
+    """Threads runnable on the machine right now, this one included (/proc/loadavg's fourth
+    field; 1 where it cannot be read)."""
+    try:
+        with open(LOADAVG) as f:
+            return int(f.read().split()[3].split("/")[0])
+    except (OSError, ValueError, IndexError):
+        return 1
 
 
 def _ledger_parts(search: SearchData, traces: Sequence[dict[str, Any]] | None, n: int

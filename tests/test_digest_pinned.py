@@ -70,7 +70,7 @@ def _mutate(traces: list[dict[str, Any]], seed: int) -> list[dict[str, Any]]:
         elif kind == 3 and many:
             many[0]["idx"] = [many[0]["idx"][0]] + many[0]["idx"]
         elif kind == 4 and many:
-            many[0]["idx"] = [-1] + many[0]["idx"][1:]
+            many[0]["idx"] = [-1, *many[0]["idx"][1:]]
         elif kind == 5 and many:
             many[0]["idx"] = [bool(x) for x in many[0]["idx"]]
         elif kind == 6 and many:
@@ -113,7 +113,7 @@ def _random_traces(search: SearchData, proto: EvalProtocol, seed: int, n: int
     them, on the search stores' questions and draw orders."""
     rng = np.random.default_rng(seed)
     out = []
-    for k in range(n):
+    for _ in range(n):
         s = int(rng.integers(len(search.names)))
         q = int(rng.integers(search.data[s].num_questions))
         draw = int(rng.integers(proto.draws))
@@ -191,7 +191,7 @@ def _cases() -> dict[str, tuple[str, Any]]:
         odd_eps = copy.deepcopy(alleps[:60])
         for e, (field, value) in zip(odd_eps[::7], [
                 ("question", -1), ("opened", -2), ("opened", 10**6), ("question", -3),
-                ("opened", -1), ("draw", 10**4), ("answer", -7), ("answer", 10**30)]):
+                ("opened", -1), ("draw", 10**4), ("answer", -7), ("answer", 10**30)], strict=False):
             e["correct"] = False
             e[field] = value
         cases[f"{pk}/odd-episodes"] = (pk, ([], odd_eps, None))

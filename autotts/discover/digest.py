@@ -652,7 +652,7 @@ def _episode_counts(search: SearchData, s: int, eps: list[dict[str, Any]]
     qs = list(map(int, map(operator.itemgetter("question"), eps)))
     right = list(map(bool, map(operator.itemgetter("correct"), eps)))
     nq = search.data[s].num_questions
-    if qs and not (0 <= min(qs) and max(qs) < nq):
+    if qs and not (min(qs) >= 0 and max(qs) < nq):
         return None
     per_q = Counter(qs)
     ever_right = set(compress(qs, right))
@@ -836,7 +836,7 @@ class _Forks:
 
     def _start(self, part: Any) -> None:
         try:
-            out = tempfile.TemporaryFile()
+            out = tempfile.TemporaryFile()  # noqa: SIM115 (held until the fork is read)
         except OSError:
             self.kids.append((-1, None))  # no fork: its share counts as failed
             return

@@ -332,6 +332,8 @@ def evaluate_sandboxed(
     beta_list: list[float | None] = list(betas) if betas else [None]
     request = {
         "source": source, "filename": fname, "admit": _admit, "betas": beta_list,
+        # Admitted here, just above: the sandbox process does not admit the same text again.
+        "admitted": bool(_admit and not _unrestricted),
         "overrides": _check_overrides(overrides or {}), "proto": asdict(proto),
         "traces": bool(traces), "on_error": on_error,
         "trace_draws": None if trace_draws is None else int(trace_draws),

@@ -14,7 +14,6 @@ import pytest
 from autotts.sandbox import supervisor
 from autotts.sandbox.evaluation import evaluate_sandboxed, start_sandboxed
 from autotts.units import EvalProtocol
-
 from tests.test_sandbox import FAST, _children_of, parent, synthetic_store  # noqa: F401 (fixture)
 
 STORES = [synthetic_store(seed=0), synthetic_store(seed=1)]
@@ -181,7 +180,6 @@ def test_the_loop_starts_the_sweep_during_the_smoke_and_calls_it_off_when_it_fai
     smoke fails gets the same verdict, and the started sweep is called off (nothing left)."""
     from autotts.discover.candidates import SandboxBackend, subset_store
     from autotts.discover.loop import Discovery
-
     from tests.discover_helpers import BROKEN, GOOD, config, make_env
 
     env = make_env(tmp_path)

@@ -841,10 +841,9 @@ def _map_hint(fd: int, size: int) -> np.ndarray:
 
 
 def main(argv: list[str] | None = None) -> None:
+    import gc
     import mmap
     import os
-
-    import gc
 
     # What the imports made (no garbage: a full collection here finds none) is left out of every
     # collection from now on: the zygote's collection before its first fork (_run) then walks

@@ -131,6 +131,21 @@ class SandboxBackend:
         self.isolation = dict(getattr(ev, "isolation", None) or {})
         return ev
 
+    def start(self, path: str, stores: Sequence[Any], betas: Sequence[float],
+              proto: EvalProtocol, *, stage: str, **kw: Any) -> PendingCandidate | None:
+        """`evaluate` with the same arguments (not the smoke's), its sandbox processes started
+        now (sandbox.start_sandboxed): `result()` returns or raises what `evaluate` would have
+        then, `cancel()` calls it off. None where `evaluate` is not this class's own (a
+        subclass's or a patched one, which a start ahead would bypass)."""
+        starter = getattr(self.sb, "start_sandboxed", None)
+        if starter is None or getattr(self.evaluate, "__func__", None) is not \
+                SandboxBackend.evaluate:
+            return None
+        pending = starter(
+            path, list(stores), list(betas), proto, limits=self.limits,
+            executor=None if stage == "smoke" else self.executor, **kw, **self.weak)
+        return PendingCandidate(self, pending, stage)
+
     def merge(self, stages: Sequence[Evaluation], stores: Sequence[Any],
               betas: Sequence[float], proto: EvalProtocol, *, stage: str,
               episodes: bool = False, traces: bool = False) -> Evaluation:
@@ -146,6 +161,24 @@ class SandboxBackend:
     def monotonicity(self, rows: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
         v = self.sb.monotonicity(list(rows))
         return None if v is None else from_sandbox(v, "sweep")
+
+
+class PendingCandidate:
+    """A SandboxBackend evaluation started ahead (SandboxBackend.start)."""
+
+    def __init__(self, backend: SandboxBackend, pending: Any, stage: str) -> None:
+        self.backend, self.pending, self.stage = backend, pending, stage
+
+    def result(self) -> Evaluation:
+        try:
+            ev: Evaluation = self.pending.result()
+        except self.backend.sb.SandboxError as e:
+            raise CandidateFailure(from_sandbox(e.verdict, self.stage)) from None
+        self.backend.isolation = dict(getattr(ev, "isolation", None) or {})
+        return ev
+
+    def cancel(self) -> None:
+        self.pending.cancel()
 
 
 # ---- parsing the agent's response -----------------------------------------------------------

@@ -13,6 +13,7 @@ cache and produces the same files.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gc
 import hashlib
@@ -565,10 +566,19 @@ class Discovery:
             return v, result, {}
         try:
             with self.timer.time("smoke"):
-                be.evaluate(str(path), [smoke], smoke_betas(env.betas),
-                            cfg.protocol(env, draws=cfg.smoke_draws), stage="smoke",
-                            on_error="raise", workers=1)
-            ev, traced, race = self._sweep(str(path), source, workers, best)
+                # The sweep's first evaluation starts now (its workers and sandbox processes,
+                # up to the knobs) and runs its batches only once the smoke has passed: the
+                # start is off the round's critical path. A failing smoke calls it off.
+                ahead = self._start_sweep(str(path), workers, best)
+                try:
+                    be.evaluate(str(path), [smoke], smoke_betas(env.betas),
+                                cfg.protocol(env, draws=cfg.smoke_draws), stage="smoke",
+                                on_error="raise", workers=1)
+                except BaseException:
+                    if ahead is not None:
+                        ahead.cancel()
+                    raise
+            ev, traced, race = self._sweep(str(path), source, workers, best, ahead)
         except CandidateFailure as f:
             return f.verdict, result, {}
         rows = [_clean_row(r) for r in ev.rows]
@@ -617,8 +627,36 @@ class Discovery:
             digest = make_digest(self.search, rows, ev.episodes, traces)
         return v, result, digest
 
-    def _sweep(self, path: str, source: str, workers: int, best: tuple[float, str] | None = None
-               ) -> tuple[Evaluation, bool, Decision | None]:
+    def _sweep_plan(self, best: tuple[float, str] | None
+                    ) -> tuple[bool, tuple[int, int] | None]:
+        """Whether the sweep folds the digest's traces in, and its first stage (racing) or
+        None (one stage)."""
+        k = min(self.cfg.trace_draws, self.env.draws)
+        n = self.proto.draws
+        race = self.cfg.race_draws
+        return (k > 0 and self.fold_traces,
+                (0, race) if best is not None and 0 < race < n else None)
+
+    def _sweep_args(self, workers: int, traced: bool, draws: tuple[int, int] | None = None,
+                    deadline: float | None = None) -> dict[str, Any]:
+        """A sweep evaluation's keyword arguments (be.evaluate's)."""
+        k = min(self.cfg.trace_draws, self.env.draws)
+        return dict(stage="sweep", episodes=True, on_error="record", workers=workers,
+                    draws=draws, deadline=deadline,
+                    **({"traces": True, "trace_draws": k} if traced else {}))
+
+    def _start_sweep(self, path: str, workers: int, best: tuple[float, str] | None) -> Any:
+        """The sweep's first evaluation started ahead (the backend's `start`), or None where
+        the backend cannot."""
+        start = getattr(self.backend, "start", None)
+        if start is None:
+            return None
+        traced, stage1 = self._sweep_plan(best)
+        return start(path, self.search_stores, self.env.betas, self.proto,
+                     **self._sweep_args(workers, traced, stage1))
+
+    def _sweep(self, path: str, source: str, workers: int, best: tuple[float, str] | None = None,
+               ahead: Any = None) -> tuple[Evaluation, bool, Decision | None]:
         """The sweep, whether it also traced the digest's draws, and the race's decision (None:
         not raced). A stopped candidate's evaluation covers the race's draws only.
 
@@ -634,24 +672,25 @@ class Discovery:
         candidate cannot tell a traced episode from another (the handle has no way to ask, and
         ep.trace() returns nothing), so its swept numbers never depend on tracing. A folded
         sweep that fails in a way traces could cause (their output budget, time, memory) is
-        redone untraced: the sweep's verdict is the untraced one, as before."""
-        env, cfg, be = self.env, self.cfg, self.backend
-        k = min(cfg.trace_draws, env.draws)
-        fold = k > 0 and self.fold_traces
+        redone untraced: the sweep's verdict is the untraced one, as before.
+
+        `ahead`: the first evaluation (traced as folded, the first stage), started ahead by
+        `_start_sweep`; it is called off here if it is not used."""
+        env, be = self.env, self.backend
+        fold, stage1 = self._sweep_plan(best)
         n = self.proto.draws
-        stage1 = (0, cfg.race_draws) if best is not None and 0 < cfg.race_draws < n else None
 
         def run(traced: bool, draws: tuple[int, int] | None = None,
                 deadline: float | None = None) -> Evaluation:
-            return be.evaluate(path, self.search_stores, env.betas, self.proto, stage="sweep",
-                               episodes=True, on_error="record", workers=workers, draws=draws,
-                               deadline=deadline,
-                               **({"traces": True, "trace_draws": k} if traced else {}))
+            return be.evaluate(path, self.search_stores, env.betas, self.proto,
+                               **self._sweep_args(workers, traced, draws, deadline))
 
-        with self.timer.time("sweep"):
+        with self.timer.time("sweep"), contextlib.ExitStack() as stack:
+            if ahead is not None:
+                stack.callback(ahead.cancel)  # a no-op once its result() has been called
             traced = fold
             try:
-                first = run(traced, stage1)
+                first = run(traced, stage1) if ahead is None else ahead.result()
             except CandidateFailure as f:
                 if not (fold and f.verdict.get("kind") in ("output_limit", "timeout", "memory")):
                     raise

@@ -22,6 +22,7 @@ _EXPORTS = {
     "VERDICT_KINDS": "admission", "Verdict": "admission", "admit": "admission",
     "SandboxError": "evaluation", "SandboxEvaluation": "evaluation",
     "evaluate_sandboxed": "evaluation", "monotonicity": "evaluation",
+    "start_sandboxed": "evaluation", "PendingEvaluation": "evaluation",
     "run_sandbox_task": "evaluation", "sandbox_overhead": "evaluation",
     "SandboxLimits": "supervisor", "scrubbed_env": "supervisor", "spawned_pids": "supervisor",
 }
@@ -42,6 +43,7 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "VERDICT_KINDS",
+    "PendingEvaluation",
     "SandboxError",
     "SandboxEvaluation",
     "SandboxLimits",
@@ -53,4 +55,5 @@ __all__ = [
     "sandbox_overhead",
     "scrubbed_env",
     "spawned_pids",
+    "start_sandboxed",
 ]

@@ -427,7 +427,10 @@ def _load(req: dict[str, Any]) -> Any:
     STATE.filename = filename
     STATE.source_lines = source.splitlines()
     STATE.sink = PrintSink(int(req["limits"].get("max_output_bytes", 64 * 1024)))
-    verdict = admit(source, filename) if req.get("admit", True) else None
+    # A source the evaluating process admitted (evaluation._plan: this very text, before any
+    # sandbox process started) is not admitted again here (~3 ms of each sandbox's start).
+    again = req.get("admit", True) and not req.get("admitted")
+    verdict = admit(source, filename) if again else None
     if verdict is not None:
         raise Fatal(verdict)
     _preload(set(imported_modules(source)) & ALLOWED_IMPORTS)
@@ -838,9 +841,14 @@ def _map_hint(fd: int, size: int) -> np.ndarray:
 
 
 def main(argv: list[str] | None = None) -> None:
+    import gc
     import mmap
     import os
 
+    # What the imports made (no garbage: a full collection here finds none) is left out of every
+    # collection from now on: the zygote's collection before its first fork (_run) then walks
+    # only what start-up made since (~4 ms less per sandbox process).
+    gc.freeze()
     argv = list(sys.argv if argv is None else argv)
     out = _Out(int(argv[1]))
     hint = np.zeros(1, dtype=np.int64)

@@ -3,6 +3,8 @@
     verdict = admit(source, filename)             # static: syntax, imports, names, contract
     ev = evaluate_sandboxed(source_or_path, stores, betas, proto, limits=SandboxLimits(...))
     verdict = monotonicity(ev.rows)               # measured: cost must grow with β
+    pending = start_sandboxed(...)                # its sandbox processes start now ...
+    ev = pending.result()                         # ... its batches run now (or .cancel())
 
 `evaluate_sandboxed` returns the same `Evaluation` (rows, episodes, traces, errors) as
 `autotts.evaluate.evaluate`, with the same numbers. The controller runs in sandbox processes that
@@ -15,14 +17,17 @@ raises `SandboxError` carrying a typed `Verdict`.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import math
 import multiprocessing as mp
 import os
+import select
+import struct
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -34,7 +39,7 @@ from autotts import controller as ctl
 from autotts.errors import ConfigError, SandboxError
 from autotts.evaluate import Evaluation, score
 from autotts.sandbox.admission import Verdict, admit
-from autotts.sandbox.supervisor import Failed, SandboxLimits, Unit, run_task
+from autotts.sandbox.supervisor import Cancelled, Failed, SandboxLimits, Unit, run_task
 from autotts.store import ReplayData, Store, open_store
 from autotts.units import BlockResult, EvalProtocol
 
@@ -108,18 +113,80 @@ def _tasks(units: list[Unit], n_stores: int, n: int, *, one_store: bool) -> list
 
 
 def run_sandbox_task(datas: Sequence[ReplayData] | ReplayData, request: dict[str, Any],
-                     units: list[Unit], trace_items: int) -> tuple[str, Any]:
+                     units: list[Unit], trace_items: int, gate: _Gate | None = None
+                     ) -> tuple[str, Any]:
     """One task wherever it runs (here, a local worker process, a Ray worker): ("ok", (results,
     info)), or ("verdict", Verdict) when the candidate failed. A verdict is a value, not an
-    exception, so it crosses process boundaries intact."""
+    exception, so it crosses process boundaries intact. With a `gate` (a local pool started
+    ahead, `start_sandboxed`): ("cancelled", None) when the evaluation was called off."""
     if isinstance(datas, ReplayData):
         datas = [datas]
     limits = SandboxLimits(**{k: v for k, v in request["limits"].items()
                               if k != "isolation_disable"})
+    if gate is not None and gate.ready():  # decided already: no sandbox start to hold
+        deadline = gate.take()
+        if deadline is None:
+            return "cancelled", None
+        request["deadline"], gate = deadline, None
     try:
-        return "ok", run_task(request, datas, units, limits, trace_items=trace_items)
+        return "ok", run_task(request, datas, units, limits, trace_items=trace_items, gate=gate)
     except Failed as f:
         return "verdict", f.verdict
+    except Cancelled:
+        return "cancelled", None
+
+
+class _Gate:
+    """What a local pool's tasks wait on before their first batch: a pipe that the evaluating
+    process writes once, one record per task, either "go" with the evaluation's wall-clock
+    deadline or "stop" (supervisor.run_task's `gate`). A record is 9 bytes and every write holds
+    whole records and at most PIPE_BUF bytes (atomic), so each task, in whichever worker,
+    reads one whole record. The workers close their copies of the write end: a gone
+    evaluating process reads as "stop"."""
+
+    GO, STOP = b"g", b"x"
+    SIZE = 9
+
+    def __init__(self) -> None:
+        self.owner = os.getpid()
+        self.r, self.w = os.pipe()
+
+    def _write(self, record: bytes, n: int) -> None:
+        per = select.PIPE_BUF // self.SIZE
+        for i in range(0, n, per):
+            os.write(self.w, record * min(per, n - i))
+
+    def go(self, n: int, deadline: float) -> None:
+        self._write(self.GO + struct.pack("<d", deadline), n)
+
+    def stop(self, n: int) -> None:
+        self._write(self.STOP * self.SIZE, n)
+
+    def close(self) -> None:
+        for fd in (self.r, self.w):
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self.r = self.w = -1
+
+    # In a worker process:
+    def forked(self) -> None:
+        if os.getpid() != self.owner and self.w >= 0:
+            os.close(self.w)
+            self.w = -1
+
+    def fileno(self) -> int:
+        return self.r
+
+    def ready(self) -> bool:
+        return bool(select.select([self.r], [], [], 0)[0])
+
+    def take(self) -> float | None:
+        """The next record (blocks until there is one): the deadline, or None for stop."""
+        data = os.read(self.r, self.SIZE)
+        if len(data) != self.SIZE or data[:1] != self.GO:
+            return None
+        return float(struct.unpack("<d", data[1:])[0])
 
 
 _POOL: dict[str, Any] = {}  # what forked local workers inherit
@@ -128,8 +195,55 @@ _POOL_LOCK = threading.Lock()  # held from writing _POOL until the workers are f
 
 def _pool_run(t: int) -> tuple[str, Any]:
     task: Task = _POOL["tasks"][t]
+    gate: _Gate = _POOL["gate"]
+    gate.forked()
     return run_sandbox_task([_POOL["datas"][s] for s in task.stores], _POOL["request"],
-                            task.units, _POOL["trace_items"])
+                            task.units, _POOL["trace_items"], gate)
+
+
+class _LocalPool:
+    """A task list's local worker processes (forks of this process), forked at once; each
+    task's sandbox process starts in its worker and waits at the gate before its first batch
+    until `outcomes` (go) or `cancel` (stop) is called."""
+
+    def __init__(self, tasks: list[Task], request: dict[str, Any], datas: list[ReplayData],
+                 share: int) -> None:
+        self.n = len(tasks)
+        self.gate = _Gate()
+        try:
+            self.pool, self.outs, self.ours = _fork_pool(tasks, request, datas, share, self.gate)
+        except BaseException:
+            self.gate.close()
+            raise
+        self.live = True
+
+    def outcomes(self, deadline: float) -> Iterator[tuple[int, tuple[str, Any]]]:
+        """(task index, outcome) in task order; the tasks run under `deadline`."""
+        self.gate.go(self.n, deadline)
+        try:
+            with self.pool:
+                yield from enumerate(self.outs)
+        finally:
+            self._done()
+
+    def cancel(self) -> None:
+        """Stop every task before its first batch and wait until the workers are done: their
+        sandbox processes (told to stop, or killed while still starting) are gone and cleaned
+        up, and nothing of theirs is kept."""
+        if not self.live:
+            return
+        try:
+            self.gate.stop(self.n)
+            self.pool.shutdown(wait=True, cancel_futures=True)
+        finally:
+            self._done()
+
+    def _done(self) -> None:
+        if self.live:
+            self.live = False
+            if self.ours:
+                gc.unfreeze()
+            self.gate.close()
 
 
 def _outcomes(ex: Any, tasks: list[Task], request: dict[str, Any], datas: list[ReplayData],
@@ -143,6 +257,13 @@ def _outcomes(ex: Any, tasks: list[Task], request: dict[str, Any], datas: list[R
         t = tasks[0]
         yield 0, run_sandbox_task([datas[s] for s in t.stores], request, t.units, share)
         return
+    yield from _LocalPool(tasks, request, datas, share).outcomes(request["deadline"])
+
+
+def _fork_pool(tasks: list[Task], request: dict[str, Any], datas: list[ReplayData], share: int,
+               gate: _Gate) -> tuple[ProcessPoolExecutor, Iterator[tuple[str, Any]], bool]:
+    """The pool with every worker forked (and the tasks submitted), its outcomes in task order,
+    and whether the collector's freeze is ours to undo."""
     ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
     # The workers are forks of this process. A full collection in one walks every object it
     # inherited, writing to each: a copy-on-write fault per page of them (~0.2 s CPU per
@@ -159,7 +280,7 @@ def _outcomes(ex: Any, tasks: list[Task], request: dict[str, Any], datas: list[R
     # other's source and tasks, tests/test_redteam_session11.py). With fork the first submit
     # forks every worker, so once map() has returned they hold their copies and it is emptied.
     with _POOL_LOCK:
-        _POOL.update(tasks=tasks, datas=datas, request=request, trace_items=share)
+        _POOL.update(tasks=tasks, datas=datas, request=request, trace_items=share, gate=gate)
         ours = gc.get_freeze_count() == 0
         if ours:
             gc.freeze()
@@ -168,6 +289,7 @@ def _outcomes(ex: Any, tasks: list[Task], request: dict[str, Any], datas: list[R
             try:
                 outcomes = pool.map(_pool_run, range(len(tasks)))
             except BaseException:
+                gate.stop(len(tasks))
                 pool.shutdown()
                 raise
         except BaseException:
@@ -176,12 +298,15 @@ def _outcomes(ex: Any, tasks: list[Task], request: dict[str, Any], datas: list[R
             raise
         finally:
             _POOL.clear()
-    try:
-        with pool:
-            yield from enumerate(outcomes)
-    finally:
-        if ours:
-            gc.unfreeze()
+    return pool, outcomes, ours
+
+
+def _task_list(ex: Any, datas: list[ReplayData], units: list[Unit], limits: SandboxLimits
+               ) -> tuple[list[Task], int]:
+    """The evaluation's tasks (one sandbox process each) and each task's trace budget."""
+    ray = hasattr(ex, "map_stores")
+    tasks = _tasks(units, len(datas), ex.parallelism * (2 if ray else 1), one_store=ray)
+    return tasks, max(1, limits.max_trace_items // len(tasks))  # the budget holds across all
 
 
 def _run(ex: Any, request: dict[str, Any], datas: list[ReplayData], units: list[Unit],
@@ -190,19 +315,26 @@ def _run(ex: Any, request: dict[str, Any], datas: list[ReplayData], units: list[
     """Every unit through sandbox processes: one here, one per local worker process, or one per
     Ray task. The first verdict (in task order) wins; printed output is joined in task order,
     so nothing depends on timing."""
-    ray = hasattr(ex, "map_stores")
-    tasks = _tasks(units, len(datas), ex.parallelism * (2 if ray else 1), one_store=ray)
-    share = max(1, limits.max_trace_items // len(tasks))  # the budget holds across all tasks
+    tasks, share = _task_list(ex, datas, units, limits)
+    return _collect(_outcomes(ex, tasks, request, datas, share), tasks, len(units), progress)
+
+
+def _collect(outcomes: Any, tasks: list[Task], n_units: int,
+             progress: Callable[[int, int], None] | None
+             ) -> tuple[dict[int, BlockResult], dict[str, Any]]:
+    """The units' results and the sandboxes' reports from the tasks' outcomes (in task order)."""
     results: dict[int, BlockResult] = {}
     infos: dict[int, dict[str, Any]] = {}
-    for t, (status, payload) in _outcomes(ex, tasks, request, datas, share):
+    for t, (status, payload) in outcomes:
         if status == "verdict":
             raise Failed(payload)
+        if status != "ok":  # "cancelled": only a gate that said stop, never one that said go
+            raise Failed(Verdict("crash", "a sandbox task was called off"))
         part, infos[t] = payload
         for local, i in enumerate(tasks[t].index):
             results[i] = part[local]
         if progress:
-            progress(len(results), len(units))
+            progress(len(results), n_units)
     ordered = [infos[t] for t in sorted(infos)]
     first = ordered[0]
     if any(i["configs"] != first["configs"] for i in ordered):
@@ -308,6 +440,174 @@ def evaluate_sandboxed(
     errors. `deadline` (wall clock, time.time()) ends the evaluation then instead of
     `limits.wall_seconds` from now: a later stage passes the first stage's `deadline`, so the
     wall-clock limit holds for the stages together."""
+    plan = _plan(source_or_path, stores, betas, proto, overrides=overrides, episodes=episodes,
+                 traces=traces, trace_draws=trace_draws, on_error=on_error, limits=limits,
+                 workers=workers, progress=progress, filename=filename,
+                 check_monotone=check_monotone, executor=executor, ray_address=ray_address,
+                 allow_weak_sandbox=allow_weak_sandbox, draws=draws, deadline=deadline,
+                 _admit=_admit, _unrestricted=_unrestricted)
+    return plan.execute(None)
+
+
+def start_sandboxed(source_or_path: str | os.PathLike[str],
+                    stores: Sequence[str | os.PathLike[str] | Store],
+                    betas: Sequence[float | None] | None = None,
+                    proto: EvalProtocol | None = None, **kwargs: Any) -> PendingEvaluation:
+    """`evaluate_sandboxed` (the same arguments) in two steps: its sandbox processes start now,
+    its batches run at `result()`, which returns (or raises) exactly what evaluate_sandboxed
+    would have; or `cancel()` calls it off. Discovery starts a sweep while its smoke run runs.
+
+    With local worker processes (two tasks or more) the workers are forked now and each
+    starts its sandbox process, which loads, locks down and computes the knobs, then waits
+    before its first batch (supervisor.run_task's gate); the wall-clock limit (or `deadline`)
+    starts at `result()`, as it would with evaluate_sandboxed called then. Otherwise (one
+    task, Ray) nothing starts before `result()`. Any error of the arguments or of admission is
+    raised by `result()`, not here, so that what ran before it fails first."""
+    return PendingEvaluation(lambda: _plan(source_or_path, stores, betas, proto, **kwargs))
+
+
+class PendingEvaluation:
+    """A sandboxed evaluation started ahead (`start_sandboxed`): call `result()` or `cancel()`
+    exactly once (a `with` block cancels it unless `result()` was called)."""
+
+    def __init__(self, make: Callable[[], _Plan]) -> None:
+        self._error: Exception | None = None
+        self._pool: _LocalPool | None = None
+        self._ended = False
+        try:
+            self._plan = make()
+            self._pool = self._plan.start()
+        except Exception as e:  # raised by result(), in the order the caller runs things
+            self._error = e
+
+    def result(self) -> SandboxEvaluation:
+        if self._ended:
+            raise RuntimeError("this evaluation has ended already")
+        self._ended = True
+        if self._error is not None:
+            raise self._error
+        return self._plan.execute(self._pool)
+
+    def cancel(self) -> None:
+        """Call it off: returns once every process it started is gone and cleaned up."""
+        if self._ended:
+            return
+        self._ended = True
+        if self._pool is not None:
+            self._pool.cancel()
+
+    def __enter__(self) -> PendingEvaluation:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.cancel()
+
+
+@dataclass
+class _Plan:
+    """What an evaluation decided before any sandbox process starts."""
+
+    loaded: list[Store]
+    beta_list: list[float | None]
+    proto: EvalProtocol
+    draws: tuple[int, int] | None
+    request: dict[str, Any]
+    ex: Any
+    datas: list[ReplayData]
+    units: list[Unit]
+    limits: SandboxLimits
+    deadline: float | None
+    episodes: bool
+    traces: bool
+    check_monotone: bool
+    progress: Callable[[int, int], None] | None
+    tasks: list[Task] = field(default_factory=list)
+    share: int = 0
+
+    def start(self) -> _LocalPool | None:
+        """Local worker processes with their sandbox processes started (two tasks or more),
+        held before their first batch; None where nothing starts ahead."""
+        if hasattr(self.ex, "map_stores"):
+            return None
+        self.tasks, self.share = _task_list(self.ex, self.datas, self.units, self.limits)
+        if len(self.tasks) < 2:
+            return None
+        return _LocalPool(self.tasks, self.request, self.datas, self.share)
+
+    def execute(self, pool: _LocalPool | None) -> SandboxEvaluation:
+        """Run (or, started ahead, go on with) the evaluation and score it."""
+        limits, request, units = self.limits, self.request, self.units
+        t0 = time.monotonic()
+        # The whole evaluation, all tasks (and, given a deadline, all stages).
+        request["deadline"] = (time.time() + limits.wall_seconds if self.deadline is None
+                               else self.deadline)
+        try:
+            if pool is None:
+                results, info = _run(self.ex, request, self.datas, units, limits, self.progress)
+            else:
+                results, info = _collect(pool.outcomes(request["deadline"]), self.tasks,
+                                         len(units), self.progress)
+        except Failed as f:
+            raise SandboxError(f.verdict) from None
+        wall = time.monotonic() - t0
+        d_lo, d_hi = (0, self.proto.draws) if self.draws is None else self.draws
+        proto, beta_list = self.proto, self.beta_list
+        blocks: dict[tuple[int, int], list[tuple[int, BlockResult]]] = {}
+        for i, (s, r, lo, _) in enumerate(units):
+            blocks.setdefault((s, r), []).append((lo, results[i]))
+        runs = list(zip(beta_list, info["configs"], strict=True))
+        staged = self.draws is not None
+        ev = score(self.loaded, info["name"], runs,
+                   replace(proto, draws=d_hi - d_lo) if staged else proto,
+                   blocks, episodes=self.episodes, traces=self.traces)
+        if staged and d_lo and ev.episodes:
+            for e in ev.episodes:  # score numbers a stage's draws from 0
+                e["draw"] += d_lo
+        out = SandboxEvaluation(ev.rows, ev.episodes, ev.traces, ev.errors, ev.outcomes)
+        if staged:
+            out.draw_range, out.blocks = (d_lo, d_hi), blocks
+            out.name, out.configs = info["name"], list(info["configs"])
+        out.deadline = request["deadline"]
+        out.stdout = info["stdout"] + (
+            f"\n[... {info['stdout_dropped']} characters dropped]" if info["stdout_dropped"]
+            else "")
+        out.stderr = info["stderr"]
+        out.wall_seconds = wall
+        out.pids = tuple(info["pids"])
+        out.isolation = info["isolation"]
+        out.actions = info["actions"]
+        if self.check_monotone:
+            v = monotonicity(out.rows)
+            if v is not None:
+                raise SandboxError(v)
+        return out
+
+
+def _plan(
+    source_or_path: str | os.PathLike[str],
+    stores: Sequence[str | os.PathLike[str] | Store],
+    betas: Sequence[float | None] | None = None,
+    proto: EvalProtocol | None = None,
+    *,
+    overrides: dict[str, Any] | None = None,
+    episodes: bool = False,
+    traces: bool = False,
+    trace_draws: int | None = None,
+    on_error: str = "raise",
+    limits: SandboxLimits | None = None,
+    workers: int = 1,
+    progress: Callable[[int, int], None] | None = None,
+    filename: str | None = None,
+    check_monotone: bool = False,
+    executor: str | Any = "local",
+    ray_address: str | None = None,
+    allow_weak_sandbox: bool = False,
+    draws: tuple[int, int] | None = None,
+    deadline: float | None = None,
+    _admit: bool = True,
+    _unrestricted: bool = False,
+) -> _Plan:
+    """evaluate_sandboxed's checks, admission, request, stores and units."""
     proto = proto or EvalProtocol()
     proto.check()
     d_lo, d_hi = (0, proto.draws) if draws is None else draws
@@ -332,6 +632,8 @@ def evaluate_sandboxed(
     beta_list: list[float | None] = list(betas) if betas else [None]
     request = {
         "source": source, "filename": fname, "admit": _admit, "betas": beta_list,
+        # Admitted here, just above: the sandbox process does not admit the same text again.
+        "admitted": bool(_admit and not _unrestricted),
         "overrides": _check_overrides(overrides or {}), "proto": asdict(proto),
         "traces": bool(traces), "on_error": on_error,
         "trace_draws": None if trace_draws is None else int(trace_draws),
@@ -348,42 +650,8 @@ def evaluate_sandboxed(
     # one draw, every store): a sandbox process never meets the same question twice.
     units = [(s, r, d, d + 1) for r in range(len(beta_list)) for d in range(d_lo, d_hi)
              for s in range(len(loaded))]
-    t0 = time.monotonic()
-    # The whole evaluation, all tasks (and, given a deadline, all stages).
-    request["deadline"] = time.time() + limits.wall_seconds if deadline is None else deadline
-    try:
-        results, info = _run(ex, request, datas, units, limits, progress)
-    except Failed as f:
-        raise SandboxError(f.verdict) from None
-    wall = time.monotonic() - t0
-    blocks: dict[tuple[int, int], list[tuple[int, BlockResult]]] = {}
-    for i, (s, r, lo, _) in enumerate(units):
-        blocks.setdefault((s, r), []).append((lo, results[i]))
-    runs = list(zip(beta_list, info["configs"], strict=True))
-    staged = draws is not None
-    ev = score(loaded, info["name"], runs,
-               replace(proto, draws=d_hi - d_lo) if staged else proto,
-               blocks, episodes=episodes, traces=traces)
-    if staged and d_lo and ev.episodes:
-        for e in ev.episodes:  # score numbers a stage's draws from 0
-            e["draw"] += d_lo
-    out = SandboxEvaluation(ev.rows, ev.episodes, ev.traces, ev.errors, ev.outcomes)
-    if staged:
-        out.draw_range, out.blocks = (d_lo, d_hi), blocks
-        out.name, out.configs = info["name"], list(info["configs"])
-    out.deadline = request["deadline"]
-    out.stdout = info["stdout"] + (
-        f"\n[... {info['stdout_dropped']} characters dropped]" if info["stdout_dropped"] else "")
-    out.stderr = info["stderr"]
-    out.wall_seconds = wall
-    out.pids = tuple(info["pids"])
-    out.isolation = info["isolation"]
-    out.actions = info["actions"]
-    if check_monotone:
-        v = monotonicity(out.rows)
-        if v is not None:
-            raise SandboxError(v)
-    return out
+    return _Plan(loaded, beta_list, proto, draws, request, ex, datas, units, limits, deadline,
+                 episodes, traces, check_monotone, progress)
 
 
 def merge_stages(stages: Sequence[SandboxEvaluation],

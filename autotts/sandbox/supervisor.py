@@ -76,6 +76,11 @@ class Failed(Exception):
         self.verdict = verdict
 
 
+class Cancelled(Exception):
+    """The evaluation was called off before this task's first batch (a gated task: see
+    `run_task`); its sandbox process is gone and nothing of it is kept."""
+
+
 # ---- the child's environment -----------------------------------------------------------------
 
 
@@ -318,8 +323,11 @@ class _Task:
 
     def __init__(self, request: dict[str, Any], datas: Sequence[ReplayData], units: list[Unit],
                  limits: SandboxLimits, budget: TraceBudget,
-                 progress: Callable[[int, int], None] | None) -> None:
+                 progress: Callable[[int, int], None] | None, gate: Any = None) -> None:
         self.request = request
+        self.gate = gate  # until it opens: the first batch waits ("held"), no wall clock runs
+        self.t0 = time.monotonic()  # the wall clock's fallback start: this task's, or the gate's
+        self.cancelled = False
         self.questions = [Questions(d) for d in datas]
         self.units = units
         self.batches = _batches(units)
@@ -466,6 +474,21 @@ class _Task:
             return None
         raise ProtocolError(f"unexpected frame {clean(kind, 40)!r} in state {self.state}")
 
+    def open_gate(self, deadline: float | None) -> None:
+        """The gate's record: the evaluation goes on under `deadline` (its wall clock starts
+        now, as an ungated task's starts when it is called), or it was called off (None)."""
+        self.gate = None
+        if deadline is None:
+            self.cancelled = True
+            self.todo.clear()  # held: the sandbox process is told to stop, and exits cleanly
+            if self.state != "held":
+                raise Cancelled()
+        else:
+            self.request["deadline"] = deadline
+            self.t0 = time.monotonic()
+        if self.state == "held":
+            self.state = "reaping"
+
     def _reap(self) -> None:
         """The process that ran candidate code says it is done: nothing more is judged (not even
         the next batch's episodes, whose frame it could otherwise answer itself) until it is
@@ -582,14 +605,15 @@ def _write_stdin(c: _Child, sel: selectors.BaseSelector) -> None:
         c.waiting_to_write = False
 
 
-def _pump(c: _Child, sel: selectors.BaseSelector, task: _Task, t0: float) -> None:
+def _pump(c: _Child, sel: selectors.BaseSelector, task: _Task) -> None:
     """The event loop: until the child is done and gone."""
     lim = task.limits
     while True:
         now = time.monotonic()
         # The evaluation's deadline (wall clock, so that it holds across Ray workers), and this
-        # task's own start as a fallback.
-        if now - t0 > lim.wall_seconds or time.time() > task.request.get("deadline", math.inf):
+        # task's own start as a fallback; a gated task's clock starts when its gate opens.
+        if task.gate is None and (now - task.t0 > lim.wall_seconds
+                                  or time.time() > task.request.get("deadline", math.inf)):
             raise Failed(Verdict("timeout", f"wall-clock limit of {lim.wall_seconds:g} s "
                                  "exceeded", context=task.context()))
         v = task.timeout(c, now)
@@ -602,6 +626,11 @@ def _pump(c: _Child, sel: selectors.BaseSelector, task: _Task, t0: float) -> Non
             what = key.data
             if what == "stdin":
                 _write_stdin(c, sel)
+                continue
+            if what == "gate":
+                sel.unregister(key.fileobj)
+                task.open_gate(task.gate.take())
+                _release(c, sel, task)  # a held task's first batch (or its stop) goes now
                 continue
             try:
                 data = os.read(key.fd, 1 << 20)
@@ -632,6 +661,9 @@ def _release(c: _Child, sel: selectors.BaseSelector, task: _Task) -> None:
         return
     _await_batch_exit(c, task)
     _drain(c, task)
+    if task.gate is not None:  # the sandbox is ready and waits for its first batch
+        task.state = "held"
+        return
     _send(c, sel, task.next_batch())
     task.round_sent = time.monotonic()
 
@@ -725,15 +757,21 @@ def _on_result(c: _Child, sel: selectors.BaseSelector, task: _Task, data: bytes)
 
 def run_task(request: dict[str, Any], datas: Sequence[ReplayData], units: list[Unit],
              limits: SandboxLimits, *, trace_items: int | None = None,
-             progress: Callable[[int, int], None] | None = None,
+             progress: Callable[[int, int], None] | None = None, gate: Any = None,
              ) -> tuple[dict[int, BlockResult], dict[str, Any]]:
     """Judge `units` (store indices into `datas`) with one sandbox process. Returns the units'
     results and what the sandbox reported (name, knobs, isolation, printed output, pid);
-    raises Failed with the candidate's verdict."""
+    raises Failed with the candidate's verdict.
+
+    `gate` (evaluation._Gate: `fileno()`, and `take()`, the wall-clock deadline or None) lets
+    the sandbox process start before the evaluation may go on: it loads, locks down and
+    computes the knobs, then waits for the gate before its first batch, without the
+    evaluation's wall clock. A deadline: the batches run under it, as if the task had been
+    called then. None: the sandbox process is told to stop (or, still starting, killed), and
+    Cancelled is raised once it is gone and cleaned up."""
     budget = TraceBudget(limits.max_trace_items if trace_items is None else trace_items)
-    task = _Task(request, datas, units, limits, budget, progress)
+    task = _Task(request, datas, units, limits, budget, progress, gate)
     sel = selectors.DefaultSelector()
-    t0 = time.monotonic()
     c = _Child(limits)
     try:
         for f in (c.proc.stdout, c.proc.stderr, c.proc.stdin):
@@ -745,12 +783,17 @@ def run_task(request: dict[str, Any], datas: Sequence[ReplayData], units: list[U
         sel.register(c.proc.stdout, selectors.EVENT_READ, "stdout")
         sel.register(c.proc.stderr, selectors.EVENT_READ, "stderr")
         sel.register(c.result_fd, selectors.EVENT_READ, "result")
-        _send(c, sel, {"t": "init", **request})
+        if gate is not None:
+            sel.register(gate.fileno(), selectors.EVENT_READ, "gate")
+        # (The deadline is the judge's: the sandbox process is not told it.)
+        _send(c, sel, {"t": "init", **{k: v for k, v in request.items() if k != "deadline"}})
         task.round_sent = time.monotonic()
-        _pump(c, sel, task, t0)
+        _pump(c, sel, task)
     finally:
         c.close()
         sel.close()
+    if task.cancelled:
+        raise Cancelled()
     for i, j in task.alias.items():
         task.results[i] = task.results[j]
     info = task.info

@@ -146,6 +146,15 @@ FORBIDDEN_NAMES = {
 # a string literal so that admission can check it.
 _ATTR_BUILTINS = ("getattr", "hasattr", "setattr", "delattr")
 
+# Builtins whose calls the transform leaves without `_checked_` where the module never binds
+# their name (docs/sandbox.md, "Calls that need no check"): each returns an instance of int, float
+# or str or raises, whatever its arguments' dunders do (Python converts or refuses what they
+# return), and no such instance is a module or a denied object.
+UNCHECKED_BUILTINS = frozenset({
+    "len", "int", "float", "bool", "str", "repr", "ascii", "format", "isinstance", "issubclass",
+    "callable", "hash", "ord", "chr", "hex", "oct", "bin",
+})
+
 MAX_SOURCE_BYTES = 256 * 1024
 TOO_DEEP = ("the code is nested too deeply to check (for example a very long if/elif chain): "
             "use a dict or a list instead")
@@ -173,13 +182,21 @@ class CandidatePolicy(RestrictingNodeTransformer):
     def visit_AnnAssign(self, node: ast.AnnAssign) -> Any:
         return self.node_contents_visit(node)
 
+    # Names of UNCHECKED_BUILTINS that the module being compiled only ever reads
+    # (`unshadowed_names`); compile_candidate sets it. Empty: every call is checked.
+    unchecked_calls: frozenset[str] = frozenset()
+
     def visit_Call(self, node: ast.Call) -> Any:
         """Every call's result goes through `_checked_` (a value a call returns is checked as an
         attribute read's is: a denied object cannot be fetched by calling something that returns
-        it). `super()` stays a bare call: its zero-argument form needs to be one."""
+        it). `super()` stays a bare call: its zero-argument form needs to be one. So does a call
+        of a builtin of `unchecked_calls` by its name (with */** arguments RestrictedPython makes
+        it an `_apply_` call, which is checked): nothing but that builtin can be under the name,
+        and what it returns needs no check."""
         node = super().visit_Call(node)
         if isinstance(node, ast.Call) and not (
-            isinstance(node.func, ast.Name) and node.func.id == "super"
+            isinstance(node.func, ast.Name)
+            and (node.func.id == "super" or node.func.id in self.unchecked_calls)
         ):
             return ast.copy_location(
                 ast.Call(func=ast.Name("_checked_", ast.Load()), args=[node], keywords=[]), node)
@@ -205,6 +222,31 @@ def _deep_recursion() -> Iterator[None]:
             sys.setrecursionlimit(old)
 
 
+def unshadowed_names(tree: ast.AST, names: frozenset[str]) -> frozenset[str]:
+    """Those of `names` that the module only ever reads: every occurrence of the identifier
+    anywhere in it is an `ast.Name` in Load context. Any other occurrence disqualifies the name,
+    whatever node holds it: an assignment, augmented, annotated or walrus target, a for, with or
+    comprehension target, a parameter (lambdas too), an import (each part of a dotted name),
+    def / class, except-as, global / nonlocal, del, a match capture or rest; and, more than
+    needed, an attribute or keyword name. A star import disqualifies every name (RestrictedPython
+    and admission refuse it anyway). Run on the tree before the transform: it adds only names
+    beginning with '_', which candidate code cannot bind."""
+    other: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) or (
+            isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load)
+        ):
+            continue
+        for _, value in ast.iter_fields(node):
+            for v in value if isinstance(value, list) else [value]:
+                if isinstance(v, str):
+                    other.add(v)
+                    other.update(v.split("."))
+    if "*" in other:
+        return frozenset()
+    return frozenset(names - other)
+
+
 def compile_candidate(source: str, filename: str) -> tuple[Any, list[str]]:
     with _deep_recursion():
         return _compile_candidate(source, filename)
@@ -224,7 +266,9 @@ def _compile_candidate(source: str, filename: str) -> tuple[Any, list[str]]:
         return None, [TOO_DEEP]
     errors: list[str] = []
     try:
-        CandidatePolicy(errors, [], {}).visit(tree)
+        policy = CandidatePolicy(errors, [], {})
+        policy.unchecked_calls = unshadowed_names(tree, UNCHECKED_BUILTINS)
+        policy.visit(tree)
         if errors:
             return None, errors
         ast.fix_missing_locations(tree)

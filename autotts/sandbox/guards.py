@@ -19,7 +19,7 @@ import operator
 import string
 import sys
 from collections import Counter, OrderedDict, defaultdict, deque
-from types import FunctionType, ModuleType
+from types import FunctionType, MethodType, ModuleType
 from typing import Any
 
 import numpy as np
@@ -30,6 +30,7 @@ from autotts.sandbox.admission import (
     DENIED_ATTRS,
     DENIED_MODULE_ATTRS,
     SCIPY_READABLE,
+    UNCHECKED_BUILTINS,
 )
 
 CANDIDATE_MODULE = "candidate"
@@ -146,6 +147,13 @@ def _module_attr(mod: ModuleType, name: str, default: Any) -> Any:
         raise AttributeError(f"module {mname!r} has no attribute {name!r}") from None
 
 
+# Types none of whose instances is a module or a denied object (deny_objects() builds it: the
+# candidates below less every type of a denied object and every module type). A value of one of
+# them passes a guard's value check at the cost of one set lookup, with the decision the full
+# check would make (docs/sandbox.md, "The value check's fast path"). Empty until then: every
+# value takes the full check.
+_PLAIN_TYPES: frozenset[type] = frozenset()
+
 _OK_NAMES: set[str] = set()  # attribute names that passed the name checks once
 _MODULE_TYPES: set[type] = {ModuleType}
 _MODULE_CACHE: dict[tuple[Any, str], Any] = {}
@@ -189,6 +197,8 @@ def _guarded_getattr(obj: Any, name: Any, default: Any = _MISSING) -> Any:
     is imported once locked down)."""
     if name in _OK_NAMES and type(obj) not in _MODULE_TYPES:
         value = getattr(obj, name) if default is _MISSING else getattr(obj, name, default)
+        if type(value) in _PLAIN_TYPES:
+            return value
         if type(value) is ModuleType or id(value) in _DENIED_IDS:
             return _check_value(value, name)
         return value
@@ -208,6 +218,8 @@ def _guarded_getitem(obj: Any, key: Any) -> Any:
     """Every `a[k]` read: plain indexing, but no module and no denied object (a namespace dict,
     a builtin such as open) comes out of a container."""
     value = obj[key]
+    if type(value) in _PLAIN_TYPES:
+        return value
     if type(value) is ModuleType or id(value) in _DENIED_IDS:
         return _check_value(value, "this object")
     return value
@@ -369,7 +381,10 @@ def _apply(f: Any, *args: Any, **kwargs: Any) -> Any:
 
 def checked(value: Any) -> Any:
     """A value the candidate obtained by a call, iteration or unpacking: checked as an attribute
-    read's value is (no module that is not allowed, no denied object such as a metaclass)."""
+    read's value is (no module that is not allowed, no denied object such as a metaclass). A call
+    of an unshadowed builtin of admission.UNCHECKED_BUILTINS by its name does not come here."""
+    if type(value) in _PLAIN_TYPES:
+        return value
     if type(value) is ModuleType or id(value) in _DENIED_IDS:
         return _check_value(value, "this value")
     return value
@@ -377,7 +392,8 @@ def checked(value: Any) -> Any:
 
 def _checked_iter(obj: Any) -> Any:
     for value in iter(obj):
-        if type(value) is ModuleType or id(value) in _DENIED_IDS:
+        if type(value) not in _PLAIN_TYPES and (
+                type(value) is ModuleType or id(value) in _DENIED_IDS):
             value = _check_value(value, "this value")
         yield value
 
@@ -432,6 +448,11 @@ def candidate_builtins() -> dict[str, Any]:
         "_unpack_sequence_": _unpack,
         "_print_": _PrintCollector,
     })
+    # The transform calls these without `_checked_` (admission.UNCHECKED_BUILTINS), trusting
+    # each name to be the builtin itself.
+    for n in UNCHECKED_BUILTINS:
+        if b.get(n) is not getattr(builtins, n):
+            raise RuntimeError(f"candidate builtin {n!r} is not builtins.{n}")
     return b
 
 
@@ -494,3 +515,32 @@ def deny_objects() -> None:
         if o is not None and not isinstance(o, int | str | float | bool):
             _DENIED_KEEP.append(o)
             _DENIED_IDS.add(id(o))
+    _plain_types()
+
+
+def _plain_candidates() -> set[type]:
+    """The types whose values a controller reads most: numbers, strings, containers it made,
+    arrays, bound methods of its own objects."""
+    out: set[type] = {int, float, bool, complex, str, bytes, type(None), tuple, list, range,
+                      slice, np.ndarray, MethodType}
+    out.update(t for t in np.sctypeDict.values()
+               if isinstance(t, type) and issubclass(t, np.number | np.bool_))
+    return out
+
+
+def _plain_types() -> None:
+    """Build _PLAIN_TYPES after the denied objects are known (and again whenever more are): the
+    candidates less the type of every denied object and every module type, so that a value whose
+    type is in it can be neither (the full check would pass it too). A set lookup hashes and
+    compares the value's type with its metaclass's __hash__ / __eq__: every metaclass in
+    existence is checked to keep type's own (identity), else there is no fast path at all."""
+    global _PLAIN_TYPES
+    for meta in [type, *_metaclasses()]:
+        if (meta.__hash__ is not type.__hash__ or meta.__eq__ is not type.__eq__
+                or meta.__ne__ is not type.__ne__):
+            _PLAIN_TYPES = frozenset()
+            return
+    denied_types = {type(o) for o in _DENIED_KEEP}
+    _PLAIN_TYPES = frozenset(t for t in _plain_candidates()
+                             if t not in denied_types and t not in _MODULE_TYPES
+                             and not issubclass(t, ModuleType))

@@ -80,6 +80,7 @@ def state(ep: Episode) -> dict[str, Any]:
         "hidden": ep._hidden.tolist(), "counters": (ep._generated, ep._probes, ep._actions,
                                                     ep._opened, ep._closed),
         "journal": list(ep._journal or []),
+        "trace": None if ep._trace is None else list(ep._trace),
     })
     return out
 
@@ -151,9 +152,10 @@ def test_slab_episodes_step_as_each_alone(seed):
         m = q.num_branches
         order = rng.permutation(m)[: int(rng.integers(1, m + 1))]  # a partial pool
         budget = None if rng.random() < 0.5 else int(rng.integers(0, 200 * q.delta))
-        a = Episode(q, order, probe_cost=probe_cost, budget=budget, journal=True,
+        trace = bool(rng.random() < 0.3)  # a traced episode logs each action as it steps
+        a = Episode(q, order, probe_cost=probe_cost, budget=budget, journal=True, trace=trace,
                     storage=slab.storage(row, q, len(order)))
-        b = Episode(q, order, probe_cost=probe_cost, budget=budget, journal=True)
+        b = Episode(q, order, probe_cost=probe_cost, budget=budget, journal=True, trace=trace)
         assert tables.offset(k) == starts[k]
         pairs[row] = (a, b, starts[k])
         assert state(a) == state(b)
@@ -239,8 +241,9 @@ def _judges(rng: np.random.Generator, seed: int) -> tuple[UnitJudge, UnitJudge]:
                          probe_cost=int(rng.choice([0, 2])), budget=budget)
     window = int(rng.integers(2, 6))
     made = []
+    trace = seed % 3 == 1  # a traced draw: its episodes log every action
     for together in (True, False):
-        j = UnitJudge(parts, proto, 1, trace=False, budget=TraceBudget(10**6), window=window)
+        j = UnitJudge(parts, proto, 1, trace=trace, budget=TraceBudget(10**6), window=window)
         if not together:
             j.slab, j.tables = None, None  # every episode with arrays of its own
         j.order = list(range(j.n))
@@ -324,6 +327,10 @@ def test_judge_steps_rows_together_as_one_by_one(seed):
         x, y = together.result(k), alone.result(k)
         for f in ("answers", "tokens", "probes", "opened"):
             assert getattr(x, f).tolist() == getattr(y, f).tolist()
+        assert x.traces == y.traces
+        assert (x.traces is not None) == (seed % 3 == 1)
+        if x.traces:  # the traced rows were stepped together, and logged
+            assert any(ev["ev"] == "advance_many" for t in x.traces for ev in t["events"])
 
 
 def test_a_malformed_stores_questions_keep_the_per_episode_path():

@@ -141,6 +141,26 @@ def test_folded_traces_give_the_digest_of_a_separate_traced_run(tmp_path, monkey
     assert d1 == d2 and d1
 
 
+def test_local_tasks_weigh_traced_draws():
+    """With the first draws traced (a discovery sweep's digest draws), local tasks hold equal
+    costs, a traced unit counting TRACED_UNIT_COST: the traced draws' task takes fewer units.
+    With every unit traced, or none, the split is by numbers of units, as without."""
+    from autotts.sandbox.evaluation import TRACED_UNIT_COST, _tasks
+
+    betas, draws, stores, k = 11, 20, 4, 2
+    units = [(s, r, d, d + 1) for r in range(betas) for d in range(draws) for s in range(stores)]
+    plain = _tasks(units, stores, 2, one_store=False)
+    tasks = _tasks(units, stores, 2, one_store=False, traced=lambda u: u[2] < k)
+    assert sorted(i for t in tasks for i in t.index) == list(range(len(units)))
+    cost = [sum(TRACED_UNIT_COST if units[i][2] < k else 1.0 for i in t.index) for t in tasks]
+    assert all(units[i][2] < draws // 2 for i in tasks[0].index)  # the traced draws first
+    assert len(tasks[0].index) < len(plain[0].index)
+    assert abs(cost[0] - cost[1]) <= TRACED_UNIT_COST
+    for every in (lambda u: True, lambda u: False):
+        same = _tasks(units, stores, 2, one_store=False, traced=every)
+        assert [t.index for t in same] == [t.index for t in plain]
+
+
 def test_local_tasks_hold_every_beta_alike():
     """Workers split the grid by draws, not by β: β sets a candidate's width and depth, so a
     β-major split gave one worker the cheap half of the grid and the other the dear half. Every

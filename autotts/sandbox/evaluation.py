@@ -81,7 +81,15 @@ class Task:
     index: list[int]
 
 
-def _tasks(units: list[Unit], n_stores: int, n: int, *, one_store: bool) -> list[Task]:
+# A traced unit's cost relative to another's: its episodes log every action, and its traces are
+# pickled back to this process when its task ends, on the sweep's critical path. Measured on a
+# discovery sweep (bench's probe_consensus, 2 workers, 2 of 20 draws traced): a traced draw's
+# task ran ~0.16 s longer than the other and shipped ~0.1 s more, about a quarter of a draw.
+TRACED_UNIT_COST = 1.25
+
+
+def _tasks(units: list[Unit], n_stores: int, n: int, *, one_store: bool,
+           traced: Callable[[Unit], bool] | None = None) -> list[Task]:
     """Units in about `n` tasks, each a contiguous run of units in (draw, β, store) order; with
     one_store, no task spans two stores (a Ray task ships one store).
 
@@ -90,7 +98,12 @@ def _tasks(units: list[Unit], n_stores: int, n: int, *, one_store: bool) -> list
     and the other the dear half (5.6 vs 9.6 s CPU for a Parallel-Probe-class sweep); a run of
     draws holds every β alike. A batch (one β, one draw: autotts.sandbox.supervisor._batches)
     and the β whose knobs repeat another β's still sit in one task, except where a task boundary
-    falls inside a draw."""
+    falls inside a draw.
+
+    `traced` (local tasks only): which units are traced. The tasks then hold equal costs rather
+    than equal numbers of units, a traced unit counting TRACED_UNIT_COST: the traced draws come
+    first, so their task takes fewer draws and its larger result is shipped while the others
+    still run."""
     order = sorted(range(len(units)), key=lambda i: (units[i][2], units[i][1], units[i][0]))
     groups: list[list[int]] = []
     if one_store:
@@ -100,6 +113,12 @@ def _tasks(units: list[Unit], n_stores: int, n: int, *, one_store: bool) -> list
             groups += [[mine[int(i)] for i in c]
                        for c in np.array_split(np.arange(len(mine)), min(per_store, len(mine)))
                        if len(c)]
+    elif traced is not None and 0 < sum(map(traced, units)) < len(units):
+        cost = np.cumsum([TRACED_UNIT_COST if traced(units[i]) else 1.0 for i in order])
+        k = max(1, min(n, len(units)))
+        cuts = np.searchsorted(cost, cost[-1] * np.arange(1, k) / k, side="left") + 1
+        groups = [[order[int(i)] for i in c] for c in np.split(np.arange(len(units)), cuts)
+                  if len(c)]
     else:
         groups = [[order[int(i)] for i in c]
                   for c in np.array_split(np.arange(len(units)), max(1, min(n, len(units))))
@@ -301,11 +320,20 @@ def _fork_pool(tasks: list[Task], request: dict[str, Any], datas: list[ReplayDat
     return pool, outcomes, ours
 
 
-def _task_list(ex: Any, datas: list[ReplayData], units: list[Unit], limits: SandboxLimits
-               ) -> tuple[list[Task], int]:
+def _traced(request: dict[str, Any]) -> Callable[[Unit], bool] | None:
+    """Which units the judges trace (supervisor: a unit of draw d, while d < trace_draws)."""
+    if not request.get("traces"):
+        return None
+    limit = request.get("trace_draws")
+    return lambda u: limit is None or u[2] < limit
+
+
+def _task_list(ex: Any, datas: list[ReplayData], units: list[Unit], limits: SandboxLimits,
+               request: dict[str, Any]) -> tuple[list[Task], int]:
     """The evaluation's tasks (one sandbox process each) and each task's trace budget."""
     ray = hasattr(ex, "map_stores")
-    tasks = _tasks(units, len(datas), ex.parallelism * (2 if ray else 1), one_store=ray)
+    tasks = _tasks(units, len(datas), ex.parallelism * (2 if ray else 1), one_store=ray,
+                   traced=None if ray else _traced(request))
     return tasks, max(1, limits.max_trace_items // len(tasks))  # the budget holds across all
 
 
@@ -315,7 +343,7 @@ def _run(ex: Any, request: dict[str, Any], datas: list[ReplayData], units: list[
     """Every unit through sandbox processes: one here, one per local worker process, or one per
     Ray task. The first verdict (in task order) wins; printed output is joined in task order,
     so nothing depends on timing."""
-    tasks, share = _task_list(ex, datas, units, limits)
+    tasks, share = _task_list(ex, datas, units, limits, request)
     return _collect(_outcomes(ex, tasks, request, datas, share), tasks, len(units), progress)
 
 
@@ -529,7 +557,8 @@ class _Plan:
         held before their first batch; None where nothing starts ahead."""
         if hasattr(self.ex, "map_stores"):
             return None
-        self.tasks, self.share = _task_list(self.ex, self.datas, self.units, self.limits)
+        self.tasks, self.share = _task_list(self.ex, self.datas, self.units, self.limits,
+                                             self.request)
         if len(self.tasks) < 2:
             return None
         return _LocalPool(self.tasks, self.request, self.datas, self.share)

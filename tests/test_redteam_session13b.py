@@ -128,7 +128,7 @@ def _hostile_round(rng: np.random.Generator, judge: UnitJudge
         e = int(rng.random() < 0.1)
         if e:
             events.append([["note", {"x": int(rng.integers(0, 9))}]])  # dropped (untraced)
-        if r < 0.5 and opened:
+        if r < 0.5 and (opened or rng.random() < 0.3):  # (none open: an empty mask)
             m = random_mask(rng, ep)
             if rng.random() < 0.05:
                 m = m[:-1]  # too short: the engine's refusal
@@ -441,6 +441,58 @@ def _toy() -> Any:
     from tests.test_sandbox_boundary import STORE
 
     return STORE
+
+
+SPIN_IN_SCHEDULE = '''
+import os
+import signal
+
+
+class Spin:
+    NAME = "spin"
+
+    @staticmethod
+    def schedule(beta):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
+            try:
+                signal.signal(sig, signal.SIG_IGN)
+            except (OSError, ValueError):
+                pass
+        try:
+            os.setsid()
+        except OSError:
+            pass
+        x = 0
+        while True:
+            x += 1
+
+    def run(self, ep):
+        return ep.read_new()
+'''
+
+
+@pytest.mark.usefixtures("parent")
+def test_a_hostile_knobs_process_called_off_leaves_nothing_behind(tmp_path, monkeypatch):
+    """The smoke failed while the sweep's knobs processes ran candidate code that ignores every
+    catchable signal, leaves its session and spins: cancel() returns with no process (the
+    `parent` fixture: none of this process's children is left), no temporary directory, and
+    nothing to return."""
+    import tempfile
+
+    from autotts.sandbox.evaluation import start_sandboxed
+    from tests.test_sandbox import FAST, _children_of
+
+    d = tmp_path / "tmp"
+    d.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(d))
+    pending = start_sandboxed(SPIN_IN_SCHEDULE, [_toy()], [0.0, 1.0], EvalProtocol(draws=2),
+                              limits=FAST, workers=2, _unrestricted=True)
+    threading.Event().wait(2.0)  # the knobs processes spin meanwhile
+    pending.cancel()
+    assert list(d.iterdir()) == []
+    assert _children_of(os.getpid()) == []
+    with pytest.raises(RuntimeError):
+        pending.result()
 
 
 FDS_IN_SCHEDULE = '''

@@ -1171,8 +1171,8 @@ def advance_masks_once(slab: EpisodeSlab, tables: StepTables, eps: Sequence[Epis
     the reveal journal taken as move_journal would take it: episode j's state is row rows[j] of
     `slab` (Episode(..., storage=slab.storage(rows[j], ...))), its question's cells start at
     offsets[j] of `tables`, its mask is the next num_opened entries of `mask` (bool, the masks
-    one after the other). Each episode must journal (journal=True), with its journal empty, and
-    not trace. An episode whose action would be refused (the episode ended or its budget spent,
+    one after the other). Each episode must journal (journal=True), with its journal empty; a
+    traced one logs the action as advance_many logs it. An episode whose action would be refused (the episode ended or its budget spent,
     or a mask naming a branch that is not running) is left as it was, n -1: the caller applies
     it the per-episode way, which refuses it in its own words. New answer classes are numbered
     by the episode's own `_ids`, in its reveal order. tests/test_engine_slab.py runs it in
@@ -1182,8 +1182,8 @@ def advance_masks_once(slab: EpisodeSlab, tables: StepTables, eps: Sequence[Epis
     skip: list[int] = []
     for j, e in enumerate(eps):
         jr = e._journal
-        if jr is None or jr or e._trace is not None:
-            raise ValueError("advance_masks_once: episodes must journal (empty) and not trace")
+        if jr is None or jr:
+            raise ValueError("advance_masks_once: episodes must journal (empty)")
         lengths.append(e._opened)
         b = e._budget
         if e._closed or (b is not None and e._generated + e._probe_cost * e._probes >= b):
@@ -1268,7 +1268,13 @@ def advance_masks_once(slab: EpisodeSlab, tables: StepTables, eps: Sequence[Epis
         gen_out.append(e._generated)
         probes_out.append(e._probes)
         actions_out.append(e._actions)
-    reveals = ((pos - starts[seg]).astype(np.int64, copy=False), d, ids, fin)
+    branch = (pos - starts[seg]).astype(np.int64, copy=False)
+    for j, e in enumerate(eps):
+        if e._trace is not None:  # as _advance_mask_once logs it (the judge's traced draws)
+            lo = int(first[j])
+            e._log("advance_many", -1, n=n_l[j], times=1,
+                   idx=branch[lo : lo + n_l[j]].tolist())
+    reveals = (branch, d, ids, fin)
     if keep is not None:  # back to one entry per given episode
         full_n, full_g, full_p, full_a = [-1] * len(lengths), [0] * len(lengths), \
             [0] * len(lengths), [0] * len(lengths)

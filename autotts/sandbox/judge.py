@@ -234,19 +234,17 @@ class UnitJudge:
         self.errors: list[tuple[int, dict[str, Any], str | None]] = []
         self.traces: list[tuple[int, dict[str, Any]]] | None = [] if trace else None
         self.actions = 0  # requests served (a bench figure)
-        # Untraced episodes live in the rows of one slab, so that serve() steps a round's
-        # advance_many(mask) rows at once (engine.advance_masks_once); a traced episode logs
-        # each action, so it keeps the per-episode path. A row is given to the next episode
-        # once its last one has ended (the ended Episode is dropped: nothing reads it again).
-        self.tables: TaskTables | None = None
-        self.slab: EpisodeSlab | None = None
-        self.free: list[int] = []
-        if not trace:
-            self.tables = tables if tables is not None else TaskTables(parts)
-            steps = self.tables.steps
-            rows = min(self.window, self.n)
-            self.slab = EpisodeSlab(rows, steps.width, steps.classes)
-            self.free = list(range(rows - 1, -1, -1))
+        # The episodes live in the rows of one slab, so that serve() steps a round's
+        # advance_many(mask) rows at once (engine.advance_masks_once, which logs a traced
+        # episode's action as the episode would: traced draws are judged as fast as the
+        # others, so the time a round takes does not tell them, tests/test_redteam_session13b).
+        # A row is given to the next episode once its last one has ended (the ended Episode is
+        # dropped: nothing reads it again).
+        self.tables: TaskTables | None = tables if tables is not None else TaskTables(parts)
+        steps = self.tables.steps
+        rows = min(self.window, self.n)
+        self.slab: EpisodeSlab | None = EpisodeSlab(rows, steps.width, steps.classes)
+        self.free: list[int] = list(range(rows - 1, -1, -1))
 
     # ---- episodes ----------------------------------------------------------------------------
 

@@ -401,7 +401,7 @@ class _Task:
         parts = [self.questions[self.units[i][0]] for i in self.batches[b]]
         limit = self.request.get("trace_draws")
         trace = bool(self.request["traces"]) and (limit is None or draw < limit)
-        if self.tables is None and not trace:
+        if self.tables is None:
             self.tables = TaskTables(self.questions)
         self.judge = UnitJudge(parts, self.proto, draw, trace=trace,
                                budget=self.budget, window=self.limits.window, tables=self.tables)

@@ -716,6 +716,7 @@ def _forged_event(rng: np.random.Generator, t: int) -> dict[str, Any]:
     return {**data, "t": t, "ev": kind}
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no os.fork here")
 def test_hostile_trace_events_give_the_same_digest_split_or_not(small_sweep, monkeypatch):
     """Traces from the sandbox carry the controller's own events, and their kind can be any
     action's name: forged events (every field the ledger reads at int64's edges and past them,
@@ -770,6 +771,7 @@ def test_a_forged_index_past_int64_leaves_the_trace_unresolved(small_sweep):
                       proto.probe_cost) is None
 
 
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="no /proc here")
 def test_a_forged_read_new_many_event_does_not_fill_the_digests_memory():
     """Found: a forged READ_NEW×k event's k (10**12) became a set of branch indices before the
     engine refused it: the process computing the digest filled its memory. Run here in a child

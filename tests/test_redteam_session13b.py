@@ -7,10 +7,10 @@ would (every field of its rounds and trace events forged).
    flags, masks of the wrong length or naming branches that are not running, counts past the
    masks, the same slot twice, rows for ended episodes, slab rows reused by new episodes,
    budgets spent, a malformed store's questions (the per-episode path) and very wide pools in
-   one round. Property: the reply, the refusals, the reveals, the errors, the episodes' whole
-   state and the results are those of a judge that applies every row one by one (the
-   per-episode path, main's before the batching), and the judge never raises anything but a
-   ProtocolError.
+   one round, traced units and untraced. Property: the reply, the refusals, the reveals, the
+   errors, the traces, the episodes' whole state and the results are those of a judge that
+   applies every row one by one (the per-episode path, main's before the batching), and the
+   judge never raises anything but a ProtocolError.
 2. The sweep's sandbox processes started ahead (start_sandboxed, the gate): the knobs process,
    the only candidate code that runs before "go", is timed while the gate is closed; the
    sandbox process holds no descriptor of the gate; a source is only ever marked 'admitted'
@@ -19,6 +19,11 @@ would (every field of its rounds and trace events forged).
 4. The digest (and its fork) on hostile trace events.
 
 Found and fixed:
+- The judge stepped only untraced units' usual rows at once; a traced unit's took the
+  per-episode path, so a traced draw's rounds cost the judge ~2.4x the CPU of an untraced
+  one's (27 rows: ~182 vs ~76 us; main ~182 vs ~161): a timing channel telling the digest's
+  traced draws from the scored ones. Traced episodes are now stepped with the others
+  (advance_masks_once logs their action as the episode would; ~97 vs ~76 us), traces identical.
 - (Before this session.) The digest's ledger replay read a forged READ_NEW×k trace event's `k`
   into a set of branch indices before the engine refused it: a candidate that logged
   `read_new_many` with k = 10**12 made the discovery process (and the digest's fork) fill its

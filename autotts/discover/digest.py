@@ -222,7 +222,8 @@ def ledger(events: list[dict[str, Any]], question: Question, order: np.ndarray,
     try:
         return _replay(events, question, order, probe_cost, budget,
                        alone or _AloneCosts(question, order), {} if masks is None else masks)
-    except (_Unresolved, InvalidAction, IndexError, KeyError, TypeError, ValueError):
+    except (_Unresolved, InvalidAction, IndexError, KeyError, TypeError, ValueError,
+            OverflowError):  # (an index past int64 in a forged event's list)
         return None
 
 
@@ -308,11 +309,13 @@ def _replay(events: list[dict[str, Any]], question: Question, order: np.ndarray,
             k = 1 if ev == "read_new" else int(e["k"])
             if i != ep.num_opened:
                 raise _Unresolved
-            read_whole.update(range(i, i + k))
             if ev == "read_new":
                 ep.read_new()
             else:
                 ep.read_new_many(k)
+            # Once the engine took it (k within the pool): a forged event's k (10**12) would
+            # otherwise fill this process's memory before the engine refuses it.
+            read_whole.update(range(i, i + k))
         elif ev in ("extend", "advance", "probe", "read"):
             getattr(ep, ev)(i)
         elif ev == "prune":

@@ -234,10 +234,12 @@ class UnitJudge:
         self.errors: list[tuple[int, dict[str, Any], str | None]] = []
         self.traces: list[tuple[int, dict[str, Any]]] | None = [] if trace else None
         self.actions = 0  # requests served (a bench figure)
-        # Episodes live in the rows of one slab, so that serve() steps a round's
-        # advance_many(mask) rows at once (engine.advance_masks_once, which also writes a
-        # traced episode's log entries). A row is given to the next episode once its last one
-        # has ended (the ended Episode is dropped: nothing reads it again).
+        # The episodes live in the rows of one slab, so that serve() steps a round's
+        # advance_many(mask) rows at once (engine.advance_masks_once, which logs a traced
+        # episode's action as the episode would: traced draws are judged as fast as the
+        # others, so the time a round takes does not tell them, tests/test_redteam_session13b).
+        # A row is given to the next episode once its last one has ended (the ended Episode is
+        # dropped: nothing reads it again).
         self.tables: TaskTables | None = tables if tables is not None else TaskTables(parts)
         steps = self.tables.steps
         rows = min(self.window, self.n)

@@ -1172,9 +1172,10 @@ def advance_masks_once(slab: EpisodeSlab, tables: StepTables, eps: Sequence[Epis
     `slab` (Episode(..., storage=slab.storage(rows[j], ...))), its question's cells start at
     offsets[j] of `tables`, its mask is the next num_opened entries of `mask` (bool, the masks
     one after the other). Each episode must journal (journal=True), with its journal empty; a
-    traced one logs the action as _advance_mask_once does. An episode whose action would be refused (the episode ended or its budget spent,
-    or a mask naming a branch that is not running) is left as it was, n -1: the caller applies
-    it the per-episode way, which refuses it in its own words. New answer classes are numbered
+    traced one logs the action as _advance_mask_once does. An episode whose action would be
+    refused (the episode ended or its budget spent, or a mask naming a branch that is not
+    running) is left as it was, n -1: the caller applies it the per-episode way, which refuses
+    it in its own words. New answer classes are numbered
     by the episode's own `_ids`, in its reveal order. tests/test_engine_slab.py runs it in
     lockstep with per-episode Episodes."""
     k = len(eps)

@@ -809,3 +809,91 @@ def test_a_forged_read_new_many_event_does_not_fill_the_digests_memory():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=300, env=env)
     assert out.stdout.strip() == "ok", (out.stdout, out.stderr[-2000:])
+
+
+# ---- the lead's last attack: forged frames from the knobs process while its task is held ------
+
+FORGE_IN_SCHEDULE = '''
+import json
+import os
+import stat
+import struct
+
+FORGED = []
+
+
+def _frame(header):
+    raw = json.dumps(header).encode()
+    return struct.pack("<Q", len(raw)) + raw
+
+
+def _forge(what):
+    # Every pipe this process may write to (the result pipe among them): frames the judge
+    # would take for the sandbox's own, sent while the task waits at its gate.
+    for fd in range(3, 256):
+        try:
+            if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+                continue
+            os.write(fd, _frame(what))
+            FORGED.append(fd)
+        except OSError:
+            pass
+
+
+class Forge:
+    NAME = "forge"
+
+    @staticmethod
+    def schedule(beta):
+        if not FORGED:
+            for header in HEADERS:
+                _forge(header)
+        return {"n": 1}
+
+    def __init__(self, n=1):
+        self.n = n
+
+    def run(self, ep):
+        return ep.read_new()
+'''
+
+FORGED_HEADERS = {
+    # knobs of its choosing, before its own (the judge then takes a second configs frame)
+    "configs": [{"t": "configs", "name": "forge", "configs": [{"n": 2}, {"n": 2}]}],
+    # a batch's end and its results with a guessed token, before any batch was sent
+    "unit_done": [{"t": "unit_done", "stdout": "", "dropped": 0, "k": 0},
+                  {"t": "round", "m": [], "e": [], "k": 0}],
+    # the end of the whole task, as if the gate had said stop
+    "done": [{"t": "done"}],
+    # a death of the sandbox with a status that reads as a clean exit
+    "died": [{"t": "died", "status": 0}],
+}
+
+
+@pytest.mark.usefixtures("parent")
+@pytest.mark.parametrize("kind", sorted(FORGED_HEADERS))
+def test_forged_frames_from_a_held_knobs_process_end_in_a_verdict(kind):
+    """An agent with code execution in the knobs process of a sweep started ahead (the only
+    candidate code that runs before "go") writes frames of its own onto every pipe it holds,
+    the result pipe among them, while its task waits at the gate: other knobs, a batch's end
+    and round with a guessed token, the task's end, a clean death. The evaluation ends in a
+    crash or interface verdict, never in rows; nothing is left running (`parent`) once the
+    exception is let go (a failed evaluation's pool shuts down when its outcomes are freed: the
+    other workers' tasks are waited for then, not when the verdict is raised)."""
+    import gc
+
+    from autotts.errors import SandboxError
+    from autotts.sandbox.evaluation import start_sandboxed
+    from tests.test_sandbox import FAST
+
+    source = FORGE_IN_SCHEDULE.replace("in HEADERS", f"in {FORGED_HEADERS[kind]!r}")
+    pending = start_sandboxed(source, [_toy()], [0.0, 1.0], EvalProtocol(draws=2), limits=FAST,
+                              workers=2, _unrestricted=True)
+    assert pending._pool is not None  # two local tasks: started ahead, held at the gate
+    threading.Event().wait(1.0)  # the knobs processes forge meanwhile
+    with pytest.raises(SandboxError) as e:
+        pending.result()
+    verdict = e.value.verdict
+    del e
+    gc.collect()
+    assert verdict.kind in ("crash", "interface"), verdict
